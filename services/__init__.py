@@ -1,0 +1,1 @@
+"""The bridge's services. Each one runs as `python -m services.<name>`."""

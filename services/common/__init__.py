@@ -1,0 +1,1 @@
+"""The runtime every service shares: settings, logging, gRPC server and clients, Redis."""

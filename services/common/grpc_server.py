@@ -1,0 +1,187 @@
+"""The gRPC server bootstrap every service uses.
+
+Standard health (`grpc.health.v1`) and reflection, domain errors mapped to status
+codes in one interceptor, request ids carried in metadata, and graceful shutdown:
+SIGTERM/SIGINT → health NOT_SERVING → background work stops taking items → in-flight
+calls get the grace period → exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import BridgeError
+from services.common.logs import request_id
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_METADATA = "x-request-id"
+
+Register = Callable[[grpc.aio.Server], None]
+
+
+class BackgroundTask:
+    """A long-running loop of a service (a queue consumer, a ticker).
+
+    `run` is called once and must return when `stopping` is set, after finishing the
+    item it holds; the server waits for it within the grace period.
+    """
+
+    name = "task"
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        raise NotImplementedError
+
+
+def _error_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, BridgeError):
+        return exc.code, str(exc)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        # A failing call to another service keeps its code and its message.
+        return exc.code(), exc.details() or exc.code().name
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+class ErrorsAndRequestIds(grpc.aio.ServerInterceptor[Any, Any]):
+    """Maps exceptions to `context.abort` and sets the request id for every log line."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        rid = ""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == REQUEST_ID_METADATA:
+                rid = str(value)
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                request_id.set(rid or uuid.uuid4().hex[:16])
+                try:
+                    return await inner(request, context)  # type: ignore[arg-type]
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    await _abort(context, exc, method)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str) -> None:
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    code, message = _error_status(exc)
+    if code == grpc.StatusCode.INTERNAL and not isinstance(exc, BridgeError):
+        log.exception("unhandled error in %s", method)
+    else:
+        log.info("%s failed: %s %s", method, code.name, message)
+    await context.abort(code, message)
+
+
+def client_metadata() -> tuple[tuple[str, str], ...]:
+    """Metadata that carries the current request id to the next service."""
+    rid = request_id.get()
+    return ((REQUEST_ID_METADATA, rid),) if rid else ()
+
+
+class GrpcService:
+    """A gRPC server with health, reflection, background tasks and graceful shutdown."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        service_names: Sequence[str],
+        register: Register,
+        host: str,
+        port: int,
+        grace_seconds: float,
+        background: Sequence[BackgroundTask] = (),
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self._service_names = list(service_names)
+        self._grace = grace_seconds
+        self._background = list(background)
+        self._on_stop = on_stop
+        self.server = grpc.aio.server(
+            interceptors=[ErrorsAndRequestIds()],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)],
+        )
+        register(self.server)
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {host}:{port}")
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.server.start()
+        for service_name in ["", *self._service_names]:
+            await self.health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("%s listening", self.name, extra={"port": self.port})
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def serve(self) -> None:
+        """Start, run until SIGTERM/SIGINT, then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        tasks = [
+            asyncio.create_task(task.run(self._stopping), name=task.name)
+            for task in self._background
+        ]
+        stopped = asyncio.create_task(self._stopping.wait())
+        # A background loop that dies is a bug: stop the process so it gets restarted
+        # instead of running on without the work it was meant to do.
+        done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopped and task.exception() is not None:
+                log.error("background task %s died", task.get_name(), exc_info=task.exception())
+        self._stopping.set()
+        await self.shutdown(tasks)
+
+    async def shutdown(self, tasks: Sequence[asyncio.Task[None]] = ()) -> None:
+        log.info("%s shutting down", self.name)
+        await self.health.enter_graceful_shutdown()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._grace)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.server.stop(self._grace)
+        if self._on_stop is not None:
+            await self._on_stop()
+        log.info("%s stopped", self.name)

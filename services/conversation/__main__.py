@@ -1,0 +1,3 @@
+from services.conversation.server import main
+
+main()

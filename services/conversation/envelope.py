@@ -1,0 +1,162 @@
+"""The JSON envelope the bridge POSTs to n8n (SPEC.md §3.2) — plain data, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
+from bridge.vendedor.v1 import vendedor_pb2 as vd
+from services.conversation.events import MessageEvent
+
+_CONVERSATION_NAMESPACE = uuid.UUID("6b2f7a4e-8f1d-4c1e-9a57-3c0d5e2b9f10")
+_SPACES = re.compile(r"\s+")
+
+
+def conversation_id_for(event: MessageEvent) -> str:
+    """Deterministic, so two replicas seeing the same chat agree without a lock."""
+    anchor = f"chat:{event.chat_id}" if event.chat_id else f"lead:{event.lead_id}"
+    return str(uuid.uuid5(_CONVERSATION_NAMESPACE, anchor))
+
+
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def text_fingerprint(text: str) -> str:
+    """What identifies a text the bridge sent when Kommo echoes it back.
+
+    Whitespace is normalised and characters outside the Basic Multilingual Plane are
+    dropped, because Kommo's Salesbot is reported to lose them (kommo-api.md).
+    """
+    normalised = _SPACES.sub(" ", "".join(c for c in text if ord(c) <= 0xFFFF)).strip()
+    return hashlib.sha256(normalised.encode()).hexdigest()[:24]
+
+
+def inbox_entry(event: MessageEvent, stream_id: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "id": event.message_id,
+        "text": event.text,
+        "at": iso(event.created_at) if event.created_at else None,
+        "created_at": event.created_at,
+        "seq": stream_id,
+        "type": event.message_type,
+    }
+    if event.attachment is not None:
+        entry["attachment"] = {
+            "type": event.attachment.type,
+            "link": event.attachment.link,
+            "file_name": event.attachment.file_name,
+        }
+    return entry
+
+
+def history_entry(role: str, text: str, at: float, **extra: Any) -> dict[str, Any]:
+    return {"role": role, "text": text, "at": iso(at), **extra}
+
+
+def _stream_order(seq: str) -> tuple[int, int]:
+    ms, _, n = seq.partition("-")
+    return (int(ms or 0), int(n or 0))
+
+
+def order_messages(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Kommo's order: its created_at, then the order the webhooks reached us."""
+    return sorted(entries, key=lambda e: (e.get("created_at") or 0, _stream_order(e["seq"])))
+
+
+def bounded_history(
+    history: list[dict[str, Any]], exclude_ids: set[str], max_chars: int
+) -> list[dict[str, Any]]:
+    """The recent turns, newest kept, within a size budget."""
+    kept: list[dict[str, Any]] = []
+    size = 0
+    for entry in reversed(history):
+        if entry.get("message_id") in exclude_ids:
+            continue
+        size += len(entry.get("text") or "")
+        if size > max_chars and kept:
+            break
+        kept.append({k: v for k, v in entry.items() if k != "message_id"})
+    kept.reverse()
+    return kept
+
+
+def _custom_fields(fields: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in fields:
+        name = field.field_name or field.field_code or str(field.field_id)
+        values = list(field.values)
+        out[name] = values[0] if len(values) == 1 else values
+    return out
+
+
+def lead_json(lead: gw.Lead | None, lead_id: int) -> dict[str, Any] | None:
+    if lead is None:
+        return {"id": lead_id} if lead_id else None
+    return {
+        "id": lead.id,
+        "name": lead.name,
+        "status_id": lead.status_id,
+        "pipeline_id": lead.pipeline_id,
+        "responsible_user_id": lead.responsible_user_id,
+        "price": lead.price,
+        "custom_fields": _custom_fields(lead.custom_fields),
+    }
+
+
+def contact_json(contact: gw.Contact | None, contact_id: int) -> dict[str, Any] | None:
+    if contact is None:
+        return {"id": contact_id} if contact_id else None
+    return {
+        "id": contact.id,
+        "name": contact.name,
+        "phone": contact.phones[0] if contact.phones else None,
+        "email": contact.emails[0] if contact.emails else None,
+    }
+
+
+def vendedor_json(vendedor: vd.Vendedor | None) -> dict[str, Any] | None:
+    if vendedor is None:
+        return None
+    return {
+        "id": vendedor.id,
+        "name": vendedor.name,
+        "email": vendedor.email,
+        "areas": list(vendedor.areas),
+        "source": vendedor.source,
+    }
+
+
+def message_envelope(
+    *,
+    event_id: str,
+    conversation: dict[str, Any],
+    lead: dict[str, Any] | None,
+    contact: dict[str, Any] | None,
+    vendedor: dict[str, Any] | None,
+    messages: list[dict[str, Any]],
+    history: list[dict[str, Any]],
+    callback_url: str,
+    reply_token: str,
+    occurred_at: float,
+) -> dict[str, Any]:
+    return {
+        "event": "message.received",
+        "event_id": event_id,
+        "occurred_at": iso(occurred_at),
+        "conversation": conversation,
+        "lead": lead,
+        "contact": contact,
+        "vendedor": vendedor,
+        "messages": [
+            {k: v for k, v in m.items() if k not in ("seq", "created_at")} for m in messages
+        ],
+        "history": history,
+        "trigger": None,
+        "scheduling": None,
+        "callback": {"url": callback_url, "reply_token": reply_token},
+    }

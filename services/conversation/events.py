@@ -1,0 +1,152 @@
+"""Typed events from a parsed Kommo webhook.
+
+Only chat messages are acted on today; lead events are recognised and counted as
+ignored. Every value in a Kommo webhook is a string; conversion errors name the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from services.common.errors import InvalidInput
+from services.conversation.kommo_form import Tree
+
+# Kommo's element_type for a lead.
+_ELEMENT_TYPE_LEAD = "2"
+_EXTERNAL_AUTHOR = "external"
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    type: str
+    link: str
+    file_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    message_id: str
+    chat_id: str
+    talk_id: int
+    contact_id: int
+    lead_id: int
+    text: str
+    created_at: int
+    direction: str  # "incoming" or "outgoing"
+    author_id: str
+    author_type: str
+    author_name: str
+    origin: str
+    message_type: str
+    attachment: Attachment | None
+
+    @property
+    def from_customer(self) -> bool:
+        return self.direction == "incoming" or self.author_type == _EXTERNAL_AUTHOR
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MessageEvent:
+        attachment = data.get("attachment")
+        return cls(**{**data, "attachment": Attachment(**attachment) if attachment else None})
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedWebhook:
+    subdomain: str
+    account_id: str
+    messages: list[MessageEvent]
+    ignored: int
+
+
+def _int(item: Tree, key: str, where: str, *, required: bool = False) -> int:
+    raw = item.get(key, "")
+    if raw in ("", None):
+        if required:
+            raise InvalidInput(f"{where}[{key}] is missing")
+        return 0
+    if not isinstance(raw, str) or not raw.lstrip("-").isdigit():
+        raise InvalidInput(f"{where}[{key}] must be an integer, got {str(raw)[:40]!r}")
+    return int(raw)
+
+
+def _str(item: Tree, key: str) -> str:
+    value = item.get(key, "")
+    return value if isinstance(value, str) else ""
+
+
+def _message(item: Any, where: str) -> MessageEvent:
+    if not isinstance(item, dict):
+        raise InvalidInput(f"{where} must be a group of fields")
+    message_id = _str(item, "id")
+    if not message_id:
+        raise InvalidInput(f"{where}[id] is missing")
+    lead_id = 0
+    if _str(item, "element_type") == _ELEMENT_TYPE_LEAD or _str(item, "entity_type") == "lead":
+        lead_id = _int(item, "element_id", where) or _int(item, "entity_id", where)
+    chat_id = _str(item, "chat_id")
+    if not chat_id and not lead_id:
+        raise InvalidInput(f"{where} has neither chat_id nor a lead (element_id)")
+    author = item.get("author")
+    author = author if isinstance(author, dict) else {}
+    direction = _str(item, "type") or "incoming"
+    if direction not in ("incoming", "outgoing"):
+        raise InvalidInput(f"{where}[type] must be incoming or outgoing, got {direction[:20]!r}")
+    raw_attachment = item.get("attachment")
+    attachment = None
+    if isinstance(raw_attachment, dict) and (
+        raw_attachment.get("link") or raw_attachment.get("type")
+    ):
+        attachment = Attachment(
+            type=_str(raw_attachment, "type"),
+            link=_str(raw_attachment, "link"),
+            file_name=_str(raw_attachment, "file_name"),
+        )
+    return MessageEvent(
+        message_id=message_id,
+        chat_id=chat_id,
+        talk_id=_int(item, "talk_id", where),
+        contact_id=_int(item, "contact_id", where),
+        lead_id=lead_id,
+        text=_str(item, "text"),
+        created_at=_int(item, "created_at", where),
+        direction=direction,
+        author_id=_str(author, "id"),
+        author_type=_str(author, "type"),
+        author_name=_str(author, "name"),
+        origin=_str(item, "origin"),
+        message_type=_str(item, "message_type") or "text",
+        attachment=attachment,
+    )
+
+
+def parse_webhook(tree: Tree, expected_subdomain: str = "") -> ParsedWebhook:
+    account = tree.get("account")
+    account = account if isinstance(account, dict) else {}
+    subdomain = _str(account, "subdomain")
+    if expected_subdomain and subdomain and subdomain != expected_subdomain:
+        raise InvalidInput(
+            f"webhook from account {subdomain!r}, this bridge serves {expected_subdomain!r}"
+        )
+    messages: list[MessageEvent] = []
+    ignored = 0
+    for entity, actions in tree.items():
+        if entity == "account":
+            continue
+        if not isinstance(actions, dict):
+            raise InvalidInput(f"{entity} must be a group of fields")
+        for action, items in actions.items():
+            if not isinstance(items, dict):
+                raise InvalidInput(f"{entity}[{action}] must be a list of items")
+            if entity == "message" and action == "add":
+                messages.extend(
+                    _message(item, f"message[add][{index}]") for index, item in items.items()
+                )
+            else:
+                ignored += len(items)
+    if not messages and not ignored and not account:
+        raise InvalidInput("not a Kommo webhook: no account and no events")
+    return ParsedWebhook(subdomain, _str(account, "id"), messages, ignored)

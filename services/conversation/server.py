@@ -1,0 +1,78 @@
+"""Wiring of the conversation service: the one place its parts are assembled."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import httpx
+
+from bridge.conversation.v1 import conversation_pb2_grpc
+from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayStub
+from bridge.vendedor.v1.vendedor_pb2_grpc import VendedorServiceStub
+from services.common.grpc_client import create_channel
+from services.common.grpc_server import GrpcService
+from services.common.logs import configure_logging
+from services.common.redis import create_redis
+from services.common.settings import load_settings
+from services.conversation.n8n import N8nClient
+from services.conversation.servicer import ConversationServicer
+from services.conversation.settings import ConversationSettings
+from services.conversation.store import ConversationStore
+from services.conversation.workers import DueLoop, Engine, EventConsumer
+
+SERVICE_NAME = "bridge.conversation.v1.ConversationService"
+
+
+def create_server(settings: ConversationSettings) -> GrpcService:
+    redis = create_redis(settings.redis_url)
+    store = ConversationStore(redis)
+    gateway_channel = create_channel(settings.kommo_gateway_addr, settings.grpc_deadline_seconds)
+    vendedor_channel = create_channel(settings.vendedor_addr, settings.grpc_deadline_seconds)
+    http = httpx.AsyncClient()
+    engine = Engine(
+        settings,
+        store,
+        KommoGatewayStub(gateway_channel),
+        VendedorServiceStub(vendedor_channel),
+        N8nClient(
+            http,
+            auth_header=settings.n8n_auth_header,
+            signing_secret=settings.n8n_signing_secret,
+            timeout_seconds=settings.n8n_timeout_seconds,
+        ),
+    )
+    servicer = ConversationServicer(engine)
+
+    async def close() -> None:
+        await http.aclose()
+        await gateway_channel.close(None)
+        await vendedor_channel.close(None)
+        await redis.aclose()
+
+    return GrpcService(
+        name="conversation",
+        service_names=[SERVICE_NAME],
+        register=lambda server: conversation_pb2_grpc.add_ConversationServiceServicer_to_server(
+            servicer, server
+        ),
+        host=settings.grpc_host,
+        port=settings.grpc_port,
+        grace_seconds=settings.shutdown_grace_seconds,
+        background=[EventConsumer(engine, redis), DueLoop(engine)],
+        on_stop=close,
+    )
+
+
+async def serve(settings: ConversationSettings) -> None:
+    service = create_server(settings)
+    # Objects built at start-up live for the whole process: keep the collector off them
+    # (it made the p99 of the ack path in prototypes).
+    gc.freeze()
+    await service.serve()
+
+
+def main() -> None:
+    settings = load_settings(ConversationSettings)
+    configure_logging("conversation", settings.log_level, settings.secrets())
+    asyncio.run(serve(settings))

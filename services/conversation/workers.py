@@ -1,0 +1,523 @@
+"""The conversation service's work: applying webhook events, turns, the n8n outbox and
+reply delivery. Each loop runs in every replica; Redis decides who does what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
+from bridge.vendedor.v1 import vendedor_pb2 as vd
+from services.common.errors import Conflict, InvalidInput, NotFound, Unavailable
+from services.common.grpc_server import BackgroundTask, client_metadata
+from services.conversation import envelope
+from services.conversation.events import MessageEvent
+from services.conversation.n8n import N8nClient, new_event_id, next_delay
+from services.conversation.settings import ConversationSettings
+from services.conversation.store import (
+    EVENT_ATTEMPTS,
+    EVENTS_DEAD,
+    EVENTS_STREAM,
+    WORKERS_GROUP,
+    Claim,
+    ConversationStore,
+    now_ms,
+)
+
+if TYPE_CHECKING:
+    from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayAsyncStub
+    from bridge.vendedor.v1.vendedor_pb2_grpc import VendedorServiceAsyncStub
+
+log = logging.getLogger(__name__)
+
+# gRPC codes after which trying again later can succeed.
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+# How long a claimed turn, outbox item or reply job is ours before another replica may
+# take it; longer than any single step (n8n timeout, a Kommo call with its retries).
+_LEASE_MS = 30_000
+_CONTEXT_RETRY_MS = 2_000
+_MAX_CLAIM = 32
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code() in _TRANSIENT
+    return isinstance(exc, RedisError | Unavailable | OSError)
+
+
+class Engine:
+    """Everything a conversation replica does, shared by the servicer and the loops."""
+
+    def __init__(
+        self,
+        settings: ConversationSettings,
+        store: ConversationStore,
+        gateway: KommoGatewayAsyncStub,
+        vendedores: VendedorServiceAsyncStub,
+        n8n: N8nClient,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.gateway = gateway
+        self.vendedores = vendedores
+        self.n8n = n8n
+        self.consumer = consumer_name()
+
+    # --- webhook events -------------------------------------------------------------
+
+    async def apply_event(self, stream_id: str, event: MessageEvent) -> None:
+        conversation_id = envelope.conversation_id_for(event)
+        at = float(event.created_at) if event.created_at else time.time()
+        if event.from_customer:
+            role = "customer"
+        else:
+            fingerprint = envelope.text_fingerprint(event.text)
+            own = await self.store.was_sent_by_bridge(conversation_id, fingerprint)
+            role = "bot" if own else "human"
+        history = envelope.history_entry(
+            role, event.text, at, message_id=event.message_id, type=event.message_type
+        )
+        debounce_ms = int(self.settings.message_debounce_seconds * 1000)
+        applied = await self.store.apply_message(
+            conversation_id=conversation_id,
+            message_id=event.message_id,
+            inbox_entry=json.dumps(envelope.inbox_entry(event, stream_id), ensure_ascii=False),
+            history_entry=json.dumps(history, ensure_ascii=False),
+            at_ms=now_ms(),
+            due_ms=now_ms() + debounce_ms,
+            lead_id=event.lead_id,
+            contact_id=event.contact_id,
+            chat_id=event.chat_id,
+            talk_id=event.talk_id,
+            to_inbox=event.from_customer,
+            history_max=max(self.settings.history_turns * 2, 10),
+        )
+        if applied and event.from_customer and debounce_ms == 0:
+            # No burst window: answer now instead of waiting for the ticker.
+            claim = await self.store.turns.claim_member(conversation_id, _LEASE_MS)
+            if claim is not None:
+                await self.run_turn(claim)
+
+    # --- turns ----------------------------------------------------------------------
+
+    async def run_turn(self, claim: Claim) -> None:
+        conversation_id = claim.member
+        conversation = await self.store.conversation(conversation_id)
+        pending = await self.store.inbox(conversation_id)
+        if not conversation or not pending:
+            await self.store.turns.release(claim)
+            return
+        if conversation.get("bot_state", "active") != "active":
+            # A person is answering; what the customer wrote is in the history for them.
+            await self.store.clear_inbox(conversation_id, len(pending))
+            await self.store.turns.release(claim)
+            return
+        inflight_since = int(conversation.get("inflight_since") or 0)
+        turn_timeout_ms = int(self.settings.bot_handoff_after * 1000)
+        if inflight_since and (turn_timeout_ms == 0 or now_ms() - inflight_since < turn_timeout_ms):
+            # One turn at a time: the reply to the previous turn starts the next one.
+            if turn_timeout_ms:
+                await self.store.turns.reschedule(claim, inflight_since + turn_timeout_ms)
+            else:
+                await self.store.turns.release(claim)
+            return
+        try:
+            payload, reply_token, event_id = await self._build_turn(conversation, pending)
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+            log.warning("context unavailable, turn retried: %s", exc)
+            await self.store.turns.reschedule(claim, now_ms() + _CONTEXT_RETRY_MS)
+            return
+        committed = await self.store.commit_turn(
+            conversation_id=conversation_id,
+            claim=claim,
+            consumed=len(pending),
+            reply_token=reply_token,
+            event_id=event_id,
+            payload=payload,
+            url=self.settings.reply_webhook_url,
+            outbox_lease_ms=_LEASE_MS,
+        )
+        if committed:
+            await self.deliver_outbox(Claim(event_id, now_ms() + _LEASE_MS))
+
+    async def _build_turn(
+        self, conversation: dict[str, str], pending: list[dict[str, Any]]
+    ) -> tuple[str, str, str]:
+        lead_id = int(conversation.get("lead_id") or 0)
+        contact_id = int(conversation.get("contact_id") or 0)
+        lead = await self._lead(lead_id)
+        if lead is not None and not contact_id:
+            contact_id = lead.main_contact_id
+        contact = await self._contact(contact_id)
+        vendedor = await self._vendedor(lead.responsible_user_id if lead else 0)
+        messages = envelope.order_messages(pending)
+        history = await self.store.history(conversation["id"], self.settings.history_turns * 2)
+        reply_token = uuid.uuid4().hex
+        event_id = new_event_id()
+        body = envelope.message_envelope(
+            event_id=event_id,
+            conversation={
+                "id": conversation["id"],
+                "lead_id": lead_id or None,
+                "contact_id": contact_id or None,
+                "chat_id": conversation.get("chat_id"),
+                "talk_id": int(conversation.get("talk_id") or 0) or None,
+                "bot_state": conversation.get("bot_state", "active"),
+            },
+            lead=envelope.lead_json(lead, lead_id),
+            contact=envelope.contact_json(contact, contact_id),
+            vendedor=envelope.vendedor_json(vendedor),
+            messages=messages,
+            history=envelope.bounded_history(
+                history,
+                {m["id"] for m in messages},
+                self.settings.history_max_chars,
+            )[-self.settings.history_turns :]
+            if self.settings.history_turns
+            else [],
+            callback_url=self.settings.callback_url,
+            reply_token=reply_token,
+            occurred_at=time.time(),
+        )
+        return json.dumps(body, ensure_ascii=False), reply_token, event_id
+
+    async def _lead(self, lead_id: int) -> gw.Lead | None:
+        if not lead_id:
+            return None
+        try:
+            return await self.gateway.GetLead(
+                gw.GetLeadRequest(lead_id=lead_id), metadata=client_metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    async def _contact(self, contact_id: int) -> gw.Contact | None:
+        if not contact_id:
+            return None
+        try:
+            return await self.gateway.GetContact(
+                gw.GetContactRequest(contact_id=contact_id), metadata=client_metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    async def _vendedor(self, user_id: int) -> vd.Vendedor | None:
+        if not user_id:
+            return None
+        try:
+            return await self.vendedores.GetVendedor(
+                vd.GetVendedorRequest(vendedor_id=user_id), metadata=client_metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            # The envelope is still worth sending without the vendedor.
+            log.info("no vendedor for user %s: %s", user_id, exc.code().name)
+            return None
+
+    # --- outbox to n8n ----------------------------------------------------------------
+
+    async def deliver_outbox(self, claim: Claim) -> None:
+        item = await self.store.outbox_item(claim.member)
+        if not item:
+            await self.store.outbox.release(claim)
+            return
+        attempt = await self.n8n.post(item["url"], claim.member, item["payload"])
+        if attempt.ok:
+            await self.store.outbox_delivered(claim)
+            return
+        attempts = int(item.get("attempts") or 0) + 1
+        delay = next_delay(self.settings.retry_schedule, attempts) if attempt.retry else None
+        next_due = None if delay is None else now_ms() + int(delay * 1000)
+        await self.store.outbox_failed(claim, attempt.detail, next_due)
+        if next_due is None:
+            log.error(
+                "n8n delivery parked as dead letter",
+                extra={"event_id": claim.member, "attempts": attempts, "reason": attempt.detail},
+            )
+        else:
+            log.warning(
+                "n8n delivery failed, retrying",
+                extra={"event_id": claim.member, "attempts": attempts, "reason": attempt.detail},
+            )
+
+    # --- replies from n8n ------------------------------------------------------------
+
+    async def resolve_conversation(
+        self, reply_token: str, conversation_id: str, lead_id: int
+    ) -> str:
+        if reply_token:
+            token = await self.store.reply_token(reply_token)
+            if not token:
+                raise NotFound("unknown or expired reply_token")
+            return token["conversation_id"]
+        if conversation_id:
+            return conversation_id
+        if lead_id:
+            found = await self.store.conversation_by_lead(lead_id)
+            if found is None:
+                raise NotFound(f"no conversation for lead {lead_id}")
+            return found
+        raise InvalidInput("reply_token, conversation_id or lead_id is required")
+
+    async def send_reply(
+        self,
+        *,
+        reply_token: str,
+        conversation_id: str,
+        lead_id: int,
+        text: str,
+        note: str,
+        idempotency_key: str,
+    ) -> tuple[str, str, str, int]:
+        """Returns (status, conversation id, job id, lead id)."""
+        if not text.strip():
+            raise InvalidInput("text is empty")
+        conversation_id = await self.resolve_conversation(reply_token, conversation_id, lead_id)
+        conversation = await self.store.conversation(conversation_id)
+        if not conversation:
+            raise NotFound(f"conversation {conversation_id} not found")
+        lead = int(conversation.get("lead_id") or 0)
+        key = idempotency_key or reply_token or uuid.uuid4().hex
+        if conversation.get("bot_state", "active") != "active":
+            raise Conflict("conversation was taken over by a person; the bot's reply was not sent")
+        if not lead and not conversation.get("chat_id"):
+            raise InvalidInput("conversation has no lead or chat to deliver to")
+        job_id = uuid.uuid4().hex
+        job = {
+            "conversation_id": conversation_id,
+            "lead_id": str(lead),
+            "chat_id": conversation.get("chat_id", ""),
+            "text": text,
+            "note": note,
+            "reply_token": reply_token,
+            "idempotency_key": key,
+            "state": "pending",
+            "attempts": "0",
+            "created_at": str(now_ms()),
+        }
+        existing = await self.store.begin_reply(key, job_id, job, _LEASE_MS)
+        if existing is not None:
+            previous = await self.store.reply_job(existing)
+            return "duplicate", conversation_id, existing, int(previous.get("lead_id") or lead)
+        delivered = await self.run_reply(Claim(job_id, 0), job)
+        return ("delivered" if delivered else "queued"), conversation_id, job_id, lead
+
+    async def run_reply(self, claim: Claim, job: dict[str, str]) -> bool:
+        """Deliver, note, settle the turn. Each step is recorded so a retry skips it."""
+        conversation_id = job["conversation_id"]
+        lead_id = int(job.get("lead_id") or 0)
+        metadata = client_metadata()
+        try:
+            if job.get("delivered") != "1":
+                await self.store.remember_sent(
+                    conversation_id, envelope.text_fingerprint(job["text"])
+                )
+                await self.gateway.DeliverMessage(
+                    gw.DeliverMessageRequest(
+                        lead_id=lead_id,
+                        text=job["text"],
+                        idempotency_key=job["idempotency_key"],
+                        chat_id=job.get("chat_id", ""),
+                    ),
+                    metadata=metadata,
+                )
+                await self.store.update_reply_job(claim.member, delivered=1)
+                await self.store.append_history(
+                    conversation_id,
+                    envelope.history_entry("bot", job["text"], time.time()),
+                    max(self.settings.history_turns * 2, 10),
+                )
+            if job.get("noted") != "1" and lead_id:
+                text = f"🤖 Resposta do assistente enviada ao cliente:\n{job['text']}"
+                if job.get("note"):
+                    text += f"\n\n{job['note']}"
+                try:
+                    await self.gateway.AddNote(
+                        gw.AddNoteRequest(lead_id=lead_id, text=text), metadata=metadata
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if _is_transient(exc):
+                        raise
+                    log.warning("note on lead failed: %s", exc.details())
+                await self.store.update_reply_job(claim.member, noted=1)
+        except Exception as exc:
+            if not _is_transient(exc):
+                await self.store.reply_failed(claim.member, str(exc))
+                await self.store.finish_turn(conversation_id, job.get("reply_token", ""))
+                raise
+            attempts = int(job.get("attempts") or 0) + 1
+            delay = next_delay(self.settings.retry_schedule, attempts) or 60.0
+            await self.store.update_reply_job(claim.member, attempts=attempts, error=str(exc))
+            await self.store.replies.reschedule(claim, now_ms() + int(delay * 1000))
+            log.warning("reply delivery failed, retrying", extra={"job": claim.member})
+            return False
+        await self.store.reply_done(claim)
+        await self.store.finish_turn(conversation_id, job.get("reply_token", ""))
+        return True
+
+
+class EventConsumer(BackgroundTask):
+    """Reads webhook events from the stream (consumer group), applies them, acks them.
+
+    Entries left pending by a dead replica are reclaimed after the visibility timeout;
+    an entry that keeps failing is parked after `max_event_attempts`.
+    """
+
+    name = "event-consumer"
+
+    def __init__(self, engine: Engine, redis: aioredis.Redis) -> None:
+        self.engine = engine
+        self.redis = redis
+        self.settings = engine.settings
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(EVENTS_STREAM, WORKERS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        last_reclaim = 0.0
+        while not stopping.is_set():
+            try:
+                await self.ensure_group()
+                while not stopping.is_set():
+                    if (
+                        time.monotonic() - last_reclaim
+                        > self.settings.visibility_timeout_seconds / 3
+                    ):
+                        last_reclaim = time.monotonic()
+                        await self._reclaim()
+                    entries = await self.redis.xreadgroup(
+                        WORKERS_GROUP,
+                        self.engine.consumer,
+                        {EVENTS_STREAM: ">"},
+                        count=self.settings.worker_batch,
+                        block=500,
+                    )
+                    for _, items in cast(list[tuple[bytes, Any]], entries or []):
+                        await self._handle_all(items)
+            except RedisError as exc:
+                log.warning("event consumer: redis error, retrying: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _reclaim(self) -> None:
+        idle_ms = int(self.settings.visibility_timeout_seconds * 1000)
+        result = await self.redis.xautoclaim(
+            EVENTS_STREAM,
+            WORKERS_GROUP,
+            self.engine.consumer,
+            min_idle_time=idle_ms,
+            start_id="0-0",
+            count=self.settings.worker_batch,
+        )
+        items = cast(list[tuple[bytes, dict[bytes, bytes]]], result[1] if result else [])
+        if items:
+            log.info("reclaimed %d pending events", len(items))
+            await self._handle_all(items)
+
+    async def _handle_all(self, items: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        for raw_id, fields in items:
+            if not fields:  # deleted meanwhile
+                continue
+            stream_id = raw_id.decode()
+            try:
+                event = MessageEvent.from_dict(json.loads(fields[b"e"]))
+                await self.engine.apply_event(stream_id, event)
+            except Exception:
+                await self._failed(stream_id, fields)
+                continue
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(EVENTS_STREAM, WORKERS_GROUP, stream_id)
+                pipe.xdel(EVENTS_STREAM, stream_id)
+                pipe.hdel(EVENT_ATTEMPTS, stream_id)
+                await pipe.execute()
+
+    async def _failed(self, stream_id: str, fields: dict[bytes, bytes]) -> None:
+        attempts = await self.redis.hincrby(EVENT_ATTEMPTS, stream_id, 1)
+        if attempts < self.settings.max_event_attempts:
+            log.warning("event %s failed (attempt %d)", stream_id, attempts, exc_info=True)
+            return
+        log.error("event %s parked after %d attempts", stream_id, attempts, exc_info=True)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(EVENTS_DEAD, fields[b"e"])
+            pipe.xack(EVENTS_STREAM, WORKERS_GROUP, stream_id)
+            pipe.xdel(EVENTS_STREAM, stream_id)
+            pipe.hdel(EVENT_ATTEMPTS, stream_id)
+            await pipe.execute()
+
+
+class DueLoop(BackgroundTask):
+    """Claims due turns, outbox items and reply jobs, in every replica."""
+
+    name = "due-loop"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        interval = self.engine.settings.poll_interval_seconds
+        store = self.engine.store
+        while not stopping.is_set():
+            busy = False
+            try:
+                for claim in await store.turns.claim(_MAX_CLAIM, _LEASE_MS):
+                    busy = True
+                    await self._guard(self.engine.run_turn(claim))
+                for claim in await store.outbox.claim(_MAX_CLAIM, _LEASE_MS):
+                    busy = True
+                    await self._guard(self.engine.deliver_outbox(claim))
+                for claim in await store.replies.claim(_MAX_CLAIM, _LEASE_MS):
+                    busy = True
+                    job = await store.reply_job(claim.member)
+                    if job:
+                        await self._guard(self.engine.run_reply(claim, job))
+                    else:
+                        await store.replies.release(claim)
+            except RedisError as exc:
+                log.warning("due loop: redis error: %s", exc)
+                await asyncio.sleep(1.0)
+            if not busy:
+                try:
+                    await asyncio.wait_for(stopping.wait(), timeout=interval)
+                except TimeoutError:
+                    pass
+
+    @staticmethod
+    async def _guard(work: Any) -> None:
+        try:
+            await work
+        except RedisError:
+            raise
+        except Exception:
+            # The lease makes the item due again; one bad item must not stop the loop.
+            log.exception("work item failed")
