@@ -1,0 +1,1 @@
+"""The one place that talks to Kommo: OAuth tokens, the shared rate limit, and every call."""

@@ -1,0 +1,3 @@
+from services.kommo_gateway.server import main
+
+main()

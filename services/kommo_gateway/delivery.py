@@ -1,0 +1,170 @@
+"""Getting a reply to the customer exactly once.
+
+Kommo's REST API cannot send a chat message. By default the text is written to a lead
+field that a one-step Salesbot sends; the bot reads the field asynchronously, so a
+lead's field belongs to one reply for `kommo_reply_spacing_seconds` (a Redis slot).
+Running the bot is not idempotent: after a 5xx or a timeout the lead's events are
+searched for the text before the bot runs again. With a registered channel, the
+Chats API is used instead (signed requests, see kommo-api.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from email.utils import formatdate
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+
+from services.common.errors import Unavailable, UpstreamError
+from services.kommo_gateway.kommo_client import KommoClient
+from services.kommo_gateway.settings import GatewaySettings
+from services.kommo_gateway.store import DELIVERY_TTL_SECONDS, delivery_key, lead_slot_key
+
+log = logging.getLogger(__name__)
+
+_SLOT_WAIT_STEP_SECONDS = 0.05
+_SLOT_WAIT_MAX_SECONDS = 60.0
+_MAX_RUNS = 3
+
+
+def chats_api_headers(secret: str, method: str, path: str, body: bytes) -> dict[str, str]:
+    content_type = "application/json"
+    date = formatdate(usegmt=True)
+    md5 = hashlib.md5(body).hexdigest()  # noqa: S324  # Kommo's signature scheme, not security
+    to_sign = "\n".join([method.upper(), md5, content_type, date, path])
+    signature = hmac.new(secret.encode(), to_sign.encode(), hashlib.sha1).hexdigest()
+    return {
+        "Date": date,
+        "Content-Type": content_type,
+        "Content-MD5": md5,
+        "X-Signature": signature,
+    }
+
+
+class Delivery:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        redis: aioredis.Redis,
+        kommo: KommoClient,
+        http: httpx.AsyncClient,
+    ) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._kommo = kommo
+        self._http = http
+
+    async def deliver(self, lead_id: int, text: str, key: str, chat_id: str) -> tuple[str, str]:
+        """Returns (status, method): status "sent" or "already_sent"."""
+        method = "chats_api" if self._settings.uses_chats_api else "salesbot"
+        state = await self._state(key)
+        if state.get("status") == "sent":
+            return "already_sent", method
+        if method == "chats_api":
+            await self._send_chats_api(chat_id or str(lead_id), text, key)
+        else:
+            await self._send_salesbot(lead_id, text, key, state)
+        await self._set_state(key, {"status": "sent", "at": time.time()})
+        return "sent", method
+
+    async def _state(self, key: str) -> dict[str, Any]:
+        raw = await self._redis.get(delivery_key(key))
+        return dict(json.loads(raw)) if raw else {}
+
+    async def _set_state(self, key: str, state: dict[str, Any]) -> None:
+        await self._redis.set(delivery_key(key), json.dumps(state), ex=DELIVERY_TTL_SECONDS)
+
+    async def _send_salesbot(
+        self, lead_id: int, text: str, key: str, state: dict[str, Any]
+    ) -> None:
+        s = self._settings
+        if state.get("status") == "unknown" and await self._went_out(
+            lead_id, text, float(state.get("since", 0))
+        ):
+            return
+        await self._take_lead_slot(lead_id, key)
+        for run in range(1, _MAX_RUNS + 1):
+            since = time.time()
+            await self._kommo.set_lead_field(lead_id, s.kommo_reply_field_id, text)
+            await self._set_state(key, {"status": "unknown", "since": since - 1})
+            try:
+                await self._kommo.run_salesbot(s.kommo_salesbot_id, lead_id)
+                return
+            except Unavailable as exc:
+                # The bot may have sent it anyway: look before running it again.
+                log.warning("salesbot run of unknown outcome (%s); checking", exc)
+                await asyncio.sleep(s.kommo_delivery_grace_seconds)
+                if await self._went_out(lead_id, text, since - 1):
+                    return
+                if run == _MAX_RUNS:
+                    raise
+
+    async def _went_out(self, lead_id: int, text: str, since: float) -> bool:
+        for event in await self._kommo.outgoing_messages(lead_id):
+            if float(event.get("created_at") or 0) < since:
+                continue
+            for value in event.get("value_after") or []:
+                message = value.get("message") if isinstance(value, dict) else None
+                if isinstance(message, dict) and _same_text(message.get("text", ""), text):
+                    return True
+        return False
+
+    async def _take_lead_slot(self, lead_id: int, key: str) -> None:
+        """Wait until this lead's reply field is free, then hold it for the spacing."""
+        spacing_ms = max(int(self._settings.kommo_reply_spacing_seconds * 1000), 1)
+        deadline = time.monotonic() + _SLOT_WAIT_MAX_SECONDS
+        while not await self._redis.set(lead_slot_key(lead_id), key, nx=True, px=spacing_ms):
+            if time.monotonic() > deadline:
+                raise Unavailable(f"lead {lead_id} is busy with another reply; try again")
+            await asyncio.sleep(_SLOT_WAIT_STEP_SECONDS)
+
+    async def _send_chats_api(self, conversation_ref: str, text: str, key: str) -> None:
+        s = self._settings
+        path = f"/v2/origin/custom/{s.kommo_scope_id}"
+        body = json.dumps(
+            {
+                "event_type": "new_message",
+                "payload": {
+                    "timestamp": int(time.time()),
+                    "msec_timestamp": int(time.time() * 1000),
+                    "msgid": key or uuid.uuid4().hex,
+                    "conversation_id": conversation_ref,
+                    "sender": {"id": s.kommo_channel_id, "ref_id": s.kommo_channel_id},
+                    "message": {"type": "text", "text": text},
+                    "silent": False,
+                },
+            },
+            ensure_ascii=False,
+        ).encode()
+        headers = chats_api_headers(s.kommo_channel_secret, "POST", path, body)
+        try:
+            response = await self._http.post(
+                f"{s.kommo_amojo_base_url.rstrip('/')}{path}",
+                content=body,
+                headers=headers,
+                timeout=s.kommo_timeout_seconds,
+            )
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"Kommo Chats API unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 500:
+            raise Unavailable(f"Kommo Chats API answered {response.status_code}")
+        if not response.is_success:
+            raise UpstreamError(
+                f"Kommo Chats API refused the message ({response.status_code}): "
+                f"{response.text[:200]}"
+            )
+
+
+def _same_text(sent: str, wanted: str) -> bool:
+    def norm(value: str) -> str:
+        return " ".join("".join(c for c in value if ord(c) <= 0xFFFF).split())
+
+    return norm(sent) == norm(wanted)

@@ -1,0 +1,127 @@
+"""gRPC ⇄ Kommo for the gateway."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+
+from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as pb
+from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayServicer
+from services.common.errors import InvalidInput, Unavailable
+from services.kommo_gateway import mapping
+from services.kommo_gateway.delivery import Delivery
+from services.kommo_gateway.kommo_client import KommoClient
+from services.kommo_gateway.settings import GatewaySettings
+from services.kommo_gateway.store import CACHE_KEEP_SECONDS, cache_key
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class GatewayServicer(KommoGatewayServicer):
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        redis: aioredis.Redis,
+        kommo: KommoClient,
+        delivery: Delivery,
+    ) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._kommo = kommo
+        self._delivery = delivery
+
+    async def _cached(
+        self, kind: str, entity_id: int, fetch: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Read through a Redis cache; when Kommo is down, a stale copy beats no answer."""
+        key = cache_key(kind, entity_id)
+        raw = await self._redis.get(key)
+        cached = json.loads(raw) if raw else None
+        if cached and time.time() - cached["at"] < self._settings.kommo_cache_ttl_seconds:
+            return dict(cached["body"])
+        try:
+            body = await fetch()
+        except Unavailable:
+            if cached:
+                log.warning("Kommo unavailable: serving a cached %s", kind)
+                return dict(cached["body"])
+            raise
+        await self._redis.set(
+            key, json.dumps({"at": time.time(), "body": body}), ex=CACHE_KEEP_SECONDS
+        )
+        return body
+
+    async def GetLead(self, request: pb.GetLeadRequest, context: Context) -> pb.Lead:
+        if request.lead_id <= 0:
+            raise InvalidInput("lead_id must be a positive integer")
+        body = await self._cached(
+            "lead", request.lead_id, lambda: self._kommo.lead(request.lead_id)
+        )
+        return mapping.lead(body)
+
+    async def GetContact(self, request: pb.GetContactRequest, context: Context) -> pb.Contact:
+        if request.contact_id <= 0:
+            raise InvalidInput("contact_id must be a positive integer")
+        body = await self._cached(
+            "contact", request.contact_id, lambda: self._kommo.contact(request.contact_id)
+        )
+        return mapping.contact(body)
+
+    async def ListUsers(
+        self, request: pb.ListUsersRequest, context: Context
+    ) -> pb.ListUsersResponse:
+        users = await self._kommo.users()
+        return pb.ListUsersResponse(users=[mapping.user(u) for u in users])
+
+    async def AddNote(self, request: pb.AddNoteRequest, context: Context) -> pb.AddNoteResponse:
+        if request.lead_id <= 0 or not request.text.strip():
+            raise InvalidInput("a note needs a lead_id and a text")
+        return pb.AddNoteResponse(note_id=await self._kommo.add_note(request.lead_id, request.text))
+
+    async def DeliverMessage(
+        self, request: pb.DeliverMessageRequest, context: Context
+    ) -> pb.DeliverMessageResponse:
+        if not request.text.strip():
+            raise InvalidInput("the message text is empty")
+        if request.lead_id <= 0 and not request.chat_id:
+            raise InvalidInput("a message needs a lead_id (or a chat_id for the Chats API)")
+        if not request.idempotency_key:
+            raise InvalidInput("idempotency_key is required: a customer gets each reply once")
+        status, method = await self._delivery.deliver(
+            request.lead_id, request.text, request.idempotency_key, request.chat_id
+        )
+        return pb.DeliverMessageResponse(status=status, method=method)
+
+    async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GatewayStatus:
+        s = self._settings
+        tokens = await self._kommo.tokens.load()
+        problem = await self._kommo.tokens.problem()
+        if problem:
+            state = "refresh_refused"
+        elif tokens is None or not (tokens.access_token or tokens.refresh_token):
+            state = "missing"
+        elif tokens.kind == "long_lived":
+            state = (
+                "long_lived"
+                if tokens.expires_at > time.time() or not tokens.expires_at
+                else "expired"
+            )
+        elif tokens.expires_at < time.time() and not tokens.refresh_token:
+            state = "expired"
+        else:
+            state = "ok"
+        return pb.GatewayStatus(
+            kommo_mode="sandbox" if s.kommo_sandbox else "kommo",
+            base_url=s.base_url,
+            token_state=state,
+            token_expires_at=tokens.expires_at if tokens else 0.0,
+            detail=problem,
+        )

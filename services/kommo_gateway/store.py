@@ -1,0 +1,33 @@
+"""Every Redis key of the Kommo gateway, with its lifetime and why."""
+
+from __future__ import annotations
+
+# The token pair as one JSON value, so a reader never sees a half-written pair.
+TOKENS = "gw:tokens"
+# Held by the one replica refreshing; expires so a replica that dies mid-refresh does
+# not block the others for long.
+REFRESH_LOCK = "gw:refresh-lock"
+# Why the last refresh failed (refused refresh token → a human must re-authorise).
+TOKEN_PROBLEM = "gw:token-problem"  # noqa: S105  # a key name, not a secret
+# Sliding window of request times shared by every replica (the Kommo rate limit).
+RATE_WINDOW = "gw:rate-window"
+# A lead's reply field belongs to one delivery at a time (see kommo_reply_spacing_seconds).
+DELIVERY_TTL_SECONDS = 7 * 24 * 3600
+
+
+def lead_slot_key(lead_id: int) -> str:
+    return f"gw:lead-slot:{lead_id}"
+
+
+def delivery_key(idempotency_key: str) -> str:
+    """State of one delivery: sending / unknown / sent. Kept 7 days, the reply tokens' life."""
+    return f"gw:delivery:{idempotency_key}"
+
+
+def cache_key(kind: str, entity_id: int) -> str:
+    """Last good copy of a lead or contact, served stale when Kommo is down."""
+    return f"gw:cache:{kind}:{entity_id}"
+
+
+# Stale copies are kept a day: long enough to ride out a Kommo outage.
+CACHE_KEEP_SECONDS = 24 * 3600
