@@ -1,0 +1,1 @@
+"""Scheduling requests ("agendamentos"): enriched and delivered to n8n."""

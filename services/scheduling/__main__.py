@@ -1,0 +1,3 @@
+from services.scheduling.server import main
+
+main()

@@ -1,0 +1,1 @@
+"""The salespeople ("vendedores"): Kommo users plus custom ones, cached in Redis."""

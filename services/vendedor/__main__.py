@@ -1,0 +1,3 @@
+from services.vendedor.server import main
+
+main()

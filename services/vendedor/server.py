@@ -1,0 +1,48 @@
+"""Wiring of the vendedor service."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayStub
+from bridge.vendedor.v1 import vendedor_pb2_grpc
+from services.common.grpc_client import create_channel
+from services.common.grpc_server import GrpcService
+from services.common.logs import configure_logging
+from services.common.redis import create_redis
+from services.common.settings import load_settings
+from services.vendedor.servicer import PeriodicSync, Vendedores, VendedorServicer
+from services.vendedor.settings import VendedorSettings
+
+SERVICE_NAME = "bridge.vendedor.v1.VendedorService"
+
+
+def create_server(settings: VendedorSettings) -> GrpcService:
+    redis = create_redis(settings.redis_url)
+    channel = create_channel(settings.kommo_gateway_addr, settings.grpc_deadline_seconds)
+    gateway = KommoGatewayStub(channel)
+    vendedores = Vendedores(redis, gateway)
+    servicer = VendedorServicer(vendedores, gateway)
+
+    async def close() -> None:
+        await channel.close(None)
+        await redis.aclose()
+
+    return GrpcService(
+        name="vendedor",
+        service_names=[SERVICE_NAME],
+        register=lambda server: vendedor_pb2_grpc.add_VendedorServiceServicer_to_server(
+            servicer, server
+        ),
+        host=settings.grpc_host,
+        port=settings.grpc_port,
+        grace_seconds=settings.shutdown_grace_seconds,
+        background=[PeriodicSync(vendedores, redis, settings)],
+        on_stop=close,
+    )
+
+
+def main() -> None:
+    settings = load_settings(VendedorSettings)
+    configure_logging("vendedor", settings.log_level)
+    asyncio.run(create_server(settings).serve())
