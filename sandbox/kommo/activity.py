@@ -140,11 +140,7 @@ class AccountActivity:
     def stop_salesbot(self, bot_id: int, lead_id: int | None) -> int:
         stopped = 0
         for run in self.salesbot_runs:
-            if (
-                run.outcome == "pending"
-                and run.bot_id == bot_id
-                and lead_id in (None, run.lead_id)
-            ):
+            if run.outcome == "pending" and run.bot_id == bot_id and lead_id in (None, run.lead_id):
                 run.outcome = "stopped"
                 stopped += 1
         return stopped
@@ -286,7 +282,9 @@ class AccountActivity:
         )
         setting = LEAD_SETTINGS[kind]
         body = lead_event_body(self.account, kind, [hook])
-        return Notified(body, await self._webhooks.deliver(setting, self.webhook_targets(setting), body))
+        return Notified(
+            body, await self._webhooks.deliver(setting, self.webhook_targets(setting), body)
+        )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -22,10 +23,11 @@ class SandboxConfig:
     subdomain: str = "previdas"
     account_id: int = 30000001
     client_id: str = "sandbox-client"
-    client_secret: str = "sandbox-secret"
+    # Fake credentials of a test double, public on purpose.
+    client_secret: str = "sandbox-secret"  # noqa: S105
     redirect_uri: str = "http://127.0.0.1:8000/oauth/callback"
     # Valid at start (and again after a reset) so a bridge can bootstrap without a human.
-    initial_refresh_token: str = "sandbox-refresh-0"
+    initial_refresh_token: str = "sandbox-refresh-0"  # noqa: S105
     auth_code: str = "sandbox-auth-code"
     access_token_ttl: float = 86400.0
     # Kommo allows 7 requests per second per integration; 0 = unlimited.
@@ -36,7 +38,7 @@ class SandboxConfig:
     echo_delay: float = 0.2
     salesbot_id: int = 7001
     reply_field_id: int = 900001
-    channel_secret: str = "sandbox-channel-secret"
+    channel_secret: str = "sandbox-channel-secret"  # noqa: S105
     scope_id: str = "sandbox-scope"
     users: int = 9
     leads: int = 20
@@ -88,7 +90,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], object]], ...] = (
 
 def config_from_env(environ: Mapping[str, str]) -> SandboxConfig:
     """Build the configuration; unset or empty variables keep their defaults."""
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     for variable, field, parse in _VARIABLES:
         raw = environ.get(variable, "").strip()
         if not raw:

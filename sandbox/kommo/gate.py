@@ -18,7 +18,7 @@ from sandbox.kommo.responses import KommoProblem, injected_failure, nginx_page, 
 from sandbox.kommo.runtime import Sandbox
 
 CONTROL_PREFIX = "/_sandbox"
-TOKEN_PATH = "/oauth2/access_token"
+OAUTH_ENDPOINT = "/oauth2/access_token"
 CHATS_PREFIX = "/v2/origin/custom/"
 
 
@@ -27,7 +27,7 @@ class RouteKind(enum.Enum):
     # REST API: bearer token and rate limit.
     API = "api"
     # The token endpoint counts towards the rate limit but takes no bearer token.
-    TOKEN = "token"
+    OAUTH = "oauth"
     # amojo lives on its own host in Kommo: signed requests, outside the REST rate limit.
     CHATS = "chats"
     OTHER = "other"
@@ -38,8 +38,8 @@ def classify(path: str) -> RouteKind:
         return RouteKind.CONTROL
     if path.startswith("/api/"):
         return RouteKind.API
-    if path == TOKEN_PATH:
-        return RouteKind.TOKEN
+    if path == OAUTH_ENDPOINT:
+        return RouteKind.OAUTH
     if path.startswith(CHATS_PREFIX):
         return RouteKind.CHATS
     return RouteKind.OTHER
@@ -102,7 +102,7 @@ class KommoGate:
             return nginx_page(403)
         if faults.down:
             return nginx_page(503)
-        if kind in (RouteKind.API, RouteKind.TOKEN) and not self.sandbox.admit_request():
+        if kind in (RouteKind.API, RouteKind.OAUTH) and not self.sandbox.admit_request():
             return rate_limited()
         if kind is RouteKind.API and not self.sandbox.tokens.is_valid_access_token(
             bearer_token(Headers(scope=scope))

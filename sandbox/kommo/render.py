@@ -92,8 +92,10 @@ def render_custom_fields(
                 "field_name": definition.name,
                 "field_code": definition.code,
                 "field_type": definition.type,
-                "values": [_render_value(definition, value.value, value.enum_id, value.enum_code)
-                           for value in field_values],
+                "values": [
+                    _render_value(definition, value.value, value.enum_id, value.enum_code)
+                    for value in field_values
+                ],
             }
         )
     return rendered or None
@@ -164,9 +166,7 @@ def render_lead(lead: Lead, state: AccountState, base: str, with_contacts: bool)
     }
 
 
-def render_contact(
-    contact: Contact, state: AccountState, base: str, with_leads: bool
-) -> JsonDict:
+def render_contact(contact: Contact, state: AccountState, base: str, with_leads: bool) -> JsonDict:
     embedded: JsonDict = {"tags": [], "companies": []}
     if with_leads:
         embedded["leads"] = [

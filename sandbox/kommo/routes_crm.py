@@ -110,7 +110,11 @@ async def list_users(request: Request, sandbox: SandboxDep) -> Response:
     base = base_url(request)
     users = list(sandbox.state.users.values())
     return hal_list(
-        request, "users", users, lambda user: render_user(user, base), PageRequest.from_query(request)
+        request,
+        "users",
+        users,
+        lambda user: render_user(user, base),
+        PageRequest.from_query(request),
     )
 
 
@@ -240,7 +244,9 @@ def _prepare_contact_patch(
 
     def commit() -> None:
         contact.fields = fields
-        contact.first_name = patch.first_name if patch.first_name is not None else contact.first_name
+        contact.first_name = (
+            patch.first_name if patch.first_name is not None else contact.first_name
+        )
         contact.last_name = patch.last_name if patch.last_name is not None else contact.last_name
         if patch.name is not None:
             contact.name = patch.name
@@ -291,7 +297,9 @@ async def patch_leads(
         request_id = item.request_id or str(index)
         lead = state.leads.get(item.id)
         if lead is None:
-            raise validation_problem([ValidationIssue(request_id, "id", "Lead not found", "NotFound")])
+            raise validation_problem(
+                [ValidationIssue(request_id, "id", "Lead not found", "NotFound")]
+            )
         prepared.append(_prepare_lead_patch(state, lead, item, request_id))
         leads.append((lead, request_id))
     _apply_all(prepared)
@@ -326,9 +334,7 @@ async def get_contact(contact_id: int, request: Request, sandbox: SandboxDep) ->
     contact = state.contacts.get(contact_id)
     if contact is None:
         return no_content()
-    return HalResponse(
-        render_contact(contact, state, base_url(request), "leads" in _with(request))
-    )
+    return HalResponse(render_contact(contact, state, base_url(request), "leads" in _with(request)))
 
 
 @router.patch("/contacts/{contact_id:int}")
@@ -396,7 +402,8 @@ def _add_notes(
             params=dict(item.params),
             created_at=now,
             created_by=item.created_by or state.admin.id,
-            responsible_user_id=item.responsible_user_id or state.leads[entity_id].responsible_user_id,
+            responsible_user_id=item.responsible_user_id
+            or state.leads[entity_id].responsible_user_id,
         )
         state.notes.append(note)
         added.append((note, item.request_id or str(index)))
@@ -436,7 +443,10 @@ def _notes_list(request: Request, state: AccountState, lead_id: int | None) -> R
     wanted_types = set(_filter_values(request, "note_type"))
     notes = [note for note in notes if not wanted_types or note.note_type in wanted_types]
     return hal_list(
-        request, "notes", notes, lambda note: render_note(note, state, base),
+        request,
+        "notes",
+        notes,
+        lambda note: render_note(note, state, base),
         PageRequest.from_query(request),
     )
 
@@ -456,7 +466,9 @@ def _task_issues(state: AccountState, item: TaskIn, request_id: str) -> list[Val
     if not item.text.strip():
         issues.append(ValidationIssue(request_id, "text", "This field is missing.", "FieldMissing"))
     if item.task_type_id not in TASK_TYPE_IDS:
-        issues.append(ValidationIssue(request_id, "task_type_id", "Task type not found", "NotFound"))
+        issues.append(
+            ValidationIssue(request_id, "task_type_id", "Task type not found", "NotFound")
+        )
     if item.responsible_user_id is not None and item.responsible_user_id not in state.users:
         issues.append(
             ValidationIssue(request_id, "responsible_user_id", "User not found", "NotFound")
@@ -507,7 +519,9 @@ async def add_tasks(items: list[TaskIn], request: Request, sandbox: SandboxDep) 
                 "_links": {"self": {"href": f"{base}/api/v4/tasks/{task.id}"}},
             }
         )
-    return HalResponse({"_links": self_link(request, "/api/v4/tasks"), "_embedded": {"tasks": rendered}})
+    return HalResponse(
+        {"_links": self_link(request, "/api/v4/tasks"), "_embedded": {"tasks": rendered}}
+    )
 
 
 @router.get("/tasks")
@@ -527,7 +541,10 @@ async def list_tasks(request: Request, sandbox: SandboxDep) -> Response:
 
     tasks = [task for task in state.tasks.values() if wanted(task)]
     return hal_list(
-        request, "tasks", tasks, lambda task: render_task(task, state, base),
+        request,
+        "tasks",
+        tasks,
+        lambda task: render_task(task, state, base),
         PageRequest.from_query(request),
     )
 
@@ -567,7 +584,10 @@ async def list_events(request: Request, sandbox: SandboxDep) -> Response:
         and (high is None or event.created_at <= high)
     ]
     return hal_list(
-        request, "events", events, lambda event: render_event(event, state, base),
+        request,
+        "events",
+        events,
+        lambda event: render_event(event, state, base),
         PageRequest.from_query(request),
     )
 
@@ -585,9 +605,7 @@ async def list_webhooks(request: Request, sandbox: SandboxDep) -> Response:
         {
             "_total_items": len(subscriptions),
             "_links": self_link(request, "/api/v4/webhooks"),
-            "_embedded": {
-                "webhooks": [render_subscription(s, state) for s in subscriptions]
-            },
+            "_embedded": {"webhooks": [render_subscription(s, state) for s in subscriptions]},
         }
     )
 

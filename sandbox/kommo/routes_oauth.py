@@ -48,9 +48,7 @@ async def access_token(request: Request, sandbox: SandboxDep) -> Response:
 
 
 @router.get("/oauth")
-async def consent(
-    sandbox: SandboxDep, client_id: str | None = None, state: str = ""
-) -> Response:
+async def consent(sandbox: SandboxDep, client_id: str | None = None, state: str = "") -> Response:
     """The page a human approves the integration on; the sandbox approves at once."""
     if not sandbox.tokens.knows_client(client_id):
         return HTMLResponse("<html><body>Integration not found</body></html>", status_code=400)

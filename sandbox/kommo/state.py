@@ -432,9 +432,7 @@ def _find_definition(
     if write.field_id is not None:
         return definitions.get(write.field_id)
     if write.field_code is not None:
-        return next(
-            (d for d in definitions.values() if d.code == write.field_code.upper()), None
-        )
+        return next((d for d in definitions.values() if d.code == write.field_code.upper()), None)
     return None
 
 
@@ -595,17 +593,17 @@ def seed(config: SandboxConfig) -> AccountState:
         contact_name = f"{first} {last}"
         area = None if n % 5 == 0 else AREAS[(n - 1) % len(AREAS)]
         is_last_lead = n == config.leads
-        responsible = (
-            inactive[0].id if is_last_lead and inactive else owners[(n - 1) % len(owners)]
-        )
+        responsible = inactive[0].id if is_last_lead and inactive else owners[(n - 1) % len(owners)]
         title = _AREA_TITLES[area] if area else "Consulta"
-        email = None if n % 3 == 0 else f"{ascii_slug(contact_name)}@{_EMAIL_DOMAINS[n % 4]}"
+        contact_email = (
+            None if n % 3 == 0 else f"{ascii_slug(contact_name)}@{_EMAIL_DOMAINS[n % 4]}"
+        )
         tags = [state.tags[0]] + ([state.tags[1]] if n % 4 == 0 else [])
         state.add_lead(
             name=f"{title} — {contact_name}",
             contact_name=contact_name,
             phone=mobile_phone(n),
-            email=email,
+            email=contact_email,
             responsible_user_id=responsible,
             status_id=_STATUS_CYCLE[(n - 1) % len(_STATUS_CYCLE)],
             price=_PRICES[(n - 1) % len(_PRICES)],

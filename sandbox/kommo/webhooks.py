@@ -195,9 +195,7 @@ class WebhookDelivery:
 class WebhookSender:
     """POSTs webhook bodies and records every delivery; a failure is recorded, never raised."""
 
-    def __init__(
-        self, timeout: float, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, timeout: float, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._timeout = timeout
         self._transport = transport
         self._client: httpx.AsyncClient | None = None

@@ -1,0 +1,11 @@
+"""A stand-in for Kommo CRM that behaves like the real one, unkind parts included.
+
+Run it with ``python -m sandbox.kommo`` (settings: ``SANDBOX_*`` variables, see
+``config.py``); seeded ids are listed in ``state.py``; the control endpoints tests use are in
+``routes_control.py``.
+"""
+
+from sandbox.kommo.app import create_app, sandbox_of
+from sandbox.kommo.config import SandboxConfig
+
+__all__ = ["SandboxConfig", "create_app", "sandbox_of"]

@@ -1,0 +1,3 @@
+from services.edge_api.server import main
+
+main()

@@ -1,0 +1,116 @@
+"""`POST /webhooks/kommo` as a bare ASGI handler: the hot path, kept off the framework.
+
+Kommo gives a webhook about two seconds and sends leads in bursts, so this path does
+only what the ack needs: check the secret, bound the body, hand the raw bytes to the
+batcher, answer. Parsing happens in the conversation service, next to the store.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from bridge.conversation.v1 import conversation_pb2 as pb
+from services.common.errors import Unavailable
+from services.edge_api.batcher import WebhookBatcher
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+PATH = "/webhooks/kommo"
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def respond(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body, ensure_ascii=False).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _error(status: int, message: str) -> dict[str, Any]:
+    return {"error": message, "status": status}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class KommoWebhook:
+    def __init__(self, batcher: WebhookBatcher, secret: str, max_body: int) -> None:
+        self._batcher = batcher
+        self._secret = secret.encode()
+        self._max_body = max_body
+
+    def _secret_ok(self, query: bytes) -> bool:
+        given = b""
+        for key, value in parse_qsl(query.decode("latin-1")):
+            if key == "secret":
+                given = value.encode("latin-1")
+        return hmac.compare_digest(given, self._secret)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._secret_ok(scope.get("query_string", b"")):
+            await respond(send, 401, _error(401, "missing or wrong webhook secret"))
+            return
+        length = declared_length(scope)
+        if length is not None and length > self._max_body:
+            await respond(send, 413, _error(413, f"body over {self._max_body} bytes"))
+            return
+        try:
+            body = await read_body(receive, self._max_body)
+        except BodyTooLarge:
+            await respond(send, 413, _error(413, f"body over {self._max_body} bytes"))
+            return
+        if not body.strip():
+            await respond(send, 400, _error(400, "empty body: expected Kommo's form fields"))
+            return
+        try:
+            result = await self._batcher.submit(body)
+        except Unavailable as exc:
+            await respond(send, 503, _error(503, f"not stored, retry later: {exc}"))
+            return
+        if result.outcome == pb.INGEST_OUTCOME_STORED:
+            await respond(
+                send,
+                200,
+                {"status": "accepted", "stored": result.stored, "duplicates": result.duplicates},
+            )
+        elif result.outcome == pb.INGEST_OUTCOME_INVALID:
+            await respond(send, 400, _error(400, result.error))
+        else:
+            await respond(send, 503, _error(503, f"not stored, retry later: {result.error}"))
