@@ -21,6 +21,7 @@ from bridge.conversation.v1 import conversation_pb2 as conv
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from services.common.errors import BridgeError
 from services.common.grpc_server import client_metadata
+from services.common.redis import create_redis
 from services.edge_api import webhook
 from services.edge_api.batcher import WebhookBatcher
 from services.edge_api.clients import SERVICE_NAMES, Clients
@@ -67,24 +68,60 @@ class SendResponseResult(BaseModel):
     lead_id: int | None
 
 
-def create_app(settings: EdgeSettings, clients: Clients, redis: aioredis.Redis | None) -> Any:
+class EdgeRuntime:
+    """What the edge holds while it runs; built inside the server's event loop (gRPC
+    channels and Redis connections belong to the loop that created them)."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        self._clients: Clients | None = None
+        self._webhook: webhook.KommoWebhook | None = None
+        self._batcher: WebhookBatcher | None = None
+        self.redis: aioredis.Redis | None = None
+
+    @property
+    def clients(self) -> Clients:
+        assert self._clients is not None, "the edge is not started"
+        return self._clients
+
+    @property
+    def webhook(self) -> webhook.KommoWebhook:
+        assert self._webhook is not None, "the edge is not started"
+        return self._webhook
+
+    def start(self) -> None:
+        s = self.settings
+        self._clients = Clients.connect(s)
+        self._batcher = WebhookBatcher(
+            self._clients.conversation,
+            s.webhook_streams,
+            s.webhook_max_batch,
+            s.webhook_ack_timeout_seconds,
+        )
+        self._webhook = webhook.KommoWebhook(
+            self._batcher, s.kommo_webhook_secret, s.edge_max_body_bytes
+        )
+        self.redis = create_redis(s.redis_url) if s.redis_url else None
+
+    async def stop(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+        if self._clients is not None:
+            await self._clients.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def create_app(settings: EdgeSettings) -> Any:
     """The ASGI app: the webhook fast path in front of the FastAPI application."""
-    batcher = WebhookBatcher(
-        clients.conversation,
-        settings.webhook_streams,
-        settings.webhook_max_batch,
-        settings.webhook_ack_timeout_seconds,
-    )
-    kommo_webhook = webhook.KommoWebhook(
-        batcher, settings.kommo_webhook_secret, settings.edge_max_body_bytes
-    )
-    api = create_api(settings, clients, redis, batcher)
+    runtime = EdgeRuntime(settings)
+    api = create_api(settings, runtime)
     max_body = settings.edge_max_body_bytes
 
     async def app(scope: webhook.Scope, receive: webhook.Receive, send: webhook.Send) -> None:
         if scope["type"] == "http":
             if scope["path"] == webhook.PATH and scope["method"] == "POST":
-                await kommo_webhook(scope, receive, send)
+                await runtime.webhook(scope, receive, send)
                 return
             length = webhook.declared_length(scope)
             if length is not None and length > max_body:
@@ -95,19 +132,12 @@ def create_app(settings: EdgeSettings, clients: Clients, redis: aioredis.Redis |
     return app
 
 
-def create_api(
-    settings: EdgeSettings,
-    clients: Clients,
-    redis: aioredis.Redis | None,
-    batcher: WebhookBatcher,
-) -> FastAPI:
+def create_api(settings: EdgeSettings, runtime: EdgeRuntime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.start()
         yield
-        batcher.close()
-        await clients.close()
-        if redis is not None:
-            await redis.aclose()
+        await runtime.stop()
 
     api = FastAPI(
         title="Kommo ⇄ n8n bridge",
@@ -138,9 +168,9 @@ def create_api(
     @api.get("/health", tags=["status"])
     async def health() -> JSONResponse:
         checks = await asyncio.gather(
-            *(_service_health(clients, name) for name in SERVICE_NAMES),
-            _redis_health(redis),
-            _kommo_status(clients),
+            *(_service_health(runtime.clients, name) for name in SERVICE_NAMES),
+            _redis_health(runtime.redis),
+            _kommo_status(runtime.clients),
         )
         services = dict(zip(SERVICE_NAMES, checks[: len(SERVICE_NAMES)], strict=True))
         redis_state, kommo = checks[len(SERVICE_NAMES)], checks[len(SERVICE_NAMES) + 1]
@@ -158,7 +188,7 @@ def create_api(
 
     @api.get("/webhooks/test", tags=["test & debug"], dependencies=protected)
     async def webhooks_test() -> dict[str, Any]:
-        status = await clients.conversation.GetWebhookStatus(
+        status = await runtime.clients.conversation.GetWebhookStatus(
             conv.GetWebhookStatusRequest(), metadata=client_metadata()
         )
         last = status.last_received_at
@@ -186,7 +216,7 @@ def create_api(
         },
     )
     async def send_response(body: SendResponseBody) -> JSONResponse:
-        answer = await clients.conversation.SendReply(
+        answer = await runtime.clients.conversation.SendReply(
             conv.SendReplyRequest(
                 reply_token=body.reply_token or "",
                 conversation_id=body.conversation_id or "",

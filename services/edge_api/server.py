@@ -8,10 +8,8 @@ import logging
 import uvicorn
 
 from services.common.logs import configure_logging
-from services.common.redis import create_redis
 from services.common.settings import load_settings
 from services.edge_api.app import create_app
-from services.edge_api.clients import Clients
 from services.edge_api.settings import EdgeSettings
 
 log = logging.getLogger(__name__)
@@ -20,8 +18,7 @@ log = logging.getLogger(__name__)
 def main() -> None:
     settings = load_settings(EdgeSettings)
     configure_logging("edge_api", settings.log_level, settings.secrets())
-    redis = create_redis(settings.redis_url) if settings.redis_url else None
-    app = create_app(settings, Clients.connect(settings), redis)
+    app = create_app(settings)
     # Start-up objects live as long as the process: keep the collector's pauses off them.
     gc.freeze()
     log.info("edge listening", extra={"port": settings.edge_port})

@@ -28,7 +28,12 @@ def create_server(settings: SchedulingSettings) -> GrpcService:
     )
 
 
+async def serve(settings: SchedulingSettings) -> None:
+    # The gRPC server must be built inside the running event loop.
+    await create_server(settings).serve()
+
+
 def main() -> None:
     settings = load_settings(SchedulingSettings)
     configure_logging("scheduling", settings.log_level)
-    asyncio.run(create_server(settings).serve())
+    asyncio.run(serve(settings))

@@ -42,7 +42,12 @@ def create_server(settings: VendedorSettings) -> GrpcService:
     )
 
 
+async def serve(settings: VendedorSettings) -> None:
+    # The gRPC server must be built inside the running event loop.
+    await create_server(settings).serve()
+
+
 def main() -> None:
     settings = load_settings(VendedorSettings)
     configure_logging("vendedor", settings.log_level)
-    asyncio.run(create_server(settings).serve())
+    asyncio.run(serve(settings))

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _SYNC_DEADLINE_SECONDS = 60.0
+# At start the gateway may still be coming up: retry soon, then back off.
+_FIRST_RETRY_SECONDS = 1.0
+_MAX_RETRY_SECONDS = 60.0
 
 
 def to_pb(v: Vendedor) -> pb.Vendedor:
@@ -150,7 +153,7 @@ class PeriodicSync(BackgroundTask):
         self._interval = settings.vendedor_sync_interval_seconds
 
     async def run(self, stopping: asyncio.Event) -> None:
-        retry = 5.0
+        retry = _FIRST_RETRY_SECONDS
         while not stopping.is_set():
             wait = self._interval
             try:
@@ -160,9 +163,11 @@ class PeriodicSync(BackgroundTask):
                         await self._vendedores.sync()
                     finally:
                         await self._redis.delete(SYNC_LOCK)
+                retry = _FIRST_RETRY_SECONDS
             except (grpc.aio.AioRpcError, RedisError) as exc:
-                log.warning("vendedor sync failed, will retry: %s", exc)
+                log.warning("vendedor sync failed, retrying in %.0f s: %s", retry, exc)
                 wait = retry
+                retry = min(retry * 2, _MAX_RETRY_SECONDS)
             if wait <= 0:
                 return
             try:

@@ -1,0 +1,181 @@
+"""The whole bridge on one machine: Redis (unless REDIS_URL), the Kommo sandbox and the
+n8n stand-in (unless real Kommo credentials are configured), and the five services with
+their replica counts."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack.processes import GRPC_SERVICES, Launcher, Process, free_port
+from devstack.redis_server import RedisServer
+
+SANDBOX_SALESBOT_ID = "7001"
+SANDBOX_REPLY_FIELD_ID = "900001"
+SANDBOX_CLIENT_ID = "sandbox-client"
+SANDBOX_CLIENT_SECRET = "sandbox-secret"  # noqa: S105  # the sandbox's own demo credential
+SANDBOX_REFRESH_TOKEN = "sandbox-refresh-0"  # noqa: S105
+
+
+@dataclass
+class StackConfig:
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=dict)  # what the user configured
+    scale: dict[str, int] = field(default_factory=dict)
+    edge_port: int = 0
+    use_sandbox: bool = True
+    sandbox_env: dict[str, str] = field(default_factory=dict)
+    standin_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Stack:
+    config: StackConfig
+    launcher: Launcher
+    redis: RedisServer | None = None
+    redis_url: str = ""
+    services: dict[str, list[Process]] = field(default_factory=dict)
+    sandbox: Process | None = None
+    standin: Process | None = None
+    edge_url: str = ""
+    api_key: str = ""
+    webhook_secret: str = ""
+
+    @property
+    def sandbox_url(self) -> str:
+        assert self.sandbox is not None
+        return f"http://{self.sandbox.address}"
+
+    @property
+    def standin_url(self) -> str:
+        assert self.standin is not None
+        return f"http://{self.standin.address}"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.edge_url}/webhooks/kommo?secret={self.webhook_secret}"
+
+    def service_env(self) -> dict[str, str]:
+        return {
+            f"{name.upper()}_ADDR": ",".join(p.address for p in self.services[name])
+            for name in GRPC_SERVICES
+            if name in self.services
+        }
+
+    def start_service(self, name: str, env: dict[str, str] | None = None) -> Process:
+        """One more replica of a gRPC service (also used to restart a killed one)."""
+        port = free_port()
+        replicas = self.services.setdefault(name, [])
+        process = self.launcher.start(
+            f"{name}-{len(replicas) + 1}",
+            f"services.{name}",
+            {"GRPC_PORT": str(port), "GRPC_HOST": "127.0.0.1", **(env or {})},
+            port,
+            "grpc",
+        )
+        replicas.append(process)
+        return process
+
+    def stop(self) -> None:
+        self.launcher.stop_all()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def start_stack(config: StackConfig) -> Stack:
+    env = dict(config.env)
+    launcher = Launcher(config.log_dir, {})
+    stack = Stack(config, launcher)
+    try:
+        _start(stack, env)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def _start(stack: Stack, env: dict[str, str]) -> None:
+    config = stack.config
+    if env.get("REDIS_URL"):
+        stack.redis_url = env["REDIS_URL"]
+    else:
+        stack.redis = RedisServer(free_port(), config.log_dir / "redis-data").start()
+        stack.redis_url = stack.redis.url
+    stack.api_key = env.get("EDGE_API_KEY") or secrets.token_urlsafe(24)
+    stack.webhook_secret = env.get("KOMMO_WEBHOOK_SECRET") or secrets.token_urlsafe(24)
+    edge_port = config.edge_port or int(env.get("EDGE_PORT") or 0) or free_port()
+    stack.edge_url = f"http://127.0.0.1:{edge_port}"
+    public_url = env.get("EDGE_PUBLIC_URL") or stack.edge_url
+    common = {
+        **env,
+        "REDIS_URL": stack.redis_url,
+        "EDGE_API_KEY": stack.api_key,
+        "KOMMO_WEBHOOK_SECRET": stack.webhook_secret,
+        "EDGE_PUBLIC_URL": public_url,
+    }
+    stack.launcher.base_env = common
+
+    if config.use_sandbox:
+        sandbox_port = free_port()
+        stack.sandbox = stack.launcher.start(
+            "kommo-sandbox",
+            "sandbox.kommo",
+            {
+                "SANDBOX_PORT": str(sandbox_port),
+                "SANDBOX_BRIDGE_WEBHOOK_URL": stack.webhook_url,
+                "SANDBOX_REDIRECT_URI": f"{public_url}/oauth/callback",
+                **config.sandbox_env,
+            },
+            sandbox_port,
+            "http",
+        )
+        standin_port = free_port()
+        stack.standin = stack.launcher.start(
+            "n8n-standin",
+            "sandbox.n8n_standin",
+            {
+                "STANDIN_PORT": str(standin_port),
+                "STANDIN_API_KEY": stack.api_key,
+                **config.standin_env,
+            },
+            standin_port,
+            "http",
+        )
+        sandbox_defaults = {
+            "KOMMO_BASE_URL": stack.sandbox_url,
+            "KOMMO_SANDBOX": "true",
+            "KOMMO_SUBDOMAIN": "previdas",
+            "KOMMO_CLIENT_ID": SANDBOX_CLIENT_ID,
+            "KOMMO_CLIENT_SECRET": SANDBOX_CLIENT_SECRET,
+            "KOMMO_REDIRECT_URI": f"{public_url}/oauth/callback",
+            "KOMMO_REFRESH_TOKEN": SANDBOX_REFRESH_TOKEN,
+            "KOMMO_SALESBOT_ID": SANDBOX_SALESBOT_ID,
+            "KOMMO_REPLY_FIELD_ID": SANDBOX_REPLY_FIELD_ID,
+            "KOMMO_AMOJO_BASE_URL": stack.sandbox_url,
+            "N8N_WEBHOOK_URL": f"{stack.standin_url}/webhook/bridge",
+        }
+        # What the user (or a test) set explicitly wins over the sandbox defaults.
+        stack.launcher.base_env = {**common, **sandbox_defaults, **env}
+        stack.launcher.wait_ready(stack.sandbox, "/_sandbox/stats")
+        stack.launcher.wait_ready(stack.standin, "/_standin/received")
+
+    # Dependencies first: the gateway, then who calls it, then who calls them.
+    for name in GRPC_SERVICES:
+        for _ in range(max(1, config.scale.get(name, 1))):
+            stack.start_service(name)
+        if name in ("kommo_gateway", "vendedor"):
+            stack.launcher.base_env.update(stack.service_env())
+    stack.launcher.base_env.update(stack.service_env())
+    for processes in stack.services.values():
+        for process in processes:
+            stack.launcher.wait_ready(process)
+    edge = stack.launcher.start(
+        "edge_api",
+        "services.edge_api",
+        {"EDGE_PORT": str(edge_port), "EDGE_HOST": "127.0.0.1", **stack.service_env()},
+        edge_port,
+        "http",
+    )
+    stack.services["edge_api"] = [edge]
+    stack.launcher.wait_ready(edge, "/version")

@@ -1,0 +1,104 @@
+"""The n8n stand-in's HTTP app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StandinConfig:
+    api_key: str
+    down: bool = False
+    auto_reply: bool = True
+    reply_delay: float = 0.0
+    reply_prefix: str = "Olá"
+
+
+class ConfigUpdate(BaseModel):
+    down: bool | None = None
+    auto_reply: bool | None = None
+    reply_delay: float | None = None
+
+
+@dataclass
+class State:
+    received: list[dict[str, Any]] = field(default_factory=list)
+    refused: int = 0
+    replies: list[dict[str, Any]] = field(default_factory=list)
+
+
+def reply_text(envelope: dict[str, Any], prefix: str) -> str:
+    contact = envelope.get("contact") or {}
+    name = str(contact.get("name") or "").split(" ")[0]
+    texts = [m.get("text") or f"[{m.get('type')}]" for m in envelope.get("messages") or []]
+    greeting = f"{prefix}, {name}!" if name else f"{prefix}!"
+    return f"{greeting} Recebemos: {' / '.join(texts)}"
+
+
+def create_app(config: StandinConfig) -> FastAPI:
+    app = FastAPI(title="n8n stand-in")
+    state = State()
+    http = httpx.AsyncClient(timeout=30.0)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(envelope: dict[str, Any]) -> None:
+        if config.reply_delay:
+            await asyncio.sleep(config.reply_delay)
+        callback = envelope["callback"]
+        body = {
+            "reply_token": callback["reply_token"],
+            "text": reply_text(envelope, config.reply_prefix),
+        }
+        try:
+            response = await http.post(
+                callback["url"], json=body, headers={"X-API-Key": config.api_key}
+            )
+            state.replies.append({"status": response.status_code, "body": response.json()})
+        except (httpx.HTTPError, ValueError) as exc:
+            state.replies.append({"status": None, "error": type(exc).__name__})
+
+    @app.post("/webhook/bridge")
+    async def webhook(request: Request) -> JSONResponse:
+        if config.down:
+            state.refused += 1
+            return JSONResponse({"message": "workflow unavailable"}, status_code=503)
+        envelope = await request.json()
+        state.received.append({"headers": dict(request.headers), "body": envelope})
+        if config.auto_reply and envelope.get("event") == "message.received":
+            task = asyncio.create_task(answer(envelope))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return JSONResponse({"message": "Workflow was started"})
+
+    @app.get("/_standin/received")
+    async def received() -> dict[str, Any]:
+        return {"received": state.received, "refused": state.refused, "replies": state.replies}
+
+    @app.post("/_standin/config")
+    async def configure(update: ConfigUpdate) -> dict[str, Any]:
+        for key, value in update.model_dump(exclude_none=True).items():
+            setattr(config, key, value)
+        return {
+            "down": config.down,
+            "auto_reply": config.auto_reply,
+            "reply_delay": config.reply_delay,
+        }
+
+    @app.post("/_standin/reset")
+    async def reset() -> dict[str, str]:
+        state.received.clear()
+        state.replies.clear()
+        state.refused = 0
+        return {"status": "reset"}
+
+    return app
