@@ -13,6 +13,8 @@ logger = logging.getLogger("sandbox.kommo")
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs every webhook POST at INFO; the sandbox logs the failures itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         config = config_from_env(os.environ)
     except ConfigError as exc:

@@ -137,7 +137,7 @@ def parse_webhook(tree: Tree, expected_subdomain: str = "") -> ParsedWebhook:
         if entity == "account":
             continue
         if not isinstance(actions, dict):
-            raise InvalidInput(f"{entity} must be a group of fields")
+            raise InvalidInput(f"not a Kommo webhook: unexpected field {entity[:40]!r}")
         for action, items in actions.items():
             if not isinstance(items, dict):
                 raise InvalidInput(f"{entity}[{action}] must be a list of items")

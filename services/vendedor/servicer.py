@@ -31,6 +31,8 @@ _SYNC_DEADLINE_SECONDS = 60.0
 # At start the gateway may still be coming up: retry soon, then back off.
 _FIRST_RETRY_SECONDS = 1.0
 _MAX_RETRY_SECONDS = 60.0
+# An unknown user id triggers a sync, but not more often than this.
+_RESYNC_ON_MISS_SECONDS = 30.0
 
 
 def to_pb(v: Vendedor) -> pb.Vendedor:
@@ -50,12 +52,24 @@ class Vendedores:
     def __init__(self, redis: aioredis.Redis, gateway: KommoGatewayAsyncStub) -> None:
         self._redis = redis
         self._gateway = gateway
+        self._sync_lock = asyncio.Lock()
 
     async def all(self) -> dict[int, Vendedor]:
         raw = await self._redis.hgetall(VENDEDORES)
         return {int(k): Vendedor(**json.loads(v)) for k, v in raw.items()}
 
     async def get(self, vendedor_id: int) -> Vendedor | None:
+        found = await self._lookup(vendedor_id)
+        if found is None and time.time() - await self.synced_at() > _RESYNC_ON_MISS_SECONDS:
+            # A user new in Kommo (or a first lookup before the first sync): sync now
+            # rather than answer "unknown" until the periodic sync comes round.
+            async with self._sync_lock:
+                if time.time() - await self.synced_at() > _RESYNC_ON_MISS_SECONDS:
+                    await self.sync()
+            found = await self._lookup(vendedor_id)
+        return found
+
+    async def _lookup(self, vendedor_id: int) -> Vendedor | None:
         raw = await self._redis.hget(VENDEDORES, str(vendedor_id))
         return Vendedor(**json.loads(raw)) if raw else None
 

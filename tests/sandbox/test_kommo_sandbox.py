@@ -485,6 +485,24 @@ async def test_v4_bot_run_answers_accepted_as_html(kommo: Kommo) -> None:
     assert unknown.status_code == 404
 
 
+async def test_v4_bot_run_takes_a_list_and_a_stop_cancels_pending_runs(kommo: Kommo) -> None:
+    headers = await kommo.auth()
+    await kommo.set_reply(headers, "Não deveria sair")
+    run = {"bot_id": kommo.config.salesbot_id, "entity_id": LEAD, "entity_type": "leads"}
+    answer = await kommo.client.post("/api/v4/bots/run", headers=headers, json=[run, run])
+    assert answer.status_code == 202
+    stop = await kommo.client.post(
+        f"/api/v4/bots/{kommo.config.salesbot_id}/stop",
+        headers=headers,
+        json={"entity_id": LEAD, "entity_type": "leads"},
+    )
+    assert stop.status_code == 202
+    await kommo.settled()
+    runs = (await kommo.client.get("/_sandbox/salesbot-runs")).json()
+    assert [r["outcome"] for r in runs] == ["stopped", "stopped"]
+    assert await kommo.chat(LEAD) == []
+
+
 async def test_salesbot_with_an_empty_field_sends_nothing_and_records_it(kommo: Kommo) -> None:
     headers = await kommo.auth()
     run = [{"bot_id": kommo.config.salesbot_id, "entity_id": LEAD, "entity_type": 2}]

@@ -1,0 +1,83 @@
+"""The whole bridge as real processes — five services (gateway and conversation with two
+replicas each), the Kommo sandbox and the n8n stand-in — on the test Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import redis
+
+from devstack.stack import Stack, StackConfig, start_stack
+
+T = TypeVar("T")
+
+E2E_ENV = {
+    "MESSAGE_DEBOUNCE_SECONDS": "0",
+    "N8N_RETRY_SCHEDULE": "0,0.5,1,1,1,2,2,2",
+    "KOMMO_REPLY_SPACING_SECONDS": "0.3",
+    "KOMMO_DELIVERY_GRACE_SECONDS": "0.5",
+    "LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture(scope="package")
+def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    redis.Redis.from_url(redis_url).flushdb()
+    log_dir: Path = tmp_path_factory.mktemp("stack-logs")
+    running = start_stack(
+        StackConfig(
+            log_dir=log_dir,
+            env={**E2E_ENV, "REDIS_URL": redis_url},
+            scale={"conversation": 2, "kommo_gateway": 2},
+            sandbox_env={"SANDBOX_ECHO_DELAY": "0.1"},
+        )
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=10.0) as client:
+        yield client
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 10.0, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.05)
+
+
+def customer_writes(http: httpx.Client, stack: Stack, lead_id: int, text: str) -> dict[str, Any]:
+    answer = http.post(
+        f"{stack.sandbox_url}/_sandbox/customer-message", json={"lead_id": lead_id, "text": text}
+    )
+    answer.raise_for_status()
+    return dict(answer.json())
+
+
+def chat(http: httpx.Client, stack: Stack, lead_id: int) -> list[dict[str, Any]]:
+    return list(http.get(f"{stack.sandbox_url}/_sandbox/chats/{lead_id}").json())
+
+
+def envelopes(http: httpx.Client, stack: Stack) -> list[dict[str, Any]]:
+    return [
+        r["body"] for r in http.get(f"{stack.standin_url}/_standin/received").json()["received"]
+    ]
+
+
+def lead_snapshot(http: httpx.Client, stack: Stack, lead_id: int) -> dict[str, Any]:
+    """The lead with its notes, tasks and chat, as the sandbox holds them."""
+    return dict(http.get(f"{stack.sandbox_url}/_sandbox/leads/{lead_id}").json())

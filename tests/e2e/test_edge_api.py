@@ -1,0 +1,84 @@
+"""The edge's own endpoints against the running system."""
+
+from __future__ import annotations
+
+import httpx
+
+from devstack.stack import Stack
+from tests.e2e.conftest import customer_writes, envelopes, wait_for
+
+
+def test_health_reports_every_service_redis_and_the_sandbox(
+    stack: Stack, http: httpx.Client
+) -> None:
+    answer = http.get(f"{stack.edge_url}/health")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["status"] == "ok"
+    assert body["services"] == {
+        "conversation": "SERVING",
+        "kommo_gateway": "SERVING",
+        "vendedor": "SERVING",
+        "scheduling": "SERVING",
+    }
+    assert body["redis"] == "ok"
+    assert body["kommo"]["mode"] == "sandbox"
+    assert body["kommo"]["token_state"] == "ok"
+
+
+def test_version_and_openapi_are_public(stack: Stack, http: httpx.Client) -> None:
+    assert http.get(f"{stack.edge_url}/version").json()["version"]
+    schema = http.get(f"{stack.edge_url}/openapi.json").json()
+    assert "/webhooks/kommo" in schema["paths"]
+    assert "/send-response" in schema["paths"]
+    assert http.get(f"{stack.edge_url}/docs").status_code == 200
+
+
+def test_webhook_status_says_where_to_register_and_when_the_last_arrived(
+    stack: Stack, http: httpx.Client
+) -> None:
+    assert http.get(f"{stack.edge_url}/webhooks/test").status_code == 401
+    customer_writes(http, stack, 9100006, "status do webhook")
+    body = http.get(f"{stack.edge_url}/webhooks/test", headers={"X-API-Key": stack.api_key}).json()
+    assert body["register_in_kommo"] == stack.webhook_url
+    assert body["last_received_at"] is not None
+    assert body["seconds_since_last"] < 60
+    assert body["received_total"] >= 1
+
+
+def test_send_response_requires_the_api_key_and_a_known_token(
+    stack: Stack, http: httpx.Client
+) -> None:
+    url = f"{stack.edge_url}/send-response"
+    body = {"reply_token": "nope", "text": "oi"}
+    assert http.post(url, json=body).status_code == 401
+    assert http.post(url, json=body, headers={"X-API-Key": "wrong-key"}).status_code == 401
+    answer = http.post(url, json=body, headers={"X-API-Key": stack.api_key})
+    assert answer.status_code == 404
+    assert "reply_token" in answer.json()["error"]
+    missing = http.post(url, json={"text": "oi"}, headers={"X-API-Key": stack.api_key})
+    assert missing.status_code == 422
+
+
+def test_the_same_reply_token_twice_delivers_once(stack: Stack, http: httpx.Client) -> None:
+    http.post(f"{stack.standin_url}/_standin/config", json={"auto_reply": False})
+    lead, text = 9100007, "quero uma resposta só"
+    try:
+        customer_writes(http, stack, lead, text)
+        envelope = wait_for(
+            lambda: next(
+                (e for e in envelopes(http, stack) if e["messages"][0]["text"] == text), None
+            ),
+            what="envelope",
+        )
+    finally:
+        http.post(f"{stack.standin_url}/_standin/config", json={"auto_reply": True})
+    reply = {"reply_token": envelope["callback"]["reply_token"], "text": "Resposta única"}
+    headers = {"X-API-Key": stack.api_key}
+    first = http.post(f"{stack.edge_url}/send-response", json=reply, headers=headers)
+    second = http.post(f"{stack.edge_url}/send-response", json=reply, headers=headers)
+    assert first.status_code == 200 and first.json()["status"] == "delivered"
+    assert second.status_code == 200 and second.json()["status"] == "duplicate"
+    assert second.json()["delivery_id"] == first.json()["delivery_id"]
+    runs = http.get(f"{stack.sandbox_url}/_sandbox/salesbot-runs").json()
+    assert sum(1 for r in runs if r.get("lead_id") == lead) == 1
