@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.exceptions import RedisError
 
 from services.common.errors import BridgeError
 from services.common.logs import request_id
@@ -46,6 +47,9 @@ class BackgroundTask:
 def _error_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, BridgeError):
         return exc.code, str(exc)
+    if isinstance(exc, RedisError):
+        # Storage trouble is temporary from the caller's point of view: retry later.
+        return grpc.StatusCode.UNAVAILABLE, "storage unavailable, retry later"
     if isinstance(exc, grpc.aio.AioRpcError):
         # A failing call to another service keeps its code and its message.
         return exc.code(), exc.details() or exc.code().name

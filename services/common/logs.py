@@ -17,9 +17,10 @@ from collections.abc import Iterable
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 # A phone as customers and Kommo write it: + or digits, with spaces, dots, dashes or
-# parentheses, at least 8 digits. Masked to its last 4 digits.
-_PHONE = re.compile(r"(?<![\w/.-])\+?\d[\d\s().-]{6,}\d(?![\w/])")
-_MIN_PHONE_DIGITS = 8
+# parentheses, at least 10 digits (a Brazilian number with its area code; Kommo's ids
+# are shorter). Masked to its last 4 digits.
+_PHONE = re.compile(r"(?<![\w/.-])\+?\d[\d\s().-]{8,}\d(?![\w/])")
+_MIN_PHONE_DIGITS = 10
 _MIN_SECRET_LENGTH = 4
 
 

@@ -1,0 +1,24 @@
+"""Runs after the other end-to-end tests of the package (file order): nothing secret
+and no customer's phone number in any log line the stack wrote."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from devstack.stack import SANDBOX_CLIENT_SECRET, SANDBOX_REFRESH_TOKEN, Stack
+
+
+def test_logs_hold_no_secret_token_or_phone_number(stack: Stack, http: httpx.Client) -> None:
+    contact = http.get(f"{stack.sandbox_url}/_sandbox/leads/9100001").json()["lead"]
+    assert contact  # the stack served traffic; its logs are worth reading
+    canaries = {stack.api_key, stack.webhook_secret, SANDBOX_CLIENT_SECRET, SANDBOX_REFRESH_TOKEN}
+    phone = re.compile(r"\+?55\s?\d{2}\s?9?\d{4}-?\d{4}")
+    logs = {p.name: p.log() for ps in stack.services.values() for p in ps}
+    assert logs and all(logs.values())
+    for name, text in logs.items():
+        for canary in canaries:
+            assert canary not in text, f"a secret leaked into the {name} log"
+        assert not phone.search(text), f"a phone number leaked into the {name} log"
+        assert "Bearer " not in text

@@ -1,0 +1,145 @@
+"""The conversation service's Redis scripts against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import redis.asyncio as aioredis
+
+from services.conversation.store import (
+    EVENTS_STREAM,
+    SEEN_TTL_SECONDS,
+    WEBHOOKS_TOTAL,
+    ConversationStore,
+    DueQueue,
+    now_ms,
+    seen_key,
+)
+
+
+async def test_ingest_stores_new_events_once_and_counts_webhooks(redis: aioredis.Redis) -> None:
+    store = ConversationStore(redis)
+    first = await store.ingest(
+        2, [(seen_key("a"), "{}"), (seen_key("b"), "{}"), (seen_key("a"), "{}")]
+    )
+    assert first == [True, True, False]
+    again = await store.ingest(1, [(seen_key("b"), "{}")])
+    assert again == [False]
+    assert await redis.xlen(EVENTS_STREAM) == 2
+    assert int(await redis.get(WEBHOOKS_TOTAL)) == 3
+    ttl = await redis.ttl(seen_key("a"))
+    assert SEEN_TTL_SECONDS - 5 < ttl <= SEEN_TTL_SECONDS
+
+
+async def test_a_claimed_item_is_due_again_when_its_lease_ends(redis: aioredis.Redis) -> None:
+    queue = DueQueue(redis, "test:due")
+    await queue.schedule("job", now_ms())
+    [claim] = await queue.claim(10, lease_ms=200)
+    assert await queue.claim(10, lease_ms=200) == []  # leased: nobody else gets it
+    await asyncio.sleep(0.25)
+    [again] = await queue.claim(10, lease_ms=200)  # the holder died: a live replica takes it
+    assert again.member == "job"
+    assert not await queue.release(claim)  # the old holder cannot drop the new lease
+    assert await queue.release(again)
+    assert await redis.zcard("test:due") == 0
+
+
+async def test_a_newer_schedule_survives_the_release_of_an_older_lease(
+    redis: aioredis.Redis,
+) -> None:
+    queue = DueQueue(redis, "test:due")
+    await queue.schedule("conv", now_ms())
+    [claim] = await queue.claim(10, lease_ms=5000)
+    await queue.schedule("conv", now_ms() + 3000)  # a message arrived meanwhile
+    assert not await queue.release(claim)
+    assert await redis.zscore("test:due", "conv") is not None
+
+
+async def test_claim_member_takes_only_a_due_item(redis: aioredis.Redis) -> None:
+    queue = DueQueue(redis, "test:due")
+    await queue.schedule("later", now_ms() + 60_000)
+    assert await queue.claim_member("later", 1000) is None
+    await queue.schedule("now", now_ms())
+    assert await queue.claim_member("now", 1000) is not None
+    assert await queue.claim_member("now", 1000) is None
+
+
+async def test_a_message_is_applied_once_even_when_delivered_twice(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis)
+    args = {
+        "conversation_id": "c1",
+        "message_id": "m1",
+        "inbox_entry": json.dumps({"id": "m1", "seq": "1-0", "created_at": 1}),
+        "history_entry": json.dumps({"role": "customer", "text": "oi"}),
+        "at_ms": now_ms(),
+        "due_ms": now_ms(),
+        "lead_id": 9,
+        "contact_id": 8,
+        "chat_id": "chat",
+        "talk_id": 7,
+        "to_inbox": True,
+        "history_max": 10,
+    }
+    assert await store.apply_message(**args)
+    assert not await store.apply_message(**args)
+    assert len(await store.inbox("c1")) == 1
+    assert await store.conversation_by_lead(9) == "c1"
+    conversation = await store.conversation("c1")
+    assert conversation["bot_state"] == "active"
+    assert conversation["chat_id"] == "chat"
+
+
+async def test_committing_a_turn_consumes_exactly_the_messages_it_read(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis)
+    for i in range(2):
+        await store.apply_message(
+            conversation_id="c1",
+            message_id=f"m{i}",
+            inbox_entry=json.dumps({"id": f"m{i}", "seq": f"{i}-0"}),
+            history_entry="{}",
+            at_ms=now_ms(),
+            due_ms=now_ms(),
+            lead_id=9,
+            contact_id=0,
+            chat_id="chat",
+            talk_id=0,
+            to_inbox=True,
+            history_max=10,
+        )
+    [claim] = await store.turns.claim(10, 5000)
+    read = await store.inbox("c1")
+    await store.apply_message(  # arrives while the turn is being built
+        conversation_id="c1",
+        message_id="m9",
+        inbox_entry=json.dumps({"id": "m9", "seq": "9-0"}),
+        history_entry="{}",
+        at_ms=now_ms(),
+        due_ms=now_ms() + 1000,
+        lead_id=9,
+        contact_id=0,
+        chat_id="chat",
+        talk_id=0,
+        to_inbox=True,
+        history_max=10,
+    )
+    assert await store.commit_turn(
+        conversation_id="c1",
+        claim=claim,
+        consumed=len(read),
+        reply_token="tok",
+        event_id="ev",
+        payload="{}",
+        url="http://n8n",
+        outbox_lease_ms=1000,
+    )
+    assert [m["id"] for m in await store.inbox("c1")] == ["m9"]
+    assert (await store.reply_token("tok"))["conversation_id"] == "c1"
+    assert (await store.conversation("c1"))["inflight_token"] == "tok"
+    assert await redis.zscore("conv:turns:due", "c1") is not None  # m9's turn is kept
+    await store.finish_turn("c1", "tok")
+    assert "inflight_token" not in await store.conversation("c1")
