@@ -5,6 +5,9 @@ the reply in the chat and the lead gets a note."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -16,14 +19,14 @@ from tests.e2e.conftest import chat, customer_writes, envelopes, lead_snapshot, 
 LEAD = 9100001
 
 
-def _envelope_with(http: httpx.Client, stack: Stack, text: str) -> dict | None:
+def _envelope_with(http: httpx.Client, stack: Stack, text: str) -> dict[str, Any] | None:
     for envelope in envelopes(http, stack):
         if any(m.get("text") == text for m in envelope.get("messages", [])):
             return envelope
     return None
 
 
-def _bot_replies(http: httpx.Client, stack: Stack, lead_id: int, text: str) -> list[dict]:
+def _bot_replies(http: httpx.Client, stack: Stack, lead_id: int, text: str) -> list[dict[str, Any]]:
     return [
         m for m in chat(http, stack, lead_id) if m["direction"] == "outgoing" and text in m["text"]
     ]
@@ -52,14 +55,12 @@ def test_customer_message_reaches_n8n_with_context_and_reply_reaches_customer(
     replies = wait_for(lambda: _bot_replies(http, stack, LEAD, text), what="reply in chat")
     assert len(replies) == 1
     assert replies[0]["via"] == "salesbot"
-    snapshot = wait_for(
-        lambda: (
-            (s := lead_snapshot(http, stack, LEAD))
-            and any(text in n["params"]["text"] for n in s["notes"])
-            and s
-        ),
-        what="note on the lead",
-    )
+
+    def noted() -> dict[str, Any] | None:
+        snapshot = lead_snapshot(http, stack, LEAD)
+        return snapshot if any(text in n["params"]["text"] for n in snapshot["notes"]) else None
+
+    snapshot = wait_for(noted, what="note on the lead")
     assert any("Resposta do assistente" in n["params"]["text"] for n in snapshot["notes"])
 
 
@@ -122,7 +123,7 @@ def test_body_over_one_mebibyte_gets_413(stack: Stack, http: httpx.Client) -> No
     big = b"message[add][0][text]=" + b"a" * (1 << 20)
     assert http.post(stack.webhook_url, content=big).status_code == 413
 
-    def chunks():  # no Content-Length: the limit holds while reading
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds while reading
         for _ in range(17):
             yield b"a" * 65536
 
@@ -153,15 +154,15 @@ def test_messages_sent_while_n8n_is_down_are_delivered_when_it_returns(
     finally:
         http.post(f"{stack.standin_url}/_standin/config", json={"down": False})
     for lead, text in texts.items():
-        wait_for(lambda t=text: _envelope_with(http, stack, t), timeout=15, what=text)
-        wait_for(lambda le=lead, t=text: _bot_replies(http, stack, le, t), what="reply")
+        wait_for(partial(_envelope_with, http, stack, text), timeout=15, what=text)
+        wait_for(partial(_bot_replies, http, stack, lead, text), what="reply")
 
 
 def test_expired_access_token_is_refreshed_and_old_refresh_token_is_refused(
     stack: Stack, http: httpx.Client, redis_url: str
 ) -> None:
     client = redis.Redis.from_url(redis_url)
-    before = json.loads(client.get("gw:tokens"))
+    before = json.loads(client.get("gw:tokens") or "{}")
     stats_before = http.get(f"{stack.sandbox_url}/_sandbox/stats").json()
     http.post(f"{stack.sandbox_url}/_sandbox/expire-tokens").raise_for_status()
 
@@ -169,7 +170,7 @@ def test_expired_access_token_is_refreshed_and_old_refresh_token_is_refused(
     customer_writes(http, stack, lead, text)
     wait_for(lambda: _bot_replies(http, stack, lead, text), timeout=15, what="reply")
 
-    after = json.loads(client.get("gw:tokens"))
+    after = json.loads(client.get("gw:tokens") or "{}")
     assert after["version"] > before["version"]
     assert after["refresh_token"] != before["refresh_token"]
     stats = http.get(f"{stack.sandbox_url}/_sandbox/stats").json()

@@ -163,5 +163,7 @@ def test_reply_workflow_routes_every_bridge_event() -> None:
 def test_reply_workflow_agents_have_a_chat_model() -> None:
     workflow = _load(REPLY_WORKFLOW)
     agents = {n["name"] for n in _nodes(workflow, "@n8n/n8n-nodes-langchain.agent")}
-    models = {link["node"] for _, kind, link in _links(workflow) if kind == "ai_languageModel"}
-    assert agents and agents <= models
+    fed_by_a_model = {
+        link["node"] for _, kind, link in _links(workflow) if kind == "ai_languageModel"
+    }
+    assert agents and agents <= fed_by_a_model
