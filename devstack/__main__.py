@@ -24,6 +24,7 @@ _CREDENTIALS = ("KOMMO_AUTH_CODE", "KOMMO_REFRESH_TOKEN", "KOMMO_LONG_LIVED_TOKE
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     env_file = ROOT / ".env"
     file_values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
     env = {**file_values, **{k: v for k, v in os.environ.items() if k in file_values}}

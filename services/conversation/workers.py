@@ -55,6 +55,8 @@ _TRANSIENT = frozenset(
 # take it; longer than any single step (n8n timeout, a Kommo call with its retries).
 _LEASE_MS = 30_000
 _CONTEXT_RETRY_MS = 2_000
+# A delivery waits for the lead's reply slot and for Kommo's rate limit.
+_DELIVERY_DEADLINE_SECONDS = 25.0
 _MAX_CLAIM = 32
 
 
@@ -347,6 +349,7 @@ class Engine:
                         idempotency_key=job["idempotency_key"],
                         chat_id=job.get("chat_id", ""),
                     ),
+                    timeout=_DELIVERY_DEADLINE_SECONDS,
                     metadata=metadata,
                 )
                 await self.store.update_reply_job(claim.member, delivered=1)

@@ -26,13 +26,29 @@ import redis.asyncio as aioredis
 from services.common.errors import Unavailable, UpstreamError
 from services.kommo_gateway.kommo_client import KommoClient
 from services.kommo_gateway.settings import GatewaySettings
-from services.kommo_gateway.store import DELIVERY_TTL_SECONDS, delivery_key, lead_slot_key
+from services.kommo_gateway.store import (
+    DELIVERY_TTL_SECONDS,
+    delivery_attempt_key,
+    delivery_key,
+    lead_slot_key,
+)
 
 log = logging.getLogger(__name__)
 
 _SLOT_WAIT_STEP_SECONDS = 0.05
 _SLOT_WAIT_MAX_SECONDS = 60.0
+# Held while a delivery writes the field and runs the bot (rate-limit waits included);
+# shortened to the spacing once the bot has been started. Expires if the holder dies.
+_SLOT_HOLD_MS = 60_000
 _MAX_RUNS = 3
+
+# Compare-and-set on a lock we own: shorten (or release) only our own hold.
+_EXPIRE_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
 
 
 def chats_api_headers(secret: str, method: str, path: str, body: bytes) -> dict[str, str]:
@@ -61,6 +77,7 @@ class Delivery:
         self._redis = redis
         self._kommo = kommo
         self._http = http
+        self._expire_if_owner = redis.register_script(_EXPIRE_IF_OWNER)
 
     async def deliver(self, lead_id: int, text: str, key: str, chat_id: str) -> tuple[str, str]:
         """Returns (status, method): status "sent" or "already_sent"."""
@@ -68,11 +85,23 @@ class Delivery:
         state = await self._state(key)
         if state.get("status") == "sent":
             return "already_sent", method
-        if method == "chats_api":
-            await self._send_chats_api(chat_id or str(lead_id), text, key)
-        else:
-            await self._send_salesbot(lead_id, text, key, state)
-        await self._set_state(key, {"status": "sent", "at": time.time()})
+        # One attempt per key at a time, across replicas: a caller that gave up on a slow
+        # attempt and retried must not start a second one beside it.
+        owner = uuid.uuid4().hex
+        attempt_lock = delivery_attempt_key(key)
+        if not await self._redis.set(attempt_lock, owner, nx=True, px=_SLOT_HOLD_MS):
+            raise Unavailable("this reply is being delivered right now; ask again shortly")
+        try:
+            state = await self._state(key)
+            if state.get("status") == "sent":
+                return "already_sent", method
+            if method == "chats_api":
+                await self._send_chats_api(chat_id or str(lead_id), text, key)
+            else:
+                await self._send_salesbot(lead_id, text, key, state)
+            await self._set_state(key, {"status": "sent", "at": time.time()})
+        finally:
+            await self._expire_if_owner(keys=[attempt_lock], args=[owner, 1])
         return "sent", method
 
     async def _state(self, key: str) -> dict[str, Any]:
@@ -90,22 +119,29 @@ class Delivery:
             lead_id, text, float(state.get("since", 0))
         ):
             return
-        await self._take_lead_slot(lead_id, key)
-        for run in range(1, _MAX_RUNS + 1):
-            since = time.time()
-            await self._kommo.set_lead_field(lead_id, s.kommo_reply_field_id, text)
-            await self._set_state(key, {"status": "unknown", "since": since - 1})
-            try:
-                await self._kommo.run_salesbot(s.kommo_salesbot_id, lead_id)
-                return
-            except Unavailable as exc:
-                # The bot may have sent it anyway: look before running it again.
-                log.warning("salesbot run of unknown outcome (%s); checking", exc)
-                await asyncio.sleep(s.kommo_delivery_grace_seconds)
-                if await self._went_out(lead_id, text, since - 1):
+        slot = lead_slot_key(lead_id)
+        owner = await self._take_lead_slot(lead_id)
+        spacing_ms = max(int(s.kommo_reply_spacing_seconds * 1000), 1)
+        try:
+            for run in range(1, _MAX_RUNS + 1):
+                since = time.time()
+                await self._kommo.set_lead_field(lead_id, s.kommo_reply_field_id, text)
+                await self._set_state(key, {"status": "unknown", "since": since - 1})
+                try:
+                    await self._kommo.run_salesbot(s.kommo_salesbot_id, lead_id)
                     return
-                if run == _MAX_RUNS:
-                    raise
+                except Unavailable as exc:
+                    # The bot may have sent it anyway: look before running it again.
+                    log.warning("salesbot run of unknown outcome (%s); checking", exc)
+                    await asyncio.sleep(s.kommo_delivery_grace_seconds)
+                    if await self._went_out(lead_id, text, since - 1):
+                        return
+                    if run == _MAX_RUNS:
+                        raise
+        finally:
+            # The bot reads the field some time after it was started: the next reply
+            # to this lead waits the spacing from now, not from when we took the slot.
+            await self._expire_if_owner(keys=[slot], args=[owner, spacing_ms])
 
     async def _went_out(self, lead_id: int, text: str, since: float) -> bool:
         for event in await self._kommo.outgoing_messages(lead_id):
@@ -117,14 +153,15 @@ class Delivery:
                     return True
         return False
 
-    async def _take_lead_slot(self, lead_id: int, key: str) -> None:
-        """Wait until this lead's reply field is free, then hold it for the spacing."""
-        spacing_ms = max(int(self._settings.kommo_reply_spacing_seconds * 1000), 1)
+    async def _take_lead_slot(self, lead_id: int) -> str:
+        """Wait until this lead's reply field is free, then hold it; returns our owner id."""
+        owner = uuid.uuid4().hex
         deadline = time.monotonic() + _SLOT_WAIT_MAX_SECONDS
-        while not await self._redis.set(lead_slot_key(lead_id), key, nx=True, px=spacing_ms):
+        while not await self._redis.set(lead_slot_key(lead_id), owner, nx=True, px=_SLOT_HOLD_MS):
             if time.monotonic() > deadline:
                 raise Unavailable(f"lead {lead_id} is busy with another reply; try again")
             await asyncio.sleep(_SLOT_WAIT_STEP_SECONDS)
+        return owner
 
     async def _send_chats_api(self, conversation_ref: str, text: str, key: str) -> None:
         s = self._settings

@@ -24,6 +24,11 @@ def delivery_key(idempotency_key: str) -> str:
     return f"gw:delivery:{idempotency_key}"
 
 
+def delivery_attempt_key(idempotency_key: str) -> str:
+    """Held by the one attempt delivering this key (no two attempts side by side)."""
+    return f"gw:delivery-attempt:{idempotency_key}"
+
+
 def cache_key(kind: str, entity_id: int) -> str:
     """Last good copy of a lead or contact, served stale when Kommo is down."""
     return f"gw:cache:{kind}:{entity_id}"

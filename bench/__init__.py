@@ -1,0 +1,1 @@
+"""Benchmarks (SPEC.md §7): run with `make bench`; see bench/README.md."""
