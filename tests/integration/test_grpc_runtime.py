@@ -31,6 +31,16 @@ class Replica(scheduling_pb2_grpc.SchedulingServiceServicer):
             raise RuntimeError("secret internals")
         return pb.Agendamento(id=self.name)
 
+    async def RequestAgendamento(
+        self, request: pb.AgendamentoRequest, context: Any
+    ) -> pb.Agendamento:
+        raise NotImplementedError
+
+    async def UpdateAgendamentoStatus(
+        self, request: pb.UpdateAgendamentoStatusRequest, context: Any
+    ) -> pb.Agendamento:
+        raise NotImplementedError
+
 
 async def _replica(name: str) -> GrpcService:
     servicer = Replica(name)
