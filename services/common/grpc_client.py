@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -42,11 +44,27 @@ def _is_ip_port(value: str) -> bool:
     return True
 
 
-def create_channel(addresses: str, default_deadline_seconds: float) -> grpc.aio.Channel:
+def create_channel(
+    addresses: str,
+    default_deadline_seconds: float,
+    long_lived: Sequence[tuple[str, str]] = (),
+) -> grpc.aio.Channel:
+    """A channel to every replica, with a deadline on every method.
+
+    `long_lived` names (service, method) pairs of streams that stay open for the life
+    of the process; they get no deadline (each message on them is bounded by its
+    sender instead), or they would be torn down every few seconds.
+    """
+    method_config: list[dict[str, Any]] = [
+        {"name": [{}], "timeout": f"{default_deadline_seconds:.3f}s"}
+    ]
+    if long_lived:
+        method_config.insert(
+            0, {"name": [{"service": service, "method": method} for service, method in long_lived]}
+        )
     service_config = {
         "loadBalancingConfig": [{"round_robin": {}}],
-        # A deadline on every method unless the caller sets a shorter one.
-        "methodConfig": [{"name": [{}], "timeout": f"{default_deadline_seconds:.3f}s"}],
+        "methodConfig": method_config,
     }
     return grpc.aio.insecure_channel(
         channel_target(addresses),

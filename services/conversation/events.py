@@ -6,7 +6,7 @@ ignored. Every value in a Kommo webhook is a string; conversion errors name the 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import InvalidInput
@@ -46,7 +46,26 @@ class MessageEvent:
         return self.direction == "incoming" or self.author_type == _EXTERNAL_AUTHOR
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies and was 15 % of the ingest path.
+        a = self.attachment
+        return {
+            "message_id": self.message_id,
+            "chat_id": self.chat_id,
+            "talk_id": self.talk_id,
+            "contact_id": self.contact_id,
+            "lead_id": self.lead_id,
+            "text": self.text,
+            "created_at": self.created_at,
+            "direction": self.direction,
+            "author_id": self.author_id,
+            "author_type": self.author_type,
+            "author_name": self.author_name,
+            "origin": self.origin,
+            "message_type": self.message_type,
+            "attachment": None
+            if a is None
+            else {"type": a.type, "link": a.link, "file_name": a.file_name},
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MessageEvent:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 
 import httpx
@@ -11,7 +10,7 @@ from bridge.conversation.v1 import conversation_pb2_grpc
 from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayStub
 from bridge.vendedor.v1.vendedor_pb2_grpc import VendedorServiceStub
 from services.common.grpc_client import create_channel
-from services.common.grpc_server import GrpcService
+from services.common.grpc_server import GrpcService, run
 from services.common.logs import configure_logging
 from services.common.redis import create_redis
 from services.common.settings import load_settings
@@ -75,4 +74,4 @@ async def serve(settings: ConversationSettings) -> None:
 def main() -> None:
     settings = load_settings(ConversationSettings)
     configure_logging("conversation", settings.log_level, settings.secrets())
-    asyncio.run(serve(settings))
+    run(serve(settings))

@@ -40,14 +40,25 @@ class _Lane:
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._sending = False
+        # Bound at the first webhook; looking the loop up per call cost a syscall each.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, body: bytes) -> asyncio.Future[pb.IngestResult]:
-        future: asyncio.Future[pb.IngestResult] = asyncio.get_running_loop().create_future()
+        loop = self._loop or self._bind()
+        future: asyncio.Future[pb.IngestResult] = loop.create_future()
         self._queue.append((body, future))
-        if not self._sending and len(self._in_flight) < _MAX_IN_FLIGHT:
-            self._sending = True
-            asyncio.get_running_loop().create_task(self._send())
+        if len(self._in_flight) < _MAX_IN_FLIGHT:
+            self._kick()
         return future
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _kick(self) -> None:
+        if not self._sending and self._queue:
+            self._sending = True
+            (self._loop or self._bind()).create_task(self._send())
 
     async def _send(self) -> None:
         try:
@@ -72,7 +83,7 @@ class _Lane:
     def _open(self) -> None:
         # No request iterator: the call is written to as webhooks arrive.
         self._call = self._stub.IngestWebhooks(wait_for_ready=False)  # type: ignore[call-arg]
-        self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
+        self._reader = (self._loop or self._bind()).create_task(self._read(self._call))
 
     async def _read(self, call: Any) -> None:
         try:
@@ -81,9 +92,7 @@ class _Lane:
                 for future, result in zip(futures, ack.results, strict=False):
                     if not future.done():
                         future.set_result(result)
-                if self._queue and not self._sending:
-                    self._sending = True
-                    asyncio.get_running_loop().create_task(self._send())
+                self._kick()
             reason = "stream closed by the conversation service"
         except grpc.aio.AioRpcError as exc:
             reason = f"stream failed: {exc.code().name}"
@@ -100,9 +109,7 @@ class _Lane:
         for future in pending:
             if not future.done():
                 future.set_exception(Unavailable("conversation service unavailable"))
-        if self._queue and not self._sending:
-            self._sending = True
-            asyncio.get_running_loop().create_task(self._send())
+        self._kick()
 
     def close(self) -> None:
         if self._call is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -36,6 +37,19 @@ async def respond(send: Send, status: int, body: dict[str, Any]) -> None:
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+@lru_cache(maxsize=64)
+def _accepted(stored: int, duplicates: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    body = json.dumps({"status": "accepted", "stored": stored, "duplicates": duplicates}).encode()
+    return [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())], body
+
+
+async def respond_accepted(send: Send, stored: int, duplicates: int) -> None:
+    """The 200 of the hot path, encoded once per (stored, duplicates) pair."""
+    headers, body = _accepted(stored, duplicates)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _error(status: int, message: str) -> dict[str, Any]:
@@ -105,11 +119,7 @@ class KommoWebhook:
             await respond(send, 503, _error(503, f"not stored, retry later: {exc}"))
             return
         if result.outcome == pb.INGEST_OUTCOME_STORED:
-            await respond(
-                send,
-                200,
-                {"status": "accepted", "stored": result.stored, "duplicates": result.duplicates},
-            )
+            await respond_accepted(send, result.stored, result.duplicates)
         elif result.outcome == pb.INGEST_OUTCOME_INVALID:
             await respond(send, 400, _error(400, result.error))
         else:

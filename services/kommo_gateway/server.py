@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 
@@ -10,7 +9,7 @@ import httpx
 
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2_grpc
 from services.common.errors import BridgeError
-from services.common.grpc_server import GrpcService
+from services.common.grpc_server import GrpcService, run
 from services.common.logs import configure_logging
 from services.common.redis import create_redis
 from services.common.settings import load_settings
@@ -65,4 +64,4 @@ async def serve(settings: GatewaySettings) -> None:
 def main() -> None:
     settings = load_settings(GatewaySettings)
     configure_logging("kommo_gateway", settings.log_level, settings.secrets())
-    asyncio.run(serve(settings))
+    run(serve(settings))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from bridge.scheduling.v1 import scheduling_pb2_grpc
-from services.common.grpc_server import GrpcService
+from services.common.grpc_server import GrpcService, run
 from services.common.logs import configure_logging
 from services.common.settings import load_settings
 from services.scheduling.servicer import SchedulingServicer
@@ -36,4 +34,4 @@ async def serve(settings: SchedulingSettings) -> None:
 def main() -> None:
     settings = load_settings(SchedulingSettings)
     configure_logging("scheduling", settings.log_level)
-    asyncio.run(serve(settings))
+    run(serve(settings))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayStub
 from bridge.vendedor.v1 import vendedor_pb2_grpc
 from services.common.grpc_client import create_channel
-from services.common.grpc_server import GrpcService
+from services.common.grpc_server import GrpcService, run
 from services.common.logs import configure_logging
 from services.common.redis import create_redis
 from services.common.settings import load_settings
@@ -50,4 +48,4 @@ async def serve(settings: VendedorSettings) -> None:
 def main() -> None:
     settings = load_settings(VendedorSettings)
     configure_logging("vendedor", settings.log_level)
-    asyncio.run(serve(settings))
+    run(serve(settings))

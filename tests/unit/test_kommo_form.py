@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidInput
-from services.conversation.events import parse_webhook
+from services.conversation.events import MessageEvent, parse_webhook
 from services.conversation.kommo_form import nest, parse_form
 
 KOMMO_MESSAGE = {
@@ -130,3 +130,14 @@ def test_more_than_the_field_limit_is_refused() -> None:
     with pytest.raises(InvalidInput, match="too many form fields"):
         parse_form(body, 1000)
     assert len(parse_form(body, 1001)) == 1001
+
+
+def test_events_round_trip_through_their_stored_form() -> None:
+    import dataclasses
+
+    fields = dict(KOMMO_MESSAGE)
+    fields["message[add][0][attachment][type]"] = "picture"
+    fields["message[add][0][attachment][link]"] = "https://cdn.example/p.jpg"
+    [event] = parse_webhook(nest(parse_form(urlencode(fields).encode(), 1000))).messages
+    assert event.to_dict() == dataclasses.asdict(event)
+    assert MessageEvent.from_dict(event.to_dict()) == event
