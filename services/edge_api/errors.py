@@ -30,6 +30,20 @@ def error_body(status: int, message: str) -> dict[str, object]:
     return {"error": message, "status": status}
 
 
+class HttpError(Exception):
+    """An HTTP answer decided at the edge itself (authentication, debug switched off)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HttpError)
+    return JSONResponse(error_body(exc.status, exc.message), status_code=exc.status)
+
+
 async def grpc_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, grpc.aio.AioRpcError)
     status = HTTP_STATUS.get(exc.code(), 502)

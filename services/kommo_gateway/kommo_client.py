@@ -20,6 +20,7 @@ from services.common.errors import (
     Unavailable,
     UpstreamError,
 )
+from services.kommo_gateway.breaker import CircuitBreaker
 from services.kommo_gateway.ratelimit import RateLimiter
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.tokens import TokenManager
@@ -43,6 +44,9 @@ class KommoClient:
         self._http = http
         self.tokens = tokens
         self._limiter = limiter
+        self.breaker = CircuitBreaker(
+            settings.kommo_breaker_failures, settings.kommo_breaker_cooldown_seconds
+        )
         self.rate_limited = 0
 
     async def request(
@@ -64,7 +68,15 @@ class KommoClient:
         refreshed = False
         attempt = 0
         while True:
+            blocked = await self.tokens.blocked()
+            if blocked:
+                raise Unavailable(blocked)
             tokens = await self.tokens.current()
+            if not self.breaker.allow():
+                raise Unavailable(
+                    f"Kommo is failing: calls paused for {self.breaker.retry_in():.0f} s "
+                    "(circuit open)"
+                )
             await self._limiter.acquire()
             try:
                 response = await self._http.request(
@@ -76,12 +88,20 @@ class KommoClient:
                     timeout=s.kommo_timeout_seconds,
                 )
             except httpx.HTTPError as exc:
-                if idempotent and attempt < s.kommo_max_retries:
+                self.breaker.failure()
+                if idempotent and attempt < s.kommo_max_retries and self.breaker.state == "closed":
                     attempt += 1
                     await asyncio.sleep(_backoff(attempt))
                     continue
                 raise Unavailable(f"Kommo unreachable: {type(exc).__name__}") from exc
             status = response.status_code
+            if status >= 500:
+                self.breaker.failure()
+            else:
+                self.breaker.success()
+            if status == 403 and "html" in response.headers.get("content-type", ""):
+                await self.tokens.mark_blocked()
+                raise Unavailable(await self.tokens.blocked())
             if status == 401 and not refreshed and tokens.refresh_token:
                 refreshed = True
                 await self.tokens.refresh(tokens)
@@ -93,7 +113,12 @@ class KommoClient:
                     await asyncio.sleep(_retry_after(response) or _backoff(attempt))
                     continue
                 raise RateLimited("Kommo rate limit: too many requests")
-            if status >= 500 and idempotent and attempt < s.kommo_max_retries:
+            if (
+                status >= 500
+                and idempotent
+                and attempt < s.kommo_max_retries
+                and self.breaker.state == "closed"
+            ):
                 attempt += 1
                 await asyncio.sleep(_backoff(attempt))
                 continue
@@ -127,6 +152,43 @@ class KommoClient:
                 return users
             page += 1
 
+    async def account(self) -> dict[str, Any]:
+        body = await self.get_json("/api/v4/account")
+        if not body:
+            raise UpstreamError("Kommo answered the account call without a body")
+        return dict(body)
+
+    async def update_fields(
+        self, entity: str, entity_id: int, values: list[tuple[int, str]]
+    ) -> None:
+        """Write custom field values of a lead or contact (`entity`: leads or contacts)."""
+        await self.request(
+            "PATCH",
+            f"/api/v4/{entity}/{entity_id}",
+            json={
+                "custom_fields_values": [
+                    {"field_id": field_id, "values": [{"value": value}]}
+                    for field_id, value in values
+                ]
+            },
+        )
+
+    async def add_task(
+        self, lead_id: int, text: str, responsible_user_id: int, complete_till: int
+    ) -> int:
+        task: dict[str, Any] = {
+            "text": text,
+            "complete_till": complete_till,
+            "entity_id": lead_id,
+            "entity_type": "leads",
+            "task_type_id": 1,
+        }
+        if responsible_user_id:
+            task["responsible_user_id"] = responsible_user_id
+        response = await self.request("POST", "/api/v4/tasks", json=[task], idempotent=False)
+        tasks = (_body(response) or {}).get("_embedded", {}).get("tasks", [])
+        return int(tasks[0]["id"]) if tasks else 0
+
     async def add_note(self, lead_id: int, text: str) -> int:
         response = await self.request(
             "POST",
@@ -139,11 +201,7 @@ class KommoClient:
         return int(notes[0]["id"]) if notes else 0
 
     async def set_lead_field(self, lead_id: int, field_id: int, value: str) -> None:
-        await self.request(
-            "PATCH",
-            f"/api/v4/leads/{lead_id}",
-            json={"custom_fields_values": [{"field_id": field_id, "values": [{"value": value}]}]},
-        )
+        await self.update_fields("leads", lead_id, [(field_id, value)])
 
     async def run_salesbot(self, bot_id: int, lead_id: int) -> None:
         await self.request(
@@ -202,9 +260,6 @@ def _checked(response: httpx.Response, path: str) -> httpx.Response:
         raise InvalidInput(f"Kommo refused the request to {path}: {detail}")
     if status == 401:
         raise Unauthenticated(f"Kommo refused the token: {detail}; re-authorise the bridge")
-    if status == 403 and "html" in response.headers.get("content-type", ""):
-        log.error("Kommo answered 403 HTML: the account or IP is blocked")
-        raise Unavailable("Kommo has blocked this account or IP (403): contact Kommo support")
     if status in (402, 403):
         raise UpstreamError(f"Kommo forbids {path} ({status}): {detail}")
     if status >= 500:

@@ -18,7 +18,7 @@ from services.kommo_gateway.kommo_client import KommoClient
 from services.kommo_gateway.ratelimit import RateLimiter
 from services.kommo_gateway.servicer import GatewayServicer
 from services.kommo_gateway.settings import GatewaySettings
-from services.kommo_gateway.tokens import TokenManager
+from services.kommo_gateway.tokens import TokenKeeper, TokenManager
 
 SERVICE_NAME = "bridge.kommo_gateway.v1.KommoGateway"
 
@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 def create_server(settings: GatewaySettings) -> tuple[GrpcService, TokenManager]:
     redis = create_redis(settings.redis_url)
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=50))
-    tokens = TokenManager(settings, redis, http)
-    kommo = KommoClient(settings, http, tokens, RateLimiter(redis, settings.kommo_rate_limit_rps))
+    limiter = RateLimiter(redis, settings.kommo_rate_limit_rps)
+    tokens = TokenManager(settings, redis, http, limiter)
+    kommo = KommoClient(settings, http, tokens, limiter)
     servicer = GatewayServicer(settings, redis, kommo, Delivery(settings, redis, kommo, http))
 
     async def close() -> None:
@@ -45,6 +46,7 @@ def create_server(settings: GatewaySettings) -> tuple[GrpcService, TokenManager]
         host=settings.grpc_host,
         port=settings.grpc_port,
         grace_seconds=settings.shutdown_grace_seconds,
+        background=[TokenKeeper(tokens)],
         on_stop=close,
     )
     return service, tokens

@@ -22,6 +22,9 @@ from services.kommo_gateway.store import CACHE_KEEP_SECONDS, cache_key
 
 log = logging.getLogger(__name__)
 
+# A task with no due time is due in an hour: someone is waiting.
+_DEFAULT_TASK_SECONDS = 3600
+
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -101,27 +104,81 @@ class GatewayServicer(KommoGatewayServicer):
         return pb.DeliverMessageResponse(status=status, method=method)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GatewayStatus:
+        return await self._status()
+
+    async def _status(self) -> pb.GatewayStatus:
         s = self._settings
         tokens = await self._kommo.tokens.load()
         problem = await self._kommo.tokens.problem()
+        blocked = await self._kommo.tokens.blocked()
+        detail = problem or blocked
         if problem:
             state = "refresh_refused"
         elif tokens is None or not (tokens.access_token or tokens.refresh_token):
             state = "missing"
+            detail = "no Kommo token yet: authorise the bridge at /oauth/authorize"
         elif tokens.kind == "long_lived":
-            state = (
-                "long_lived"
-                if tokens.expires_at > time.time() or not tokens.expires_at
-                else "expired"
-            )
-        elif tokens.expires_at < time.time() and not tokens.refresh_token:
-            state = "expired"
+            expired = bool(tokens.expires_at) and tokens.expires_at < time.time()
+            state = "expired" if expired else "long_lived"
+            if expired:
+                detail = "the long-lived token has expired: issue a new one in Kommo"
         else:
             state = "ok"
+        breaker = self._kommo.breaker.state
+        if breaker != "closed" and not detail:
+            detail = f"Kommo is failing; calls paused for {self._kommo.breaker.retry_in():.0f} s"
         return pb.GatewayStatus(
             kommo_mode="sandbox" if s.kommo_sandbox else "kommo",
             base_url=s.base_url,
             token_state=state,
             token_expires_at=tokens.expires_at if tokens else 0.0,
-            detail=problem,
+            detail=detail,
+            blocked=bool(blocked),
+            breaker=breaker,
+            rate_limit_rps=s.kommo_rate_limit_rps,
+            token_refreshed_at=tokens.refreshed_at if tokens else 0.0,
         )
+
+    async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
+        body = await self._kommo.account()
+        return pb.Account(
+            id=int(body.get("id") or 0),
+            name=str(body.get("name") or ""),
+            subdomain=str(body.get("subdomain") or ""),
+            country=str(body.get("country") or ""),
+            currency=str(body.get("currency") or ""),
+        )
+
+    async def UpdateFields(
+        self, request: pb.UpdateFieldsRequest, context: Context
+    ) -> pb.UpdateFieldsResponse:
+        if request.entity not in ("leads", "contacts"):
+            raise InvalidInput("entity must be 'leads' or 'contacts'")
+        if request.entity_id <= 0 or not request.values:
+            raise InvalidInput("an entity_id and at least one field value are required")
+        await self._kommo.update_fields(
+            request.entity, request.entity_id, [(v.field_id, v.value) for v in request.values]
+        )
+        # The cached copy is now stale.
+        await self._redis.delete(cache_key(request.entity.rstrip("s"), request.entity_id))
+        return pb.UpdateFieldsResponse()
+
+    async def AddTask(self, request: pb.AddTaskRequest, context: Context) -> pb.AddTaskResponse:
+        if request.lead_id <= 0 or not request.text.strip():
+            raise InvalidInput("a task needs a lead_id and a text")
+        complete_till = request.complete_till or int(time.time()) + _DEFAULT_TASK_SECONDS
+        task_id = await self._kommo.add_task(
+            request.lead_id, request.text, request.responsible_user_id, complete_till
+        )
+        return pb.AddTaskResponse(task_id=task_id)
+
+    async def GetAuthorizeUrl(
+        self, request: pb.GetAuthorizeUrlRequest, context: Context
+    ) -> pb.AuthorizeUrl:
+        return pb.AuthorizeUrl(url=await self._kommo.tokens.authorize_url())
+
+    async def CompleteAuthorization(
+        self, request: pb.CompleteAuthorizationRequest, context: Context
+    ) -> pb.GatewayStatus:
+        await self._kommo.tokens.complete_authorization(request.code, request.state)
+        return await self._status()

@@ -40,6 +40,33 @@ class GatewaySettings(CommonSettings):
     kommo_delivery_grace_seconds: float = Field(
         default=3.0, ge=0, description="wait before looking for a reply of unknown outcome"
     )
+    kommo_refresh_lock_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="how long one replica may hold the refresh lock; a replica that dies "
+        "holding it blocks the others at most this long",
+    )
+    kommo_idle_refresh_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="refresh at least this often even without traffic: Kommo's refresh "
+        "token dies after about 3 months unused",
+    )
+    kommo_oauth_url: str = Field(
+        default="https://www.kommo.com/oauth",
+        description="Kommo's consent page (the sandbox serves its own at <base>/oauth)",
+    )
+    kommo_breaker_failures: int = Field(
+        default=5, gt=0, description="consecutive failures that open the circuit to Kommo"
+    )
+    kommo_breaker_cooldown_seconds: float = Field(
+        default=15.0, gt=0, description="how long the circuit stays open before one trial"
+    )
+    kommo_blocked_backoff_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="after Kommo's 403 'blocked' page, calls fail fast this long",
+    )
     kommo_cache_ttl_seconds: float = Field(
         default=60.0, ge=0, description="leads and contacts are re-read after this long"
     )
@@ -59,6 +86,10 @@ class GatewaySettings(CommonSettings):
     @property
     def base_url(self) -> str:
         return (self.kommo_base_url or f"https://{self.kommo_subdomain}.kommo.com").rstrip("/")
+
+    @property
+    def consent_url(self) -> str:
+        return f"{self.base_url}/oauth" if self.kommo_sandbox else self.kommo_oauth_url
 
     @property
     def uses_chats_api(self) -> bool:

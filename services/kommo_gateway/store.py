@@ -9,10 +9,24 @@ TOKENS = "gw:tokens"
 REFRESH_LOCK = "gw:refresh-lock"
 # Why the last refresh failed (refused refresh token → a human must re-authorise).
 TOKEN_PROBLEM = "gw:token-problem"  # noqa: S105  # a key name, not a secret
+# When Kommo first refused the stored refresh token while no newer pair appeared: a
+# replica frozen mid-refresh may still hold the new pair, so the account is declared
+# lost only after a grace period.
+REFRESH_REFUSED_SINCE = "gw:refresh-refused-since"
+# Kommo answered its 403 "blocked" page: every call fails fast until this expires.
+BLOCKED = "gw:blocked"
 # Sliding window of request times shared by every replica (the Kommo rate limit).
 RATE_WINDOW = "gw:rate-window"
 # A lead's reply field belongs to one delivery at a time (see kommo_reply_spacing_seconds).
 DELIVERY_TTL_SECONDS = 7 * 24 * 3600
+
+
+def oauth_state_key(state: str) -> str:
+    """A one-time `state` of the consent redirect; 10 minutes, Kommo's code lives ~20."""
+    return f"gw:oauth-state:{state}"
+
+
+OAUTH_STATE_TTL_SECONDS = 600
 
 
 def lead_slot_key(lead_id: int) -> str:

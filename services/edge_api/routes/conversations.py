@@ -1,0 +1,84 @@
+"""Conversations: replies from n8n."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, model_validator
+
+from bridge.conversation.v1 import conversation_pb2 as conv
+from services.common.grpc_server import client_metadata
+from services.edge_api.deps import API_KEY, ClientsDep
+
+# Deliveries wait for the lead's reply slot and Kommo's rate limit.
+_REPLY_DEADLINE_SECONDS = 30.0
+
+router = APIRouter(tags=["conversations"])
+
+
+class SendResponseBody(BaseModel):
+    """A reply from n8n for a customer (SPEC.md §3.3)."""
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{"reply_token": "9f2c…", "text": "Olá Maria! Posso ajudar?"}]
+        }
+    }
+
+    reply_token: str | None = Field(default=None, max_length=200)
+    conversation_id: str | None = Field(default=None, max_length=200)
+    lead_id: int | None = Field(default=None, gt=0, lt=1 << 62)
+    text: str = Field(default="", max_length=10_000)
+    note: str | None = Field(default=None, max_length=10_000)
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    handoff: bool = False
+    handoff_reason: str | None = Field(default=None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _target(self) -> SendResponseBody:
+        if not (self.reply_token or self.conversation_id or self.lead_id):
+            raise ValueError("one of reply_token, conversation_id or lead_id is required")
+        if not self.text.strip() and not self.handoff:
+            raise ValueError("text is required (unless handoff is true)")
+        return self
+
+
+class SendResponseResult(BaseModel):
+    status: str = Field(description="delivered, queued (Kommo slow: retried) or duplicate")
+    conversation_id: str
+    delivery_id: str
+    lead_id: int | None
+
+
+@router.post(
+    "/send-response",
+    dependencies=API_KEY,
+    response_model=SendResponseResult,
+    responses={
+        202: {"description": "stored; Kommo is slow or down and delivery is retried"},
+        404: {"description": "unknown reply_token, conversation or lead"},
+        409: {"description": "a person took the conversation over: not sent"},
+    },
+)
+async def send_response(body: SendResponseBody, clients: ClientsDep) -> JSONResponse:
+    answer = await clients.conversation.SendReply(
+        conv.SendReplyRequest(
+            reply_token=body.reply_token or "",
+            conversation_id=body.conversation_id or "",
+            lead_id=body.lead_id or 0,
+            text=body.text,
+            note=body.note or "",
+            idempotency_key=body.idempotency_key or "",
+            handoff=body.handoff,
+            handoff_reason=body.handoff_reason or "",
+        ),
+        timeout=_REPLY_DEADLINE_SECONDS,
+        metadata=client_metadata(),
+    )
+    result = SendResponseResult(
+        status=answer.status,
+        conversation_id=answer.conversation_id,
+        delivery_id=answer.delivery_id,
+        lead_id=answer.lead_id or None,
+    )
+    return JSONResponse(result.model_dump(), status_code=202 if answer.status == "queued" else 200)

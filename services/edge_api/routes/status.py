@@ -1,0 +1,121 @@
+"""Status: version, health, webhook status."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from grpc_health.v1 import health_pb2
+from redis.exceptions import RedisError
+
+from bridge.conversation.v1 import conversation_pb2 as conv
+from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
+from services.common.grpc_server import client_metadata
+from services.edge_api import webhook
+from services.edge_api.clients import SERVICE_NAMES, Clients
+from services.edge_api.deps import API_KEY, ClientsDep, RuntimeDep
+
+VERSION = "0.1.0"
+HEALTH_TIMEOUT_SECONDS = 2.0
+
+router = APIRouter(tags=["status"])
+
+
+@router.get("/version")
+async def version() -> dict[str, str]:
+    return {"name": "kommo-n8n-bridge", "version": VERSION, "api": "v1"}
+
+
+@router.get("/health")
+async def health(runtime: RuntimeDep) -> JSONResponse:
+    """Every service, Redis and Kommo; 200 when all serve, 503 otherwise."""
+    clients = runtime.clients
+    checks = await asyncio.gather(
+        *(service_health(clients, name) for name in SERVICE_NAMES),
+        redis_health(runtime.redis),
+        kommo_status(clients),
+    )
+    services = dict(zip(SERVICE_NAMES, checks[: len(SERVICE_NAMES)], strict=True))
+    redis_state, kommo = checks[len(SERVICE_NAMES)], checks[len(SERVICE_NAMES) + 1]
+    healthy = all(v == "SERVING" for v in services.values()) and redis_state in ("ok", None)
+    kommo_ok = isinstance(kommo, dict) and kommo["token_state"] in ("ok", "long_lived")
+    kommo_ok = kommo_ok and isinstance(kommo, dict) and not kommo["blocked"]
+    body = {
+        "status": "ok" if healthy and kommo_ok else "degraded",
+        "version": VERSION,
+        "services": services,
+        "redis": redis_state,
+        "kommo": kommo,
+    }
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get("/webhooks/test", tags=["test & debug"], dependencies=API_KEY)
+async def webhooks_test(runtime: RuntimeDep, clients: ClientsDep) -> dict[str, Any]:
+    """Is the webhook configured, which URL to register in Kommo, when the last arrived."""
+    status = await clients.conversation.GetWebhookStatus(
+        conv.GetWebhookStatusRequest(), metadata=client_metadata()
+    )
+    last = status.last_received_at
+    settings = runtime.settings
+    public = settings.edge_public_url.rstrip("/")
+    return {
+        "configured": True,
+        "register_in_kommo": f"{public}{webhook.PATH}?secret={settings.kommo_webhook_secret}",
+        "events": ["add_message", "add_lead", "status_lead"],
+        "last_received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last))
+        if last
+        else None,
+        "seconds_since_last": round(time.time() - last, 1) if last else None,
+        "received_total": status.received_total,
+    }
+
+
+async def service_health(clients: Clients, name: str) -> str:
+    try:
+        answer = await clients.health(name).Check(
+            health_pb2.HealthCheckRequest(service=SERVICE_NAMES[name]),
+            timeout=HEALTH_TIMEOUT_SECONDS,
+        )
+    except grpc.aio.AioRpcError as exc:
+        return f"UNREACHABLE ({exc.code().name})"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+async def redis_health(redis: aioredis.Redis | None) -> str | None:
+    if redis is None:
+        return None
+    try:
+        await asyncio.wait_for(redis.ping(), HEALTH_TIMEOUT_SECONDS)
+    except (RedisError, OSError, TimeoutError) as exc:
+        return f"down ({type(exc).__name__})"
+    return "ok"
+
+
+def status_json(status: gw.GatewayStatus) -> dict[str, Any]:
+    return {
+        "mode": status.kommo_mode,
+        "base_url": status.base_url,
+        "token_state": status.token_state,
+        "token_expires_at": status.token_expires_at or None,
+        "token_refreshed_at": status.token_refreshed_at or None,
+        "blocked": status.blocked,
+        "breaker": status.breaker,
+        "rate_limit_rps": status.rate_limit_rps,
+        "detail": status.detail or None,
+    }
+
+
+async def kommo_status(clients: Clients) -> dict[str, Any] | str:
+    try:
+        status = await clients.gateway.GetStatus(
+            gw.GetStatusRequest(), timeout=HEALTH_TIMEOUT_SECONDS
+        )
+    except grpc.aio.AioRpcError as exc:
+        return f"unknown ({exc.code().name})"
+    return status_json(status)
