@@ -15,8 +15,10 @@ import redis.asyncio as aioredis
 from services.kommo_gateway.store import RATE_WINDOW
 
 _WINDOW_MS = 1000
-# Kommo counts arrivals, we count departures: keep a little margin for network jitter.
-_MARGIN_MS = 15
+# Kommo counts arrivals, we count departures: two requests that leave 1,000 ms apart can
+# arrive closer when the first is delayed on the way. 50 ms of margin absorbs that jitter
+# at a cost of under 5 % of the budget (measured: 15 ms let a 429 through under load).
+_MARGIN_MS = 50
 
 _ACQUIRE = """
 local t = redis.call('TIME')
