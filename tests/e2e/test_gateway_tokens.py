@@ -255,7 +255,7 @@ def test_a_revoked_refresh_token_is_reported_fails_fast_and_is_reauthorised(
             try:
                 account(address, timeout=10)
             except grpc.RpcError as exc:
-                return exc.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[no-any-return]
+                return exc.code() == grpc.StatusCode.UNAUTHENTICATED
             return False
 
         wait_for(refused, timeout=15, what="the refused state")
