@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,8 +73,11 @@ def create_app(config: StandinConfig) -> FastAPI:
         if config.down:
             state.refused += 1
             return JSONResponse({"message": "workflow unavailable"}, status_code=503)
-        envelope = await request.json()
-        state.received.append({"headers": dict(request.headers), "body": envelope})
+        raw = await request.body()
+        envelope = json.loads(raw)
+        state.received.append(
+            {"headers": dict(request.headers), "body": envelope, "raw": raw.decode()}
+        )
         if config.auto_reply and envelope.get("event") == "message.received":
             task = asyncio.create_task(answer(envelope))
             tasks.add(task)

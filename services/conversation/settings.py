@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import base64
+
+from pydantic import Field, field_validator
 
 from services.common.settings import CommonSettings
+
+_MIN_SIGNING_KEY_BYTES = 24
 
 
 class ConversationSettings(CommonSettings):
@@ -37,6 +41,22 @@ class ConversationSettings(CommonSettings):
         pattern=r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$",
         description="seconds before each attempt to reach n8n; then the dead letters",
     )
+
+    @field_validator("n8n_signing_secret")
+    @classmethod
+    def _signing_secret(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if len(key) < _MIN_SIGNING_KEY_BYTES:
+            raise ValueError(
+                "must be 'whsec_' followed by base64 of at least 24 random bytes "
+                "(Standard Webhooks); see .env.example"
+            )
+        return value
 
     @property
     def retry_schedule(self) -> list[float]:

@@ -3,6 +3,7 @@ replicas each), the Kommo sandbox and the n8n stand-in — on the test Redis."""
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,12 +17,15 @@ from devstack.stack import Stack, StackConfig, start_stack
 
 T = TypeVar("T")
 
+SIGNING_SECRET = "whsec_" + base64.b64encode(b"e2e-signing-key-of-32-bytes-long").decode()
+
 E2E_ENV = {
     "MESSAGE_DEBOUNCE_SECONDS": "0",
     "N8N_RETRY_SCHEDULE": "0,0.5,1,1,1,2,2,2",
     "KOMMO_REPLY_SPACING_SECONDS": "0.3",
     "KOMMO_DELIVERY_GRACE_SECONDS": "0.5",
     "LOG_LEVEL": "INFO",
+    "N8N_SIGNING_SECRET": SIGNING_SECRET,
 }
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import httpx
+from standardwebhooks.webhooks import Webhook
 
 from devstack.stack import Stack
-from tests.e2e.conftest import customer_writes, envelopes, wait_for
+from tests.e2e.conftest import SIGNING_SECRET, customer_writes, envelopes, wait_for
 
 
 def test_health_reports_every_service_redis_and_the_sandbox(
@@ -82,3 +83,31 @@ def test_the_same_reply_token_twice_delivers_once(stack: Stack, http: httpx.Clie
     assert second.json()["delivery_id"] == first.json()["delivery_id"]
     runs = http.get(f"{stack.sandbox_url}/_sandbox/salesbot-runs").json()
     assert sum(1 for r in runs if r.get("lead_id") == lead) == 1
+
+
+def test_envelopes_to_n8n_carry_a_valid_standard_webhooks_signature(
+    stack: Stack, http: httpx.Client
+) -> None:
+    text = "mensagem assinada"
+    customer_writes(http, stack, 9100017, text)
+    received = wait_for(
+        lambda: next(
+            (
+                r
+                for r in http.get(f"{stack.standin_url}/_standin/received").json()["received"]
+                if r["body"]["messages"][0]["text"] == text
+            ),
+            None,
+        ),
+        what="the envelope",
+    )
+    headers = received["headers"]
+    assert headers["webhook-id"] == received["body"]["event_id"]
+    Webhook(SIGNING_SECRET).verify(
+        received["raw"],
+        {
+            "webhook-id": headers["webhook-id"],
+            "webhook-timestamp": headers["webhook-timestamp"],
+            "webhook-signature": headers["webhook-signature"],
+        },
+    )

@@ -77,3 +77,19 @@ def test_service_addresses_become_targets_that_reach_every_replica(
 def test_a_list_of_hostnames_is_refused_with_a_hint() -> None:
     with pytest.raises(InvalidInput, match="ip:port"):
         channel_target("a:1,b:2")
+
+
+def test_a_signing_secret_that_is_not_base64_is_refused() -> None:
+    result = _start(
+        "services.conversation",
+        {
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "KOMMO_GATEWAY_ADDR": "127.0.0.1:1",
+            "VENDEDOR_ADDR": "127.0.0.1:1",
+            "EDGE_PUBLIC_URL": "http://edge",
+            "N8N_WEBHOOK_URL": "http://n8n",
+            "N8N_SIGNING_SECRET": "change-me",
+        },
+    )
+    assert result.returncode != 0
+    assert "configuration error: N8N_SIGNING_SECRET: Value error, must be 'whsec_'" in result.stderr
