@@ -295,3 +295,31 @@ def test_a_revoked_refresh_token_is_reported_fails_fast_and_is_reauthorised(
         assert account(address).subdomain == "previdas"
         assert status(address).token_state == "ok"
         assert http.get(f"{fast_stack.edge_url}/health").json()["status"] == "ok"
+
+
+def test_custom_fields_are_written_and_read_back_fresh(fast_stack: Stack) -> None:
+    from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
+    from bridge.kommo_gateway.v1 import kommo_gateway_pb2_grpc
+
+    address = fast_stack.services["kommo_gateway"][0].address
+    with grpc.insecure_channel(address) as channel:
+        stub = kommo_gateway_pb2_grpc.KommoGatewayStub(channel)
+
+        def area() -> list[str]:
+            lead = stub.GetLead(gw.GetLeadRequest(lead_id=9100018), timeout=10)
+            return [v for f in lead.custom_fields if f.field_id == 900002 for v in f.values]
+
+        before = area()  # now cached
+        new = "trabalhista" if before != ["trabalhista"] else "previdenciario"
+        stub.UpdateFields(
+            gw.UpdateFieldsRequest(
+                entity="leads",
+                entity_id=9100018,
+                values=[gw.FieldValue(field_id=900002, value=new)],
+            ),
+            timeout=10,
+        )
+        assert area() == [new]
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.UpdateFields(gw.UpdateFieldsRequest(entity="tasks", entity_id=1), timeout=10)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
