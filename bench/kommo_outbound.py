@@ -14,7 +14,7 @@ tells the replicas apart by path. When every call has answered, the log
 (`GET /_sandbox/requests`) gives the arrival time of every request, from which:
 
 - the achieved rate over the busy period, N / (last − first arrival), and a drain rate
-  that the opening burst does not flatter (least-squares slope of arrivals over time);
+  that the opening burst does not flatter: limit / the mean of t[i + limit] − t[i];
 - the most requests in any 1-second sliding window (computed here from the log, and the
   sandbox's own `max_requests_in_any_second`) and the tightest span of limit + 1
   consecutive arrivals (over 1,000 ms means the limit held everywhere);
@@ -75,6 +75,11 @@ class Settings:
     timeout: float
     pause: float
 
+    @property
+    def limit(self) -> int:
+        """The limit arrivals are judged by: Kommo's (the sandbox's; 0 = none there)."""
+        return min(self.gateway_rps, self.sandbox_rps) if self.sandbox_rps else self.gateway_rps
+
 
 # --- the backlog -------------------------------------------------------------------------
 
@@ -89,7 +94,7 @@ def note_path(replica: int) -> str:
 
 
 async def _backlog(
-    addresses: list[str], calls: int, timeout: float, tag: str
+    addresses: list[str], calls: int, deadline: float, tag: str
 ) -> list[dict[str, Any]]:
     channels = [grpc.aio.insecure_channel(address) for address in addresses]
     stubs = [KommoGatewayStub(channel) for channel in channels]
@@ -102,7 +107,7 @@ async def _backlog(
             request = gw.AddNoteRequest(lead_id=lead_of(replica), text=f"bench {tag} #{i}")
             started = time.monotonic()
             try:
-                await stubs[replica].AddNote(request, timeout=timeout)
+                await stubs[replica].AddNote(request, timeout=deadline)
                 code = "OK"
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
@@ -111,7 +116,7 @@ async def _backlog(
         return list(await asyncio.gather(*(one(i) for i in range(calls))))
     finally:
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
 
 
 def backlog(addresses: list[str], calls: int, timeout: float, tag: str) -> list[dict[str, Any]]:
@@ -119,15 +124,15 @@ def backlog(addresses: list[str], calls: int, timeout: float, tag: str) -> list[
     return asyncio.run(_backlog(addresses, calls, timeout, tag))
 
 
-async def _warm_up(addresses: list[str], timeout: float) -> list[gw.GatewayStatus]:
+async def _warm_up(addresses: list[str], deadline: float) -> list[gw.GatewayStatus]:
     statuses = []
     for address in addresses:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = KommoGatewayStub(channel)
-            statuses.append(await stub.GetStatus(gw.GetStatusRequest(), timeout=timeout))
+            statuses.append(await stub.GetStatus(gw.GetStatusRequest(), timeout=deadline))
     # One Kommo call: the access token is fetched (or refreshed) before the backlog.
     async with grpc.aio.insecure_channel(addresses[0]) as channel:
-        await KommoGatewayStub(channel).GetAccount(gw.GetAccountRequest(), timeout=timeout)
+        await KommoGatewayStub(channel).GetAccount(gw.GetAccountRequest(), timeout=deadline)
     return statuses
 
 
@@ -152,16 +157,14 @@ def tightest_span(times: list[float], count: int) -> float | None:
     return min(times[i + count - 1] - times[i] for i in range(len(times) - count + 1))
 
 
-def slope(times: list[float]) -> float:
-    """Least-squares arrivals per second: the drain rate, barely moved by the burst at
-    the start (a sliding window lets a full second's allowance go at once)."""
-    if len(times) < 2:
-        return float("nan")
-    mean_t = statistics.fmean(times)
-    mean_n = (len(times) - 1) / 2
-    covariance = sum((t - mean_t) * (n - mean_n) for n, t in enumerate(times))
-    variance = sum((t - mean_t) ** 2 for t in times)
-    return covariance / variance if variance else float("nan")
+def effective_window(times: list[float], limit: int) -> float | None:
+    """The mean of t[i + limit] − t[i]: how long each request waited, on arrival, behind the
+    one `limit` places before it. Under a backlog the limiter holds it at (or just over)
+    its window, whether the requests go in bursts or evenly, so `limit` / this is the
+    drain rate, without the opening burst that N / busy period counts in full."""
+    if len(times) <= limit:
+        return None
+    return statistics.fmean(times[i + limit] - times[i] for i in range(len(times) - limit))
 
 
 def analyse(
@@ -172,8 +175,9 @@ def analyse(
     first, last = (times[0], times[-1]) if times else (0.0, 0.0)
     span = last - first
     rate = len(times) / span if span > 0 else float("nan")
-    drain = slope(times)
-    limit = settings.sandbox_rps
+    limit = settings.limit
+    window = effective_window(times, settings.gateway_rps)
+    drain = settings.gateway_rps / window if window else float("nan")
     replicas: dict[str, Any] = {}
     for replica in range(settings.replicas):
         own = sorted(r["time"] for r in limited if r["path"] == note_path(replica))
@@ -193,6 +197,7 @@ def analyse(
         "busy_s": span,
         "rate": rate,
         "ratio": rate / settings.gateway_rps,
+        "effective_window_ms": None if window is None else 1000 * window,
         "drain_rate": drain,
         "drain_ratio": drain / settings.gateway_rps,
         "max_in_any_second": max_in_any_window(times),
@@ -268,12 +273,12 @@ def run_round(
 
 
 def bar(rounds: list[dict[str, Any]], settings: Settings) -> dict[str, bool]:
-    limit = min(settings.gateway_rps, settings.sandbox_rps)
+    limit = settings.limit
     return {
         "rate >= 95 % of the configured one (N / busy period), every round": all(
             r["ratio"] >= BAR_RATIO for r in rounds
         ),
-        "drain rate >= 95 % of the configured one (slope), every round": all(
+        "drain rate >= 95 % of the configured one (limit / effective window), every round": all(
             r["drain_ratio"] >= BAR_RATIO for r in rounds
         ),
         f"never more than {limit} in any 1 s window": all(
@@ -287,7 +292,7 @@ def bar(rounds: list[dict[str, Any]], settings: Settings) -> dict[str, bool]:
 
 
 def markdown(rounds: list[dict[str, Any]], settings: Settings, machine: dict[str, Any]) -> str:
-    limit = settings.sandbox_rps
+    limit = settings.limit
     heads = " | ".join(f"round {r['round']}" for r in rounds)
     lines = [
         f"### Kommo outbound — {settings.replicas} gateway replicas, gateway limit "
@@ -314,7 +319,14 @@ def markdown(rounds: list[dict[str, Any]], settings: Settings, machine: dict[str
         ],
     )
     row(
-        "drain rate (least-squares slope)",
+        "effective window, mean of t[i + limit] − t[i]",
+        [
+            f"{r['effective_window_ms']:,.1f} ms" if r["effective_window_ms"] else "—"
+            for r in rounds
+        ],
+    )
+    row(
+        "drain rate, limit / effective window",
         [f"{r['drain_rate']:.3f} req/s = **{100 * r['drain_ratio']:.1f} %**" for r in rounds],
     )
     row(
@@ -327,7 +339,9 @@ def markdown(rounds: list[dict[str, Any]], settings: Settings, machine: dict[str
         [f"{r[key]:,.0f} ms" if r[key] is not None else "—" for r in rounds],
     )
     row("429s", [f"**{r['rate_limited_429']}**" for r in rounds])
-    row("gRPC outcomes", [", ".join(f"{k} {v}" for k, v in r["grpc_codes"].items()) for r in rounds])
+    row(
+        "gRPC outcomes", [", ".join(f"{k} {v}" for k, v in r["grpc_codes"].items()) for r in rounds]
+    )
     row(
         "client: all answered after / median call",
         [f"{r['client_wall_s']:.2f} s / {r['client_p50_s']:.2f} s" for r in rounds],
@@ -453,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         addresses = [p.address for p in stack.services[GATEWAY]]
-        statuses = asyncio.run(_warm_up(addresses, timeout=30.0))
+        statuses = asyncio.run(_warm_up(addresses, deadline=30.0))
         configured = {s.rate_limit_rps for s in statuses}
         if configured != {settings.gateway_rps}:
             raise RuntimeError(f"gateway replicas report rate limits {configured}")

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# `make bench`: the webhook ack benchmark (bench/README.md). Needs wrk, which it installs
-# from Debian's packages when missing; extra arguments go to `python -m bench.webhook_ack`.
+# `make bench`: the benchmarks of bench/README.md, one after the other.
+#
+#   bench/run.sh                   both: the webhook ack, then Kommo outbound (defaults)
+#   bench/run.sh ack [options]     the webhook ack only: python -m bench.webhook_ack [options]
+#   bench/run.sh outbound [opts]   Kommo outbound only: python -m bench.kommo_outbound [opts]
+#   bench/run.sh --rounds 5 …      options without a name go to the ack, as they always did
+#
+# The ack needs wrk, which is installed from Debian's packages when missing.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-if ! command -v wrk >/dev/null 2>&1; then
+need_wrk() {
+    if command -v wrk >/dev/null 2>&1; then
+        return 0
+    fi
     if command -v apt-get >/dev/null 2>&1; then
         if [ "$(id -u)" -eq 0 ]; then
             as_root=()
@@ -30,11 +39,40 @@ Install it, then run `make bench` again:
 MSG
         exit 1
     fi
-fi
+}
 
-if [ ! -x .venv/bin/python ]; then
-    echo "bench: no .venv here: run \`make bench\` (it creates the venv and generates the gRPC code)" >&2
-    exit 1
-fi
+need_venv() {
+    if [ ! -x .venv/bin/python ]; then
+        echo "bench: no .venv here: run \`make bench\` (it creates the venv and generates the gRPC code)" >&2
+        exit 1
+    fi
+}
 
-exec .venv/bin/python -m bench.webhook_ack "$@"
+ack() {
+    need_wrk
+    need_venv
+    .venv/bin/python -m bench.webhook_ack "$@"
+}
+
+outbound() {
+    need_venv
+    .venv/bin/python -m bench.kommo_outbound "$@"
+}
+
+case "${1-}" in
+    "")
+        ack
+        outbound
+        ;;
+    ack)
+        shift
+        ack "$@"
+        ;;
+    outbound)
+        shift
+        outbound "$@"
+        ;;
+    *)
+        ack "$@"
+        ;;
+esac

@@ -63,9 +63,9 @@ class Stack:
             if name in self.services
         }
 
-    def start_service(self, name: str, env: dict[str, str] | None = None) -> Process:
-        """One more replica of a gRPC service (also used to restart a killed one)."""
-        port = free_port()
+    def start_service(self, name: str, env: dict[str, str] | None = None, port: int = 0) -> Process:
+        """One more replica of a gRPC service, on a new port or a given one."""
+        port = port or free_port()
         replicas = self.services.setdefault(name, [])
         process = self.launcher.start(
             f"{name}-{len(replicas) + 1}",
@@ -76,6 +76,18 @@ class Stack:
         )
         replicas.append(process)
         return process
+
+    def restart_service(self, process: Process) -> Process:
+        """Start a stopped or killed replica again on its port, as an orchestrator would:
+        its clients reconnect to the same address."""
+        name = next(n for n, ps in self.services.items() if process in ps)
+        if process.alive():
+            raise RuntimeError(f"{process.name} is still running")
+        self.services[name].remove(process)
+        self.launcher.processes.remove(process)
+        fresh = self.start_service(name, port=process.port)
+        self.launcher.wait_ready(fresh)
+        return fresh
 
     def stop(self) -> None:
         self.launcher.stop_all()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -44,27 +43,48 @@ def _is_ip_port(value: str) -> bool:
     return True
 
 
-def create_channel(
-    addresses: str,
-    default_deadline_seconds: float,
-    long_lived: Sequence[tuple[str, str]] = (),
-) -> grpc.aio.Channel:
-    """A channel to every replica, with a deadline on every method.
+if TYPE_CHECKING:
+    _UnaryUnaryInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+else:  # the runtime class is not generic
+    _UnaryUnaryInterceptor = grpc.aio.UnaryUnaryClientInterceptor
 
-    `long_lived` names (service, method) pairs of streams that stay open for the life
-    of the process; they get no deadline (each message on them is bounded by its
-    sender instead), or they would be torn down every few seconds.
+
+class DefaultDeadline(_UnaryUnaryInterceptor):
+    """Gives every unary call a deadline when its caller did not set one.
+
+    Not a service-config `timeout`: gRPC applies the smaller of that and the caller's
+    own deadline, so a call that legitimately needs longer (a delivery waiting for a
+    lead's reply slot, a sync reading every page) would be cut short.
     """
-    method_config: list[dict[str, Any]] = [
-        {"name": [{}], "timeout": f"{default_deadline_seconds:.3f}s"}
-    ]
-    if long_lived:
-        method_config.insert(
-            0, {"name": [{"service": service, "method": method} for service, method in long_lived]}
-        )
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        if client_call_details.timeout is None:
+            client_call_details = grpc.aio.ClientCallDetails(
+                client_call_details.method,
+                self._seconds,
+                client_call_details.metadata,
+                client_call_details.credentials,
+                client_call_details.wait_for_ready,
+            )
+        return await continuation(client_call_details, request)
+
+
+def create_channel(addresses: str, default_deadline_seconds: float) -> grpc.aio.Channel:
+    """A channel to every replica (`round_robin`), with a deadline on every unary call.
+
+    Long-lived streams (the webhook ingest stream) carry no deadline: each message on
+    them is bounded by its sender instead.
+    """
     service_config = {
         "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": method_config,
+        # A replica restarting (or not up yet) is waited for within the call's deadline
+        # instead of failing the call at once.
+        "methodConfig": [{"name": [{}], "waitForReady": True}],
     }
     return grpc.aio.insecure_channel(
         channel_target(addresses),
@@ -73,8 +93,12 @@ def create_channel(
             ("grpc.enable_retries", 1),
             # Re-resolve DNS quickly so new replicas get traffic.
             ("grpc.dns_min_time_between_resolutions_ms", 5000),
+            # Reconnect to a restarted replica within a second or so, not a minute.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.keepalive_time_ms", 20000),
             ("grpc.keepalive_timeout_ms", 5000),
             ("grpc.keepalive_permit_without_calls", 1),
         ],
+        interceptors=[DefaultDeadline(default_deadline_seconds)],  # type: ignore[list-item]
     )

@@ -41,11 +41,7 @@ class Clients:
     def connect(cls, settings: EdgeSettings) -> Clients:
         deadline = settings.grpc_deadline_seconds
         channels = {
-            "conversation": create_channel(
-                settings.conversation_addr,
-                deadline,
-                long_lived=[(SERVICE_NAMES["conversation"], "IngestWebhooks")],
-            ),
+            "conversation": create_channel(settings.conversation_addr, deadline),
             "kommo_gateway": create_channel(settings.kommo_gateway_addr, deadline),
             "vendedor": create_channel(settings.vendedor_addr, deadline),
             "scheduling": create_channel(settings.scheduling_addr, deadline),

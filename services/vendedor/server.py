@@ -11,22 +11,23 @@ from services.common.redis import create_redis
 from services.common.settings import load_settings
 from services.vendedor.servicer import PeriodicSync, Vendedores, VendedorServicer
 from services.vendedor.settings import VendedorSettings
+from services.vendedor.store import VendedorStore
 
 SERVICE_NAME = "bridge.vendedor.v1.VendedorService"
 
 
-def create_server(settings: VendedorSettings) -> GrpcService:
+def create_server(settings: VendedorSettings) -> tuple[GrpcService, Vendedores]:
     redis = create_redis(settings.redis_url)
     channel = create_channel(settings.kommo_gateway_addr, settings.grpc_deadline_seconds)
     gateway = KommoGatewayStub(channel)
-    vendedores = Vendedores(redis, gateway)
+    vendedores = Vendedores(VendedorStore(redis), gateway, settings)
     servicer = VendedorServicer(vendedores, gateway)
 
     async def close() -> None:
         await channel.close(None)
         await redis.aclose()
 
-    return GrpcService(
+    service = GrpcService(
         name="vendedor",
         service_names=[SERVICE_NAME],
         register=lambda server: vendedor_pb2_grpc.add_VendedorServiceServicer_to_server(
@@ -35,14 +36,18 @@ def create_server(settings: VendedorSettings) -> GrpcService:
         host=settings.grpc_host,
         port=settings.grpc_port,
         grace_seconds=settings.shutdown_grace_seconds,
-        background=[PeriodicSync(vendedores, redis, settings)],
+        background=[PeriodicSync(vendedores, settings)],
         on_stop=close,
     )
+    return service, vendedores
 
 
 async def serve(settings: VendedorSettings) -> None:
     # The gRPC server must be built inside the running event loop.
-    await create_server(settings).serve()
+    service, vendedores = create_server(settings)
+    if settings.vendedor_seed_samples:
+        await vendedores.seed_samples()
+    await service.serve()
 
 
 def main() -> None:

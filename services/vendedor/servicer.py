@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
@@ -17,9 +15,10 @@ from bridge.vendedor.v1 import vendedor_pb2 as pb
 from bridge.vendedor.v1.vendedor_pb2_grpc import VendedorServiceServicer
 from services.common.errors import InvalidInput, NotFound
 from services.common.grpc_server import BackgroundTask, client_metadata
+from services.vendedor import domain
 from services.vendedor.domain import Vendedor, merge_kommo_users
 from services.vendedor.settings import VendedorSettings
-from services.vendedor.store import SYNC_LOCK, SYNC_LOCK_SECONDS, SYNCED_AT, VENDEDORES
+from services.vendedor.store import SYNC_LOCK, SYNC_LOCK_SECONDS, VendedorStore
 
 if TYPE_CHECKING:
     from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayAsyncStub
@@ -35,7 +34,7 @@ _MAX_RETRY_SECONDS = 60.0
 _RESYNC_ON_MISS_SECONDS = 30.0
 
 
-def to_pb(v: Vendedor) -> pb.Vendedor:
+def to_pb(v: Vendedor, matched_by: str = "") -> pb.Vendedor:
     return pb.Vendedor(
         id=v.id,
         name=v.name,
@@ -45,55 +44,75 @@ def to_pb(v: Vendedor) -> pb.Vendedor:
         source=v.source,
         active=v.active,
         is_admin=v.is_admin,
+        matched_by=matched_by,
     )
 
 
 class Vendedores:
-    def __init__(self, redis: aioredis.Redis, gateway: KommoGatewayAsyncStub) -> None:
-        self._redis = redis
+    """The vendedores as a whole: sync from Kommo, lookups, custom ones."""
+
+    def __init__(
+        self, store: VendedorStore, gateway: KommoGatewayAsyncStub, settings: VendedorSettings
+    ) -> None:
+        self.store = store
         self._gateway = gateway
         self._sync_lock = asyncio.Lock()
-
-    async def all(self) -> dict[int, Vendedor]:
-        raw = await self._redis.hgetall(VENDEDORES)
-        return {int(k): Vendedor(**json.loads(v)) for k, v in raw.items()}
+        self._fallback, self._default_id = domain.fallback_policy(settings.vendedor_fallback)
 
     async def get(self, vendedor_id: int) -> Vendedor | None:
-        found = await self._lookup(vendedor_id)
-        if found is None and time.time() - await self.synced_at() > _RESYNC_ON_MISS_SECONDS:
+        found = await self.store.get(vendedor_id)
+        synced_at, _ = await self.store.sync_state()
+        if found is None and time.time() - synced_at > _RESYNC_ON_MISS_SECONDS:
             # A user new in Kommo (or a first lookup before the first sync): sync now
             # rather than answer "unknown" until the periodic sync comes round.
             async with self._sync_lock:
-                if time.time() - await self.synced_at() > _RESYNC_ON_MISS_SECONDS:
-                    await self.sync()
-            found = await self._lookup(vendedor_id)
+                synced_at, _ = await self.store.sync_state()
+                if time.time() - synced_at > _RESYNC_ON_MISS_SECONDS:
+                    try:
+                        await self.sync()
+                    except grpc.aio.AioRpcError as exc:
+                        log.warning("sync on a miss failed: %s", exc.details())
+            found = await self.store.get(vendedor_id)
         return found
 
-    async def _lookup(self, vendedor_id: int) -> Vendedor | None:
-        raw = await self._redis.hget(VENDEDORES, str(vendedor_id))
-        return Vendedor(**json.loads(raw)) if raw else None
-
-    async def synced_at(self) -> float:
-        return float(await self._redis.get(SYNCED_AT) or 0)
+    async def responsible(self, user_id: int, what: str) -> pb.Vendedor:
+        """The active vendedor behind `user_id`, else the configured fallback."""
+        found = await self.get(user_id) if user_id else None
+        if found is not None and found.active:
+            return to_pb(found, "responsible")
+        if user_id:
+            reason = f"the responsible user {user_id} of {what} is not an active vendedor"
+        else:
+            reason = f"{what} has no responsible user"
+        if self._fallback == "default":
+            default = await self.store.get(self._default_id)
+            if default is not None and default.active:
+                return to_pb(default, "fallback_default")
+            raise NotFound(f"{reason}, and the default vendedor {self._default_id} is not active")
+        if self._fallback == "round_robin":
+            active = sorted(
+                (v for v in domain.dynamic(list((await self.store.all()).values())) if v.active),
+                key=lambda v: v.id,
+            )
+            if active:
+                turn = await self.store.next_turn()
+                return to_pb(active[turn % len(active)], "fallback_round_robin")
+        raise NotFound(reason)
 
     async def sync(self) -> pb.SyncReport:
-        response = await self._gateway.ListUsers(
-            gw.ListUsersRequest(), timeout=_SYNC_DEADLINE_SECONDS, metadata=client_metadata()
-        )
+        try:
+            response = await self._gateway.ListUsers(
+                gw.ListUsersRequest(), timeout=_SYNC_DEADLINE_SECONDS, metadata=client_metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            await self.store.sync_failed(f"{exc.code().name}: {exc.details()}")
+            raise
         users = [
             Vendedor(id=u.id, name=u.name, email=u.email, active=u.is_active, is_admin=u.is_admin)
             for u in response.users
         ]
-        result = merge_kommo_users(await self.all(), users)
-        now = time.time()
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if result.vendedores:
-                pipe.hset(
-                    VENDEDORES,
-                    mapping={str(k): json.dumps(v.to_dict()) for k, v in result.vendedores.items()},
-                )
-            pipe.set(SYNCED_AT, now)
-            await pipe.execute()
+        result = merge_kommo_users(await self.store.all(), users)
+        synced_at = await self.store.synced(result.vendedores)
         log.info(
             "vendedores synced",
             extra={
@@ -107,13 +126,24 @@ class Vendedores:
             updated=result.updated,
             deactivated=result.deactivated,
             total=len(result.vendedores),
-            synced_at=now,
+            synced_at=synced_at,
         )
+
+    async def seed_samples(self) -> None:
+        existing = {v.email for v in (await self.store.all()).values()}
+        for name, email, areas in domain.SAMPLES:
+            if email not in existing:
+                sample = domain.new_custom(
+                    await self.store.next_custom_id(), name, email, "", areas, True
+                )
+                await self.store.put(sample)
+                log.info("sample vendedor added", extra={"vendedor_id": sample.id})
 
 
 class VendedorServicer(VendedorServiceServicer):
     def __init__(self, vendedores: Vendedores, gateway: KommoGatewayAsyncStub) -> None:
         self._vendedores = vendedores
+        self._store = vendedores.store
         self._gateway = gateway
 
     async def GetVendedor(self, request: pb.GetVendedorRequest, context: Context) -> pb.Vendedor:
@@ -130,24 +160,41 @@ class VendedorServicer(VendedorServiceServicer):
         lead = await self._gateway.GetLead(
             gw.GetLeadRequest(lead_id=request.lead_id), metadata=client_metadata()
         )
-        if not lead.responsible_user_id:
-            raise NotFound(f"lead {request.lead_id} has no responsible user")
-        found = await self._vendedores.get(lead.responsible_user_id)
-        if found is None:
-            raise NotFound(
-                f"the responsible user {lead.responsible_user_id} of lead {request.lead_id} "
-                "is not a known vendedor (sync the vendedores?)"
-            )
-        return to_pb(found)
+        return await self._vendedores.responsible(
+            lead.responsible_user_id, f"lead {request.lead_id}"
+        )
+
+    async def GetVendedorForContact(
+        self, request: pb.GetVendedorForContactRequest, context: Context
+    ) -> pb.Vendedor:
+        if request.contact_id <= 0:
+            raise InvalidInput("contact_id must be a positive integer")
+        contact = await self._gateway.GetContact(
+            gw.GetContactRequest(contact_id=request.contact_id), metadata=client_metadata()
+        )
+        return await self._vendedores.responsible(
+            contact.responsible_user_id, f"contact {request.contact_id}"
+        )
 
     async def ListVendedores(
         self, request: pb.ListVendedoresRequest, context: Context
     ) -> pb.ListVendedoresResponse:
-        everyone = await self._vendedores.all()
-        chosen = [v for v in everyone.values() if not request.source or v.source == request.source]
+        everyone = list((await self._store.all()).values())
+        if request.source == "dynamic":
+            chosen = domain.dynamic(everyone)
+        elif request.source in ("kommo", "custom"):
+            chosen = [v for v in everyone if v.source == request.source]
+        elif request.source == "":
+            chosen = everyone
+        else:
+            raise InvalidInput("source must be '', 'kommo', 'custom' or 'dynamic'")
+        if request.active_only:
+            chosen = [v for v in chosen if v.active]
+        synced_at, error = await self._store.sync_state()
         return pb.ListVendedoresResponse(
             vendedores=[to_pb(v) for v in sorted(chosen, key=lambda v: v.id)],
-            synced_at=await self._vendedores.synced_at(),
+            synced_at=synced_at,
+            sync_error=error,
         )
 
     async def SyncVendedores(
@@ -155,15 +202,39 @@ class VendedorServicer(VendedorServiceServicer):
     ) -> pb.SyncReport:
         return await self._vendedores.sync()
 
+    async def AddVendedor(self, request: pb.AddVendedorRequest, context: Context) -> pb.Vendedor:
+        existing = [
+            v
+            for v in (await self._store.all()).values()
+            if v.source == "custom" and request.email and v.email == request.email.strip().lower()
+        ]
+        if existing:
+            raise InvalidInput(f"a custom vendedor with email {request.email} exists already")
+        vendedor = domain.new_custom(
+            0, request.name, request.email, request.phone, list(request.areas), request.active
+        )
+        vendedor = domain.replace_id(vendedor, await self._store.next_custom_id())
+        await self._store.put(vendedor)
+        return to_pb(vendedor)
+
+    async def SetAreas(self, request: pb.SetAreasRequest, context: Context) -> pb.Vendedor:
+        found = await self._store.get(request.vendedor_id)
+        if found is None:
+            raise NotFound(f"vendedor {request.vendedor_id} not found")
+        updated = domain.with_areas(found, domain.normalize_areas(list(request.areas)))
+        await self._store.put(updated)
+        return to_pb(updated)
+
 
 class PeriodicSync(BackgroundTask):
-    """Syncs at start and then every interval; one replica at a time."""
+    """Syncs at start and then every interval; one replica at a time. While Kommo is
+    down the lists keep answering from Redis, with the age of their data."""
 
     name = "vendedor-sync"
 
-    def __init__(self, vendedores: Vendedores, redis: aioredis.Redis, settings: VendedorSettings):
+    def __init__(self, vendedores: Vendedores, settings: VendedorSettings) -> None:
         self._vendedores = vendedores
-        self._redis = redis
+        self._redis = vendedores.store.redis
         self._interval = settings.vendedor_sync_interval_seconds
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -171,7 +242,8 @@ class PeriodicSync(BackgroundTask):
         while not stopping.is_set():
             wait = self._interval
             try:
-                due = time.time() - await self._vendedores.synced_at() >= self._interval
+                synced_at, _ = await self._vendedores.store.sync_state()
+                due = time.time() - synced_at >= self._interval
                 if due and await self._redis.set(SYNC_LOCK, "1", nx=True, ex=SYNC_LOCK_SECONDS):
                     try:
                         await self._vendedores.sync()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from services.common.settings import CommonSettings
+from services.vendedor.domain import fallback_policy
 
 
 class VendedorSettings(CommonSettings):
@@ -12,3 +13,17 @@ class VendedorSettings(CommonSettings):
     vendedor_sync_interval_seconds: float = Field(
         default=900.0, ge=0, description="how often Kommo users are synced (0 = only on demand)"
     )
+    vendedor_fallback: str = Field(
+        default="none",
+        description="for a lead whose responsible user is not an active vendedor: none, "
+        "round_robin (over active vendedores) or a vendedor id",
+    )
+    vendedor_seed_samples: bool = Field(
+        default=False, description="add the 3 sample custom vendedores of the original system"
+    )
+
+    @field_validator("vendedor_fallback")
+    @classmethod
+    def _fallback(cls, value: str) -> str:
+        fallback_policy(value)
+        return value

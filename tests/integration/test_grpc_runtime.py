@@ -3,6 +3,7 @@ codes, health turning NOT_SERVING on shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -29,6 +30,8 @@ class Replica(scheduling_pb2_grpc.SchedulingServiceServicer):
             raise Conflict("slot already taken")
         if request.id == "bug":
             raise RuntimeError("secret internals")
+        if request.id == "slow":
+            await asyncio.sleep(1.0)
         return pb.Agendamento(id=self.name)
 
     async def RequestAgendamento(
@@ -98,6 +101,21 @@ async def test_health_says_not_serving_once_shutdown_begins() -> None:
         await replica.health.enter_graceful_shutdown()
         answer = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=2)
         assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await channel.close(None)
+        await replica.shutdown()
+
+
+async def test_every_call_has_a_deadline_and_a_longer_one_is_honoured() -> None:
+    replica = await _replica("r")
+    channel = create_channel(f"127.0.0.1:{replica.port}", default_deadline_seconds=0.3)
+    try:
+        stub = scheduling_pb2_grpc.SchedulingServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await stub.GetAgendamento(pb.GetAgendamentoRequest(id="slow"))
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        answer = await stub.GetAgendamento(pb.GetAgendamentoRequest(id="slow"), timeout=3)
+        assert answer.id == "r"
     finally:
         await channel.close(None)
         await replica.shutdown()
