@@ -314,7 +314,7 @@ def markdown(rounds: list[dict[str, Any]], settings: Settings, machine: dict[str
     row(
         "achieved rate, N / busy period",
         [
-            f"{r['rate']:.3f} req/s = **{100 * r['ratio']:.1f} %** of {settings.gateway_rps}"
+            f"{r['rate']:.3f} req/s = **{100 * r['ratio']:.2f} %** of {settings.gateway_rps}"
             for r in rounds
         ],
     )
@@ -327,7 +327,7 @@ def markdown(rounds: list[dict[str, Any]], settings: Settings, machine: dict[str
     )
     row(
         "drain rate, limit / effective window",
-        [f"{r['drain_rate']:.3f} req/s = **{100 * r['drain_ratio']:.1f} %**" for r in rounds],
+        [f"{r['drain_rate']:.3f} req/s = **{100 * r['drain_ratio']:.2f} %**" for r in rounds],
     )
     row(
         "max in any 1 s window (log / sandbox)",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,13 +14,16 @@ from redis.exceptions import RedisError
 
 from bridge.conversation.v1 import conversation_pb2 as pb
 from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServicer
-from services.common.errors import BridgeError, NotFound
+from services.common.errors import BridgeError, InvalidInput, NotFound
 from services.conversation.events import MessageEvent, parse_webhook
 from services.conversation.kommo_form import nest, parse_form
-from services.conversation.store import seen_key
+from services.conversation.store import Operations, seen_key
 from services.conversation.workers import Engine
 
 log = logging.getLogger(__name__)
+
+# /debug/conversations without an id shows the most recent ones, not the whole store.
+_DEBUG_ALL_LIMIT = 200
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -38,6 +43,7 @@ class ConversationServicer(ConversationServiceServicer):
         self.engine = engine
         self.store = engine.store
         self.settings = engine.settings
+        self.ops = Operations(engine.store.redis)
 
     async def IngestWebhooks(
         self, request_iterator: AsyncIterator[pb.IngestBatch], context: Context
@@ -97,6 +103,8 @@ class ConversationServicer(ConversationServiceServicer):
             text=request.text,
             note=request.note,
             idempotency_key=request.idempotency_key,
+            handoff=request.handoff,
+            handoff_reason=request.handoff_reason,
         )
         return pb.SendReplyResponse(
             status=status, conversation_id=conversation_id, delivery_id=job_id, lead_id=lead_id
@@ -117,16 +125,150 @@ class ConversationServicer(ConversationServiceServicer):
         data = await self.store.conversation(conversation_id) if conversation_id else {}
         if not data:
             raise NotFound("conversation not found")
-        pending = await self.store.inbox(conversation_id)
-        return pb.Conversation(
-            id=data["id"],
-            lead_id=int(data.get("lead_id") or 0),
-            contact_id=int(data.get("contact_id") or 0),
-            chat_id=data.get("chat_id", ""),
-            talk_id=int(data.get("talk_id") or 0),
-            bot_state=data.get("bot_state", "active"),
-            created_at=int(data.get("created_at") or 0) / 1000,
-            updated_at=int(data.get("updated_at") or 0) / 1000,
-            awaiting_reply=bool(data.get("inflight_token")),
-            pending_messages=len(pending),
+        [pending] = await self.ops.pending_counts([conversation_id])
+        return conversation_pb(data, pending)
+
+    async def BotControl(self, request: pb.BotControlRequest, context: Context) -> pb.BotStatus:
+        control = self.engine.bot
+        conversation_id = await control.find(request.ref)
+        by = request.by or "API"
+        if request.action == "status":
+            return await control.status(conversation_id)
+        if request.action == "pause":
+            outcome = await control.pause(
+                conversation_id,
+                by,
+                request.reason or "pausado pela API",
+                "takeovers_api",
+                request.pause_seconds,
+            )
+        elif request.action == "resume":
+            outcome = await control.resume(
+                conversation_id, by, request.reason or "reativado pela API", "resumes_api"
+            )
+        else:
+            raise InvalidInput("action must be pause, resume or status")
+        return await control.status(conversation_id, outcome)
+
+    async def VendedorCommand(
+        self, request: pb.VendedorCommandRequest, context: Context
+    ) -> pb.BotStatus:
+        by = request.vendedor_name or (
+            f"vendedor {request.vendedor_id}" if request.vendedor_id else "vendedor"
         )
+        status = await self.engine.bot.command(request.text, by, request.conversation_id, "command")
+        if status is None:
+            raise InvalidInput(
+                f"not a command: use {self.settings.bot_assume_command} <lead id> or "
+                f"{self.settings.bot_release_command} <lead id>"
+            )
+        return status
+
+    async def ListConversations(
+        self, request: pb.ListConversationsRequest, context: Context
+    ) -> pb.ListConversationsResponse:
+        page_size = min(request.page_size or 50, 500)
+        page = max(request.page, 1)
+        if request.lead_id:
+            found = await self.store.conversation_by_lead(request.lead_id)
+            ids = [found] if found else []
+        else:
+            ids = await self.ops.conversation_ids()
+        rows = await self.ops.conversations(ids)
+        if request.bot_state:
+            rows = [r for r in rows if r.get("bot_state", "active") == request.bot_state]
+        chosen = rows[(page - 1) * page_size : page * page_size]
+        pending = await self.ops.pending_counts([r["id"] for r in chosen])
+        return pb.ListConversationsResponse(
+            conversations=[conversation_pb(r, n) for r, n in zip(chosen, pending, strict=True)],
+            total=len(rows),
+            page=page,
+            page_size=page_size,
+        )
+
+    async def DebugConversations(
+        self, request: pb.DebugConversationsRequest, context: Context
+    ) -> pb.DebugConversationsResponse:
+        if request.conversation_id:
+            if not await self.store.conversation(request.conversation_id):
+                raise NotFound(f"conversation {request.conversation_id} not found")
+            dump: Any = await self.ops.dump(request.conversation_id)
+        else:
+            ids = await self.ops.conversation_ids(limit=_DEBUG_ALL_LIMIT)
+            dump = {"conversations": [await self.ops.dump(i) for i in ids]}
+        return pb.DebugConversationsResponse(json=json.dumps(dump, ensure_ascii=False))
+
+    async def ResetConversations(
+        self, request: pb.ResetConversationsRequest, context: Context
+    ) -> pb.ResetConversationsResponse:
+        if request.conversation_id:
+            if not await self.store.conversation(request.conversation_id):
+                raise NotFound(f"conversation {request.conversation_id} not found")
+            ids = [request.conversation_id]
+        else:
+            ids = await self.ops.conversation_ids(limit=1_000_000)
+        deleted = await self.ops.reset(ids)
+        log.warning("conversations reset", extra={"conversations": deleted})
+        return pb.ResetConversationsResponse(conversations=deleted)
+
+    async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.Stats:
+        rows = await self.ops.conversations(await self.ops.conversation_ids())
+        by_state = Counter(r.get("bot_state", "active") for r in rows)
+        by_state["awaiting_reply"] = sum(1 for r in rows if r.get("inflight_token"))
+        samples = await self.engine.bots.reply_seconds()
+        pending, dead = await self.ops.queue_sizes()
+        return pb.Stats(
+            conversations_by_state=dict(by_state),
+            counters=await self.engine.bots.counters(),
+            median_reply_seconds=statistics.median(samples) if samples else 0.0,
+            outbox_pending=pending,
+            dead_letters=dead,
+        )
+
+    async def ListDeadLetters(
+        self, request: pb.ListDeadLettersRequest, context: Context
+    ) -> pb.ListDeadLettersResponse:
+        letters = []
+        for event_id, parked_at, item in await self.ops.dead_letters(request.limit or 100):
+            try:
+                event = json.loads(item.get("payload", "{}")).get("event", "")
+            except ValueError:
+                event = ""
+            letters.append(
+                pb.DeadLetter(
+                    event_id=event_id,
+                    conversation_id=item.get("conversation_id", ""),
+                    url=item.get("url", ""),
+                    attempts=int(item.get("attempts") or 0),
+                    last_error=item.get("last_error", ""),
+                    parked_at=parked_at,
+                    event=event,
+                )
+            )
+        return pb.ListDeadLettersResponse(dead_letters=letters)
+
+    async def ReplayDeadLetter(
+        self, request: pb.ReplayDeadLetterRequest, context: Context
+    ) -> pb.ReplayDeadLetterResponse:
+        if not await self.ops.replay(request.event_id):
+            raise NotFound(f"no dead letter {request.event_id}")
+        return pb.ReplayDeadLetterResponse(event_id=request.event_id)
+
+
+def conversation_pb(data: dict[str, str], pending: int) -> pb.Conversation:
+    return pb.Conversation(
+        id=data["id"],
+        lead_id=int(data.get("lead_id") or 0),
+        contact_id=int(data.get("contact_id") or 0),
+        chat_id=data.get("chat_id", ""),
+        talk_id=int(data.get("talk_id") or 0),
+        bot_state=data.get("bot_state", "active"),
+        created_at=int(data.get("created_at") or 0) / 1000,
+        updated_at=int(data.get("updated_at") or 0) / 1000,
+        awaiting_reply=bool(data.get("inflight_token")),
+        pending_messages=pending,
+        paused_by=data.get("paused_by", ""),
+        paused_reason=data.get("paused_reason", ""),
+        resumes_at=int(data.get("resumes_at") or 0) / 1000,
+        last_message_at=int(data.get("updated_at") or 0) / 1000,
+    )

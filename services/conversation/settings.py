@@ -24,6 +24,11 @@ class ConversationSettings(CommonSettings):
     n8n_signing_secret: str = Field(default="", description="sign requests (Standard Webhooks)")
     n8n_timeout_seconds: float = Field(default=10.0, gt=0)
     message_debounce_seconds: float = Field(default=3.0, ge=0)
+    bot_assume_command: str = Field(default="/assumir", pattern=r"^\S+$")
+    bot_release_command: str = Field(default="/liberar", pattern=r"^\S+$")
+    bot_auto_resume_after: float = Field(
+        default=86400.0, ge=0, description="seconds of human silence before resuming (0 = never)"
+    )
     bot_handoff_after: float = Field(
         default=180.0, ge=0, description="seconds without an n8n reply before handing off"
     )

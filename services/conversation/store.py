@@ -26,6 +26,14 @@ TURNS_DUE = "conv:turns:due"
 OUTBOX_DUE = "conv:outbox:due"
 OUTBOX_DEAD = "conv:outbox:dead"  # event_id → parked at (ms); the item hash stays
 REPLIES_DUE = "conv:replies:due"
+RESUMES_DUE = "conv:resumes:due"  # paused conversations by the time they resume
+HANDOFFS_DUE = "conv:handoffs:due"  # turns by the time n8n's silence hands them off
+NOTIFY_DUE = "conv:notify:due"  # notes and tasks for Kommo, retried until written
+CONVERSATIONS = "conv:index"  # every conversation by last activity (ms), for listings
+STATS = "conv:stats"  # counters (HINCRBY), kept for the life of the data
+REPLY_SECONDS = "conv:stats:reply-seconds"  # recent reply latencies, capped
+REPLY_SECONDS_KEPT = 1000
+BOT_LOG_KEPT = 50
 
 # Kommo retries a delivery for a while and SPEC.md §3.1 asks for at least 72 h.
 SEEN_TTL_SECONDS = 72 * 3600
@@ -41,6 +49,19 @@ def seen_key(message_id: str) -> str:
 
 def conversation_key(conversation_id: str) -> str:
     return f"conv:c:{conversation_id}"
+
+
+def by_contact_key(contact_id: int) -> str:
+    return f"conv:by-contact:{contact_id}"
+
+
+def bot_log_key(conversation_id: str) -> str:
+    """The bot's state changes of a conversation, newest last, capped."""
+    return f"conv:c:{conversation_id}:bot-log"
+
+
+def notify_key(job_id: str) -> str:
+    return f"conv:notify:{job_id}"
 
 
 def by_lead_key(lead_id: int) -> str:
@@ -121,7 +142,11 @@ if ARGV[7] ~= '0' then
   redis.call('HSET', KEYS[1], 'lead_id', ARGV[7])
   redis.call('SET', KEYS[6], ARGV[1])
 end
-if ARGV[8] ~= '0' then redis.call('HSET', KEYS[1], 'contact_id', ARGV[8]) end
+if ARGV[8] ~= '0' then
+  redis.call('HSET', KEYS[1], 'contact_id', ARGV[8])
+  redis.call('SET', KEYS[8], ARGV[1])
+end
+redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'chat_id', ARGV[9]) end
 if ARGV[10] ~= '0' then redis.call('HSET', KEYS[1], 'talk_id', ARGV[10]) end
 redis.call('RPUSH', KEYS[4], ARGV[4])
@@ -170,6 +195,8 @@ redis.call('HSET', KEYS[4], 'payload', ARGV[4], 'url', ARGV[10], 'attempts', 0,
   'created_at', ARGV[5], 'conversation_id', ARGV[8])
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
 if redis.call('ZSCORE', KEYS[6], ARGV[8]) == ARGV[7] then redis.call('ZREM', KEYS[6], ARGV[8]) end
+redis.call('HSET', KEYS[2], 'turn_started', ARGV[12])
+if ARGV[11] ~= '0' then redis.call('ZADD', KEYS[7], ARGV[11], ARGV[8]) end
 return 1
 """
 
@@ -177,6 +204,7 @@ return 1
 _FINISH_TURN = """
 if redis.call('HGET', KEYS[1], 'inflight_token') == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'inflight_token', 'inflight_event', 'inflight_since')
+  redis.call('ZREM', KEYS[4], ARGV[3])
 end
 if redis.call('LLEN', KEYS[2]) > 0 then
   redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
@@ -286,6 +314,8 @@ class ConversationStore:
                 history_key(conversation_id),
                 TURNS_DUE,
                 by_lead_key(lead_id),
+                CONVERSATIONS,
+                by_contact_key(contact_id),
             ],
             args=[
                 conversation_id,
@@ -308,6 +338,22 @@ class ConversationStore:
     async def conversation(self, conversation_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(conversation_key(conversation_id))
         return text_map(raw)
+
+    async def conversation_by_contact(self, contact_id: int) -> str | None:
+        value = await self.redis.get(by_contact_key(contact_id))
+        return text(value) if value else None
+
+    async def clear_inflight(self, conversation_id: str) -> None:
+        """The turn in flight is settled without a reply (handed off)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(
+                conversation_key(conversation_id),
+                "inflight_token",
+                "inflight_event",
+                "inflight_since",
+            )
+            pipe.zrem(HANDOFFS_DUE, conversation_id)
+            await pipe.execute()
 
     async def conversation_by_lead(self, lead_id: int) -> str | None:
         value = await self.redis.get(by_lead_key(lead_id))
@@ -354,6 +400,8 @@ class ConversationStore:
         payload: str,
         url: str,
         outbox_lease_ms: int,
+        handoff_after_ms: int,
+        turn_started_ms: int,
     ) -> bool:
         now = now_ms()
         ok = await self._commit_turn(
@@ -364,6 +412,7 @@ class ConversationStore:
                 outbox_item_key(event_id),
                 OUTBOX_DUE,
                 TURNS_DUE,
+                HANDOFFS_DUE,
             ],
             args=[
                 consumed,
@@ -376,13 +425,20 @@ class ConversationStore:
                 conversation_id,
                 REPLY_TOKEN_TTL_SECONDS,
                 url,
+                now + handoff_after_ms if handoff_after_ms else 0,
+                turn_started_ms,
             ],
         )
         return bool(ok)
 
     async def finish_turn(self, conversation_id: str, reply_token: str) -> None:
         await self._finish_turn(
-            keys=[conversation_key(conversation_id), inbox_key(conversation_id), TURNS_DUE],
+            keys=[
+                conversation_key(conversation_id),
+                inbox_key(conversation_id),
+                TURNS_DUE,
+                HANDOFFS_DUE,
+            ],
             args=[reply_token, now_ms(), conversation_id],
         )
 
@@ -426,6 +482,10 @@ class ConversationStore:
         )
         return cast(bytes, existing).decode() if existing else None
 
+    async def reply_for_key(self, key: str) -> str | None:
+        value = await self.redis.get(reply_idempotency_key(key))
+        return text(value) if value else None
+
     async def reply_job(self, job_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(reply_job_key(job_id))
         return text_map(raw)
@@ -444,4 +504,189 @@ class ConversationStore:
             pipe.zrem(REPLIES_DUE, claim.member)
             pipe.hset(reply_job_key(claim.member), "state", "delivered")
             pipe.expire(reply_job_key(claim.member), REPLY_TOKEN_TTL_SECONDS)
+            await pipe.execute()
+
+
+class Operations:
+    """What operators read and do: listings, debugging, reset, dead letters."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def conversation_ids(self, limit: int = 10_000) -> list[str]:
+        raw = await self.redis.zrevrange(CONVERSATIONS, 0, limit - 1)
+        return [text(x) for x in cast(list[bytes], raw)]
+
+    async def conversations(self, ids: list[str]) -> list[dict[str, str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conversation_id in ids:
+                pipe.hgetall(conversation_key(conversation_id))
+            found = await pipe.execute()
+        return [text_map(raw) for raw in found if raw]
+
+    async def pending_counts(self, ids: list[str]) -> list[int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conversation_id in ids:
+                pipe.llen(inbox_key(conversation_id))
+            return [int(n) for n in await pipe.execute()]
+
+    async def dump(self, conversation_id: str) -> dict[str, Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(conversation_key(conversation_id))
+            pipe.lrange(inbox_key(conversation_id), 0, -1)
+            pipe.lrange(history_key(conversation_id), 0, -1)
+            pipe.lrange(bot_log_key(conversation_id), 0, -1)
+            state, inbox, history, log = await pipe.execute()
+        return {
+            "conversation": text_map(state),
+            "pending_messages": [json.loads(x) for x in inbox],
+            "history": [json.loads(x) for x in history],
+            "bot_log": [json.loads(x) for x in log],
+        }
+
+    async def reset(self, ids: list[str]) -> int:
+        """Forget these conversations (their state, indexes and scheduled work)."""
+        deleted = 0
+        for conversation_id in ids:
+            state = text_map(await self.redis.hgetall(conversation_key(conversation_id)))
+            keys = [
+                conversation_key(conversation_id),
+                inbox_key(conversation_id),
+                history_key(conversation_id),
+                applied_key(conversation_id),
+                sent_key(conversation_id),
+                bot_log_key(conversation_id),
+            ]
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(*keys)
+                if state.get("lead_id"):
+                    pipe.delete(by_lead_key(int(state["lead_id"])))
+                if state.get("contact_id"):
+                    pipe.delete(by_contact_key(int(state["contact_id"])))
+                for due in (TURNS_DUE, RESUMES_DUE, HANDOFFS_DUE, CONVERSATIONS):
+                    pipe.zrem(due, conversation_id)
+                results = await pipe.execute()
+            deleted += int(results[0])
+        return deleted
+
+    async def dead_letters(self, limit: int) -> list[tuple[str, float, dict[str, str]]]:
+        entries = await self.redis.zrevrange(OUTBOX_DEAD, 0, limit - 1, withscores=True)
+        out = []
+        for member, score in cast(list[tuple[bytes, float]], entries):
+            event_id = text(member)
+            item = text_map(await self.redis.hgetall(outbox_item_key(event_id)))
+            out.append((event_id, float(score) / 1000, item))
+        return out
+
+    async def replay(self, event_id: str) -> bool:
+        """Back into the outbox, attempts from zero; False if it is not a dead letter."""
+        if await self.redis.zscore(OUTBOX_DEAD, event_id) is None:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(OUTBOX_DEAD, event_id)
+            pipe.hset(outbox_item_key(event_id), "attempts", 0)
+            pipe.zadd(OUTBOX_DUE, {event_id: now_ms()})
+            await pipe.execute()
+        return True
+
+    async def queue_sizes(self) -> tuple[int, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(OUTBOX_DUE)
+            pipe.zcard(OUTBOX_DEAD)
+            pending, dead = await pipe.execute()
+        return int(pending), int(dead)
+
+
+class BotStore:
+    """The bot's state per conversation, its history, and the Kommo notifications."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.resumes = DueQueue(redis, RESUMES_DUE)
+        self.handoffs = DueQueue(redis, HANDOFFS_DUE)
+        self.notifications = DueQueue(redis, NOTIFY_DUE)
+
+    async def set_state(
+        self,
+        conversation_id: str,
+        state: str,
+        by: str,
+        reason: str,
+        resumes_at_ms: int,
+    ) -> str:
+        """Set the bot's state; returns the state it had before."""
+        key = conversation_key(conversation_id)
+        now = now_ms()
+        previous = await self.redis.hget(key, "bot_state")
+        entry = json.dumps({"state": state, "by": by, "reason": reason, "at": now / 1000})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if state == "paused":
+                pipe.hset(
+                    key,
+                    mapping={
+                        "bot_state": state,
+                        "paused_by": by,
+                        "paused_reason": reason,
+                        "paused_at": now,
+                        "resumes_at": resumes_at_ms,
+                    },
+                )
+                if resumes_at_ms:
+                    pipe.zadd(RESUMES_DUE, {conversation_id: resumes_at_ms})
+                else:
+                    pipe.zrem(RESUMES_DUE, conversation_id)
+            else:
+                pipe.hset(key, "bot_state", state)
+                pipe.hdel(key, "paused_by", "paused_reason", "paused_at", "resumes_at")
+                pipe.zrem(RESUMES_DUE, conversation_id)
+            pipe.rpush(bot_log_key(conversation_id), entry)
+            pipe.ltrim(bot_log_key(conversation_id), -BOT_LOG_KEPT, -1)
+            await pipe.execute()
+        return text(previous) if previous else "active"
+
+    async def push_resume(self, conversation_id: str, resumes_at_ms: int) -> None:
+        """A person wrote again: the quiet period starts over."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(conversation_key(conversation_id), "resumes_at", resumes_at_ms)
+            pipe.zadd(RESUMES_DUE, {conversation_id: resumes_at_ms})
+            await pipe.execute()
+
+    async def log(self, conversation_id: str) -> list[dict[str, Any]]:
+        raw = await self.redis.lrange(bot_log_key(conversation_id), 0, -1)
+        return [json.loads(x) for x in raw]
+
+    async def count(self, counter: str, n: int = 1) -> None:
+        await self.redis.hincrby(STATS, counter, n)
+
+    async def counters(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(STATS)
+        return {text(k): int(v) for k, v in raw.items()}
+
+    async def record_reply_seconds(self, seconds: float) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(REPLY_SECONDS, f"{seconds:.3f}")
+            pipe.ltrim(REPLY_SECONDS, 0, REPLY_SECONDS_KEPT - 1)
+            await pipe.execute()
+
+    async def reply_seconds(self) -> list[float]:
+        raw = await self.redis.lrange(REPLY_SECONDS, 0, -1)
+        return [float(x) for x in raw]
+
+    async def add_notification(self, job_id: str, job: dict[str, str], lease_ms: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(notify_key(job_id), mapping=cast(Any, job))
+            pipe.expire(notify_key(job_id), REPLY_TOKEN_TTL_SECONDS)
+            pipe.zadd(NOTIFY_DUE, {job_id: now_ms() + lease_ms})
+            await pipe.execute()
+
+    async def notification(self, job_id: str) -> dict[str, str]:
+        return text_map(await self.redis.hgetall(notify_key(job_id)))
+
+    async def mark_noted(self, job_id: str) -> None:
+        await self.redis.hset(notify_key(job_id), "noted", "1")
+
+    async def notification_done(self, job_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(NOTIFY_DUE, job_id)
+            pipe.delete(notify_key(job_id))
             await pipe.execute()

@@ -21,7 +21,8 @@ from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.common.grpc_server import BackgroundTask, client_metadata
-from services.conversation import envelope
+from services.conversation import bot, envelope
+from services.conversation.control import BotController
 from services.conversation.events import MessageEvent
 from services.conversation.n8n import N8nClient, new_event_id, next_delay
 from services.conversation.settings import ConversationSettings
@@ -30,6 +31,7 @@ from services.conversation.store import (
     EVENTS_DEAD,
     EVENTS_STREAM,
     WORKERS_GROUP,
+    BotStore,
     Claim,
     ConversationStore,
     now_ms,
@@ -87,18 +89,36 @@ class Engine:
         self.vendedores = vendedores
         self.n8n = n8n
         self.consumer = consumer_name()
+        self.bots = BotStore(store.redis)
+        self.bot = BotController(settings, store, self.bots, gateway)
 
     # --- webhook events -------------------------------------------------------------
 
     async def apply_event(self, stream_id: str, event: MessageEvent) -> None:
         conversation_id = envelope.conversation_id_for(event)
         at = float(event.created_at) if event.created_at else time.time()
+        command: bot.Command | None = None
         if event.from_customer:
             role = "customer"
+        elif await self.store.was_sent_by_bridge(
+            conversation_id, envelope.text_fingerprint(event.text)
+        ):
+            role = "bot"
+        elif not bot.written_by_a_person(event.author_type):
+            role = "automation"
         else:
-            fingerprint = envelope.text_fingerprint(event.text)
-            own = await self.store.was_sent_by_bridge(conversation_id, fingerprint)
-            role = "bot" if own else "human"
+            role = "human"
+            try:
+                command = bot.parse_command(
+                    event.text,
+                    self.settings.bot_assume_command,
+                    self.settings.bot_release_command,
+                )
+            except InvalidInput as exc:
+                log.info("malformed command in the chat, kept as a message: %s", exc)
+            if command is not None:
+                # A command is for the bridge: never history for n8n, never a reply.
+                role = "command"
         history = envelope.history_entry(
             role, event.text, at, message_id=event.message_id, type=event.message_type
         )
@@ -117,7 +137,18 @@ class Engine:
             to_inbox=event.from_customer,
             history_max=max(self.settings.history_turns * 2, 10),
         )
-        if applied and event.from_customer and debounce_ms == 0:
+        if not applied:
+            return
+        await self.bots.count(f"messages_{role}")
+        author = event.author_name or f"usuário {event.author_id}"
+        if role == "command":
+            try:
+                await self.bot.command(event.text, author, conversation_id, "command")
+            except (NotFound, InvalidInput) as exc:
+                log.info("command from the chat not applied: %s", exc)
+        elif role == "human":
+            await self.bot.on_person_wrote(conversation_id, author)
+        elif event.from_customer and debounce_ms == 0:
             # No burst window: answer now instead of waiting for the ticker.
             claim = await self.store.turns.claim_member(conversation_id, _LEASE_MS)
             if claim is not None:
@@ -163,6 +194,9 @@ class Engine:
             payload=payload,
             url=self.settings.reply_webhook_url,
             outbox_lease_ms=_LEASE_MS,
+            handoff_after_ms=int(self.settings.bot_handoff_after * 1000),
+            turn_started_ms=min((int(m.get("created_at") or 0) * 1000 for m in pending), default=0)
+            or now_ms(),
         )
         if committed:
             await self.deliver_outbox(Claim(event_id, now_ms() + _LEASE_MS))
@@ -196,7 +230,7 @@ class Engine:
             vendedor=envelope.vendedor_json(vendedor),
             messages=messages,
             history=envelope.bounded_history(
-                history,
+                [h for h in history if h.get("role") != "command"],
                 {m["id"] for m in messages},
                 self.settings.history_max_chars,
             )[-self.settings.history_turns :]
@@ -254,11 +288,13 @@ class Engine:
         attempt = await self.n8n.post(item["url"], claim.member, item["payload"])
         if attempt.ok:
             await self.store.outbox_delivered(claim)
+            await self.bots.count("forwarded")
             return
         attempts = int(item.get("attempts") or 0) + 1
         delay = next_delay(self.settings.retry_schedule, attempts) if attempt.retry else None
         next_due = None if delay is None else now_ms() + int(delay * 1000)
         await self.store.outbox_failed(claim, attempt.detail, next_due)
+        await self.bots.count("dead_lettered" if next_due is None else "retried")
         if next_due is None:
             log.error(
                 "n8n delivery parked as dead letter",
@@ -298,9 +334,11 @@ class Engine:
         text: str,
         note: str,
         idempotency_key: str,
+        handoff: bool = False,
+        handoff_reason: str = "",
     ) -> tuple[str, str, str, int]:
         """Returns (status, conversation id, job id, lead id)."""
-        if not text.strip():
+        if not text.strip() and not handoff:
             raise InvalidInput("text is empty")
         conversation_id = await self.resolve_conversation(reply_token, conversation_id, lead_id)
         conversation = await self.store.conversation(conversation_id)
@@ -308,8 +346,16 @@ class Engine:
             raise NotFound(f"conversation {conversation_id} not found")
         lead = int(conversation.get("lead_id") or 0)
         key = idempotency_key or reply_token or uuid.uuid4().hex
+        seen = await self.store.reply_for_key(key)
+        if seen is not None:
+            previous = await self.store.reply_job(seen)
+            return "duplicate", conversation_id, seen, int(previous.get("lead_id") or lead)
         if conversation.get("bot_state", "active") != "active":
-            raise Conflict("conversation was taken over by a person; the bot's reply was not sent")
+            by = conversation.get("paused_by", "a person")
+            raise Conflict(
+                f"the conversation was taken over ({by}: {conversation.get('paused_reason', '')}); "
+                "the bot's reply was not sent"
+            )
         if not lead and not conversation.get("chat_id"):
             raise InvalidInput("conversation has no lead or chat to deliver to")
         job_id = uuid.uuid4().hex
@@ -324,6 +370,8 @@ class Engine:
             "state": "pending",
             "attempts": "0",
             "created_at": str(now_ms()),
+            "handoff": "1" if handoff else "0",
+            "handoff_reason": handoff_reason,
         }
         existing = await self.store.begin_reply(key, job_id, job, _LEASE_MS)
         if existing is not None:
@@ -338,7 +386,7 @@ class Engine:
         lead_id = int(job.get("lead_id") or 0)
         metadata = client_metadata()
         try:
-            if job.get("delivered") != "1":
+            if job.get("delivered") != "1" and job["text"].strip():
                 await self.store.remember_sent(
                     conversation_id, envelope.text_fingerprint(job["text"])
                 )
@@ -353,12 +401,13 @@ class Engine:
                     metadata=metadata,
                 )
                 await self.store.update_reply_job(claim.member, delivered=1)
+                await self.bots.count("messages_out")
                 await self.store.append_history(
                     conversation_id,
                     envelope.history_entry("bot", job["text"], time.time()),
                     max(self.settings.history_turns * 2, 10),
                 )
-            if job.get("noted") != "1" and lead_id:
+            if job.get("noted") != "1" and lead_id and job["text"].strip():
                 text = f"🤖 Resposta do assistente enviada ao cliente:\n{job['text']}"
                 if job.get("note"):
                     text += f"\n\n{job['note']}"
@@ -383,7 +432,14 @@ class Engine:
             log.warning("reply delivery failed, retrying", extra={"job": claim.member})
             return False
         await self.store.reply_done(claim)
+        conversation = await self.store.conversation(conversation_id)
+        started = int(conversation.get("turn_started") or 0)
+        if started and job.get("reply_token") == conversation.get("inflight_token"):
+            await self.bots.record_reply_seconds((now_ms() - started) / 1000)
         await self.store.finish_turn(conversation_id, job.get("reply_token", ""))
+        if job.get("handoff") == "1":
+            reason = job.get("handoff_reason") or "o assistente pediu uma pessoa"
+            await self.bot.handoff(conversation_id, "assistente", reason, "handoffs_ai")
         return True
 
 
@@ -480,7 +536,8 @@ class EventConsumer(BackgroundTask):
 
 
 class DueLoop(BackgroundTask):
-    """Claims due turns, outbox items and reply jobs, in every replica."""
+    """Claims due work in every replica: turns, outbox items, reply jobs, resumes,
+    handoffs and Kommo notifications."""
 
     name = "due-loop"
 
@@ -506,6 +563,21 @@ class DueLoop(BackgroundTask):
                         await self._guard(self.engine.run_reply(claim, job))
                     else:
                         await store.replies.release(claim)
+                bots = self.engine.bots
+                control = self.engine.bot
+                for claim in await bots.resumes.claim(_MAX_CLAIM, _LEASE_MS):
+                    busy = True
+                    await self._guard(control.run_resume(claim))
+                for claim in await bots.handoffs.claim(_MAX_CLAIM, _LEASE_MS):
+                    busy = True
+                    await self._guard(control.run_handoff(claim))
+                for claim in await bots.notifications.claim(_MAX_CLAIM, _LEASE_MS):
+                    busy = True
+                    job = await bots.notification(claim.member)
+                    if job:
+                        await self._guard(control.run_notification(claim, job))
+                    else:
+                        await bots.notification_done(claim.member)
             except RedisError as exc:
                 log.warning("due loop: redis error: %s", exc)
                 await asyncio.sleep(1.0)

@@ -18,7 +18,14 @@ from services.edge_api.errors import (
     grpc_error_handler,
     http_error_handler,
 )
-from services.edge_api.routes import conversations, kommo, status, vendedores
+from services.edge_api.routes import (
+    bot,
+    conversations,
+    kommo,
+    operations,
+    status,
+    vendedores,
+)
 from services.edge_api.runtime import EdgeRuntime
 from services.edge_api.settings import EdgeSettings
 
@@ -60,7 +67,14 @@ def create_api(runtime: EdgeRuntime) -> FastAPI:
     api.add_exception_handler(grpc.aio.AioRpcError, grpc_error_handler)
     api.add_exception_handler(BridgeError, bridge_error_handler)
     api.add_exception_handler(HttpError, http_error_handler)
-    for router in (status.router, conversations.router, kommo.router, vendedores.router):
+    for router in (
+        status.router,
+        conversations.router,
+        bot.router,
+        operations.router,
+        kommo.router,
+        vendedores.router,
+    ):
         api.include_router(router)
     _document_webhook(api)
     return api

@@ -137,10 +137,14 @@ async def test_committing_a_turn_consumes_exactly_the_messages_it_read(
         payload="{}",
         url="http://n8n",
         outbox_lease_ms=1000,
+        handoff_after_ms=60_000,
+        turn_started_ms=now_ms(),
     )
     assert [m["id"] for m in await store.inbox("c1")] == ["m9"]
     assert (await store.reply_token("tok"))["conversation_id"] == "c1"
     assert (await store.conversation("c1"))["inflight_token"] == "tok"
     assert await redis.zscore("conv:turns:due", "c1") is not None  # m9's turn is kept
+    assert await redis.zscore("conv:handoffs:due", "c1") is not None  # n8n's silence watched
     await store.finish_turn("c1", "tok")
     assert "inflight_token" not in await store.conversation("c1")
+    assert await redis.zscore("conv:handoffs:due", "c1") is None

@@ -1,0 +1,167 @@
+"""What operators look at: active conversations, stats, dead letters, debug, reset."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from bridge.conversation.v1 import conversation_pb2 as conv
+from services.common.grpc_server import client_metadata
+from services.edge_api.deps import API_KEY, ClientsDep, RuntimeDep
+from services.edge_api.errors import HttpError
+
+router = APIRouter(dependencies=API_KEY)
+
+
+async def debug_endpoints_on(runtime: RuntimeDep) -> None:
+    if not runtime.settings.edge_debug_endpoints:
+        raise HttpError(404, "debug endpoints are switched off (EDGE_DEBUG_ENDPOINTS=false)")
+
+
+DEBUG = [Depends(debug_endpoints_on)]
+
+
+def conversation_json(c: conv.Conversation) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "lead_id": c.lead_id or None,
+        "contact_id": c.contact_id or None,
+        "chat_id": c.chat_id or None,
+        "talk_id": c.talk_id or None,
+        "bot_state": c.bot_state,
+        "paused_by": c.paused_by or None,
+        "paused_reason": c.paused_reason or None,
+        "resumes_at": c.resumes_at or None,
+        "awaiting_reply": c.awaiting_reply,
+        "pending_messages": c.pending_messages,
+        "created_at": c.created_at or None,
+        "last_message_at": c.last_message_at or None,
+    }
+
+
+@router.get("/conversations/active", tags=["conversations"])
+async def active_conversations(
+    clients: ClientsDep,
+    bot_state: Annotated[Literal["active", "paused"] | None, Query()] = None,
+    lead_id: Annotated[int | None, Query(gt=0, lt=1 << 62)] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    """Conversations, most recent first; filter by bot state or lead."""
+    answer = await clients.conversation.ListConversations(
+        conv.ListConversationsRequest(
+            bot_state=bot_state or "",
+            lead_id=lead_id or 0,
+            page=page,
+            page_size=page_size,
+        ),
+        metadata=client_metadata(),
+    )
+    return {
+        "conversations": [conversation_json(c) for c in answer.conversations],
+        "total": answer.total,
+        "page": answer.page,
+        "page_size": answer.page_size,
+    }
+
+
+@router.get("/stats", tags=["status"])
+async def stats(clients: ClientsDep) -> dict[str, Any]:
+    """Conversations by state, messages in and out, forwards, retries, dead letters,
+    takeovers and handoffs, and the median time to reply."""
+    answer = await clients.conversation.GetStats(conv.GetStatsRequest(), metadata=client_metadata())
+    counters = dict(answer.counters)
+    return {
+        "conversations": dict(answer.conversations_by_state),
+        "messages": {
+            "in": counters.get("messages_customer", 0),
+            "out": counters.get("messages_out", 0),
+            "from_people": counters.get("messages_human", 0),
+            "commands": counters.get("messages_command", 0),
+        },
+        "n8n": {
+            "forwarded": counters.get("forwarded", 0),
+            "retried": counters.get("retried", 0),
+            "dead_lettered": counters.get("dead_lettered", 0),
+            "outbox_pending": answer.outbox_pending,
+            "dead_letters": answer.dead_letters,
+        },
+        "takeovers": {
+            "by_command": counters.get("takeovers_command", 0),
+            "automatic": counters.get("takeovers_auto", 0),
+            "by_api": counters.get("takeovers_api", 0),
+        },
+        "handoffs": {
+            "asked_by_ai": counters.get("handoffs_ai", 0),
+            "n8n_silent": counters.get("handoffs_timeout", 0),
+        },
+        "resumes": {
+            "by_command": counters.get("resumes_command", 0),
+            "automatic": counters.get("resumes_auto", 0),
+            "by_api": counters.get("resumes_api", 0),
+        },
+        "median_reply_seconds": round(answer.median_reply_seconds, 3),
+        "counters": counters,
+    }
+
+
+@router.get("/dead-letters", tags=["conversations"])
+async def dead_letters(
+    clients: ClientsDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    """Envelopes n8n never took, with the reason; replay them once n8n is fixed."""
+    answer = await clients.conversation.ListDeadLetters(
+        conv.ListDeadLettersRequest(limit=limit), metadata=client_metadata()
+    )
+    return {
+        "dead_letters": [
+            {
+                "event_id": d.event_id,
+                "event": d.event,
+                "conversation_id": d.conversation_id or None,
+                "url": d.url,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+                "parked_at": d.parked_at,
+            }
+            for d in answer.dead_letters
+        ]
+    }
+
+
+@router.post("/dead-letters/{event_id}/replay", tags=["conversations"])
+async def replay_dead_letter(
+    event_id: Annotated[str, Path(min_length=1, max_length=100)], clients: ClientsDep
+) -> dict[str, str]:
+    await clients.conversation.ReplayDeadLetter(
+        conv.ReplayDeadLetterRequest(event_id=event_id), metadata=client_metadata()
+    )
+    return {"event_id": event_id, "status": "queued"}
+
+
+@router.get("/debug/conversations", tags=["status"], dependencies=DEBUG)
+async def debug_conversations(
+    clients: ClientsDep,
+    conversation_id: Annotated[str | None, Query(max_length=100)] = None,
+) -> Any:
+    """Everything the bridge holds about one conversation, or the most recent ones."""
+    answer = await clients.conversation.DebugConversations(
+        conv.DebugConversationsRequest(conversation_id=conversation_id or ""),
+        metadata=client_metadata(),
+    )
+    return json.loads(answer.json)
+
+
+@router.delete("/reset/conversations", tags=["test & debug"], dependencies=DEBUG)
+async def reset_conversations(
+    clients: ClientsDep,
+    conversation_id: Annotated[str | None, Query(max_length=100)] = None,
+) -> dict[str, Any]:
+    """Forget one conversation, or all of them; says how many were deleted."""
+    answer = await clients.conversation.ResetConversations(
+        conv.ResetConversationsRequest(conversation_id=conversation_id or ""),
+        metadata=client_metadata(),
+    )
+    return {"deleted_conversations": answer.conversations, "conversation_id": conversation_id}
