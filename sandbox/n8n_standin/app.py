@@ -23,12 +23,18 @@ class StandinConfig:
     auto_reply: bool = True
     reply_delay: float = 0.0
     reply_prefix: str = "Olá"
+    # Answer with handoff: true (the AI asks for a person).
+    handoff: bool = False
+    # Answer every envelope with this status instead of 200 (a broken workflow).
+    status: int = 200
 
 
 class ConfigUpdate(BaseModel):
     down: bool | None = None
     auto_reply: bool | None = None
     reply_delay: float | None = None
+    status: int | None = None
+    handoff: bool | None = None
 
 
 @dataclass
@@ -56,10 +62,12 @@ def create_app(config: StandinConfig) -> FastAPI:
         if config.reply_delay:
             await asyncio.sleep(config.reply_delay)
         callback = envelope["callback"]
-        body = {
+        body: dict[str, Any] = {
             "reply_token": callback["reply_token"],
             "text": reply_text(envelope, config.reply_prefix),
         }
+        if config.handoff:
+            body |= {"handoff": True, "handoff_reason": "cliente pediu para falar com um advogado"}
         try:
             response = await http.post(
                 callback["url"], json=body, headers={"X-API-Key": config.api_key}
@@ -73,6 +81,9 @@ def create_app(config: StandinConfig) -> FastAPI:
         if config.down:
             state.refused += 1
             return JSONResponse({"message": "workflow unavailable"}, status_code=503)
+        if config.status != 200:
+            state.refused += 1
+            return JSONResponse({"message": "workflow error"}, status_code=config.status)
         raw = await request.body()
         envelope = json.loads(raw)
         state.received.append(
@@ -96,6 +107,8 @@ def create_app(config: StandinConfig) -> FastAPI:
             "down": config.down,
             "auto_reply": config.auto_reply,
             "reply_delay": config.reply_delay,
+            "status": config.status,
+            "handoff": config.handoff,
         }
 
     @app.post("/_standin/reset")

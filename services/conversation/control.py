@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_LEASE_MS = 30_000
 _NOTIFY_RETRY_MS = 10_000
 # A handoff task is due soon: a customer is waiting for a person.
 _TASK_DUE_SECONDS = 15 * 60
@@ -222,7 +221,7 @@ class BotController:
             return
         job_id = uuid.uuid4().hex
         job = {"lead_id": str(lead_id), "note": note, "task": task}
-        await self.bots.add_notification(job_id, job, _LEASE_MS)
+        await self.bots.add_notification(job_id, job, self.settings.lease_ms)
         await self.run_notification(Claim(job_id, 0), job)
 
     async def run_notification(self, claim: Claim, job: dict[str, str]) -> None:

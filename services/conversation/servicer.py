@@ -207,9 +207,9 @@ class ConversationServicer(ConversationServiceServicer):
             ids = [request.conversation_id]
         else:
             ids = await self.ops.conversation_ids(limit=1_000_000)
-        deleted = await self.ops.reset(ids)
-        log.warning("conversations reset", extra={"conversations": deleted})
-        return pb.ResetConversationsResponse(conversations=deleted)
+        deleted, keys = await self.ops.reset(ids)
+        log.warning("conversations reset", extra={"conversations": deleted, "keys": keys})
+        return pb.ResetConversationsResponse(conversations=deleted, keys=keys)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.Stats:
         rows = await self.ops.conversations(await self.ops.conversation_ids())

@@ -40,6 +40,12 @@ class ConversationSettings(CommonSettings):
         default=15.0, gt=0, description="pending work idle this long is taken by a live replica"
     )
     poll_interval_seconds: float = Field(default=0.1, gt=0)
+    work_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a claimed turn, delivery or reply is ours this long; then a live replica "
+        "may take it over (longer than any one step: n8n's timeout, a delivery)",
+    )
     max_event_attempts: int = Field(default=5, gt=0, description="tries before an event is parked")
     n8n_retry_schedule: str = Field(
         default="0,1,5,30,120,600,1800,3600",
@@ -62,6 +68,10 @@ class ConversationSettings(CommonSettings):
                 "(Standard Webhooks); see .env.example"
             )
         return value
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.work_lease_seconds * 1000)
 
     @property
     def retry_schedule(self) -> list[float]:

@@ -544,9 +544,10 @@ class Operations:
             "bot_log": [json.loads(x) for x in log],
         }
 
-    async def reset(self, ids: list[str]) -> int:
-        """Forget these conversations (their state, indexes and scheduled work)."""
-        deleted = 0
+    async def reset(self, ids: list[str]) -> tuple[int, int]:
+        """Forget these conversations (their state, indexes and scheduled work);
+        returns how many conversations and keys were deleted."""
+        deleted = keys_deleted = 0
         for conversation_id in ids:
             state = text_map(await self.redis.hgetall(conversation_key(conversation_id)))
             keys = [
@@ -566,8 +567,9 @@ class Operations:
                 for due in (TURNS_DUE, RESUMES_DUE, HANDOFFS_DUE, CONVERSATIONS):
                     pipe.zrem(due, conversation_id)
                 results = await pipe.execute()
-            deleted += int(results[0])
-        return deleted
+            keys_deleted += int(results[0])
+            deleted += 1 if results[0] else 0
+        return deleted, keys_deleted
 
     async def dead_letters(self, limit: int) -> list[tuple[str, float, dict[str, str]]]:
         entries = await self.redis.zrevrange(OUTBOX_DEAD, 0, limit - 1, withscores=True)

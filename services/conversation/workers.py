@@ -53,9 +53,6 @@ _TRANSIENT = frozenset(
         grpc.StatusCode.ABORTED,
     }
 )
-# How long a claimed turn, outbox item or reply job is ours before another replica may
-# take it; longer than any single step (n8n timeout, a Kommo call with its retries).
-_LEASE_MS = 30_000
 _CONTEXT_RETRY_MS = 2_000
 # A delivery waits for the lead's reply slot and for Kommo's rate limit.
 _DELIVERY_DEADLINE_SECONDS = 25.0
@@ -150,7 +147,7 @@ class Engine:
             await self.bot.on_person_wrote(conversation_id, author)
         elif event.from_customer and debounce_ms == 0:
             # No burst window: answer now instead of waiting for the ticker.
-            claim = await self.store.turns.claim_member(conversation_id, _LEASE_MS)
+            claim = await self.store.turns.claim_member(conversation_id, self.settings.lease_ms)
             if claim is not None:
                 await self.run_turn(claim)
 
@@ -193,13 +190,13 @@ class Engine:
             event_id=event_id,
             payload=payload,
             url=self.settings.reply_webhook_url,
-            outbox_lease_ms=_LEASE_MS,
+            outbox_lease_ms=self.settings.lease_ms,
             handoff_after_ms=int(self.settings.bot_handoff_after * 1000),
             turn_started_ms=min((int(m.get("created_at") or 0) * 1000 for m in pending), default=0)
             or now_ms(),
         )
         if committed:
-            await self.deliver_outbox(Claim(event_id, now_ms() + _LEASE_MS))
+            await self.deliver_outbox(Claim(event_id, now_ms() + self.settings.lease_ms))
 
     async def _build_turn(
         self, conversation: dict[str, str], pending: list[dict[str, Any]]
@@ -373,7 +370,7 @@ class Engine:
             "handoff": "1" if handoff else "0",
             "handoff_reason": handoff_reason,
         }
-        existing = await self.store.begin_reply(key, job_id, job, _LEASE_MS)
+        existing = await self.store.begin_reply(key, job_id, job, self.settings.lease_ms)
         if existing is not None:
             previous = await self.store.reply_job(existing)
             return "duplicate", conversation_id, existing, int(previous.get("lead_id") or lead)
@@ -546,17 +543,18 @@ class DueLoop(BackgroundTask):
 
     async def run(self, stopping: asyncio.Event) -> None:
         interval = self.engine.settings.poll_interval_seconds
+        lease = self.engine.settings.lease_ms
         store = self.engine.store
         while not stopping.is_set():
             busy = False
             try:
-                for claim in await store.turns.claim(_MAX_CLAIM, _LEASE_MS):
+                for claim in await store.turns.claim(_MAX_CLAIM, lease):
                     busy = True
                     await self._guard(self.engine.run_turn(claim))
-                for claim in await store.outbox.claim(_MAX_CLAIM, _LEASE_MS):
+                for claim in await store.outbox.claim(_MAX_CLAIM, lease):
                     busy = True
                     await self._guard(self.engine.deliver_outbox(claim))
-                for claim in await store.replies.claim(_MAX_CLAIM, _LEASE_MS):
+                for claim in await store.replies.claim(_MAX_CLAIM, lease):
                     busy = True
                     job = await store.reply_job(claim.member)
                     if job:
@@ -565,13 +563,13 @@ class DueLoop(BackgroundTask):
                         await store.replies.release(claim)
                 bots = self.engine.bots
                 control = self.engine.bot
-                for claim in await bots.resumes.claim(_MAX_CLAIM, _LEASE_MS):
+                for claim in await bots.resumes.claim(_MAX_CLAIM, lease):
                     busy = True
                     await self._guard(control.run_resume(claim))
-                for claim in await bots.handoffs.claim(_MAX_CLAIM, _LEASE_MS):
+                for claim in await bots.handoffs.claim(_MAX_CLAIM, lease):
                     busy = True
                     await self._guard(control.run_handoff(claim))
-                for claim in await bots.notifications.claim(_MAX_CLAIM, _LEASE_MS):
+                for claim in await bots.notifications.claim(_MAX_CLAIM, lease):
                     busy = True
                     job = await bots.notification(claim.member)
                     if job:

@@ -15,8 +15,9 @@ TOKEN_PROBLEM = "gw:token-problem"  # noqa: S105  # a key name, not a secret
 REFRESH_REFUSED_SINCE = "gw:refresh-refused-since"
 # Kommo answered its 403 "blocked" page: every call fails fast until this expires.
 BLOCKED = "gw:blocked"
-# Sliding window of request times shared by every replica (the Kommo rate limit).
-RATE_WINDOW = "gw:rate-window"
+# The next free departure time to Kommo, shared by every replica (the rate limit).
+# Expires a minute after the last reservation: an idle account starts afresh.
+RATE_NEXT_SLOT = "gw:rate-next-slot"
 # A lead's reply field belongs to one delivery at a time (see kommo_reply_spacing_seconds).
 DELIVERY_TTL_SECONDS = 7 * 24 * 3600
 

@@ -164,4 +164,8 @@ async def reset_conversations(
         conv.ResetConversationsRequest(conversation_id=conversation_id or ""),
         metadata=client_metadata(),
     )
-    return {"deleted_conversations": answer.conversations, "conversation_id": conversation_id}
+    return {
+        "deleted_conversations": answer.conversations,
+        "deleted_keys": answer.keys,
+        "conversation_id": conversation_id,
+    }
