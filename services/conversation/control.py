@@ -13,11 +13,12 @@ import grpc
 
 from bridge.conversation.v1 import conversation_pb2 as pb
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
+from services.common.due_queue import Claim, now_ms
 from services.common.errors import InvalidInput, NotFound
 from services.common.grpc_server import client_metadata
 from services.conversation import bot
 from services.conversation.settings import ConversationSettings
-from services.conversation.store import BotStore, Claim, ConversationStore, now_ms
+from services.conversation.store import BotStore, ConversationStore
 
 if TYPE_CHECKING:
     from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayAsyncStub

@@ -12,9 +12,9 @@ from bridge.vendedor.v1.vendedor_pb2_grpc import VendedorServiceStub
 from services.common.grpc_client import create_channel
 from services.common.grpc_server import GrpcService, run
 from services.common.logs import configure_logging
+from services.common.n8n import N8nClient
 from services.common.redis import create_redis
 from services.common.settings import load_settings
-from services.conversation.n8n import N8nClient
 from services.conversation.servicer import ConversationServicer
 from services.conversation.settings import ConversationSettings
 from services.conversation.store import ConversationStore

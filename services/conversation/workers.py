@@ -19,12 +19,13 @@ from redis.exceptions import RedisError, ResponseError
 
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from bridge.vendedor.v1 import vendedor_pb2 as vd
+from services.common.due_queue import Claim, now_ms
 from services.common.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.common.grpc_server import BackgroundTask, client_metadata
+from services.common.n8n import N8nClient, new_event_id, next_delay
 from services.conversation import bot, envelope
 from services.conversation.control import BotController
 from services.conversation.events import MessageEvent
-from services.conversation.n8n import N8nClient, new_event_id, next_delay
 from services.conversation.settings import ConversationSettings
 from services.conversation.store import (
     EVENT_ATTEMPTS,
@@ -32,9 +33,7 @@ from services.conversation.store import (
     EVENTS_STREAM,
     WORKERS_GROUP,
     BotStore,
-    Claim,
     ConversationStore,
-    now_ms,
 )
 
 if TYPE_CHECKING:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,6 +14,8 @@ import httpx
 import pytest
 import redis
 
+from devstack.processes import free_port
+from devstack.redis_server import RedisServer
 from devstack.stack import Stack, StackConfig, start_stack
 
 T = TypeVar("T")
@@ -27,6 +30,33 @@ E2E_ENV = {
     "LOG_LEVEL": "INFO",
     "N8N_SIGNING_SECRET": SIGNING_SECRET,
 }
+
+
+@contextmanager
+def isolated_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    env: dict[str, str] | None = None,
+    scale: dict[str, int] | None = None,
+    sandbox_env: dict[str, str] | None = None,
+) -> Iterator[Stack]:
+    """A whole stack with a Redis of its own, for tests that need their own settings."""
+    redis_server = RedisServer(free_port(), tmp_path_factory.mktemp(f"{name}-redis")).start()
+    try:
+        running = start_stack(
+            StackConfig(
+                log_dir=tmp_path_factory.mktemp(f"{name}-logs"),
+                env={**E2E_ENV, "REDIS_URL": redis_server.url, **(env or {})},
+                scale=scale or {},
+                sandbox_env=sandbox_env or {},
+            )
+        )
+        try:
+            yield running
+        finally:
+            running.stop()
+    finally:
+        redis_server.stop()
 
 
 @pytest.fixture(scope="package")

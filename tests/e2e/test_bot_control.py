@@ -13,10 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.processes import free_port
-from devstack.redis_server import RedisServer
-from devstack.stack import Stack, StackConfig, start_stack
-from tests.e2e.conftest import E2E_ENV, chat, customer_writes, lead_snapshot, wait_for
+from devstack.stack import Stack
+from tests.e2e.conftest import chat, customer_writes, isolated_stack, lead_snapshot, wait_for
 
 DEBOUNCE = 0.8
 QUIET = 3.0
@@ -24,12 +22,10 @@ QUIET = 3.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis = RedisServer(free_port(), tmp_path_factory.mktemp("bot-redis")).start()
-    config = StackConfig(
-        log_dir=tmp_path_factory.mktemp("bot-logs"),
+    with isolated_stack(
+        tmp_path_factory,
+        "bot",
         env={
-            **E2E_ENV,
-            "REDIS_URL": redis.url,
             "MESSAGE_DEBOUNCE_SECONDS": str(DEBOUNCE),
             "BOT_AUTO_RESUME_AFTER": str(QUIET),
             "BOT_HANDOFF_AFTER": str(QUIET),
@@ -37,13 +33,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "WORK_LEASE_SECONDS": "4",
         },
         scale={"conversation": 3},
-    )
-    running = start_stack(config)
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stop()
-        redis.stop()
 
 
 @pytest.fixture

@@ -8,28 +8,19 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from devstack.processes import free_port
-from devstack.redis_server import RedisServer
-from devstack.stack import Stack, StackConfig, start_stack
-from tests.e2e.conftest import E2E_ENV, chat, customer_writes, wait_for
+from devstack.stack import Stack
+from tests.e2e.conftest import chat, customer_writes, isolated_stack, wait_for
 
 
 @pytest.fixture(scope="module")
 def channel_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis = RedisServer(free_port(), tmp_path_factory.mktemp("chats-redis")).start()
-    env = {
-        **E2E_ENV,
-        "REDIS_URL": redis.url,
+    channel = {
         "KOMMO_CHANNEL_ID": "bridge-channel",
         "KOMMO_CHANNEL_SECRET": "sandbox-channel-secret",
         "KOMMO_SCOPE_ID": "sandbox-scope",
     }
-    running = start_stack(StackConfig(log_dir=tmp_path_factory.mktemp("chats-logs"), env=env))
-    try:
+    with isolated_stack(tmp_path_factory, "chats", env=channel) as running:
         yield running
-    finally:
-        running.stop()
-        redis.stop()
 
 
 def test_replies_go_through_the_signed_chats_api(channel_stack: Stack) -> None:

@@ -25,8 +25,8 @@ def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One Kommo request a second: a refresh waits for its slot while holding the lock,
     which gives a test the moment to kill or freeze the holder."""
     with gateway_stack(
-        tmp_path_factory.mktemp("slow-redis"),
-        tmp_path_factory.mktemp("slow-logs"),
+        tmp_path_factory,
+        "slow",
         {"KOMMO_RATE_LIMIT_RPS": "1", "KOMMO_REFRESH_LOCK_SECONDS": "2"},
         {"SANDBOX_RATE_LIMIT_RPS": "7"},
     ) as running:
@@ -104,8 +104,8 @@ def test_a_replica_frozen_past_its_lock_stands_down_when_it_wakes(slow_stack: St
 @pytest.fixture(scope="module")
 def fast_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with gateway_stack(
-        tmp_path_factory.mktemp("fast-redis"),
-        tmp_path_factory.mktemp("fast-logs"),
+        tmp_path_factory,
+        "fast",
         {
             "KOMMO_RATE_LIMIT_RPS": "20",
             "KOMMO_REFRESH_LOCK_SECONDS": "2",

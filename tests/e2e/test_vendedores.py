@@ -11,33 +11,21 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.processes import free_port
-from devstack.redis_server import RedisServer
-from devstack.stack import Stack, StackConfig, start_stack
-from tests.e2e.conftest import E2E_ENV, customer_writes, envelopes, wait_for
+from devstack.stack import Stack
+from tests.e2e.conftest import customer_writes, envelopes, isolated_stack, wait_for
 
 USERS = 600  # three pages of 250
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis = RedisServer(free_port(), tmp_path_factory.mktemp("vendedores-redis")).start()
-    config = StackConfig(
-        log_dir=tmp_path_factory.mktemp("vendedores-logs"),
-        env={
-            **E2E_ENV,
-            "REDIS_URL": redis.url,
-            "VENDEDOR_FALLBACK": "round_robin",
-            "KOMMO_RATE_LIMIT_RPS": "20",
-        },
+    with isolated_stack(
+        tmp_path_factory,
+        "vendedores",
+        env={"VENDEDOR_FALLBACK": "round_robin", "KOMMO_RATE_LIMIT_RPS": "20"},
         sandbox_env={"SANDBOX_USERS": str(USERS), "SANDBOX_RATE_LIMIT_RPS": "20"},
-    )
-    running = start_stack(config)
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stop()
-        redis.stop()
 
 
 @pytest.fixture

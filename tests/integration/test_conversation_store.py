@@ -8,13 +8,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from services.common.due_queue import DueQueue, now_ms
 from services.conversation.store import (
     EVENTS_STREAM,
     SEEN_TTL_SECONDS,
     WEBHOOKS_TOTAL,
     ConversationStore,
-    DueQueue,
-    now_ms,
     seen_key,
 )
 
