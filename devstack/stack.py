@@ -172,13 +172,18 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
         stack.launcher.wait_ready(stack.sandbox, "/_sandbox/stats")
         stack.launcher.wait_ready(stack.standin, "/_standin/received")
 
-    # Dependencies first: the gateway, then who calls it, then who calls them.
-    for name in GRPC_SERVICES:
-        for _ in range(max(1, config.scale.get(name, 1))):
-            stack.start_service(name)
-        if name in ("kommo_gateway", "vendedor"):
-            stack.launcher.base_env.update(stack.service_env())
-    stack.launcher.base_env.update(stack.service_env())
+    # Every replica's port is chosen first, so each service starts knowing every address
+    # (services call each other both ways; channels connect lazily).
+    ports = {
+        name: [free_port() for _ in range(max(1, config.scale.get(name, 1)))]
+        for name in GRPC_SERVICES
+    }
+    stack.launcher.base_env.update(
+        {f"{n.upper()}_ADDR": ",".join(f"127.0.0.1:{p}" for p in ps) for n, ps in ports.items()}
+    )
+    for name, service_ports in ports.items():
+        for port in service_ports:
+            stack.start_service(name, port=port)
     for processes in stack.services.values():
         for process in processes:
             stack.launcher.wait_ready(process)

@@ -45,9 +45,3 @@ class UpstreamError(BridgeError):
     """A dependency answered something we cannot use."""
 
     code = grpc.StatusCode.INTERNAL
-
-
-class NotImplementedYet(BridgeError):
-    """A contract method whose behaviour has not landed yet (answers 501 at the edge)."""
-
-    code = grpc.StatusCode.UNIMPLEMENTED

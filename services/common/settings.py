@@ -6,10 +6,11 @@ build their own. A missing or bad variable stops the process with one line namin
 
 from __future__ import annotations
 
+import base64
 import sys
 from typing import TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound="CommonSettings")
@@ -30,6 +31,60 @@ class CommonSettings(BaseSettings):
     grpc_deadline_seconds: float = Field(
         default=5.0, gt=0, description="default deadline of every outgoing gRPC call"
     )
+
+
+_MIN_SIGNING_KEY_BYTES = 24
+
+
+class N8nSettings(BaseSettings):
+    """How a service reaches n8n (SPEC.md §3.2): every service that posts envelopes."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    n8n_webhook_url: str = Field(default="", description="n8n webhook receiving every event")
+    n8n_auth_header: str = Field(default="", description="optional 'Name: value' header to n8n")
+    n8n_signing_secret: str = Field(default="", description="sign requests (Standard Webhooks)")
+    n8n_timeout_seconds: float = Field(default=10.0, gt=0)
+    n8n_retry_schedule: str = Field(
+        default="0,1,5,30,120,600,1800,3600",
+        pattern=r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$",
+        description="seconds before each attempt to reach n8n; then the dead letters",
+    )
+    work_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a claimed piece of work is ours this long; then a live replica may "
+        "take it over (longer than any one step: n8n's timeout, a delivery)",
+    )
+    poll_interval_seconds: float = Field(default=0.1, gt=0)
+
+    @field_validator("n8n_signing_secret")
+    @classmethod
+    def _signing_secret(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if len(key) < _MIN_SIGNING_KEY_BYTES:
+            raise ValueError(
+                "must be 'whsec_' followed by base64 of at least 24 random bytes "
+                "(Standard Webhooks); see .env.example"
+            )
+        return value
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.work_lease_seconds * 1000)
+
+    @property
+    def retry_schedule(self) -> list[float]:
+        return [float(x) for x in self.n8n_retry_schedule.split(",")]
+
+    def n8n_secrets(self) -> list[str]:
+        header_value = self.n8n_auth_header.partition(":")[2].strip()
+        return [self.n8n_signing_secret, header_value]
 
 
 def load_settings(cls: type[S]) -> S:

@@ -122,6 +122,8 @@ class ConversationServicer(ConversationServiceServicer):
         conversation_id = request.conversation_id
         if not conversation_id and request.lead_id:
             conversation_id = await self.store.conversation_by_lead(request.lead_id) or ""
+        if not conversation_id and request.contact_id:
+            conversation_id = await self.store.conversation_by_contact(request.contact_id) or ""
         data = await self.store.conversation(conversation_id) if conversation_id else {}
         if not data:
             raise NotFound("conversation not found")

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import base64
+from pydantic import Field, model_validator
 
-from pydantic import Field, field_validator
-
-from services.common.settings import CommonSettings
-
-_MIN_SIGNING_KEY_BYTES = 24
+from services.common.settings import CommonSettings, N8nSettings
 
 
-class ConversationSettings(CommonSettings):
+class ConversationSettings(CommonSettings, N8nSettings):
     kommo_subdomain: str = Field(
         default="", description="when set, webhooks from any other account are refused"
     )
     kommo_gateway_addr: str = Field(description="gateway replicas (dns:///… or ip:port list)")
     vendedor_addr: str = Field(description="vendedor replicas (dns:///… or ip:port list)")
     edge_public_url: str = Field(description="how n8n reaches the edge, for callback.url")
-    n8n_webhook_url: str = Field(description="n8n webhook receiving every event")
     n8n_reply_webhook_url: str = Field(default="", description="override for message.received")
-    n8n_auth_header: str = Field(default="", description="optional 'Name: value' header to n8n")
-    n8n_signing_secret: str = Field(default="", description="sign requests (Standard Webhooks)")
-    n8n_timeout_seconds: float = Field(default=10.0, gt=0)
     message_debounce_seconds: float = Field(default=3.0, ge=0)
     bot_assume_command: str = Field(default="/assumir", pattern=r"^\S+$")
     bot_release_command: str = Field(default="/liberar", pattern=r"^\S+$")
@@ -39,43 +31,13 @@ class ConversationSettings(CommonSettings):
     visibility_timeout_seconds: float = Field(
         default=15.0, gt=0, description="pending work idle this long is taken by a live replica"
     )
-    poll_interval_seconds: float = Field(default=0.1, gt=0)
-    work_lease_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        description="a claimed turn, delivery or reply is ours this long; then a live replica "
-        "may take it over (longer than any one step: n8n's timeout, a delivery)",
-    )
     max_event_attempts: int = Field(default=5, gt=0, description="tries before an event is parked")
-    n8n_retry_schedule: str = Field(
-        default="0,1,5,30,120,600,1800,3600",
-        pattern=r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$",
-        description="seconds before each attempt to reach n8n; then the dead letters",
-    )
 
-    @field_validator("n8n_signing_secret")
-    @classmethod
-    def _signing_secret(cls, value: str) -> str:
-        if not value:
-            return value
-        try:
-            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
-        except ValueError:
-            key = b""
-        if len(key) < _MIN_SIGNING_KEY_BYTES:
-            raise ValueError(
-                "must be 'whsec_' followed by base64 of at least 24 random bytes "
-                "(Standard Webhooks); see .env.example"
-            )
-        return value
-
-    @property
-    def lease_ms(self) -> int:
-        return int(self.work_lease_seconds * 1000)
-
-    @property
-    def retry_schedule(self) -> list[float]:
-        return [float(x) for x in self.n8n_retry_schedule.split(",")]
+    @model_validator(mode="after")
+    def _n8n(self) -> ConversationSettings:
+        if not self.reply_webhook_url:
+            raise ValueError("N8N_WEBHOOK_URL (or N8N_REPLY_WEBHOOK_URL) is required")
+        return self
 
     @property
     def callback_url(self) -> str:
@@ -86,5 +48,4 @@ class ConversationSettings(CommonSettings):
         return self.n8n_reply_webhook_url or self.n8n_webhook_url
 
     def secrets(self) -> list[str]:
-        header_value = self.n8n_auth_header.partition(":")[2].strip()
-        return [self.n8n_signing_secret, header_value]
+        return self.n8n_secrets()

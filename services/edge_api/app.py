@@ -23,6 +23,7 @@ from services.edge_api.routes import (
     conversations,
     kommo,
     operations,
+    scheduling,
     status,
     vendedores,
 )
@@ -74,6 +75,7 @@ def create_api(runtime: EdgeRuntime) -> FastAPI:
         operations.router,
         kommo.router,
         vendedores.router,
+        scheduling.router,
     ):
         api.include_router(router)
     _document_webhook(api)
