@@ -47,8 +47,11 @@ class State:
 def reply_text(envelope: dict[str, Any], prefix: str) -> str:
     contact = envelope.get("contact") or {}
     name = str(contact.get("name") or "").split(" ")[0]
-    texts = [m.get("text") or f"[{m.get('type')}]" for m in envelope.get("messages") or []]
     greeting = f"{prefix}, {name}!" if name else f"{prefix}!"
+    if envelope.get("event") == "conversation.proactive":
+        vendedor = (envelope.get("vendedor") or {}).get("name", "a equipe")
+        return f"{greeting} Sou {vendedor} ({envelope.get('trigger')}). Como posso ajudar?"
+    texts = [m.get("text") or f"[{m.get('type')}]" for m in envelope.get("messages") or []]
     return f"{greeting} Recebemos: {' / '.join(texts)}"
 
 
@@ -89,7 +92,10 @@ def create_app(config: StandinConfig) -> FastAPI:
         state.received.append(
             {"headers": dict(request.headers), "body": envelope, "raw": raw.decode()}
         )
-        if config.auto_reply and envelope.get("event") == "message.received":
+        if config.auto_reply and envelope.get("event") in (
+            "message.received",
+            "conversation.proactive",
+        ):
             task = asyncio.create_task(answer(envelope))
             tasks.add(task)
             task.add_done_callback(tasks.discard)

@@ -12,14 +12,14 @@ from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.conversation.events import MessageEvent
 
-_CONVERSATION_NAMESPACE = uuid.UUID("6b2f7a4e-8f1d-4c1e-9a57-3c0d5e2b9f10")
+CONVERSATION_NAMESPACE = uuid.UUID("6b2f7a4e-8f1d-4c1e-9a57-3c0d5e2b9f10")
 _SPACES = re.compile(r"\s+")
 
 
 def conversation_id_for(event: MessageEvent) -> str:
     """Deterministic, so two replicas seeing the same chat agree without a lock."""
     anchor = f"chat:{event.chat_id}" if event.chat_id else f"lead:{event.lead_id}"
-    return str(uuid.uuid5(_CONVERSATION_NAMESPACE, anchor))
+    return str(uuid.uuid5(CONVERSATION_NAMESPACE, anchor))
 
 
 def iso(seconds: float) -> str:

@@ -6,7 +6,7 @@ ignored. Every value in a Kommo webhook is a string; conversion errors name the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.errors import InvalidInput
@@ -74,11 +74,53 @@ class MessageEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class LeadEvent:
+    """A lead created (`add`) or moved to another status (`status`) in Kommo."""
+
+    kind: str
+    lead_id: int
+    status_id: int
+    old_status_id: int
+    pipeline_id: int
+    responsible_user_id: int
+    changed_at: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "lead",
+            "action": self.kind,
+            "lead_id": self.lead_id,
+            "status_id": self.status_id,
+            "old_status_id": self.old_status_id,
+            "pipeline_id": self.pipeline_id,
+            "responsible_user_id": self.responsible_user_id,
+            "changed_at": self.changed_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LeadEvent:
+        return cls(
+            kind=data["action"],
+            lead_id=data["lead_id"],
+            status_id=data["status_id"],
+            old_status_id=data["old_status_id"],
+            pipeline_id=data["pipeline_id"],
+            responsible_user_id=data["responsible_user_id"],
+            changed_at=data["changed_at"],
+        )
+
+    @property
+    def dedupe_id(self) -> str:
+        return f"lead:{self.lead_id}:{self.kind}:{self.status_id}:{self.changed_at}"
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedWebhook:
     subdomain: str
     account_id: str
     messages: list[MessageEvent]
     ignored: int
+    leads: list[LeadEvent] = field(default_factory=list)
 
 
 def _int(item: Tree, key: str, where: str, *, required: bool = False) -> int:
@@ -151,6 +193,7 @@ def parse_webhook(tree: Tree, expected_subdomain: str = "") -> ParsedWebhook:
             f"webhook from account {subdomain!r}, this bridge serves {expected_subdomain!r}"
         )
     messages: list[MessageEvent] = []
+    leads: list[LeadEvent] = []
     ignored = 0
     for entity, actions in tree.items():
         if entity == "account":
@@ -164,8 +207,29 @@ def parse_webhook(tree: Tree, expected_subdomain: str = "") -> ParsedWebhook:
                 messages.extend(
                     _message(item, f"message[add][{index}]") for index, item in items.items()
                 )
+            elif entity == "leads" and action in ("add", "status"):
+                leads.extend(
+                    _lead(item, action, f"leads[{action}][{index}]")
+                    for index, item in items.items()
+                )
             else:
                 ignored += len(items)
-    if not messages and not ignored and not account:
+    if not messages and not leads and not ignored and not account:
         raise InvalidInput("not a Kommo webhook: no account and no events")
-    return ParsedWebhook(subdomain, _str(account, "id"), messages, ignored)
+    return ParsedWebhook(subdomain, _str(account, "id"), messages, ignored, leads)
+
+
+def _lead(item: Any, action: str, where: str) -> LeadEvent:
+    if not isinstance(item, dict):
+        raise InvalidInput(f"{where} must be a group of fields")
+    return LeadEvent(
+        kind=action,
+        lead_id=_int(item, "id", where, required=True),
+        status_id=_int(item, "status_id", where),
+        old_status_id=_int(item, "old_status_id", where),
+        pipeline_id=_int(item, "pipeline_id", where),
+        responsible_user_id=_int(item, "responsible_user_id", where),
+        changed_at=_int(item, "updated_at", where)
+        or _int(item, "last_modified", where)
+        or _int(item, "created_at", where),
+    )

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from bridge.conversation.v1 import conversation_pb2 as pb
 from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServicer
 from services.common.errors import BridgeError, InvalidInput, NotFound
-from services.conversation.events import MessageEvent, parse_webhook
+from services.conversation.events import LeadEvent, MessageEvent, parse_webhook
 from services.conversation.kommo_form import nest, parse_form
 from services.conversation.store import Operations, seen_key
 from services.conversation.workers import Engine
@@ -28,14 +28,20 @@ _DEBUG_ALL_LIMIT = 200
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _parse(body: bytes, max_fields: int, subdomain: str) -> list[MessageEvent] | pb.IngestResult:
+def _parse(
+    body: bytes, max_fields: int, subdomain: str, leads_wanted: bool
+) -> list[MessageEvent | LeadEvent] | pb.IngestResult:
     try:
         parsed = parse_webhook(nest(parse_form(body, max_fields)), subdomain)
     except BridgeError as exc:
         return pb.IngestResult(outcome=pb.INGEST_OUTCOME_INVALID, error=str(exc))
     if parsed.ignored:
         log.debug("ignored %d webhook events of kinds not handled", parsed.ignored)
-    return parsed.messages
+    events: list[MessageEvent | LeadEvent] = list(parsed.messages)
+    if leads_wanted:
+        # Lead events only matter when they start proactive conversations.
+        events.extend(parsed.leads)
+    return events
 
 
 class ConversationServicer(ConversationServiceServicer):
@@ -52,11 +58,16 @@ class ConversationServicer(ConversationServiceServicer):
             yield await self.ingest_batch(batch)
 
     async def ingest_batch(self, batch: pb.IngestBatch) -> pb.IngestAck:
+        leads_wanted = bool(
+            self.settings.proactive_on_lead_add or self.settings.proactive_on_status
+        )
         results: list[pb.IngestResult | None] = []
         to_store: list[tuple[str, str]] = []
         owners: list[int] = []
         for index, body in enumerate(batch.bodies):
-            parsed = _parse(body, self.settings.webhook_max_fields, self.settings.kommo_subdomain)
+            parsed = _parse(
+                body, self.settings.webhook_max_fields, self.settings.kommo_subdomain, leads_wanted
+            )
             if isinstance(parsed, pb.IngestResult):
                 results.append(parsed)
                 continue
@@ -64,7 +75,9 @@ class ConversationServicer(ConversationServiceServicer):
             for event in parsed:
                 to_store.append(
                     (
-                        seen_key(event.message_id),
+                        seen_key(
+                            event.message_id if isinstance(event, MessageEvent) else event.dedupe_id
+                        ),
                         json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":")),
                     )
                 )
@@ -226,6 +239,24 @@ class ConversationServicer(ConversationServiceServicer):
             outbox_pending=pending,
             dead_letters=dead,
         )
+
+    async def StartProactive(
+        self, request: pb.StartProactiveRequest, context: Context
+    ) -> pb.StartProactiveResponse:
+        started = await self.engine.proactive.start(request.lead_id, request.trigger)
+        return pb.StartProactiveResponse(
+            conversation_id=started.conversation_id,
+            created=started.created,
+            status=started.status,
+            scheduled_for=started.scheduled_for,
+        )
+
+    async def GetTemplates(self, request: pb.GetTemplatesRequest, context: Context) -> pb.Templates:
+        return pb.Templates(templates=await self.engine.proactive.templates())
+
+    async def SetTemplate(self, request: pb.SetTemplateRequest, context: Context) -> pb.Templates:
+        await self.engine.proactive.set_template(request.trigger, request.text)
+        return pb.Templates(templates=await self.engine.proactive.templates())
 
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Context

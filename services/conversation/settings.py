@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from services.common.settings import CommonSettings, N8nSettings
+from services.conversation.proactive import WorkingHours
 
 
 class ConversationSettings(CommonSettings, N8nSettings):
@@ -24,6 +25,31 @@ class ConversationSettings(CommonSettings, N8nSettings):
     bot_handoff_after: float = Field(
         default=180.0, ge=0, description="seconds without an n8n reply before handing off"
     )
+    n8n_proactive_webhook_url: str = Field(default="", description="override for proactive")
+    proactive_via_n8n: bool = Field(
+        default=True, description="ask n8n for the first message (else use the template)"
+    )
+    proactive_n8n_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="n8n silent this long: the template goes instead"
+    )
+    proactive_hours: str = Field(default="08:00-20:00")
+    proactive_days: str = Field(default="mon-sat")
+    bridge_timezone: str = Field(default="America/Sao_Paulo")
+    proactive_area_field: str = Field(
+        default="Área", description="lead custom field (name or id) holding the lead's area"
+    )
+    proactive_dedupe_seconds: float = Field(
+        default=30 * 86400.0, gt=0, description="the same lead and trigger again within this"
+    )
+    proactive_templates_file: str = Field(
+        default="", description="JSON {trigger: template} replacing the built-in templates"
+    )
+    proactive_on_lead_add: str = Field(
+        default="", description="trigger started by Kommo's lead-created webhook ('' = none)"
+    )
+    proactive_on_status: str = Field(
+        default="", description="status_id:trigger pairs started by lead-status webhooks"
+    )
     history_turns: int = Field(default=20, ge=0, le=200, description="turns sent as history")
     history_max_chars: int = Field(default=8000, ge=0, description="bound on history text")
     webhook_max_fields: int = Field(default=1000, gt=0)
@@ -37,7 +63,27 @@ class ConversationSettings(CommonSettings, N8nSettings):
     def _n8n(self) -> ConversationSettings:
         if not self.reply_webhook_url:
             raise ValueError("N8N_WEBHOOK_URL (or N8N_REPLY_WEBHOOK_URL) is required")
+        WorkingHours.parse(self.proactive_hours, self.proactive_days, self.bridge_timezone)
+        self.status_triggers  # noqa: B018  # validates the format
         return self
+
+    @property
+    def working_hours(self) -> WorkingHours:
+        return WorkingHours.parse(self.proactive_hours, self.proactive_days, self.bridge_timezone)
+
+    @property
+    def status_triggers(self) -> dict[int, str]:
+        pairs: dict[int, str] = {}
+        for item in filter(None, (p.strip() for p in self.proactive_on_status.split(","))):
+            status, _, trigger = item.partition(":")
+            if not status.isdigit() or not trigger:
+                raise ValueError("PROACTIVE_ON_STATUS must look like 71000002:form,142:download")
+            pairs[int(status)] = trigger
+        return pairs
+
+    @property
+    def proactive_webhook_url(self) -> str:
+        return self.n8n_proactive_webhook_url or self.n8n_webhook_url
 
     @property
     def callback_url(self) -> str:

@@ -29,6 +29,9 @@ RESUMES_DUE = "conv:resumes:due"  # paused conversations by the time they resume
 HANDOFFS_DUE = "conv:handoffs:due"  # turns by the time n8n's silence hands them off
 NOTIFY_DUE = "conv:notify:due"  # notes and tasks for Kommo, retried until written
 CONVERSATIONS = "conv:index"  # every conversation by last activity (ms), for listings
+PROACTIVE_DUE = "conv:proactive:due"  # proactive starts waiting for working hours
+FALLBACKS_DUE = "conv:proactive:fallback-due"  # n8n's first message, or the template
+TEMPLATES = "conv:templates"  # trigger → template, set through the API
 STATS = "conv:stats"  # counters (HINCRBY), kept for the life of the data
 REPLY_SECONDS = "conv:stats:reply-seconds"  # recent reply latencies, capped
 REPLY_SECONDS_KEPT = 1000
@@ -57,6 +60,15 @@ def by_contact_key(contact_id: int) -> str:
 def bot_log_key(conversation_id: str) -> str:
     """The bot's state changes of a conversation, newest last, capped."""
     return f"conv:c:{conversation_id}:bot-log"
+
+
+def proactive_key(lead_id: int, trigger: str) -> str:
+    """A lead gets a trigger's first message once within PROACTIVE_DEDUPE_SECONDS."""
+    return f"conv:proactive:{lead_id}:{trigger}"
+
+
+def proactive_job_key(job_id: str) -> str:
+    return f"conv:proactive-job:{job_id}"
 
 
 def notify_key(job_id: str) -> str:
@@ -615,3 +627,61 @@ class BotStore:
             pipe.zrem(NOTIFY_DUE, job_id)
             pipe.delete(notify_key(job_id))
             await pipe.execute()
+
+
+class ProactiveStore:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.waiting = DueQueue(redis, PROACTIVE_DUE)
+        self.fallbacks = DueQueue(redis, FALLBACKS_DUE)
+
+    async def claim_start(self, lead_id: int, trigger: str, conversation_id: str, ttl: int) -> bool:
+        """True for the first start of this lead and trigger; racing requests lose."""
+        return bool(
+            await self.redis.set(proactive_key(lead_id, trigger), conversation_id, nx=True, ex=ttl)
+        )
+
+    async def forget_start(self, lead_id: int, trigger: str) -> None:
+        await self.redis.delete(proactive_key(lead_id, trigger))
+
+    async def ensure_conversation(
+        self, conversation_id: str, lead_id: int, contact_id: int
+    ) -> dict[str, str]:
+        key = conversation_key(conversation_id)
+        now = now_ms()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "id", conversation_id)
+            pipe.hsetnx(key, "created_at", now)
+            pipe.hsetnx(key, "bot_state", "active")
+            pipe.hsetnx(key, "lead_id", lead_id)
+            if contact_id:
+                pipe.hsetnx(key, "contact_id", contact_id)
+                pipe.set(by_contact_key(contact_id), conversation_id, nx=True)
+            pipe.hset(key, "updated_at", now)
+            pipe.set(by_lead_key(lead_id), conversation_id, nx=True)
+            pipe.zadd(CONVERSATIONS, {conversation_id: now})
+            pipe.hgetall(key)
+            results = await pipe.execute()
+        return text_map(results[-1])
+
+    async def add_job(self, queue: DueQueue, job_id: str, job: dict[str, str], due_ms: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(proactive_job_key(job_id), mapping=cast(Any, job))
+            pipe.expire(proactive_job_key(job_id), REPLY_TOKEN_TTL_SECONDS)
+            pipe.zadd(queue.key, {job_id: due_ms})
+            await pipe.execute()
+
+    async def job(self, job_id: str) -> dict[str, str]:
+        return text_map(await self.redis.hgetall(proactive_job_key(job_id)))
+
+    async def job_done(self, queue: DueQueue, job_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(queue.key, job_id)
+            pipe.delete(proactive_job_key(job_id))
+            await pipe.execute()
+
+    async def templates(self) -> dict[str, str]:
+        return text_map(await self.redis.hgetall(TEMPLATES))
+
+    async def set_template(self, trigger: str, template: str) -> None:
+        await self.redis.hset(TEMPLATES, trigger, template)

@@ -25,8 +25,9 @@ from services.common.grpc_server import BackgroundTask, client_metadata
 from services.common.n8n import N8nClient, new_event_id, next_delay
 from services.conversation import bot, envelope
 from services.conversation.control import BotController
-from services.conversation.events import MessageEvent
+from services.conversation.events import LeadEvent, MessageEvent
 from services.conversation.settings import ConversationSettings
+from services.conversation.starter import ProactiveStarter
 from services.conversation.store import (
     EVENT_ATTEMPTS,
     EVENTS_DEAD,
@@ -87,11 +88,14 @@ class Engine:
         self.consumer = consumer_name()
         self.bots = BotStore(store.redis)
         self.bot = BotController(settings, store, self.bots, gateway)
+        self.proactive = ProactiveStarter(self)
 
     # --- webhook events -------------------------------------------------------------
 
     async def apply_event(self, stream_id: str, event: MessageEvent) -> None:
-        conversation_id = envelope.conversation_id_for(event)
+        # A lead's conversation may exist already (started proactively, before any chat).
+        known = await self.store.conversation_by_lead(event.lead_id) if event.lead_id else None
+        conversation_id = known or envelope.conversation_id_for(event)
         at = float(event.created_at) if event.created_at else time.time()
         command: bot.Command | None = None
         if event.from_customer:
@@ -149,6 +153,21 @@ class Engine:
             claim = await self.store.turns.claim_member(conversation_id, self.settings.lease_ms)
             if claim is not None:
                 await self.run_turn(claim)
+
+    async def apply_lead_event(self, event: LeadEvent) -> None:
+        """A lead created or moved in Kommo may start a proactive conversation."""
+        if event.kind == "add":
+            trigger = self.settings.proactive_on_lead_add
+        else:
+            trigger = self.settings.status_triggers.get(event.status_id, "")
+        if not trigger:
+            return
+        try:
+            started = await self.proactive.start(event.lead_id, trigger)
+        except (Conflict, NotFound, InvalidInput) as exc:
+            log.info("lead %s: no proactive start (%s)", event.lead_id, exc)
+            return
+        log.info("proactive start from Kommo", extra={"trigger": trigger, "status": started.status})
 
     # --- turns ----------------------------------------------------------------------
 
@@ -506,8 +525,11 @@ class EventConsumer(BackgroundTask):
                 continue
             stream_id = raw_id.decode()
             try:
-                event = MessageEvent.from_dict(json.loads(fields[b"e"]))
-                await self.engine.apply_event(stream_id, event)
+                data = json.loads(fields[b"e"])
+                if data.get("kind") == "lead":
+                    await self.engine.apply_lead_event(LeadEvent.from_dict(data))
+                else:
+                    await self.engine.apply_event(stream_id, MessageEvent.from_dict(data))
             except Exception:
                 await self._failed(stream_id, fields)
                 continue
@@ -568,6 +590,13 @@ class DueLoop(BackgroundTask):
                 for claim in await bots.handoffs.claim(_MAX_CLAIM, lease):
                     busy = True
                     await self._guard(control.run_handoff(claim))
+                starter = self.engine.proactive
+                for claim in await starter.store.waiting.claim(_MAX_CLAIM, lease):
+                    busy = True
+                    await self._guard(starter.run_waiting(claim))
+                for claim in await starter.store.fallbacks.claim(_MAX_CLAIM, lease):
+                    busy = True
+                    await self._guard(starter.run_fallback(claim))
                 for claim in await bots.notifications.claim(_MAX_CLAIM, lease):
                     busy = True
                     job = await bots.notification(claim.member)

@@ -23,6 +23,7 @@ from services.edge_api.routes import (
     conversations,
     kommo,
     operations,
+    proactive,
     scheduling,
     status,
     vendedores,
@@ -76,6 +77,7 @@ def create_api(runtime: EdgeRuntime) -> FastAPI:
         kommo.router,
         vendedores.router,
         scheduling.router,
+        proactive.router,
     ):
         api.include_router(router)
     _document_webhook(api)

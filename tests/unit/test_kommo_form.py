@@ -82,10 +82,23 @@ def test_several_messages_and_media_in_one_body() -> None:
     assert voice.attachment is not None and voice.attachment.link.endswith("audio.ogg")
 
 
-def test_lead_events_are_accepted_and_counted_as_ignored() -> None:
-    body = urlencode({"account[subdomain]": "previdas", "leads[add][0][id]": "1"})
+def test_lead_events_become_typed_events_and_other_kinds_are_ignored() -> None:
+    body = urlencode(
+        {
+            "account[subdomain]": "previdas",
+            "leads[add][0][id]": "1",
+            "leads[status][0][id]": "2",
+            "leads[status][0][status_id]": "71000002",
+            "leads[status][0][old_status_id]": "71000001",
+            "tasks[add][0][id]": "3",
+        }
+    )
     parsed = parse_webhook(nest(parse_form(body.encode(), 1000)))
     assert parsed.messages == []
+    assert [(e.kind, e.lead_id, e.status_id) for e in parsed.leads] == [
+        ("add", 1, 0),
+        ("status", 2, 71000002),
+    ]
     assert parsed.ignored == 1
 
 

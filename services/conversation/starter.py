@@ -1,0 +1,226 @@
+"""Starting proactive conversations: once per lead and trigger, only for the vendedor's
+areas, within working hours, with n8n's first message or the template."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+
+from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
+from bridge.vendedor.v1 import vendedor_pb2 as vd
+from services.common.due_queue import Claim, now_ms
+from services.common.errors import Conflict, InvalidInput, NotFound
+from services.common.grpc_server import client_metadata
+from services.common.n8n import new_event_id
+from services.conversation import envelope, proactive
+from services.conversation.store import ProactiveStore
+
+if TYPE_CHECKING:
+    from services.conversation.workers import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    conversation_id: str
+    created: bool
+    status: str  # "sent", "awaiting_n8n", "scheduled", "existing"
+    scheduled_for: float  # Unix seconds; 0 = now
+
+
+def conversation_for_lead(lead_id: int) -> str:
+    return str(uuid.uuid5(envelope.CONVERSATION_NAMESPACE, f"lead:{lead_id}"))
+
+
+class ProactiveStarter:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.store = ProactiveStore(engine.store.redis)
+        self._file_templates = dict(proactive.DEFAULT_TEMPLATES)
+        if self.settings.proactive_templates_file:
+            loaded = json.loads(Path(self.settings.proactive_templates_file).read_text())
+            for trigger, text in loaded.items():
+                self._file_templates[proactive.check_trigger(trigger)] = proactive.check_template(
+                    text
+                )
+
+    async def templates(self) -> dict[str, str]:
+        return {**self._file_templates, **await self.store.templates()}
+
+    async def set_template(self, trigger: str, text: str) -> None:
+        await self.store.set_template(
+            proactive.check_trigger(trigger), proactive.check_template(text)
+        )
+
+    async def start(self, lead_id: int, trigger: str) -> Started:
+        proactive.check_trigger(trigger)
+        if lead_id <= 0:
+            raise InvalidInput("lead_id must be a positive integer")
+        store = self.engine.store
+        conversation_id = await store.conversation_by_lead(lead_id) or conversation_for_lead(
+            lead_id
+        )
+        ttl = int(self.settings.proactive_dedupe_seconds)
+        if not await self.store.claim_start(lead_id, trigger, conversation_id, ttl):
+            return Started(conversation_id, False, "existing", 0.0)
+        try:
+            return await self._start(lead_id, trigger, conversation_id)
+        except Exception:
+            # Nothing went out: a later attempt may try again.
+            await self.store.forget_start(lead_id, trigger)
+            raise
+
+    async def _start(self, lead_id: int, trigger: str, conversation_id: str) -> Started:
+        metadata = client_metadata()
+        try:
+            lead = await self.engine.gateway.GetLead(
+                gw.GetLeadRequest(lead_id=lead_id), metadata=metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"lead {lead_id} not found in Kommo") from exc
+            raise
+        try:
+            vendedor = await self.engine.vendedores.GetVendedorForLead(
+                vd.GetVendedorForLeadRequest(lead_id=lead_id), metadata=metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise Conflict(f"no vendedor for lead {lead_id}: {exc.details()}") from exc
+            raise
+        area = proactive.lead_area(list(lead.custom_fields), self.settings.proactive_area_field)
+        proactive.check_eligible(area, vendedor.name, list(vendedor.areas))
+        conversation = await self.store.ensure_conversation(
+            conversation_id, lead_id, lead.main_contact_id
+        )
+        if conversation.get("bot_state", "active") != "active":
+            raise Conflict("a person is handling this conversation: no proactive message")
+        opens = self.settings.working_hours.next_open(datetime.now(UTC))
+        job = {
+            "conversation_id": conversation_id,
+            "lead_id": str(lead_id),
+            "trigger": trigger,
+        }
+        if opens > datetime.now(UTC):
+            job_id = uuid.uuid4().hex
+            await self.store.add_job(self.store.waiting, job_id, job, int(opens.timestamp() * 1000))
+            log.info("proactive start waits for working hours", extra=job)
+            return Started(conversation_id, True, "scheduled", opens.timestamp())
+        status = await self.send(conversation_id, lead_id, trigger)
+        return Started(conversation_id, True, status, 0.0)
+
+    async def send(self, conversation_id: str, lead_id: int, trigger: str) -> str:
+        """The first message: n8n's, or the template when n8n is not used or silent."""
+        engine = self.engine
+        metadata = client_metadata()
+        lead = await engine.gateway.GetLead(gw.GetLeadRequest(lead_id=lead_id), metadata=metadata)
+        vendedor = await engine.vendedores.GetVendedorForLead(
+            vd.GetVendedorForLeadRequest(lead_id=lead_id), metadata=metadata
+        )
+        contact = None
+        if lead.main_contact_id:
+            contact = await engine.gateway.GetContact(
+                gw.GetContactRequest(contact_id=lead.main_contact_id), metadata=metadata
+            )
+        templates = await self.templates()
+        text = proactive.render(
+            templates.get(trigger, templates["default"]),
+            contact.name if contact else "",
+            lead.name,
+            vendedor.name,
+        )
+        conversation = await engine.store.conversation(conversation_id)
+        url = self.settings.proactive_webhook_url
+        if not (self.settings.proactive_via_n8n and url) or conversation.get("inflight_token"):
+            await self._send_template(conversation_id, trigger, text, reply_token="")
+            return "sent"
+        reply_token = uuid.uuid4().hex
+        event_id = new_event_id()
+        body = envelope.message_envelope(
+            event_id=event_id,
+            conversation={
+                "id": conversation_id,
+                "lead_id": lead_id,
+                "contact_id": lead.main_contact_id or None,
+                "chat_id": conversation.get("chat_id"),
+                "talk_id": None,
+                "bot_state": conversation.get("bot_state", "active"),
+            },
+            lead=envelope.lead_json(lead, lead_id),
+            contact=envelope.contact_json(contact, lead.main_contact_id),
+            vendedor=envelope.vendedor_json(vendedor),
+            messages=[],
+            history=[],
+            callback_url=self.settings.callback_url,
+            reply_token=reply_token,
+            occurred_at=time.time(),
+        ) | {"event": "conversation.proactive", "trigger": trigger}
+        committed = await engine.store.commit_turn(
+            conversation_id=conversation_id,
+            claim=Claim(conversation_id, -1),
+            consumed=0,
+            reply_token=reply_token,
+            event_id=event_id,
+            payload=json.dumps(body, ensure_ascii=False),
+            url=url,
+            outbox_lease_ms=self.settings.lease_ms,
+            handoff_after_ms=0,
+            turn_started_ms=now_ms(),
+        )
+        if not committed:
+            raise Conflict("the conversation changed while starting it; try again")
+        due = now_ms() + int(self.settings.proactive_n8n_timeout_seconds * 1000)
+        await self.store.add_job(
+            self.store.fallbacks,
+            reply_token,
+            {"conversation_id": conversation_id, "trigger": trigger, "text": text},
+            due,
+        )
+        await engine.deliver_outbox(Claim(event_id, now_ms() + self.settings.lease_ms))
+        return "awaiting_n8n"
+
+    async def _send_template(
+        self, conversation_id: str, trigger: str, text: str, reply_token: str
+    ) -> None:
+        await self.engine.send_reply(
+            reply_token=reply_token,
+            conversation_id="" if reply_token else conversation_id,
+            lead_id=0,
+            text=text,
+            note=f"Mensagem proativa ({trigger}), modelo do bridge.",
+            idempotency_key=reply_token or f"proactive:{conversation_id}:{trigger}:{now_ms()}",
+        )
+
+    async def run_waiting(self, claim: Claim) -> None:
+        job = await self.store.job(claim.member)
+        if job:
+            try:
+                await self.send(job["conversation_id"], int(job["lead_id"]), job["trigger"])
+            except grpc.aio.AioRpcError as exc:
+                log.warning("proactive start failed, retrying: %s", exc.details())
+                await self.store.waiting.reschedule(claim, now_ms() + self.settings.lease_ms)
+                return
+        await self.store.job_done(self.store.waiting, claim.member)
+
+    async def run_fallback(self, claim: Claim) -> None:
+        """n8n did not write the first message in time: the template goes instead. The
+        reply token is the idempotency key, so a late answer from n8n is a duplicate."""
+        job = await self.store.job(claim.member)
+        if job:
+            conversation = await self.engine.store.conversation(job["conversation_id"])
+            if conversation.get("inflight_token") == claim.member:
+                log.info("n8n silent on a proactive start: sending the template")
+                await self._send_template(
+                    job["conversation_id"], job["trigger"], job["text"], claim.member
+                )
+        await self.store.job_done(self.store.fallbacks, claim.member)
