@@ -36,6 +36,7 @@ class Process:
     popen: subprocess.Popen[bytes]
     log_path: Path
     kind: str  # "grpc" or "http"
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:

@@ -66,14 +66,21 @@ class Stack:
     def start_service(self, name: str, env: dict[str, str] | None = None, port: int = 0) -> Process:
         """One more replica of a gRPC service, on a new port or a given one."""
         port = port or free_port()
+        metrics_port = free_port()
         replicas = self.services.setdefault(name, [])
         process = self.launcher.start(
             f"{name}-{len(replicas) + 1}",
             f"services.{name}",
-            {"GRPC_PORT": str(port), "GRPC_HOST": "127.0.0.1", **(env or {})},
+            {
+                "GRPC_PORT": str(port),
+                "GRPC_HOST": "127.0.0.1",
+                "METRICS_PORT": str(metrics_port),
+                **(env or {}),
+            },
             port,
             "grpc",
         )
+        process.metrics_port = metrics_port
         replicas.append(process)
         return process
 

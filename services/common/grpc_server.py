@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from services.common.errors import BridgeError
 from services.common.logs import request_id
+from services.common.metrics import GrpcMetrics, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +139,17 @@ class GrpcService:
         grace_seconds: float,
         background: Sequence[BackgroundTask] = (),
         on_stop: Callable[[], Awaitable[None]] | None = None,
+        metrics_port: int = 0,
     ) -> None:
         self.name = name
         self._service_names = list(service_names)
         self._grace = grace_seconds
         self._background = list(background)
         self._on_stop = on_stop
+        self._metrics_port = metrics_port
         self.server = grpc.aio.server(
-            interceptors=[ErrorsAndRequestIds()],
+            # Metrics outermost: they see the status the error mapping chose.
+            interceptors=[GrpcMetrics(), ErrorsAndRequestIds()],
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)],
         )
         register(self.server)
@@ -160,6 +164,7 @@ class GrpcService:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
+        serve_metrics(self._metrics_port)
         await self.server.start()
         for service_name in ["", *self._service_names]:
             await self.health.set(service_name, health_pb2.HealthCheckResponse.SERVING)

@@ -31,6 +31,9 @@ class CommonSettings(BaseSettings):
     grpc_deadline_seconds: float = Field(
         default=5.0, gt=0, description="default deadline of every outgoing gRPC call"
     )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Prometheus metrics port of a gRPC service (0 = off)"
+    )
 
 
 _MIN_SIGNING_KEY_BYTES = 24

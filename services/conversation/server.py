@@ -18,7 +18,7 @@ from services.common.settings import load_settings
 from services.conversation.servicer import ConversationServicer
 from services.conversation.settings import ConversationSettings
 from services.conversation.store import ConversationStore
-from services.conversation.workers import DueLoop, Engine, EventConsumer
+from services.conversation.workers import DueLoop, Engine, EventConsumer, GaugeUpdater
 
 SERVICE_NAME = "bridge.conversation.v1.ConversationService"
 
@@ -58,7 +58,8 @@ def create_server(settings: ConversationSettings) -> GrpcService:
         host=settings.grpc_host,
         port=settings.grpc_port,
         grace_seconds=settings.shutdown_grace_seconds,
-        background=[EventConsumer(engine, redis), DueLoop(engine)],
+        metrics_port=settings.metrics_port,
+        background=[EventConsumer(engine, redis), DueLoop(engine), GaugeUpdater(engine)],
         on_stop=close,
     )
 

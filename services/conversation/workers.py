@@ -22,6 +22,7 @@ from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.due_queue import Claim, now_ms
 from services.common.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.common.grpc_server import BackgroundTask, client_metadata
+from services.common.metrics import BOT_STATES, N8N_DELIVERIES, QUEUE_DEPTH
 from services.common.n8n import N8nClient, new_event_id, next_delay
 from services.conversation import bot, envelope
 from services.conversation.control import BotController
@@ -35,6 +36,7 @@ from services.conversation.store import (
     WORKERS_GROUP,
     BotStore,
     ConversationStore,
+    Operations,
 )
 
 if TYPE_CHECKING:
@@ -301,6 +303,7 @@ class Engine:
             await self.store.outbox.release(claim)
             return
         attempt = await self.n8n.post(item["url"], claim.member, item["payload"])
+        N8N_DELIVERIES.labels("ok" if attempt.ok else "retry" if attempt.retry else "refused").inc()
         if attempt.ok:
             await self.store.outbox_delivered(claim)
             await self.bots.count("forwarded")
@@ -622,3 +625,44 @@ class DueLoop(BackgroundTask):
         except Exception:
             # The lease makes the item due again; one bad item must not stop the loop.
             log.exception("work item failed")
+
+
+class GaugeUpdater(BackgroundTask):
+    """Queue depths and conversations by bot state, for Prometheus, every few seconds."""
+
+    name = "gauges"
+    _INTERVAL_SECONDS = 5.0
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        redis = self.engine.store.redis
+        ops = Operations(redis)
+        while not stopping.is_set():
+            try:
+                async with redis.pipeline(transaction=False) as pipe:
+                    pipe.xlen(EVENTS_STREAM)
+                    pipe.zcard(self.engine.store.turns.key)
+                    pipe.zcard(self.engine.store.replies.key)
+                    events, turns, replies = await pipe.execute()
+                outbox, dead = await ops.queue_sizes()
+                for queue, depth in (
+                    ("events", events),
+                    ("turns", turns),
+                    ("replies", replies),
+                    ("n8n_outbox", outbox),
+                    ("dead_letters", dead),
+                ):
+                    QUEUE_DEPTH.labels(queue).set(depth)
+                rows = await ops.conversations(await ops.conversation_ids())
+                for state in ("active", "paused"):
+                    BOT_STATES.labels(state).set(
+                        sum(1 for r in rows if r.get("bot_state", "active") == state)
+                    )
+            except RedisError as exc:
+                log.debug("gauges not updated: %s", exc)
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=self._INTERVAL_SECONDS)
+            except TimeoutError:
+                pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,6 +11,7 @@ import grpc
 from fastapi import FastAPI
 
 from services.common.errors import BridgeError
+from services.common.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from services.edge_api import webhook
 from services.edge_api.errors import (
     HttpError,
@@ -38,16 +40,38 @@ def create_app(settings: EdgeSettings) -> Any:
     api = create_api(runtime)
     max_body = settings.edge_max_body_bytes
 
-    async def app(scope: webhook.Scope, receive: webhook.Receive, send: webhook.Send) -> None:
-        if scope["type"] == "http":
-            if scope["path"] == webhook.PATH and scope["method"] == "POST":
-                await runtime.webhook(scope, receive, send)
-                return
-            length = webhook.declared_length(scope)
-            if length is not None and length > max_body:
-                await webhook.respond(send, 413, error_body(413, f"body over {max_body} bytes"))
-                return
+    async def route(scope: webhook.Scope, receive: webhook.Receive, send: webhook.Send) -> None:
+        if scope["path"] == webhook.PATH and scope["method"] == "POST":
+            await runtime.webhook(scope, receive, send)
+            return
+        length = webhook.declared_length(scope)
+        if length is not None and length > max_body:
+            await webhook.respond(send, 413, error_body(413, f"body over {max_body} bytes"))
+            return
         await api(scope, receive, send)
+
+    async def app(scope: webhook.Scope, receive: webhook.Receive, send: webhook.Send) -> None:
+        if scope["type"] != "http":
+            await api(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: webhook.Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await route(scope, receive, send_and_note)
+        finally:
+            # The route template, not the raw path: ids in paths would explode the labels.
+            name = getattr(scope.get("route"), "path", None) or (
+                webhook.PATH if scope["path"] == webhook.PATH else "unmatched"
+            )
+            HTTP_REQUESTS.labels(name, str(status)).inc()
+            HTTP_SECONDS.labels(name).observe(time.perf_counter() - started)
 
     return app
 

@@ -20,6 +20,7 @@ from services.common.errors import (
     Unavailable,
     UpstreamError,
 )
+from services.common.metrics import KOMMO_REQUESTS
 from services.kommo_gateway.breaker import CircuitBreaker
 from services.kommo_gateway.ratelimit import RateLimiter
 from services.kommo_gateway.settings import GatewaySettings
@@ -95,6 +96,7 @@ class KommoClient:
                     continue
                 raise Unavailable(f"Kommo unreachable: {type(exc).__name__}") from exc
             status = response.status_code
+            KOMMO_REQUESTS.labels(str(status)).inc()
             if status >= 500:
                 self.breaker.failure()
             else:

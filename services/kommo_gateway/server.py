@@ -46,6 +46,7 @@ def create_server(settings: GatewaySettings) -> tuple[GrpcService, TokenManager]
         host=settings.grpc_host,
         port=settings.grpc_port,
         grace_seconds=settings.shutdown_grace_seconds,
+        metrics_port=settings.metrics_port,
         background=[TokenKeeper(tokens)],
         on_stop=close,
     )

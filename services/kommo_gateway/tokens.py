@@ -42,6 +42,7 @@ from services.common.errors import (
     UpstreamError,
 )
 from services.common.grpc_server import BackgroundTask
+from services.common.metrics import TOKEN_REFRESHES
 from services.kommo_gateway.ratelimit import RateLimiter
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.store import (
@@ -272,6 +273,7 @@ class TokenManager:
                 raise Unauthenticated("Kommo token vanished during a refresh")
             return latest
         self.refreshes += 1
+        TOKEN_REFRESHES.inc()
         log.info("Kommo access token refreshed", extra={"version": tokens.version})
         return tokens
 

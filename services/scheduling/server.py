@@ -60,6 +60,7 @@ def create_server(settings: SchedulingSettings) -> GrpcService:
         host=settings.grpc_host,
         port=settings.grpc_port,
         grace_seconds=settings.shutdown_grace_seconds,
+        metrics_port=settings.metrics_port,
         background=[DeliveryLoop(agendamentos)],
         on_stop=close,
     )

@@ -36,6 +36,7 @@ def create_server(settings: VendedorSettings) -> tuple[GrpcService, Vendedores]:
         host=settings.grpc_host,
         port=settings.grpc_port,
         grace_seconds=settings.shutdown_grace_seconds,
+        metrics_port=settings.metrics_port,
         background=[PeriodicSync(vendedores, settings)],
         on_stop=close,
     )

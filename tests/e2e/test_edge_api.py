@@ -111,3 +111,24 @@ def test_envelopes_to_n8n_carry_a_valid_standard_webhooks_signature(
             "webhook-signature": headers["webhook-signature"],
         },
     )
+
+
+def test_every_process_exposes_prometheus_metrics(stack: Stack, http: httpx.Client) -> None:
+    customer_writes(http, stack, 9100019, "métricas")
+    wait_for(
+        lambda: "bridge_n8n_deliveries_total" in collect(stack, "conversation"),
+        what="conversation metrics",
+    )
+    edge = http.get(f"{stack.edge_url}/metrics")
+    assert edge.status_code == 200
+    assert 'bridge_http_requests_total{route="/webhooks/kommo",status="200"}' in edge.text
+    for name in ("conversation", "kommo_gateway", "vendedor", "scheduling"):
+        assert "bridge_grpc_requests_total" in collect(stack, name), name
+    assert 'bridge_kommo_requests_total{status="200"}' in collect(stack, "kommo_gateway")
+
+
+def collect(stack: Stack, service: str) -> str:
+    return "".join(
+        httpx.get(f"http://127.0.0.1:{p.metrics_port}/metrics").text
+        for p in stack.services[service]
+    )

@@ -9,8 +9,9 @@ from typing import Any
 import grpc
 import redis.asyncio as aioredis
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from grpc_health.v1 import health_pb2
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from bridge.conversation.v1 import conversation_pb2 as conv
@@ -29,6 +30,12 @@ router = APIRouter(tags=["status"])
 @router.get("/version")
 async def version() -> dict[str, str]:
     return {"name": "kommo-n8n-bridge", "version": VERSION, "api": "v1"}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics() -> PlainTextResponse:
+    """Prometheus metrics of the edge (each gRPC service serves its own on METRICS_PORT)."""
+    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/health")

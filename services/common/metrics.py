@@ -1,0 +1,87 @@
+"""Prometheus metrics shared by every service: gRPC calls by method and code, and the
+few domain figures an operator watches (queues, retries, Kommo, tokens).
+
+Each gRPC service serves them on `METRICS_PORT` (0 = off); the edge on `GET /metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+GRPC_REQUESTS = Counter("bridge_grpc_requests_total", "gRPC calls served", ["method", "code"])
+GRPC_SECONDS = Histogram(
+    "bridge_grpc_request_seconds",
+    "Time to serve a gRPC call",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+HTTP_REQUESTS = Counter(
+    "bridge_http_requests_total", "HTTP requests answered by the edge", ["route", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "bridge_http_request_seconds",
+    "Time to answer an HTTP request at the edge",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+N8N_DELIVERIES = Counter("bridge_n8n_deliveries_total", "Envelopes POSTed to n8n", ["outcome"])
+KOMMO_REQUESTS = Counter("bridge_kommo_requests_total", "Calls to Kommo", ["status"])
+TOKEN_REFRESHES = Counter("bridge_kommo_token_refreshes_total", "Kommo token refreshes")
+QUEUE_DEPTH = Gauge("bridge_queue_depth", "Work waiting in a queue", ["queue"])
+BOT_STATES = Gauge("bridge_conversations", "Conversations by bot state", ["bot_state"])
+
+
+def serve_metrics(port: int) -> None:
+    """Expose this process's metrics on `port` (a thread of prometheus_client)."""
+    if port:
+        start_http_server(port)
+
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:  # the runtime class is not generic
+    _Interceptor = grpc.aio.ServerInterceptor
+
+
+class GrpcMetrics(_Interceptor):
+    """Counts and times every unary call by method and status code."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await inner(request, context)  # type: ignore[arg-type]
+            except grpc.aio.AbortError:
+                status = context.code()
+                code = status.name if isinstance(status, grpc.StatusCode) else "ABORTED"
+                raise
+            except Exception:
+                code = "INTERNAL"
+                raise
+            finally:
+                GRPC_REQUESTS.labels(method, code).inc()
+                GRPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
