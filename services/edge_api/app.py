@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,6 +12,7 @@ import grpc
 from fastapi import FastAPI
 
 from services.common.errors import BridgeError
+from services.common.logs import request_id
 from services.common.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from services.edge_api import webhook
 from services.edge_api.errors import (
@@ -40,22 +42,20 @@ def create_app(settings: EdgeSettings) -> Any:
     api = create_api(runtime)
     max_body = settings.edge_max_body_bytes
 
-    async def route(scope: webhook.Scope, receive: webhook.Receive, send: webhook.Send) -> None:
-        if scope["path"] == webhook.PATH and scope["method"] == "POST":
-            await runtime.webhook(scope, receive, send)
-            return
-        length = webhook.declared_length(scope)
-        if length is not None and length > max_body:
-            await webhook.respond(send, 413, error_body(413, f"body over {max_body} bytes"))
-            return
-        await api(scope, receive, send)
-
     async def app(scope: webhook.Scope, receive: webhook.Receive, send: webhook.Send) -> None:
         if scope["type"] != "http":
             await api(scope, receive, send)
             return
+        if scope["path"] == webhook.PATH and scope["method"] == "POST":
+            # The hot path counts its own answers (webhook.py): no wrapper, no request id
+            # (nothing on it logs per request).
+            await runtime.webhook(scope, receive, send)
+            return
         started = time.perf_counter()
         status = 500
+        # One id for the request, carried to every service it calls (gRPC metadata)
+        # and into every log line on the way.
+        token = request_id.set(_incoming_request_id(scope) or uuid.uuid4().hex[:16])
 
         async def send_and_note(message: webhook.Message) -> None:
             nonlocal status
@@ -64,16 +64,29 @@ def create_app(settings: EdgeSettings) -> Any:
             await send(message)
 
         try:
-            await route(scope, receive, send_and_note)
+            length = webhook.declared_length(scope)
+            if length is not None and length > max_body:
+                await webhook.respond(
+                    send_and_note, 413, error_body(413, f"body over {max_body} bytes")
+                )
+                return
+            await api(scope, receive, send_and_note)
         finally:
+            request_id.reset(token)
             # The route template, not the raw path: ids in paths would explode the labels.
-            name = getattr(scope.get("route"), "path", None) or (
-                webhook.PATH if scope["path"] == webhook.PATH else "unmatched"
-            )
+            name = getattr(scope.get("route"), "path", None) or "unmatched"
             HTTP_REQUESTS.labels(name, str(status)).inc()
             HTTP_SECONDS.labels(name).observe(time.perf_counter() - started)
 
     return app
+
+
+def _incoming_request_id(scope: webhook.Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            # Bounded and printable: it ends up in logs.
+            return value.decode("latin-1")[:64] if value.isascii() else ""
+    return ""
 
 
 def create_api(runtime: EdgeRuntime) -> FastAPI:

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 
 from bridge.conversation.v1 import conversation_pb2 as pb
 from services.common.errors import Unavailable
+from services.common.metrics import HTTP_REQUESTS
 from services.edge_api.batcher import WebhookBatcher
 
 Scope = MutableMapping[str, Any]
@@ -25,6 +26,17 @@ Send = Callable[[Message], Awaitable[None]]
 
 PATH = "/webhooks/kommo"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+_ANSWERS: dict[int, Any] = {}
+
+
+def _count(status: int) -> None:
+    """Count an answer of the webhook path (the labelled child is looked up once)."""
+    child = _ANSWERS.get(status)
+    if child is None:
+        child = _ANSWERS[status] = HTTP_REQUESTS.labels(PATH, str(status))
+    child.inc()
 
 
 async def respond(send: Send, status: int, body: dict[str, Any]) -> None:
@@ -48,6 +60,7 @@ def _accepted(stored: int, duplicates: int) -> tuple[list[tuple[bytes, bytes]], 
 async def respond_accepted(send: Send, stored: int, duplicates: int) -> None:
     """The 200 of the hot path, encoded once per (stored, duplicates) pair."""
     headers, body = _accepted(stored, duplicates)
+    _count(200)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -84,6 +97,11 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+async def _answer(send: Send, status: int, body: dict[str, Any]) -> None:
+    _count(status)
+    await respond(send, status, body)
+
+
 class KommoWebhook:
     def __init__(self, batcher: WebhookBatcher, secret: str, max_body: int) -> None:
         self._batcher = batcher
@@ -99,28 +117,28 @@ class KommoWebhook:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._secret_ok(scope.get("query_string", b"")):
-            await respond(send, 401, _error(401, "missing or wrong webhook secret"))
+            await _answer(send, 401, _error(401, "missing or wrong webhook secret"))
             return
         length = declared_length(scope)
         if length is not None and length > self._max_body:
-            await respond(send, 413, _error(413, f"body over {self._max_body} bytes"))
+            await _answer(send, 413, _error(413, f"body over {self._max_body} bytes"))
             return
         try:
             body = await read_body(receive, self._max_body)
         except BodyTooLarge:
-            await respond(send, 413, _error(413, f"body over {self._max_body} bytes"))
+            await _answer(send, 413, _error(413, f"body over {self._max_body} bytes"))
             return
         if not body.strip():
-            await respond(send, 400, _error(400, "empty body: expected Kommo's form fields"))
+            await _answer(send, 400, _error(400, "empty body: expected Kommo's form fields"))
             return
         try:
             result = await self._batcher.submit(body)
         except Unavailable as exc:
-            await respond(send, 503, _error(503, f"not stored, retry later: {exc}"))
+            await _answer(send, 503, _error(503, f"not stored, retry later: {exc}"))
             return
         if result.outcome == pb.INGEST_OUTCOME_STORED:
             await respond_accepted(send, result.stored, result.duplicates)
         elif result.outcome == pb.INGEST_OUTCOME_INVALID:
-            await respond(send, 400, _error(400, result.error))
+            await _answer(send, 400, _error(400, result.error))
         else:
-            await respond(send, 503, _error(503, f"not stored, retry later: {result.error}"))
+            await _answer(send, 503, _error(503, f"not stored, retry later: {result.error}"))

@@ -278,3 +278,10 @@ def test_dockerignore_keeps_local_state_and_secrets_out_of_the_build() -> None:
     }
     assert {".venv", ".git", ".env", "bridge"} <= patterns
     assert not patterns & {"protos", "services", "devstack", "requirements.lock"}
+
+
+def test_every_container_has_resource_limits() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
+        assert limits.get("cpus") and limits.get("memory"), name
