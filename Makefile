@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 PROTO_STAMP := bridge/.generated
 
-.PHONY: run test lint protos bench lock clean venv
+.PHONY: run test lint protos bench lock clean venv kommo-webhook
 
 venv: $(STAMP)
 
@@ -36,6 +36,10 @@ lint: $(PROTO_STAMP)
 
 bench: $(PROTO_STAMP)
 	bench/run.sh
+
+# Subscribe the running bridge's webhook URL in the connected Kommo account.
+kommo-webhook: $(STAMP)
+	$(PY) -m devstack.kommo_webhook
 
 # Re-resolve the pins of pyproject.toml into requirements.lock.
 lock:

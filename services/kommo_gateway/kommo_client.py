@@ -191,6 +191,15 @@ class KommoClient:
         tasks = (_body(response) or {}).get("_embedded", {}).get("tasks", [])
         return int(tasks[0]["id"]) if tasks else 0
 
+    async def register_webhook(self, destination: str, events: list[str]) -> None:
+        await self.request(
+            "POST", "/api/v4/webhooks", json={"destination": destination, "settings": events}
+        )
+
+    async def webhooks(self) -> list[dict[str, Any]]:
+        body = await self.get_json("/api/v4/webhooks")
+        return list((body or {}).get("_embedded", {}).get("webhooks", []))
+
     async def add_note(self, lead_id: int, text: str) -> int:
         response = await self.request(
             "POST",

@@ -172,6 +172,26 @@ class GatewayServicer(KommoGatewayServicer):
         )
         return pb.AddTaskResponse(task_id=task_id)
 
+    async def RegisterWebhook(
+        self, request: pb.RegisterWebhookRequest, context: Context
+    ) -> pb.Webhooks:
+        if not request.destination.startswith(("https://", "http://")) or not request.events:
+            raise InvalidInput("a webhook needs an http(s) destination and at least one event")
+        await self._kommo.register_webhook(request.destination, list(request.events))
+        return await self.ListWebhooks(pb.ListWebhooksRequest(), context)
+
+    async def ListWebhooks(self, request: pb.ListWebhooksRequest, context: Context) -> pb.Webhooks:
+        return pb.Webhooks(
+            webhooks=[
+                pb.Webhook(
+                    destination=str(hook.get("destination") or ""),
+                    events=[str(e) for e in hook.get("settings") or []],
+                    disabled=bool(hook.get("disabled")),
+                )
+                for hook in await self._kommo.webhooks()
+            ]
+        )
+
     async def GetAuthorizeUrl(
         self, request: pb.GetAuthorizeUrlRequest, context: Context
     ) -> pb.AuthorizeUrl:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from devstack.processes import ROOT
 from devstack.stack import Stack
 from tests.e2e.conftest import SIGNING_SECRET, customer_writes, envelopes, wait_for
 
@@ -132,3 +138,26 @@ def collect(stack: Stack, service: str) -> str:
         httpx.get(f"http://127.0.0.1:{p.metrics_port}/metrics").text
         for p in stack.services[service]
     )
+
+
+def test_the_webhook_is_registered_in_kommo_by_the_bridge(stack: Stack) -> None:
+    env = {**os.environ, "EDGE_URL": stack.edge_url, "EDGE_API_KEY": stack.api_key}
+    done = subprocess.run(
+        [sys.executable, "-m", "devstack.kommo_webhook"],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    registered = json.loads(done.stdout)
+    assert registered["destination"] == stack.webhook_url
+    assert set(registered["events"]) == {"add_message", "add_lead", "status_lead"}
+    status = httpx.get(
+        f"{stack.edge_url}/webhooks/test", headers={"X-API-Key": stack.api_key}
+    ).json()
+    assert status["registered_in_kommo"] == [
+        {"events": ["add_message", "add_lead", "status_lead"], "disabled": False}
+    ]

@@ -69,17 +69,53 @@ async def webhooks_test(runtime: RuntimeDep, clients: ClientsDep) -> dict[str, A
         conv.GetWebhookStatusRequest(), metadata=client_metadata()
     )
     last = status.last_received_at
-    settings = runtime.settings
-    public = settings.edge_public_url.rstrip("/")
+    url = webhook_url(runtime)
+    try:
+        hooks = await clients.gateway.ListWebhooks(
+            gw.ListWebhooksRequest(), timeout=HEALTH_TIMEOUT_SECONDS, metadata=client_metadata()
+        )
+        registered: Any = [
+            {"events": list(h.events), "disabled": h.disabled}
+            for h in hooks.webhooks
+            if h.destination == url
+        ]
+    except grpc.aio.AioRpcError as exc:
+        registered = f"unknown ({exc.code().name})"
     return {
         "configured": True,
-        "register_in_kommo": f"{public}{webhook.PATH}?secret={settings.kommo_webhook_secret}",
+        "register_in_kommo": url,
+        "registered_in_kommo": registered,
         "events": ["add_message", "add_lead", "status_lead"],
         "last_received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last))
         if last
         else None,
         "seconds_since_last": round(time.time() - last, 1) if last else None,
         "received_total": status.received_total,
+    }
+
+
+WEBHOOK_EVENTS = ["add_message", "add_lead", "status_lead"]
+
+
+def webhook_url(runtime: RuntimeDep) -> str:
+    settings = runtime.settings
+    public = settings.edge_public_url.rstrip("/")
+    return f"{public}{webhook.PATH}?secret={settings.kommo_webhook_secret}"
+
+
+@router.post("/webhooks/register", tags=["test & debug"], dependencies=API_KEY)
+async def register_webhook(runtime: RuntimeDep, clients: ClientsDep) -> dict[str, Any]:
+    """Subscribe this bridge's webhook URL in Kommo (what `make kommo-webhook` calls)."""
+    url = webhook_url(runtime)
+    hooks = await clients.gateway.RegisterWebhook(
+        gw.RegisterWebhookRequest(destination=url, events=WEBHOOK_EVENTS),
+        metadata=client_metadata(),
+    )
+    mine = [h for h in hooks.webhooks if h.destination == url]
+    return {
+        "destination": url,
+        "events": list(mine[0].events) if mine else [],
+        "disabled": mine[0].disabled if mine else None,
     }
 
 
