@@ -121,6 +121,9 @@ def test_envelopes_to_n8n_carry_a_valid_standard_webhooks_signature(
 
 def test_every_process_exposes_prometheus_metrics(stack: Stack, http: httpx.Client) -> None:
     customer_writes(http, stack, 9100019, "métricas")
+    headers = {"X-API-Key": stack.api_key}
+    # One call that reaches the scheduling service, so each service has served something.
+    assert http.get(f"{stack.edge_url}/agendamento/nope", headers=headers).status_code == 404
     wait_for(
         lambda: "bridge_n8n_deliveries_total" in collect(stack, "conversation"),
         what="conversation metrics",
@@ -129,7 +132,9 @@ def test_every_process_exposes_prometheus_metrics(stack: Stack, http: httpx.Clie
     assert edge.status_code == 200
     assert 'bridge_http_requests_total{route="/webhooks/kommo",status="200"}' in edge.text
     for name in ("conversation", "kommo_gateway", "vendedor", "scheduling"):
-        assert "bridge_grpc_requests_total" in collect(stack, name), name
+        # A sample line, not just the HELP text every registry prints.
+        assert "bridge_grpc_requests_total{" in collect(stack, name), name
+    assert 'code="NOT_FOUND",method="GetAgendamento"' in collect(stack, "scheduling")
     assert 'bridge_kommo_requests_total{status="200"}' in collect(stack, "kommo_gateway")
 
 
