@@ -18,6 +18,8 @@ BLOCKED = "gw:blocked"
 # The next free departure time to Kommo, shared by every replica (the rate limit).
 # Expires a minute after the last reservation: an idle account starts afresh.
 RATE_NEXT_SLOT = "gw:rate-next-slot"
+# Actual departure times (µs) in the last window: the hard cap behind the spacing.
+RATE_DEPARTURES = "gw:rate-departures"
 # A lead's reply field belongs to one delivery at a time (see kommo_reply_spacing_seconds).
 DELIVERY_TTL_SECONDS = 7 * 24 * 3600
 
