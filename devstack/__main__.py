@@ -47,6 +47,7 @@ def main() -> None:
         "=" * 72,
         " Kommo ⇄ n8n bridge is running",
         f"   edge        {stack.edge_url}   (docs: {stack.edge_url}/docs)",
+        f"   dashboard   {stack.edge_url}/dashboard#key=<X-API-Key>",
         f"   X-API-Key   {'(from EDGE_API_KEY)' if env.get('EDGE_API_KEY') else stack.api_key}",
         f"   redis       {stack.redis_url}",
         "   replicas    " + ", ".join(f"{n}={len(stack.services[n])}" for n in GRPC_SERVICES),

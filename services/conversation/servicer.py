@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from bridge.conversation.v1 import conversation_pb2 as pb
 from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServicer
 from services.common.errors import BridgeError, InvalidInput, NotFound
+from services.conversation import series
 from services.conversation.events import LeadEvent, MessageEvent, parse_webhook
 from services.conversation.kommo_form import nest, parse_form
 from services.conversation.store import Operations, seen_key
@@ -232,12 +233,21 @@ class ConversationServicer(ConversationServiceServicer):
         by_state["awaiting_reply"] = sum(1 for r in rows if r.get("inflight_token"))
         samples = await self.engine.bots.reply_seconds()
         pending, dead = await self.ops.queue_sizes()
+        if request.series_hours > series.MAX_HOURS:
+            raise InvalidInput(f"series_hours must be at most {series.MAX_HOURS}")
+        buckets: list[series.Bucket] = []
+        window = None
+        if request.series_hours:
+            buckets, window = await self.engine.bots.time_series(request.series_hours)
         return pb.Stats(
             conversations_by_state=dict(by_state),
             counters=await self.engine.bots.counters(),
             median_reply_seconds=statistics.median(samples) if samples else 0.0,
             outbox_pending=pending,
             dead_letters=dead,
+            series=[stats_bucket(b) for b in buckets],
+            bucket_seconds=series.BUCKET_SECONDS,
+            window=stats_bucket(window) if window else None,
         )
 
     async def StartProactive(
@@ -304,4 +314,15 @@ def conversation_pb(data: dict[str, str], pending: int) -> pb.Conversation:
         paused_reason=data.get("paused_reason", ""),
         resumes_at=int(data.get("resumes_at") or 0) / 1000,
         last_message_at=int(data.get("updated_at") or 0) / 1000,
+    )
+
+
+def stats_bucket(b: series.Bucket) -> pb.StatsBucket:
+    return pb.StatsBucket(
+        start=b.start,
+        counters=b.counters,
+        replies=b.replies,
+        reply_mean_seconds=b.reply_mean_seconds,
+        reply_p50_seconds=b.reply_p50_seconds,
+        reply_p95_seconds=b.reply_p95_seconds,
     )

@@ -14,6 +14,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from services.common.due_queue import Claim, DueQueue, now_ms, text, text_map
+from services.conversation import series
 
 EVENTS_STREAM = "conv:events"  # webhook events, durable until a worker has applied them
 WORKERS_GROUP = "workers"
@@ -35,6 +36,7 @@ TEMPLATES = "conv:templates"  # trigger → template, set through the API
 STATS = "conv:stats"  # counters (HINCRBY), kept for the life of the data
 REPLY_SECONDS = "conv:stats:reply-seconds"  # recent reply latencies, capped
 REPLY_SECONDS_KEPT = 1000
+# conv:series:{unix start}: the same counters per five minutes (series.py), for a day.
 BOT_LOG_KEPT = 50
 
 # Kommo retries a delivery for a while and SPEC.md §3.1 asks for at least 72 h.
@@ -593,17 +595,39 @@ class BotStore:
         return [json.loads(x) for x in raw]
 
     async def count(self, counter: str, n: int = 1) -> None:
-        await self.redis.hincrby(STATS, counter, n)
+        """A counter for the life of the data, and the same in the current time bucket."""
+        key = series.bucket_key(series.bucket_start(time.time()))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(STATS, counter, n)
+            pipe.hincrby(key, counter, n)
+            pipe.expire(key, series.KEPT_SECONDS)
+            await pipe.execute()
 
     async def counters(self) -> dict[str, int]:
         raw = await self.redis.hgetall(STATS)
         return {text(k): int(v) for k, v in raw.items()}
 
     async def record_reply_seconds(self, seconds: float) -> None:
+        key = series.bucket_key(series.bucket_start(time.time()))
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.lpush(REPLY_SECONDS, f"{seconds:.3f}")
             pipe.ltrim(REPLY_SECONDS, 0, REPLY_SECONDS_KEPT - 1)
+            pipe.hincrby(key, series.REPLIES, 1)
+            pipe.hincrby(key, series.REPLY_MS_SUM, round(seconds * 1000))
+            pipe.hincrby(key, series.latency_field(seconds), 1)
+            pipe.expire(key, series.KEPT_SECONDS)
             await pipe.execute()
+
+    async def time_series(self, hours: int) -> tuple[list[series.Bucket], series.Bucket]:
+        """The counters and reply latencies of the last `hours`, in time buckets, and
+        the whole window as one."""
+        starts = series.bucket_starts(time.time(), hours)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for start in starts:
+                pipe.hgetall(series.bucket_key(start))
+            raws = await pipe.execute()
+        counts = [{text(k): int(v) for k, v in raw.items()} for raw in raws]
+        return series.buckets(starts, counts), series.window(starts, counts)
 
     async def reply_seconds(self) -> list[float]:
         raw = await self.redis.lrange(REPLY_SECONDS, 0, -1)

@@ -25,6 +25,7 @@ from services.edge_api.errors import (
 from services.edge_api.routes import (
     bot,
     conversations,
+    dashboard,
     kommo,
     operations,
     proactive,
@@ -115,6 +116,7 @@ def create_api(runtime: EdgeRuntime) -> FastAPI:
         vendedores.router,
         scheduling.router,
         proactive.router,
+        dashboard.router,
     ):
         api.include_router(router)
     _document_webhook(api)

@@ -191,10 +191,13 @@ class VendedorServicer(VendedorServiceServicer):
         if request.active_only:
             chosen = [v for v in chosen if v.active]
         synced_at, error = await self._store.sync_state()
+        listed = [] if request.counts_only else sorted(chosen, key=lambda v: v.id)
         return pb.ListVendedoresResponse(
-            vendedores=[to_pb(v) for v in sorted(chosen, key=lambda v: v.id)],
+            vendedores=[to_pb(v) for v in listed],
             synced_at=synced_at,
             sync_error=error,
+            total=len(chosen),
+            active=sum(1 for v in chosen if v.active),
         )
 
     async def SyncVendedores(

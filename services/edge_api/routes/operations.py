@@ -68,10 +68,25 @@ async def active_conversations(
 
 
 @router.get("/stats", tags=["status"])
-async def stats(clients: ClientsDep) -> dict[str, Any]:
+async def stats(
+    clients: ClientsDep,
+    hours: Annotated[
+        int, Query(ge=0, le=24, description="also the last hours in five-minute buckets")
+    ] = 0,
+) -> dict[str, Any]:
     """Conversations by state, messages in and out, forwards, retries, dead letters,
-    takeovers and handoffs, and the median time to reply."""
-    answer = await clients.conversation.GetStats(conv.GetStatsRequest(), metadata=client_metadata())
+    takeovers and handoffs, and the median time to reply; with `hours`, the same over
+    time with the reply latency of each bucket."""
+    answer = await clients.conversation.GetStats(
+        conv.GetStatsRequest(series_hours=hours), metadata=client_metadata()
+    )
+    return {**stats_json(answer), **series_json(answer)} if hours else stats_json(answer)
+
+
+TAKEOVERS = ("takeovers_command", "takeovers_auto", "takeovers_api")
+
+
+def stats_json(answer: conv.Stats) -> dict[str, Any]:
     counters = dict(answer.counters)
     return {
         "conversations": dict(answer.conversations_by_state),
@@ -104,6 +119,33 @@ async def stats(clients: ClientsDep) -> dict[str, Any]:
         },
         "median_reply_seconds": round(answer.median_reply_seconds, 3),
         "counters": counters,
+    }
+
+
+def bucket_json(b: conv.StatsBucket) -> dict[str, Any]:
+    counters = dict(b.counters)
+    return {
+        "start": b.start,
+        "messages_in": counters.get("messages_customer", 0),
+        "messages_out": counters.get("messages_out", 0),
+        "takeovers": sum(counters.get(name, 0) for name in TAKEOVERS),
+        "handoffs": counters.get("handoffs_ai", 0) + counters.get("handoffs_timeout", 0),
+        "dead_lettered": counters.get("dead_lettered", 0),
+        "replies": b.replies,
+        "reply_mean_seconds": round(b.reply_mean_seconds, 3),
+        "reply_p50_seconds": round(b.reply_p50_seconds, 3),
+        "reply_p95_seconds": round(b.reply_p95_seconds, 3),
+        "counters": counters,
+    }
+
+
+def series_json(answer: conv.Stats) -> dict[str, Any]:
+    """The buckets, oldest first, with the figures the dashboard draws."""
+    buckets = [bucket_json(b) for b in answer.series]
+    return {
+        "bucket_seconds": answer.bucket_seconds,
+        "series": buckets,
+        "window": bucket_json(answer.window),
     }
 
 
