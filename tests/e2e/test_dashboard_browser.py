@@ -1,0 +1,226 @@
+"""The operator's dashboard in a real headless Chromium against the running stack.
+
+Messages flow (replies, a takeover by a person, a dead letter), then the figures the
+page shows must be the ones the API gives. Runs wherever Debian's Chromium is
+installed; `.ci/run` installs it. The screenshot goes to pytest's temporary folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.stack import Stack
+from tests.e2e.conftest import customer_writes, isolated_stack, wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"
+)
+
+# Chromium as root, with no network beyond localhost: no sandbox, no background calls.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PERSON = 10000002  # a user of the sandbox account
+
+
+@pytest.fixture(scope="module")
+def dash_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with isolated_stack(
+        tmp_path_factory, "dashboard", env={"N8N_RETRY_SCHEDULE": "0,0.2,0.2"}
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    opened = browser.new_page(viewport={"width": 1280, "height": 1100})
+    problems: list[str] = []
+    opened.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+
+    def console(message: Any) -> None:
+        # Chromium logs every 4xx fetch; the wrong-key test earns its 401 on purpose.
+        if message.type == "error" and "status of 401" not in message.text:
+            problems.append(f"console {message.type}: {message.text}")
+
+    opened.on("console", console)
+    yield opened
+    opened.close()
+    assert not problems, problems
+
+
+def api(http: httpx.Client, stack: Stack, path: str) -> dict[str, Any]:
+    answer = http.get(f"{stack.edge_url}{path}", headers={"X-API-Key": stack.api_key})
+    answer.raise_for_status()
+    return dict(answer.json())
+
+
+def metric(page: Any, name: str) -> str:
+    return str(page.locator(f'[data-metric="{name}"]').first.inner_text()).strip()
+
+
+def seconds(shown: str) -> float:
+    return 0.0 if shown == "–" else float(shown.removesuffix(" s"))
+
+
+def expected_from_api(http: httpx.Client, stack: Stack) -> dict[str, Any]:
+    stats = api(http, stack, "/stats?hours=6")
+    health = api(http, stack, "/health")
+    vendedores = api(http, stack, "/vendedores")["vendedores"]
+    takeovers = stats["takeovers"]
+    window = stats["window"]
+    return {
+        "conversations.active": str(stats["conversations"].get("active", 0)),
+        "conversations.paused": str(stats["conversations"].get("paused", 0)),
+        "conversations.awaiting_reply": str(stats["conversations"].get("awaiting_reply", 0)),
+        "takeovers.total": str(sum(takeovers.values())),
+        "takeovers.automatic": str(takeovers["automatic"]),
+        "messages.in": str(stats["messages"]["in"]),
+        "messages.out": str(stats["messages"]["out"]),
+        "window.messages_in": str(window["messages_in"]),
+        "window.messages_out": str(window["messages_out"]),
+        "window.takeovers": str(window["takeovers"]),
+        "window.replies": str(window["replies"]),
+        "window.dead_lettered": str(window["dead_lettered"]),
+        "n8n.dead_letters": str(stats["n8n"]["dead_letters"]),
+        "latency.median": round(stats["median_reply_seconds"], 2),
+        "latency.p95": round(window["reply_p95_seconds"], 2),
+        "kommo.token_state": health["kommo"]["token_state"],
+        "vendedores.active_total": f"{sum(v['active'] for v in vendedores)} / {len(vendedores)}",
+        "services.conversation": health["services"]["conversation"],
+        "services.vendedor": health["services"]["vendedor"],
+    }
+
+
+def shown_on_page(page: Any, expected: dict[str, Any]) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for name, value in expected.items():
+        text = metric(page, name)
+        shown[name] = round(seconds(text), 2) if isinstance(value, float) else text
+    return shown
+
+
+def matches(page: Any, http: httpx.Client, stack: Stack) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The page against a fresh answer of the API, until they agree (the page refreshes
+    every second) or 15 s pass; then the last pair, for the assertion to show."""
+    deadline = time.monotonic() + 15
+    while True:
+        expected = expected_from_api(http, stack)
+        shown = shown_on_page(page, expected)
+        close = all(
+            abs(shown[k] - v) <= 0.011 if isinstance(v, float) else shown[k] == v
+            for k, v in expected.items()
+        )
+        if close or time.monotonic() > deadline:
+            return shown, expected
+        time.sleep(0.3)
+
+
+def test_the_page_shows_what_the_api_says_after_messages_flow(
+    dash_stack: Stack, http: httpx.Client, page: Any, tmp_path: Any
+) -> None:
+    stack = dash_stack
+    page.goto(f"{stack.edge_url}/dashboard?refresh=1#key={stack.api_key}")
+    page.wait_for_selector("body[data-loaded]")
+    assert "key=" not in page.url, "the key must leave the address bar"
+    assert metric(page, "messages.in") == "0"
+
+    for lead in (9100001, 9100002, 9100003):
+        customer_writes(http, stack, lead, "Oi, quero saber dos planos")
+    wait_for(
+        lambda: api(http, stack, "/stats")["messages"]["out"] == 3, timeout=20, what="3 replies"
+    )
+    answer = http.post(
+        f"{stack.sandbox_url}/_sandbox/user-message",
+        json={"lead_id": 9100002, "user_id": PERSON, "text": "Deixa comigo"},
+    )
+    answer.raise_for_status()
+    wait_for(lambda: api(http, stack, "/stats")["takeovers"]["automatic"] == 1, what="a takeover")
+    http.post(f"{stack.standin_url}/_standin/config", json={"down": True}).raise_for_status()
+    try:
+        customer_writes(http, stack, 9100004, "Alguém aí?")
+        wait_for(
+            lambda: api(http, stack, "/stats")["n8n"]["dead_letters"] == 1,
+            timeout=20,
+            what="a dead letter",
+        )
+    finally:
+        http.post(f"{stack.standin_url}/_standin/config", json={"down": False})
+
+    shown, expected = matches(page, http, stack)
+    page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    assert shown == expected
+    # The figures are the traffic above, not zeros that happen to agree.
+    assert expected["messages.in"] == "4"
+    assert expected["messages.out"] == "3"
+    assert expected["window.messages_in"] == "4"
+    assert expected["takeovers.total"] == "1"
+    assert expected["conversations.paused"] == "1"
+    assert expected["n8n.dead_letters"] == "1"
+    assert expected["latency.median"] > 0
+    assert page.locator("#overall").inner_text() == "ok"
+    # The charts drew the bucket with the traffic: bars for messages, dots for latency.
+    assert page.locator("#throughput rect.in").count() >= 1
+    assert page.locator("#throughput rect.out").count() >= 1
+    assert page.locator("#latency circle.p50").count() >= 1
+
+
+def test_a_wrong_key_asks_for_the_right_one(dash_stack: Stack, page: Any) -> None:
+    page.goto(f"{dash_stack.edge_url}/dashboard#key=not-the-key")
+    page.wait_for_selector("#key-form:not([hidden])")
+    assert page.locator("#key-error").inner_text() == "That key was refused."
+    assert page.locator("#panels").is_hidden()
+    page.fill("#key", dash_stack.api_key)
+    page.click("#key-form button")
+    page.wait_for_selector("body[data-loaded]")
+    assert page.locator("#key-form").is_hidden()
+
+
+def test_a_service_down_shows_on_its_own_card_and_the_rest_stays(
+    dash_stack: Stack, http: httpx.Client, page: Any
+) -> None:
+    page.goto(f"{dash_stack.edge_url}/dashboard?refresh=1#key={dash_stack.api_key}")
+    page.wait_for_selector("body[data-loaded]")
+    (vendedor,) = dash_stack.services["vendedor"]
+    vendedor.stop()
+    try:
+        wait_for(
+            lambda: metric(page, "vendedores.active_total") == "unavailable",
+            timeout=15,
+            what="the vendedores card to say unavailable",
+        )
+        assert metric(page, "services.vendedor").startswith("UNREACHABLE")
+        assert page.locator("#overall").inner_text() == "down"
+        assert metric(page, "messages.in") == str(api(http, dash_stack, "/stats")["messages"]["in"])
+    finally:
+        dash_stack.restart_service(vendedor)
+    wait_for(
+        lambda: metric(page, "services.vendedor") == "SERVING",
+        timeout=20,
+        what="the vendedor service back on the page",
+    )
