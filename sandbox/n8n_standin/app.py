@@ -61,7 +61,7 @@ def create_app(config: StandinConfig) -> FastAPI:
     http = httpx.AsyncClient(timeout=30.0)
     tasks: set[asyncio.Task[None]] = set()
 
-    async def answer(envelope: dict[str, Any]) -> None:
+    async def answer(envelope: dict[str, Any], request_id: str) -> None:
         if config.reply_delay:
             await asyncio.sleep(config.reply_delay)
         callback = envelope["callback"]
@@ -72,9 +72,11 @@ def create_app(config: StandinConfig) -> FastAPI:
         if config.handoff:
             body |= {"handoff": True, "handoff_reason": "cliente pediu para falar com um advogado"}
         try:
-            response = await http.post(
-                callback["url"], json=body, headers={"X-API-Key": config.api_key}
-            )
+            # Like the example workflow: the flow's request id goes back with the reply.
+            headers = {"X-API-Key": config.api_key}
+            if request_id:
+                headers["X-Request-ID"] = request_id
+            response = await http.post(callback["url"], json=body, headers=headers)
             state.replies.append({"status": response.status_code, "body": response.json()})
         except (httpx.HTTPError, ValueError) as exc:
             state.replies.append({"status": None, "error": type(exc).__name__})
@@ -96,7 +98,7 @@ def create_app(config: StandinConfig) -> FastAPI:
             "message.received",
             "conversation.proactive",
         ):
-            task = asyncio.create_task(answer(envelope))
+            task = asyncio.create_task(answer(envelope, request.headers.get("x-request-id", "")))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         return JSONResponse({"message": "Workflow was started"})

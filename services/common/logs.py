@@ -12,9 +12,22 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+
+@contextmanager
+def flow(rid: str) -> Iterator[None]:
+    """Background work carries on a flow started elsewhere (a webhook, an API call):
+    its log lines, and the gRPC calls it makes, get that flow's request id."""
+    token = request_id.set(rid)
+    try:
+        yield
+    finally:
+        request_id.reset(token)
+
 
 # A phone as customers and Kommo write it: + or digits, with spaces, dots, dashes or
 # parentheses, at least 10 digits (a Brazilian number with its area code; Kommo's ids

@@ -39,8 +39,11 @@ class N8nClient:
         self._signer = Webhook(signing_secret) if signing_secret else None
         self._timeout = timeout_seconds
 
-    async def post(self, url: str, event_id: str, payload: str) -> Attempt:
+    async def post(self, url: str, event_id: str, payload: str, request_id: str = "") -> Attempt:
         headers = dict(self._headers)
+        if request_id:
+            # n8n may send it back on /send-response: the reply then logs under the same id.
+            headers["x-request-id"] = request_id
         if self._signer is not None:
             now = datetime.now(UTC)
             headers["webhook-id"] = event_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -65,6 +66,7 @@ class ConversationServicer(ConversationServiceServicer):
         results: list[pb.IngestResult | None] = []
         to_store: list[tuple[str, str]] = []
         owners: list[int] = []
+        prefix = batch.request_id_prefix or f"wh-{uuid.uuid4().hex[:8]}-{batch.seq}."
         for index, body in enumerate(batch.bodies):
             parsed = _parse(
                 body, self.settings.webhook_max_fields, self.settings.kommo_subdomain, leads_wanted
@@ -74,12 +76,14 @@ class ConversationServicer(ConversationServiceServicer):
                 continue
             results.append(None)
             for event in parsed:
+                stored_event = event.to_dict()
+                stored_event["request_id"] = f"{prefix}{index}"
                 to_store.append(
                     (
                         seen_key(
                             event.message_id if isinstance(event, MessageEvent) else event.dedupe_id
                         ),
-                        json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":")),
+                        json.dumps(stored_event, ensure_ascii=False, separators=(",", ":")),
                     )
                 )
                 owners.append(index)

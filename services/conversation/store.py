@@ -165,10 +165,11 @@ if redis.call('LLEN', KEYS[1]) < n then return 0 end
 redis.call('LTRIM', KEYS[1], n, -1)
 redis.call('HSET', KEYS[2], 'inflight_token', ARGV[2], 'inflight_event', ARGV[3],
   'inflight_since', ARGV[5])
-redis.call('HSET', KEYS[3], 'conversation_id', ARGV[8], 'event_id', ARGV[3])
+redis.call('HSET', KEYS[3], 'conversation_id', ARGV[8], 'event_id', ARGV[3],
+  'request_id', ARGV[13])
 redis.call('EXPIRE', KEYS[3], ARGV[9])
 redis.call('HSET', KEYS[4], 'payload', ARGV[4], 'url', ARGV[10], 'attempts', 0,
-  'created_at', ARGV[5], 'conversation_id', ARGV[8])
+  'created_at', ARGV[5], 'conversation_id', ARGV[8], 'request_id', ARGV[13])
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
 if redis.call('ZSCORE', KEYS[6], ARGV[8]) == ARGV[7] then redis.call('ZREM', KEYS[6], ARGV[8]) end
 redis.call('HSET', KEYS[2], 'turn_started', ARGV[12])
@@ -329,6 +330,7 @@ class ConversationStore:
     async def commit_turn(
         self,
         *,
+        request_id: str = "",
         conversation_id: str,
         claim: Claim,
         consumed: int,
@@ -364,6 +366,7 @@ class ConversationStore:
                 url,
                 now + handoff_after_ms if handoff_after_ms else 0,
                 turn_started_ms,
+                request_id,
             ],
         )
         return bool(ok)

@@ -22,6 +22,7 @@ from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.due_queue import Claim, now_ms
 from services.common.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.common.grpc_server import BackgroundTask, client_metadata
+from services.common.logs import flow, request_id
 from services.common.metrics import BOT_STATES, N8N_DELIVERIES, QUEUE_DEPTH
 from services.common.n8n import N8nClient, new_event_id, next_delay
 from services.conversation import bot, envelope
@@ -128,7 +129,10 @@ class Engine:
         applied = await self.store.apply_message(
             conversation_id=conversation_id,
             message_id=event.message_id,
-            inbox_entry=json.dumps(envelope.inbox_entry(event, stream_id), ensure_ascii=False),
+            inbox_entry=json.dumps(
+                {**envelope.inbox_entry(event, stream_id), "request_id": request_id.get()},
+                ensure_ascii=False,
+            ),
             history_entry=json.dumps(history, ensure_ascii=False),
             at_ms=now_ms(),
             due_ms=now_ms() + debounce_ms,
@@ -174,12 +178,20 @@ class Engine:
     # --- turns ----------------------------------------------------------------------
 
     async def run_turn(self, claim: Claim) -> None:
+        with flow(request_id.get()):
+            await self._run_turn(claim)
+
+    async def _run_turn(self, claim: Claim) -> None:
         conversation_id = claim.member
         conversation = await self.store.conversation(conversation_id)
         pending = await self.store.inbox(conversation_id)
         if not conversation or not pending:
             await self.store.turns.release(claim)
             return
+        # A burst is one turn: it carries on the flow of its first message.
+        rids = [str(m.pop("request_id")) for m in pending if m.get("request_id")]
+        if rids:
+            request_id.set(rids[0])
         if conversation.get("bot_state", "active") != "active":
             # A person is answering; what the customer wrote is in the history for them.
             await self.store.clear_inbox(conversation_id, len(pending))
@@ -202,7 +214,12 @@ class Engine:
             log.warning("context unavailable, turn retried: %s", exc)
             await self.store.turns.reschedule(claim, now_ms() + _CONTEXT_RETRY_MS)
             return
+        log.info(
+            "turn for n8n",
+            extra={"conversation_id": conversation_id, "event_id": event_id, "requests": rids},
+        )
         committed = await self.store.commit_turn(
+            request_id=request_id.get(),
             conversation_id=conversation_id,
             claim=claim,
             consumed=len(pending),
@@ -302,11 +319,17 @@ class Engine:
         if not item:
             await self.store.outbox.release(claim)
             return
-        attempt = await self.n8n.post(item["url"], claim.member, item["payload"])
+        with flow(item.get("request_id") or request_id.get()):
+            await self._deliver_outbox(claim, item)
+
+    async def _deliver_outbox(self, claim: Claim, item: dict[str, str]) -> None:
+        rid = request_id.get()
+        attempt = await self.n8n.post(item["url"], claim.member, item["payload"], rid)
         N8N_DELIVERIES.labels("ok" if attempt.ok else "retry" if attempt.retry else "refused").inc()
         if attempt.ok:
             await self.store.outbox_delivered(claim)
             await self.bots.count("forwarded")
+            log.info("envelope delivered to n8n", extra={"event_id": claim.member})
             return
         attempts = int(item.get("attempts") or 0) + 1
         delay = next_delay(self.settings.retry_schedule, attempts) if attempt.retry else None
@@ -362,6 +385,10 @@ class Engine:
         conversation = await self.store.conversation(conversation_id)
         if not conversation:
             raise NotFound(f"conversation {conversation_id} not found")
+        if reply_token:
+            turn = await self.store.reply_token(reply_token)
+            if turn.get("request_id") and turn["request_id"] != request_id.get():
+                log.info("reply to the turn of request %s", turn["request_id"])
         lead = int(conversation.get("lead_id") or 0)
         key = idempotency_key or reply_token or uuid.uuid4().hex
         seen = await self.store.reply_for_key(key)
@@ -390,6 +417,7 @@ class Engine:
             "created_at": str(now_ms()),
             "handoff": "1" if handoff else "0",
             "handoff_reason": handoff_reason,
+            "request_id": request_id.get(),
         }
         existing = await self.store.begin_reply(key, job_id, job, self.settings.lease_ms)
         if existing is not None:
@@ -400,6 +428,10 @@ class Engine:
 
     async def run_reply(self, claim: Claim, job: dict[str, str]) -> bool:
         """Deliver, note, settle the turn. Each step is recorded so a retry skips it."""
+        with flow(job.get("request_id") or request_id.get()):
+            return await self._run_reply(claim, job)
+
+    async def _run_reply(self, claim: Claim, job: dict[str, str]) -> bool:
         conversation_id = job["conversation_id"]
         lead_id = int(job.get("lead_id") or 0)
         metadata = client_metadata()
@@ -450,6 +482,7 @@ class Engine:
             log.warning("reply delivery failed, retrying", extra={"job": claim.member})
             return False
         await self.store.reply_done(claim)
+        log.info("reply delivered to Kommo", extra={"conversation_id": conversation_id})
         conversation = await self.store.conversation(conversation_id)
         started = int(conversation.get("turn_started") or 0)
         if started and job.get("reply_token") == conversation.get("inflight_token"):
@@ -529,10 +562,11 @@ class EventConsumer(BackgroundTask):
             stream_id = raw_id.decode()
             try:
                 data = json.loads(fields[b"e"])
-                if data.get("kind") == "lead":
-                    await self.engine.apply_lead_event(LeadEvent.from_dict(data))
-                else:
-                    await self.engine.apply_event(stream_id, MessageEvent.from_dict(data))
+                with flow(data.pop("request_id", "")):
+                    if data.get("kind") == "lead":
+                        await self.engine.apply_lead_event(LeadEvent.from_dict(data))
+                    else:
+                        await self.engine.apply_event(stream_id, MessageEvent.from_dict(data))
             except Exception:
                 await self._failed(stream_id, fields)
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +37,21 @@ from services.edge_api.routes import (
 from services.edge_api.runtime import EdgeRuntime
 from services.edge_api.settings import EdgeSettings
 
+log = logging.getLogger(__name__)
+
+# Asked every few seconds by healthchecks, Prometheus and the dashboard: DEBUG, not INFO.
+_POLLED_ROUTES = frozenset(
+    {
+        "/health",
+        "/metrics",
+        "/version",
+        "/dashboard",
+        "/dashboard/data",
+        "/dashboard/dashboard.js",
+        "/dashboard/dashboard.css",
+    }
+)
+
 
 def create_app(settings: EdgeSettings) -> Any:
     """The ASGI app: the webhook fast path in front of the FastAPI application."""
@@ -56,12 +72,17 @@ def create_app(settings: EdgeSettings) -> Any:
         status = 500
         # One id for the request, carried to every service it calls (gRPC metadata)
         # and into every log line on the way.
-        token = request_id.set(_incoming_request_id(scope) or uuid.uuid4().hex[:16])
+        rid = _incoming_request_id(scope) or uuid.uuid4().hex[:16]
+        token = request_id.set(rid)
 
         async def send_and_note(message: webhook.Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # The caller can quote it when asking about this request.
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", rid.encode("latin-1")))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -73,11 +94,22 @@ def create_app(settings: EdgeSettings) -> Any:
                 return
             await api(scope, receive, send_and_note)
         finally:
-            request_id.reset(token)
             # The route template, not the raw path: ids in paths would explode the labels.
             name = getattr(scope.get("route"), "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
             HTTP_REQUESTS.labels(name, str(status)).inc()
-            HTTP_SECONDS.labels(name).observe(time.perf_counter() - started)
+            HTTP_SECONDS.labels(name).observe(elapsed)
+            # One line per API call, under its request id; never the query string (a
+            # browser may carry the API key there).
+            log.log(
+                logging.DEBUG if name in _POLLED_ROUTES else logging.INFO,
+                "%s %s %d",
+                scope["method"],
+                name,
+                status,
+                extra={"duration_ms": round(elapsed * 1000, 1)},
+            )
+            request_id.reset(token)
 
     return app
 

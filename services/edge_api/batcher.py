@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,8 @@ class _Lane:
         self._queue: deque[tuple[bytes, asyncio.Future[pb.IngestResult]]] = deque()
         self._in_flight: dict[int, list[asyncio.Future[pb.IngestResult]]] = {}
         self._seq = itertools.count(1)
+        # Request ids of webhooks: "wh-<random>-<batch>.<index>", unique across replicas.
+        self._id_prefix = f"wh-{secrets.token_hex(4)}-"
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._sending = False
@@ -70,7 +73,13 @@ class _Lane:
                 seq = next(self._seq)
                 self._in_flight[seq] = [f for _, f in items]
                 try:
-                    await self._call.write(pb.IngestBatch(seq=seq, bodies=[b for b, _ in items]))
+                    await self._call.write(
+                        pb.IngestBatch(
+                            seq=seq,
+                            bodies=[b for b, _ in items],
+                            request_id_prefix=f"{self._id_prefix}{seq}.",
+                        )
+                    )
                 except (
                     grpc.aio.AioRpcError,
                     grpc.aio.UsageError,

@@ -101,6 +101,9 @@ class GatewayServicer(KommoGatewayServicer):
         status, method = await self._delivery.deliver(
             request.lead_id, request.text, request.idempotency_key, request.chat_id
         )
+        log.info(
+            "message for the customer %s", status, extra={"lead_id": request.lead_id, "via": method}
+        )
         return pb.DeliverMessageResponse(status=status, method=method)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GatewayStatus:

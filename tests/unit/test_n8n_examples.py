@@ -135,6 +135,21 @@ def test_an_http_request_replies_to_the_callback_with_api_key_and_reply_token(
     assert any(_replies_to_the_bridge(node) for node in requests)
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_replies_send_the_flows_request_id_back(path: Path) -> None:
+    """The bridge logs a reply under the id of the message it answers only if n8n
+    returns the envelope's X-Request-ID header."""
+    replies = [n for n in _nodes(_load(path), HTTP_REQUEST_TYPE) if _replies_to_the_bridge(n)]
+    assert replies
+    for node in replies:
+        parameters = node["parameters"]
+        headers = parameters.get("headerParameters", {}).get("parameters", [])
+        echoed = [h for h in headers if str(h.get("name", "")).lower() == "x-request-id"]
+        assert parameters.get("sendHeaders") is True, node["name"]
+        assert echoed, node["name"]
+        assert "headers['x-request-id']" in echoed[0]["value"], node["name"]
+
+
 def test_reply_workflow_answers_at_once_on_its_documented_path() -> None:
     (webhook,) = _nodes(_load(REPLY_WORKFLOW), WEBHOOK_TYPE)
     parameters = webhook["parameters"]
