@@ -369,7 +369,7 @@ def markdown(rounds: list[dict[str, Any]], settings: Settings, machine: dict[str
         ],
     )
     row(
-        "Redis EVALSHA per request (limiter polls)",
+        "Redis EVALSHA per request (every service: limiter, due-queue polls)",
         [f"{r['redis_evalsha'] / max(r['requests'], 1):.1f}" for r in rounds],
     )
     others = sum(sum(r["other_requests"].values()) for r in rounds)

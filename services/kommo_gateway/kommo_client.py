@@ -78,9 +78,9 @@ class KommoClient:
                     f"Kommo is failing: calls paused for {self.breaker.retry_in():.0f} s "
                     "(circuit open)"
                 )
-            await self._limiter.acquire()
             try:
-                response = await self._http.request(
+                response = await self._limiter.request(
+                    self._http,
                     method,
                     f"{s.base_url}{path}",
                     json=json,

@@ -43,7 +43,7 @@ from services.common.errors import (
 )
 from services.common.grpc_server import BackgroundTask
 from services.common.metrics import TOKEN_REFRESHES
-from services.kommo_gateway.ratelimit import RateLimiter
+from services.kommo_gateway.ratelimit import Departure, RateLimiter
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.store import (
     BLOCKED,
@@ -243,7 +243,15 @@ class TokenManager:
                 await self._release(keys=[REFRESH_LOCK], args=[owner])
 
     async def _refresh_holding_lock(self, current: Tokens, owner: str) -> Tokens:
-        await self._limiter.acquire()  # Kommo counts the token endpoint too
+        # Our turn under the rate limit first, then the checks, then the call at once:
+        # a holder frozen while it waited finds out below that it lost the lock.
+        departure = await self._limiter.acquire()
+        try:
+            return await self._refresh_checked(current, owner, departure)
+        finally:
+            await departure.settle()
+
+    async def _refresh_checked(self, current: Tokens, owner: str, departure: Departure) -> Tokens:
         newest = await self.load()
         still_ours = await self._redis.get(REFRESH_LOCK)
         if newest is not None and newest.version != current.version:
@@ -257,7 +265,7 @@ class TokenManager:
             return await self._refused(current, "Kommo refused the refresh token")
         try:
             answer = await self._token_call(
-                {"grant_type": "refresh_token", "refresh_token": current.refresh_token}
+                {"grant_type": "refresh_token", "refresh_token": current.refresh_token}, departure
             )
         except RefreshRefused as exc:
             return await self._refused(current, str(exc))
@@ -311,7 +319,9 @@ class TokenManager:
         await self.refresh(tokens)
         return True
 
-    async def _token_call(self, grant: dict[str, str]) -> dict[str, Any]:
+    async def _token_call(
+        self, grant: dict[str, str], departure: Departure | None = None
+    ) -> dict[str, Any]:
         s = self._settings
         if await self.blocked():
             raise Unavailable(await self.blocked())
@@ -322,8 +332,14 @@ class TokenManager:
             **grant,
         }
         try:
-            response = await self._http.post(
-                f"{s.base_url}/oauth2/access_token", json=body, timeout=s.kommo_timeout_seconds
+            # Kommo counts the token endpoint too.
+            response = await self._limiter.request(
+                self._http,
+                "POST",
+                f"{s.base_url}/oauth2/access_token",
+                departure=departure,
+                json=body,
+                timeout=s.kommo_timeout_seconds,
             )
         except httpx.HTTPError as exc:
             raise Unavailable(f"Kommo token endpoint unreachable: {type(exc).__name__}") from exc
