@@ -110,7 +110,9 @@ class KommoWebhook:
 
     def _secret_ok(self, query: bytes) -> bool:
         given = b""
-        for key, value in parse_qsl(query.decode("latin-1")):
+        # Latin-1 both ways: every byte, %-escaped or not, survives as itself, so any
+        # query (%FF included) is compared as bytes and never raises.
+        for key, value in parse_qsl(query.decode("latin-1"), encoding="latin-1"):
             if key == "secret":
                 given = value.encode("latin-1")
         return hmac.compare_digest(given, self._secret)
