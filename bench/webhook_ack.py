@@ -246,6 +246,7 @@ class Settings:
     downstream: str
     profile: bool
     profile_duration: float
+    appendfsync: str = "everysec"
 
 
 def run_wrk(side: Side, settings: Settings, duration: float, label: str) -> WrkResult:
@@ -472,7 +473,7 @@ def markdown(summary: dict[str, Any], settings: Settings, machine: dict[str, Any
     ob, og = bare["open_loop"], bridge["open_loop"]
     lines = [
         f"### Webhook ack — {machine['cpus']} CPUs ({machine['cpu_model']}), "
-        f"downstream {settings.downstream}",
+        f"downstream {settings.downstream}, appendfsync {settings.appendfsync}",
         "",
         f"wrk -t{settings.threads} -c{settings.connections} -d{settings.duration:g}s, "
         f"{settings.rounds} alternating rounds (medians); open loop {settings.rate:g} req/s "
@@ -543,6 +544,12 @@ def parse_args(argv: list[str] | None) -> Settings:
         "--no-profile", dest="profile", action="store_false", help="skip the py-spy run"
     )
     parser.add_argument("--profile-duration", type=float, default=15.0)
+    parser.add_argument(
+        "--appendfsync",
+        choices=("everysec", "always"),
+        default="everysec",
+        help="Redis AOF fsync policy for the run (make run and compose ship everysec)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: the sides alternate")
@@ -568,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         log.info("starting the stack (logs in %s)", work)
         stack = start_stack(StackConfig(log_dir=work, env={"LOG_LEVEL": "WARNING"}))
+        redis.Redis.from_url(stack.redis_url).config_set("appendfsync", settings.appendfsync)
+        log.info("redis appendfsync %s", settings.appendfsync)
         if settings.downstream == "paused":
             pause_downstream(stack)
         wait_acking(stack.webhook_url, template)
