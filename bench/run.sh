@@ -4,6 +4,7 @@
 #   bench/run.sh                   both: the webhook ack, then Kommo outbound (defaults)
 #   bench/run.sh ack [options]     the webhook ack only: python -m bench.webhook_ack [options]
 #   bench/run.sh outbound [opts]   Kommo outbound only: python -m bench.kommo_outbound [opts]
+#   bench/run.sh soak [opts]       the reliability soak (not part of `make bench`): bench/soak.py
 #   bench/run.sh --rounds 5 …      options without a name go to the ack, as they always did
 #
 # The ack needs wrk, which is installed from Debian's packages when missing.
@@ -59,6 +60,11 @@ outbound() {
     .venv/bin/python -m bench.kommo_outbound "$@"
 }
 
+soak() {
+    need_venv
+    .venv/bin/python -m bench.soak "$@"
+}
+
 case "${1-}" in
     "")
         ack
@@ -71,6 +77,10 @@ case "${1-}" in
     outbound)
         shift
         outbound "$@"
+        ;;
+    soak)
+        shift
+        soak "$@"
         ;;
     *)
         ack "$@"

@@ -96,6 +96,26 @@ class Stack:
         self.launcher.wait_ready(fresh)
         return fresh
 
+    def start_edge(self, port: int) -> Process:
+        edge = self.launcher.start(
+            "edge_api",
+            "services.edge_api",
+            {"EDGE_PORT": str(port), "EDGE_HOST": "127.0.0.1", **self.service_env()},
+            port,
+            "http",
+        )
+        self.services["edge_api"] = [edge]
+        self.launcher.wait_ready(edge, "/version")
+        return edge
+
+    def restart_edge(self) -> Process:
+        """Start the stopped or killed edge again on its port."""
+        (old,) = self.services["edge_api"]
+        if old.alive():
+            raise RuntimeError("the edge is still running")
+        self.launcher.processes.remove(old)
+        return self.start_edge(old.port)
+
     def stop(self) -> None:
         self.launcher.stop_all()
         if self.redis is not None:
@@ -194,12 +214,4 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
     for processes in stack.services.values():
         for process in processes:
             stack.launcher.wait_ready(process)
-    edge = stack.launcher.start(
-        "edge_api",
-        "services.edge_api",
-        {"EDGE_PORT": str(edge_port), "EDGE_HOST": "127.0.0.1", **stack.service_env()},
-        edge_port,
-        "http",
-    )
-    stack.services["edge_api"] = [edge]
-    stack.launcher.wait_ready(edge, "/version")
+    stack.start_edge(edge_port)

@@ -44,6 +44,10 @@ class SandboxConfig:
     leads: int = 20
     # Kommo waits at most 5 s for a webhook answer and does not retry a Chats API hook.
     webhook_timeout: float = 5.0
+    # Kommo retries a standard webhook that failed "for a while" (kommo-api.md). Off by
+    # default so a test sees exactly the deliveries it caused; the soak run turns it on.
+    webhook_retries: int = 0
+    webhook_retry_delay: float = 1.0
 
 
 def _text(raw: str) -> str:
@@ -85,6 +89,8 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("SANDBOX_SCOPE_ID", "scope_id", _text),
     ("SANDBOX_USERS", "users", _count),
     ("SANDBOX_LEADS", "leads", _count),
+    ("SANDBOX_WEBHOOK_RETRIES", "webhook_retries", _count),
+    ("SANDBOX_WEBHOOK_RETRY_DELAY", "webhook_retry_delay", _seconds),
 )
 
 

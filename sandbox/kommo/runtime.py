@@ -24,7 +24,12 @@ class Sandbox:
         self.limiter = SlidingWindowLimiter(config.rate_limit_rps)
         self.faults = Faults(block_after_429s=config.block_after_429s)
         self.traffic = TrafficLog()
-        self.webhooks = WebhookSender(config.webhook_timeout, webhook_transport)
+        self.webhooks = WebhookSender(
+            config.webhook_timeout,
+            webhook_transport,
+            retries=config.webhook_retries,
+            retry_delay=config.webhook_retry_delay,
+        )
         self.state: AccountState = seed(config)
         self.activity = AccountActivity(config, self.state, self.webhooks)
 
@@ -65,6 +70,9 @@ class Sandbox:
             "max_requests_in_any_second": self.limiter.max_in_any_second,
             "webhooks_sent": self.webhooks.sent,
             "webhook_failures": self.webhooks.failures,
+            "webhook_retries": self.webhooks.retried,
+            "webhook_retries_pending": self.webhooks.retries_pending,
+            "webhooks_given_up": self.webhooks.given_up,
         }
 
     async def aclose(self) -> None:

@@ -7,6 +7,7 @@ body (``[0]``, ``[1]``, …). See kommo-api.md, "Standard webhooks".
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import urllib.parse
@@ -195,18 +196,50 @@ class WebhookDelivery:
 class WebhookSender:
     """POSTs webhook bodies and records every delivery; a failure is recorded, never raised."""
 
-    def __init__(self, timeout: float, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retries: int = 0,
+        retry_delay: float = 1.0,
+    ) -> None:
         self._timeout = timeout
         self._transport = transport
+        self._retries = retries
+        self._retry_delay = retry_delay
+        self._retrying: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
         self.deliveries: list[WebhookDelivery] = []
         self.sent = 0
         self.failures = 0
+        self.retried = 0
+        self.given_up = 0
 
     async def deliver(self, event: str, urls: Sequence[str], body: str) -> list[WebhookDelivery]:
+        """The first attempt at each URL, answered at once; a failed one is retried in
+        the background when retries are configured, as Kommo does."""
         if not urls:
             return [self._record(event, None, body, None, "no webhook destination configured")]
-        return [await self._post(event, url, body) for url in urls]
+        first = [await self._post(event, url, body) for url in urls]
+        for delivery in first:
+            if not delivery.ok and self._retries and delivery.url is not None:
+                task = asyncio.create_task(self._retry(event, delivery.url, body))
+                self._retrying.add(task)
+                task.add_done_callback(self._retrying.discard)
+        return first
+
+    @property
+    def retries_pending(self) -> int:
+        return len(self._retrying)
+
+    async def _retry(self, event: str, url: str, body: str) -> None:
+        for attempt in range(self._retries):
+            await asyncio.sleep(min(self._retry_delay * 2**attempt, 10.0))
+            self.retried += 1
+            if (await self._post(event, url, body)).ok:
+                return
+        self.given_up += 1
+        logger.warning("webhook %s to %s: gave up after %d retries", event, url, self._retries)
 
     async def _post(self, event: str, url: str, body: str) -> WebhookDelivery:
         self.sent += 1
@@ -254,6 +287,8 @@ class WebhookSender:
         self.failures = 0
 
     async def aclose(self) -> None:
+        for task in list(self._retrying):
+            task.cancel()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

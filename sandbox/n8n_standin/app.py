@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,10 @@ class StandinConfig:
     handoff: bool = False
     # Answer every envelope with this status instead of 200 (a broken workflow).
     status: int = 200
+    # Like the example workflow's "Enviar resposta ao bridge" node (retryOnFail): a reply
+    # the bridge could not take (unreachable, 5xx, 429) is tried again, 2 s apart.
+    reply_tries: int = 3
+    reply_retry_wait: float = 2.0
 
 
 class ConfigUpdate(BaseModel):
@@ -71,15 +76,21 @@ def create_app(config: StandinConfig) -> FastAPI:
         }
         if config.handoff:
             body |= {"handoff": True, "handoff_reason": "cliente pediu para falar com um advogado"}
-        try:
-            # Like the example workflow: the flow's request id goes back with the reply.
-            headers = {"X-API-Key": config.api_key}
-            if request_id:
-                headers["X-Request-ID"] = request_id
-            response = await http.post(callback["url"], json=body, headers=headers)
-            state.replies.append({"status": response.status_code, "body": response.json()})
-        except (httpx.HTTPError, ValueError) as exc:
-            state.replies.append({"status": None, "error": type(exc).__name__})
+        # Like the example workflow: the flow's request id goes back with the reply.
+        headers = {"X-API-Key": config.api_key}
+        if request_id:
+            headers["X-Request-ID"] = request_id
+        for attempt in range(1, max(1, config.reply_tries) + 1):
+            try:
+                response = await http.post(callback["url"], json=body, headers=headers)
+                outcome: dict[str, Any] = {"status": response.status_code, "body": response.json()}
+                final = response.status_code < 500 and response.status_code != 429
+            except (httpx.HTTPError, ValueError) as exc:
+                outcome, final = {"status": None, "error": type(exc).__name__}, False
+            state.replies.append({**outcome, "attempt": attempt})
+            if final:
+                return
+            await asyncio.sleep(config.reply_retry_wait)
 
     @app.post("/webhook/bridge")
     async def webhook(request: Request) -> JSONResponse:
@@ -92,7 +103,12 @@ def create_app(config: StandinConfig) -> FastAPI:
         raw = await request.body()
         envelope = json.loads(raw)
         state.received.append(
-            {"headers": dict(request.headers), "body": envelope, "raw": raw.decode()}
+            {
+                "headers": dict(request.headers),
+                "body": envelope,
+                "raw": raw.decode(),
+                "received_at": time.time(),
+            }
         )
         if config.auto_reply and envelope.get("event") in (
             "message.received",

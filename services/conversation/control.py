@@ -196,22 +196,40 @@ class BotController:
         await self.bots.resumes.release(claim)
 
     async def run_handoff(self, claim: Claim) -> None:
+        """A turn n8n has not answered: past the reply timeout its envelope goes to n8n
+        again; past the handoff limit the customer goes to the vendedor."""
         data = await self.store.conversation(claim.member)
         since = int(data.get("inflight_since") or 0)
-        limit_ms = int(self.settings.bot_handoff_after * 1000)
-        if (
-            data.get("bot_state", bot.ACTIVE) == bot.ACTIVE
-            and since
-            and limit_ms
-            and now_ms() - since >= limit_ms
-        ):
+        if data.get("bot_state", bot.ACTIVE) != bot.ACTIVE or not since:
+            await self.bots.handoffs.release(claim)
+            return
+        now = now_ms()
+        handoff_ms = int(self.settings.bot_handoff_after * 1000)
+        resend_ms = int(self.settings.bot_reply_timeout * 1000)
+        if handoff_ms and now - since >= handoff_ms:
             await self.handoff(
                 claim.member,
                 "assistente",
                 f"o n8n não respondeu em {int(self.settings.bot_handoff_after)} s",
                 "handoffs_timeout",
             )
-        await self.bots.handoffs.release(claim)
+            await self.bots.handoffs.release(claim)
+            return
+        event_id = data.get("inflight_event", "")
+        if resend_ms and event_id and await self.store.resend(event_id):
+            await self.bots.count("resent_to_n8n")
+            log.warning(
+                "no reply from n8n in %d s: envelope sent again",
+                (now - since) // 1000,
+                extra={"conversation_id": claim.member, "event_id": event_id},
+            )
+        checks = [now + resend_ms] if resend_ms else []
+        if handoff_ms:
+            checks.append(since + handoff_ms)
+        if checks:
+            await self.bots.handoffs.reschedule(claim, min(checks))
+        else:
+            await self.bots.handoffs.release(claim)
 
     # --- notes and tasks in Kommo -------------------------------------------------------
 

@@ -25,6 +25,12 @@ class ConversationSettings(CommonSettings, N8nSettings):
     bot_handoff_after: float = Field(
         default=180.0, ge=0, description="seconds without an n8n reply before handing off"
     )
+    bot_reply_timeout: float = Field(
+        default=60.0,
+        ge=0,
+        description="seconds without an n8n reply before the envelope is sent again "
+        "(same event_id and reply_token; 0 = never)",
+    )
     n8n_proactive_webhook_url: str = Field(default="", description="override for proactive")
     proactive_via_n8n: bool = Field(
         default=True, description="ask n8n for the first message (else use the template)"
@@ -95,3 +101,10 @@ class ConversationSettings(CommonSettings, N8nSettings):
 
     def secrets(self) -> list[str]:
         return self.n8n_secrets()
+
+    @property
+    def turn_check_after_ms(self) -> int:
+        """When a turn without a reply is looked at first: the reply timeout (resend)
+        or the handoff, whichever comes first; 0 = never."""
+        limits = [x for x in (self.bot_reply_timeout, self.bot_handoff_after) if x > 0]
+        return int(min(limits) * 1000) if limits else 0

@@ -174,7 +174,7 @@ class ProactiveStarter:
             payload=json.dumps(body, ensure_ascii=False),
             url=url,
             outbox_lease_ms=self.settings.lease_ms,
-            handoff_after_ms=0,
+            check_after_ms=0,
             turn_started_ms=now_ms(),
         )
         if not committed:

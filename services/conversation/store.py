@@ -43,6 +43,8 @@ BOT_LOG_KEPT = 50
 SEEN_TTL_SECONDS = 72 * 3600
 # A reply token must outlive the longest n8n retry schedule (1 h) with margin.
 REPLY_TOKEN_TTL_SECONDS = 7 * 24 * 3600
+# A delivered envelope is kept for a resend until its reply comes, at most this long.
+DELIVERED_KEPT_SECONDS = 24 * 3600
 # The bridge's own sends are recognised in their echo for this long.
 SENT_TTL_SECONDS = 24 * 3600
 
@@ -177,15 +179,27 @@ if ARGV[11] ~= '0' then redis.call('ZADD', KEYS[7], ARGV[11], ARGV[8]) end
 return 1
 """
 
-# A reply settles the turn it answers; pending messages then start the next one.
+# A reply settles the turn it answers (and its envelope, kept for a resend, can go);
+# pending messages then start the next one.
 _FINISH_TURN = """
 if redis.call('HGET', KEYS[1], 'inflight_token') == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'inflight_token', 'inflight_event', 'inflight_since')
   redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('DEL', KEYS[5])
 end
 if redis.call('LLEN', KEYS[2]) > 0 then
   redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
 end
+return 1
+"""
+
+# Only an envelope n8n has taken (delivered_at) and that is not queued already.
+_RESEND = """
+if redis.call('HEXISTS', KEYS[1], 'delivered_at') == 0 then return 0 end
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+redis.call('HDEL', KEYS[1], 'delivered_at')
+redis.call('HINCRBY', KEYS[1], 'resends', 1)
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
 
@@ -212,6 +226,7 @@ class ConversationStore:
         self._commit_turn = redis.register_script(_COMMIT_TURN)
         self._finish_turn = redis.register_script(_FINISH_TURN)
         self._begin_reply = redis.register_script(_BEGIN_REPLY)
+        self._resend = redis.register_script(_RESEND)
 
     async def ingest(self, webhooks: int, events: list[tuple[str, str]]) -> list[bool]:
         """Store (dedupe key, payload) events of `webhooks` bodies; True for each new one.
@@ -339,7 +354,7 @@ class ConversationStore:
         payload: str,
         url: str,
         outbox_lease_ms: int,
-        handoff_after_ms: int,
+        check_after_ms: int,
         turn_started_ms: int,
     ) -> bool:
         now = now_ms()
@@ -364,7 +379,7 @@ class ConversationStore:
                 conversation_id,
                 REPLY_TOKEN_TTL_SECONDS,
                 url,
-                now + handoff_after_ms if handoff_after_ms else 0,
+                now + check_after_ms if check_after_ms else 0,
                 turn_started_ms,
                 request_id,
             ],
@@ -372,12 +387,14 @@ class ConversationStore:
         return bool(ok)
 
     async def finish_turn(self, conversation_id: str, reply_token: str) -> None:
+        turn = await self.reply_token(reply_token) if reply_token else {}
         await self._finish_turn(
             keys=[
                 conversation_key(conversation_id),
                 inbox_key(conversation_id),
                 TURNS_DUE,
                 HANDOFFS_DUE,
+                outbox_item_key(turn.get("event_id") or "-"),
             ],
             args=[reply_token, now_ms(), conversation_id],
         )
@@ -391,10 +408,21 @@ class ConversationStore:
         return text_map(raw)
 
     async def outbox_delivered(self, claim: Claim) -> None:
+        """n8n took it. The item stays while its reply may still come, so the envelope
+        can be sent again if that reply never arrives (`resend`)."""
+        key = outbox_item_key(claim.member)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(OUTBOX_DUE, claim.member)
-            pipe.delete(outbox_item_key(claim.member))
+            pipe.hset(key, mapping={"delivered_at": now_ms(), "attempts": 0})
+            pipe.expire(key, DELIVERED_KEPT_SECONDS)
             await pipe.execute()
+
+    async def resend(self, event_id: str) -> bool:
+        """Send a delivered envelope to n8n again (its reply never came); False when the
+        envelope is gone or already on its way."""
+        return bool(await self._resend(keys=[outbox_item_key(event_id), OUTBOX_DUE], args=[
+            event_id, now_ms()
+        ]))  # fmt: skip
 
     async def outbox_failed(self, claim: Claim, error: str, next_due_ms: int | None) -> None:
         """Record a failed attempt; `next_due_ms` None parks the item as a dead letter."""

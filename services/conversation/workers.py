@@ -228,7 +228,7 @@ class Engine:
             payload=payload,
             url=self.settings.reply_webhook_url,
             outbox_lease_ms=self.settings.lease_ms,
-            handoff_after_ms=int(self.settings.bot_handoff_after * 1000),
+            check_after_ms=self.settings.turn_check_after_ms,
             turn_started_ms=min((int(m.get("created_at") or 0) * 1000 for m in pending), default=0)
             or now_ms(),
         )

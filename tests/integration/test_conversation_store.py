@@ -136,7 +136,7 @@ async def test_committing_a_turn_consumes_exactly_the_messages_it_read(
         payload="{}",
         url="http://n8n",
         outbox_lease_ms=1000,
-        handoff_after_ms=60_000,
+        check_after_ms=60_000,
         turn_started_ms=now_ms(),
     )
     assert [m["id"] for m in await store.inbox("c1")] == ["m9"]
