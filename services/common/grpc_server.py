@@ -150,7 +150,17 @@ class GrpcService:
         self.server = grpc.aio.server(
             # Metrics outermost: they see the status the error mapping chose.
             interceptors=[GrpcMetrics(), ErrorsAndRequestIds()],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", 16 << 20),
+                # Clients ping every 20 s, calls or not (grpc_client.py), to notice a dead
+                # peer. The server's defaults (no pings without calls, at most one per
+                # 5 min) would answer an idle channel's third ping with GOAWAY "too many
+                # pings" and fail the next call on it.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+            ],
         )
         register(self.server)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
