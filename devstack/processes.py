@@ -5,6 +5,7 @@ so what the tests exercise is exactly what a user runs."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,10 +24,39 @@ _HEALTH_TIMEOUT_SECONDS = 30.0
 _STOP_TIMEOUT_SECONDS = 10.0
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, for a process about to start.
+
+    Not from the kernel's ephemeral range (bind to port 0): between this call and the
+    process binding it, that port may be given to an outgoing connection or to the next
+    call here, and a service then dies with "address already in use" (seen in CI). Ports
+    below the ephemeral range are never used for outgoing connections, and this process
+    never hands the same one out twice.
+    """
+    low = min(_ephemeral_low(), 65536)
+    candidates = range(20000, low) if low - 20000 >= 1000 else range(1024, 65536)
+    for _ in range(200):
+        port = random.choice(candidates)  # noqa: S311 - not a secret
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port found")
 
 
 @dataclass

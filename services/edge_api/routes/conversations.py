@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
+import grpc
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
 from bridge.conversation.v1 import conversation_pb2 as conv
 from services.common.grpc_server import client_metadata
+from services.edge_api.clients import Clients
 from services.edge_api.deps import API_KEY, ClientsDep
 
 # Deliveries wait for the lead's reply slot and Kommo's rate limit.
 _REPLY_DEADLINE_SECONDS = 30.0
+# A conversation replica that dies mid-call answers UNAVAILABLE ("Stream removed"); the
+# channel's round robin sends the next try to another replica.
+_REPLY_ATTEMPTS = 3
+_REPLY_RETRY_SECONDS = 0.2
 
 router = APIRouter(tags=["conversations"])
 
@@ -61,20 +70,19 @@ class SendResponseResult(BaseModel):
     },
 )
 async def send_response(body: SendResponseBody, clients: ClientsDep) -> JSONResponse:
-    answer = await clients.conversation.SendReply(
-        conv.SendReplyRequest(
-            reply_token=body.reply_token or "",
-            conversation_id=body.conversation_id or "",
-            lead_id=body.lead_id or 0,
-            text=body.text,
-            note=body.note or "",
-            idempotency_key=body.idempotency_key or "",
-            handoff=body.handoff,
-            handoff_reason=body.handoff_reason or "",
-        ),
-        timeout=_REPLY_DEADLINE_SECONDS,
-        metadata=client_metadata(),
+    request = conv.SendReplyRequest(
+        reply_token=body.reply_token or "",
+        conversation_id=body.conversation_id or "",
+        lead_id=body.lead_id or 0,
+        text=body.text,
+        note=body.note or "",
+        # A reply without a token or key gets one here, so that trying it again on
+        # another replica (below) can never deliver it twice.
+        idempotency_key=body.idempotency_key or ("" if body.reply_token else uuid.uuid4().hex),
+        handoff=body.handoff,
+        handoff_reason=body.handoff_reason or "",
     )
+    answer = await send_reply(clients, request)
     result = SendResponseResult(
         status=answer.status,
         conversation_id=answer.conversation_id,
@@ -82,3 +90,19 @@ async def send_response(body: SendResponseBody, clients: ClientsDep) -> JSONResp
         lead_id=answer.lead_id or None,
     )
     return JSONResponse(result.model_dump(), status_code=202 if answer.status == "queued" else 200)
+
+
+async def send_reply(clients: Clients, request: conv.SendReplyRequest) -> conv.SendReplyResponse:
+    """SendReply, tried again on another replica when the first one is gone: the reply is
+    idempotent by its token (or key), so a try that did reach a dying replica comes back
+    as "duplicate" and is still delivered once."""
+    for attempt in range(1, _REPLY_ATTEMPTS + 1):
+        try:
+            return await clients.conversation.SendReply(
+                request, timeout=_REPLY_DEADLINE_SECONDS, metadata=client_metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == _REPLY_ATTEMPTS:
+                raise
+            await asyncio.sleep(_REPLY_RETRY_SECONDS * attempt)
+    raise AssertionError("unreachable")
