@@ -63,6 +63,25 @@ def body_template(created_at: int | None = None) -> str:
     return encoded.replace(urllib.parse.quote_plus(ID_PLACEHOLDER), ID_PLACEHOLDER)
 
 
+def lead_template(n: int, text: str, created_at: int | None = None) -> str:
+    """The same message for the sandbox's lead number `n` (lead 9100000 + n, its contact,
+    talk and chat), for benchmarks that spread messages over many conversations."""
+    lead = 9100000 + n
+    chat = str(uuid.uuid5(uuid.UUID("6f0c7a52-3c1e-4c53-9a53-2b8f5d1a0b01"), f"chat-{lead}"))
+    prefix = "message[add][0]"
+    swaps = {
+        f"{prefix}[chat_id]": chat,
+        f"{prefix}[talk_id]": str(5200 + n),
+        f"{prefix}[contact_id]": str(4400000 + n),
+        f"{prefix}[element_id]": str(lead),
+        f"{prefix}[entity_id]": str(lead),
+        f"{prefix}[text]": text,
+    }
+    fields = urllib.parse.parse_qsl(body_template(created_at), keep_blank_values=True)
+    encoded = urllib.parse.urlencode([(k, swaps.get(k, v)) for k, v in fields])
+    return encoded.replace(urllib.parse.quote_plus(ID_PLACEHOLDER), ID_PLACEHOLDER)
+
+
 def body(template: str, message_id: str) -> bytes:
     return template.replace(ID_PLACEHOLDER, message_id, 1).encode()
 

@@ -5,6 +5,7 @@
 #   bench/run.sh ack [options]     the webhook ack only: python -m bench.webhook_ack [options]
 #   bench/run.sh outbound [opts]   Kommo outbound only: python -m bench.kommo_outbound [opts]
 #   bench/run.sh soak [opts]       the reliability soak (not part of `make bench`): bench/soak.py
+#   bench/run.sh latency [opts]    webhook → n8n envelope latency: bench/envelope_latency.py
 #   bench/run.sh --rounds 5 …      options without a name go to the ack, as they always did
 #
 # The ack needs wrk, which is installed from Debian's packages when missing.
@@ -65,6 +66,11 @@ soak() {
     .venv/bin/python -m bench.soak "$@"
 }
 
+latency() {
+    need_venv
+    .venv/bin/python -m bench.envelope_latency "$@"
+}
+
 case "${1-}" in
     "")
         ack
@@ -81,6 +87,10 @@ case "${1-}" in
     soak)
         shift
         soak "$@"
+        ;;
+    latency)
+        shift
+        latency "$@"
         ;;
     *)
         ack "$@"

@@ -1,0 +1,196 @@
+"""Webhook → n8n envelope latency (SPEC.md §7: p50 ≤ 15 ms, p99 ≤ 60 ms at 100 msg/s,
+debounce off): from the moment a Kommo webhook leaves for the edge to the moment the n8n
+stand-in has the envelope.
+
+What runs: the whole stack as real processes (devstack: its own Redis with AOF, the
+Kommo sandbox, the n8n stand-in, one replica of each service), `MESSAGE_DEBOUNCE_SECONDS=0`.
+Every envelope goes through the whole reactive path: the durable ack, the event consumer,
+the conversation, the context (lead and contact through the gateway's Redis cache, the
+vendedor through the vendedor service), the envelope POSTed to the stand-in, which
+answers it through `/send-response`, so the replies (Salesbot runs in the sandbox, notes,
+echoes coming back as webhooks) load the same machine as they would in production.
+
+1. warm-up: one message for each of `--leads` leads, so the gateway's cache holds every
+   lead and contact, as it would for conversations under way; wait until all are answered;
+2. measure: `--rate` messages a second for `--duration` seconds, open loop (each request
+   starts on schedule whatever the others do), round robin over the leads, so each
+   conversation gets a message every leads / rate seconds (its previous turn answered);
+3. pair each message with its envelope (by text) and report the latency from the
+   request's scheduled start to the stand-in's receipt.
+
+    bench/run.sh latency                     # 100 msg/s for 20 s over 1,000 leads
+    python -m bench.envelope_latency --rate 50 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.kommo_body import body, lead_template
+from devstack.processes import ROOT
+from devstack.stack import Stack, StackConfig, start_stack
+
+log = logging.getLogger("bench")
+RESULTS = ROOT / "bench" / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=100.0, help="messages a second")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds measured")
+    parser.add_argument("--leads", type=int, default=1000)
+    parser.add_argument("--warmup-rate", type=float, default=100.0)
+    return parser.parse_args(argv)
+
+
+async def send(
+    stack: Stack, texts: list[tuple[int, str]], rate: float
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Open loop: message i starts at i / rate whatever the others do; returns each
+    message's scheduled start (wall clock) and the edge's answers."""
+    started: dict[str, float] = {}
+    statuses: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as http:
+
+        async def one(lead: int, text: str, at: float) -> None:
+            payload = body(lead_template(lead, text), str(uuid.uuid4()))
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            started[text] = time.time() - max(0.0, time.monotonic() - at)
+            try:
+                answer = await http.post(
+                    stack.webhook_url,
+                    content=payload,
+                    headers={"content-type": "application/x-www-form-urlencoded"},
+                )
+                key = str(answer.status_code)
+            except httpx.HTTPError as exc:
+                key = type(exc).__name__
+            statuses[key] = statuses.get(key, 0) + 1
+
+        begin = time.monotonic() + 0.5
+        await asyncio.gather(
+            *(one(lead, text, begin + i / rate) for i, (lead, text) in enumerate(texts))
+        )
+    return started, statuses
+
+
+def envelopes(stack: Stack) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{stack.standin_url}/_standin/received", timeout=60)
+    return [r for r in answer.json()["received"] if r["body"].get("event") == "message.received"]
+
+
+def settle(stack: Stack, expected: int, timeout: float = 120.0) -> None:
+    """Until the stand-in has `expected` envelopes and every turn is answered."""
+    deadline = time.monotonic() + timeout
+    headers = {"X-API-Key": stack.api_key}
+    while time.monotonic() < deadline:
+        stats = httpx.get(f"{stack.edge_url}/stats", headers=headers, timeout=10).json()
+        busy = stats["conversations"].get("awaiting_reply", 0) + stats["n8n"]["outbox_pending"]
+        if len(envelopes(stack)) >= expected and busy == 0:
+            return
+        time.sleep(1.0)
+    raise RuntimeError(f"the stack did not settle in {timeout:.0f} s")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args(argv)
+    out = RESULTS / f"envelope_latency-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    log.info("starting the stack (logs in %s)", work)
+    stack = start_stack(
+        StackConfig(
+            log_dir=work,
+            env={
+                "LOG_LEVEL": "WARNING",
+                "MESSAGE_DEBOUNCE_SECONDS": "0",
+                # The replies' Kommo calls must not queue behind the real rate limit:
+                # that is the outbound benchmark's subject, not this one's.
+                "KOMMO_RATE_LIMIT_RPS": "2000",
+                "KOMMO_REPLY_SPACING_SECONDS": "0.05",
+            },
+            sandbox_env={
+                "SANDBOX_LEADS": str(args.leads),
+                "SANDBOX_RATE_LIMIT_RPS": "2000",
+                "SANDBOX_ECHO_DELAY": "0.2",
+            },
+        )
+    )
+    try:
+        warm = [(n, f"aquecimento {n}") for n in range(1, args.leads + 1)]
+        log.info("warm-up: %d messages, one per lead, at %g/s", len(warm), args.warmup_rate)
+        asyncio.run(send(stack, warm, args.warmup_rate))
+        settle(stack, len(warm))
+        httpx.post(f"{stack.standin_url}/_standin/reset", timeout=10).raise_for_status()
+
+        count = int(args.rate * args.duration)
+        texts = [(i % args.leads + 1, f"medida {i:06d}") for i in range(count)]
+        log.info("measuring: %d messages at %g/s over %d leads", count, args.rate, args.leads)
+        started, statuses = asyncio.run(send(stack, texts, args.rate))
+        settle(stack, 1)
+        time.sleep(2.0)
+        arrived: dict[str, float] = {}
+        per_envelope: list[int] = []
+        for record in envelopes(stack):
+            messages = record["body"].get("messages") or []
+            per_envelope.append(len(messages))
+            for m in messages:
+                text = str(m.get("text", ""))
+                if text in started and text not in arrived:
+                    arrived[text] = record["received_at"]
+    finally:
+        stack.stop()
+
+    latencies = [1000 * (arrived[t] - started[t]) for t in arrived]
+    figures = (
+        {
+            "p50": round(statistics.median(latencies), 2),
+            "p90": round(percentile(latencies, 0.90), 2),
+            "p99": round(percentile(latencies, 0.99), 2),
+            "max": round(max(latencies), 2),
+        }
+        if latencies
+        else {}
+    )
+    bar = {
+        "every message reached n8n": len(arrived) == len(started),
+        "p50 <= 15 ms": bool(figures) and figures["p50"] <= 15,
+        "p99 <= 60 ms": bool(figures) and figures["p99"] <= 60,
+    }
+    result: dict[str, Any] = {
+        "settings": vars(args),
+        "messages": len(started),
+        "edge_answers": statuses,
+        "reached_n8n": len(arrived),
+        "envelopes": len(per_envelope),
+        "messages_per_envelope_max": max(per_envelope, default=0),
+        "latency_ms": figures,
+        "bar": bar,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    sys.stdout.write(json.dumps(result, indent=2) + f"\nresults: {out}\n")
+    return 0 if all(bar.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
