@@ -4,6 +4,7 @@ so what the tests exercise is exactly what a user runs."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -27,6 +28,7 @@ _STOP_TIMEOUT_SECONDS = 10.0
 _handed_out: set[int] = set()
 
 
+@functools.cache
 def _ephemeral_low() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])

@@ -386,15 +386,15 @@ class ConversationStore:
         )
         return bool(ok)
 
-    async def finish_turn(self, conversation_id: str, reply_token: str) -> None:
-        turn = await self.reply_token(reply_token) if reply_token else {}
+    async def finish_turn(self, conversation_id: str, reply_token: str, event_id: str = "") -> None:
+        """Settle the turn `reply_token` answers; `event_id` is its envelope's."""
         await self._finish_turn(
             keys=[
                 conversation_key(conversation_id),
                 inbox_key(conversation_id),
                 TURNS_DUE,
                 HANDOFFS_DUE,
-                outbox_item_key(turn.get("event_id") or "-"),
+                outbox_item_key(event_id),
             ],
             args=[reply_token, now_ms(), conversation_id],
         )

@@ -351,19 +351,20 @@ class Engine:
 
     async def resolve_conversation(
         self, reply_token: str, conversation_id: str, lead_id: int
-    ) -> str:
+    ) -> tuple[str, dict[str, str]]:
+        """The conversation a reply is for, and the turn its token answers (if any)."""
         if reply_token:
-            token = await self.store.reply_token(reply_token)
-            if not token:
+            turn = await self.store.reply_token(reply_token)
+            if not turn:
                 raise NotFound("unknown or expired reply_token")
-            return token["conversation_id"]
+            return turn["conversation_id"], turn
         if conversation_id:
-            return conversation_id
+            return conversation_id, {}
         if lead_id:
             found = await self.store.conversation_by_lead(lead_id)
             if found is None:
                 raise NotFound(f"no conversation for lead {lead_id}")
-            return found
+            return found, {}
         raise InvalidInput("reply_token, conversation_id or lead_id is required")
 
     async def send_reply(
@@ -381,14 +382,14 @@ class Engine:
         """Returns (status, conversation id, job id, lead id)."""
         if not text.strip() and not handoff:
             raise InvalidInput("text is empty")
-        conversation_id = await self.resolve_conversation(reply_token, conversation_id, lead_id)
+        conversation_id, turn = await self.resolve_conversation(
+            reply_token, conversation_id, lead_id
+        )
         conversation = await self.store.conversation(conversation_id)
         if not conversation:
             raise NotFound(f"conversation {conversation_id} not found")
-        if reply_token:
-            turn = await self.store.reply_token(reply_token)
-            if turn.get("request_id") and turn["request_id"] != request_id.get():
-                log.info("reply to the turn of request %s", turn["request_id"])
+        if turn.get("request_id") and turn["request_id"] != request_id.get():
+            log.info("reply to the turn of request %s", turn["request_id"])
         lead = int(conversation.get("lead_id") or 0)
         key = idempotency_key or reply_token or uuid.uuid4().hex
         seen = await self.store.reply_for_key(key)
@@ -411,6 +412,8 @@ class Engine:
             "text": text,
             "note": note,
             "reply_token": reply_token,
+            # The envelope this answers, kept for a resend until the reply settles it.
+            "event_id": turn.get("event_id", ""),
             "idempotency_key": key,
             "state": "pending",
             "attempts": "0",
@@ -473,7 +476,9 @@ class Engine:
         except Exception as exc:
             if not _is_transient(exc):
                 await self.store.reply_failed(claim.member, str(exc))
-                await self.store.finish_turn(conversation_id, job.get("reply_token", ""))
+                await self.store.finish_turn(
+                    conversation_id, job.get("reply_token", ""), job.get("event_id", "")
+                )
                 raise
             attempts = int(job.get("attempts") or 0) + 1
             delay = next_delay(self.settings.retry_schedule, attempts) or 60.0
@@ -487,7 +492,9 @@ class Engine:
         started = int(conversation.get("turn_started") or 0)
         if started and job.get("reply_token") == conversation.get("inflight_token"):
             await self.bots.record_reply_seconds((now_ms() - started) / 1000)
-        await self.store.finish_turn(conversation_id, job.get("reply_token", ""))
+        await self.store.finish_turn(
+            conversation_id, job.get("reply_token", ""), job.get("event_id", "")
+        )
         if job.get("handoff") == "1":
             reason = job.get("handoff_reason") or "o assistente pediu uma pessoa"
             await self.bot.handoff(conversation_id, "assistente", reason, "handoffs_ai")
