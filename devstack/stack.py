@@ -4,18 +4,42 @@ their replica counts."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.processes import GRPC_SERVICES, Launcher, Process, free_port
+import redis
+
+from devstack.processes import (
+    GRPC_SERVICES,
+    Launcher,
+    PortInUse,
+    Process,
+    free_port,
+    reserve_port,
+)
 from devstack.redis_server import RedisServer
+from services.kommo_gateway.store import REFRESH_LOCK, REFRESH_REFUSED_SINCE, TOKEN_PROBLEM, TOKENS
 
 SANDBOX_SALESBOT_ID = "7001"
 SANDBOX_REPLY_FIELD_ID = "900001"
 SANDBOX_CLIENT_ID = "sandbox-client"
 SANDBOX_CLIENT_SECRET = "sandbox-secret"  # noqa: S105  # the sandbox's own demo credential
 SANDBOX_REFRESH_TOKEN = "sandbox-refresh-0"  # noqa: S105
+
+# The ports of a stack by role: `edge`, `redis`, `sandbox`, `n8n-standin`, and per replica
+# `<service>-<n>` (gRPC) and `<service>-<n>-metrics`.
+EDGE, REDIS, SANDBOX, STANDIN = "edge", "redis", "sandbox", "n8n-standin"
+PORT_ROLES = {
+    EDGE: "the edge API",
+    REDIS: "Redis",
+    SANDBOX: "the Kommo sandbox",
+    STANDIN: "the n8n stand-in",
+}
+# The gateway's token keys: the Kommo sandbox keeps its account in memory, so the tokens
+# it issued die with it and a new sandbox refuses them.
+_SANDBOX_TOKEN_KEYS = (TOKENS, TOKEN_PROBLEM, REFRESH_REFUSED_SINCE, REFRESH_LOCK)
 
 
 @dataclass
@@ -27,6 +51,20 @@ class StackConfig:
     use_sandbox: bool = True
     sandbox_env: dict[str, str] = field(default_factory=dict)
     standin_env: dict[str, str] = field(default_factory=dict)
+    # Ports wanted by role (see PORT_ROLES); the others are chosen free. A role listed in
+    # `fixed_ports` must get exactly its port, or the start fails naming that variable;
+    # any other wanted port that is taken is replaced by a free one (see Stack.notices).
+    ports: dict[str, int] = field(default_factory=dict)
+    fixed_ports: dict[str, str] = field(default_factory=dict)
+    # The Redis the stack starts (when REDIS_URL is unset) keeps its AOF here; None = a
+    # folder inside log_dir, i.e. a Redis of this stack only.
+    redis_data_dir: Path | None = None
+    # Used when the environment sets no EDGE_API_KEY / KOMMO_WEBHOOK_SECRET; "" = new ones.
+    api_key: str = ""
+    webhook_secret: str = ""
+    # Drop the Kommo tokens stored in the stack's own Redis before the gateway starts: set
+    # when they were issued by a Kommo sandbox that is gone.
+    forget_sandbox_tokens: bool = False
 
 
 @dataclass
@@ -41,6 +79,8 @@ class Stack:
     edge_url: str = ""
     api_key: str = ""
     webhook_secret: str = ""
+    ports: dict[str, int] = field(default_factory=dict)  # every port in use, by role
+    notices: list[str] = field(default_factory=list)  # wanted ports that were replaced
 
     @property
     def sandbox_url(self) -> str:
@@ -63,10 +103,12 @@ class Stack:
             if name in self.services
         }
 
-    def start_service(self, name: str, env: dict[str, str] | None = None, port: int = 0) -> Process:
-        """One more replica of a gRPC service, on a new port or a given one."""
+    def start_service(
+        self, name: str, env: dict[str, str] | None = None, port: int = 0, metrics_port: int = 0
+    ) -> Process:
+        """One more replica of a gRPC service, on new ports or given ones."""
         port = port or free_port()
-        metrics_port = free_port()
+        metrics_port = metrics_port or free_port()
         replicas = self.services.setdefault(name, [])
         process = self.launcher.start(
             f"{name}-{len(replicas) + 1}",
@@ -103,10 +145,40 @@ class Stack:
             {"EDGE_PORT": str(port), "EDGE_HOST": "127.0.0.1", **self.service_env()},
             port,
             "http",
+            ready_path="/version",
         )
         self.services["edge_api"] = [edge]
-        self.launcher.wait_ready(edge, "/version")
+        self.launcher.wait_ready(edge)
         return edge
+
+    def relaunch(self, process: Process) -> Process:
+        """Start an exited process of the stack again on its ports (no waiting: see
+        `Launcher.ready`), as an orchestrator restarts a crashed container."""
+        fresh = self.launcher.relaunch(process)
+        for replicas in self.services.values():
+            if process in replicas:
+                replicas[replicas.index(process)] = fresh
+        if process is self.sandbox:
+            self.sandbox = fresh
+        if process is self.standin:
+            self.standin = fresh
+        return fresh
+
+    def claim_port(self, role: str) -> int:
+        """The port for `role`: the wanted one when it is free, else a free one."""
+        wanted = self.config.ports.get(role, 0)
+        if wanted:
+            if wanted not in self.ports.values() and reserve_port(wanted):
+                self.ports[role] = wanted
+                return wanted
+            variable = self.config.fixed_ports.get(role)
+            if variable:
+                raise PortInUse(wanted, PORT_ROLES.get(role, role), variable)
+        port = free_port()
+        if wanted:
+            self.notices.append(f"{role}: port {wanted} is taken now; using {port} instead")
+        self.ports[role] = port
+        return port
 
     def restart_edge(self) -> Process:
         """Start the stopped or killed edge again on its port."""
@@ -123,6 +195,10 @@ class Stack:
 
 
 def start_stack(config: StackConfig) -> Stack:
+    # Copies: claiming ports fills these in, and the caller's config stays as it was.
+    config = dataclasses.replace(
+        config, ports=dict(config.ports), fixed_ports=dict(config.fixed_ports)
+    )
     env = dict(config.env)
     launcher = Launcher(config.log_dir, {})
     stack = Stack(config, launcher)
@@ -134,16 +210,60 @@ def start_stack(config: StackConfig) -> Stack:
     return stack
 
 
+def _claim_ports(stack: Stack, env: dict[str, str]) -> dict[str, list[tuple[int, int]]]:
+    """Every port of the stack, before anything starts: a clash is reported before a
+    single process runs. Returns each service's (gRPC, metrics) ports per replica."""
+    config = stack.config
+    if config.edge_port:
+        config.ports.setdefault(EDGE, config.edge_port)
+        config.fixed_ports.setdefault(EDGE, "EDGE_PORT")
+    elif env.get("EDGE_PORT") and EDGE not in config.ports:
+        config.ports[EDGE] = int(env["EDGE_PORT"])
+        config.fixed_ports.setdefault(EDGE, "EDGE_PORT")
+    stack.claim_port(EDGE)
+    if not env.get("REDIS_URL"):
+        stack.claim_port(REDIS)
+    if config.use_sandbox:
+        stack.claim_port(SANDBOX)
+        stack.claim_port(STANDIN)
+    return {
+        name: [
+            (stack.claim_port(f"{name}-{n}"), stack.claim_port(f"{name}-{n}-metrics"))
+            for n in range(1, max(1, config.scale.get(name, 1)) + 1)
+        ]
+        for name in GRPC_SERVICES
+    }
+
+
+def _start_redis(stack: Stack) -> None:
+    config = stack.config
+    stack.redis = RedisServer(
+        stack.ports[REDIS],
+        config.redis_data_dir or config.log_dir / "redis-data",
+        log_path=config.log_dir / "redis.log",
+    )
+    stack.redis.start()
+    stack.redis_url = stack.redis.url
+    if config.forget_sandbox_tokens:
+        client = redis.Redis.from_url(stack.redis_url)
+        try:
+            client.delete(*_SANDBOX_TOKEN_KEYS)
+        finally:
+            client.close()
+
+
 def _start(stack: Stack, env: dict[str, str]) -> None:
     config = stack.config
+    service_ports = _claim_ports(stack, env)
     if env.get("REDIS_URL"):
         stack.redis_url = env["REDIS_URL"]
     else:
-        stack.redis = RedisServer(free_port(), config.log_dir / "redis-data").start()
-        stack.redis_url = stack.redis.url
-    stack.api_key = env.get("EDGE_API_KEY") or secrets.token_urlsafe(24)
-    stack.webhook_secret = env.get("KOMMO_WEBHOOK_SECRET") or secrets.token_urlsafe(24)
-    edge_port = config.edge_port or int(env.get("EDGE_PORT") or 0) or free_port()
+        _start_redis(stack)
+    stack.api_key = env.get("EDGE_API_KEY") or config.api_key or secrets.token_urlsafe(24)
+    stack.webhook_secret = (
+        env.get("KOMMO_WEBHOOK_SECRET") or config.webhook_secret or secrets.token_urlsafe(24)
+    )
+    edge_port = stack.ports[EDGE]
     stack.edge_url = f"http://127.0.0.1:{edge_port}"
     public_url = env.get("EDGE_PUBLIC_URL") or stack.edge_url
     common = {
@@ -156,7 +276,7 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
     stack.launcher.base_env = common
 
     if config.use_sandbox:
-        sandbox_port = free_port()
+        sandbox_port = stack.ports[SANDBOX]
         stack.sandbox = stack.launcher.start(
             "kommo-sandbox",
             "sandbox.kommo",
@@ -168,8 +288,9 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
             },
             sandbox_port,
             "http",
+            ready_path="/_sandbox/stats",
         )
-        standin_port = free_port()
+        standin_port = stack.ports[STANDIN]
         stack.standin = stack.launcher.start(
             "n8n-standin",
             "sandbox.n8n_standin",
@@ -180,6 +301,7 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
             },
             standin_port,
             "http",
+            ready_path="/_standin/received",
         )
         sandbox_defaults = {
             "KOMMO_BASE_URL": stack.sandbox_url,
@@ -196,21 +318,20 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
         }
         # What the user (or a test) set explicitly wins over the sandbox defaults.
         stack.launcher.base_env = {**common, **sandbox_defaults, **env}
-        stack.launcher.wait_ready(stack.sandbox, "/_sandbox/stats")
-        stack.launcher.wait_ready(stack.standin, "/_standin/received")
+        stack.launcher.wait_ready(stack.sandbox)
+        stack.launcher.wait_ready(stack.standin)
 
     # Every replica's port is chosen first, so each service starts knowing every address
     # (services call each other both ways; channels connect lazily).
-    ports = {
-        name: [free_port() for _ in range(max(1, config.scale.get(name, 1)))]
-        for name in GRPC_SERVICES
-    }
     stack.launcher.base_env.update(
-        {f"{n.upper()}_ADDR": ",".join(f"127.0.0.1:{p}" for p in ps) for n, ps in ports.items()}
+        {
+            f"{n.upper()}_ADDR": ",".join(f"127.0.0.1:{grpc}" for grpc, _ in ps)
+            for n, ps in service_ports.items()
+        }
     )
-    for name, service_ports in ports.items():
-        for port in service_ports:
-            stack.start_service(name, port=port)
+    for name, replica_ports in service_ports.items():
+        for grpc_port, metrics_port in replica_ports:
+            stack.start_service(name, port=grpc_port, metrics_port=metrics_port)
     for processes in stack.services.values():
         for process in processes:
             stack.launcher.wait_ready(process)

@@ -1,0 +1,219 @@
+"""`make run` as a user runs it: `python -m devstack` as a real process, with a state
+folder of its own. It keeps its Redis data, key and ports from one run to the next,
+starts clean on request, brings a killed Redis back, and refuses a taken port in one line
+before any banner."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from devstack.processes import ROOT, free_port
+from devstack.state import RunState, StateDir
+from tests.e2e.conftest import wait_for
+
+# Variables the runner reads: the tests set their own, never the developer's.
+_RUNNER_PREFIXES = (
+    "KOMMO_", "N8N_", "EDGE_", "BOT_", "MESSAGE_", "REDIS_", "PROACTIVE_", "SCALE_", "RUN_",
+    "SANDBOX_", "STANDIN_",
+)  # fmt: skip
+_START_TIMEOUT = 60.0
+_BANNER = "bridge is running"
+
+
+class Runner:
+    """One `python -m devstack` process; what it prints goes to a file."""
+
+    def __init__(self, work: Path, state_dir: Path, env: dict[str, str], *args: str) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        env_file = work / "empty.env"
+        env_file.touch()
+        self.output_path = work / f"runner-{len(list(work.glob('runner-*')))}.out"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(_RUNNER_PREFIXES)}
+        with self.output_path.open("wb") as output:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "devstack", "--state-dir", str(state_dir),
+                 "--env-file", str(env_file), *args],
+                cwd=ROOT,
+                env={**base, "MESSAGE_DEBOUNCE_SECONDS": "0", **env},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def wait_for_output(self, text: str) -> str:
+        def said() -> str | None:
+            if text in self.output():
+                return self.output()
+            if self.popen.poll() is not None:
+                raise AssertionError(
+                    f"the runner exited ({self.popen.returncode}):\n{self.output()}"
+                )
+            return None
+
+        return wait_for(said, _START_TIMEOUT, f"{text!r} from the runner")
+
+    def banner_value(self, label: str) -> str:
+        match = re.search(rf"^\s+{re.escape(label)}\s+(\S+)", self.output(), re.MULTILINE)
+        assert match, f"no {label!r} in the banner:\n{self.output()}"
+        return match.group(1)
+
+    def exit_code(self) -> int:
+        return self.popen.wait(_START_TIMEOUT)
+
+    def stop(self) -> int:
+        """Ctrl-C, as a user stops it."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+        return self.exit_code()
+
+
+@pytest.fixture
+def runners(tmp_path: Path) -> Iterator[list[Runner]]:
+    started: list[Runner] = []
+    yield started
+    for runner in started:
+        if runner.popen.poll() is None:
+            runner.popen.send_signal(signal.SIGINT)
+            try:
+                runner.popen.wait(_START_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                runner.popen.kill()
+                runner.popen.wait()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def start(
+    runners: list[Runner],
+    tmp_path: Path,
+    state_dir: Path,
+    env: dict[str, str] | None = None,
+    *args: str,
+) -> Runner:
+    runner = Runner(tmp_path / "work", state_dir, env or {}, *args)
+    runners.append(runner)
+    runner.wait_for_output(_BANNER)
+    return runner
+
+
+def customer_gets_a_reply(runner: Runner, text: str) -> None:
+    sandbox = runner.banner_value("Kommo sandbox")
+    with httpx.Client(timeout=10.0) as http:
+        http.post(
+            f"{sandbox}/_sandbox/customer-message", json={"lead_id": 9100001, "text": text}
+        ).raise_for_status()
+
+        def replied() -> bool:
+            chat = http.get(f"{sandbox}/_sandbox/chats/9100001").json()
+            return any(m["direction"] == "outgoing" and text in m["text"] for m in chat)
+
+        wait_for(replied, 30.0, f"the bot's answer to {text!r}")
+
+
+def test_make_run_keeps_its_redis_data_key_and_ports_until_a_clean_start(
+    runners: list[Runner], tmp_path: Path, state_dir: Path
+) -> None:
+    edge_port = free_port()
+    first = start(runners, tmp_path, state_dir, {"EDGE_PORT": str(edge_port)})
+    key, redis_url = first.banner_value("X-API-Key"), first.banner_value("redis")
+    sandbox, webhook = first.banner_value("Kommo sandbox"), first.banner_value("Kommo webhook")
+    assert first.banner_value("edge") == f"http://127.0.0.1:{edge_port}"
+    assert f"state       {state_dir}" in first.output()
+    customer_gets_a_reply(first, "Oi, primeira vez")
+    redis.Redis.from_url(redis_url).set("devstack-test:kept", "across runs")
+    assert stat.S_IMODE((state_dir / "state.json").stat().st_mode) == 0o600
+    assert first.stop() == 0
+
+    # No EDGE_PORT this time: the port, like everything else, is the one remembered.
+    second = start(runners, tmp_path, state_dir)
+    assert second.banner_value("X-API-Key") == key
+    assert second.banner_value("edge") == f"http://127.0.0.1:{edge_port}"
+    assert second.banner_value("redis") == redis_url
+    assert second.banner_value("Kommo sandbox") == sandbox
+    assert second.banner_value("Kommo webhook") == webhook
+    assert redis.Redis.from_url(redis_url).get("devstack-test:kept") == b"across runs"
+    # The bridge still talks to Kommo (here a new sandbox) and answers the customer.
+    customer_gets_a_reply(second, "Oi de novo")
+    assert second.stop() == 0
+
+    clean = start(runners, tmp_path, state_dir, {"EDGE_PORT": str(free_port())}, "--clean")
+    assert "clean start" in clean.output()
+    assert clean.banner_value("X-API-Key") != key
+    assert clean.banner_value("Kommo webhook") != webhook
+    fresh = redis.Redis.from_url(clean.banner_value("redis"))
+    assert fresh.get("devstack-test:kept") is None
+    assert clean.stop() == 0
+
+
+def test_redis_killed_under_the_runner_is_restarted_on_its_data(
+    runners: list[Runner], tmp_path: Path, state_dir: Path
+) -> None:
+    runner = start(runners, tmp_path, state_dir, {"EDGE_PORT": str(free_port())})
+    client = redis.Redis.from_url(runner.banner_value("redis"))
+    client.set("devstack-test:acked", "before the crash")
+    os.kill(int(client.info()["process_id"]), signal.SIGKILL)
+
+    output = runner.wait_for_output("redis is back")
+    assert re.search(r"^ERROR: redis died \(killed by SIGKILL\): restarting it", output, re.M)
+    assert client.get("devstack-test:acked") == b"before the crash"
+    customer_gets_a_reply(runner, "Oi depois da queda")
+    assert runner.stop() == 0
+
+
+@pytest.mark.parametrize("how", ["EDGE_PORT", "SANDBOX_PORT remembered"])
+def test_a_port_in_use_is_one_line_naming_its_variable_and_no_banner(
+    runners: list[Runner], tmp_path: Path, state_dir: Path, how: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        if how == "EDGE_PORT":
+            env, what, variable = {"EDGE_PORT": str(port)}, "the edge API", "EDGE_PORT"
+        else:
+            StateDir(state_dir).save(RunState(ports={"sandbox": port}))
+            env = {"EDGE_PORT": str(free_port())}
+            what, variable = "the Kommo sandbox", "SANDBOX_PORT"
+        runner = Runner(tmp_path / "work", state_dir, env)
+        runners.append(runner)
+        assert runner.exit_code() != 0
+    output = runner.output()
+    assert output.strip() == (
+        f"ERROR: port {port} ({what}) is already in use: set {variable} to another port"
+    )
+    assert _BANNER not in output
+
+
+def test_a_service_failing_at_start_up_is_one_line_with_its_log_and_no_banner(
+    runners: list[Runner], tmp_path: Path, state_dir: Path
+) -> None:
+    env = {"EDGE_PORT": str(free_port()), "KOMMO_RATE_LIMIT_RPS": "many"}
+    runner = Runner(tmp_path / "work", state_dir, env)
+    runners.append(runner)
+    assert runner.exit_code() != 0
+    output = runner.output()
+    errors = [line for line in output.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1, output
+    assert errors[0].startswith("ERROR: kommo_gateway-1 exited during start-up")
+    assert "KOMMO_RATE_LIMIT_RPS" in errors[0]
+    log_path = Path(errors[0].rsplit("(log: ", 1)[1].rstrip(")"))
+    assert log_path.is_file()
+    assert _BANNER not in output
+    assert "Traceback" not in output
