@@ -140,6 +140,7 @@ class GrpcService:
         background: Sequence[BackgroundTask] = (),
         on_stop: Callable[[], Awaitable[None]] | None = None,
         metrics_port: int = 0,
+        metrics_host: str = "",
     ) -> None:
         self.name = name
         self._service_names = list(service_names)
@@ -147,6 +148,8 @@ class GrpcService:
         self._background = list(background)
         self._on_stop = on_stop
         self._metrics_port = metrics_port
+        # Metrics are never reachable from further away than the service itself.
+        self._metrics_host = metrics_host or host
         self.server = grpc.aio.server(
             # Metrics outermost: they see the status the error mapping chose.
             interceptors=[GrpcMetrics(), ErrorsAndRequestIds()],
@@ -174,7 +177,7 @@ class GrpcService:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        serve_metrics(self._metrics_port)
+        serve_metrics(self._metrics_port, self._metrics_host)
         await self.server.start()
         for service_name in ["", *self._service_names]:
             await self.health.set(service_name, health_pb2.HealthCheckResponse.SERVING)

@@ -1,7 +1,8 @@
 """Prometheus metrics shared by every service: gRPC calls by method and code, and the
 few domain figures an operator watches (queues, retries, Kommo, tokens).
 
-Each gRPC service serves them on `METRICS_PORT` (0 = off); the edge on `GET /metrics`.
+Each gRPC service serves them on `METRICS_HOST`:`METRICS_PORT` (0 = off; the host follows
+`GRPC_HOST` unless set); the edge on `GET /metrics`.
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ QUEUE_DEPTH = Gauge("bridge_queue_depth", "Work waiting in a queue", ["queue"])
 BOT_STATES = Gauge("bridge_conversations", "Conversations by bot state", ["bot_state"])
 
 
-def serve_metrics(port: int) -> None:
-    """Expose this process's metrics on `port` (a thread of prometheus_client)."""
+def serve_metrics(port: int, host: str) -> None:
+    """Expose this process's metrics on `host`:`port` (a thread of prometheus_client).
+
+    `host` is written as for gRPC (`[::]`, `127.0.0.1`); the brackets are gRPC's syntax.
+    """
     if port:
-        start_http_server(port)
+        start_http_server(port, addr=host.removeprefix("[").removesuffix("]"))
 
 
 if TYPE_CHECKING:

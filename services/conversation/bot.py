@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.errors import InvalidInput
+from services.common.kommo_ids import parse_kommo_id
 
 ACTIVE = "active"
 PAUSED = "paused"
@@ -34,9 +35,9 @@ def parse_command(text: str, assume: str, release: str) -> Command | None:
     action = "pause" if verb == assume.lower() else "resume"
     if len(words) == 1:
         return Command(action, 0)
-    if len(words) > 2 or not words[1].lstrip("#").isdigit():
+    if len(words) > 2:
         raise InvalidInput(f"usage: {words[0]} <lead id>, e.g. {words[0]} 9100001")
-    return Command(action, int(words[1].lstrip("#")))
+    return Command(action, parse_kommo_id(words[1].removeprefix("#"), f"{words[0]}: the lead id"))
 
 
 def written_by_a_person(author_type: str) -> bool:

@@ -10,8 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.errors import InvalidInput
+from services.common.kommo_ids import parse_kommo_id
 from services.conversation.kommo_form import Tree
 
+# The last second a datetime can show (9999-12-31T23:59:59Z).
+_UNIX_TIME_MAX = 253_402_300_799
+_UNIX_TIME_MAX_DIGITS = len(str(_UNIX_TIME_MAX))
 # Kommo's element_type for a lead.
 _ELEMENT_TYPE_LEAD = "2"
 _EXTERNAL_AUTHOR = "external"
@@ -123,14 +127,35 @@ class ParsedWebhook:
     leads: list[LeadEvent] = field(default_factory=list)
 
 
-def _int(item: Tree, key: str, where: str, *, required: bool = False) -> int:
+def _id(item: Tree, key: str, where: str, *, required: bool = False) -> int:
+    """A Kommo id in its range (kommo_ids.py), or 0 when absent. Kommo writes 0 for
+    "none" in places (no responsible user, no previous status): absent too, unless the
+    id is required."""
     raw = item.get(key, "")
-    if raw in ("", None):
+    if raw in ("", None) or (raw == "0" and not required):
         if required:
             raise InvalidInput(f"{where}[{key}] is missing")
         return 0
-    if not isinstance(raw, str) or not raw.lstrip("-").isdigit():
-        raise InvalidInput(f"{where}[{key}] must be an integer, got {str(raw)[:40]!r}")
+    if not isinstance(raw, str):
+        raise InvalidInput(f"{where}[{key}] must be a Kommo id, not a group of fields")
+    return parse_kommo_id(raw, f"{where}[{key}]")
+
+
+def _unix_time(item: Tree, key: str, where: str) -> int:
+    """Unix seconds, 0 when absent; bounded so that no date conversion downstream fails."""
+    raw = item.get(key, "")
+    if raw in ("", None):
+        return 0
+    if (
+        not isinstance(raw, str)
+        or not (raw.isascii() and raw.isdigit())
+        or len(raw) > _UNIX_TIME_MAX_DIGITS
+        or int(raw) > _UNIX_TIME_MAX
+    ):
+        raise InvalidInput(
+            f"{where}[{key}] must be an integer from 0 to {_UNIX_TIME_MAX} "
+            f"(Unix seconds), got {str(raw)[:40]!r}"
+        )
     return int(raw)
 
 
@@ -147,7 +172,7 @@ def _message(item: Any, where: str) -> MessageEvent:
         raise InvalidInput(f"{where}[id] is missing")
     lead_id = 0
     if _str(item, "element_type") == _ELEMENT_TYPE_LEAD or _str(item, "entity_type") == "lead":
-        lead_id = _int(item, "element_id", where) or _int(item, "entity_id", where)
+        lead_id = _id(item, "element_id", where) or _id(item, "entity_id", where)
     chat_id = _str(item, "chat_id")
     if not chat_id and not lead_id:
         raise InvalidInput(f"{where} has neither chat_id nor a lead (element_id)")
@@ -169,11 +194,11 @@ def _message(item: Any, where: str) -> MessageEvent:
     return MessageEvent(
         message_id=message_id,
         chat_id=chat_id,
-        talk_id=_int(item, "talk_id", where),
-        contact_id=_int(item, "contact_id", where),
+        talk_id=_id(item, "talk_id", where),
+        contact_id=_id(item, "contact_id", where),
         lead_id=lead_id,
         text=_str(item, "text"),
-        created_at=_int(item, "created_at", where),
+        created_at=_unix_time(item, "created_at", where),
         direction=direction,
         author_id=_str(author, "id"),
         author_type=_str(author, "type"),
@@ -224,12 +249,12 @@ def _lead(item: Any, action: str, where: str) -> LeadEvent:
         raise InvalidInput(f"{where} must be a group of fields")
     return LeadEvent(
         kind=action,
-        lead_id=_int(item, "id", where, required=True),
-        status_id=_int(item, "status_id", where),
-        old_status_id=_int(item, "old_status_id", where),
-        pipeline_id=_int(item, "pipeline_id", where),
-        responsible_user_id=_int(item, "responsible_user_id", where),
-        changed_at=_int(item, "updated_at", where)
-        or _int(item, "last_modified", where)
-        or _int(item, "created_at", where),
+        lead_id=_id(item, "id", where, required=True),
+        status_id=_id(item, "status_id", where),
+        old_status_id=_id(item, "old_status_id", where),
+        pipeline_id=_id(item, "pipeline_id", where),
+        responsible_user_id=_id(item, "responsible_user_id", where),
+        changed_at=_unix_time(item, "updated_at", where)
+        or _unix_time(item, "last_modified", where)
+        or _unix_time(item, "created_at", where),
     )

@@ -59,6 +59,7 @@ def create_server(settings: ConversationSettings) -> GrpcService:
         port=settings.grpc_port,
         grace_seconds=settings.shutdown_grace_seconds,
         metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
         background=[EventConsumer(engine, redis), DueLoop(engine), GaugeUpdater(engine)],
         on_stop=close,
     )

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
-import grpc
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.common.errors import BridgeError
 from services.common.logs import request_id
 from services.common.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from services.edge_api import webhook
-from services.edge_api.errors import (
-    HttpError,
-    bridge_error_handler,
-    error_body,
-    grpc_error_handler,
-    http_error_handler,
-)
+from services.edge_api.errors import ERROR_HANDLERS, ErrorBody, error_body
 from services.edge_api.routes import (
     bot,
     conversations,
@@ -52,6 +48,30 @@ _POLLED_ROUTES = frozenset(
     }
 )
 
+# Where /docs and /redoc load Swagger UI and ReDoc from: files shipped by the
+# fastapi-offline package, so the pages work without Internet access.
+DOCS_ASSETS_URL = "/docs/assets"
+
+_DESCRIPTION = """Kommo CRM webhooks in, n8n replies out, salespeople in control.
+
+**Errors** all have one shape, `{"error": "…", "status": N}`; a 422 adds `fields`, each
+invalid field with what is wrong (the values sent are never echoed back). A 405 carries
+`Allow`; a 429 carries `Retry-After`.
+
+**What needs the key.** Every endpoint needs the `X-API-Key` header except: `GET /health`,
+`GET /version`, the documentation (`/docs`, `/redoc`, `/openapi.json`), the dashboard's
+page and its script and style (its figures, `GET /dashboard/data`, need the key), `GET /metrics`
+(public unless `EDGE_METRICS_REQUIRE_KEY=true`; it holds counts and latencies by route
+template and status, never an id, a phone or a secret), `GET /oauth/callback` (checks its
+own one-time `state`) and `POST /webhooks/kommo` (checks the `secret` in its URL).
+`GET /oauth/authorize`, opened in a browser, also takes `?api_key=`.
+
+**What listens where.** This API on `EDGE_HOST`:`EDGE_PORT` (default `0.0.0.0:8000`: the
+only port meant to be reached from outside). The gRPC services on `GRPC_HOST`:`GRPC_PORT`,
+and their Prometheus metrics on `METRICS_HOST`:`METRICS_PORT`, where `METRICS_HOST`
+defaults to `GRPC_HOST` (`make run` binds both to 127.0.0.1).
+"""
+
 
 def create_app(settings: EdgeSettings) -> Any:
     """The ASGI app: the webhook fast path in front of the FastAPI application."""
@@ -68,6 +88,7 @@ def create_app(settings: EdgeSettings) -> Any:
             # (nothing on it logs per request).
             await runtime.webhook(scope, receive, send)
             return
+        too_large = f"body over {max_body} bytes"
         started = time.perf_counter()
         status = 500
         # One id for the request, carried to every service it calls (gRPC metadata)
@@ -85,14 +106,36 @@ def create_app(settings: EdgeSettings) -> Any:
                 message = {**message, "headers": headers}
             await send(message)
 
+        received = 0
+
+        async def receive_bounded() -> webhook.Message:
+            # A body sent without Content-Length (chunked) is bounded as it arrives;
+            # FastAPI passes this on to the error handlers (errors.py), which answer 413.
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > max_body:
+                raise StarletteHTTPException(413, too_large)
+            return message
+
         try:
             length = webhook.declared_length(scope)
             if length is not None and length > max_body:
+                await webhook.respond(send_and_note, 413, error_body(413, too_large))
+                return
+            if scope["path"] == webhook.PATH:
+                # Served outside FastAPI, so FastAPI would call it unknown (404).
+                scope["route"] = SimpleNamespace(path=webhook.PATH)  # its metrics label
                 await webhook.respond(
-                    send_and_note, 413, error_body(413, f"body over {max_body} bytes")
+                    send_and_note,
+                    405,
+                    error_body(
+                        405, f"{scope['method']} is not allowed on {webhook.PATH}; use POST"
+                    ),
+                    headers=[(b"allow", b"POST")],
                 )
                 return
-            await api(scope, receive, send_and_note)
+            await api(scope, receive_bounded, send_and_note)
         finally:
             # The route template, not the raw path: ids in paths would explode the labels.
             name = getattr(scope.get("route"), "path", None) or "unmatched"
@@ -129,16 +172,16 @@ def create_api(runtime: EdgeRuntime) -> FastAPI:
         yield
         await runtime.stop()
 
-    api = FastAPI(
+    api = FastAPIOffline(
         title="Kommo ⇄ n8n bridge",
         version=status.VERSION,
-        description="Kommo CRM webhooks in, n8n replies out, salespeople in control.",
+        description=_DESCRIPTION,
         lifespan=lifespan,
+        static_url=DOCS_ASSETS_URL,
     )
     api.state.runtime = runtime
-    api.add_exception_handler(grpc.aio.AioRpcError, grpc_error_handler)
-    api.add_exception_handler(BridgeError, bridge_error_handler)
-    api.add_exception_handler(HttpError, http_error_handler)
+    for exception, handler in ERROR_HANDLERS.items():
+        api.add_exception_handler(exception, handler)
     for router in (
         status.router,
         conversations.router,
@@ -151,12 +194,16 @@ def create_api(runtime: EdgeRuntime) -> FastAPI:
         dashboard.router,
     ):
         api.include_router(router)
-    _document_webhook(api)
+    _document_api(api)
     return api
 
 
-def _document_webhook(api: FastAPI) -> None:
-    """The webhook is served outside FastAPI (webhook.py); describe it in the schema."""
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+
+
+def _document_api(api: FastAPI) -> None:
+    """The schema as callers meet the API: the webhook (served outside FastAPI, in
+    webhook.py), and the one error shape on every operation."""
     original = api.openapi
 
     def openapi() -> dict[str, Any]:
@@ -189,14 +236,58 @@ def _document_webhook(api: FastAPI) -> None:
                 },
                 "responses": {
                     "200": {"description": "stored durably (or a duplicate, already stored)"},
-                    "400": {"description": "not a Kommo webhook; the message says why"},
-                    "401": {"description": "missing or wrong secret"},
-                    "413": {"description": "body over 1 MiB"},
-                    "503": {"description": "could not be stored; Kommo will retry"},
+                    "400": {
+                        "description": "not a Kommo webhook, or an id outside Kommo's "
+                        "range; the message names the field",
+                        "content": _ERROR_CONTENT,
+                    },
+                    "401": {"description": "missing or wrong secret", "content": _ERROR_CONTENT},
+                    "413": {"description": "body over 1 MiB", "content": _ERROR_CONTENT},
+                    "503": {
+                        "description": "could not be stored; Kommo will retry",
+                        "content": _ERROR_CONTENT,
+                    },
                 },
             }
         }
+        _document_errors(schema)
         api.openapi_schema = schema
         return schema
 
     api.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_errors(schema: dict[str, Any]) -> None:
+    """Every operation: 422 and 401 (where the key is needed) in the error shape, and the
+    same shape for any other error status (`default`)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(body.pop("$defs", {}))
+    components["ErrorBody"] = body
+    for item in schema["paths"].values():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = {
+                    "description": "invalid input: each field and what is wrong with it",
+                    "content": _ERROR_CONTENT,
+                }
+            needs_key = any(
+                p.get("in") == "header" and p.get("name", "").lower() == "x-api-key"
+                for p in operation.get("parameters", [])
+            )
+            if needs_key:
+                responses.setdefault(
+                    "401", {"description": "missing or wrong X-API-Key", "content": _ERROR_CONTENT}
+                )
+            responses.setdefault(
+                "default",
+                {"description": "any other error, in the same shape", "content": _ERROR_CONTENT},
+            )
+    for name in ("HTTPValidationError", "ValidationError"):
+        if not _referenced(schema, name):
+            components.pop(name, None)
+
+
+def _referenced(schema: dict[str, Any], name: str) -> bool:
+    return f'"#/components/schemas/{name}"' in json.dumps(schema["paths"])

@@ -48,4 +48,18 @@ async def require_api_key_or_query(
     _check_key(request, x_api_key or api_key)
 
 
+async def require_metrics_key(
+    request: Request,
+    x_api_key: Annotated[str | None, Header(description="the bridge's API key")] = None,
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <API key>`, as Prometheus sends it")
+    ] = None,
+) -> None:
+    """/metrics is public unless EDGE_METRICS_REQUIRE_KEY is on."""
+    if not get_runtime(request).settings.edge_metrics_require_key:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    _check_key(request, x_api_key or (token.strip() if scheme.lower() == "bearer" else None))
+
+
 API_KEY = [Depends(require_api_key)]

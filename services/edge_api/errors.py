@@ -1,10 +1,19 @@
-"""One mapping from gRPC status (what services say) to HTTP (what callers see)."""
+"""Every error the edge answers, in one shape: `{"error": "…", "status": N}` (a 422 adds
+`fields`). One mapping from gRPC status (what services say) to HTTP (what callers see),
+and the handlers that put FastAPI's and Starlette's own errors (404, 405, 422) in the
+same shape. No answer echoes the request back: a 422 names the fields and what is wrong
+with them, bounded in size whatever was sent."""
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import grpc
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.errors import BridgeError
 
@@ -25,9 +34,60 @@ HTTP_STATUS = {
     grpc.StatusCode.CANCELLED: 503,
 }
 
+# Kommo's budget (the usual cause of a 429) is counted per second.
+RETRY_AFTER_SECONDS = 1
+# A 422 names at most this many problems, each bounded: the answer stays small whatever
+# the size of the input (nothing of the input is in it but field names, cut short).
+MAX_FIELD_ERRORS = 10
+_SUMMARISED = 3
+_MAX_LOC_PART_CHARS = 40
+_MAX_PROBLEM_CHARS = 200
+_MAX_MESSAGE_CHARS = 300
+_MAX_PATH_CHARS = 100
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="where: body.lead_id, path.lead_id, query.page…")
+    problem: str = Field(description="what is wrong with it")
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of the API."""
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {"error": "missing or wrong X-API-Key", "status": 401},
+                {
+                    "error": "invalid request: body.lead_id: Input should be less than or "
+                    "equal to 9007199254740991",
+                    "status": 422,
+                    "fields": [
+                        {
+                            "field": "body.lead_id",
+                            "problem": "Input should be less than or equal to 9007199254740991",
+                        }
+                    ],
+                },
+            ]
+        }
+    }
+
+    error: str = Field(description="what went wrong and, where possible, what to do")
+    status: int = Field(description="the HTTP status, repeated")
+    fields: list[FieldError] | None = Field(
+        default=None, description="422 only: each invalid field and what is wrong with it"
+    )
+
 
 def error_body(status: int, message: str) -> dict[str, object]:
     return {"error": message, "status": status}
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(status, message), status_code=status, headers=headers)
 
 
 class HttpError(Exception):
@@ -41,7 +101,7 @@ class HttpError(Exception):
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HttpError)
-    return JSONResponse(error_body(exc.status, exc.message), status_code=exc.status)
+    return error_response(exc.status, exc.message)
 
 
 async def grpc_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -50,10 +110,76 @@ async def grpc_error_handler(request: Request, exc: Exception) -> JSONResponse:
     message = exc.details() or exc.code().name.lower()
     if exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in message.lower():
         message = "a bridge service is unavailable"
-    return JSONResponse(error_body(status, message), status_code=status)
+    return error_response(status, message, _retry_after(status))
 
 
 async def bridge_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BridgeError)
     status = HTTP_STATUS.get(exc.code, 500)
-    return JSONResponse(error_body(status, str(exc)), status_code=status)
+    return error_response(status, str(exc), _retry_after(status))
+
+
+def _retry_after(status: int) -> dict[str, str] | None:
+    return {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else None
+
+
+async def starlette_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own answers: an unknown route (404), a wrong method (405, with its
+    `Allow` header), a body that could not be read (400) or is too large (413)."""
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    path = request.url.path
+    shown = path if len(path) <= _MAX_PATH_CHARS else path[:_MAX_PATH_CHARS] + "…"
+    if exc.status_code == 404 and exc.detail == HTTPStatus.NOT_FOUND.phrase:
+        message = f"no endpoint {request.method} {shown}; the API is described at /docs"
+    elif exc.status_code == 405:
+        allowed = headers.get("Allow") or headers.get("allow") or ""
+        message = f"{request.method} is not allowed on {shown}; use {allowed or 'another method'}"
+    else:
+        message = str(exc.detail)[:_MAX_MESSAGE_CHARS]
+    return error_response(exc.status_code, message, headers or None)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each invalid field and the problem, never the value that was sent."""
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    problems = [
+        FieldError(field=_location(e.get("loc", ())), problem=_problem(e.get("msg", "")))
+        for e in errors[:MAX_FIELD_ERRORS]
+    ]
+    summary = "; ".join(f"{p.field}: {p.problem}" for p in problems[:_SUMMARISED])
+    if len(errors) > _SUMMARISED:
+        summary += f" (and {len(errors) - _SUMMARISED} more)"
+    message = f"invalid request: {summary}"[:_MAX_MESSAGE_CHARS]
+    body = ErrorBody(error=message, status=422, fields=problems)
+    return JSONResponse(body.model_dump(), status_code=422)
+
+
+def _location(loc: object) -> str:
+    parts = loc if isinstance(loc, (list, tuple)) else (loc,)
+    # A dict's keys are the caller's: cut them short like any other input.
+    return ".".join(str(part)[:_MAX_LOC_PART_CHARS] for part in parts) or "request"
+
+
+def _problem(msg: object) -> str:
+    # A model validator's ValueError arrives as "Value error, <our message>".
+    return str(msg).removeprefix("Value error, ")[:_MAX_PROBLEM_CHARS]
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bug, not bad input: the shape stays, the details stay in the log (which the
+    server writes with the traceback once this answer is sent)."""
+    return error_response(
+        500, "internal error; quote the X-Request-ID header of this answer when reporting it"
+    )
+
+
+ERROR_HANDLERS = {
+    grpc.aio.AioRpcError: grpc_error_handler,
+    BridgeError: bridge_error_handler,
+    HttpError: http_error_handler,
+    StarletteHTTPException: starlette_error_handler,
+    RequestValidationError: validation_error_handler,
+    Exception: unexpected_error_handler,
+}

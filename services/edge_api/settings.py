@@ -1,10 +1,10 @@
-"""Settings of the edge (SPEC.md §4)."""
+"""Settings of the edge (every variable is described in .env.example)."""
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, ConfigurationError, is_placeholder
 
 _PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "test"})
 _MIN_SECRET_LENGTH = 16
@@ -18,6 +18,11 @@ class EdgeSettings(CommonSettings):
     kommo_webhook_secret: str = Field(description="secret expected in the webhook URL")
     edge_public_url: str = Field(default="http://localhost:8000", description="how others reach us")
     edge_debug_endpoints: bool = Field(default=True, description="debug and reset endpoints on")
+    edge_metrics_require_key: bool = Field(
+        default=False,
+        description="GET /metrics needs the API key too (X-API-Key, or Prometheus's "
+        "`authorization` as a Bearer token); public by default: it holds no ids or secrets",
+    )
     conversation_addr: str
     kommo_gateway_addr: str
     vendedor_addr: str
@@ -33,9 +38,30 @@ class EdgeSettings(CommonSettings):
 
     @field_validator("edge_api_key", "kommo_webhook_secret")
     @classmethod
-    def _strong(cls, value: str) -> str:
-        if value.lower() in _PLACEHOLDERS or len(value) < _MIN_SECRET_LENGTH:
-            raise ValueError(f"must be a real secret of at least {_MIN_SECRET_LENGTH} characters")
+    def _strong(cls, value: str, info: ValidationInfo) -> str:
+        if (
+            value.lower() in _PLACEHOLDERS
+            or is_placeholder(value)
+            or len(value) < _MIN_SECRET_LENGTH
+        ):
+            variable = str(info.field_name).upper()
+            raise ConfigurationError(
+                variable,
+                f"must be a real secret of at least {_MIN_SECRET_LENGTH} characters: set "
+                f"{variable} to the output of "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            )
+        return value
+
+    @field_validator("edge_public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if is_placeholder(value):
+            raise ConfigurationError(
+                "EDGE_PUBLIC_URL",
+                "set EDGE_PUBLIC_URL to the address Kommo and n8n use to reach this edge, "
+                "e.g. https://bridge.yourcompany.com (guide step 1)",
+            )
         return value
 
     def secrets(self) -> list[str]:

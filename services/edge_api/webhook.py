@@ -18,6 +18,7 @@ from bridge.conversation.v1 import conversation_pb2 as pb
 from services.common.errors import Unavailable
 from services.common.metrics import HTTP_REQUESTS
 from services.edge_api.batcher import WebhookBatcher
+from services.edge_api.errors import error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,13 +40,22 @@ def _count(status: int) -> None:
     child.inc()
 
 
-async def respond(send: Send, status: int, body: dict[str, Any]) -> None:
+async def respond(
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     payload = json.dumps(body, ensure_ascii=False).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())],
+            "headers": [
+                *_JSON_HEADERS,
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload})
@@ -63,10 +73,6 @@ async def respond_accepted(send: Send, stored: int, duplicates: int) -> None:
     _count(200)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def _error(status: int, message: str) -> dict[str, Any]:
-    return {"error": message, "status": status}
 
 
 class BodyTooLarge(Exception):
@@ -119,28 +125,28 @@ class KommoWebhook:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._secret_ok(scope.get("query_string", b"")):
-            await _answer(send, 401, _error(401, "missing or wrong webhook secret"))
+            await _answer(send, 401, error_body(401, "missing or wrong webhook secret"))
             return
         length = declared_length(scope)
         if length is not None and length > self._max_body:
-            await _answer(send, 413, _error(413, f"body over {self._max_body} bytes"))
+            await _answer(send, 413, error_body(413, f"body over {self._max_body} bytes"))
             return
         try:
             body = await read_body(receive, self._max_body)
         except BodyTooLarge:
-            await _answer(send, 413, _error(413, f"body over {self._max_body} bytes"))
+            await _answer(send, 413, error_body(413, f"body over {self._max_body} bytes"))
             return
         if not body.strip():
-            await _answer(send, 400, _error(400, "empty body: expected Kommo's form fields"))
+            await _answer(send, 400, error_body(400, "empty body: expected Kommo's form fields"))
             return
         try:
             result = await self._batcher.submit(body)
         except Unavailable as exc:
-            await _answer(send, 503, _error(503, f"not stored, retry later: {exc}"))
+            await _answer(send, 503, error_body(503, f"not stored, retry later: {exc}"))
             return
         if result.outcome == pb.INGEST_OUTCOME_STORED:
             await respond_accepted(send, result.stored, result.duplicates)
         elif result.outcome == pb.INGEST_OUTCOME_INVALID:
-            await _answer(send, 400, _error(400, result.error))
+            await _answer(send, 400, error_body(400, result.error))
         else:
-            await _answer(send, 503, _error(503, f"not stored, retry later: {result.error}"))
+            await _answer(send, 503, error_body(503, f"not stored, retry later: {result.error}"))

@@ -1,4 +1,4 @@
-"""Kommo's REST API, as it really behaves (../shared/kommo-api.md): HAL JSON, 204 for
+"""Kommo's REST API, as it really behaves (developers.kommo.com): HAL JSON, 204 for
 "nothing", problem+json errors, 401 on an expired token, 429 without Retry-After past
 the rate limit, 403 HTML when the account is blocked.
 """
@@ -201,12 +201,15 @@ class KommoClient:
         return list((body or {}).get("_embedded", {}).get("webhooks", []))
 
     async def add_note(self, lead_id: int, text: str) -> int:
-        response = await self.request(
-            "POST",
-            f"/api/v4/leads/{lead_id}/notes",
-            json=[{"note_type": "common", "params": {"text": text}}],
-            idempotent=False,
-        )
+        try:
+            response = await self.request(
+                "POST",
+                f"/api/v4/leads/{lead_id}/notes",
+                json=[{"note_type": "common", "params": {"text": text}}],
+                idempotent=False,
+            )
+        except NotFound as exc:
+            raise NotFound(f"lead {lead_id} not found in Kommo: no note written") from exc
         body = _body(response) or {}
         notes = body.get("_embedded", {}).get("notes", [])
         return int(notes[0]["id"]) if notes else 0
@@ -265,7 +268,7 @@ def _checked(response: httpx.Response, path: str) -> httpx.Response:
     if status < 400:
         return response
     detail = _detail(response)
-    if status == 404:
+    if status == 404 or (status == 400 and _only_not_found(response)):
         raise NotFound(f"Kommo: not found ({path})")
     if status in (400, 422):
         raise InvalidInput(f"Kommo refused the request to {path}: {detail}")
@@ -276,6 +279,24 @@ def _checked(response: httpx.Response, path: str) -> httpx.Response:
     if status >= 500:
         raise Unavailable(f"Kommo answered {status} for {path}")
     raise UpstreamError(f"Kommo answered {status} for {path}: {detail}")
+
+
+def _only_not_found(response: httpx.Response) -> bool:
+    """A 400 whose every validation error is NotFound: Kommo's answer to a write on an
+    entity that does not exist (a note on an unknown lead), which means 404."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    errors = body.get("validation-errors") if isinstance(body, dict) else None
+    codes = [
+        e.get("code")
+        for item in errors or []
+        if isinstance(item, dict)
+        for e in item.get("errors") or []
+        if isinstance(e, dict)
+    ]
+    return bool(codes) and all(code == "NotFound" for code in codes)
 
 
 def _detail(response: httpx.Response) -> str:

@@ -47,6 +47,7 @@ def create_server(settings: GatewaySettings) -> tuple[GrpcService, TokenManager]
         port=settings.grpc_port,
         grace_seconds=settings.shutdown_grace_seconds,
         metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
         background=[TokenKeeper(tokens)],
         on_stop=close,
     )

@@ -61,6 +61,7 @@ def create_server(settings: SchedulingSettings) -> GrpcService:
         port=settings.grpc_port,
         grace_seconds=settings.shutdown_grace_seconds,
         metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
         background=[DeliveryLoop(agendamentos)],
         on_stop=close,
     )

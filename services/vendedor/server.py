@@ -37,6 +37,7 @@ def create_server(settings: VendedorSettings) -> tuple[GrpcService, Vendedores]:
         port=settings.grpc_port,
         grace_seconds=settings.shutdown_grace_seconds,
         metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
         background=[PeriodicSync(vendedores, settings)],
         on_stop=close,
     )

@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+from urllib.parse import urlencode
 
 import httpx
+import pytest
 from standardwebhooks.webhooks import Webhook
 
 from devstack.processes import ROOT
@@ -166,3 +168,73 @@ def test_the_webhook_is_registered_in_kommo_by_the_bridge(stack: Stack) -> None:
     assert status["registered_in_kommo"] == [
         {"events": ["add_message", "add_lead", "status_lead"], "disabled": False}
     ]
+
+
+def test_assumir_with_an_id_outside_kommos_range_is_400_not_502(
+    stack: Stack, http: httpx.Client
+) -> None:
+    headers = {"X-API-Key": stack.api_key}
+    for lead in ("99999999999999999999999", "-5", "9007199254740992"):
+        answer = http.post(
+            f"{stack.edge_url}/vendedor/comandos",
+            json={"command": f"/assumir {lead}"},
+            headers=headers,
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json() == {
+            "error": "/assumir: the lead id must be an integer from 1 to 9007199254740991 "
+            f"(a Kommo id), got '{lead}'",
+            "status": 400,
+        }
+    assert http.get(f"{stack.edge_url}/conversations/active", headers=headers).status_code == 200
+
+
+def test_a_webhook_with_an_id_outside_kommos_range_is_refused_and_nothing_breaks(
+    stack: Stack, http: httpx.Client
+) -> None:
+    headers = {"X-API-Key": stack.api_key}
+    for field, value in (("element_id", "-5"), ("contact_id", "1" + "0" * 30)):
+        body = {
+            "account[subdomain]": "previdas",
+            "message[add][0][id]": f"out-of-range-{field}",
+            "message[add][0][chat_id]": f"chat-out-of-range-{field}",
+            "message[add][0][element_type]": "2",
+            "message[add][0][element_id]": "9100018",
+            "message[add][0][text]": "oi",
+            f"message[add][0][{field}]": value,
+        }
+        answer = http.post(
+            stack.webhook_url,
+            content=urlencode(body),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert answer.status_code == 400, answer.text
+        assert f"message[add][0][{field}] must be an integer from 1 to" in answer.json()["error"]
+    listing = http.get(f"{stack.edge_url}/conversations/active?page_size=500", headers=headers)
+    assert listing.status_code == 200
+    assert not [
+        c for c in listing.json()["conversations"] if "out-of-range" in (c["chat_id"] or "")
+    ]
+
+
+def test_a_note_on_a_lead_kommo_does_not_have_is_404(stack: Stack, http: httpx.Client) -> None:
+    unknown = 8_888_888_888
+    answer = http.post(
+        f"{stack.edge_url}/create-test-note/{unknown}", headers={"X-API-Key": stack.api_key}
+    )
+    assert answer.status_code == 404, answer.text
+    assert answer.json() == {
+        "error": f"lead {unknown} not found in Kommo: no note written",
+        "status": 404,
+    }
+
+
+def test_service_metrics_listen_only_where_the_service_does(stack: Stack) -> None:
+    # The stack starts every service with GRPC_HOST=127.0.0.1 and no METRICS_HOST.
+    for name in ("conversation", "kommo_gateway", "vendedor", "scheduling"):
+        for process in stack.services[name]:
+            port = process.metrics_port
+            assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+            # Another loopback address reaches a listener on 0.0.0.0, not one on 127.0.0.1.
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.2:{port}/metrics", timeout=2)

@@ -9,7 +9,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from bridge.conversation.v1 import conversation_pb2 as conv
 from services.common.grpc_server import client_metadata
+from services.common.kommo_ids import KOMMO_ID_MAX
 from services.edge_api.deps import API_KEY, ClientsDep
+from services.edge_api.ids import KommoId
 
 router = APIRouter(tags=["bot"], dependencies=API_KEY)
 
@@ -26,8 +28,8 @@ class BotControlBody(BaseModel):
 
     action: Literal["pause", "resume", "status"]
     conversation_id: str | None = Field(default=None, max_length=100)
-    lead_id: int | None = Field(default=None, gt=0, lt=1 << 62)
-    contact_id: int | None = Field(default=None, gt=0, lt=1 << 62)
+    lead_id: KommoId | None = None
+    contact_id: KommoId | None = None
     by: str = Field(default="", max_length=200)
     reason: str = Field(default="", max_length=500)
     pause_seconds: float = Field(
@@ -49,7 +51,9 @@ class CommandBody(BaseModel):
     }
 
     command: str = Field(min_length=1, max_length=200)
-    vendedor_id: int = Field(default=0, ge=0, lt=1 << 62)
+    vendedor_id: int = Field(
+        default=0, ge=0, le=KOMMO_ID_MAX, description="the Kommo user typing it (0 = unknown)"
+    )
     vendedor_name: str = Field(default="", max_length=200)
 
 

@@ -14,6 +14,7 @@ from bridge.conversation.v1 import conversation_pb2 as conv
 from services.common.grpc_server import client_metadata
 from services.edge_api.clients import Clients
 from services.edge_api.deps import API_KEY, ClientsDep
+from services.edge_api.ids import KommoId
 
 # Deliveries wait for the lead's reply slot and Kommo's rate limit.
 _REPLY_DEADLINE_SECONDS = 30.0
@@ -26,7 +27,7 @@ router = APIRouter(tags=["conversations"])
 
 
 class SendResponseBody(BaseModel):
-    """A reply from n8n for a customer (SPEC.md §3.3)."""
+    """A reply from n8n for a customer (docs/n8n-contract.md)."""
 
     model_config = {
         "json_schema_extra": {
@@ -36,7 +37,7 @@ class SendResponseBody(BaseModel):
 
     reply_token: str | None = Field(default=None, max_length=200)
     conversation_id: str | None = Field(default=None, max_length=200)
-    lead_id: int | None = Field(default=None, gt=0, lt=1 << 62)
+    lead_id: KommoId | None = None
     text: str = Field(default="", max_length=10_000)
     note: str | None = Field(default=None, max_length=10_000)
     idempotency_key: str | None = Field(default=None, max_length=200)

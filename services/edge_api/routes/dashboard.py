@@ -19,12 +19,14 @@ from fastapi.responses import Response
 from bridge.conversation.v1 import conversation_pb2 as conv
 from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.grpc_server import client_metadata
-from services.edge_api.clients import SERVICE_NAMES, Clients
-from services.edge_api.deps import API_KEY, ClientsDep
+from services.edge_api.clients import Clients
+from services.edge_api.deps import API_KEY, ClientsDep, RuntimeDep
 from services.edge_api.routes.operations import series_json, stats_json
-from services.edge_api.routes.status import kommo_status, service_health
+from services.edge_api.routes.status import health_report
 
 DATA_TIMEOUT_SECONDS = 3.0
+# Conversations listed under "Needs a look" (the most urgent first).
+ATTENTION_LIMIT = 50
 
 router = APIRouter(tags=["status"])
 
@@ -99,25 +101,47 @@ async def _vendedores(clients: Clients) -> dict[str, Any]:
     }
 
 
+def _attention_json(a: conv.Attention) -> dict[str, Any]:
+    c = a.conversation if a.HasField("conversation") else None
+    return {
+        "conversation_id": a.conversation_id,
+        "lead_id": (c.lead_id or None) if c else None,
+        "reason": a.reason,
+        "detail": a.detail or None,
+        "since": a.since or None,
+        "bot_state": c.bot_state if c else None,
+        "pending_messages": c.pending_messages if c else None,
+    }
+
+
 @router.get("/dashboard/data", dependencies=API_KEY)
 async def dashboard_data(
-    clients: ClientsDep, hours: Annotated[int, Query(ge=1, le=24)] = 6
+    runtime: RuntimeDep,
+    clients: ClientsDep,
+    hours: Annotated[int, Query(ge=1, le=24)] = 6,
 ) -> dict[str, Any]:
-    """Everything the dashboard shows, in one answer; a part that failed says why."""
-    stats, vendedores, kommo, *services = await asyncio.gather(
+    """Everything the dashboard shows, in one answer; a part that failed says why.
+    `health` is what GET /health answers (the page's header shows it); `attention` the
+    conversations an operator should look at, most urgent first."""
+    stats, vendedores, report = await asyncio.gather(
         _stats(clients, hours),
         _vendedores(clients),
-        kommo_status(clients),
-        *(service_health(clients, name) for name in SERVICE_NAMES),
+        health_report(runtime, ATTENTION_LIMIT),
         return_exceptions=True,
     )
+    if isinstance(report, BaseException):
+        raise report
+    body = report.body
+    work = report.work
     return {
         "generated_at": time.time(),
         "hours": hours,
+        "health": {"status": body["status"], "problems": body["problems"], "work": body["work"]},
         "stats": _unavailable(stats) if isinstance(stats, BaseException) else stats,
         "vendedores": _unavailable(vendedores)
         if isinstance(vendedores, BaseException)
         else vendedores,
-        "kommo": kommo if isinstance(kommo, dict) else {"error": str(kommo)},
-        "services": dict(zip(SERVICE_NAMES, map(str, services), strict=True)),
+        "kommo": body["kommo"] if isinstance(body["kommo"], dict) else {"error": body["kommo"]},
+        "services": body["services"],
+        "attention": [_attention_json(a) for a in work.attention] if work else None,
     }

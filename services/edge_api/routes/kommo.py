@@ -7,7 +7,7 @@ import time
 from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
@@ -16,11 +16,11 @@ from services.common.grpc_server import client_metadata
 from services.edge_api.clients import SERVICE_NAMES
 from services.edge_api.deps import API_KEY, ClientsDep, RuntimeDep, require_api_key_or_query
 from services.edge_api.errors import HTTP_STATUS
+from services.edge_api.ids import KommoIdPath
 from services.edge_api.routes.status import kommo_status, service_health, status_json
 
 router = APIRouter(tags=["Kommo"])
 
-LeadId = Annotated[int, Path(gt=0, lt=1 << 62, description="Kommo lead id")]
 
 _ADVICE = {
     "missing": "Authorise the bridge: open /oauth/authorize in a browser logged in to Kommo.",
@@ -105,7 +105,7 @@ async def test_integration(runtime: RuntimeDep, clients: ClientsDep) -> JSONResp
 
 
 @router.post("/create-test-note/{lead_id}", dependencies=API_KEY)
-async def create_test_note(lead_id: LeadId, clients: ClientsDep) -> dict[str, Any]:
+async def create_test_note(lead_id: KommoIdPath, clients: ClientsDep) -> dict[str, Any]:
     """Writes a note on the lead: proves the bridge can write to this Kommo account."""
     text = f"🧪 Nota de teste do bridge Kommo ⇄ n8n ({time.strftime('%Y-%m-%d %H:%M:%S')} UTC)"
     answer = await clients.gateway.AddNote(
@@ -115,7 +115,7 @@ async def create_test_note(lead_id: LeadId, clients: ClientsDep) -> dict[str, An
 
 
 @router.get("/test-kommo-lead/{lead_id}", dependencies=API_KEY)
-async def test_kommo_lead(lead_id: LeadId, clients: ClientsDep) -> dict[str, Any]:
+async def test_kommo_lead(lead_id: KommoIdPath, clients: ClientsDep) -> dict[str, Any]:
     """A lead as the bridge sees it: fields, main contact and responsible vendedor."""
     lead = await clients.gateway.GetLead(gw.GetLeadRequest(lead_id=lead_id))
     contact: dict[str, Any] | None = None

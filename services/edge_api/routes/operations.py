@@ -11,6 +11,7 @@ from bridge.conversation.v1 import conversation_pb2 as conv
 from services.common.grpc_server import client_metadata
 from services.edge_api.deps import API_KEY, ClientsDep, RuntimeDep
 from services.edge_api.errors import HttpError
+from services.edge_api.ids import KommoIdQuery
 
 router = APIRouter(dependencies=API_KEY)
 
@@ -45,7 +46,7 @@ def conversation_json(c: conv.Conversation) -> dict[str, Any]:
 async def active_conversations(
     clients: ClientsDep,
     bot_state: Annotated[Literal["active", "paused"] | None, Query()] = None,
-    lead_id: Annotated[int | None, Query(gt=0, lt=1 << 62)] = None,
+    lead_id: KommoIdQuery = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     page_size: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
@@ -64,6 +65,8 @@ async def active_conversations(
         "total": answer.total,
         "page": answer.page,
         "page_size": answer.page_size,
+        # Records of this page the service could not read (and logged): left out.
+        "skipped": answer.skipped,
     }
 
 
@@ -153,19 +156,25 @@ def series_json(answer: conv.Stats) -> dict[str, Any]:
 async def dead_letters(
     clients: ClientsDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict[str, Any]:
-    """Envelopes n8n never took, with the reason; replay them once n8n is fixed."""
+    """Work parked after failing, newest first, with the reason: envelopes n8n never took
+    (`kind` "n8n_delivery") and any other work that kept failing (a turn, a reply, a
+    resume, a handoff, a notification, a proactive start, a webhook event). Replay one
+    by its `id` once the cause is fixed."""
     answer = await clients.conversation.ListDeadLetters(
         conv.ListDeadLettersRequest(limit=limit), metadata=client_metadata()
     )
     return {
         "dead_letters": [
             {
-                "event_id": d.event_id,
-                "event": d.event,
+                "id": d.id or d.event_id,
+                "kind": d.kind or "n8n_delivery",
+                "event_id": d.event_id or None,
+                "event": d.event or None,
                 "conversation_id": d.conversation_id or None,
-                "url": d.url,
+                "url": d.url or None,
                 "attempts": d.attempts,
                 "last_error": d.last_error,
+                "first_failed_at": d.first_failed_at or None,
                 "parked_at": d.parked_at,
             }
             for d in answer.dead_letters
@@ -175,12 +184,21 @@ async def dead_letters(
 
 @router.post("/dead-letters/{event_id}/replay", tags=["conversations"])
 async def replay_dead_letter(
-    event_id: Annotated[str, Path(min_length=1, max_length=100)], clients: ClientsDep
+    event_id: Annotated[
+        str,
+        Path(
+            min_length=1,
+            max_length=100,
+            description="the dead letter's `id` (an n8n delivery's is its event_id)",
+        ),
+    ],
+    clients: ClientsDep,
 ) -> dict[str, str]:
+    """Put a dead letter back where it came from, due now, its tries counted from zero."""
     await clients.conversation.ReplayDeadLetter(
-        conv.ReplayDeadLetterRequest(event_id=event_id), metadata=client_metadata()
+        conv.ReplayDeadLetterRequest(id=event_id), metadata=client_metadata()
     )
-    return {"event_id": event_id, "status": "queued"}
+    return {"id": event_id, "event_id": event_id, "status": "queued"}
 
 
 @router.get("/debug/conversations", tags=["status"], dependencies=DEBUG)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from bridge.conversation.v1 import conversation_pb2 as conv
 from services.common.grpc_server import client_metadata
 from services.edge_api.deps import API_KEY, ClientsDep
+from services.edge_api.ids import KommoId
 
 router = APIRouter(tags=["conversations"], dependencies=API_KEY)
 
@@ -21,7 +22,7 @@ Trigger = Annotated[str, Path(min_length=1, max_length=40)]
 class StartProactiveBody(BaseModel):
     model_config = {"json_schema_extra": {"examples": [{"lead_id": 9100001, "trigger": "form"}]}}
 
-    lead_id: int = Field(gt=0, lt=1 << 62)
+    lead_id: KommoId
     trigger: str = Field(min_length=1, max_length=40, description="form, download, agendamento…")
 
 
@@ -36,6 +37,10 @@ class TemplateBody(BaseModel):
     status_code=201,
     responses={
         200: {"description": "this lead already got this trigger's message: the same conversation"},
+        400: {
+            "description": "a trigger with no template (add one with PUT "
+            "/proactive/templates/{trigger} or PROACTIVE_TEMPLATES_FILE), or a malformed one"
+        },
         409: {"description": "refused: area not served by the vendedor, no vendedor, taken over"},
     },
 )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, model_validator
 from bridge.scheduling.v1 import scheduling_pb2 as sc
 from services.common.grpc_server import client_metadata
 from services.edge_api.deps import API_KEY, ClientsDep
+from services.edge_api.ids import KommoId
 
 router = APIRouter(tags=["scheduling"], dependencies=API_KEY)
 
@@ -31,8 +32,8 @@ class AgendamentoBody(BaseModel):
         }
     }
 
-    lead_id: int | None = Field(default=None, gt=0, lt=1 << 62)
-    contact_id: int | None = Field(default=None, gt=0, lt=1 << 62)
+    lead_id: KommoId | None = None
+    contact_id: KommoId | None = None
     conversation_id: str | None = Field(default=None, max_length=100)
     requested_at: str = Field(
         default="",

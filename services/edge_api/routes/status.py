@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse
 from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,7 +20,8 @@ from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from services.common.grpc_server import client_metadata
 from services.edge_api import webhook
 from services.edge_api.clients import SERVICE_NAMES, Clients
-from services.edge_api.deps import API_KEY, ClientsDep, RuntimeDep
+from services.edge_api.deps import API_KEY, ClientsDep, RuntimeDep, require_metrics_key
+from services.edge_api.runtime import EdgeRuntime
 
 VERSION = "0.1.0"
 HEALTH_TIMEOUT_SECONDS = 2.0
@@ -32,34 +34,103 @@ async def version() -> dict[str, str]:
     return {"name": "kommo-n8n-bridge", "version": VERSION, "api": "v1"}
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    dependencies=[Depends(require_metrics_key)],
+    responses={401: {"description": "EDGE_METRICS_REQUIRE_KEY is on and the key is missing"}},
+)
 async def metrics() -> PlainTextResponse:
-    """Prometheus metrics of the edge (each gRPC service serves its own on METRICS_PORT)."""
+    """Prometheus metrics of the edge: HTTP answers and latencies by route template and
+    status (never an id, a phone or a secret). Public unless EDGE_METRICS_REQUIRE_KEY=true;
+    then `X-API-Key`, or `Authorization: Bearer <key>` (Prometheus's `authorization`).
+    Each gRPC service serves its own on METRICS_HOST:METRICS_PORT (METRICS_HOST follows
+    GRPC_HOST)."""
     return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/health")
 async def health(runtime: RuntimeDep) -> JSONResponse:
-    """Every service, Redis and Kommo; 200 when all serve, 503 otherwise."""
+    """Every service, Redis, Kommo and the work in the queues: 200 "ok" when all is well;
+    503 "degraded" while a service or Redis is down, work keeps failing, or a dead letter
+    younger than DEAD_LETTER_ALERT_SECONDS waits for a replay; `problems` says which.
+    A Kommo token that needs attention is "degraded" with 200 (the bridge still runs)."""
+    report = await health_report(runtime)
+    return JSONResponse(report.body, status_code=report.status_code)
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    body: dict[str, Any]
+    status_code: int
+    work: conv.WorkStatus | None
+
+
+async def health_report(runtime: EdgeRuntime, attention_limit: int = 0) -> HealthReport:
+    """What /health answers; the dashboard's header shows the same."""
     clients = runtime.clients
     checks = await asyncio.gather(
         *(service_health(clients, name) for name in SERVICE_NAMES),
         redis_health(runtime.redis),
         kommo_status(clients),
+        work_status(clients, attention_limit),
     )
     services = dict(zip(SERVICE_NAMES, checks[: len(SERVICE_NAMES)], strict=True))
-    redis_state, kommo = checks[len(SERVICE_NAMES)], checks[len(SERVICE_NAMES) + 1]
-    healthy = all(v == "SERVING" for v in services.values()) and redis_state in ("ok", None)
+    redis_state, kommo, work = checks[len(SERVICE_NAMES) :]
+    problems = [
+        f"service {name}: {state}" for name, state in services.items() if state != "SERVING"
+    ]
+    if redis_state not in ("ok", None):
+        problems.append(f"redis: {redis_state}")
+    if isinstance(work, conv.WorkStatus):
+        work_json: dict[str, Any] | str = {
+            "failing": work.failing,
+            "dead_letters": work.dead_letters,
+            "dead_letters_recent": work.dead_letters_recent,
+            "recent_seconds": work.recent_seconds,
+        }
+        if work.failing:
+            problems.append(f"{work.failing} work item(s) failing and retried")
+        if work.dead_letters_recent:
+            problems.append(
+                f"{work.dead_letters_recent} dead letter(s) parked in the last "
+                f"{work.recent_seconds / 3600:g} h (GET /dead-letters)"
+            )
+    else:
+        work_json = str(work)
+        problems.append(f"work: {work}")
+    healthy = not problems
     kommo_ok = isinstance(kommo, dict) and kommo["token_state"] in ("ok", "long_lived")
     kommo_ok = kommo_ok and isinstance(kommo, dict) and not kommo["blocked"]
+    if not kommo_ok:
+        state = kommo["token_state"] if isinstance(kommo, dict) else kommo
+        problems.append(
+            f"kommo: {'blocked' if isinstance(kommo, dict) and kommo['blocked'] else state}"
+        )
     body = {
-        "status": "ok" if healthy and kommo_ok else "degraded",
+        "status": "ok" if not problems else "degraded",
         "version": VERSION,
         "services": services,
         "redis": redis_state,
         "kommo": kommo,
+        "work": work_json,
+        "problems": problems,
     }
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    return HealthReport(
+        body, 200 if healthy else 503, work if isinstance(work, conv.WorkStatus) else None
+    )
+
+
+async def work_status(clients: Clients, attention_limit: int = 0) -> conv.WorkStatus | str:
+    """Failing work and dead letters, as the conversation service counts them."""
+    try:
+        return await clients.conversation.GetWorkStatus(
+            conv.GetWorkStatusRequest(attention_limit=attention_limit),
+            timeout=HEALTH_TIMEOUT_SECONDS,
+            metadata=client_metadata(),
+        )
+    except grpc.aio.AioRpcError as exc:
+        return f"unknown ({exc.code().name})"
 
 
 @router.get("/webhooks/test", tags=["test & debug"], dependencies=API_KEY)

@@ -14,10 +14,10 @@ from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.grpc_server import client_metadata
 from services.edge_api.clients import Clients
 from services.edge_api.deps import API_KEY, ClientsDep
+from services.edge_api.ids import KommoIdPath
 
 router = APIRouter(tags=["vendedores"], dependencies=API_KEY)
 
-EntityId = Annotated[int, Path(gt=0, lt=1 << 62)]
 # A sync reads every page of Kommo's users at the shared rate limit.
 _SYNC_DEADLINE_SECONDS = 90.0
 
@@ -118,7 +118,7 @@ async def add(body: NewVendedor, clients: ClientsDep) -> dict[str, Any]:
 
 
 @router.put("/vendedores/{vendedor_id}/areas")
-async def set_areas(vendedor_id: EntityId, body: Areas, clients: ClientsDep) -> dict[str, Any]:
+async def set_areas(vendedor_id: KommoIdPath, body: Areas, clients: ClientsDep) -> dict[str, Any]:
     """The areas ("áreas elegíveis") a vendedor serves; an empty list = every area."""
     updated = await clients.vendedor.SetAreas(
         vd.SetAreasRequest(vendedor_id=vendedor_id, areas=body.areas), metadata=client_metadata()
@@ -152,7 +152,7 @@ async def sync_alias(clients: ClientsDep) -> dict[str, Any]:
 
 
 @router.get("/vendedor/lead/{lead_id}")
-async def for_lead(lead_id: EntityId, clients: ClientsDep) -> dict[str, Any]:
+async def for_lead(lead_id: KommoIdPath, clients: ClientsDep) -> dict[str, Any]:
     """The responsible vendedor of a lead (or the configured fallback)."""
     found = await clients.vendedor.GetVendedorForLead(
         vd.GetVendedorForLeadRequest(lead_id=lead_id), metadata=client_metadata()
@@ -161,7 +161,7 @@ async def for_lead(lead_id: EntityId, clients: ClientsDep) -> dict[str, Any]:
 
 
 @router.get("/vendedor/contato/{contact_id}")
-async def for_contact(contact_id: EntityId, clients: ClientsDep) -> dict[str, Any]:
+async def for_contact(contact_id: KommoIdPath, clients: ClientsDep) -> dict[str, Any]:
     """The responsible vendedor of a contact (or the configured fallback)."""
     found = await clients.vendedor.GetVendedorForContact(
         vd.GetVendedorForContactRequest(contact_id=contact_id), metadata=client_metadata()

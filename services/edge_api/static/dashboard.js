@@ -67,6 +67,7 @@ function render(data) {
       show(`window.${k}`, w[k]);
     }
     show("window.dead_lettered", w.dead_lettered, w.dead_lettered ? "bad" : null);
+    show("window.hours", `${data.hours} h`);
     show("latency.median", secondsText(stats.median_reply_seconds));
     show("latency.p50", secondsText(w.reply_p50_seconds));
     show("latency.p95", secondsText(w.reply_p95_seconds));
@@ -105,7 +106,6 @@ function render(data) {
 
   const list = document.getElementById("services");
   list.replaceChildren();
-  let allServing = true;
   for (const [name, state] of Object.entries(data.services)) {
     const li = document.createElement("li");
     const label = document.createElement("span");
@@ -114,18 +114,63 @@ function render(data) {
     value.textContent = state;
     value.className = state === "SERVING" ? "ok" : "bad";
     value.dataset.metric = `services.${name}`;
-    allServing = allServing && state === "SERVING";
     li.append(label, value);
     list.append(li);
   }
 
-  const kommoGood = !k.error && !k.blocked && (k.token_state === "ok" || k.token_state === "long_lived");
-  const overall = !allServing || stats.error ? "down" : kommoGood && !v.error ? "ok" : "degraded";
+  const work = data.health.work;
+  if (typeof work === "string") {
+    show("work.failing", "unknown", "bad");
+  } else {
+    show("work.failing", work.failing, work.failing ? "bad" : "ok");
+    show("work.dead_letters", work.dead_letters, work.dead_letters ? "warn" : "ok");
+    show("work.dead_letters_recent", work.dead_letters_recent,
+      work.dead_letters_recent ? "bad" : "ok");
+  }
+  attentionTable(data.attention || [], data.generated_at);
+
+  // The header is what GET /health says, problems included: one source of truth.
+  const overall = data.health.status;
   const pill = document.getElementById("overall");
   pill.dataset.state = overall;
   pill.textContent = overall;
+  document.getElementById("problems").textContent = data.health.problems.join(" · ");
   document.getElementById("updated").textContent =
     `updated ${new Date(data.generated_at * 1000).toLocaleTimeString()} · every ${refreshSeconds} s`;
+}
+
+const REASONS = {
+  failing: "work failing",
+  dead_letter: "dead letter",
+  waiting_for_n8n: "waiting for n8n",
+  taken_over: "taken over",
+};
+
+function attentionTable(items, now) {
+  const table = document.getElementById("attention");
+  const body = table.querySelector("tbody");
+  body.replaceChildren();
+  for (const item of items) {
+    const row = document.createElement("tr");
+    row.dataset.reason = item.reason;
+    const cells = [
+      REASONS[item.reason] || item.reason,
+      item.lead_id === null ? "–" : String(item.lead_id),
+      item.conversation_id,
+      item.since ? `${duration(now - item.since)} ago` : "–",
+      item.detail || "",
+    ];
+    for (const text of cells) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    row.firstChild.className = item.reason === "taken_over" || item.reason === "waiting_for_n8n"
+      ? "warn" : "bad";
+    body.append(row);
+  }
+  table.hidden = items.length === 0;
+  document.getElementById("attention-empty").hidden = items.length !== 0;
 }
 
 function el(name, attrs, parent) {
