@@ -1,4 +1,4 @@
-"""The JSON envelope the bridge POSTs to n8n (SPEC.md §3.2) — plain data, no I/O."""
+"""The JSON envelope the bridge POSTs to n8n (docs/n8n-contract.md) — plain data, no I/O."""
 
 from __future__ import annotations
 
@@ -16,10 +16,18 @@ CONVERSATION_NAMESPACE = uuid.UUID("6b2f7a4e-8f1d-4c1e-9a57-3c0d5e2b9f10")
 _SPACES = re.compile(r"\s+")
 
 
+def conversation_for_lead(lead_id: int) -> str:
+    """A lead's conversation id. Deterministic, so two replicas (and a proactive start)
+    agree on it without a lock."""
+    return str(uuid.uuid5(CONVERSATION_NAMESPACE, f"lead:{lead_id}"))
+
+
 def conversation_id_for(event: MessageEvent) -> str:
-    """Deterministic, so two replicas seeing the same chat agree without a lock."""
-    anchor = f"chat:{event.chat_id}" if event.chat_id else f"lead:{event.lead_id}"
-    return str(uuid.uuid5(CONVERSATION_NAMESPACE, anchor))
+    """A conversation follows its lead (a chat can be reused by another lead); only a
+    message with no lead is placed by its chat."""
+    if event.lead_id:
+        return conversation_for_lead(event.lead_id)
+    return str(uuid.uuid5(CONVERSATION_NAMESPACE, f"chat:{event.chat_id}"))
 
 
 def iso(seconds: float) -> str:
@@ -30,7 +38,7 @@ def text_fingerprint(text: str) -> str:
     """What identifies a text the bridge sent when Kommo echoes it back.
 
     Whitespace is normalised and characters outside the Basic Multilingual Plane are
-    dropped, because Kommo's Salesbot is reported to lose them (kommo-api.md).
+    dropped, because Kommo's Salesbot is reported to lose them (docs/kommo-api.md).
     """
     normalised = _SPACES.sub(" ", "".join(c for c in text if ord(c) <= 0xFFFF)).strip()
     return hashlib.sha256(normalised.encode()).hexdigest()[:24]

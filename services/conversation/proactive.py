@@ -18,6 +18,8 @@ _TRIGGER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 # pt-BR first messages per trigger; {nome}, {lead}, {vendedor} are filled in. Edited
 # without code through PROACTIVE_TEMPLATES_FILE or PUT /proactive/templates/{trigger}.
+# A trigger is one of these names: a start for a trigger without a template is refused
+# ("default" is a trigger like the others, for a start with no particular reason).
 DEFAULT_TEMPLATES = {
     "form": "Olá, {nome}! Aqui é {vendedor}, da Previdas. Recebemos o seu formulário e "
     "gostaria de entender melhor o seu caso. Podemos conversar por aqui?",
@@ -71,7 +73,7 @@ def lead_area(custom_fields: list[Any], field: str) -> str:
 
 
 def check_eligible(area: str, vendedor_name: str, vendedor_areas: list[str]) -> None:
-    """A vendedor with no areas serves every area (SPEC.md §1)."""
+    """A vendedor with no areas serves every area."""
     if not vendedor_areas:
         return
     if not area:

@@ -5,6 +5,9 @@ letters...) is also added to the bucket of the moment it happened, and every rep
 latency goes into that bucket's histogram. A bucket is one Redis hash that expires on
 its own after a day, so the series costs a bounded amount of memory whatever the
 traffic, and any replica can add to it.
+
+Every latency figure (the day's median, a window's p50 and p95, each bucket's) comes
+from these histograms, read at once: two figures over the same replies always agree.
 """
 
 from __future__ import annotations
@@ -125,3 +128,22 @@ def window(starts: Sequence[int], raws: Sequence[Mapping[str, int]]) -> Bucket:
     for raw in raws:
         merged.update(raw)
     return bucket(starts[0] if starts else 0, merged)
+
+
+@dataclass(frozen=True)
+class Series:
+    """The raw buckets of a span of time, oldest first, as read from Redis."""
+
+    starts: Sequence[int]
+    counts: Sequence[Mapping[str, int]]
+
+    def last(self, hours: int) -> Series:
+        """The most recent `hours` of it (the current bucket included)."""
+        n = max(1, math.ceil(hours * 3600 / BUCKET_SECONDS))
+        return Series(self.starts[-n:], self.counts[-n:])
+
+    def buckets(self) -> list[Bucket]:
+        return buckets(self.starts, self.counts)
+
+    def window(self) -> Bucket:
+        return window(self.starts, self.counts)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from redis.exceptions import RedisError
 
 from bridge.conversation.v1 import conversation_pb2 as pb
 from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServicer
+from services.common.due_queue import Failure, now_ms
 from services.common.errors import BridgeError, InvalidInput, NotFound
 from services.conversation import series
 from services.conversation.events import LeadEvent, MessageEvent, parse_webhook
@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 # /debug/conversations without an id shows the most recent ones, not the whole store.
 _DEBUG_ALL_LIMIT = 200
+# Failing work items listed by GetWorkStatus (the counts cover them all).
+_FAILING_LISTED = 100
+# What an operator must look at first, most urgent first.
+_ATTENTION_ORDER = ("failing", "dead_letter", "waiting_for_n8n", "taken_over")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -198,12 +202,15 @@ class ConversationServicer(ConversationServiceServicer):
         if request.bot_state:
             rows = [r for r in rows if r.get("bot_state", "active") == request.bot_state]
         chosen = rows[(page - 1) * page_size : page * page_size]
-        pending = await self.ops.pending_counts([r["id"] for r in chosen])
+        pending = await self.ops.pending_counts([r.get("id", "") for r in chosen])
+        listed = [readable_conversation(r, n) for r, n in zip(chosen, pending, strict=True)]
+        conversations = [c for c in listed if c is not None]
         return pb.ListConversationsResponse(
-            conversations=[conversation_pb(r, n) for r, n in zip(chosen, pending, strict=True)],
+            conversations=conversations,
             total=len(rows),
             page=page,
             page_size=page_size,
+            skipped=len(listed) - len(conversations),
         )
 
     async def DebugConversations(
@@ -215,7 +222,13 @@ class ConversationServicer(ConversationServiceServicer):
             dump: Any = await self.ops.dump(request.conversation_id)
         else:
             ids = await self.ops.conversation_ids(limit=_DEBUG_ALL_LIMIT)
-            dump = {"conversations": [await self.ops.dump(i) for i in ids]}
+            dumps = []
+            for conversation_id in ids:
+                try:
+                    dumps.append(await self.ops.dump(conversation_id))
+                except ValueError as exc:  # a record that is not JSON: left out, not fatal
+                    log.warning("conversation %s unreadable, left out: %s", conversation_id, exc)
+            dump = {"conversations": dumps, "skipped": len(ids) - len(dumps)}
         return pb.DebugConversationsResponse(json=json.dumps(dump, ensure_ascii=False))
 
     async def ResetConversations(
@@ -235,18 +248,21 @@ class ConversationServicer(ConversationServiceServicer):
         rows = await self.ops.conversations(await self.ops.conversation_ids())
         by_state = Counter(r.get("bot_state", "active") for r in rows)
         by_state["awaiting_reply"] = sum(1 for r in rows if r.get("inflight_token"))
-        samples = await self.engine.bots.reply_seconds()
         pending, dead = await self.ops.queue_sizes()
         if request.series_hours > series.MAX_HOURS:
             raise InvalidInput(f"series_hours must be at most {series.MAX_HOURS}")
+        # One read of the day's buckets: the median and the window's quantiles come from
+        # the same histograms, so they agree whenever they cover the same replies.
+        day = await self.engine.bots.time_series(series.MAX_HOURS)
         buckets: list[series.Bucket] = []
         window = None
         if request.series_hours:
-            buckets, window = await self.engine.bots.time_series(request.series_hours)
+            recent = day.last(request.series_hours)
+            buckets, window = recent.buckets(), recent.window()
         return pb.Stats(
             conversations_by_state=dict(by_state),
             counters=await self.engine.bots.counters(),
-            median_reply_seconds=statistics.median(samples) if samples else 0.0,
+            median_reply_seconds=day.window().reply_p50_seconds,
             outbox_pending=pending,
             dead_letters=dead,
             series=[stats_bucket(b) for b in buckets],
@@ -275,8 +291,9 @@ class ConversationServicer(ConversationServiceServicer):
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Context
     ) -> pb.ListDeadLettersResponse:
-        letters = []
-        for event_id, parked_at, item in await self.ops.dead_letters(request.limit or 100):
+        limit = request.limit or 100
+        letters = [dead_letter_pb(f) for f in await self.engine.failures.dead(limit)]
+        for event_id, parked_at, item in await self.ops.dead_letters(limit):
             try:
                 event = json.loads(item.get("payload", "{}")).get("event", "")
             except ValueError:
@@ -290,16 +307,142 @@ class ConversationServicer(ConversationServiceServicer):
                     last_error=item.get("last_error", ""),
                     parked_at=parked_at,
                     event=event,
+                    kind="n8n_delivery",
+                    id=event_id,
                 )
             )
-        return pb.ListDeadLettersResponse(dead_letters=letters)
+        letters.sort(key=lambda d: -d.parked_at)
+        return pb.ListDeadLettersResponse(dead_letters=letters[:limit])
 
     async def ReplayDeadLetter(
         self, request: pb.ReplayDeadLetterRequest, context: Context
     ) -> pb.ReplayDeadLetterResponse:
-        if not await self.ops.replay(request.event_id):
-            raise NotFound(f"no dead letter {request.event_id}")
-        return pb.ReplayDeadLetterResponse(event_id=request.event_id)
+        letter_id = request.id or request.event_id
+        if not (await self.engine.failures.replay(letter_id) or await self.ops.replay(letter_id)):
+            raise NotFound(f"no dead letter {letter_id}")
+        log.info("dead letter replayed", extra={"dead_letter": letter_id})
+        return pb.ReplayDeadLetterResponse(event_id=request.event_id, id=letter_id)
+
+    async def GetWorkStatus(
+        self, request: pb.GetWorkStatusRequest, context: Context
+    ) -> pb.WorkStatus:
+        alert_ms = int(self.settings.dead_letter_alert_seconds * 1000)
+        # 0 = dead letters never alert: count those parked from a moment that never comes.
+        since = now_ms() - alert_ms if alert_ms else now_ms() + 1
+        counts = await self.engine.failures.counts(since)
+        _, outbox_dead = await self.ops.queue_sizes()
+        outbox_recent = await self.ops.dead_letters_since(since)
+        failing = await self.engine.failures.failing()
+        status = pb.WorkStatus(
+            failing=counts.failing,
+            dead_letters=counts.dead + outbox_dead,
+            dead_letters_recent=counts.dead_recent + outbox_recent,
+            recent_seconds=self.settings.dead_letter_alert_seconds,
+            failing_items=[failing_pb(f) for f in failing[:_FAILING_LISTED]],
+        )
+        if request.attention_limit:
+            attention, skipped = await self._attention(failing, min(request.attention_limit, 500))
+            status.attention.extend(attention)
+            status.skipped = skipped
+        return status
+
+    async def _attention(
+        self, failing: list[Failure], limit: int
+    ) -> tuple[list[pb.Attention], int]:
+        """One line per conversation an operator should look at, most urgent first:
+        failing work, dead letters, turns waiting for n8n, conversations taken over."""
+        found: dict[str, tuple[str, str, float]] = {}
+
+        def note(conversation_id: str, reason: str, detail: str, since: float) -> None:
+            if conversation_id and conversation_id not in found:
+                found[conversation_id] = (reason, detail, since)
+
+        for f in failing:
+            note(f.conversation_id, "failing", f"{f.kind}: {f.error}", f.first_failed_at)
+        for f in await self.engine.failures.dead(limit):
+            note(f.conversation_id, "dead_letter", f"{f.kind}: {f.error}", f.parked_at)
+        for _, parked_at, item in await self.ops.dead_letters(limit):
+            detail = f"n8n_delivery: {item.get('last_error', '')}"
+            note(item.get("conversation_id", ""), "dead_letter", detail, parked_at)
+        rows = {
+            r.get("id", ""): r
+            for r in await self.ops.conversations(await self.ops.conversation_ids())
+        }
+        for conversation_id, row in rows.items():
+            if row.get("inflight_token"):
+                since = _number(row.get("inflight_since")) / 1000
+                note(conversation_id, "waiting_for_n8n", "", since)
+            elif row.get("bot_state", "active") != "active":
+                detail = f"{row.get('paused_by', '')}: {row.get('paused_reason', '')}".strip(": ")
+                note(conversation_id, "taken_over", detail, _number(row.get("paused_at")) / 1000)
+        chosen = sorted(found.items(), key=lambda kv: (_ATTENTION_ORDER.index(kv[1][0]), kv[1][2]))[
+            :limit
+        ]
+        pending = await self.ops.pending_counts([conversation_id for conversation_id, _ in chosen])
+        items, skipped = [], 0
+        for (conversation_id, (reason, detail, since)), n in zip(chosen, pending, strict=True):
+            record = rows.get(conversation_id)
+            conversation = readable_conversation(record, n) if record else None
+            skipped += 1 if record and conversation is None else 0
+            items.append(
+                pb.Attention(
+                    conversation=conversation,
+                    conversation_id=conversation_id,
+                    reason=reason,
+                    detail=detail,
+                    since=since,
+                )
+            )
+        return items, skipped
+
+
+def _number(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def readable_conversation(data: dict[str, str], pending: int) -> pb.Conversation | None:
+    """The conversation as protobuf, or None (logged) when its record cannot be read:
+    a lead id beyond int64, a field that is not a number. One bad record never breaks
+    a listing."""
+    try:
+        return conversation_pb(data, pending)
+    except (KeyError, ValueError, TypeError) as exc:
+        log.warning(
+            "conversation %s left out of a listing, its record is unreadable: %s",
+            data.get("id", "?"),
+            f"{type(exc).__name__}: {str(exc)[:200]}",
+        )
+        return None
+
+
+def failing_pb(f: Failure) -> pb.FailingWork:
+    return pb.FailingWork(
+        id=f.id,
+        kind=f.kind,
+        conversation_id=f.conversation_id,
+        attempts=f.attempts,
+        error=f.error,
+        first_failed_at=f.first_failed_at,
+        last_failed_at=f.last_failed_at,
+        next_attempt_at=f.next_at,
+        parked_at=f.parked_at,
+    )
+
+
+def dead_letter_pb(f: Failure) -> pb.DeadLetter:
+    return pb.DeadLetter(
+        event_id=f.member if f.kind == "n8n_delivery" else "",
+        conversation_id=f.conversation_id,
+        attempts=f.attempts,
+        last_error=f.error,
+        parked_at=f.parked_at,
+        kind=f.kind,
+        id=f.id,
+        first_failed_at=f.first_failed_at,
+    )
 
 
 def conversation_pb(data: dict[str, str], pending: int) -> pb.Conversation:

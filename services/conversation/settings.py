@@ -1,11 +1,21 @@
-"""Settings of the conversation service (SPEC.md §4)."""
+"""Settings of the conversation service (every variable is described in .env.example)."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from services.common.settings import CommonSettings, N8nSettings
+from services.common.settings import (
+    CommonSettings,
+    ConfigurationError,
+    N8nSettings,
+    check_timezone,
+    is_placeholder,
+)
 from services.conversation.proactive import WorkingHours
+
+N8N_URL_ADVICE = (
+    "the Production URL of your n8n workflow's Webhook node (examples/n8n/README.md; guide step 4)"
+)
 
 
 class ConversationSettings(CommonSettings, N8nSettings):
@@ -64,13 +74,66 @@ class ConversationSettings(CommonSettings, N8nSettings):
         default=15.0, gt=0, description="pending work idle this long is taken by a live replica"
     )
     max_event_attempts: int = Field(default=5, gt=0, description="tries before an event is parked")
+    work_max_attempts: int = Field(
+        default=5,
+        gt=0,
+        description="tries of a turn, delivery, reply, resume, handoff, notification or "
+        "proactive start before it is parked as a dead letter",
+    )
+    work_retry_base_seconds: float = Field(
+        default=2.0, gt=0, description="delay before a failed work item is tried again; doubles"
+    )
+    work_retry_max_seconds: float = Field(
+        default=300.0, gt=0, description="the longest delay between two tries of a work item"
+    )
+    dead_letter_alert_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="a dead letter younger than this keeps /health degraded (0 = never)",
+    )
+
+    @field_validator("bridge_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone("BRIDGE_TIMEZONE", value)
+
+    @field_validator("edge_public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if is_placeholder(value):
+            raise ConfigurationError(
+                "EDGE_PUBLIC_URL",
+                "set EDGE_PUBLIC_URL to the address n8n uses to reach the edge "
+                "(callback.url of every envelope; guide step 1)",
+            )
+        return value
+
+    @field_validator("n8n_webhook_url", "n8n_reply_webhook_url", "n8n_proactive_webhook_url")
+    @classmethod
+    def _n8n_url(cls, value: str, info: ValidationInfo) -> str:
+        if is_placeholder(value):
+            variable = str(info.field_name).upper()
+            raise ConfigurationError(variable, f"set {variable} to {N8N_URL_ADVICE}")
+        return value
 
     @model_validator(mode="after")
     def _n8n(self) -> ConversationSettings:
         if not self.reply_webhook_url:
-            raise ValueError("N8N_WEBHOOK_URL (or N8N_REPLY_WEBHOOK_URL) is required")
-        WorkingHours.parse(self.proactive_hours, self.proactive_days, self.bridge_timezone)
-        self.status_triggers  # noqa: B018  # validates the format
+            raise ConfigurationError(
+                ("N8N_WEBHOOK_URL", "N8N_REPLY_WEBHOOK_URL"),
+                f"required: set N8N_WEBHOOK_URL to {N8N_URL_ADVICE}",
+            )
+        try:
+            WorkingHours.parse(self.proactive_hours, self.proactive_days, self.bridge_timezone)
+        except ValueError as exc:
+            raise ConfigurationError(
+                ("PROACTIVE_HOURS", "PROACTIVE_DAYS"),
+                f"{exc} (defaults 08:00-20:00 and mon-sat; 00:00-24:00 and mon-sun = always)",
+            ) from exc
+        try:
+            self.status_triggers  # noqa: B018  # validates the format
+        except ValueError as exc:
+            raise ConfigurationError("PROACTIVE_ON_STATUS", str(exc)) from exc
         return self
 
     @property
@@ -83,7 +146,7 @@ class ConversationSettings(CommonSettings, N8nSettings):
         for item in filter(None, (p.strip() for p in self.proactive_on_status.split(","))):
             status, _, trigger = item.partition(":")
             if not status.isdigit() or not trigger:
-                raise ValueError("PROACTIVE_ON_STATUS must look like 71000002:form,142:download")
+                raise ValueError("must be status_id:trigger pairs, e.g. 71000002:form,142:download")
             pairs[int(status)] = trigger
         return pairs
 

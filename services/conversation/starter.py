@@ -37,10 +37,6 @@ class Started:
     scheduled_for: float  # Unix seconds; 0 = now
 
 
-def conversation_for_lead(lead_id: int) -> str:
-    return str(uuid.uuid5(envelope.CONVERSATION_NAMESPACE, f"lead:{lead_id}"))
-
-
 class ProactiveStarter:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -57,6 +53,20 @@ class ProactiveStarter:
     async def templates(self) -> dict[str, str]:
         return {**self._file_templates, **await self.store.templates()}
 
+    async def template(self, trigger: str) -> str:
+        """The trigger's template. A trigger is known by its template: the template is
+        what goes out when n8n is not used or stays silent, so a trigger without one
+        (often a typo) could never be sure to send anything — refused before anything is
+        claimed or scheduled."""
+        templates = await self.templates()
+        if trigger not in templates:
+            raise InvalidInput(
+                f"trigger {trigger!r} has no message template: add one with "
+                f"PUT /proactive/templates/{trigger} or in PROACTIVE_TEMPLATES_FILE "
+                f"(triggers with a template: {', '.join(sorted(templates))})"
+            )
+        return templates[trigger]
+
     async def set_template(self, trigger: str, text: str) -> None:
         await self.store.set_template(
             proactive.check_trigger(trigger), proactive.check_template(text)
@@ -66,10 +76,11 @@ class ProactiveStarter:
         proactive.check_trigger(trigger)
         if lead_id <= 0:
             raise InvalidInput("lead_id must be a positive integer")
+        await self.template(trigger)
         store = self.engine.store
-        conversation_id = await store.conversation_by_lead(lead_id) or conversation_for_lead(
+        conversation_id = await store.conversation_by_lead(
             lead_id
-        )
+        ) or envelope.conversation_for_lead(lead_id)
         ttl = int(self.settings.proactive_dedupe_seconds)
         if not await self.store.claim_start(lead_id, trigger, conversation_id, ttl):
             return Started(conversation_id, False, "existing", 0.0)
@@ -132,9 +143,8 @@ class ProactiveStarter:
             contact = await engine.gateway.GetContact(
                 gw.GetContactRequest(contact_id=lead.main_contact_id), metadata=metadata
             )
-        templates = await self.templates()
         text = proactive.render(
-            templates.get(trigger, templates["default"]),
+            await self.template(trigger),
             contact.name if contact else "",
             lead.name,
             vendedor.name,
@@ -206,10 +216,17 @@ class ProactiveStarter:
         if job:
             try:
                 await self.send(job["conversation_id"], int(job["lead_id"]), job["trigger"])
-            except grpc.aio.AioRpcError as exc:
-                log.warning("proactive start failed, retrying: %s", exc.details())
-                await self.store.waiting.reschedule(claim, now_ms() + self.settings.lease_ms)
-                return
+            # Kommo or the vendedor service failing: Engine.attempt retries it with
+            # backoff, and parks it as a dead letter if it keeps failing.
+            except (InvalidInput, NotFound, Conflict) as exc:
+                # Trying again cannot help (e.g. its template is gone since it was
+                # scheduled): dropped, and a later start of this lead and trigger may go.
+                log.error(
+                    "proactive start dropped: %s",
+                    exc,
+                    extra={"lead_id": job["lead_id"], "trigger": job["trigger"]},
+                )
+                await self.store.forget_start(int(job["lead_id"]), job["trigger"])
         await self.store.job_done(self.store.waiting, claim.member)
 
     async def run_fallback(self, claim: Claim) -> None:

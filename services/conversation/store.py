@@ -7,6 +7,7 @@ Turns, the n8n outbox, replies, resumes, handoffs and notifications are due queu
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from typing import Any, cast
@@ -18,8 +19,10 @@ from services.conversation import series
 
 EVENTS_STREAM = "conv:events"  # webhook events, durable until a worker has applied them
 WORKERS_GROUP = "workers"
-EVENT_ATTEMPTS = "conv:events:attempts"  # failures per stream entry, to park poison events
-EVENTS_DEAD = "conv:events:dead"  # parked events (list), kept until an operator looks
+# Work that failed, of every kind (events, turns, deliveries...): `conv:work:failing`
+# while it is retried, `conv:work:dead` (+ `:info`) once parked; kept until replayed or
+# until the item goes through (due_queue.WorkFailures).
+WORK_FAILURES = "conv:work"
 WEBHOOKS_LAST = "conv:webhooks:last"
 WEBHOOKS_TOTAL = "conv:webhooks:total"
 TURNS_DUE = "conv:turns:due"
@@ -34,12 +37,11 @@ PROACTIVE_DUE = "conv:proactive:due"  # proactive starts waiting for working hou
 FALLBACKS_DUE = "conv:proactive:fallback-due"  # n8n's first message, or the template
 TEMPLATES = "conv:templates"  # trigger → template, set through the API
 STATS = "conv:stats"  # counters (HINCRBY), kept for the life of the data
-REPLY_SECONDS = "conv:stats:reply-seconds"  # recent reply latencies, capped
-REPLY_SECONDS_KEPT = 1000
-# conv:series:{unix start}: the same counters per five minutes (series.py), for a day.
+# conv:series:{unix start}: the same counters per five minutes (series.py), for a day,
+# with each bucket's reply latency histogram: the one source of every latency figure.
 BOT_LOG_KEPT = 50
 
-# Kommo retries a delivery for a while and SPEC.md §3.1 asks for at least 72 h.
+# Kommo retries a delivery for a while: a duplicate is recognised for at least 72 h.
 SEEN_TTL_SECONDS = 72 * 3600
 # A reply token must outlive the longest n8n retry schedule (1 h) with margin.
 REPLY_TOKEN_TTL_SECONDS = 7 * 24 * 3600
@@ -81,6 +83,11 @@ def notify_key(job_id: str) -> str:
 
 def by_lead_key(lead_id: int) -> str:
     return f"conv:by-lead:{lead_id}"
+
+
+def by_chat_key(chat_id: str) -> str:
+    """The conversation that first used a Kommo chat; other leads in it keep their own."""
+    return f"conv:by-chat:{chat_id}"
 
 
 def inbox_key(conversation_id: str) -> str:
@@ -134,7 +141,13 @@ redis.call('INCRBY', KEYS[3], ARGV[3])
 return out
 """
 
+# A conversation is its lead's: a message of another lead never joins it nor changes its
+# lead id (-1: the caller applies it to that lead's own conversation). A chat shared by
+# conversations keeps pointing at its first one; 2 says so the first time, for one warning.
+# An empty history entry (the echo of the bridge's own send) is applied but not recorded.
 _APPLY_MESSAGE = """
+local lead = redis.call('HGET', KEYS[1], 'lead_id')
+if ARGV[7] ~= '0' and lead and lead ~= '0' and lead ~= ARGV[7] then return -1 end
 if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
 redis.call('EXPIRE', KEYS[2], ARGV[13])
 redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
@@ -150,15 +163,26 @@ if ARGV[8] ~= '0' then
   redis.call('SET', KEYS[8], ARGV[1])
 end
 redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'chat_id', ARGV[9]) end
+local outcome = 1
+if ARGV[9] ~= '' then
+  redis.call('HSET', KEYS[1], 'chat_id', ARGV[9])
+  local owner = redis.call('GET', KEYS[9])
+  if not owner then
+    redis.call('SET', KEYS[9], ARGV[1])
+  elseif owner ~= ARGV[1] and redis.call('HSETNX', KEYS[1], 'shared_chat_with', owner) == 1 then
+    outcome = 2
+  end
+end
 if ARGV[10] ~= '0' then redis.call('HSET', KEYS[1], 'talk_id', ARGV[10]) end
-redis.call('RPUSH', KEYS[4], ARGV[4])
-redis.call('LTRIM', KEYS[4], -tonumber(ARGV[12]), -1)
+if ARGV[4] ~= '' then
+  redis.call('RPUSH', KEYS[4], ARGV[4])
+  redis.call('LTRIM', KEYS[4], -tonumber(ARGV[12]), -1)
+end
 if ARGV[11] == '1' then
   redis.call('RPUSH', KEYS[3], ARGV[3])
   redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 end
-return 1
+return outcome
 """
 
 _COMMIT_TURN = """
@@ -188,9 +212,31 @@ if redis.call('HGET', KEYS[1], 'inflight_token') == ARGV[1] then
   redis.call('DEL', KEYS[5])
 end
 if redis.call('LLEN', KEYS[2]) > 0 then
-  redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
+  if redis.call('HEXISTS', KEYS[1], 'inflight_token') == 0
+      and redis.call('HDEL', KEYS[1], 'turn_waiting') == 1 then
+    redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+  else
+    redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
+  end
 end
 return 1
+"""
+
+# A turn found the previous one still at n8n: it waits for that reply (finish_turn then
+# makes it due at once), at most until `later` (0 = no limit). Atomic with finish_turn,
+# so a reply settling in between is never missed: the turn is then due now.
+_DEFER_TURN = """
+if redis.call('HEXISTS', KEYS[1], 'inflight_token') == 1 then
+  redis.call('HSET', KEYS[1], 'turn_waiting', 1)
+  if ARGV[2] ~= '0' then
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+  else
+    redis.call('ZREM', KEYS[2], ARGV[1])
+  end
+  return 1
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 0
 """
 
 # Only an envelope n8n has taken (delivered_at) and that is not queued already.
@@ -213,6 +259,15 @@ return false
 """
 
 
+class Applied(enum.IntEnum):
+    """What applying a message to a conversation did."""
+
+    DUPLICATE = 0  # applied before (at-least-once delivery)
+    APPLIED = 1
+    SHARED_CHAT = 2  # applied; its chat is first seen under another conversation
+    OTHER_LEAD = -1  # not applied: the conversation belongs to another lead
+
+
 class ConversationStore:
     """Typed access to the conversation service's Redis state."""
 
@@ -225,6 +280,7 @@ class ConversationStore:
         self._apply = redis.register_script(_APPLY_MESSAGE)
         self._commit_turn = redis.register_script(_COMMIT_TURN)
         self._finish_turn = redis.register_script(_FINISH_TURN)
+        self._defer_turn = redis.register_script(_DEFER_TURN)
         self._begin_reply = redis.register_script(_BEGIN_REPLY)
         self._resend = redis.register_script(_RESEND)
 
@@ -258,7 +314,9 @@ class ConversationStore:
         talk_id: int,
         to_inbox: bool,
         history_max: int,
-    ) -> bool:
+    ) -> Applied:
+        """Record a message in its conversation once; `history_entry` '' keeps it out of
+        the history."""
         applied = await self._apply(
             keys=[
                 conversation_key(conversation_id),
@@ -269,6 +327,7 @@ class ConversationStore:
                 by_lead_key(lead_id),
                 CONVERSATIONS,
                 by_contact_key(contact_id),
+                by_chat_key(chat_id),
             ],
             args=[
                 conversation_id,
@@ -286,7 +345,7 @@ class ConversationStore:
                 SEEN_TTL_SECONDS,
             ],
         )
-        return bool(applied)
+        return Applied(int(cast(int, applied)))
 
     async def conversation(self, conversation_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(conversation_key(conversation_id))
@@ -312,6 +371,10 @@ class ConversationStore:
         value = await self.redis.get(by_lead_key(lead_id))
         return text(value) if value else None
 
+    async def conversation_by_chat(self, chat_id: str) -> str | None:
+        value = await self.redis.get(by_chat_key(chat_id))
+        return text(value) if value else None
+
     async def inbox(self, conversation_id: str) -> list[dict[str, Any]]:
         raw = await self.redis.lrange(inbox_key(conversation_id), 0, -1)
         return [json.loads(x) for x in raw]
@@ -322,9 +385,14 @@ class ConversationStore:
         raw = await self.redis.lrange(history_key(conversation_id), -turns, -1)
         return [json.loads(x) for x in raw]
 
-    async def append_history(self, conversation_id: str, entry: dict[str, Any], cap: int) -> None:
+    async def reply_delivered(
+        self, job_id: str, conversation_id: str, entry: dict[str, Any], cap: int
+    ) -> None:
+        """Kommo took the reply: mark the job and add the text to the history together, so
+        a retry after a crash neither sends it again nor records it twice."""
         key = history_key(conversation_id)
         async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(reply_job_key(job_id), "delivered", 1)
             pipe.rpush(key, json.dumps(entry, ensure_ascii=False))
             pipe.ltrim(key, -max(cap, 1), -1)
             await pipe.execute()
@@ -398,6 +466,15 @@ class ConversationStore:
             ],
             args=[reply_token, now_ms(), conversation_id],
         )
+
+    async def defer_turn(self, conversation_id: str, later_ms: int) -> bool:
+        """Wait for the turn at n8n to be settled; False if it was meanwhile (the turn
+        is then due now)."""
+        waiting = await self._defer_turn(
+            keys=[conversation_key(conversation_id), TURNS_DUE],
+            args=[conversation_id, later_ms, now_ms()],
+        )
+        return bool(waiting)
 
     async def reply_token(self, token: str) -> dict[str, str]:
         raw = await self.redis.hgetall(reply_token_key(token))
@@ -518,6 +595,11 @@ class Operations:
         deleted = keys_deleted = 0
         for conversation_id in ids:
             state = text_map(await self.redis.hgetall(conversation_key(conversation_id)))
+            chat_owned = (
+                bool(state.get("chat_id"))
+                and (await self.redis.get(by_chat_key(state["chat_id"])))
+                == conversation_id.encode()
+            )
             keys = [
                 conversation_key(conversation_id),
                 inbox_key(conversation_id),
@@ -532,6 +614,8 @@ class Operations:
                     pipe.delete(by_lead_key(int(state["lead_id"])))
                 if state.get("contact_id"):
                     pipe.delete(by_contact_key(int(state["contact_id"])))
+                if chat_owned:
+                    pipe.delete(by_chat_key(state["chat_id"]))
                 for due in (TURNS_DUE, RESUMES_DUE, HANDOFFS_DUE, CONVERSATIONS):
                     pipe.zrem(due, conversation_id)
                 results = await pipe.execute()
@@ -558,6 +642,10 @@ class Operations:
             pipe.zadd(OUTBOX_DUE, {event_id: now_ms()})
             await pipe.execute()
         return True
+
+    async def dead_letters_since(self, since_ms: int) -> int:
+        """n8n deliveries parked at or after `since_ms`."""
+        return int(await self.redis.zcount(OUTBOX_DEAD, since_ms, "+inf"))
 
     async def queue_sizes(self) -> tuple[int, int]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -641,28 +729,22 @@ class BotStore:
     async def record_reply_seconds(self, seconds: float) -> None:
         key = series.bucket_key(series.bucket_start(time.time()))
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(REPLY_SECONDS, f"{seconds:.3f}")
-            pipe.ltrim(REPLY_SECONDS, 0, REPLY_SECONDS_KEPT - 1)
             pipe.hincrby(key, series.REPLIES, 1)
             pipe.hincrby(key, series.REPLY_MS_SUM, round(seconds * 1000))
             pipe.hincrby(key, series.latency_field(seconds), 1)
             pipe.expire(key, series.KEPT_SECONDS)
             await pipe.execute()
 
-    async def time_series(self, hours: int) -> tuple[list[series.Bucket], series.Bucket]:
-        """The counters and reply latencies of the last `hours`, in time buckets, and
-        the whole window as one."""
+    async def time_series(self, hours: int) -> series.Series:
+        """The counters and reply latencies of the last `hours` (at most a day), in time
+        buckets, read once."""
         starts = series.bucket_starts(time.time(), hours)
         async with self.redis.pipeline(transaction=False) as pipe:
             for start in starts:
                 pipe.hgetall(series.bucket_key(start))
             raws = await pipe.execute()
         counts = [{text(k): int(v) for k, v in raw.items()} for raw in raws]
-        return series.buckets(starts, counts), series.window(starts, counts)
-
-    async def reply_seconds(self) -> list[float]:
-        raw = await self.redis.lrange(REPLY_SECONDS, 0, -1)
-        return [float(x) for x in raw]
+        return series.Series(starts, counts)
 
     async def add_notification(self, job_id: str, job: dict[str, str], lease_ms: int) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -11,6 +11,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -19,7 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from bridge.vendedor.v1 import vendedor_pb2 as vd
-from services.common.due_queue import Claim, now_ms
+from services.common.due_queue import Claim, DueQueue, RetryPolicy, WorkFailures, describe, now_ms
 from services.common.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.common.grpc_server import BackgroundTask, client_metadata
 from services.common.logs import flow, request_id
@@ -31,10 +32,12 @@ from services.conversation.events import LeadEvent, MessageEvent
 from services.conversation.settings import ConversationSettings
 from services.conversation.starter import ProactiveStarter
 from services.conversation.store import (
-    EVENT_ATTEMPTS,
-    EVENTS_DEAD,
     EVENTS_STREAM,
+    OUTBOX_DUE,
+    REPLIES_DUE,
+    WORK_FAILURES,
     WORKERS_GROUP,
+    Applied,
     BotStore,
     ConversationStore,
     Operations,
@@ -92,40 +95,129 @@ class Engine:
         self.bots = BotStore(store.redis)
         self.bot = BotController(settings, store, self.bots, gateway)
         self.proactive = ProactiveStarter(self)
+        self.failures = WorkFailures(
+            store.redis,
+            WORK_FAILURES,
+            RetryPolicy(
+                settings.work_max_attempts,
+                settings.work_retry_base_seconds,
+                settings.work_retry_max_seconds,
+            ),
+        )
+
+    async def attempt(
+        self,
+        kind: str,
+        queue: DueQueue,
+        claim: Claim,
+        work: Awaitable[object],
+        conversation_id: str = "",
+    ) -> None:
+        """Run one claimed work item. When it fails it is tried again after a growing
+        delay and, after WORK_MAX_ATTEMPTS failures (a dependency being unavailable does
+        not count), parked as a dead letter with its reason: one bad item never loops
+        forever nor stops the others. One ERROR line per failure; the traceback once."""
+        began = now_ms()
+        try:
+            await work
+        except RedisError:
+            raise
+        except Exception as exc:
+            transient = _is_transient(exc)
+            reason = describe(exc)
+            outcome = await self.failures.failed(
+                kind, queue, claim, reason, counts=not transient, conversation_id=conversation_id
+            )
+            extra = {"work": kind, "item": claim.member, "attempt": outcome.attempts}
+            if conversation_id:
+                extra["conversation_id"] = conversation_id
+            first = outcome.attempts == 1 and not transient
+            if outcome.parked:
+                await self.bots.count("work_dead_lettered")
+                log.error(
+                    "%s %s parked as a dead letter after %d tries: %s",
+                    kind,
+                    claim.member,
+                    outcome.attempts,
+                    reason,
+                    extra=extra,
+                    exc_info=first,
+                )
+            else:
+                log.log(
+                    logging.WARNING if transient else logging.ERROR,
+                    "%s %s failed (try %d), tried again in %.1f s: %s",
+                    kind,
+                    claim.member,
+                    outcome.attempts,
+                    max(outcome.next_at_ms - now_ms(), 0) / 1000,
+                    reason,
+                    extra=extra,
+                    exc_info=first,
+                )
+            return
+        if await self.failures.succeeded(kind, claim.member, began):
+            log.info("%s %s went through after failing", kind, claim.member)
 
     # --- webhook events -------------------------------------------------------------
 
-    async def apply_event(self, stream_id: str, event: MessageEvent) -> None:
-        # A lead's conversation may exist already (started proactively, before any chat).
-        known = await self.store.conversation_by_lead(event.lead_id) if event.lead_id else None
-        conversation_id = known or envelope.conversation_id_for(event)
-        at = float(event.created_at) if event.created_at else time.time()
-        command: bot.Command | None = None
+    async def conversation_for(self, event: MessageEvent) -> str:
+        """A conversation is identified by its lead. A chat seen before its lead (a message
+        without one) is taken over by the lead that shows up in it; a chat already held by
+        another lead's conversation is not: Kommo reuses chats across leads."""
+        if not event.lead_id:
+            known = await self.store.conversation_by_chat(event.chat_id)
+            return known or envelope.conversation_id_for(event)
+        known = await self.store.conversation_by_lead(event.lead_id)
+        if known:
+            return known
+        by_chat = await self.store.conversation_by_chat(event.chat_id) if event.chat_id else None
+        if by_chat and not (await self.store.conversation(by_chat)).get("lead_id"):
+            return by_chat
+        return envelope.conversation_id_for(event)
+
+    async def _role(self, conversation_id: str, event: MessageEvent) -> str:
+        """Who wrote it: customer, bot (the bridge's own send, echoed), automation, human,
+        or command (a person's /assumir or /liberar)."""
         if event.from_customer:
-            role = "customer"
-        elif await self.store.was_sent_by_bridge(
+            return "customer"
+        if await self.store.was_sent_by_bridge(
             conversation_id, envelope.text_fingerprint(event.text)
         ):
-            role = "bot"
-        elif not bot.written_by_a_person(event.author_type):
-            role = "automation"
-        else:
-            role = "human"
-            try:
-                command = bot.parse_command(
-                    event.text,
-                    self.settings.bot_assume_command,
-                    self.settings.bot_release_command,
-                )
-            except InvalidInput as exc:
-                log.info("malformed command in the chat, kept as a message: %s", exc)
-            if command is not None:
-                # A command is for the bridge: never history for n8n, never a reply.
-                role = "command"
-        history = envelope.history_entry(
-            role, event.text, at, message_id=event.message_id, type=event.message_type
+            return "bot"
+        if not bot.written_by_a_person(event.author_type):
+            return "automation"
+        try:
+            command = bot.parse_command(
+                event.text, self.settings.bot_assume_command, self.settings.bot_release_command
+            )
+        except InvalidInput as exc:
+            log.info("malformed command in the chat, kept as a message: %s", exc)
+            command = None
+        # A command is for the bridge: never history for n8n, never a reply.
+        return "human" if command is None else "command"
+
+    async def _apply(
+        self, conversation_id: str, stream_id: str, event: MessageEvent
+    ) -> tuple[Applied, str]:
+        """Record the message in the conversation; what that did, and who wrote it."""
+        role = await self._role(conversation_id, event)
+        at = float(event.created_at) if event.created_at else time.time()
+        # The bot's replies enter the history when Kommo takes them (run_reply), so their
+        # echo is not recorded again: one entry per message even when the echo is lost,
+        # late or delivered twice. Everything else — the customer, a person of the team,
+        # another automation — is known only from its webhook and recorded here, once per
+        # message id.
+        history = (
+            ""
+            if role == "bot"
+            else json.dumps(
+                envelope.history_entry(
+                    role, event.text, at, message_id=event.message_id, type=event.message_type
+                ),
+                ensure_ascii=False,
+            )
         )
-        debounce_ms = int(self.settings.message_debounce_seconds * 1000)
         applied = await self.store.apply_message(
             conversation_id=conversation_id,
             message_id=event.message_id,
@@ -133,9 +225,9 @@ class Engine:
                 {**envelope.inbox_entry(event, stream_id), "request_id": request_id.get()},
                 ensure_ascii=False,
             ),
-            history_entry=json.dumps(history, ensure_ascii=False),
+            history_entry=history,
             at_ms=now_ms(),
-            due_ms=now_ms() + debounce_ms,
+            due_ms=now_ms() + int(self.settings.message_debounce_seconds * 1000),
             lead_id=event.lead_id,
             contact_id=event.contact_id,
             chat_id=event.chat_id,
@@ -143,7 +235,24 @@ class Engine:
             to_inbox=event.from_customer,
             history_max=max(self.settings.history_turns * 2, 10),
         )
-        if not applied:
+        return applied, role
+
+    async def apply_event(self, stream_id: str, event: MessageEvent) -> None:
+        conversation_id = await self.conversation_for(event)
+        applied, role = await self._apply(conversation_id, stream_id, event)
+        if applied == Applied.OTHER_LEAD:
+            # The conversation found went to another lead meanwhile (or before this
+            # version kept leads apart): the lead gets its own.
+            conversation_id = envelope.conversation_id_for(event)
+            applied, role = await self._apply(conversation_id, stream_id, event)
+        if applied == Applied.OTHER_LEAD:
+            raise Conflict(f"conversation {conversation_id} belongs to another lead")
+        if applied == Applied.SHARED_CHAT:
+            log.warning(
+                "a Kommo chat is shared by two leads; each keeps its own conversation",
+                extra={"conversation_id": conversation_id, "lead_id": event.lead_id},
+            )
+        elif applied != Applied.APPLIED:
             return
         await self.bots.count(f"messages_{role}")
         author = event.author_name or f"usuário {event.author_id}"
@@ -154,11 +263,14 @@ class Engine:
                 log.info("command from the chat not applied: %s", exc)
         elif role == "human":
             await self.bot.on_person_wrote(conversation_id, author)
-        elif event.from_customer and debounce_ms == 0:
+        elif event.from_customer and self.settings.message_debounce_seconds == 0:
             # No burst window: answer now instead of waiting for the ticker.
             claim = await self.store.turns.claim_member(conversation_id, self.settings.lease_ms)
             if claim is not None:
-                await self.run_turn(claim)
+                # A failing turn is the turn's to retry or park, not the event's.
+                await self.attempt(
+                    "turn", self.store.turns, claim, self.run_turn(claim), conversation_id
+                )
 
     async def apply_lead_event(self, event: LeadEvent) -> None:
         """A lead created or moved in Kommo may start a proactive conversation."""
@@ -170,7 +282,11 @@ class Engine:
             return
         try:
             started = await self.proactive.start(event.lead_id, trigger)
-        except (Conflict, NotFound, InvalidInput) as exc:
+        except InvalidInput as exc:
+            # The configuration names a trigger the bridge cannot start (no template).
+            log.warning("lead %s: no proactive start (%s)", event.lead_id, exc)
+            return
+        except (Conflict, NotFound) as exc:
             log.info("lead %s: no proactive start (%s)", event.lead_id, exc)
             return
         log.info("proactive start from Kommo", extra={"trigger": trigger, "status": started.status})
@@ -200,11 +316,11 @@ class Engine:
         inflight_since = int(conversation.get("inflight_since") or 0)
         turn_timeout_ms = int(self.settings.bot_handoff_after * 1000)
         if inflight_since and (turn_timeout_ms == 0 or now_ms() - inflight_since < turn_timeout_ms):
-            # One turn at a time: the reply to the previous turn starts the next one.
-            if turn_timeout_ms:
-                await self.store.turns.reschedule(claim, inflight_since + turn_timeout_ms)
-            else:
-                await self.store.turns.release(claim)
+            # One turn at a time: the reply to the previous turn starts the next one
+            # (or, if it never comes, the handoff time does).
+            await self.store.defer_turn(
+                conversation_id, inflight_since + turn_timeout_ms if turn_timeout_ms else 0
+            )
             return
         try:
             payload, reply_token, event_id = await self._build_turn(conversation, pending)
@@ -233,7 +349,14 @@ class Engine:
             or now_ms(),
         )
         if committed:
-            await self.deliver_outbox(Claim(event_id, now_ms() + self.settings.lease_ms))
+            first = Claim(event_id, now_ms() + self.settings.lease_ms)
+            await self.attempt(
+                "n8n_delivery",
+                self.store.outbox,
+                first,
+                self.deliver_outbox(first),
+                conversation_id,
+            )
 
     async def _build_turn(
         self, conversation: dict[str, str], pending: list[dict[str, Any]]
@@ -326,8 +449,11 @@ class Engine:
         rid = request_id.get()
         attempt = await self.n8n.post(item["url"], claim.member, item["payload"], rid)
         N8N_DELIVERIES.labels("ok" if attempt.ok else "retry" if attempt.retry else "refused").inc()
+        failed_before = int(item.get("attempts") or 0) > 0
         if attempt.ok:
             await self.store.outbox_delivered(claim)
+            if failed_before:
+                await self.failures.succeeded("n8n_delivery", claim.member)
             await self.bots.count("forwarded")
             log.info("envelope delivered to n8n", extra={"event_id": claim.member})
             return
@@ -336,6 +462,17 @@ class Engine:
         next_due = None if delay is None else now_ms() + int(delay * 1000)
         await self.store.outbox_failed(claim, attempt.detail, next_due)
         await self.bots.count("dead_lettered" if next_due is None else "retried")
+        if next_due is None:
+            await self.failures.given_up("n8n_delivery", claim.member)
+        else:
+            await self.failures.retrying(
+                "n8n_delivery",
+                claim.member,
+                OUTBOX_DUE,
+                attempt.detail,
+                next_due,
+                item.get("conversation_id", ""),
+            )
         if next_due is None:
             log.error(
                 "n8n delivery parked as dead letter",
@@ -453,13 +590,16 @@ class Engine:
                     timeout=_DELIVERY_DEADLINE_SECONDS,
                     metadata=metadata,
                 )
-                await self.store.update_reply_job(claim.member, delivered=1)
-                await self.bots.count("messages_out")
-                await self.store.append_history(
+                # Into the history now, when Kommo has it, rather than at its echo: an
+                # echo can be lost or late, and then the next turn would not know what
+                # the bot said (apply_event keeps the echo out of the history).
+                await self.store.reply_delivered(
+                    claim.member,
                     conversation_id,
                     envelope.history_entry("bot", job["text"], time.time()),
                     max(self.settings.history_turns * 2, 10),
                 )
+                await self.bots.count("messages_out")
             if job.get("noted") != "1" and lead_id and job["text"].strip():
                 text = f"🤖 Resposta do assistente enviada ao cliente:\n{job['text']}"
                 if job.get("note"):
@@ -484,9 +624,19 @@ class Engine:
             delay = next_delay(self.settings.retry_schedule, attempts) or 60.0
             await self.store.update_reply_job(claim.member, attempts=attempts, error=str(exc))
             await self.store.replies.reschedule(claim, now_ms() + int(delay * 1000))
+            await self.failures.retrying(
+                "reply",
+                claim.member,
+                REPLIES_DUE,
+                describe(exc),
+                now_ms() + int(delay * 1000),
+                conversation_id,
+            )
             log.warning("reply delivery failed, retrying", extra={"job": claim.member})
             return False
         await self.store.reply_done(claim)
+        if int(job.get("attempts") or 0):
+            await self.failures.succeeded("reply", claim.member)
         log.info("reply delivered to Kommo", extra={"conversation_id": conversation_id})
         conversation = await self.store.conversation(conversation_id)
         started = int(conversation.get("turn_started") or 0)
@@ -574,32 +724,47 @@ class EventConsumer(BackgroundTask):
                         await self.engine.apply_lead_event(LeadEvent.from_dict(data))
                     else:
                         await self.engine.apply_event(stream_id, MessageEvent.from_dict(data))
-            except Exception:
-                await self._failed(stream_id, fields)
+            except Exception as exc:
+                await self._failed(stream_id, fields, exc)
                 continue
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.xack(EVENTS_STREAM, WORKERS_GROUP, stream_id)
                 pipe.xdel(EVENTS_STREAM, stream_id)
-                pipe.hdel(EVENT_ATTEMPTS, stream_id)
+                pipe.hdel(
+                    self.engine.failures.failing_key, WorkFailures.item_id("event", stream_id)
+                )
                 await pipe.execute()
 
-    async def _failed(self, stream_id: str, fields: dict[bytes, bytes]) -> None:
-        attempts = await self.redis.hincrby(EVENT_ATTEMPTS, stream_id, 1)
-        if attempts < self.settings.max_event_attempts:
-            log.warning("event %s failed (attempt %d)", stream_id, attempts, exc_info=True)
-            return
-        log.error("event %s parked after %d attempts", stream_id, attempts, exc_info=True)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(EVENTS_DEAD, fields[b"e"])
-            pipe.xack(EVENTS_STREAM, WORKERS_GROUP, stream_id)
-            pipe.xdel(EVENTS_STREAM, stream_id)
-            pipe.hdel(EVENT_ATTEMPTS, stream_id)
-            await pipe.execute()
+    async def _failed(self, stream_id: str, fields: dict[bytes, bytes], exc: Exception) -> None:
+        """Left pending, the entry is reclaimed after the visibility timeout; parked
+        after MAX_EVENT_ATTEMPTS. One ERROR line per failure; the traceback once."""
+        reason = describe(exc)
+        visibility_ms = int(self.settings.visibility_timeout_seconds * 1000)
+        outcome = await self.engine.failures.entry_failed(
+            "event",
+            EVENTS_STREAM,
+            WORKERS_GROUP,
+            stream_id,
+            fields[b"e"].decode(),
+            reason,
+            self.settings.max_event_attempts,
+            visibility_ms,
+        )
+        extra = {"work": "event", "item": stream_id, "attempt": outcome.attempts}
+        if outcome.parked:
+            await self.engine.bots.count("work_dead_lettered")
+            message = f"event {stream_id} parked as a dead letter after {outcome.attempts} tries"
+        else:
+            message = (
+                f"event {stream_id} failed (try {outcome.attempts}), tried again in about "
+                f"{visibility_ms / 1000:.0f} s"
+            )
+        log.error("%s: %s", message, reason, extra=extra, exc_info=outcome.attempts == 1)
 
 
 class DueLoop(BackgroundTask):
     """Claims due work in every replica: turns, outbox items, reply jobs, resumes,
-    handoffs and Kommo notifications."""
+    handoffs, proactive starts and Kommo notifications; each through `Engine.attempt`."""
 
     name = "due-loop"
 
@@ -607,45 +772,72 @@ class DueLoop(BackgroundTask):
         self.engine = engine
 
     async def run(self, stopping: asyncio.Event) -> None:
-        interval = self.engine.settings.poll_interval_seconds
-        lease = self.engine.settings.lease_ms
-        store = self.engine.store
+        engine = self.engine
+        interval = engine.settings.poll_interval_seconds
+        lease = engine.settings.lease_ms
+        store = engine.store
         while not stopping.is_set():
             busy = False
             try:
                 for claim in await store.turns.claim(_MAX_CLAIM, lease):
                     busy = True
-                    await self._guard(self.engine.run_turn(claim))
+                    await engine.attempt(
+                        "turn", store.turns, claim, engine.run_turn(claim), claim.member
+                    )
                 for claim in await store.outbox.claim(_MAX_CLAIM, lease):
                     busy = True
-                    await self._guard(self.engine.deliver_outbox(claim))
+                    await engine.attempt(
+                        "n8n_delivery", store.outbox, claim, engine.deliver_outbox(claim)
+                    )
                 for claim in await store.replies.claim(_MAX_CLAIM, lease):
                     busy = True
                     job = await store.reply_job(claim.member)
                     if job:
-                        await self._guard(self.engine.run_reply(claim, job))
+                        await engine.attempt(
+                            "reply",
+                            store.replies,
+                            claim,
+                            engine.run_reply(claim, job),
+                            job.get("conversation_id", ""),
+                        )
                     else:
                         await store.replies.release(claim)
-                bots = self.engine.bots
-                control = self.engine.bot
+                bots = engine.bots
+                control = engine.bot
                 for claim in await bots.resumes.claim(_MAX_CLAIM, lease):
                     busy = True
-                    await self._guard(control.run_resume(claim))
+                    await engine.attempt(
+                        "resume", bots.resumes, claim, control.run_resume(claim), claim.member
+                    )
                 for claim in await bots.handoffs.claim(_MAX_CLAIM, lease):
                     busy = True
-                    await self._guard(control.run_handoff(claim))
-                starter = self.engine.proactive
+                    await engine.attempt(
+                        "handoff", bots.handoffs, claim, control.run_handoff(claim), claim.member
+                    )
+                starter = engine.proactive
                 for claim in await starter.store.waiting.claim(_MAX_CLAIM, lease):
                     busy = True
-                    await self._guard(starter.run_waiting(claim))
+                    await engine.attempt(
+                        "proactive_start", starter.store.waiting, claim, starter.run_waiting(claim)
+                    )
                 for claim in await starter.store.fallbacks.claim(_MAX_CLAIM, lease):
                     busy = True
-                    await self._guard(starter.run_fallback(claim))
+                    await engine.attempt(
+                        "proactive_fallback",
+                        starter.store.fallbacks,
+                        claim,
+                        starter.run_fallback(claim),
+                    )
                 for claim in await bots.notifications.claim(_MAX_CLAIM, lease):
                     busy = True
                     job = await bots.notification(claim.member)
                     if job:
-                        await self._guard(control.run_notification(claim, job))
+                        await engine.attempt(
+                            "notification",
+                            bots.notifications,
+                            claim,
+                            control.run_notification(claim, job),
+                        )
                     else:
                         await bots.notification_done(claim.member)
             except RedisError as exc:
@@ -656,16 +848,6 @@ class DueLoop(BackgroundTask):
                     await asyncio.wait_for(stopping.wait(), timeout=interval)
                 except TimeoutError:
                     pass
-
-    @staticmethod
-    async def _guard(work: Any) -> None:
-        try:
-            await work
-        except RedisError:
-            raise
-        except Exception:
-            # The lease makes the item due again; one bad item must not stop the loop.
-            log.exception("work item failed")
 
 
 class GaugeUpdater(BackgroundTask):
@@ -688,12 +870,15 @@ class GaugeUpdater(BackgroundTask):
                     pipe.zcard(self.engine.store.replies.key)
                     events, turns, replies = await pipe.execute()
                 outbox, dead = await ops.queue_sizes()
+                work = await self.engine.failures.counts(now_ms())
                 for queue, depth in (
                     ("events", events),
                     ("turns", turns),
                     ("replies", replies),
                     ("n8n_outbox", outbox),
                     ("dead_letters", dead),
+                    ("work_failing", work.failing),
+                    ("work_dead_letters", work.dead),
                 ):
                     QUEUE_DEPTH.labels(queue).set(depth)
                 rows = await ops.conversations(await ops.conversation_ids())

@@ -90,7 +90,7 @@ def seconds(shown: str) -> float:
 
 def expected_from_api(http: httpx.Client, stack: Stack) -> dict[str, Any]:
     stats = api(http, stack, "/stats?hours=6")
-    health = api(http, stack, "/health")
+    health = http.get(f"{stack.edge_url}/health").json()  # 503 while degraded: still read
     vendedores = api(http, stack, "/vendedores")["vendedores"]
     takeovers = stats["takeovers"]
     window = stats["window"]
@@ -183,11 +183,31 @@ def test_the_page_shows_what_the_api_says_after_messages_flow(
     assert expected["conversations.paused"] == "1"
     assert expected["n8n.dead_letters"] == "1"
     assert expected["latency.median"] > 0
-    assert page.locator("#overall").inner_text() == "ok"
+    # The header says what /health says: a fresh dead letter keeps it red, with why.
+    assert page.locator("#overall").inner_text() == "degraded"
+    assert "dead letter" in page.locator("#problems").inner_text()
+    # The conversations to look at: the one taken over, the one whose envelope was parked.
+    reasons = page.locator("#attention tbody tr").evaluate_all(
+        "rows => rows.map(r => [r.dataset.reason, r.children[1].textContent])"
+    )
+    assert ["taken_over", "9100002"] in reasons, reasons
+    assert ["dead_letter", "9100004"] in reasons, reasons
     # The charts drew the bucket with the traffic: bars for messages, dots for latency.
     assert page.locator("#throughput rect.in").count() >= 1
     assert page.locator("#throughput rect.out").count() >= 1
     assert page.locator("#latency circle.p50").count() >= 1
+
+    # Replayed once n8n is back, the dead letter is gone and the header turns green.
+    (letter,) = api(http, stack, "/dead-letters")["dead_letters"]
+    replayed = http.post(
+        f"{stack.edge_url}/dead-letters/{letter['id']}/replay",
+        headers={"X-API-Key": stack.api_key},
+    )
+    assert replayed.status_code == 200, replayed.text
+    wait_for(
+        lambda: page.locator("#overall").inner_text() == "ok", timeout=20, what="a green header"
+    )
+    assert page.locator("#problems").inner_text() == ""
 
 
 def test_a_wrong_key_asks_for_the_right_one(dash_stack: Stack, page: Any) -> None:
@@ -215,7 +235,8 @@ def test_a_service_down_shows_on_its_own_card_and_the_rest_stays(
             what="the vendedores card to say unavailable",
         )
         assert metric(page, "services.vendedor").startswith("UNREACHABLE")
-        assert page.locator("#overall").inner_text() == "down"
+        assert page.locator("#overall").inner_text() == "degraded"
+        assert "service vendedor" in page.locator("#problems").inner_text()
         assert metric(page, "messages.in") == str(api(http, dash_stack, "/stats")["messages"]["in"])
     finally:
         dash_stack.restart_service(vendedor)

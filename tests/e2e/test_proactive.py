@@ -161,6 +161,26 @@ def test_templates_are_editable_through_the_api(stack: Stack, api: httpx.Client)
     assert bad.status_code == 400 and "placeholder" in bad.json()["error"]
 
 
+def test_a_trigger_without_a_template_is_refused_and_starts_once_it_has_one(
+    stack: Stack, api: httpx.Client, http: httpx.Client
+) -> None:
+    lead = 9100006
+    refused = api.post("/start-proactive", json={"lead_id": lead, "trigger": "webinar"})
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert "'webinar' has no message template" in error
+    assert "PUT /proactive/templates/webinar" in error and "PROACTIVE_TEMPLATES_FILE" in error
+    assert not proactive_envelopes(http, stack, lead)
+    assert not outgoing(http, stack, lead)
+
+    added = api.put("/proactive/templates/webinar", json={"text": "Oi {nome}, gostou do webinar?"})
+    assert added.status_code == 200
+    started = api.post("/start-proactive", json={"lead_id": lead, "trigger": "webinar"})
+    assert started.status_code == 201, "the refused start claimed nothing"
+    envelope = wait_for(lambda: proactive_envelopes(http, stack, lead), what="the envelope")[0]
+    assert envelope["trigger"] == "webinar"
+
+
 def test_a_lead_created_in_kommo_starts_its_conversation(stack: Stack, http: httpx.Client) -> None:
     created = http.post(
         f"{stack.sandbox_url}/_sandbox/lead-event",

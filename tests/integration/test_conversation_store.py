@@ -12,7 +12,9 @@ from services.common.due_queue import DueQueue, now_ms
 from services.conversation.store import (
     EVENTS_STREAM,
     SEEN_TTL_SECONDS,
+    TURNS_DUE,
     WEBHOOKS_TOTAL,
+    Applied,
     ConversationStore,
     seen_key,
 )
@@ -83,8 +85,8 @@ async def test_a_message_is_applied_once_even_when_delivered_twice(
         "to_inbox": True,
         "history_max": 10,
     }
-    assert await store.apply_message(**args)
-    assert not await store.apply_message(**args)
+    assert await store.apply_message(**args) == Applied.APPLIED
+    assert await store.apply_message(**args) == Applied.DUPLICATE
     assert len(await store.inbox("c1")) == 1
     assert await store.conversation_by_lead(9) == "c1"
     conversation = await store.conversation("c1")
@@ -147,3 +149,115 @@ async def test_committing_a_turn_consumes_exactly_the_messages_it_read(
     await store.finish_turn("c1", "tok")
     assert "inflight_token" not in await store.conversation("c1")
     assert await redis.zscore("conv:handoffs:due", "c1") is None
+
+
+def _message(
+    conversation_id: str, message_id: str, lead_id: int, **overrides: Any
+) -> dict[str, Any]:
+    return {
+        "conversation_id": conversation_id,
+        "message_id": message_id,
+        "inbox_entry": json.dumps({"id": message_id, "seq": "1-0", "created_at": 1}),
+        "history_entry": json.dumps({"role": "customer", "text": message_id}),
+        "at_ms": now_ms(),
+        "due_ms": now_ms(),
+        "lead_id": lead_id,
+        "contact_id": 8,
+        "chat_id": "chat",
+        "talk_id": 7,
+        "to_inbox": True,
+        "history_max": 10,
+        **overrides,
+    }
+
+
+async def test_a_message_of_another_lead_never_joins_a_conversation_nor_changes_its_lead(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis)
+    assert await store.apply_message(**_message("conv-a", "m1", 9)) == Applied.APPLIED
+    assert await store.apply_message(**_message("conv-a", "m2", 10)) == Applied.OTHER_LEAD
+    assert (await store.conversation("conv-a"))["lead_id"] == "9"
+    assert [h["text"] for h in await store.history("conv-a", 10)] == ["m1"]
+    assert await store.conversation_by_lead(9) == "conv-a"
+    assert await store.conversation_by_lead(10) is None
+
+    # Lead 10 gets a conversation of its own in the same chat; the chat keeps its first.
+    assert await store.apply_message(**_message("conv-b", "m2", 10)) == Applied.SHARED_CHAT
+    assert await store.apply_message(**_message("conv-b", "m3", 10)) == Applied.APPLIED
+    assert await store.conversation_by_lead(10) == "conv-b"
+    assert await store.conversation_by_chat("chat") == "conv-a"
+    assert (await store.conversation("conv-b"))["chat_id"] == "chat"
+
+
+async def test_a_chat_seen_without_a_lead_is_taken_by_the_lead_that_shows_up(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis)
+    assert await store.apply_message(**_message("conv-c", "m1", 0)) == Applied.APPLIED
+    assert "lead_id" not in await store.conversation("conv-c")
+    assert await store.apply_message(**_message("conv-c", "m2", 9)) == Applied.APPLIED
+    assert (await store.conversation("conv-c"))["lead_id"] == "9"
+
+
+async def test_an_empty_history_entry_applies_the_message_without_recording_it(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis)
+    echo = _message("c1", "echo-1", 9, history_entry="", to_inbox=False)
+    assert await store.apply_message(**echo) == Applied.APPLIED
+    assert await store.apply_message(**echo) == Applied.DUPLICATE
+    assert await store.history("c1", 10) == []
+    assert await store.inbox("c1") == []
+
+
+async def test_a_delivered_reply_is_marked_and_recorded_together(redis: aioredis.Redis) -> None:
+    store = ConversationStore(redis)
+    await store.begin_reply("key", "job", {"conversation_id": "c1", "text": "oi"}, 60_000)
+    await store.reply_delivered("job", "c1", {"role": "bot", "text": "oi"}, cap=10)
+    assert (await store.reply_job("job"))["delivered"] == "1"
+    assert await store.history("c1", 10) == [{"role": "bot", "text": "oi"}]
+
+
+async def _turn_at_n8n(store: ConversationStore) -> None:
+    await store.apply_message(**_message("c1", "m1", 9))
+    [claim] = await store.turns.claim(10, 5000)
+    assert await store.commit_turn(
+        conversation_id="c1",
+        claim=claim,
+        consumed=1,
+        reply_token="tok",
+        event_id="ev",
+        payload="{}",
+        url="http://n8n",
+        outbox_lease_ms=1000,
+        check_after_ms=0,
+        turn_started_ms=now_ms(),
+    )
+    await store.apply_message(**_message("c1", "m2", 9))  # the customer writes again
+
+
+async def test_a_turn_waiting_for_n8n_is_due_as_soon_as_the_reply_settles(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis)
+    await _turn_at_n8n(store)
+    [claim] = await store.turns.claim(10, 5000)
+    assert claim.member == "c1"
+    handoff_at = now_ms() + 180_000
+    assert await store.defer_turn("c1", handoff_at)
+    assert await redis.zscore(TURNS_DUE, "c1") == handoff_at
+    await store.finish_turn("c1", "tok")
+    assert (await redis.zscore(TURNS_DUE, "c1") or 0) <= now_ms()
+    assert "turn_waiting" not in await store.conversation("c1")
+
+
+async def test_a_turn_deferred_just_after_the_reply_settled_is_due_at_once(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis)
+    await _turn_at_n8n(store)
+    assert await store.turns.claim(10, 5000)  # a replica reads the conversation...
+    await store.finish_turn("c1", "tok")  # ...the reply settles before it defers the turn
+    assert not await store.defer_turn("c1", now_ms() + 180_000)
+    assert (await redis.zscore(TURNS_DUE, "c1") or 0) <= now_ms()

@@ -27,7 +27,7 @@ ALL_SERVICES = ("redis", *BRIDGE_SERVICES)
 GRPC_PORT = 50051
 EDGE_CONTAINER_PORT = 8000
 
-# Which other services each one calls (SPEC.md §2), i.e. which *_ADDR it must be given.
+# Which other services each one calls, i.e. which *_ADDR it must be given.
 CALLS: dict[str, tuple[str, ...]] = {
     "kommo_gateway": (),
     "vendedor": ("KOMMO_GATEWAY_ADDR",),
@@ -138,9 +138,12 @@ def test_grpc_services_are_probed_with_the_grpc_health_check(
     assert test[4].endswith(f":{GRPC_PORT}")
 
 
-def test_edge_is_probed_on_its_health_endpoint(services: dict[str, Any]) -> None:
+def test_edge_is_probed_on_its_liveness_not_on_the_operators_health(
+    services: dict[str, Any],
+) -> None:
+    # /health is 503 while work keeps failing somewhere: no reason to restart the edge.
     test = " ".join(services[EDGE]["healthcheck"]["test"])
-    assert f"http://127.0.0.1:{EDGE_CONTAINER_PORT}/health" in test
+    assert f"http://127.0.0.1:{EDGE_CONTAINER_PORT}/version" in test
 
 
 @pytest.mark.parametrize("name", BRIDGE_SERVICES)

@@ -27,12 +27,19 @@ def _event(**overrides: object) -> MessageEvent:
     return MessageEvent(**fields)  # type: ignore[arg-type]
 
 
-def test_one_chat_is_one_conversation_whoever_sees_it_first() -> None:
+def test_a_conversation_follows_its_lead_whoever_sees_it_first() -> None:
     a = envelope.conversation_id_for(_event(message_id="x"))
-    b = envelope.conversation_id_for(_event(message_id="y", text="outra"))
-    assert a == b
-    assert a != envelope.conversation_id_for(_event(chat_id="chat-2"))
-    assert envelope.conversation_id_for(_event(chat_id="")) != a
+    assert a == envelope.conversation_id_for(_event(message_id="y", text="outra"))
+    assert a == envelope.conversation_id_for(_event(chat_id="chat-2")), "a new chat, same lead"
+    assert a == envelope.conversation_for_lead(3), "the same as a proactive start's"
+    assert a != envelope.conversation_id_for(_event(lead_id=4)), "the same chat, another lead"
+
+
+def test_a_message_without_a_lead_is_placed_by_its_chat() -> None:
+    a = envelope.conversation_id_for(_event(lead_id=0))
+    assert a == envelope.conversation_id_for(_event(lead_id=0, message_id="y"))
+    assert a != envelope.conversation_id_for(_event(lead_id=0, chat_id="chat-2"))
+    assert a != envelope.conversation_id_for(_event())
 
 
 def test_messages_are_ordered_by_kommo_time_then_arrival() -> None:

@@ -79,3 +79,22 @@ def test_quantiles_are_ordered_and_within_the_bounds(latencies: list[float]) -> 
         bound = series.LATENCY_BOUNDS.index(next(b for b in series.LATENCY_BOUNDS if true_p50 <= b))
         lower = series.LATENCY_BOUNDS[bound - 1] if bound else 0.0
         assert lower <= p50 <= series.LATENCY_BOUNDS[bound]
+
+
+def test_the_days_median_and_a_windows_p50_are_one_figure_over_the_same_replies() -> None:
+    """The dashboard's "median, last 24 h" and "p50, last N h" come from one read of the
+    same buckets: with every reply inside the window they are the same number."""
+    starts = series.bucket_starts(1_800_000_000, series.MAX_HOURS)
+    counts: list[dict[str, int]] = [{} for _ in starts]
+    counts[-1] = histogram(0.4, 0.9, 1.8, 2.5, 7.0)
+    counts[-2] = histogram(3.5, 4.2)
+    day = series.Series(starts, counts)
+    window = day.last(1)
+    assert len(window.starts) == 3600 // series.BUCKET_SECONDS
+    assert window.starts[-1] == starts[-1]
+    assert window.window().replies == day.window().replies == 7
+    assert window.window().reply_p50_seconds == day.window().reply_p50_seconds > 0
+    # Replies older than the window count for the day only, and move its median.
+    counts[0] = histogram(*([60.0] * 20))
+    day = series.Series(starts, counts)
+    assert day.window().reply_p50_seconds > day.last(1).window().reply_p50_seconds
