@@ -1,1 +1,1 @@
-"""Benchmarks (SPEC.md §7): run with `make bench`; see bench/README.md."""
+"""Benchmarks: run with `make bench`; what they measure and the bar: bench/README.md."""

@@ -1,4 +1,4 @@
-"""The baseline of SPEC.md §7: a bare FastAPI endpoint that reads the webhook body and
+"""The baseline bench/README.md names: a bare FastAPI endpoint that reads the webhook body and
 parses it with `urllib.parse.parse_qsl`, on the edge's server stack (uvicorn, one
 worker, uvloop, httptools, no access log). It stores nothing: it is what "just parse
 and answer" costs, the figure the bridge's durable ack is compared with.

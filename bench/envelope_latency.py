@@ -1,4 +1,4 @@
-"""Webhook → n8n envelope latency (SPEC.md §7: p50 ≤ 15 ms, p99 ≤ 60 ms at 100 msg/s,
+"""Webhook → n8n envelope latency (bench/README.md: p50 ≤ 15 ms, p99 ≤ 60 ms at 100 msg/s,
 debounce off): from the moment a Kommo webhook leaves for the edge to the moment the n8n
 stand-in has the envelope.
 

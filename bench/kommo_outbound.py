@@ -1,4 +1,4 @@
-"""The Kommo outbound benchmark (SPEC.md §7): how close three gateway replicas sharing one
+"""The Kommo outbound benchmark (bench/README.md): how close three gateway replicas sharing one
 rate limit get to Kommo's allowance while draining a backlog, judged where Kommo judges
 it — on arrival.
 
@@ -375,7 +375,7 @@ def markdown(rounds: list[dict[str, Any]], settings: Settings, machine: dict[str
     others = sum(sum(r["other_requests"].values()) for r in rounds)
     if others:
         lines += ["", f"Other rate-limited requests in the busy periods: {others} (counted)."]
-    lines += ["", "The bar (SPEC.md §7):", ""]
+    lines += ["", "The bar (bench/README.md):", ""]
     lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in bar(rounds, settings).items()]
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,4 @@
-"""The reliability soak (SPEC.md §7): thousands of customer messages while every service
+"""The reliability soak (bench/README.md): thousands of customer messages while every service
 and every replica is SIGKILLed in turn, Redis is SIGKILLed and restarted on its AOF, and
 n8n is down for a minute. Then the ledger: 0 lost messages, 0 duplicated
 customer-visible effects.

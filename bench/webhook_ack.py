@@ -1,4 +1,4 @@
-"""The webhook ack benchmark (SPEC.md §7): the bridge's `POST /webhooks/kommo` against a
+"""The webhook ack benchmark (bench/README.md): the bridge's `POST /webhooks/kommo` against a
 bare FastAPI endpoint that only parses the same body, side by side in one run.
 
 What runs: the whole stack as real processes (devstack: Redis with AOF `everysec`, the
@@ -503,7 +503,7 @@ def markdown(summary: dict[str, Any], settings: Settings, machine: dict[str, Any
         + "; bridge "
         + ", ".join(f"{k} {v:.0f}" for k, v in bridge["cpu_percent"].items()),
         "",
-        "The bar (SPEC.md §7):",
+        "The bar (bench/README.md):",
         "",
     ]
     lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in summary["bar"].items()]

@@ -44,7 +44,7 @@ class SandboxConfig:
     leads: int = 20
     # Kommo waits at most 5 s for a webhook answer and does not retry a Chats API hook.
     webhook_timeout: float = 5.0
-    # Kommo retries a standard webhook that failed "for a while" (kommo-api.md). Off by
+    # Kommo retries a standard webhook that failed "for a while" (docs/kommo-api.md). Off by
     # default so a test sees exactly the deliveries it caused; the soak run turns it on.
     webhook_retries: int = 0
     webhook_retry_delay: float = 1.0

@@ -1,7 +1,7 @@
 """Salesbot runs: the way integrations make Kommo send a WhatsApp message.
 
 Both endpoints answer 202 at once; the bot reads the reply field only when it runs
-(``SANDBOX_ECHO_DELAY`` later), which is the race kommo-api.md warns about.
+(``SANDBOX_ECHO_DELAY`` later), which is the race docs/kommo-api.md warns about.
 """
 
 from fastapi import APIRouter, Request

@@ -2,7 +2,7 @@
 delivery to the bridge.
 
 Kommo does not sign these bodies and every value is a string; several items may share one
-body (``[0]``, ``[1]``, …). See kommo-api.md, "Standard webhooks".
+body (``[0]``, ``[1]``, …). See docs/kommo-api.md, "Standard webhooks".
 """
 
 from __future__ import annotations

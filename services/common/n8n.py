@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-# Answers that mean "try again later" (SPEC.md §3.2); any other 4xx is final.
+# Answers that mean "try again later" (docs/n8n-contract.md); any other 4xx is final.
 _RETRY_STATUSES = frozenset({408, 425, 429})
 _JITTER = 0.2
 

@@ -8,12 +8,52 @@ from __future__ import annotations
 
 import base64
 import sys
+from collections.abc import Sequence
 from typing import TypeVar
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-S = TypeVar("S", bound="CommonSettings")
+S = TypeVar("S", bound=BaseModel)
+
+# What .env.example ships for values a deployment must replace (besides example.com
+# addresses, which RFC 2606 reserves, so none can be a real one).
+_PLACEHOLDERS = frozenset(
+    {"change-me", "changeme", "your-subdomain", "00000000-0000-0000-0000-000000000000"}
+)
+
+
+class ConfigurationError(ValueError):
+    """A setting that cannot be used, raised by a validator with the variables it is about
+    (a check across fields has no field of its own to name) and what to do about it."""
+
+    def __init__(self, variables: str | Sequence[str], advice: str) -> None:
+        self.variables = (variables,) if isinstance(variables, str) else tuple(variables)
+        self.advice = advice
+        super().__init__(advice)
+
+
+def is_placeholder(value: str) -> bool:
+    """A value copied from .env.example that nobody replaced."""
+    text = value.strip().lower()
+    if text in _PLACEHOLDERS or "change-me" in text:
+        return True
+    host = (urlsplit(text).hostname if "//" in text else text) or ""
+    return host == "example.com" or host.endswith(".example.com")
+
+
+def check_timezone(variable: str, value: str) -> str:
+    """An IANA time zone name; ZoneInfo's own errors are KeyErrors pydantic would not catch."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigurationError(
+            variable, f"{value!r} is not a time zone: use an IANA name such as America/Sao_Paulo"
+        ) from exc
+    return value
 
 
 class CommonSettings(BaseSettings):
@@ -34,13 +74,24 @@ class CommonSettings(BaseSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Prometheus metrics port of a gRPC service (0 = off)"
     )
+    metrics_host: str = Field(
+        default="",
+        validate_default=True,
+        description="address the metrics listener binds; empty = GRPC_HOST's, so metrics are "
+        "never reachable from further away than the service itself",
+    )
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _metrics_host(cls, value: str, info: ValidationInfo) -> str:
+        return value or str(info.data.get("grpc_host", ""))
 
 
 _MIN_SIGNING_KEY_BYTES = 24
 
 
 class N8nSettings(BaseSettings):
-    """How a service reaches n8n (SPEC.md §3.2): every service that posts envelopes."""
+    """How a service reaches n8n (docs/n8n-contract.md): every service that posts envelopes."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
@@ -91,12 +142,38 @@ class N8nSettings(BaseSettings):
 
 
 def load_settings(cls: type[S]) -> S:
-    """Build settings or exit with one clear line per bad variable."""
+    """Build settings, or exit with one line per unusable variable (never a traceback)."""
     try:
-        return cls()  # values come from the environment
+        return cls()  # values come from the environment and .env
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            variable = "_".join(str(part) for part in error["loc"]).upper()
-            lines.append(f"configuration error: {variable}: {error['msg']}")
-        sys.exit("\n".join(lines))
+        sys.exit("\n".join(configuration_errors(exc, cls.__name__)))
+    except SettingsError as exc:
+        sys.exit(_one_line(f"configuration error: {exc}"))
+
+
+def configuration_errors(exc: ValidationError, settings_name: str) -> list[str]:
+    """`configuration error: VARIABLE[, VARIABLE]: what to do`, one line per error.
+
+    Inputs are never echoed: the variable may hold a secret.
+    """
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, ConfigurationError):
+            variables, advice = cause.variables, cause.advice
+        else:
+            field = "_".join(str(part) for part in error["loc"]).upper()
+            variables, advice = (field or settings_name,), _advice(error)
+        lines.append(_one_line(f"configuration error: {', '.join(variables)}: {advice}"))
+    return lines
+
+
+def _advice(error: ErrorDetails) -> str:
+    if error["type"] == "missing":
+        return "required: set it in the environment or in .env (see .env.example)"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{message} (see .env.example)"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

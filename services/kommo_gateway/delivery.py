@@ -5,7 +5,7 @@ field that a one-step Salesbot sends; the bot reads the field asynchronously, so
 lead's field belongs to one reply for `kommo_reply_spacing_seconds` (a Redis slot).
 Running the bot is not idempotent: after a 5xx or a timeout the lead's events are
 searched for the text before the bot runs again. With a registered channel, the
-Chats API is used instead (signed requests, see kommo-api.md).
+Chats API is used instead (signed requests, see docs/kommo-api.md).
 """
 
 from __future__ import annotations

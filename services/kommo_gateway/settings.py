@@ -1,10 +1,27 @@
-"""Settings of the Kommo gateway (SPEC.md §4)."""
+"""Settings of the Kommo gateway (every variable is described in .env.example)."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, ConfigurationError, is_placeholder
+
+# What to do about each value .env.example ships as a placeholder; the step is the one of
+# README's "Connecting a real Kommo account" that gives the value.
+_WHERE = {
+    "kommo_subdomain": "to your account's subdomain: yourcompany for "
+    "https://yourcompany.kommo.com (guide step 1)",
+    "kommo_client_id": "to the Integration ID (Kommo → Settings → Integrations → your "
+    "integration → Keys and scopes; guide step 2)",
+    "kommo_client_secret": "to the Secret key (Kommo → Settings → Integrations → your "
+    "integration → Keys and scopes; guide step 2)",
+    "kommo_redirect_uri": "to <EDGE_PUBLIC_URL>/oauth/callback, exactly the Redirect URL "
+    "registered in the integration (guide step 2)",
+    "kommo_salesbot_id": "to your Salesbot's id, a number (Kommo → Salesbot → your bot with "
+    "one step sending the reply field: the number in its address; guide step 3)",
+    "kommo_reply_field_id": "to the id of the lead field replies are written to, a number "
+    "(Kommo → Settings → Custom fields → Leads → the field's settings; guide step 3)",
+}
 
 
 class GatewaySettings(CommonSettings):
@@ -71,16 +88,48 @@ class GatewaySettings(CommonSettings):
         default=60.0, ge=0, description="leads and contacts are re-read after this long"
     )
 
+    @field_validator(
+        "kommo_subdomain", "kommo_client_id", "kommo_client_secret", "kommo_redirect_uri"
+    )
+    @classmethod
+    def _replaced(cls, value: str, info: ValidationInfo) -> str:
+        name = str(info.field_name)
+        if is_placeholder(value):
+            raise ConfigurationError(name.upper(), f"set {name.upper()} {_WHERE[name]}")
+        return value
+
+    @field_validator("kommo_salesbot_id", "kommo_reply_field_id", mode="before")
+    @classmethod
+    def _kommo_id(cls, value: object, info: ValidationInfo) -> object:
+        # Empty = not set (the Chats API is used instead); anything else must be Kommo's id.
+        name = str(info.field_name)
+        if isinstance(value, str):
+            value = value.strip() or "0"
+            if not value.isdigit():
+                raise ConfigurationError(name.upper(), f"set {name.upper()} {_WHERE[name]}")
+        return value
+
     @model_validator(mode="after")
     def _account(self) -> GatewaySettings:
         if not self.kommo_base_url and not self.kommo_subdomain:
-            raise ValueError("KOMMO_SUBDOMAIN or KOMMO_BASE_URL is required")
-        if not self.uses_chats_api and not (self.kommo_salesbot_id and self.kommo_reply_field_id):
-            # Replies cannot reach customers otherwise; say so at start, not at the first reply.
-            raise ValueError(
-                "KOMMO_SALESBOT_ID and KOMMO_REPLY_FIELD_ID are required "
-                "(or KOMMO_CHANNEL_ID, KOMMO_CHANNEL_SECRET and KOMMO_SCOPE_ID for the Chats API)"
+            raise ConfigurationError(
+                ("KOMMO_SUBDOMAIN", "KOMMO_BASE_URL"),
+                f"set KOMMO_SUBDOMAIN {_WHERE['kommo_subdomain']}",
             )
+        if not self.uses_chats_api:
+            # Replies cannot reach customers otherwise; say so at start, not at the first reply.
+            unset = [
+                name
+                for name in ("kommo_salesbot_id", "kommo_reply_field_id")
+                if not getattr(self, name)
+            ]
+            if unset:
+                advice = "; ".join(f"set {name.upper()} {_WHERE[name]}" for name in unset)
+                raise ConfigurationError(
+                    [name.upper() for name in unset],
+                    f"{advice} — or, to send through the Chats API instead, set "
+                    "KOMMO_CHANNEL_ID, KOMMO_CHANNEL_SECRET and KOMMO_SCOPE_ID",
+                )
         return self
 
     @property

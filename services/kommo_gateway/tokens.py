@@ -1,7 +1,7 @@
 """Kommo OAuth tokens in Redis, refreshed once for every replica.
 
 Kommo's refresh tokens are single use: two refreshes with the same one lose the
-account (kommo-api.md). So:
+account (docs/kommo-api.md). So:
 
 - a refresh is single-flight in the process (an asyncio lock) and across replicas (a
   Redis lock with an owner and an expiry, so a replica that dies holding it blocks the

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from services.common.settings import CommonSettings, N8nSettings
+from services.common.settings import (
+    CommonSettings,
+    ConfigurationError,
+    N8nSettings,
+    check_timezone,
+    is_placeholder,
+)
+
+_N8N_URL_ADVICE = (
+    "the Production URL of your n8n workflow's Webhook node (examples/n8n/README.md; guide step 4)"
+)
 
 
 class SchedulingSettings(CommonSettings, N8nSettings):
@@ -19,6 +29,40 @@ class SchedulingSettings(CommonSettings, N8nSettings):
     scheduling_dedupe_days: float = Field(
         default=30.0, gt=0, description="the same lead and slot within this long is a duplicate"
     )
+
+    @field_validator("bridge_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone("BRIDGE_TIMEZONE", value)
+
+    @field_validator("edge_public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if is_placeholder(value):
+            raise ConfigurationError(
+                "EDGE_PUBLIC_URL",
+                "set EDGE_PUBLIC_URL to the address n8n uses to reach the edge "
+                "(scheduling.status_callback.url; guide step 1)",
+            )
+        return value
+
+    @field_validator("n8n_webhook_url", "n8n_scheduling_webhook_url")
+    @classmethod
+    def _n8n_url(cls, value: str, info: ValidationInfo) -> str:
+        if is_placeholder(value):
+            variable = str(info.field_name).upper()
+            raise ConfigurationError(variable, f"set {variable} to {_N8N_URL_ADVICE}")
+        return value
+
+    @model_validator(mode="after")
+    def _n8n(self) -> SchedulingSettings:
+        # Requests would otherwise wait in the outbox for an n8n nobody configured.
+        if not self.scheduling_url:
+            raise ConfigurationError(
+                ("N8N_WEBHOOK_URL", "N8N_SCHEDULING_WEBHOOK_URL"),
+                f"required: set N8N_WEBHOOK_URL to {_N8N_URL_ADVICE}",
+            )
+        return self
 
     @property
     def scheduling_url(self) -> str:

@@ -33,7 +33,7 @@ class Vendedor:
         return asdict(self)
 
     def serves(self, area: str) -> bool:
-        """No areas configured = serves every area (SPEC.md §1)."""
+        """No areas configured = serves every area."""
         return not self.areas or normalize_area(area) in self.areas
 
 

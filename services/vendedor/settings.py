@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, ConfigurationError
 from services.vendedor.domain import fallback_policy
 
 
@@ -25,5 +25,8 @@ class VendedorSettings(CommonSettings):
     @field_validator("vendedor_fallback")
     @classmethod
     def _fallback(cls, value: str) -> str:
-        fallback_policy(value)
+        try:
+            fallback_policy(value)
+        except ValueError as exc:
+            raise ConfigurationError("VENDEDOR_FALLBACK", f"{exc} (see .env.example)") from exc
         return value

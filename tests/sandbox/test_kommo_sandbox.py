@@ -1,4 +1,4 @@
-"""The Kommo sandbox behaves like Kommo as kommo-api.md describes it, unkind parts first."""
+"""The Kommo sandbox behaves like Kommo as docs/kommo-api.md describes it, unkind parts first."""
 
 from __future__ import annotations
 
