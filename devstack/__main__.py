@@ -192,13 +192,18 @@ def banner(stack: Stack, settings: Settings, state_dir: StateDir) -> str:
         f"   state       {state_dir.path}  (Redis data, key, secret and ports are kept",
         "               for the next run; `make run-clean` starts afresh)",
     ]
+    if stack.standin is None:
+        lines.insert(
+            -2, f"   n8n         {env.get('N8N_WEBHOOK_URL') or '(N8N_WEBHOOK_URL unset)'}"
+        )
     if settings.use_sandbox:
+        pretend = "the KOMMO SANDBOX" + (" and the n8n STAND-IN" if stack.standin else "")
         lines += [
             "",
-            " !!! NO KOMMO CREDENTIALS CONFIGURED: using the KOMMO SANDBOX and the n8n STAND-IN !!!",
+            f" !!! NO KOMMO CREDENTIALS CONFIGURED: using {pretend} !!!",
             f"   Kommo sandbox  {stack.sandbox_url}   (fake account 'previdas', leads 9100001…;",
             "                  it lives in memory: a new account at each start)",
-            f"   n8n stand-in   {stack.standin_url}",
+            *([f"   n8n stand-in   {stack.standin_url}"] if stack.standin else []),
             "   Make a customer write:",
             f"     curl -X POST {stack.sandbox_url}/_sandbox/customer-message \\",
             '       -H \'content-type: application/json\' -d \'{"lead_id": 9100001, "text": "Oi!"}\'',

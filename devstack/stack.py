@@ -225,6 +225,7 @@ def _claim_ports(stack: Stack, env: dict[str, str]) -> dict[str, list[tuple[int,
         stack.claim_port(REDIS)
     if config.use_sandbox:
         stack.claim_port(SANDBOX)
+    if wants_standin(config, env):
         stack.claim_port(STANDIN)
     return {
         name: [
@@ -233,6 +234,12 @@ def _claim_ports(stack: Stack, env: dict[str, str]) -> dict[str, list[tuple[int,
         ]
         for name in GRPC_SERVICES
     }
+
+
+def wants_standin(config: StackConfig, env: dict[str, str]) -> bool:
+    """The n8n stand-in runs beside the sandbox, unless a real n8n is configured: then
+    every envelope goes there and nothing pretends to be n8n."""
+    return config.use_sandbox and not env.get("N8N_WEBHOOK_URL")
 
 
 def _start_redis(stack: Stack) -> None:
@@ -290,6 +297,7 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
             "http",
             ready_path="/_sandbox/stats",
         )
+    if wants_standin(config, env):
         standin_port = stack.ports[STANDIN]
         stack.standin = stack.launcher.start(
             "n8n-standin",
@@ -303,6 +311,12 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
             "http",
             ready_path="/_standin/received",
         )
+        stack.launcher.base_env = {
+            **stack.launcher.base_env,
+            "N8N_WEBHOOK_URL": f"{stack.standin_url}/webhook/bridge",
+            **env,
+        }
+    if stack.sandbox is not None:
         sandbox_defaults = {
             "KOMMO_BASE_URL": stack.sandbox_url,
             "KOMMO_SANDBOX": "true",
@@ -314,11 +328,11 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
             "KOMMO_SALESBOT_ID": SANDBOX_SALESBOT_ID,
             "KOMMO_REPLY_FIELD_ID": SANDBOX_REPLY_FIELD_ID,
             "KOMMO_AMOJO_BASE_URL": stack.sandbox_url,
-            "N8N_WEBHOOK_URL": f"{stack.standin_url}/webhook/bridge",
         }
         # What the user (or a test) set explicitly wins over the sandbox defaults.
-        stack.launcher.base_env = {**common, **sandbox_defaults, **env}
+        stack.launcher.base_env = {**stack.launcher.base_env, **sandbox_defaults, **env}
         stack.launcher.wait_ready(stack.sandbox)
+    if stack.standin is not None:
         stack.launcher.wait_ready(stack.standin)
 
     # Every replica's port is chosen first, so each service starts knowing every address

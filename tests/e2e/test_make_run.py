@@ -5,6 +5,8 @@ before any banner."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import re
 import signal
@@ -12,8 +14,10 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -217,3 +221,48 @@ def test_a_service_failing_at_start_up_is_one_line_with_its_log_and_no_banner(
     assert log_path.is_file()
     assert _BANNER not in output
     assert "Traceback" not in output
+
+
+class _N8nDouble(http.server.BaseHTTPRequestHandler):
+    """Stands for a real n8n the user configured: records each envelope, answers 200."""
+
+    received: ClassVar[list[dict[str, object]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        type(self).received.append(json.loads(body))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_a_configured_n8n_gets_the_envelopes_and_no_stand_in_is_started(
+    runners: list[Runner], tmp_path: Path, state_dir: Path
+) -> None:
+    _N8nDouble.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _N8nDouble)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    n8n_url = f"http://127.0.0.1:{server.server_address[1]}/webhook/kommo-bridge"
+    try:
+        runner = start(runners, tmp_path, state_dir, {"N8N_WEBHOOK_URL": n8n_url})
+        output = runner.output()
+        assert "STAND-IN" not in output and "n8n stand-in" not in output
+        assert runner.banner_value("n8n") == n8n_url
+        sandbox = runner.banner_value("Kommo sandbox")
+        httpx.post(
+            f"{sandbox}/_sandbox/customer-message",
+            json={"lead_id": 9100001, "text": "Oi, n8n de verdade?"},
+            timeout=10.0,
+        ).raise_for_status()
+        envelope = wait_for(
+            lambda: next(iter(_N8nDouble.received), None), 30.0, "the envelope at n8n"
+        )
+        assert envelope["event"] == "message.received"
+        logs = runner.banner_value("logs")
+        assert not list(Path(logs).glob("n8n-standin*.log"))
+    finally:
+        server.shutdown()
+        server.server_close()
