@@ -7,6 +7,7 @@ build their own. A missing or bad variable stops the process with one line namin
 from __future__ import annotations
 
 import base64
+import math
 import sys
 from collections.abc import Sequence
 from typing import TypeVar
@@ -81,10 +82,25 @@ class CommonSettings(BaseSettings):
         "never reachable from further away than the service itself",
     )
 
+    data_retention_days: float = Field(
+        default=90.0,
+        ge=0,
+        description="personal data (conversations, scheduling requests, copies of leads and "
+        "contacts) expires this long after a conversation's last message; 0 = kept until "
+        "erased; fractions allowed",
+    )
+
     @field_validator("metrics_host")
     @classmethod
     def _metrics_host(cls, value: str, info: ValidationInfo) -> str:
         return value or str(info.data.get("grpc_host", ""))
+
+    @property
+    def retention_seconds(self) -> int:
+        """DATA_RETENTION_DAYS in whole seconds (at least 1); 0 = kept until erased."""
+        return (
+            max(math.ceil(self.data_retention_days * 86400), 1) if self.data_retention_days else 0
+        )
 
 
 _MIN_SIGNING_KEY_BYTES = 24

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _NOTIFY_RETRY_MS = 10_000
+# What pausing or resuming did to a conversation erased meanwhile: nothing.
+_ERASED = "erased"
 # A handoff task is due soon: a customer is waiting for a person.
 _TASK_DUE_SECONDS = 15 * 60
 _TRANSIENT = frozenset(
@@ -104,6 +106,8 @@ class BotController:
     ) -> str:
         resumes_at = self._resumes_at(pause_seconds)
         previous = await self.bots.set_state(conversation_id, bot.PAUSED, by, reason, resumes_at)
+        if previous is None:
+            return _ERASED
         if previous == bot.PAUSED:
             return "unchanged"
         await self.bots.count(counter)
@@ -121,6 +125,8 @@ class BotController:
 
     async def resume(self, conversation_id: str, by: str, reason: str, counter: str) -> str:
         previous = await self.bots.set_state(conversation_id, bot.ACTIVE, by, reason, 0)
+        if previous is None:
+            return _ERASED
         if previous == bot.ACTIVE:
             return "unchanged"
         await self.bots.count(counter)
@@ -132,7 +138,12 @@ class BotController:
 
     async def handoff(self, conversation_id: str, by: str, reason: str, counter: str) -> None:
         """The customer needs a person: pause, settle the turn, tell the vendedor."""
-        await self.bots.set_state(conversation_id, bot.PAUSED, by, reason, self._resumes_at())
+        if (
+            await self.bots.set_state(conversation_id, bot.PAUSED, by, reason, self._resumes_at())
+            is None
+        ):
+            log.info("handoff skipped: the conversation was erased")
+            return
         await self.store.clear_inflight(conversation_id)
         await self.bots.count(counter)
         await self.notify(
@@ -240,8 +251,8 @@ class BotController:
             return
         job_id = uuid.uuid4().hex
         job = {"lead_id": str(lead_id), "note": note, "task": task}
-        await self.bots.add_notification(job_id, job, self.settings.lease_ms)
-        await self.run_notification(Claim(job_id, 0), job)
+        if await self.bots.add_notification(job_id, job, self.settings.lease_ms, conversation_id):
+            await self.run_notification(Claim(job_id, 0), job)
 
     async def run_notification(self, claim: Claim, job: dict[str, str]) -> None:
         lead_id = int(job["lead_id"])

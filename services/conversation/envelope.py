@@ -10,6 +10,7 @@ from typing import Any
 
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from bridge.vendedor.v1 import vendedor_pb2 as vd
+from services.common.privacy import ContactDisclosure
 from services.conversation.events import MessageEvent
 
 CONVERSATION_NAMESPACE = uuid.UUID("6b2f7a4e-8f1d-4c1e-9a57-3c0d5e2b9f10")
@@ -93,16 +94,20 @@ def bounded_history(
     return kept
 
 
-def _custom_fields(fields: Any) -> dict[str, Any]:
+def _custom_fields(fields: Any, hidden_field_id: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field in fields:
+        if hidden_field_id and field.field_id == hidden_field_id:
+            continue
         name = field.field_name or field.field_code or str(field.field_id)
         values = list(field.values)
         out[name] = values[0] if len(values) == 1 else values
     return out
 
 
-def lead_json(lead: gw.Lead | None, lead_id: int) -> dict[str, Any] | None:
+def lead_json(lead: gw.Lead | None, lead_id: int, *, reply_field_id: int) -> dict[str, Any] | None:
+    """The lead for n8n. The bridge's own reply field (KOMMO_REPLY_FIELD_ID) is left out:
+    it holds the bot's last answer, not something about the lead."""
     if lead is None:
         return {"id": lead_id} if lead_id else None
     return {
@@ -112,18 +117,21 @@ def lead_json(lead: gw.Lead | None, lead_id: int) -> dict[str, Any] | None:
         "pipeline_id": lead.pipeline_id,
         "responsible_user_id": lead.responsible_user_id,
         "price": lead.price,
-        "custom_fields": _custom_fields(lead.custom_fields),
+        "custom_fields": _custom_fields(lead.custom_fields, reply_field_id),
     }
 
 
-def contact_json(contact: gw.Contact | None, contact_id: int) -> dict[str, Any] | None:
+def contact_json(
+    contact: gw.Contact | None, contact_id: int, disclosure: ContactDisclosure
+) -> dict[str, Any] | None:
+    """The contact for n8n, its phone and e-mail as N8N_CONTACT_PHONE/EMAIL allow."""
     if contact is None:
         return {"id": contact_id} if contact_id else None
     return {
         "id": contact.id,
         "name": contact.name,
-        "phone": contact.phones[0] if contact.phones else None,
-        "email": contact.emails[0] if contact.emails else None,
+        "phone": disclosure.phone(contact.phones[0] if contact.phones else None),
+        "email": disclosure.email(contact.emails[0] if contact.emails else None),
     }
 
 

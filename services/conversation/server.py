@@ -18,14 +18,20 @@ from services.common.settings import load_settings
 from services.conversation.servicer import ConversationServicer
 from services.conversation.settings import ConversationSettings
 from services.conversation.store import ConversationStore
-from services.conversation.workers import DueLoop, Engine, EventConsumer, GaugeUpdater
+from services.conversation.workers import (
+    DueLoop,
+    Engine,
+    EventConsumer,
+    GaugeUpdater,
+    RetentionSweep,
+)
 
 SERVICE_NAME = "bridge.conversation.v1.ConversationService"
 
 
 def create_server(settings: ConversationSettings) -> GrpcService:
     redis = create_redis(settings.redis_url)
-    store = ConversationStore(redis)
+    store = ConversationStore(redis, settings.retention_seconds)
     gateway_channel = create_channel(settings.kommo_gateway_addr, settings.grpc_deadline_seconds)
     vendedor_channel = create_channel(settings.vendedor_addr, settings.grpc_deadline_seconds)
     http = httpx.AsyncClient()
@@ -60,7 +66,12 @@ def create_server(settings: ConversationSettings) -> GrpcService:
         grace_seconds=settings.shutdown_grace_seconds,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
-        background=[EventConsumer(engine, redis), DueLoop(engine), GaugeUpdater(engine)],
+        background=[
+            EventConsumer(engine, redis),
+            DueLoop(engine),
+            GaugeUpdater(engine),
+            RetentionSweep(engine),
+        ],
         on_stop=close,
     )
 

@@ -19,7 +19,7 @@ from services.common.errors import BridgeError, InvalidInput, NotFound
 from services.conversation import series
 from services.conversation.events import LeadEvent, MessageEvent, parse_webhook
 from services.conversation.kommo_form import nest, parse_form
-from services.conversation.store import Operations, seen_key
+from services.conversation.store import Operations, Privacy, seen_key
 from services.conversation.workers import Engine
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ class ConversationServicer(ConversationServiceServicer):
         self.engine = engine
         self.store = engine.store
         self.settings = engine.settings
-        self.ops = Operations(engine.store.redis)
+        self.ops = Operations(engine.store.redis, engine.store.retention_seconds)
+        self.privacy = Privacy(engine.store.redis, engine.store.retention_seconds)
 
     async def IngestWebhooks(
         self, request_iterator: AsyncIterator[pb.IngestBatch], context: Context
@@ -322,6 +323,26 @@ class ConversationServicer(ConversationServiceServicer):
             raise NotFound(f"no dead letter {letter_id}")
         log.info("dead letter replayed", extra={"dead_letter": letter_id})
         return pb.ReplayDeadLetterResponse(event_id=request.event_id, id=letter_id)
+
+    async def EraseData(
+        self, request: pb.EraseDataRequest, context: Context
+    ) -> pb.EraseDataResponse:
+        if (request.lead_id > 0) == (request.contact_id > 0):
+            raise InvalidInput("exactly one of lead_id or contact_id is required")
+        erasure = await self.privacy.erase(request.lead_id, request.contact_id)
+        log.warning(
+            "personal data erased",
+            extra={
+                "erased": dict(erasure.counts),
+                "conversations": erasure.counts["conversations"],
+            },
+        )
+        return pb.EraseDataResponse(
+            erased=dict(erasure.counts),
+            lead_ids=sorted(erasure.lead_ids),
+            contact_ids=sorted(erasure.contact_ids),
+            delivery_keys=sorted(erasure.delivery_keys),
+        )
 
     async def GetWorkStatus(
         self, request: pb.GetWorkStatusRequest, context: Context

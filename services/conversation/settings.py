@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from services.common.privacy import ContactPrivacySettings
 from services.common.settings import (
     CommonSettings,
     ConfigurationError,
@@ -18,7 +19,7 @@ N8N_URL_ADVICE = (
 )
 
 
-class ConversationSettings(CommonSettings, N8nSettings):
+class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
     kommo_subdomain: str = Field(
         default="", description="when set, webhooks from any other account are refused"
     )
@@ -66,6 +67,11 @@ class ConversationSettings(CommonSettings, N8nSettings):
     proactive_on_status: str = Field(
         default="", description="status_id:trigger pairs started by lead-status webhooks"
     )
+    kommo_reply_field_id: int = Field(
+        default=0,
+        ge=0,
+        description="the gateway's reply field: never among the lead's fields in an envelope",
+    )
     history_turns: int = Field(default=20, ge=0, le=200, description="turns sent as history")
     history_max_chars: int = Field(default=8000, ge=0, description="bound on history text")
     webhook_max_fields: int = Field(default=1000, gt=0)
@@ -86,6 +92,11 @@ class ConversationSettings(CommonSettings, N8nSettings):
     work_retry_max_seconds: float = Field(
         default=300.0, gt=0, description="the longest delay between two tries of a work item"
     )
+    data_retention_sweep_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="how often each replica erases conversations past DATA_RETENTION_DAYS",
+    )
     dead_letter_alert_seconds: float = Field(
         default=86400.0,
         ge=0,
@@ -96,6 +107,20 @@ class ConversationSettings(CommonSettings, N8nSettings):
     @classmethod
     def _timezone(cls, value: str) -> str:
         return check_timezone("BRIDGE_TIMEZONE", value)
+
+    @field_validator("kommo_reply_field_id", mode="before")
+    @classmethod
+    def _reply_field(cls, value: object) -> object:
+        # The gateway's variable: empty = not set (the Chats API sends replies instead).
+        if isinstance(value, str):
+            value = value.strip() or "0"
+            if not value.isdigit():
+                raise ConfigurationError(
+                    "KOMMO_REPLY_FIELD_ID",
+                    "set KOMMO_REPLY_FIELD_ID to the id of the lead field replies are written "
+                    "to, a number, or leave it empty (guide step 3)",
+                )
+        return value
 
     @field_validator("edge_public_url")
     @classmethod

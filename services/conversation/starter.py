@@ -41,7 +41,7 @@ class ProactiveStarter:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.settings = engine.settings
-        self.store = ProactiveStore(engine.store.redis)
+        self.store = ProactiveStore(engine.store.redis, engine.store.retention_seconds)
         self._file_templates = dict(proactive.DEFAULT_TEMPLATES)
         if self.settings.proactive_templates_file:
             loaded = json.loads(Path(self.settings.proactive_templates_file).read_text())
@@ -91,16 +91,33 @@ class ProactiveStarter:
             await self.store.forget_start(lead_id, trigger)
             raise
 
-    async def _start(self, lead_id: int, trigger: str, conversation_id: str) -> Started:
-        metadata = client_metadata()
+    async def _lead(self, lead_id: int) -> gw.Lead:
         try:
-            lead = await self.engine.gateway.GetLead(
-                gw.GetLeadRequest(lead_id=lead_id), metadata=metadata
+            return await self.engine.gateway.GetLead(
+                gw.GetLeadRequest(lead_id=lead_id), metadata=client_metadata()
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(f"lead {lead_id} not found in Kommo") from exc
             raise
+
+    async def open_for_lead(self, lead_id: int) -> str:
+        """The conversation of a lead that has none yet, opened with the lead's main
+        contact as Kommo knows it — for a message the bridge sends first (a confirmation
+        sent through /send-response with lead_id). Its id is the lead's deterministic
+        one, so two replicas opening it at once open the same conversation."""
+        lead = await self._lead(lead_id)
+        conversation_id = envelope.conversation_for_lead(lead_id)
+        await self.store.ensure_conversation(conversation_id, lead_id, lead.main_contact_id)
+        log.info(
+            "conversation opened for a message to a new lead",
+            extra={"conversation_id": conversation_id, "lead_id": lead_id},
+        )
+        return conversation_id
+
+    async def _start(self, lead_id: int, trigger: str, conversation_id: str) -> Started:
+        metadata = client_metadata()
+        lead = await self._lead(lead_id)
         try:
             vendedor = await self.engine.vendedores.GetVendedorForLead(
                 vd.GetVendedorForLeadRequest(lead_id=lead_id), metadata=metadata
@@ -166,8 +183,12 @@ class ProactiveStarter:
                 "talk_id": None,
                 "bot_state": conversation.get("bot_state", "active"),
             },
-            lead=envelope.lead_json(lead, lead_id),
-            contact=envelope.contact_json(contact, lead.main_contact_id),
+            lead=envelope.lead_json(
+                lead, lead_id, reply_field_id=self.settings.kommo_reply_field_id
+            ),
+            contact=envelope.contact_json(
+                contact, lead.main_contact_id, self.settings.contact_disclosure
+            ),
             vendedor=envelope.vendedor_json(vendedor),
             messages=[],
             history=[],

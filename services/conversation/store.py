@@ -3,6 +3,21 @@ Lua scripts that keep multi-key changes atomic.
 
 Turns, the n8n outbox, replies, resumes, handoffs and notifications are due queues
 (services/common/due_queue.py).
+
+Personal data has an end (LGPD). With DATA_RETENTION_DAYS (R below; 0 = kept until
+erased) every key holding a conversation's data expires R after its last message: each
+message (the customer's, a person's, the bot's reply as Kommo takes it) refreshes the TTL
+of the conversation's keys in the very script that records it (`touch`), so no key is
+ever written without one. Keys written between messages (envelopes, reply jobs, notes
+for Kommo, proactive jobs) never outlive their conversation (`life`), and are listed in
+its key index so that an erase finds them all (`own`). The conversation listing shows
+only conversations within R; the retention sweep (workers.RetentionSweep) erases what
+is past it (also data written before R was set), and failure records older than R.
+An erase (`Privacy`) removes a lead's or a contact's conversations with every key, queued
+work item, failure record and unprocessed webhook event; work already in flight finds
+its conversation gone and writes nothing (every write after the first one of a piece of
+work is conditional on the conversation, or its item, still existing). Dedupe markers
+(`conv:seen:*`) keep their own 72 h: they hold only Kommo's message ids.
 """
 
 from __future__ import annotations
@@ -10,21 +25,34 @@ from __future__ import annotations
 import enum
 import json
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from services.common.due_queue import Claim, DueQueue, now_ms, text, text_map
+from services.common.due_queue import Claim, DueQueue, Failure, now_ms, text, text_map
+from services.common.errors import NotFound
 from services.conversation import series
 
-EVENTS_STREAM = "conv:events"  # webhook events, durable until a worker has applied them
+# Webhook events, durable until a worker has applied them: applied entries are deleted
+# (XDEL), so the stream holds no conversation's messages once they are processed; an
+# erase deletes the unprocessed ones of its lead, contact or chat.
+EVENTS_STREAM = "conv:events"
 WORKERS_GROUP = "workers"
 # Work that failed, of every kind (events, turns, deliveries...): `conv:work:failing`
 # while it is retried, `conv:work:dead` (+ `:info`) once parked; kept until replayed or
-# until the item goes through (due_queue.WorkFailures).
+# until the item goes through (due_queue.WorkFailures). Records name their conversation
+# (and an event's record holds the event): erased with it, and dropped by the retention
+# sweep once older than R.
 WORK_FAILURES = "conv:work"
 WEBHOOKS_LAST = "conv:webhooks:last"
 WEBHOOKS_TOTAL = "conv:webhooks:total"
+# Due queues (sorted sets, no TTL: they live with the service). Their members are ids:
+# a conversation's are removed by its erase (and by the sweep once it is past R); a
+# worker that claims a member whose item is gone releases it.
 TURNS_DUE = "conv:turns:due"
 OUTBOX_DUE = "conv:outbox:due"
 OUTBOX_DEAD = "conv:outbox:dead"  # event_id → parked at (ms); the item hash stays
@@ -32,7 +60,9 @@ REPLIES_DUE = "conv:replies:due"
 RESUMES_DUE = "conv:resumes:due"  # paused conversations by the time they resume
 HANDOFFS_DUE = "conv:handoffs:due"  # turns by the time n8n's silence hands them off
 NOTIFY_DUE = "conv:notify:due"  # notes and tasks for Kommo, retried until written
-CONVERSATIONS = "conv:index"  # every conversation by last activity (ms), for listings
+# Every conversation by last activity (ms), for listings. No TTL (it lists them all):
+# listings read only the members within R, the sweep erases the older ones.
+CONVERSATIONS = "conv:index"
 PROACTIVE_DUE = "conv:proactive:due"  # proactive starts waiting for working hours
 FALLBACKS_DUE = "conv:proactive:fallback-due"  # n8n's first message, or the template
 TEMPLATES = "conv:templates"  # trigger → template, set through the API
@@ -49,78 +79,179 @@ REPLY_TOKEN_TTL_SECONDS = 7 * 24 * 3600
 DELIVERED_KEPT_SECONDS = 24 * 3600
 # The bridge's own sends are recognised in their echo for this long.
 SENT_TTL_SECONDS = 24 * 3600
+# Notes and tasks for Kommo, and proactive jobs: retried for at most this long.
+JOB_KEPT_SECONDS = 7 * 24 * 3600
+
+# Every key below except the dedupe markers holds a conversation's data: it expires with
+# the conversation (R after its last message; sooner where its own lifetime is shorter)
+# and goes with its erase.
+CONVERSATION_PREFIX = "conv:c:"
+BY_LEAD_PREFIX = "conv:by-lead:"
+BY_CONTACT_PREFIX = "conv:by-contact:"
+BY_CHAT_PREFIX = "conv:by-chat:"
+OUTBOX_PREFIX = "conv:outbox:"
+REPLY_JOB_PREFIX = "conv:reply-job:"
+REPLY_KEY_PREFIX = "conv:reply-key:"
+REPLY_TOKEN_PREFIX = "conv:reply-token:"  # noqa: S105  # a key prefix, not a secret
+NOTIFY_PREFIX = "conv:notify:"
+PROACTIVE_JOB_PREFIX = "conv:proactive-job:"
 
 
 def seen_key(message_id: str) -> str:
+    """A dedupe marker (72 h, SEEN_TTL_SECONDS): only Kommo's message id, no personal
+    data, so retention and erase leave it alone."""
     return f"conv:seen:{message_id}"
 
 
 def conversation_key(conversation_id: str) -> str:
-    return f"conv:c:{conversation_id}"
+    """The conversation (hash: lead, contact, chat, bot state, the turn in flight). R."""
+    return f"{CONVERSATION_PREFIX}{conversation_id}"
 
 
 def by_contact_key(contact_id: int) -> str:
-    return f"conv:by-contact:{contact_id}"
+    """A contact's latest conversation. R, refreshed by the conversation's messages."""
+    return f"{BY_CONTACT_PREFIX}{contact_id}"
 
 
 def bot_log_key(conversation_id: str) -> str:
-    """The bot's state changes of a conversation, newest last, capped."""
-    return f"conv:c:{conversation_id}:bot-log"
+    """The bot's state changes of a conversation, newest last, capped. The conversation's
+    lifetime (it names people of the team and their reasons)."""
+    return f"{CONVERSATION_PREFIX}{conversation_id}:bot-log"
+
+
+def keys_index_key(conversation_id: str) -> str:
+    """The keys holding this conversation's data that are not named by its id (envelopes,
+    reply jobs, tokens, notes, proactive jobs and dedupe): sorted set key → expires at
+    (ms), pruned as they expire, so that an erase finds them. R, refreshed by messages."""
+    return f"{CONVERSATION_PREFIX}{conversation_id}:keys"
 
 
 def proactive_key(lead_id: int, trigger: str) -> str:
-    """A lead gets a trigger's first message once within PROACTIVE_DEDUPE_SECONDS."""
+    """A lead gets a trigger's first message once within PROACTIVE_DEDUPE_SECONDS (at
+    most R: it records that the lead was contacted). In the key index."""
     return f"conv:proactive:{lead_id}:{trigger}"
 
 
 def proactive_job_key(job_id: str) -> str:
-    return f"conv:proactive-job:{job_id}"
+    """A proactive start waiting for working hours, or n8n's first message (with the
+    template rendered with the contact's name). JOB_KEPT_SECONDS, at most the
+    conversation's lifetime. In the key index."""
+    return f"{PROACTIVE_JOB_PREFIX}{job_id}"
 
 
 def notify_key(job_id: str) -> str:
-    return f"conv:notify:{job_id}"
+    """A note or task for Kommo about a lead. JOB_KEPT_SECONDS, at most the
+    conversation's lifetime; deleted once Kommo has it. In the key index."""
+    return f"{NOTIFY_PREFIX}{job_id}"
 
 
 def by_lead_key(lead_id: int) -> str:
-    return f"conv:by-lead:{lead_id}"
+    """A lead's conversation. R, refreshed by the conversation's messages."""
+    return f"{BY_LEAD_PREFIX}{lead_id}"
 
 
 def by_chat_key(chat_id: str) -> str:
-    """The conversation that first used a Kommo chat; other leads in it keep their own."""
-    return f"conv:by-chat:{chat_id}"
+    """The conversation that first used a Kommo chat; other leads in it keep their own.
+    R, refreshed by the messages of the conversation it points to."""
+    return f"{BY_CHAT_PREFIX}{chat_id}"
 
 
 def inbox_key(conversation_id: str) -> str:
-    return f"conv:c:{conversation_id}:inbox"
+    """Customer messages waiting for the next turn. R."""
+    return f"{CONVERSATION_PREFIX}{conversation_id}:inbox"
 
 
 def history_key(conversation_id: str) -> str:
-    return f"conv:c:{conversation_id}:history"
+    """What was said, capped, for n8n's context. R."""
+    return f"{CONVERSATION_PREFIX}{conversation_id}:history"
 
 
 def applied_key(conversation_id: str) -> str:
-    """Message ids already applied (at-least-once delivery must apply each once)."""
-    return f"conv:c:{conversation_id}:applied"
+    """Message ids already applied (at-least-once delivery must apply each once).
+    SEEN_TTL_SECONDS like the dedupe markers, at most R."""
+    return f"{CONVERSATION_PREFIX}{conversation_id}:applied"
 
 
 def sent_key(conversation_id: str) -> str:
-    return f"conv:c:{conversation_id}:sent"
+    """Fingerprints of the texts the bridge sent, to recognise their echo.
+    SENT_TTL_SECONDS, at most the conversation's lifetime."""
+    return f"{CONVERSATION_PREFIX}{conversation_id}:sent"
 
 
 def reply_token_key(token: str) -> str:
-    return f"conv:reply-token:{token}"
+    """The turn a reply token answers. REPLY_TOKEN_TTL_SECONDS, at most R. In the key
+    index."""
+    return f"{REPLY_TOKEN_PREFIX}{token}"
 
 
 def outbox_item_key(event_id: str) -> str:
-    return f"conv:outbox:{event_id}"
+    """An envelope for n8n (the whole payload): until delivered, then
+    DELIVERED_KEPT_SECONDS for a resend; a dead letter until replayed; always at most
+    the conversation's lifetime. In the key index."""
+    return f"{OUTBOX_PREFIX}{event_id}"
 
 
 def reply_job_key(job_id: str) -> str:
-    return f"conv:reply-job:{job_id}"
+    """A reply to deliver (its text): until delivered, then REPLY_TOKEN_TTL_SECONDS;
+    always at most the conversation's lifetime. In the key index."""
+    return f"{REPLY_JOB_PREFIX}{job_id}"
 
 
 def reply_idempotency_key(key: str) -> str:
-    return f"conv:reply-key:{key}"
+    """A reply's idempotency key → its job. REPLY_TOKEN_TTL_SECONDS, at most the
+    conversation's lifetime. In the key index."""
+    return f"{REPLY_KEY_PREFIX}{key}"
+
+
+# Lua shared by the scripts that write a conversation's data. R is the retention in ms
+# (0 = kept until erased).
+#   life(own, conv, R): how long a key of conversation `conv` may live — its own
+#     lifetime (0 = none), never past R nor past the conversation itself;
+#   own(conv, key, ms, now, R): list `key` in the conversation's key index;
+#   touch(id, now, R): a message — the conversation's keys live R from now.
+_LIB = (
+    """
+local function life(own_ms, conv, R)
+  if R <= 0 then return own_ms end
+  local ms = R
+  if own_ms > 0 and own_ms < ms then ms = own_ms end
+  local left = redis.call('PTTL', conv)
+  if left > 0 and left < ms then ms = left end
+  return ms
+end
+local function expire(key, ms)
+  if ms > 0 then redis.call('PEXPIRE', key, ms) end
+end
+local function own(conv, key, ms, now, R)
+  local index = conv .. ':keys'
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+  if ms > 0 then
+    redis.call('ZADD', index, now + ms, key)
+  else
+    redis.call('ZADD', index, '+inf', key)
+  end
+  if R > 0 and redis.call('PTTL', index) < ms then redis.call('PEXPIRE', index, ms) end
+end
+local function touch(id, now, R)
+  local c = '@CONV@' .. id
+  redis.call('ZADD', '@INDEX@', now, id)
+  if R <= 0 then return end
+  for _, k in ipairs({c, c .. ':inbox', c .. ':history', c .. ':bot-log', c .. ':keys'}) do
+    redis.call('PEXPIRE', k, R)
+  end
+  local f = redis.call('HMGET', c, 'lead_id', 'contact_id', 'chat_id')
+  if f[1] and f[1] ~= '0' then redis.call('PEXPIRE', '@LEAD@' .. f[1], R) end
+  if f[2] and f[2] ~= '0' then redis.call('PEXPIRE', '@CONTACT@' .. f[2], R) end
+  if f[3] and f[3] ~= '' and redis.call('GET', '@CHAT@' .. f[3]) == id then
+    redis.call('PEXPIRE', '@CHAT@' .. f[3], R)
+  end
+end
+""".replace("@CONV@", CONVERSATION_PREFIX)
+    .replace("@INDEX@", CONVERSATIONS)
+    .replace("@LEAD@", BY_LEAD_PREFIX)
+    .replace("@CONTACT@", BY_CONTACT_PREFIX)
+    .replace("@CHAT@", BY_CHAT_PREFIX)
+)
 
 
 # Dedupe then append, in that order: a failure half-way leaves a possible duplicate
@@ -145,11 +276,15 @@ return out
 # lead id (-1: the caller applies it to that lead's own conversation). A chat shared by
 # conversations keeps pointing at its first one; 2 says so the first time, for one warning.
 # An empty history entry (the echo of the bridge's own send) is applied but not recorded.
-_APPLY_MESSAGE = """
+# An event whose stream entry is gone was erased meanwhile (3): it must not bring its
+# conversation back.
+_APPLY_MESSAGE = (
+    _LIB
+    + """
 local lead = redis.call('HGET', KEYS[1], 'lead_id')
 if ARGV[7] ~= '0' and lead and lead ~= '0' and lead ~= ARGV[7] then return -1 end
+if ARGV[14] ~= '' and #redis.call('XRANGE', KEYS[10], ARGV[14], ARGV[14]) == 0 then return 3 end
 if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
-redis.call('EXPIRE', KEYS[2], ARGV[13])
 redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[5])
 redis.call('HSETNX', KEYS[1], 'bot_state', 'active')
@@ -182,26 +317,42 @@ if ARGV[11] == '1' then
   redis.call('RPUSH', KEYS[3], ARGV[3])
   redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 end
+local R = tonumber(ARGV[15])
+touch(ARGV[1], tonumber(ARGV[5]), R)
+expire(KEYS[2], life(tonumber(ARGV[13]) * 1000, KEYS[1], R))
 return outcome
 """
+)
 
-_COMMIT_TURN = """
+# Only for a conversation that still exists (an erase may have come meanwhile).
+_COMMIT_TURN = (
+    _LIB
+    + """
 local n = tonumber(ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 if redis.call('LLEN', KEYS[1]) < n then return 0 end
 redis.call('LTRIM', KEYS[1], n, -1)
 redis.call('HSET', KEYS[2], 'inflight_token', ARGV[2], 'inflight_event', ARGV[3],
   'inflight_since', ARGV[5])
 redis.call('HSET', KEYS[3], 'conversation_id', ARGV[8], 'event_id', ARGV[3],
   'request_id', ARGV[13])
-redis.call('EXPIRE', KEYS[3], ARGV[9])
 redis.call('HSET', KEYS[4], 'payload', ARGV[4], 'url', ARGV[10], 'attempts', 0,
   'created_at', ARGV[5], 'conversation_id', ARGV[8], 'request_id', ARGV[13])
+local R, now = tonumber(ARGV[14]), tonumber(ARGV[5])
+touch(ARGV[8], now, R)
+local token_ms = life(tonumber(ARGV[9]) * 1000, KEYS[2], R)
+expire(KEYS[3], token_ms)
+own(KEYS[2], KEYS[3], token_ms, now, R)
+local item_ms = life(0, KEYS[2], R)
+expire(KEYS[4], item_ms)
+own(KEYS[2], KEYS[4], item_ms, now, R)
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
 if redis.call('ZSCORE', KEYS[6], ARGV[8]) == ARGV[7] then redis.call('ZREM', KEYS[6], ARGV[8]) end
 redis.call('HSET', KEYS[2], 'turn_started', ARGV[12])
 if ARGV[11] ~= '0' then redis.call('ZADD', KEYS[7], ARGV[11], ARGV[8]) end
 return 1
 """
+)
 
 # A reply settles the turn it answers (and its envelope, kept for a resend, can go);
 # pending messages then start the next one.
@@ -249,13 +400,88 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
 
-_BEGIN_REPLY = """
+# A reply from n8n is a message of its conversation ('' when that conversation is gone).
+_BEGIN_REPLY = (
+    _LIB
+    + """
 local existing = redis.call('GET', KEYS[1])
 if existing then return existing end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if redis.call('EXISTS', KEYS[4]) == 0 then return '' end
+local R, now = tonumber(ARGV[5]), tonumber(ARGV[6])
+touch(ARGV[7], now, R)
+local key_ms = life(tonumber(ARGV[2]) * 1000, KEYS[4], R)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', key_ms)
+own(KEYS[4], KEYS[1], key_ms, now, R)
 redis.call('HSET', KEYS[2], unpack(cjson.decode(ARGV[3])))
+local job_ms = life(0, KEYS[4], R)
+expire(KEYS[2], job_ms)
+own(KEYS[4], KEYS[2], job_ms, now, R)
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 return false
+"""
+)
+
+# Kommo took the bot's reply: a message of its conversation, into the history with the
+# job marked, unless the conversation was erased meanwhile.
+_REPLY_DELIVERED = (
+    _LIB
+    + """
+if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'delivered', 1)
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+touch(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+return 1
+"""
+)
+
+_REMEMBER_SENT = (
+    _LIB
+    + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+expire(KEYS[1], life(tonumber(ARGV[2]), KEYS[2], tonumber(ARGV[3])))
+return 1
+"""
+)
+
+# Fields of a work item, only while it exists: work in flight never recreates an item
+# that an erase (or its expiry) removed.
+_HSET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# KEYS: item, its due queue. ARGV: member, own lifetime (ms), R, then field/value pairs.
+# The item is done: off the queue, and kept (if it still exists) at most as long as its
+# conversation.
+_ITEM_DONE = (
+    _LIB
+    + """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local conv = '@CONV@' .. (redis.call('HGET', KEYS[1], 'conversation_id') or '')
+expire(KEYS[1], life(tonumber(ARGV[2]), conv, tonumber(ARGV[3])))
+return 1
+""".replace("@CONV@", CONVERSATION_PREFIX)
+)
+
+_OUTBOX_FAILED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'last_error', ARGV[2])
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+else
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+end
+return 1
 """
 
 
@@ -266,13 +492,21 @@ class Applied(enum.IntEnum):
     APPLIED = 1
     SHARED_CHAT = 2  # applied; its chat is first seen under another conversation
     OTHER_LEAD = -1  # not applied: the conversation belongs to another lead
+    ERASED = 3  # not applied: its event was erased meanwhile (with its conversation)
+
+
+def retention_ms(retention_seconds: int) -> int:
+    return max(retention_seconds, 0) * 1000
 
 
 class ConversationStore:
     """Typed access to the conversation service's Redis state."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, retention_seconds: int = 0) -> None:
+        """`retention_seconds`: DATA_RETENTION_DAYS in seconds (0 = kept until erased)."""
         self.redis = redis
+        self.retention_seconds = retention_seconds
+        self._r_ms = retention_ms(retention_seconds)
         self.turns = DueQueue(redis, TURNS_DUE)
         self.outbox = DueQueue(redis, OUTBOX_DUE)
         self.replies = DueQueue(redis, REPLIES_DUE)
@@ -283,6 +517,11 @@ class ConversationStore:
         self._defer_turn = redis.register_script(_DEFER_TURN)
         self._begin_reply = redis.register_script(_BEGIN_REPLY)
         self._resend = redis.register_script(_RESEND)
+        self._reply_delivered = redis.register_script(_REPLY_DELIVERED)
+        self._remember_sent = redis.register_script(_REMEMBER_SENT)
+        self._hset_if_exists = redis.register_script(_HSET_IF_EXISTS)
+        self._item_done = redis.register_script(_ITEM_DONE)
+        self._outbox_failed = redis.register_script(_OUTBOX_FAILED)
 
     async def ingest(self, webhooks: int, events: list[tuple[str, str]]) -> list[bool]:
         """Store (dedupe key, payload) events of `webhooks` bodies; True for each new one.
@@ -314,9 +553,10 @@ class ConversationStore:
         talk_id: int,
         to_inbox: bool,
         history_max: int,
+        stream_id: str = "",
     ) -> Applied:
         """Record a message in its conversation once; `history_entry` '' keeps it out of
-        the history."""
+        the history. With `stream_id`, only while that event is still in the stream."""
         applied = await self._apply(
             keys=[
                 conversation_key(conversation_id),
@@ -328,6 +568,7 @@ class ConversationStore:
                 CONVERSATIONS,
                 by_contact_key(contact_id),
                 by_chat_key(chat_id),
+                EVENTS_STREAM,
             ],
             args=[
                 conversation_id,
@@ -343,6 +584,8 @@ class ConversationStore:
                 "1" if to_inbox else "0",
                 max(history_max, 1),
                 SEEN_TTL_SECONDS,
+                stream_id,
+                self._r_ms,
             ],
         )
         return Applied(int(cast(int, applied)))
@@ -389,20 +632,28 @@ class ConversationStore:
         self, job_id: str, conversation_id: str, entry: dict[str, Any], cap: int
     ) -> None:
         """Kommo took the reply: mark the job and add the text to the history together, so
-        a retry after a crash neither sends it again nor records it twice."""
-        key = history_key(conversation_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(reply_job_key(job_id), "delivered", 1)
-            pipe.rpush(key, json.dumps(entry, ensure_ascii=False))
-            pipe.ltrim(key, -max(cap, 1), -1)
-            await pipe.execute()
+        a retry after a crash neither sends it again nor records it twice. Nothing is
+        written for a conversation erased meanwhile."""
+        await self._reply_delivered(
+            keys=[
+                reply_job_key(job_id),
+                history_key(conversation_id),
+                conversation_key(conversation_id),
+            ],
+            args=[
+                json.dumps(entry, ensure_ascii=False),
+                max(cap, 1),
+                conversation_id,
+                now_ms(),
+                self._r_ms,
+            ],
+        )
 
     async def remember_sent(self, conversation_id: str, text_hash: str) -> None:
-        key = sent_key(conversation_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(key, text_hash)
-            pipe.expire(key, SENT_TTL_SECONDS)
-            await pipe.execute()
+        await self._remember_sent(
+            keys=[sent_key(conversation_id), conversation_key(conversation_id)],
+            args=[text_hash, SENT_TTL_SECONDS * 1000, self._r_ms],
+        )
 
     async def was_sent_by_bridge(self, conversation_id: str, text_hash: str) -> bool:
         return bool(await self.redis.sismember(sent_key(conversation_id), text_hash))
@@ -450,6 +701,7 @@ class ConversationStore:
                 now + check_after_ms if check_after_ms else 0,
                 turn_started_ms,
                 request_id,
+                self._r_ms,
             ],
         )
         return bool(ok)
@@ -487,12 +739,18 @@ class ConversationStore:
     async def outbox_delivered(self, claim: Claim) -> None:
         """n8n took it. The item stays while its reply may still come, so the envelope
         can be sent again if that reply never arrives (`resend`)."""
-        key = outbox_item_key(claim.member)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(OUTBOX_DUE, claim.member)
-            pipe.hset(key, mapping={"delivered_at": now_ms(), "attempts": 0})
-            pipe.expire(key, DELIVERED_KEPT_SECONDS)
-            await pipe.execute()
+        await self._item_done(
+            keys=[outbox_item_key(claim.member), OUTBOX_DUE],
+            args=[
+                claim.member,
+                DELIVERED_KEPT_SECONDS * 1000,
+                self._r_ms,
+                "delivered_at",
+                now_ms(),
+                "attempts",
+                0,
+            ],
+        )
 
     async def resend(self, event_id: str) -> bool:
         """Send a delivered envelope to n8n again (its reply never came); False when the
@@ -502,29 +760,47 @@ class ConversationStore:
         ]))  # fmt: skip
 
     async def outbox_failed(self, claim: Claim, error: str, next_due_ms: int | None) -> None:
-        """Record a failed attempt; `next_due_ms` None parks the item as a dead letter."""
-        key = outbox_item_key(claim.member)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(key, "attempts", 1)
-            pipe.hset(key, "last_error", error[:500])
-            if next_due_ms is None:
-                pipe.zrem(OUTBOX_DUE, claim.member)
-                pipe.zadd(OUTBOX_DEAD, {claim.member: now_ms()})
-            else:
-                pipe.zadd(OUTBOX_DUE, {claim.member: next_due_ms})
-            await pipe.execute()
+        """Record a failed attempt; `next_due_ms` None parks the item as a dead letter.
+        An item erased meanwhile is only taken off the queue."""
+        await self._outbox_failed(
+            keys=[outbox_item_key(claim.member), OUTBOX_DUE, OUTBOX_DEAD],
+            args=[
+                claim.member,
+                error[:500],
+                "" if next_due_ms is None else next_due_ms,
+                now_ms(),
+            ],
+        )
 
     async def begin_reply(
         self, idempotency_key: str, job_id: str, job: dict[str, str], lease_ms: int
     ) -> str | None:
-        """Store a reply job unless the key was seen; returns the existing job id if so."""
+        """Store a reply job unless the key was seen; returns the existing job id if so.
+        NotFound when the conversation (job["conversation_id"]) is gone."""
         flat: list[str] = []
         for field, value in job.items():
             flat.extend((field, value))
+        conversation_id = job["conversation_id"]
+        now = now_ms()
         existing = await self._begin_reply(
-            keys=[reply_idempotency_key(idempotency_key), reply_job_key(job_id), REPLIES_DUE],
-            args=[job_id, REPLY_TOKEN_TTL_SECONDS, json.dumps(flat), now_ms() + lease_ms],
+            keys=[
+                reply_idempotency_key(idempotency_key),
+                reply_job_key(job_id),
+                REPLIES_DUE,
+                conversation_key(conversation_id),
+            ],
+            args=[
+                job_id,
+                REPLY_TOKEN_TTL_SECONDS,
+                json.dumps(flat),
+                now + lease_ms,
+                self._r_ms,
+                now,
+                conversation_id,
+            ],
         )
+        if existing == b"":
+            raise NotFound(f"conversation {conversation_id} not found")
         return cast(bytes, existing).decode() if existing else None
 
     async def reply_for_key(self, key: str) -> str | None:
@@ -536,30 +812,40 @@ class ConversationStore:
         return text_map(raw)
 
     async def update_reply_job(self, job_id: str, **fields: str | int | float) -> None:
-        await self.redis.hset(reply_job_key(job_id), mapping=cast(Any, fields))
+        await self.hset_if_exists(reply_job_key(job_id), fields)
+
+    async def hset_if_exists(self, key: str, fields: dict[str, str | int | float]) -> bool:
+        """Set fields of a work item unless it is gone (erased or expired)."""
+        flat: list[str | int | float] = []
+        for field, value in fields.items():
+            flat.extend((field, value))
+        return bool(await self._hset_if_exists(keys=[key], args=flat))
 
     async def reply_failed(self, job_id: str, error: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(REPLIES_DUE, job_id)
-            pipe.hset(reply_job_key(job_id), mapping={"state": "failed", "error": error[:500]})
-            await pipe.execute()
+        await self._item_done(
+            keys=[reply_job_key(job_id), REPLIES_DUE],
+            args=[job_id, 0, self._r_ms, "state", "failed", "error", error[:500]],
+        )
 
     async def reply_done(self, claim: Claim) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(REPLIES_DUE, claim.member)
-            pipe.hset(reply_job_key(claim.member), "state", "delivered")
-            pipe.expire(reply_job_key(claim.member), REPLY_TOKEN_TTL_SECONDS)
-            await pipe.execute()
+        await self._item_done(
+            keys=[reply_job_key(claim.member), REPLIES_DUE],
+            args=[claim.member, REPLY_TOKEN_TTL_SECONDS * 1000, self._r_ms, "state", "delivered"],
+        )
 
 
 class Operations:
     """What operators read and do: listings, debugging, reset, dead letters."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, retention_seconds: int = 0) -> None:
         self.redis = redis
+        self._r_ms = retention_ms(retention_seconds)
 
     async def conversation_ids(self, limit: int = 10_000) -> list[str]:
-        raw = await self.redis.zrevrange(CONVERSATIONS, 0, limit - 1)
+        """The most recent conversations; never one past the retention time, whose keys
+        are gone (the sweep takes it out of the index later)."""
+        oldest = now_ms() - self._r_ms if self._r_ms else "-inf"
+        raw = await self.redis.zrevrangebyscore(CONVERSATIONS, "+inf", oldest, 0, limit)
         return [text(x) for x in cast(list[bytes], raw)]
 
     async def conversations(self, ids: list[str]) -> list[dict[str, str]]:
@@ -629,6 +915,9 @@ class Operations:
         for member, score in cast(list[tuple[bytes, float]], entries):
             event_id = text(member)
             item = text_map(await self.redis.hgetall(outbox_item_key(event_id)))
+            if not item:  # expired with its conversation
+                await self.redis.zrem(OUTBOX_DEAD, event_id)
+                continue
             out.append((event_id, float(score) / 1000, item))
         return out
 
@@ -655,14 +944,78 @@ class Operations:
         return int(pending), int(dead)
 
 
+# KEYS: conversation, its bot log, RESUMES_DUE. ARGV: id, state, by, reason, resumes
+# at, now, log entry, R, entries kept. The state it had before; nil when the
+# conversation is gone (erased or expired): nothing is written then.
+_SET_STATE = (
+    _LIB
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local previous = redis.call('HGET', KEYS[1], 'bot_state') or 'active'
+if ARGV[2] == 'paused' then
+  redis.call('HSET', KEYS[1], 'bot_state', ARGV[2], 'paused_by', ARGV[3],
+    'paused_reason', ARGV[4], 'paused_at', ARGV[6], 'resumes_at', ARGV[5])
+  if ARGV[5] ~= '0' then
+    redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+  else
+    redis.call('ZREM', KEYS[3], ARGV[1])
+  end
+else
+  redis.call('HSET', KEYS[1], 'bot_state', ARGV[2])
+  redis.call('HDEL', KEYS[1], 'paused_by', 'paused_reason', 'paused_at', 'resumes_at')
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+redis.call('RPUSH', KEYS[2], ARGV[7])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
+expire(KEYS[2], life(0, KEYS[1], tonumber(ARGV[8])))
+return previous
+"""
+)
+
+_PUSH_RESUME = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'resumes_at', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: the job, its due queue, its conversation. ARGV: job id, due at, own lifetime
+# (ms), now, R, then the job's field/value pairs. 0 when the conversation is gone.
+_ADD_JOB = (
+    _LIB
+    + """
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+local R, now = tonumber(ARGV[5]), tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+local ms = life(tonumber(ARGV[3]), KEYS[3], R)
+expire(KEYS[1], ms)
+own(KEYS[3], KEYS[1], ms, now, R)
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+)
+
+
+def _flat(mapping: dict[str, str]) -> list[str]:
+    out: list[str] = []
+    for field, value in mapping.items():
+        out.extend((field, value))
+    return out
+
+
 class BotStore:
     """The bot's state per conversation, its history, and the Kommo notifications."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, retention_seconds: int = 0) -> None:
         self.redis = redis
+        self._r_ms = retention_ms(retention_seconds)
         self.resumes = DueQueue(redis, RESUMES_DUE)
         self.handoffs = DueQueue(redis, HANDOFFS_DUE)
         self.notifications = DueQueue(redis, NOTIFY_DUE)
+        self._set_state = redis.register_script(_SET_STATE)
+        self._push_resume = redis.register_script(_PUSH_RESUME)
+        self._add_job = redis.register_script(_ADD_JOB)
+        self._hset_if_exists = redis.register_script(_HSET_IF_EXISTS)
 
     async def set_state(
         self,
@@ -671,43 +1024,33 @@ class BotStore:
         by: str,
         reason: str,
         resumes_at_ms: int,
-    ) -> str:
-        """Set the bot's state; returns the state it had before."""
-        key = conversation_key(conversation_id)
+    ) -> str | None:
+        """Set the bot's state; returns the state it had before, None (and nothing set)
+        when the conversation is gone."""
         now = now_ms()
-        previous = await self.redis.hget(key, "bot_state")
         entry = json.dumps({"state": state, "by": by, "reason": reason, "at": now / 1000})
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if state == "paused":
-                pipe.hset(
-                    key,
-                    mapping={
-                        "bot_state": state,
-                        "paused_by": by,
-                        "paused_reason": reason,
-                        "paused_at": now,
-                        "resumes_at": resumes_at_ms,
-                    },
-                )
-                if resumes_at_ms:
-                    pipe.zadd(RESUMES_DUE, {conversation_id: resumes_at_ms})
-                else:
-                    pipe.zrem(RESUMES_DUE, conversation_id)
-            else:
-                pipe.hset(key, "bot_state", state)
-                pipe.hdel(key, "paused_by", "paused_reason", "paused_at", "resumes_at")
-                pipe.zrem(RESUMES_DUE, conversation_id)
-            pipe.rpush(bot_log_key(conversation_id), entry)
-            pipe.ltrim(bot_log_key(conversation_id), -BOT_LOG_KEPT, -1)
-            await pipe.execute()
-        return text(previous) if previous else "active"
+        previous = await self._set_state(
+            keys=[conversation_key(conversation_id), bot_log_key(conversation_id), RESUMES_DUE],
+            args=[
+                conversation_id,
+                state,
+                by,
+                reason,
+                resumes_at_ms,
+                now,
+                entry,
+                self._r_ms,
+                BOT_LOG_KEPT,
+            ],
+        )
+        return text(cast(bytes, previous)) if previous else None
 
     async def push_resume(self, conversation_id: str, resumes_at_ms: int) -> None:
         """A person wrote again: the quiet period starts over."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(conversation_key(conversation_id), "resumes_at", resumes_at_ms)
-            pipe.zadd(RESUMES_DUE, {conversation_id: resumes_at_ms})
-            await pipe.execute()
+        await self._push_resume(
+            keys=[conversation_key(conversation_id), RESUMES_DUE],
+            args=[conversation_id, resumes_at_ms],
+        )
 
     async def log(self, conversation_id: str) -> list[dict[str, Any]]:
         raw = await self.redis.lrange(bot_log_key(conversation_id), 0, -1)
@@ -746,18 +1089,23 @@ class BotStore:
         counts = [{text(k): int(v) for k, v in raw.items()} for raw in raws]
         return series.Series(starts, counts)
 
-    async def add_notification(self, job_id: str, job: dict[str, str], lease_ms: int) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(notify_key(job_id), mapping=cast(Any, job))
-            pipe.expire(notify_key(job_id), REPLY_TOKEN_TTL_SECONDS)
-            pipe.zadd(NOTIFY_DUE, {job_id: now_ms() + lease_ms})
-            await pipe.execute()
+    async def add_notification(
+        self, job_id: str, job: dict[str, str], lease_ms: int, conversation_id: str
+    ) -> bool:
+        """Queue a note or task about this conversation's lead; False (nothing queued)
+        when the conversation is gone."""
+        now = now_ms()
+        added = await self._add_job(
+            keys=[notify_key(job_id), NOTIFY_DUE, conversation_key(conversation_id)],
+            args=[job_id, now + lease_ms, JOB_KEPT_SECONDS * 1000, now, self._r_ms, *_flat(job)],
+        )
+        return bool(added)
 
     async def notification(self, job_id: str) -> dict[str, str]:
         return text_map(await self.redis.hgetall(notify_key(job_id)))
 
     async def mark_noted(self, job_id: str) -> None:
-        await self.redis.hset(notify_key(job_id), "noted", "1")
+        await self._hset_if_exists(keys=[notify_key(job_id)], args=["noted", "1"])
 
     async def notification_done(self, job_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -766,16 +1114,54 @@ class BotStore:
             await pipe.execute()
 
 
+_CLAIM_START = (
+    _LIB
+    + """
+local R, now = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ms = life(tonumber(ARGV[2]), KEYS[2], R)
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ms) then return 0 end
+own(KEYS[2], KEYS[1], ms, now, R)
+return 1
+"""
+)
+
+# KEYS: conversation, by-lead, by-contact (or ''). ARGV: id, now, lead, contact, R.
+_ENSURE_CONVERSATION = (
+    _LIB
+    + """
+redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'bot_state', 'active')
+redis.call('HSETNX', KEYS[1], 'lead_id', ARGV[3])
+if ARGV[4] ~= '0' then
+  redis.call('HSETNX', KEYS[1], 'contact_id', ARGV[4])
+  redis.call('SET', KEYS[3], ARGV[1], 'NX')
+end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+touch(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5]))
+return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+
 class ProactiveStore:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, retention_seconds: int = 0) -> None:
         self.redis = redis
+        self._r_ms = retention_ms(retention_seconds)
         self.waiting = DueQueue(redis, PROACTIVE_DUE)
         self.fallbacks = DueQueue(redis, FALLBACKS_DUE)
+        self._claim_start = redis.register_script(_CLAIM_START)
+        self._ensure = redis.register_script(_ENSURE_CONVERSATION)
+        self._add_job = redis.register_script(_ADD_JOB)
 
     async def claim_start(self, lead_id: int, trigger: str, conversation_id: str, ttl: int) -> bool:
         """True for the first start of this lead and trigger; racing requests lose."""
         return bool(
-            await self.redis.set(proactive_key(lead_id, trigger), conversation_id, nx=True, ex=ttl)
+            await self._claim_start(
+                keys=[proactive_key(lead_id, trigger), conversation_key(conversation_id)],
+                args=[conversation_id, ttl * 1000, self._r_ms, now_ms()],
+            )
         )
 
     async def forget_start(self, lead_id: int, trigger: str) -> None:
@@ -784,29 +1170,30 @@ class ProactiveStore:
     async def ensure_conversation(
         self, conversation_id: str, lead_id: int, contact_id: int
     ) -> dict[str, str]:
-        key = conversation_key(conversation_id)
-        now = now_ms()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, "id", conversation_id)
-            pipe.hsetnx(key, "created_at", now)
-            pipe.hsetnx(key, "bot_state", "active")
-            pipe.hsetnx(key, "lead_id", lead_id)
-            if contact_id:
-                pipe.hsetnx(key, "contact_id", contact_id)
-                pipe.set(by_contact_key(contact_id), conversation_id, nx=True)
-            pipe.hset(key, "updated_at", now)
-            pipe.set(by_lead_key(lead_id), conversation_id, nx=True)
-            pipe.zadd(CONVERSATIONS, {conversation_id: now})
-            pipe.hgetall(key)
-            results = await pipe.execute()
-        return text_map(results[-1])
+        """The lead's conversation, opened if needed: a proactive start is a message."""
+        flat = await self._ensure(
+            keys=[
+                conversation_key(conversation_id),
+                by_lead_key(lead_id),
+                by_contact_key(contact_id),
+            ],
+            args=[conversation_id, now_ms(), lead_id, contact_id, self._r_ms],
+        )
+        pairs = cast(list[bytes], flat)
+        return {text(pairs[i]): text(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
-    async def add_job(self, queue: DueQueue, job_id: str, job: dict[str, str], due_ms: int) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(proactive_job_key(job_id), mapping=cast(Any, job))
-            pipe.expire(proactive_job_key(job_id), REPLY_TOKEN_TTL_SECONDS)
-            pipe.zadd(queue.key, {job_id: due_ms})
-            await pipe.execute()
+    async def add_job(self, queue: DueQueue, job_id: str, job: dict[str, str], due_ms: int) -> bool:
+        """Queue a job of job["conversation_id"]; False (nothing queued) when that
+        conversation is gone."""
+        added = await self._add_job(
+            keys=[
+                proactive_job_key(job_id),
+                queue.key,
+                conversation_key(job["conversation_id"]),
+            ],
+            args=[job_id, due_ms, JOB_KEPT_SECONDS * 1000, now_ms(), self._r_ms, *_flat(job)],
+        )
+        return bool(added)
 
     async def job(self, job_id: str) -> dict[str, str]:
         return text_map(await self.redis.hgetall(proactive_job_key(job_id)))
@@ -822,3 +1209,316 @@ class ProactiveStore:
 
     async def set_template(self, trigger: str, template: str) -> None:
         await self.redis.hset(TEMPLATES, trigger, template)
+
+
+# Deletes one conversation's keys and queue entries at once. ARGV[1] is JSON: id, cutoff
+# (> 0: only if the conversation has had no message since — the sweep must not take a
+# conversation a message just refreshed), delete (keys), pointers (index keys deleted
+# only while they point to this conversation), unqueue ([queue, member] pairs).
+_ERASE_CONVERSATION = """
+local a = cjson.decode(ARGV[1])
+if a.cutoff > 0 then
+  local score = redis.call('ZSCORE', KEYS[1], a.id)
+  if score and tonumber(score) >= a.cutoff then return {-1, 0} end
+end
+local keys = 0
+for _, k in ipairs(a.delete) do keys = keys + redis.call('DEL', k) end
+for _, k in ipairs(a.pointers) do
+  if redis.call('GET', k) == a.id then keys = keys + redis.call('DEL', k) end
+end
+local queued = 0
+for _, p in ipairs(a.unqueue) do queued = queued + redis.call('ZREM', p[1], p[2]) end
+return {keys, queued}
+"""
+
+# The due queues a conversation's work items wait in, by the prefix of the item's key.
+_QUEUES_BY_PREFIX = {
+    OUTBOX_PREFIX: (OUTBOX_DUE, OUTBOX_DEAD),
+    REPLY_JOB_PREFIX: (REPLIES_DUE,),
+    NOTIFY_PREFIX: (NOTIFY_DUE,),
+    PROACTIVE_JOB_PREFIX: (PROACTIVE_DUE, FALLBACKS_DUE),
+}
+# Queues whose items name their conversation: also searched by an erase, for items
+# queued before conversations had a key index.
+_QUEUES_NAMING_CONVERSATIONS = (
+    (OUTBOX_DUE, OUTBOX_PREFIX),
+    (OUTBOX_DEAD, OUTBOX_PREFIX),
+    (REPLIES_DUE, REPLY_JOB_PREFIX),
+    (PROACTIVE_DUE, PROACTIVE_JOB_PREFIX),
+    (FALLBACKS_DUE, PROACTIVE_JOB_PREFIX),
+)
+_PAGE = 500
+
+
+@dataclass
+class Erasure:
+    """What an erase removed, and whose data it was (for the other services' erase)."""
+
+    counts: Counter[str] = dataclass_field(default_factory=Counter)
+    lead_ids: set[int] = dataclass_field(default_factory=set)
+    contact_ids: set[int] = dataclass_field(default_factory=set)
+    chat_ids: set[str] = dataclass_field(default_factory=set)
+    delivery_keys: set[str] = dataclass_field(default_factory=set)
+
+
+class Privacy:
+    """Erasing a lead's or a contact's data (LGPD), and the retention sweep."""
+
+    def __init__(self, redis: aioredis.Redis, retention_seconds: int = 0) -> None:
+        self.redis = redis
+        self._r_ms = retention_ms(retention_seconds)
+        self._erase = redis.register_script(_ERASE_CONVERSATION)
+
+    async def conversations_of(self, lead_id: int = 0, contact_id: int = 0) -> list[str]:
+        """Every conversation of this lead, or of this contact (all its leads'): the
+        indexes, then every listed conversation's own record (an index holds only the
+        latest one)."""
+        found: set[str] = set()
+        pointers = [by_lead_key(lead_id)] if lead_id else []
+        pointers += [by_contact_key(contact_id)] if contact_id else []
+        for value in await self.redis.mget(pointers) if pointers else []:
+            if value:
+                found.add(text(value))
+        start = 0
+        while True:
+            ids = [
+                text(x)
+                for x in cast(
+                    list[bytes], await self.redis.zrange(CONVERSATIONS, start, start + _PAGE - 1)
+                )
+            ]
+            if not ids:
+                break
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for conversation_id in ids:
+                    pipe.hmget(conversation_key(conversation_id), "lead_id", "contact_id")
+                rows = await pipe.execute()
+            for conversation_id, (lead, contact) in zip(ids, rows, strict=True):
+                if (lead_id and lead and int(lead) == lead_id) or (
+                    contact_id and contact and int(contact) == contact_id
+                ):
+                    found.add(conversation_id)
+            start += _PAGE
+        return sorted(found)
+
+    async def erase(self, lead_id: int = 0, contact_id: int = 0) -> Erasure:
+        """Everything held about a lead or a contact: its conversations with every key,
+        queued work item, failure record and unprocessed webhook event. Idempotent."""
+        erasure = Erasure()
+        if lead_id:
+            erasure.lead_ids.add(lead_id)
+        if contact_id:
+            erasure.contact_ids.add(contact_id)
+        ids = await self.conversations_of(lead_id, contact_id)
+        await self.erase_conversations(ids, erasure)
+        # The indexes of the lead or contact itself, whatever they point to.
+        keys = [by_lead_key(lead_id)] if lead_id else []
+        keys += [by_contact_key(contact_id)] if contact_id else []
+        if keys:
+            erasure.counts["keys"] += int(await self.redis.delete(*keys))
+        await self._erase_events(erasure)
+        return erasure
+
+    async def erase_conversations(
+        self, ids: list[str], erasure: Erasure, cutoff_ms: int = 0
+    ) -> None:
+        """Erase these conversations (with `cutoff_ms`, only those without a message
+        since then), their queued items and failure records."""
+        erased: set[str] = set()
+        item_keys: set[str] = set()
+        for conversation_id in ids:
+            if await self._erase_one(conversation_id, erasure, item_keys, cutoff_ms):
+                erased.add(conversation_id)
+        if erased:
+            await self._erase_queued(erased, erasure, item_keys)
+            await self._erase_failures(erased, erasure, item_keys)
+
+    async def _erase_one(
+        self, conversation_id: str, erasure: Erasure, item_keys: set[str], cutoff_ms: int
+    ) -> bool:
+        conv = conversation_key(conversation_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(conv)
+            pipe.zrange(keys_index_key(conversation_id), 0, -1)
+            pipe.llen(history_key(conversation_id))
+            pipe.llen(inbox_key(conversation_id))
+            raw_state, raw_members, history, inbox = await pipe.execute()
+        state = text_map(raw_state)
+        members = [text(m) for m in raw_members]
+        pointers = []
+        if state.get("lead_id", "0") != "0":
+            erasure.lead_ids.add(int(state["lead_id"]))
+            pointers.append(by_lead_key(int(state["lead_id"])))
+        if state.get("contact_id", "0") != "0":
+            erasure.contact_ids.add(int(state["contact_id"]))
+            pointers.append(by_contact_key(int(state["contact_id"])))
+        if state.get("chat_id"):
+            erasure.chat_ids.add(state["chat_id"])
+            pointers.append(by_chat_key(state["chat_id"]))
+        unqueue: list[tuple[str, str]] = [
+            (queue, conversation_id) for queue in (TURNS_DUE, RESUMES_DUE, HANDOFFS_DUE)
+        ]
+        for key in members:
+            for prefix, queues in _QUEUES_BY_PREFIX.items():
+                if key.startswith(prefix):
+                    unqueue += [(queue, key.removeprefix(prefix)) for queue in queues]
+            if key.startswith(REPLY_KEY_PREFIX):
+                erasure.delivery_keys.add(key.removeprefix(REPLY_KEY_PREFIX))
+        item_keys.update(members)
+        unqueue.append((CONVERSATIONS, conversation_id))
+        order = {
+            "id": conversation_id,
+            "cutoff": cutoff_ms,
+            "delete": [
+                conv,
+                inbox_key(conversation_id),
+                history_key(conversation_id),
+                applied_key(conversation_id),
+                sent_key(conversation_id),
+                bot_log_key(conversation_id),
+                keys_index_key(conversation_id),
+                *members,
+            ],
+            "pointers": pointers,
+            "unqueue": unqueue,
+        }
+        keys, queued = cast(
+            list[int], await self._erase(keys=[CONVERSATIONS], args=[json.dumps(order)])
+        )
+        if keys < 0:
+            return False
+        erasure.counts["conversations"] += 1 if state else 0
+        erasure.counts["messages"] += int(history) + int(inbox)
+        erasure.counts["keys"] += keys
+        erasure.counts["queued_work"] += queued
+        return True
+
+    async def _erase_queued(self, erased: set[str], erasure: Erasure, item_keys: set[str]) -> None:
+        """Work items of these conversations still queued but not in their key index
+        (queued before it existed, or in flight while it was read)."""
+        for queue, prefix in _QUEUES_NAMING_CONVERSATIONS:
+            members = [text(m) for m in cast(list[bytes], await self.redis.zrange(queue, 0, -1))]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for member in members:
+                    pipe.hget(prefix + member, "conversation_id")
+                owners = await pipe.execute()
+            for member, owner in zip(members, owners, strict=True):
+                if owner and text(owner) in erased:
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        pipe.delete(prefix + member)
+                        pipe.zrem(queue, member)
+                        deleted, unqueued = await pipe.execute()
+                    erasure.counts["keys"] += int(deleted)
+                    erasure.counts["queued_work"] += int(unqueued)
+                    item_keys.add(prefix + member)
+        members = [text(m) for m in cast(list[bytes], await self.redis.zrange(NOTIFY_DUE, 0, -1))]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.hget(notify_key(member), "lead_id")
+            leads = await pipe.execute()
+        for member, lead in zip(members, leads, strict=True):
+            if lead and int(lead) in erasure.lead_ids:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(notify_key(member))
+                    pipe.zrem(NOTIFY_DUE, member)
+                    deleted, unqueued = await pipe.execute()
+                erasure.counts["keys"] += int(deleted)
+                erasure.counts["queued_work"] += int(unqueued)
+
+    async def _erase_failures(
+        self, erased: set[str], erasure: Erasure, item_keys: set[str]
+    ) -> None:
+        """Failure records (failing work and dead letters, shown on the dashboard) of
+        these conversations, of their work items, or holding an event of theirs."""
+        members = {key.split(":", 2)[-1] for key in item_keys}
+
+        def theirs(record: Failure) -> bool:
+            return (
+                record.conversation_id in erased
+                or record.member in members
+                or self._event_matches(record.payload, erasure)
+            )
+
+        await self._drop_failures(theirs, erasure)
+
+    async def _drop_failures(self, theirs: Callable[[Failure], bool], erasure: Erasure) -> None:
+        failing = f"{WORK_FAILURES}:failing"
+        dead, dead_info = f"{WORK_FAILURES}:dead", f"{WORK_FAILURES}:dead:info"
+        for key in (failing, dead_info):
+            raw = cast(dict[bytes, bytes], await self.redis.hgetall(key))
+            gone = [field for field, value in raw.items() if theirs(Failure.from_json(value))]
+            if gone:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.hdel(key, *gone)
+                    if key == dead_info:
+                        pipe.zrem(dead, *gone)
+                    await pipe.execute()
+                erasure.counts["failure_records"] += len(gone)
+
+    @staticmethod
+    def _event_matches(payload: str, erasure: Erasure) -> bool:
+        """A webhook event (as stored in the stream) of these leads, contacts or chats."""
+        if not payload:
+            return False
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return False
+        if not isinstance(event, dict):
+            return False
+        return (
+            _as_int(event.get("lead_id")) in erasure.lead_ids
+            or _as_int(event.get("contact_id")) in erasure.contact_ids
+            or (bool(event.get("chat_id")) and str(event.get("chat_id")) in erasure.chat_ids)
+        )
+
+    async def _erase_events(self, erasure: Erasure) -> None:
+        """Webhook events of these leads, contacts or chats not yet applied: deleted (and
+        acknowledged), so a worker that already read one does not apply it
+        (apply_message checks that its entry is still there)."""
+        start = "-"
+        while True:
+            entries = cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                await self.redis.xrange(EVENTS_STREAM, start, "+", count=_PAGE),
+            )
+            ids = [
+                text(entry_id)
+                for entry_id, fields in entries
+                if self._event_matches(text(fields.get(b"e", b"")), erasure)
+            ]
+            if ids:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.xack(EVENTS_STREAM, WORKERS_GROUP, *ids)
+                    pipe.xdel(EVENTS_STREAM, *ids)
+                    await pipe.execute()
+                erasure.counts["webhook_events"] += len(ids)
+            if len(entries) < _PAGE:
+                return
+            start = "(" + text(entries[-1][0])
+
+    async def sweep(self, limit: int = _PAGE) -> Counter[str]:
+        """Erase what is past the retention time: conversations without a message for
+        longer (their keys have expired, or predate the retention setting), and failure
+        records older than it."""
+        erasure = Erasure()
+        if not self._r_ms:
+            return erasure.counts
+        cutoff = now_ms() - self._r_ms
+        ids = [
+            text(x)
+            for x in cast(
+                list[bytes],
+                await self.redis.zrangebyscore(CONVERSATIONS, "-inf", f"({cutoff}", 0, limit),
+            )
+        ]
+        await self.erase_conversations(ids, erasure, cutoff_ms=cutoff)
+        await self._drop_failures(lambda r: r.last_failed_at * 1000 < cutoff, erasure)
+        return erasure.counts
+
+
+def _as_int(value: object) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0

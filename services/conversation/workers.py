@@ -41,6 +41,7 @@ from services.conversation.store import (
     BotStore,
     ConversationStore,
     Operations,
+    Privacy,
 )
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ class Engine:
         self.vendedores = vendedores
         self.n8n = n8n
         self.consumer = consumer_name()
-        self.bots = BotStore(store.redis)
+        self.bots = BotStore(store.redis, store.retention_seconds)
         self.bot = BotController(settings, store, self.bots, gateway)
         self.proactive = ProactiveStarter(self)
         self.failures = WorkFailures(
@@ -234,6 +235,7 @@ class Engine:
             talk_id=event.talk_id,
             to_inbox=event.from_customer,
             history_max=max(self.settings.history_turns * 2, 10),
+            stream_id=stream_id,
         )
         return applied, role
 
@@ -382,8 +384,10 @@ class Engine:
                 "talk_id": int(conversation.get("talk_id") or 0) or None,
                 "bot_state": conversation.get("bot_state", "active"),
             },
-            lead=envelope.lead_json(lead, lead_id),
-            contact=envelope.contact_json(contact, contact_id),
+            lead=envelope.lead_json(
+                lead, lead_id, reply_field_id=self.settings.kommo_reply_field_id
+            ),
+            contact=envelope.contact_json(contact, contact_id, self.settings.contact_disclosure),
             vendedor=envelope.vendedor_json(vendedor),
             messages=messages,
             history=envelope.bounded_history(
@@ -500,7 +504,9 @@ class Engine:
         if lead_id:
             found = await self.store.conversation_by_lead(lead_id)
             if found is None:
-                raise NotFound(f"no conversation for lead {lead_id}")
+                # A message to a lead nobody has talked to yet (e.g. confirming an
+                # agendamento): its conversation is opened, as a proactive start does.
+                found = await self.proactive.open_for_lead(lead_id)
             return found, {}
         raise InvalidInput("reply_token, conversation_id or lead_id is required")
 
@@ -861,7 +867,7 @@ class GaugeUpdater(BackgroundTask):
 
     async def run(self, stopping: asyncio.Event) -> None:
         redis = self.engine.store.redis
-        ops = Operations(redis)
+        ops = Operations(redis, self.engine.store.retention_seconds)
         while not stopping.is_set():
             try:
                 async with redis.pipeline(transaction=False) as pipe:
@@ -890,5 +896,35 @@ class GaugeUpdater(BackgroundTask):
                 log.debug("gauges not updated: %s", exc)
             try:
                 await asyncio.wait_for(stopping.wait(), timeout=self._INTERVAL_SECONDS)
+            except TimeoutError:
+                pass
+
+
+class RetentionSweep(BackgroundTask):
+    """Personal data has an end: every DATA_RETENTION_SWEEP_SECONDS, each replica erases
+    what is past DATA_RETENTION_DAYS (store.Privacy.sweep). Keys expire by themselves;
+    this takes their conversations out of the global indexes and queues, and removes
+    data written before retention was set. Replicas sweeping at once is harmless."""
+
+    name = "retention-sweep"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.privacy = Privacy(engine.store.redis, engine.store.retention_seconds)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        interval = self.engine.settings.data_retention_sweep_seconds
+        while not stopping.is_set() and self.engine.store.retention_seconds:
+            try:
+                counts = await self.privacy.sweep()
+                if counts:
+                    log.info(
+                        "personal data past its retention time erased",
+                        extra={"erased": dict(counts)},
+                    )
+            except RedisError as exc:
+                log.warning("retention sweep: redis error: %s", exc)
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=interval)
             except TimeoutError:
                 pass

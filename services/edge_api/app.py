@@ -25,6 +25,7 @@ from services.edge_api.routes import (
     dashboard,
     kommo,
     operations,
+    privacy,
     proactive,
     scheduling,
     status,
@@ -192,6 +193,7 @@ def create_api(runtime: EdgeRuntime) -> FastAPI:
         scheduling.router,
         proactive.router,
         dashboard.router,
+        privacy.router,
     ):
         api.include_router(router)
     _document_api(api)

@@ -18,7 +18,13 @@ from services.kommo_gateway import mapping
 from services.kommo_gateway.delivery import Delivery
 from services.kommo_gateway.kommo_client import KommoClient
 from services.kommo_gateway.settings import GatewaySettings
-from services.kommo_gateway.store import CACHE_KEEP_SECONDS, cache_key
+from services.kommo_gateway.store import (
+    cache_keep_seconds,
+    cache_key,
+    delivery_attempt_key,
+    delivery_key,
+    lead_slot_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +64,45 @@ class GatewayServicer(KommoGatewayServicer):
                 return dict(cached["body"])
             raise
         await self._redis.set(
-            key, json.dumps({"at": time.time(), "body": body}), ex=CACHE_KEEP_SECONDS
+            key,
+            json.dumps({"at": time.time(), "body": body}),
+            ex=cache_keep_seconds(self._settings.retention_seconds),
         )
         return body
+
+    async def EraseData(
+        self, request: pb.EraseGatewayDataRequest, context: Context
+    ) -> pb.EraseGatewayDataResponse:
+        """The copies of these leads and contacts, the contacts of those leads (as the
+        copy of the lead names them), and these deliveries' records."""
+        if any(x <= 0 for x in [*request.lead_ids, *request.contact_ids]):
+            raise InvalidInput("lead and contact ids must be positive integers")
+        contact_ids = set(request.contact_ids)
+        for lead_id in request.lead_ids:
+            raw = await self._redis.get(cache_key("lead", lead_id))
+            if raw:
+                contact_ids.add(mapping.lead(json.loads(raw)["body"]).main_contact_id)
+        contact_ids.discard(0)
+        groups = {
+            "cached_leads": [cache_key("lead", x) for x in request.lead_ids],
+            "cached_contacts": [cache_key("contact", x) for x in contact_ids],
+            "deliveries": [delivery_key(k) for k in request.delivery_keys],
+            # Short-lived locks named by the lead or the delivery: not counted.
+            "": [lead_slot_key(x) for x in request.lead_ids]
+            + [delivery_attempt_key(k) for k in request.delivery_keys],
+        }
+        erased: dict[str, int] = {}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for keys in groups.values():
+                if keys:
+                    pipe.delete(*keys)
+            deleted = iter(await pipe.execute())
+        for kind, keys in groups.items():
+            count = int(next(deleted)) if keys else 0
+            if kind:
+                erased[kind] = count
+        log.warning("Kommo copies erased", extra={"erased": erased})
+        return pb.EraseGatewayDataResponse(erased=erased)
 
     async def GetLead(self, request: pb.GetLeadRequest, context: Context) -> pb.Lead:
         if request.lead_id <= 0:

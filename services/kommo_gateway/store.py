@@ -33,11 +33,14 @@ OAUTH_STATE_TTL_SECONDS = 600
 
 
 def lead_slot_key(lead_id: int) -> str:
+    """Held while a reply is written to the lead's field (milliseconds); erased with its
+    lead, which gets no more replies."""
     return f"gw:lead-slot:{lead_id}"
 
 
 def delivery_key(idempotency_key: str) -> str:
-    """State of one delivery: sending / unknown / sent. Kept 7 days, the reply tokens' life."""
+    """State of one delivery: sending / unknown / sent. Kept 7 days, the reply tokens' life
+    (no text nor phone: a status and a time); erased with its conversation's replies."""
     return f"gw:delivery:{idempotency_key}"
 
 
@@ -47,9 +50,16 @@ def delivery_attempt_key(idempotency_key: str) -> str:
 
 
 def cache_key(kind: str, entity_id: int) -> str:
-    """Last good copy of a lead or contact, served stale when Kommo is down."""
+    """Last good copy of a lead or contact, served stale when Kommo is down. Personal
+    data (names, phones, the last reply in the lead's reply field): kept at most
+    DATA_RETENTION_DAYS, and erased with its lead or contact (LGPD)."""
     return f"gw:cache:{kind}:{entity_id}"
 
 
 # Stale copies are kept a day: long enough to ride out a Kommo outage.
 CACHE_KEEP_SECONDS = 24 * 3600
+
+
+def cache_keep_seconds(retention_seconds: int) -> int:
+    """How long a copy is kept: a day, never longer than personal data (0 = no limit)."""
+    return min(CACHE_KEEP_SECONDS, retention_seconds) if retention_seconds else CACHE_KEEP_SECONDS

@@ -90,5 +90,31 @@ def agenda_row(
     }
 
 
+def confirmation_key(request_id: str) -> str:
+    """The idempotency key of the one message that tells the customer about this
+    agendamento: a confirmation posted twice (n8n retrying it) is delivered once."""
+    return f"agendamento:{request_id}"
+
+
+def callbacks(edge_public_url: str, request_id: str, lead_id: int) -> dict[str, Any]:
+    """How n8n answers a scheduling.requested: `callback` messages the customer (through
+    POST /send-response by lead, which opens a conversation if the lead has none),
+    `status_callback` reports whether the agenda row was written."""
+    edge = edge_public_url.rstrip("/")
+    return {
+        "callback": {
+            "url": f"{edge}/send-response",
+            "reply_token": None,
+            "lead_id": lead_id,
+            "idempotency_key": confirmation_key(request_id),
+        },
+        "status_callback": {
+            "url": f"{edge}/agendamento/{request_id}/status",
+            "method": "POST",
+            "statuses": [CONFIRMED, FAILED],
+        },
+    }
+
+
 def now_utc() -> datetime:
     return datetime.now(UTC)

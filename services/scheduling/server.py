@@ -32,7 +32,7 @@ def create_server(settings: SchedulingSettings) -> GrpcService:
     http = httpx.AsyncClient()
     agendamentos = Agendamentos(
         settings,
-        SchedulingStore(redis),
+        SchedulingStore(redis, settings.retention_seconds),
         KommoGatewayStub(channels[0]),
         VendedorServiceStub(channels[1]),
         ConversationServiceStub(channels[2]),

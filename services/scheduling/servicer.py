@@ -121,7 +121,11 @@ class Agendamentos:
                 c = await self.gateway.GetContact(
                     gw.GetContactRequest(contact_id=contact_id), metadata=metadata
                 )
-                contact = {"id": c.id, "name": c.name, "phone": c.phones[0] if c.phones else None}
+                contact = {
+                    "id": c.id,
+                    "name": c.name,
+                    "phone": s.contact_disclosure.phone(c.phones[0] if c.phones else None),
+                }
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.NOT_FOUND:
                     raise
@@ -141,6 +145,7 @@ class Agendamentos:
             "source": vendedor.source,
         }
         lead_json = {"id": lead.id, "name": lead.name, "status_id": lead.status_id}
+        answers = domain.callbacks(s.edge_public_url, request_id, lead_id)
         scheduling = {
             "id": request_id,
             "requested_at": slot.isoformat() if slot else None,
@@ -157,11 +162,7 @@ class Agendamentos:
                 contact=contact,
                 vendedor=vendedor_json,
             ),
-            "status_callback": {
-                "url": f"{s.edge_public_url.rstrip('/')}/agendamento/{request_id}/status",
-                "method": "POST",
-                "statuses": [domain.CONFIRMED, domain.FAILED],
-            },
+            "status_callback": answers["status_callback"],
         }
         envelope: dict[str, Any] = {
             "event": "scheduling.requested",
@@ -177,7 +178,7 @@ class Agendamentos:
             "history": [],
             "trigger": None,
             "scheduling": scheduling,
-            "callback": None,
+            "callback": answers["callback"],
         }
         now = time.time()
         record = {
@@ -194,7 +195,7 @@ class Agendamentos:
             "created_at": str(now),
             "updated_at": str(now),
         }
-        await self.store.create(request_id, record, now_ms() + s.lease_ms)
+        await self.store.create(request_id, record, now_ms() + s.lease_ms, contact_id)
         log.info("agendamento requested", extra={"agendamento": request_id, "lead_id": lead_id})
         await self.deliver(Claim(request_id, 0))
         return to_pb(await self.store.get(request_id))
@@ -257,6 +258,15 @@ class SchedulingServicer(SchedulingServiceServicer):
                 # n8n answered before our delivery was marked: nothing left to send.
                 await self._store.delivered(request.id)
         return to_pb(await self._store.get(request.id))
+
+    async def EraseData(
+        self, request: pb.EraseSchedulingDataRequest, context: Context
+    ) -> pb.EraseSchedulingDataResponse:
+        if any(x <= 0 for x in [*request.lead_ids, *request.contact_ids]):
+            raise InvalidInput("lead and contact ids must be positive integers")
+        counts = await self._store.erase(list(request.lead_ids), list(request.contact_ids))
+        log.warning("scheduling data erased", extra={"erased": dict(counts)})
+        return pb.EraseSchedulingDataResponse(erased=dict(counts))
 
 
 class DeliveryLoop(BackgroundTask):

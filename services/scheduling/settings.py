@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from services.common.privacy import ContactPrivacySettings
 from services.common.settings import (
     CommonSettings,
     ConfigurationError,
@@ -17,7 +18,7 @@ _N8N_URL_ADVICE = (
 )
 
 
-class SchedulingSettings(CommonSettings, N8nSettings):
+class SchedulingSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
     kommo_gateway_addr: str = Field(description="gateway replicas (dns:///… or ip:port list)")
     vendedor_addr: str = Field(description="vendedor replicas (dns:///… or ip:port list)")
     conversation_addr: str = Field(description="conversation replicas (dns:///… or ip:port list)")

@@ -1,59 +1,179 @@
-"""Every Redis key of the scheduling service."""
+"""Every Redis key of the scheduling service, with its lifetime and why.
+
+A request holds personal data (the contact's name and phone in its envelope): it expires
+REQUEST_TTL_SECONDS after it was made, at most DATA_RETENTION_DAYS (R; 0 = no limit
+beyond its own), and goes with an erase of its lead or contact (LGPD). Each key of a lead
+or contact is listed in that lead's or contact's key index, so that an erase finds them.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from services.common.due_queue import DueQueue, text, text_map
 
-OUTBOX_DUE = "sched:outbox:due"  # requests to deliver to n8n, by next attempt
-# Kept while they may be asked about: 90 days.
+# Requests to deliver to n8n, by next attempt (a sorted set of request ids, no TTL: it
+# lives with the service; an erased request is taken off it, a request that expired is
+# dropped when claimed).
+OUTBOX_DUE = "sched:outbox:due"
+# Kept while they may be asked about: 90 days, at most R.
 REQUEST_TTL_SECONDS = 90 * 24 * 3600
+REQUEST_PREFIX = "sched:req:"
 
 
 def request_key(request_id: str) -> str:
-    return f"sched:req:{request_id}"
+    """A request (hash with its envelope for n8n and its status)."""
+    return f"{REQUEST_PREFIX}{request_id}"
 
 
 def dedupe_key(lead_id: int, slot: str) -> str:
+    """The first request of a lead for a slot: SCHEDULING_DEDUPE_DAYS, at most R."""
     return f"sched:dedupe:{lead_id}:{slot}"
 
 
+def lead_keys_key(lead_id: int) -> str:
+    """A lead's requests and dedupe keys (a set of key names), for its erase; lives as
+    long as the longest of them."""
+    return f"sched:lead:{lead_id}:keys"
+
+
+def contact_keys_key(contact_id: int) -> str:
+    """A contact's requests (a set of key names), for its erase; as long as they live."""
+    return f"sched:contact:{contact_id}:keys"
+
+
+# KEYS: the key, then the indexes listing it. ARGV: its lifetime (ms). The indexes live
+# at least as long as what they list.
+_LIST = """
+for i = 2, #KEYS do
+  redis.call('SADD', KEYS[i], KEYS[1])
+  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[1]) then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  end
+end
+"""
+
+_CLAIM_SLOT = (
+    """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('GET', KEYS[1]) or ''
+end
+"""
+    + _LIST.replace("ARGV[1]", "ARGV[2]")
+    + """
+return false
+"""
+)
+
+# KEYS: request, outbox, indexes. ARGV: lifetime (ms), request id, due at, field/values.
+_CREATE = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+""" + _LIST.replace("for i = 2,", "for i = 3,")
+
+# A request erased (or expired) meanwhile is never written again by its delivery.
+_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
 class SchedulingStore:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, retention_seconds: int = 0) -> None:
+        """`retention_seconds`: DATA_RETENTION_DAYS in seconds (0 = no limit)."""
         self.redis = redis
         self.outbox = DueQueue(redis, OUTBOX_DUE)
+        self._retention_ms = max(retention_seconds, 0) * 1000
+        self._claim_slot = redis.register_script(_CLAIM_SLOT)
+        self._create = redis.register_script(_CREATE)
+        self._update = redis.register_script(_UPDATE)
+
+    def _life_ms(self, own_seconds: int) -> int:
+        own = own_seconds * 1000
+        return min(own, self._retention_ms) if self._retention_ms else own
 
     async def claim_slot(self, lead_id: int, slot: str, request_id: str, ttl: int) -> str | None:
         """Reserve (lead, slot) for this request; the earlier request's id if taken."""
-        key = dedupe_key(lead_id, slot)
-        if await self.redis.set(key, request_id, nx=True, ex=ttl):
-            return None
-        existing = await self.redis.get(key)
-        return text(existing) if existing else None
+        existing = await self._claim_slot(
+            keys=[dedupe_key(lead_id, slot), lead_keys_key(lead_id)],
+            args=[request_id, self._life_ms(ttl)],
+        )
+        return text(cast(bytes, existing)) if existing else None
 
     async def release_slot(self, lead_id: int, slot: str) -> None:
         await self.redis.delete(dedupe_key(lead_id, slot))
 
-    async def create(self, request_id: str, record: dict[str, Any], due_ms: int) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(request_key(request_id), mapping=cast(Any, record))
-            pipe.expire(request_key(request_id), REQUEST_TTL_SECONDS)
-            pipe.zadd(OUTBOX_DUE, {request_id: due_ms})
-            await pipe.execute()
+    async def create(
+        self, request_id: str, record: dict[str, Any], due_ms: int, contact_id: int = 0
+    ) -> None:
+        """Store a request of record["lead_id"] (and of `contact_id`) and queue it."""
+        indexes = [lead_keys_key(int(record["lead_id"]))]
+        if contact_id:
+            indexes.append(contact_keys_key(contact_id))
+        flat: list[Any] = []
+        # The contact's index is named in the request, so an erase of its lead takes the
+        # request out of it.
+        for name, value in {**record, "contact_id": contact_id}.items():
+            flat.extend((name, value))
+        await self._create(
+            keys=[request_key(request_id), OUTBOX_DUE, *indexes],
+            args=[self._life_ms(REQUEST_TTL_SECONDS), request_id, due_ms, *flat],
+        )
 
     async def get(self, request_id: str) -> dict[str, str]:
         return text_map(await self.redis.hgetall(request_key(request_id)))
 
     async def update(self, request_id: str, **fields: str | int | float) -> None:
-        await self.redis.hset(
-            request_key(request_id), mapping=cast(Any, {**fields, "updated_at": time.time()})
-        )
+        flat: list[Any] = []
+        for name, value in {**fields, "updated_at": time.time()}.items():
+            flat.extend((name, value))
+        await self._update(keys=[request_key(request_id)], args=flat)
 
     async def delivered(self, request_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(OUTBOX_DUE, request_id)
             await pipe.execute()
+
+    async def erase(self, lead_ids: list[int], contact_ids: list[int]) -> Counter[str]:
+        """Every request and dedupe key of these leads and contacts, off the outbox too.
+        Idempotent."""
+        indexes = [lead_keys_key(x) for x in lead_ids] + [contact_keys_key(x) for x in contact_ids]
+        counts: Counter[str] = Counter()
+        if not indexes:
+            return counts
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for index in indexes:
+                pipe.smembers(index)
+            listed = await pipe.execute()
+        keys = sorted({text(k) for members in listed for k in members})
+        requests = [k.removeprefix(REQUEST_PREFIX) for k in keys if k.startswith(REQUEST_PREFIX)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for request_id in requests:
+                pipe.hget(request_key(request_id), "contact_id")
+            contacts = await pipe.execute()
+        unlisted = [
+            (contact_keys_key(int(contact)), request_key(request_id))
+            for request_id, contact in zip(requests, contacts, strict=True)
+            if contact and int(contact)
+        ]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for index, key in unlisted:
+                pipe.srem(index, key)
+            for key in keys:
+                pipe.delete(key)
+            if requests:
+                pipe.zrem(OUTBOX_DUE, *requests)
+            pipe.delete(*indexes)
+            results = await pipe.execute()
+        found = results[len(unlisted) : len(unlisted) + len(keys)]
+        counts["requests"] = sum(
+            int(n) for key, n in zip(keys, found, strict=True) if key.startswith(REQUEST_PREFIX)
+        )
+        counts["keys"] = sum(int(n) for n in found) + int(results[-1])
+        return counts

@@ -5,6 +5,7 @@ the reply in the chat and the lead gets a note."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -46,7 +47,10 @@ def test_customer_message_reaches_n8n_with_context_and_reply_reaches_customer(
     assert envelope["lead"]["id"] == LEAD
     assert envelope["lead"]["name"]
     assert envelope["contact"]["name"]
-    assert envelope["contact"]["phone"].startswith("+55")
+    # N8N_CONTACT_PHONE and N8N_CONTACT_EMAIL default to masked (LGPD): recognisable only.
+    assert re.fullmatch(r"\+55 \d\d 9\*{4}-\*\*\d\d", envelope["contact"]["phone"])
+    assert "***@" in envelope["contact"]["email"]
+    assert "Resposta do bot" not in envelope["lead"]["custom_fields"]
     assert envelope["vendedor"] is not None, "the responsible vendedor is filled in"
     assert envelope["vendedor"]["id"] == envelope["lead"]["responsible_user_id"]
     assert envelope["callback"]["url"].endswith("/send-response")

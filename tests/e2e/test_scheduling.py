@@ -1,5 +1,7 @@
 """Scheduling requests: enriched with the right vendedor, delivered to n8n durably,
-their status updated by n8n's callback; duplicates and bad requests recognised."""
+their status updated by n8n's callback, confirmed to the customer through the
+envelope's callback (once, even when n8n posts it twice); duplicates and bad requests
+recognised."""
 
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ from typing import Any
 import httpx
 
 from devstack.stack import Stack
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import chat, lead_snapshot, wait_for
+
+# An active, non-admin user of the sandbox's seed: a vendedor.
+VENDEDOR_USER = 10000004
 
 
 def _api(stack: Stack) -> httpx.Client:
@@ -78,6 +83,78 @@ def test_a_request_reaches_n8n_with_the_right_vendedor_and_confirms_by_callback(
         assert duplicate.status_code == 200
         assert duplicate.json()["duplicate"] is True
         assert duplicate.json()["id"] == agendamento["id"]
+
+
+def test_the_workflow_confirms_to_a_customer_with_no_conversation_once_and_reports_status(
+    stack: Stack, http: httpx.Client
+) -> None:
+    created_lead = http.post(
+        f"{stack.sandbox_url}/_sandbox/lead-event",
+        json={"kind": "add", "name": "Renata Lobo", "responsible_user_id": VENDEDOR_USER},
+    )
+    created_lead.raise_for_status()
+    lead = int(created_lead.json()["lead_id"])
+    with _api(stack) as api:
+        created = api.post(
+            "/agendamento/request", json={"lead_id": lead, "requested_at": _in_days(4)}
+        )
+        assert created.status_code == 201, created.text
+        agendamento_id = created.json()["id"]
+        body = wait_for(
+            lambda: next(
+                (
+                    r["body"]
+                    for r in _scheduling_envelopes(http, stack)
+                    if r["body"]["event_id"] == agendamento_id
+                ),
+                None,
+            ),
+            what="the scheduling envelope at n8n",
+        )
+        assert body["conversation"] is None, "the bridge has never talked to this lead"
+        callback = body["callback"]
+        assert callback["url"] == f"{stack.edge_url}/send-response"
+        assert callback["lead_id"] == lead
+        assert callback["idempotency_key"]
+        assert callback["reply_token"] is None
+
+        # What the workflow does: confirm to the customer through `callback` (its
+        # HTTP node retrying, so twice), then report through `status_callback`.
+        text = "Olá Renata! Sua consulta está agendada. Até lá!"
+        confirmation = {
+            "lead_id": callback["lead_id"],
+            "idempotency_key": callback["idempotency_key"],
+            "text": text,
+        }
+        first = api.post(callback["url"], json=confirmation)
+        again = api.post(callback["url"], json=confirmation)
+        assert first.status_code in (200, 202), first.text
+        assert again.status_code == 200 and again.json()["status"] == "duplicate", again.text
+        assert again.json()["delivery_id"] == first.json()["delivery_id"]
+
+        def sent() -> list[dict[str, Any]]:
+            return [
+                m
+                for m in chat(http, stack, lead)
+                if m["direction"] == "outgoing" and m["text"] == text
+            ]
+
+        def notes() -> int:
+            return sum(
+                1 for n in lead_snapshot(http, stack, lead)["notes"] if text in n["params"]["text"]
+            )
+
+        wait_for(sent, what="the confirmation in the customer's chat")
+        # The note follows the delivery: once it is there, nothing else is on its way.
+        wait_for(notes, what="the note on the lead")
+        assert len(sent()) == 1 and notes() == 1
+
+        status = body["scheduling"]["status_callback"]
+        assert status["method"] == "POST"
+        assert api.get(f"/agendamento/{agendamento_id}").json()["status"] == "delivered"
+        reported = api.request(status["method"], status["url"], json={"status": "confirmed"})
+        assert reported.status_code == 200, reported.text
+        assert api.get(f"/agendamento/{agendamento_id}").json()["status"] == "confirmed"
 
 
 def test_bad_requests_get_clear_answers(stack: Stack) -> None:

@@ -213,6 +213,7 @@ async def test_an_empty_history_entry_applies_the_message_without_recording_it(
 
 async def test_a_delivered_reply_is_marked_and_recorded_together(redis: aioredis.Redis) -> None:
     store = ConversationStore(redis)
+    await store.apply_message(**_message("c1", "m1", 9, history_entry=""))  # its conversation
     await store.begin_reply("key", "job", {"conversation_id": "c1", "text": "oi"}, 60_000)
     await store.reply_delivered("job", "c1", {"role": "bot", "text": "oi"}, cap=10)
     assert (await store.reply_job("job"))["delivered"] == "1"

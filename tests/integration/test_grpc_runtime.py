@@ -44,6 +44,11 @@ class Replica(scheduling_pb2_grpc.SchedulingServiceServicer):
     ) -> pb.Agendamento:
         raise NotImplementedError
 
+    async def EraseData(
+        self, request: pb.EraseSchedulingDataRequest, context: Any
+    ) -> pb.EraseSchedulingDataResponse:
+        raise NotImplementedError
+
 
 async def _replica(name: str) -> GrpcService:
     servicer = Replica(name)

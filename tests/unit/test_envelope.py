@@ -1,9 +1,24 @@
-"""Building the envelope for n8n: order, history bounds, echo fingerprints."""
+"""Building the envelope for n8n: order, history bounds, echo fingerprints, what it
+carries of a person, and how a scheduling envelope is answered."""
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
+from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
+from services.common.privacy import (
+    ContactDisclosure,
+    ContactPrivacySettings,
+    Disclosure,
+    mask_email,
+    mask_phone,
+)
 from services.conversation import envelope
 from services.conversation.events import MessageEvent
+from services.scheduling import domain
+
+REPLY_FIELD = 900001
 
 
 def _event(**overrides: object) -> MessageEvent:
@@ -63,3 +78,116 @@ def test_echo_fingerprint_survives_what_kommo_does_to_text() -> None:
     echoed = "Olá Maria!  Tudo bem?"
     assert envelope.text_fingerprint(sent) == envelope.text_fingerprint(echoed)
     assert envelope.text_fingerprint(sent) != envelope.text_fingerprint("Olá João!")
+
+
+def _contact() -> gw.Contact:
+    return gw.Contact(
+        id=4400001,
+        name="Maria Souza",
+        phones=["+5511987654321", "+5511900000000"],
+        emails=["maria.souza@gmail.com"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("phone", "masked"),
+    [
+        ("+5511987654321", "+55 11 9****-**21"),
+        ("(11) 98765-4321", "+55 11 9****-**21"),
+        ("+55 21 3456-7890", "+55 21 3***-**90"),
+        ("+1 415 555 0100", "+1 415-5**-**00"),
+        ("99999999999999", "************99"),
+        ("12", "***"),
+    ],
+)
+def test_a_masked_phone_keeps_its_area_code_and_last_two_digits(phone: str, masked: str) -> None:
+    assert mask_phone(phone) == masked
+
+
+@pytest.mark.parametrize(
+    ("email", "masked"),
+    [
+        ("maria.souza@gmail.com", "m***@g***.com"),
+        ("joao@previdas.com.br", "j***@p***.br"),
+        ("not an e-mail", "***"),
+    ],
+)
+def test_a_masked_email_keeps_only_first_letters_and_top_level_domain(
+    email: str, masked: str
+) -> None:
+    assert mask_email(email) == masked
+
+
+def test_the_contact_carries_phone_and_email_as_the_settings_allow() -> None:
+    full = envelope.contact_json(
+        _contact(), 4400001, ContactDisclosure(Disclosure.FULL, Disclosure.FULL)
+    )
+    assert full == {
+        "id": 4400001,
+        "name": "Maria Souza",
+        "phone": "+5511987654321",
+        "email": "maria.souza@gmail.com",
+    }
+    default = envelope.contact_json(_contact(), 4400001, ContactDisclosure())
+    assert default is not None
+    assert (default["phone"], default["email"]) == ("+55 11 9****-**21", "m***@g***.com")
+    omitted = envelope.contact_json(
+        _contact(), 4400001, ContactDisclosure(Disclosure.OMIT, Disclosure.OMIT)
+    )
+    assert omitted is not None
+    assert (omitted["phone"], omitted["email"]) == (None, None), "the keys stay, as null"
+    assert "98765" not in str(default) and "souza" not in str(default)
+
+
+def test_disclosure_settings_default_to_masked_and_refuse_unknown_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("N8N_CONTACT_PHONE", raising=False)
+    monkeypatch.delenv("N8N_CONTACT_EMAIL", raising=False)
+    assert ContactPrivacySettings(_env_file=None).contact_disclosure == ContactDisclosure(
+        Disclosure.MASKED, Disclosure.MASKED
+    )
+    monkeypatch.setenv("N8N_CONTACT_PHONE", " Full ")
+    monkeypatch.setenv("N8N_CONTACT_EMAIL", "omit")
+    chosen = ContactPrivacySettings(_env_file=None).contact_disclosure
+    assert chosen == ContactDisclosure(Disclosure.FULL, Disclosure.OMIT)
+    monkeypatch.setenv("N8N_CONTACT_PHONE", "hidden")
+    with pytest.raises(ValidationError, match="n8n_contact_phone"):
+        ContactPrivacySettings(_env_file=None)
+
+
+def test_the_bridges_reply_field_is_never_among_the_leads_fields() -> None:
+    lead = gw.Lead(
+        id=9100001,
+        name="Aposentadoria",
+        custom_fields=[
+            gw.CustomField(field_id=800001, field_name="Área", values=["previdenciario"]),
+            gw.CustomField(field_id=REPLY_FIELD, field_name="Resposta do bot", values=["Olá!"]),
+            gw.CustomField(field_id=800002, field_code="ORIGEM", values=["site", "whatsapp"]),
+        ],
+    )
+    shown = envelope.lead_json(lead, 9100001, reply_field_id=REPLY_FIELD)
+    assert shown is not None
+    assert shown["custom_fields"] == {"Área": "previdenciario", "ORIGEM": ["site", "whatsapp"]}
+    unset = envelope.lead_json(lead, 9100001, reply_field_id=0)
+    assert unset is not None
+    assert "Resposta do bot" in unset["custom_fields"], "no reply field configured: all shown"
+
+
+def test_a_scheduling_envelope_says_how_to_message_the_customer_and_report_the_status() -> None:
+    answers = domain.callbacks("https://bridge.example.com/", "abc123", 9100018)
+    assert answers["callback"] == {
+        "url": "https://bridge.example.com/send-response",
+        "reply_token": None,
+        "lead_id": 9100018,
+        "idempotency_key": "agendamento:abc123",
+    }
+    assert answers["status_callback"] == {
+        "url": "https://bridge.example.com/agendamento/abc123/status",
+        "method": "POST",
+        "statuses": ["confirmed", "failed"],
+    }
+    assert (
+        domain.callbacks("https://b", "other", 9100018)["callback"]["idempotency_key"]
+        != (answers["callback"]["idempotency_key"])
+    ), "one confirmation per agendamento"

@@ -27,11 +27,19 @@ router = APIRouter(tags=["conversations"])
 
 
 class SendResponseBody(BaseModel):
-    """A reply from n8n for a customer (docs/n8n-contract.md)."""
+    """A reply from n8n for a customer (docs/n8n-contract.md). By `lead_id`, a lead with
+    no conversation yet gets one (e.g. confirming an agendamento)."""
 
     model_config = {
         "json_schema_extra": {
-            "examples": [{"reply_token": "9f2c…", "text": "Olá Maria! Posso ajudar?"}]
+            "examples": [
+                {"reply_token": "9f2c…", "text": "Olá Maria! Posso ajudar?"},
+                {
+                    "lead_id": 9100018,
+                    "idempotency_key": "agendamento:5c0f…",
+                    "text": "Olá Maria! Sua consulta está agendada.",
+                },
+            ]
         }
     }
 
@@ -66,7 +74,7 @@ class SendResponseResult(BaseModel):
     response_model=SendResponseResult,
     responses={
         202: {"description": "stored; Kommo is slow or down and delivery is retried"},
-        404: {"description": "unknown reply_token, conversation or lead"},
+        404: {"description": "unknown reply_token or conversation, or a lead Kommo does not know"},
         409: {"description": "a person took the conversation over: not sent"},
     },
 )
