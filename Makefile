@@ -11,7 +11,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 PROTO_SRC := $(shell find protos -name '*.proto')
 PROTO_STAMP := bridge/.generated
 
-.PHONY: run run-clean test lint protos bench lock clean venv kommo-webhook
+.PHONY: run run-clean test lint protos bench lock clean venv kommo-webhook n8n-check
 
 venv: $(STAMP)
 
@@ -53,6 +53,11 @@ lint: $(PROTO_STAMP) $(DEV_STAMP)
 
 bench: $(PROTO_STAMP) $(DEV_STAMP)
 	bench/run.sh
+
+# The shipped n8n workflow in a real n8n (installs n8n once into .n8n-check/): not part
+# of `make test`. See examples/n8n/README.md.
+n8n-check: $(PROTO_STAMP)
+	$(PY) -m devstack.n8n_check
 
 # Subscribe the running bridge's webhook URL in the connected Kommo account.
 kommo-webhook: $(STAMP)

@@ -3,15 +3,29 @@
 Checked as data: every file is a workflow n8n can import (nodes, a consistent `connections`
 object), it receives the bridge's envelope on a POST webhook, and it answers through
 `POST <callback.url>` with the `X-API-Key` header and the envelope's `reply_token`.
+
+The shipped workflow is also checked against docs/n8n-contract.md: every envelope field a
+node reads exists in the envelope of the event its branch handles, no agent passes files,
+phones, e-mails or ways back to the bridge to the model, every call to the bridge carries
+the key credential, and the credentials have the names the READMEs give. (How it behaves
+in a real n8n is `make n8n-check`.)
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
+from bridge.vendedor.v1 import vendedor_pb2 as vd
+from services.common.privacy import ContactDisclosure
+from services.conversation import envelope
+from services.conversation.events import Attachment, MessageEvent
+from services.scheduling import domain
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "n8n"
 WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
@@ -156,8 +170,6 @@ def test_reply_workflow_answers_at_once_on_its_documented_path() -> None:
     assert parameters["path"] == "kommo-bridge"
     # The bridge must not wait for the AI: the webhook answers when the request arrives.
     assert parameters.get("responseMode", "onReceived") == "onReceived"
-    # Signature checks need the exact bytes the bridge signed.
-    assert parameters.get("options", {}).get("rawBody") is True
 
 
 def test_reply_workflow_routes_every_bridge_event() -> None:
@@ -182,3 +194,515 @@ def test_reply_workflow_agents_have_a_chat_model() -> None:
         link["node"] for _, kind, link in _links(workflow) if kind == "ai_languageModel"
     }
     assert agents and agents <= fed_by_a_model
+
+
+# --- The workflow against the contract (docs/n8n-contract.md) ------------------------------
+#
+# The envelope of each event as the bridge sends it: an object is a dict of its fields, an
+# array of objects is a one-element list, `ANY` a value (or a list of values) read whole,
+# `MAP` an object whose keys are data (the lead's custom fields by name).
+ANY = "any"
+MAP = "map"
+Shape = dict[str, Any]
+
+_VENDEDOR: Shape = {"id": ANY, "name": ANY, "email": ANY, "areas": ANY, "source": ANY}
+_CONVERSATION_ENVELOPE: Shape = {
+    "event": ANY,
+    "event_id": ANY,
+    "occurred_at": ANY,
+    "conversation": {
+        "id": ANY,
+        "lead_id": ANY,
+        "contact_id": ANY,
+        "chat_id": ANY,
+        "talk_id": ANY,
+        "bot_state": ANY,
+    },
+    "lead": {
+        "id": ANY,
+        "name": ANY,
+        "status_id": ANY,
+        "pipeline_id": ANY,
+        "responsible_user_id": ANY,
+        "price": ANY,
+        "custom_fields": MAP,
+    },
+    "contact": {"id": ANY, "name": ANY, "phone": ANY, "email": ANY},
+    "vendedor": _VENDEDOR,
+    "messages": [
+        {
+            "id": ANY,
+            "text": ANY,
+            "at": ANY,
+            "type": ANY,
+            "attachment": {"type": ANY, "link": ANY, "file_name": ANY},
+        }
+    ],
+    "history": [{"role": ANY, "text": ANY, "at": ANY, "type": ANY}],
+    "trigger": ANY,
+    "scheduling": ANY,  # null
+    "callback": {"url": ANY, "reply_token": ANY},
+}
+AGENDA_ROW = (
+    "id lead_id lead_nome contato_nome contato_telefone vendedor_id vendedor_nome "
+    "vendedor_email data_hora data hora preferencia observacoes status"
+).split()
+_SCHEDULING_ENVELOPE: Shape = {
+    "event": ANY,
+    "event_id": ANY,
+    "occurred_at": ANY,
+    "conversation": {"id": ANY, "lead_id": ANY},
+    "lead": {"id": ANY, "name": ANY, "status_id": ANY},
+    "contact": {"id": ANY, "name": ANY, "phone": ANY},
+    "vendedor": _VENDEDOR,
+    "messages": ANY,  # []
+    "history": ANY,  # []
+    "trigger": ANY,  # null
+    "scheduling": {
+        "id": ANY,
+        "requested_at": ANY,
+        "timezone": ANY,
+        "preference": ANY,
+        "notes": ANY,
+        "agenda": dict.fromkeys(AGENDA_ROW, ANY),
+        "status_callback": {"url": ANY, "method": ANY, "statuses": ANY},
+    },
+    # No reply_token (no turn is being answered): the lead and a key of the agendamento
+    # address the confirmation, delivered once however often it is sent.
+    "callback": {"url": ANY, "reply_token": ANY, "lead_id": ANY, "idempotency_key": ANY},
+}
+ENVELOPES: dict[str, Shape] = {
+    "message.received": _CONVERSATION_ENVELOPE,
+    "conversation.proactive": _CONVERSATION_ENVELOPE,
+    "scheduling.requested": _SCHEDULING_ENVELOPE,
+}
+# What must never reach the model: personal data, and the ways back into the bridge.
+SENSITIVE = [
+    ("contact", "phone"),
+    ("contact", "email"),
+    ("vendedor", "email"),
+    ("callback", "url"),
+    ("callback", "reply_token"),
+    ("messages", "[]", "attachment", "link"),
+    ("scheduling", "status_callback", "url"),
+    ("scheduling", "agenda", "contato_telefone"),
+]
+# One name per credential type, the same in the workflow and both READMEs: n8n links a
+# node to a credential on import only by exact name and type.
+CREDENTIALS = {
+    "openAiApi": "OpenAI (bridge)",
+    "supabaseApi": "Supabase (bridge)",
+    "httpHeaderAuth": "Bridge API key",
+}
+BRIDGE_KEY_CREDENTIAL = CREDENTIALS["httpHeaderAuth"]
+AGENT_TYPE = "@n8n/n8n-nodes-langchain.agent"
+SUPABASE_TYPE = "n8n-nodes-base.supabase"
+ROOT = EXAMPLES.parents[1]
+CONTRACT = ROOT / "docs" / "n8n-contract.md"
+
+# Where an expression reads the envelope: the item the Webhook node made ($json in a node
+# it feeds directly, or through the Switch) or that item looked up by node name.
+_WEBHOOK_ITEM = r"\$\(\s*['\"]Webhook['\"]\s*\)\.(?:item|first\(\)|last\(\))\.json"
+_ENVELOPE = re.compile(rf"(?P<source>\$json|{_WEBHOOK_ITEM})\.body\b")
+_SEGMENT = re.compile(r"\s*\??\.\s*([A-Za-z_]\w*)|\[\s*['\"]([^'\"]+)['\"]\s*\]")
+_CALL = re.compile(r"\s*\(")
+# `(<array> ?? []).map(h => … h.text …)`: `h` is an element of the array.
+_ELEMENT_VAR = re.compile(
+    r"\s*(?:(?:\?\?|\|\|)\s*\[\]\s*\))?\s*\??\.(?:map|filter|some|every|find|forEach|flatMap)"
+    r"\(\s*\(?\s*([A-Za-z_]\w*)"
+)
+_JS_PROPERTIES = {"length"}
+Path_ = tuple[str, ...]
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a node's parameters: where n8n expressions live."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def envelope_reads(text: str) -> list[tuple[str, Path_]]:
+    """(source, path) of every envelope field an expression reads: `$json.body.lead?.id`
+    → ("$json", ("lead", "id")); the elements of an array read in a callback
+    (`.map(h => h.text)`) are "[]" (`("history", "[]", "text")`)."""
+    reads = []
+    for found in _ENVELOPE.finditer(text):
+        path: list[str] = []
+        position = found.end()
+        while segment := _SEGMENT.match(text, position):
+            name = segment.group(1) or segment.group(2)
+            if _CALL.match(text, segment.end()) or name in _JS_PROPERTIES:
+                break  # a method of the value (`.map(`, `.split(`), not a field
+            path.append(name)
+            position = segment.end()
+        source = "$json" if found.group("source") == "$json" else "Webhook"
+        element = _ELEMENT_VAR.match(text, position)
+        var = re.escape(element.group(1)) if element else ""
+        fields = dict.fromkeys(re.findall(rf"\b{var}\??\.([A-Za-z_]\w*)", text[position:]))
+        elements = [(*path, "[]", f) for f in fields if var and f not in _JS_PROPERTIES]
+        # An array mapped over is read through its elements' fields, not whole.
+        reads += [(source, p) for p in elements or [tuple(path)]]
+    return reads
+
+
+def documented(shape: Any, path: Path_) -> bool:
+    for name in path:
+        if shape == MAP:
+            return True  # any key of a free map: the rest is its value
+        if isinstance(shape, list) and name == "[]":
+            shape = shape[0]
+        elif isinstance(shape, dict) and name in shape:
+            shape = shape[name]
+        else:
+            return False
+    return True
+
+
+def _main_successors(workflow: Workflow, name: str, output: int | None = None) -> list[str]:
+    outputs = workflow["connections"].get(name, {}).get("main", [])
+    chosen = outputs if output is None else outputs[output : output + 1]
+    return [link["node"] for branch in chosen for link in branch or []]
+
+
+def _reachable(workflow: Workflow, start: list[str]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(start)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_main_successors(workflow, name))
+    return seen
+
+
+def _switch(workflow: Workflow) -> Node:
+    (switch,) = _nodes(workflow, SWITCH_TYPE)
+    return switch
+
+
+def events_by_node(workflow: Workflow) -> dict[str, set[str]]:
+    """The event types whose envelopes each node handles: the Switch's branch it is on
+    (every event for a node before the Switch)."""
+    switch = _switch(workflow)
+    rules = switch["parameters"]["rules"]["values"]
+    handled: dict[str, set[str]] = {n["name"]: set() for n in workflow["nodes"]}
+    for index, rule in enumerate(rules):
+        (event,) = [c["rightValue"] for c in rule["conditions"]["conditions"]]
+        for name in _reachable(workflow, _main_successors(workflow, switch["name"], index)):
+            handled[name].add(event)
+    for name, events in handled.items():
+        if not events:
+            handled[name] = set(ENVELOPES)
+    return handled
+
+
+def fed_the_envelope(workflow: Workflow) -> set[str]:
+    """Nodes whose input item ($json) is the Webhook's: fed by it directly or through
+    the Switch, which passes items on unchanged."""
+    (webhook,) = _nodes(workflow, WEBHOOK_TYPE)
+    fed: set[str] = set()
+    todo = _main_successors(workflow, webhook["name"])
+    while todo:
+        name = todo.pop()
+        if name in fed:
+            continue
+        fed.add(name)
+        if name == _switch(workflow)["name"]:
+            todo.extend(_main_successors(workflow, name))
+    return fed
+
+
+def _prompts(node: Node) -> list[str]:
+    parameters = node["parameters"]
+    return [
+        str(parameters.get("text", "")),
+        str(parameters.get("options", {}).get("systemMessage", "")),
+    ]
+
+
+def _calls_the_bridge(node: Node) -> bool:
+    """An HTTP request to an address the envelope gives for the bridge."""
+    url = str(node["parameters"].get("url", ""))
+    return node["type"] == HTTP_REQUEST_TYPE and any(
+        path[:1] == ("callback",) or path[:2] == ("scheduling", "status_callback")
+        for _, path in envelope_reads(url)
+    )
+
+
+def _scheduling_nodes(workflow: Workflow) -> list[Node]:
+    handled = events_by_node(workflow)
+    return [n for n in workflow["nodes"] if handled[n["name"]] == {"scheduling.requested"}]
+
+
+def test_envelope_reads_are_parsed_from_expressions() -> None:
+    text = (
+        "={{ $json.body.lead?.custom_fields ?? {} }} {{ $('Webhook').item.json.body"
+        ".callback.url.replace(/x/, '') }} {{ ($json.body.history ?? []).map(h => h.role"
+        " + h.text.trim()).join() }} {{ $json.body['event'] }} {{ $json.body }}"
+    )
+    assert envelope_reads(text) == [
+        ("$json", ("lead", "custom_fields")),
+        ("Webhook", ("callback", "url")),
+        ("$json", ("history", "[]", "role")),
+        ("$json", ("history", "[]", "text")),
+        ("$json", ("event",)),
+        ("$json", ()),
+    ]
+    assert documented(_CONVERSATION_ENVELOPE, ("lead", "custom_fields", "Área"))
+    assert documented(_CONVERSATION_ENVELOPE, ("history", "[]", "role"))
+    assert documented(_SCHEDULING_ENVELOPE, ("callback", "lead_id"))
+    assert not documented(_CONVERSATION_ENVELOPE, ("callback", "lead_id"))
+    assert not documented(_CONVERSATION_ENVELOPE, ("scheduling", "id"))
+
+
+def test_every_field_the_workflow_reads_is_in_the_envelope_of_its_event() -> None:
+    workflow = _load(REPLY_WORKFLOW)
+    handled = events_by_node(workflow)
+    fed = fed_the_envelope(workflow)
+    undocumented = []
+    for node in workflow["nodes"]:
+        for text in _strings(node["parameters"]):
+            for source, path in envelope_reads(text):
+                if source == "$json" and node["name"] not in fed:
+                    undocumented.append(f"{node['name']}: $json is not the envelope here")
+                for event in sorted(handled[node["name"]]):
+                    if not documented(ENVELOPES[event], path):
+                        undocumented.append(f"{node['name']}: {'.'.join(path)} ({event})")
+    assert not undocumented, undocumented
+
+
+def test_the_workflow_reads_the_envelope() -> None:
+    """The check above is not vacuous: the nodes do read the envelope."""
+    workflow = _load(REPLY_WORKFLOW)
+    reads = {
+        path
+        for node in workflow["nodes"]
+        for text in _strings(node["parameters"])
+        for _, path in envelope_reads(text)
+    }
+    for path in [
+        ("event",),
+        ("messages", "[]", "text"),
+        ("history", "[]", "role"),
+        ("callback", "reply_token"),
+        ("scheduling", "status_callback", "url"),
+        ("callback", "idempotency_key"),
+    ]:
+        assert path in reads, path
+
+
+def test_no_agent_gets_a_file() -> None:
+    """A file on the item (the Webhook's raw body is one) goes to the model as a message
+    unless the agent's "Automatically Passthrough Binary Images" is off (it is on by
+    default, and n8n sends a JSON or text file as text: the whole envelope)."""
+    workflow = _load(REPLY_WORKFLOW)
+    for webhook in _nodes(workflow, WEBHOOK_TYPE):
+        assert webhook["parameters"].get("options", {}).get("rawBody") is not True
+    agents = _nodes(workflow, AGENT_TYPE)
+    assert agents
+    for agent in agents:
+        options = agent["parameters"].get("options", {})
+        assert options.get("passthroughBinaryImages") is False, agent["name"]
+
+
+def test_prompts_hold_no_phone_email_or_way_back_to_the_bridge() -> None:
+    workflow = _load(REPLY_WORKFLOW)
+    for agent in _nodes(workflow, AGENT_TYPE):
+        assert agent["parameters"].get("promptType") == "define", agent["name"]
+        for prompt in _prompts(agent):
+            reads = envelope_reads(prompt)
+            for _, path in reads:
+                # Reading an object whole (`contact`, or the body) would carry its fields.
+                leaked = [s for s in SENSITIVE if s[: len(path)] == path]
+                assert not leaked, f"{agent['name']} reads {'.'.join(path) or 'body'}"
+            rest = _ENVELOPE.sub("", prompt)
+            for whole_item in ("$json", "$input", "$("):
+                assert whole_item not in rest, f"{agent['name']} reads {whole_item}… whole"
+            if ("lead", "custom_fields") in {path for _, path in reads}:
+                # The bridge's own reply field is noise for the model, whatever the bridge
+                # sends.
+                assert "resposta do bot" in prompt.lower(), agent["name"]
+
+
+def test_every_call_to_the_bridge_carries_the_api_key_credential() -> None:
+    workflow = _load(REPLY_WORKFLOW)
+    calls = [n for n in _nodes(workflow, HTTP_REQUEST_TYPE) if _calls_the_bridge(n)]
+    assert len(calls) >= 3, "reply, scheduling status and confirmation"
+    for node in calls:
+        parameters = node["parameters"]
+        assert parameters.get("authentication") == "genericCredentialType", node["name"]
+        assert parameters.get("genericAuthType") == "httpHeaderAuth", node["name"]
+        assert node["credentials"]["httpHeaderAuth"]["name"] == BRIDGE_KEY_CREDENTIAL
+        headers = parameters.get("headerParameters", {}).get("parameters", [])
+        assert all(str(h.get("name", "")).lower() != API_KEY_HEADER for h in headers), (
+            f"{node['name']}: the key belongs in the credential, not in the workflow"
+        )
+
+
+def test_credentials_are_the_documented_set() -> None:
+    workflow = _load(REPLY_WORKFLOW)
+    used = {
+        (kind, reference["name"])
+        for node in workflow["nodes"]
+        for kind, reference in node.get("credentials", {}).items()
+    }
+    assert used == set(CREDENTIALS.items())
+
+
+@pytest.mark.parametrize("readme", ["README.md", "examples/n8n/README.md"])
+def test_readmes_name_the_workflows_credentials(readme: str) -> None:
+    text = (ROOT / readme).read_text(encoding="utf-8")
+    missing = [name for name in CREDENTIALS.values() if name not in text]
+    assert not missing, f"{readme} does not name the credentials {missing}"
+
+
+def test_workflow_keeps_its_id_so_a_new_import_updates_it() -> None:
+    workflow = _load(REPLY_WORKFLOW)
+    # n8n's workflow ids: 16 letters and digits. `n8n import:workflow` updates the
+    # workflow with this id instead of adding a copy.
+    assert re.fullmatch(r"[A-Za-z0-9]{16}", str(workflow.get("id", "")))
+    (webhook,) = _nodes(workflow, WEBHOOK_TYPE)
+    assert webhook.get("webhookId"), "the Production URL stays the same across imports"
+
+
+def test_scheduling_reports_its_status_to_the_bridge() -> None:
+    """Without the status callback a request stays `delivered` for ever."""
+    workflow = _load(REPLY_WORKFLOW)
+    (supabase,) = _nodes(workflow, SUPABASE_TYPE)
+    # A failed insert (the UNIQUE event_id of a repeated delivery, Supabase down) must
+    # still be reported: the node's error output is wired.
+    assert supabase.get("onError") == "continueErrorOutput"
+    success, failure = workflow["connections"][supabase["name"]]["main"]
+    statuses: dict[str, set[str]] = {}
+    for node in _scheduling_nodes(workflow):
+        url = str(node["parameters"].get("url", ""))
+        if ("scheduling", "status_callback", "url") in {p for _, p in envelope_reads(url)}:
+            assert node["parameters"]["method"] == "POST"
+            body = str(node["parameters"].get("jsonBody", ""))
+            for status in re.findall(r"status: '(\w+)'", body):
+                statuses.setdefault(status, set()).add(node["name"])
+    assert set(statuses) == {"confirmed", "failed"}
+    after_success = _reachable(workflow, [link["node"] for link in success])
+    after_failure = _reachable(workflow, [link["node"] for link in failure])
+    assert statuses["confirmed"] & after_success
+    assert statuses["failed"] <= after_failure and statuses["failed"] - after_success
+
+
+def test_scheduling_confirms_to_the_customer_once_it_is_confirmed() -> None:
+    workflow = _load(REPLY_WORKFLOW)
+    confirmations = [
+        node
+        for node in _scheduling_nodes(workflow)
+        if node["type"] == HTTP_REQUEST_TYPE
+        and ("Webhook", ("callback", "url")) in envelope_reads(str(node["parameters"]["url"]))
+    ]
+    assert len(confirmations) == 1
+    (node,) = confirmations
+    body = str(node["parameters"]["jsonBody"])
+    # The scheduling envelope has no reply_token: the lead says who, and a key of the
+    # agendamento makes a repeated delivery confirm once.
+    assert "lead_id:" in body and ".body.callback.lead_id" in body
+    assert "idempotency_key:" in body and ".body.callback.idempotency_key" in body
+    assert "reply_token" not in body
+    # Only after the bridge took the status `confirmed`.
+    confirming = [
+        n["name"]
+        for n in _scheduling_nodes(workflow)
+        if "status: 'confirmed'" in str(n["parameters"].get("jsonBody", ""))
+    ]
+    assert any(node["name"] in _main_successors(workflow, name) for name in confirming)
+
+
+def _contract_fields(section: str) -> set[str]:
+    """The field names of one `### …` section of docs/n8n-contract.md."""
+    text = CONTRACT.read_text(encoding="utf-8")
+    found = re.search(rf"^### {re.escape(section)}\n(.*?)(?=^## |^### |\Z)", text, re.M | re.S)
+    assert found, f"docs/n8n-contract.md has no section {section!r}"
+    return set(re.findall(r"`([a-z_]+)`", found.group(1)))
+
+
+def test_the_shapes_here_are_the_documented_contract() -> None:
+    sections: dict[str, Shape] = {
+        "Top-level fields": _CONVERSATION_ENVELOPE,
+        "`conversation`": _CONVERSATION_ENVELOPE["conversation"],
+        "`lead`": _CONVERSATION_ENVELOPE["lead"],
+        "`contact`": _CONVERSATION_ENVELOPE["contact"],
+        "`vendedor`": _VENDEDOR,
+        "`messages`": _CONVERSATION_ENVELOPE["messages"][0],
+        "`history`": _CONVERSATION_ENVELOPE["history"][0],
+        "`scheduling`": {
+            **_SCHEDULING_ENVELOPE["scheduling"],
+            **_SCHEDULING_ENVELOPE["scheduling"]["agenda"],
+            **_SCHEDULING_ENVELOPE["scheduling"]["status_callback"],
+        },
+    }
+    for section, shape in sections.items():
+        missing = set(shape) - _contract_fields(section)
+        assert not missing, f"{section}: {sorted(missing)} not in docs/n8n-contract.md"
+
+
+def test_the_shapes_here_are_what_the_bridge_builds() -> None:
+    """The message envelope built by the bridge's own code has every field above."""
+    event = MessageEvent(
+        message_id="m1",
+        chat_id="c1",
+        talk_id=1,
+        contact_id=2,
+        lead_id=3,
+        text="oi",
+        created_at=1764000000,
+        direction="incoming",
+        author_id="a",
+        author_type="external",
+        author_name="Maria",
+        origin="waba",
+        message_type="picture",
+        attachment=Attachment("picture", "https://example.com/x.jpg", "x.jpg"),
+    )
+    lead = gw.Lead(id=3, name="L", custom_fields=[gw.CustomField(field_name="Área", values=["x"])])
+    built = envelope.message_envelope(
+        event_id="e",
+        conversation={key: None for key in _CONVERSATION_ENVELOPE["conversation"]},
+        lead=envelope.lead_json(lead, 3, reply_field_id=900001),
+        contact=envelope.contact_json(
+            gw.Contact(id=2, name="Maria", phones=["+5511987654321"]), 2, ContactDisclosure()
+        ),
+        vendedor=envelope.vendedor_json(vd.Vendedor(id=9, name="Ana")),
+        messages=[envelope.inbox_entry(event, "1-0")],
+        history=[envelope.history_entry("customer", "oi", 1764000000.0, type="text")],
+        callback_url="http://bridge/send-response",
+        reply_token="t",
+        occurred_at=1764000000.0,
+    )
+
+    def missing(shape: Any, value: Any, where: str) -> list[str]:
+        """The documented fields the built value lacks, by path."""
+        if isinstance(shape, list):
+            return [p for item in value for p in missing(shape[0], item, f"{where}[]")]
+        if not isinstance(shape, dict):
+            return []
+        gaps = []
+        for key, inner in shape.items():
+            if key in value:
+                gaps += missing(inner, value[key], f"{where}.{key}")
+            else:
+                gaps.append(f"{where}.{key}")
+        return gaps
+
+    assert not missing(_CONVERSATION_ENVELOPE, built, "body")
+    row = domain.agenda_row(
+        request_id="r",
+        slot=None,
+        timezone="America/Sao_Paulo",
+        preference="",
+        notes="",
+        lead={"id": 3},
+        contact=None,
+        vendedor={"id": 9, "name": "Ana"},
+    )
+    assert set(AGENDA_ROW) <= set(row)

@@ -1,0 +1,372 @@
+"""The paths a customer's conversation takes through the bridge and the real n8n, each
+driven through the Kommo sandbox or the edge API and judged by what the customer, Kommo,
+the bridge and Supabase end up with."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from devstack.n8n_check.n8n import N8n
+from devstack.n8n_check.privacy import ModelCall, leaks
+from devstack.stack import Stack
+
+T = TypeVar("T")
+
+# The sandbox's seeded leads (sandbox/kommo/state.py), one per path so none disturbs
+# another; 9100008 never writes before its agendamento (a lead with no conversation).
+LEAD_MESSAGE = 9100001
+LEAD_BURST = 9100002
+LEAD_PROACTIVE = 9100003
+LEAD_N8N_DOWN = 9100006
+LEAD_HANDOFF = 9100007
+LEAD_NO_CONVERSATION = 9100008
+# The debounce is the bridge's default (3 s): a reply comes well within this.
+REPLY_TIMEOUT_SECONDS = 60.0
+# n8n down: the bridge retries at once, 1 s, 5 s, 30 s, 2 min…; n8n is back before 2 min.
+N8N_DOWN_SECONDS = 10.0
+N8N_DOWN_REPLY_TIMEOUT_SECONDS = 240.0
+# After the reply: long enough for a second, duplicate reply to show up.
+SETTLE_SECONDS = 4.0
+POLL_SECONDS = 0.25
+TIMEZONE = ZoneInfo("America/Sao_Paulo")
+# Words of the answers the OpenAI double writes (openai_double.answer_for) and of the
+# workflow's scheduling confirmation: they show a text came from the model / n8n.
+MODEL_REPLY = "Obrigada por explicar"
+MODEL_FIRST_MESSAGE = "Aqui é da Previdas"
+MODEL_HANDOFF = "vai continuar o atendimento"
+CONFIRMATION = "Recebemos o seu pedido de agendamento"
+
+
+@dataclass
+class Outcome:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+    calls: list[ModelCall] = field(default_factory=list)
+
+
+@dataclass
+class Check:
+    """Everything a path talks to."""
+
+    stack: Stack
+    n8n: N8n
+    openai_url: str
+    supabase_url: str
+    secrets: list[str]
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
+
+    def edge(self) -> httpx.Client:
+        """A client of the edge API with the bridge's key."""
+        return httpx.Client(
+            base_url=self.stack.edge_url, headers={"X-API-Key": self.stack.api_key}, timeout=30
+        )
+
+    def model_calls(self) -> list[ModelCall]:
+        answer = self.http.get(f"{self.openai_url}/_double/requests")
+        return [ModelCall(r["body"]) for r in answer.json()]
+
+    def customer_writes(self, lead_id: int, text: str) -> None:
+        self.http.post(
+            f"{self.stack.sandbox_url}/_sandbox/customer-message",
+            json={"lead_id": lead_id, "text": text},
+        ).raise_for_status()
+
+    def outgoing(self, lead_id: int) -> list[str]:
+        chat = self.http.get(f"{self.stack.sandbox_url}/_sandbox/chats/{lead_id}").json()
+        return [m["text"] for m in chat if m["direction"] == "outgoing"]
+
+    def lead(self, lead_id: int) -> dict[str, Any]:
+        return dict(self.http.get(f"{self.stack.sandbox_url}/_sandbox/leads/{lead_id}").json())
+
+    def agenda(self) -> dict[str, Any]:
+        return dict(self.http.get(f"{self.supabase_url}/_double/rows").json())
+
+    def supabase_faults(self, **faults: int) -> None:
+        self.http.post(f"{self.supabase_url}/_double/faults", json=faults).raise_for_status()
+
+
+def wait_until(check: Callable[[], T | None], timeout: float) -> T | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(POLL_SECONDS)
+
+
+def _new_replies(check: Check, lead_id: int, before: int, words: str) -> list[str]:
+    return [t for t in check.outgoing(lead_id)[before:] if words in t]
+
+
+def _one_reply(
+    check: Check, lead_id: int, before: int, words: str, started: float, timeout: float
+) -> tuple[bool, float, str]:
+    """Waits for the reply; (ok, seconds to it, what was seen)."""
+    replies = wait_until(lambda: _new_replies(check, lead_id, before, words), timeout)
+    seconds = time.monotonic() - started
+    if not replies:
+        seen = check.outgoing(lead_id)[before:]
+        return False, seconds, f"no reply with {words!r} within {timeout:.0f} s (chat: {seen})"
+    time.sleep(SETTLE_SECONDS)
+    total = len(check.outgoing(lead_id)) - before
+    if total != 1:
+        return False, seconds, f"{total} messages to the customer instead of 1"
+    return True, seconds, "1 reply in the chat"
+
+
+def message(check: Check) -> Outcome:
+    lead, text = LEAD_MESSAGE, "Oi, boa tarde! Quero saber se tenho direito à aposentadoria."
+    before, calls_before = len(check.outgoing(lead)), len(check.model_calls())
+    started = time.monotonic()
+    check.customer_writes(lead, text)
+    ok, seconds, detail = _one_reply(
+        check, lead, before, MODEL_REPLY, started, REPLY_TIMEOUT_SECONDS
+    )
+    calls = check.model_calls()[calls_before:]
+    if ok and not any(text in c.text() for c in calls):
+        ok, detail = False, "the model was not sent the customer's message"
+    return Outcome("message", ok, seconds, detail, calls)
+
+
+def second_turn(check: Check) -> Outcome:
+    """The same customer again: the history now holds the first turn, and the lead's
+    reply field the bridge's last reply, which the prompt must leave out."""
+    lead, text = LEAD_MESSAGE, "Nunca pedi nada ao INSS. Tenho 61 anos."
+    before, calls_before = len(check.outgoing(lead)), len(check.model_calls())
+    started = time.monotonic()
+    check.customer_writes(lead, text)
+    ok, seconds, detail = _one_reply(
+        check, lead, before, MODEL_REPLY, started, REPLY_TIMEOUT_SECONDS
+    )
+    calls = check.model_calls()[calls_before:]
+    history = f"Assistente: {check.outgoing(lead)[0]}"
+    if ok and not any(history in c.text() for c in calls):
+        ok, detail = False, "the model was not sent the first turn as history"
+    elif ok:
+        detail = "1 reply; the first turn in the history"
+    return Outcome("message, second turn", ok, seconds, detail, calls)
+
+
+def burst(check: Check) -> Outcome:
+    lead = LEAD_BURST
+    texts = [
+        "Olá",
+        "Meu auxílio-doença foi cortado pelo INSS",
+        "O que eu posso fazer?",
+    ]
+    before, calls_before = len(check.outgoing(lead)), len(check.model_calls())
+    started = time.monotonic()
+    for text in texts:
+        check.customer_writes(lead, text)
+        time.sleep(0.5)
+    ok, seconds, detail = _one_reply(
+        check, lead, before, MODEL_REPLY, started, REPLY_TIMEOUT_SECONDS
+    )
+    calls = check.model_calls()[calls_before:]
+    if ok and len(calls) != 1:
+        ok, detail = False, f"{len(calls)} model calls for one burst"
+    elif ok and not all(t in calls[0].text() for t in texts):
+        ok, detail = False, "the model was not sent all 3 messages"
+    elif ok:
+        detail = "3 messages → 1 reply, all 3 in one model call"
+    return Outcome("burst", ok, seconds, detail, calls)
+
+
+def proactive(check: Check) -> Outcome:
+    lead = LEAD_PROACTIVE
+    before, calls_before = len(check.outgoing(lead)), len(check.model_calls())
+    started = time.monotonic()
+    with check.edge() as api:
+        answer = api.post("/start-proactive", json={"lead_id": lead, "trigger": "form"})
+    if answer.status_code != 201:
+        return Outcome("proactive", False, 0.0, f"/start-proactive: {answer.status_code}")
+    ok, seconds, detail = _one_reply(
+        check, lead, before, MODEL_FIRST_MESSAGE, started, REPLY_TIMEOUT_SECONDS
+    )
+    if ok:
+        detail = "n8n's first message in the chat"
+    return Outcome("proactive", ok, seconds, detail, check.model_calls()[calls_before:])
+
+
+def _slot(days: int) -> str:
+    when = datetime.now(TIMEZONE) + timedelta(days=days)
+    return when.replace(hour=14, minute=30).strftime("%Y-%m-%dT%H:%M")
+
+
+def _scheduling(
+    check: Check,
+    name: str,
+    lead: int,
+    days: int,
+    expect_status: str,
+    *,
+    expect_row: bool,
+    confirmed: bool,
+) -> Outcome:
+    """`confirmed`: the customer must be told (else: must not be)."""
+    before, calls_before = len(check.outgoing(lead)), len(check.model_calls())
+    started = time.monotonic()
+    with check.edge() as api:
+        created = api.post(
+            "/agendamento/request",
+            json={"lead_id": lead, "requested_at": _slot(days), "notes": "Revisão do benefício"},
+        )
+        if created.status_code != 201:
+            return Outcome(name, False, 0.0, f"/agendamento/request: {created.status_code}")
+        agendamento_id = created.json()["id"]
+
+        def final() -> dict[str, Any] | None:
+            record = dict(api.get(f"/agendamento/{agendamento_id}").json())
+            return record if record["status"] in ("confirmed", "failed") else None
+
+        record = wait_until(final, REPLY_TIMEOUT_SECONDS)
+        if record is None:
+            status = api.get(f"/agendamento/{agendamento_id}").json()["status"]
+    seconds = time.monotonic() - started
+    calls = check.model_calls()[calls_before:]
+    if record is None:
+        return Outcome(name, False, seconds, f"status still {status!r}", calls)
+    problems = []
+    if record["status"] != expect_status:
+        problems.append(
+            f"status {record['status']!r} ({record.get('detail')}), not {expect_status!r}"
+        )
+    rows = [r for r in check.agenda()["rows"] if r.get("event_id") == agendamento_id]
+    if len(rows) != int(expect_row):
+        problems.append(f"{len(rows)} rows in the agenda table, not {int(expect_row)}")
+    for row in rows:
+        request = row.get("solicitacao")
+        if str(row.get("lead_id")) != str(lead) or not isinstance(request, dict):
+            problems.append("the agenda row lacks the lead or the request")
+        elif request.get("id") != agendamento_id:
+            problems.append("the agenda row holds another request")
+    confirmations = wait_until(
+        lambda: _new_replies(check, lead, before, CONFIRMATION),
+        REPLY_TIMEOUT_SECONDS if confirmed else SETTLE_SECONDS,
+    )
+    seconds_to_chat = time.monotonic() - started
+    if confirmed and not confirmations:
+        problems.append("no confirmation in the customer's chat")
+    if not confirmed and confirmations:
+        problems.append("the customer was told it is booked")
+    if confirmations and len(check.outgoing(lead)) - before != 1:
+        problems.append(f"{len(check.outgoing(lead)) - before} messages instead of 1")
+    if calls:
+        problems.append(f"{len(calls)} model call(s) for a scheduling request")
+    if problems:
+        return Outcome(name, False, seconds, "; ".join(problems), calls)
+    told = (
+        f"confirmation in the chat at {seconds_to_chat:.1f} s" if confirmations else "chat silent"
+    )
+    return Outcome(
+        name, True, seconds, f"status {record['status']} ({record.get('detail')}); {told}", calls
+    )
+
+
+def scheduling_in_conversation(check: Check) -> Outcome:
+    return _scheduling(
+        check, "scheduling", LEAD_MESSAGE, 3, "confirmed", expect_row=True, confirmed=True
+    )
+
+
+def scheduling_new_lead(check: Check) -> Outcome:
+    name = "scheduling, lead without conversation"
+    return _scheduling(
+        check, name, LEAD_NO_CONVERSATION, 4, "confirmed", expect_row=True, confirmed=True
+    )
+
+
+def scheduling_redelivered(check: Check) -> Outcome:
+    # Supabase answers 409, as when an earlier delivery of the same event wrote the row.
+    check.supabase_faults(conflict_next=1)
+    name = "scheduling, row already written"
+    return _scheduling(check, name, LEAD_MESSAGE, 5, "confirmed", expect_row=False, confirmed=True)
+
+
+def scheduling_supabase_fails(check: Check) -> Outcome:
+    check.supabase_faults(fail_next=1)
+    name = "scheduling, Supabase fails"
+    return _scheduling(check, name, LEAD_MESSAGE, 6, "failed", expect_row=False, confirmed=False)
+
+
+def n8n_down(check: Check) -> Outcome:
+    lead = LEAD_N8N_DOWN
+    before, calls_before = len(check.outgoing(lead)), len(check.model_calls())
+    check.n8n.stop()
+    started = time.monotonic()
+    check.customer_writes(lead, "Oi, vocês atendem aposentadoria por invalidez?")
+    time.sleep(N8N_DOWN_SECONDS)
+    check.n8n.start()
+    back = check.n8n.wait_ready("kommo-bridge")
+    ok, seconds, detail = _one_reply(
+        check, lead, before, MODEL_REPLY, started, N8N_DOWN_REPLY_TIMEOUT_SECONDS
+    )
+    if ok:
+        detail = f"n8n down {N8N_DOWN_SECONDS:.0f} s + {back:.0f} s to start; 1 reply after"
+    return Outcome("n8n down", ok, seconds, detail, check.model_calls()[calls_before:])
+
+
+def handoff(check: Check) -> Outcome:
+    lead = LEAD_HANDOFF
+    snapshot = check.lead(lead)
+    notes, tasks = len(snapshot["notes"]), len(snapshot["tasks"])
+    before, calls_before = len(check.outgoing(lead)), len(check.model_calls())
+    started = time.monotonic()
+    check.customer_writes(lead, "Quero falar com uma pessoa, por favor.")
+    ok, seconds, detail = _one_reply(
+        check, lead, before, MODEL_HANDOFF, started, REPLY_TIMEOUT_SECONDS
+    )
+    calls = check.model_calls()[calls_before:]
+    if not ok:
+        return Outcome("handoff", False, seconds, detail, calls)
+    problems = []
+    if any("[ATENDENTE]" in t for t in check.outgoing(lead)[before:]):
+        problems.append("the [ATENDENTE] marker reached the customer")
+    with check.edge() as api:
+        state = api.post("/bot-control", json={"action": "status", "lead_id": lead}).json()
+    if state.get("bot_state") == "active":
+        problems.append("the bot is still active")
+    snapshot = check.lead(lead)
+    if len(snapshot["tasks"]) <= tasks:
+        problems.append("no task for the vendedor")
+    if len(snapshot["notes"]) <= notes:
+        problems.append("no note on the lead")
+    if problems:
+        return Outcome("handoff", False, seconds, "; ".join(problems), calls)
+    return Outcome(
+        "handoff", True, seconds, f"bot {state.get('bot_state')}; note and task in Kommo", calls
+    )
+
+
+PATHS: list[Callable[[Check], Outcome]] = [
+    message,
+    second_turn,
+    burst,
+    proactive,
+    scheduling_in_conversation,
+    scheduling_new_lead,
+    scheduling_redelivered,
+    scheduling_supabase_fails,
+    n8n_down,
+    handoff,
+]
+
+
+def describe_calls(calls: list[ModelCall], secrets: list[str]) -> str:
+    """What the model was sent on a path: sizes, and whether anything leaked."""
+    if not calls:
+        return "model: not called"
+    streamed = sum(c.streamed for c in calls)
+    sizes = ", ".join(f"system {c.system_chars:,} + user {c.user_chars:,} chars" for c in calls)
+    found = sorted({leak for c in calls for leak in leaks(c, secrets)})
+    clean = "LEAKED " + ", ".join(found) if found else "no phone/e-mail/URL/token/file"
+    return f"model: {len(calls)} call(s), {streamed} streamed, {sizes}; {clean}"
