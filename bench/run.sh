@@ -6,6 +6,7 @@
 #   bench/run.sh outbound [opts]   Kommo outbound only: python -m bench.kommo_outbound [opts]
 #   bench/run.sh soak [opts]       the reliability soak (not part of `make bench`): bench/soak.py
 #   bench/run.sh latency [opts]    webhook → n8n envelope latency: bench/envelope_latency.py
+#   bench/run.sh slow-n8n [opts]   50 customers at once, n8n answering after 2 / 5 s: bench/slow_n8n.py
 #   bench/run.sh --rounds 5 …      options without a name go to the ack, as they always did
 #
 # The ack needs wrk, which is installed from Debian's packages when missing.
@@ -71,6 +72,11 @@ latency() {
     .venv/bin/python -m bench.envelope_latency "$@"
 }
 
+slow_n8n() {
+    need_venv
+    .venv/bin/python -m bench.slow_n8n "$@"
+}
+
 case "${1-}" in
     "")
         ack
@@ -91,6 +97,10 @@ case "${1-}" in
     latency)
         shift
         latency "$@"
+        ;;
+    slow-n8n)
+        shift
+        slow_n8n "$@"
         ;;
     *)
         ack "$@"

@@ -1,4 +1,10 @@
-"""The n8n stand-in's HTTP app."""
+"""The n8n stand-in's HTTP app.
+
+`delay_seconds` makes it a slow (or busy) n8n: each envelope is answered only after that
+long, as a workflow whose webhook responds when its last node finishes. Held envelopes
+never wait for each other: each request sleeps on its own, so many are open at once, and
+every envelope records when it arrived, how many envelope requests were open at that
+moment (itself included) and when it was answered (`/_standin/received`)."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,9 @@ class StandinConfig:
     # the bridge could not take (unreachable, 5xx, 429) is tried again, 2 s apart.
     reply_tries: int = 3
     reply_retry_wait: float = 2.0
+    # Hold each envelope's answer this long (STANDIN_DELAY_SECONDS); its reply to the
+    # bridge goes when the hold ends, like the last nodes of such a workflow.
+    delay_seconds: float = 0.0
 
 
 class ConfigUpdate(BaseModel):
@@ -40,6 +49,7 @@ class ConfigUpdate(BaseModel):
     reply_delay: float | None = None
     status: int | None = None
     handoff: bool | None = None
+    delay_seconds: float | None = Field(default=None, ge=0)
 
 
 @dataclass
@@ -47,6 +57,9 @@ class State:
     received: list[dict[str, Any]] = field(default_factory=list)
     refused: int = 0
     replies: list[dict[str, Any]] = field(default_factory=list)
+    # Envelope requests being answered now, and the most there were at once.
+    open: int = 0
+    max_open: int = 0
 
 
 def reply_text(envelope: dict[str, Any], prefix: str) -> str:
@@ -100,28 +113,45 @@ def create_app(config: StandinConfig) -> FastAPI:
         if config.status != 200:
             state.refused += 1
             return JSONResponse({"message": "workflow error"}, status_code=config.status)
-        raw = await request.body()
-        envelope = json.loads(raw)
-        state.received.append(
-            {
+        arrived_at = time.time()
+        state.open += 1
+        state.max_open = max(state.max_open, state.open)
+        record: dict[str, Any] = {"open_at_arrival": state.open}
+        try:
+            raw = await request.body()
+            envelope = json.loads(raw)
+            record |= {
                 "headers": dict(request.headers),
                 "body": envelope,
                 "raw": raw.decode(),
                 "received_at": time.time(),
+                "arrived_at": arrived_at,
             }
-        )
-        if config.auto_reply and envelope.get("event") in (
-            "message.received",
-            "conversation.proactive",
-        ):
-            task = asyncio.create_task(answer(envelope, request.headers.get("x-request-id", "")))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        return JSONResponse({"message": "Workflow was started"})
+            state.received.append(record)
+            if config.delay_seconds:
+                await asyncio.sleep(config.delay_seconds)
+            if config.auto_reply and envelope.get("event") in (
+                "message.received",
+                "conversation.proactive",
+            ):
+                reply = answer(envelope, request.headers.get("x-request-id", ""))
+                task = asyncio.create_task(reply)
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            record["answered_at"] = time.time()
+            return JSONResponse({"message": "Workflow was started"})
+        finally:
+            state.open -= 1
 
     @app.get("/_standin/received")
     async def received() -> dict[str, Any]:
-        return {"received": state.received, "refused": state.refused, "replies": state.replies}
+        return {
+            "received": state.received,
+            "refused": state.refused,
+            "replies": state.replies,
+            "open": state.open,
+            "max_open": state.max_open,
+        }
 
     @app.post("/_standin/config")
     async def configure(update: ConfigUpdate) -> dict[str, Any]:
@@ -133,6 +163,7 @@ def create_app(config: StandinConfig) -> FastAPI:
             "reply_delay": config.reply_delay,
             "status": config.status,
             "handoff": config.handoff,
+            "delay_seconds": config.delay_seconds,
         }
 
     @app.post("/_standin/reset")
@@ -140,6 +171,8 @@ def create_app(config: StandinConfig) -> FastAPI:
         state.received.clear()
         state.replies.clear()
         state.refused = 0
+        # Requests held open now still count: they are open.
+        state.max_open = state.open
         return {"status": "reset"}
 
     return app

@@ -12,10 +12,11 @@ reason, so one poison item never loops forever nor blocks the others.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -58,11 +59,28 @@ end
 return 0
 """
 
+# A heartbeat: the holder of this exact lease moves its end later. An item re-scored
+# meanwhile (new work, a reschedule) is no longer held: that schedule stands.
+_RENEW = """
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) == ARGV[1] then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  return 1
+end
+return 0
+"""
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, eq=False)
 class Claim:
+    """A claimed item and the end of its lease (its score while it is held: the score
+    is the lease's identity in the compare-and-set scripts).
+
+    A heartbeat moves `lease` forward; every script that compares it runs under
+    `pinned`, so a renewal never lands between reading `lease` and using it."""
+
     member: str
     lease: int
+    pinned: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
 
 class DueQueue:
@@ -74,6 +92,7 @@ class DueQueue:
         self._claim = redis.register_script(_CLAIM_DUE)
         self._claim_one = redis.register_script(_CLAIM_ONE)
         self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
 
     async def schedule(self, member: str, due_ms: int) -> None:
         await self._redis.zadd(self.key, {member: due_ms})
@@ -91,7 +110,21 @@ class DueQueue:
         return Claim(member, lease) if ok else None
 
     async def release(self, claim: Claim) -> bool:
-        return bool(await self._release(keys=[self.key], args=[claim.lease, claim.member]))
+        """Done with it: off the queue, unless new work re-scored it meanwhile."""
+        async with claim.pinned:
+            return bool(await self._release(keys=[self.key], args=[claim.lease, claim.member]))
+
+    async def renew(self, claim: Claim, lease_ms: int) -> bool:
+        """Hold the item `lease_ms` longer; False when it is no longer ours (new work
+        re-scored it, or the lease ran out and another replica claimed it)."""
+        async with claim.pinned:
+            lease = now_ms() + lease_ms
+            if lease <= claim.lease:
+                return True
+            ok = await self._renew(keys=[self.key], args=[claim.lease, claim.member, lease])
+            if ok:
+                claim.lease = lease
+            return bool(ok)
 
     async def reschedule(self, claim: Claim, due_ms: int) -> None:
         """Move a claimed item to a later time (the lease is then over)."""
@@ -306,6 +339,23 @@ class WorkFailures:
     ) -> FailureOutcome:
         """Record a failed try of a claimed item: due again after the policy's delay,
         or parked. `counts` False (a dependency unavailable) retries without parking."""
+        delay_ms = self.policy.delay_ms(await self._attempts(kind, claim.member) + 1)
+        async with claim.pinned:
+            attempts, next_at = await self._failed_once(
+                kind, queue, claim, error, counts, conversation_id, delay_ms
+            )
+        return FailureOutcome(int(attempts), not next_at, int(next_at))
+
+    async def _failed_once(
+        self,
+        kind: str,
+        queue: DueQueue,
+        claim: Claim,
+        error: str,
+        counts: bool,
+        conversation_id: str,
+        delay_ms: int,
+    ) -> tuple[int, int]:
         attempts, next_at = await self._failed(
             keys=[self.failing_key, self.dead_key, self.dead_info_key, queue.key],
             args=[
@@ -314,11 +364,11 @@ class WorkFailures:
                 claim.lease,
                 self._fields(kind, claim.member, queue.key, error, conversation_id=conversation_id),
                 self.policy.max_attempts,
-                self.policy.delay_ms(await self._attempts(kind, claim.member) + 1),
+                delay_ms,
                 "1" if counts else "0",
             ],
         )
-        return FailureOutcome(int(attempts), not next_at, int(next_at))
+        return int(attempts), int(next_at)
 
     async def entry_failed(
         self,

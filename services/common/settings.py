@@ -121,10 +121,16 @@ class N8nSettings(BaseSettings):
         description="seconds before each attempt to reach n8n; then the dead letters",
     )
     work_lease_seconds: float = Field(
-        default=30.0,
+        default=10.0,
         gt=0,
-        description="a claimed piece of work is ours this long; then a live replica may "
-        "take it over (longer than any one step: n8n's timeout, a delivery)",
+        description="a claimed piece of work is ours this long, renewed every third of it "
+        "while it runs; a dead replica's work is taken over by a live one after this",
+    )
+    n8n_delivery_concurrency: int = Field(
+        default=64,
+        gt=0,
+        le=512,
+        description="envelopes a replica has at n8n at once (each waits for n8n's answer)",
     )
     poll_interval_seconds: float = Field(default=0.1, gt=0)
 

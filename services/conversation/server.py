@@ -15,16 +15,12 @@ from services.common.logs import configure_logging
 from services.common.n8n import N8nClient
 from services.common.redis import create_redis
 from services.common.settings import load_settings
+from services.conversation.engine import Engine
+from services.conversation.gauges import GaugeUpdater
 from services.conversation.servicer import ConversationServicer
 from services.conversation.settings import ConversationSettings
+from services.conversation.stages.retention import RetentionSweep
 from services.conversation.store import ConversationStore
-from services.conversation.workers import (
-    DueLoop,
-    Engine,
-    EventConsumer,
-    GaugeUpdater,
-    RetentionSweep,
-)
 
 SERVICE_NAME = "bridge.conversation.v1.ConversationService"
 
@@ -66,12 +62,7 @@ def create_server(settings: ConversationSettings) -> GrpcService:
         grace_seconds=settings.shutdown_grace_seconds,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
-        background=[
-            EventConsumer(engine, redis),
-            DueLoop(engine),
-            GaugeUpdater(engine),
-            RetentionSweep(engine),
-        ],
+        background=[*engine.workers(), GaugeUpdater(engine), RetentionSweep(engine)],
         on_stop=close,
     )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,10 +16,10 @@ from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServ
 from services.common.due_queue import Failure, now_ms
 from services.common.errors import BridgeError, InvalidInput, NotFound
 from services.conversation import series
+from services.conversation.engine import Engine
 from services.conversation.events import LeadEvent, MessageEvent, parse_webhook
 from services.conversation.kommo_form import nest, parse_form
 from services.conversation.store import Operations, Privacy, seen_key
-from services.conversation.workers import Engine
 
 log = logging.getLogger(__name__)
 
@@ -246,9 +245,7 @@ class ConversationServicer(ConversationServiceServicer):
         return pb.ResetConversationsResponse(conversations=deleted, keys=keys)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.Stats:
-        rows = await self.ops.conversations(await self.ops.conversation_ids())
-        by_state = Counter(r.get("bot_state", "active") for r in rows)
-        by_state["awaiting_reply"] = sum(1 for r in rows if r.get("inflight_token"))
+        by_state = await self.store.state_counts()
         pending, dead = await self.ops.queue_sizes()
         if request.series_hours > series.MAX_HOURS:
             raise InvalidInput(f"series_hours must be at most {series.MAX_HOURS}")
@@ -261,7 +258,7 @@ class ConversationServicer(ConversationServiceServicer):
             recent = day.last(request.series_hours)
             buckets, window = recent.buckets(), recent.window()
         return pb.Stats(
-            conversations_by_state=dict(by_state),
+            conversations_by_state=by_state,
             counters=await self.engine.bots.counters(),
             median_reply_seconds=day.window().reply_p50_seconds,
             outbox_pending=pending,

@@ -75,7 +75,31 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
     history_turns: int = Field(default=20, ge=0, le=200, description="turns sent as history")
     history_max_chars: int = Field(default=8000, ge=0, description="bound on history text")
     webhook_max_fields: int = Field(default=1000, gt=0)
-    worker_batch: int = Field(default=64, gt=0, description="stream entries read at once")
+    worker_batch: int = Field(
+        default=64, gt=0, description="webhook events a replica holds at once (read, not applied)"
+    )
+    event_lanes: int = Field(
+        default=32,
+        gt=0,
+        le=1024,
+        description="events are applied in this many lanes side by side, one conversation "
+        "always in the same lane (its events in stream order)",
+    )
+    turn_concurrency: int = Field(
+        default=32, gt=0, description="turns a replica builds at once (lead, contact, vendedor)"
+    )
+    reply_concurrency: int = Field(
+        default=32,
+        gt=0,
+        description="queued replies a replica delivers to Kommo at once (each may wait for "
+        "Kommo's rate limit and its lead's reply slot)",
+    )
+    timer_concurrency: int = Field(
+        default=8, gt=0, description="resumes, handoffs and Kommo notes/tasks at once, each"
+    )
+    proactive_concurrency: int = Field(
+        default=8, gt=0, description="proactive starts and their fallbacks at once, each"
+    )
     visibility_timeout_seconds: float = Field(
         default=15.0, gt=0, description="pending work idle this long is taken by a live replica"
     )

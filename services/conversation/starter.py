@@ -24,7 +24,7 @@ from services.conversation import envelope, proactive
 from services.conversation.store import ProactiveStore
 
 if TYPE_CHECKING:
-    from services.conversation.workers import Engine
+    from services.conversation.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class ProactiveStarter:
             event_id=event_id,
             payload=json.dumps(body, ensure_ascii=False),
             url=url,
-            outbox_lease_ms=self.settings.lease_ms,
+            outbox_lease_ms=0,  # due now: the outbox pool sends it
             check_after_ms=0,
             turn_started_ms=now_ms(),
         )
@@ -217,7 +217,7 @@ class ProactiveStarter:
             {"conversation_id": conversation_id, "trigger": trigger, "text": text},
             due,
         )
-        await engine.deliver_outbox(Claim(event_id, now_ms() + self.settings.lease_ms))
+        engine.envelope_due()
         return "awaiting_n8n"
 
     async def _send_template(

@@ -4,6 +4,19 @@ Lua scripts that keep multi-key changes atomic.
 Turns, the n8n outbox, replies, resumes, handoffs and notifications are due queues
 (services/common/due_queue.py).
 
+Partitionable by conversation. Every script works on one conversation's keys, plus
+global indexes and queues updated beside them (CONVERSATIONS, the due queues, the
+by-lead/by-contact/by-chat pointers, STATS) and the items it owns (its envelope, reply
+job, reply token: listed in its key index). None touches the keys of two conversations:
+`apply_message` only reads the by-chat pointer to learn that a chat is shared. For a Redis
+Cluster, a conversation's keys would carry the hash tag `{conv:<id>}` (items named by
+their own ids would take their conversation's tag), and each global index would become
+one per partition. The event stream becomes N streams the same way: the edge's ingest
+script groups a batch by partition — crc32 of the lane key (stages/events.lane_key: the
+lead, or the chat) modulo N — and XADDs each group to `conv:events:{p}` (one script call
+per partition, so each touches one slot), and each replica's consumer reads every
+partition with the same group and lanes as today. Today N is 1 (EVENTS_STREAM).
+
 Personal data has an end (LGPD). With DATA_RETENTION_DAYS (R below; 0 = kept until
 erased) every key holding a conversation's data expires R after its last message: each
 message (the customer's, a person's, the bot's reply as Kommo takes it) refreshes the TTL
@@ -11,13 +24,18 @@ of the conversation's keys in the very script that records it (`touch`), so no k
 ever written without one. Keys written between messages (envelopes, reply jobs, notes
 for Kommo, proactive jobs) never outlive their conversation (`life`), and are listed in
 its key index so that an erase finds them all (`own`). The conversation listing shows
-only conversations within R; the retention sweep (workers.RetentionSweep) erases what
+only conversations within R; the retention sweep (stages/retention.RetentionSweep) erases what
 is past it (also data written before R was set), and failure records older than R.
 An erase (`Privacy`) removes a lead's or a contact's conversations with every key, queued
 work item, failure record and unprocessed webhook event; work already in flight finds
 its conversation gone and writes nothing (every write after the first one of a piece of
 work is conditional on the conversation, or its item, still existing). Dedupe markers
 (`conv:seen:*`) keep their own 72 h: they hold only Kommo's message ids.
+
+Conversations by bot state are counted as states change, never by reading them all:
+every script that creates a conversation, changes its bot state or its turn at n8n, or
+deletes it ends with `recount(id)`, which files the conversation in BOT_STATES by what its
+hash now says. `ConversationStore.state_counts` counts them there in one round trip.
 """
 
 from __future__ import annotations
@@ -25,6 +43,7 @@ from __future__ import annotations
 import enum
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +86,20 @@ PROACTIVE_DUE = "conv:proactive:due"  # proactive starts waiting for working hou
 FALLBACKS_DUE = "conv:proactive:fallback-due"  # n8n's first message, or the template
 TEMPLATES = "conv:templates"  # trigger → template, set through the API
 STATS = "conv:stats"  # counters (HINCRBY), kept for the life of the data
+# Every conversation by its bot state, for counting (ZCOUNT by score, O(log n)): score
+# BOT_STATE_PAUSED if paused (else 0) + BOT_STATE_AWAITING if its turn is at n8n. Kept by
+# `recount` in the scripts that change either, so it can never disagree with the
+# conversations for long. No TTL (like CONVERSATIONS): a member goes when its conversation
+# is erased, reset or swept. A conversation whose keys expired (retention) stays counted
+# until the sweep erases it: the counts may run ahead of the listing by the conversations
+# that expired within the last DATA_RETENTION_SWEEP_SECONDS, never more.
+BOT_STATES = "conv:bot-states"
+BOT_STATE_AWAITING, BOT_STATE_PAUSED = 1, 2
+# Set once every conversation is filed (data from before BOT_STATES is filed once, by
+# `recount_states`); one replica files them at a time, under the lock.
+BOT_STATES_SINCE = "conv:bot-states:since"
+BOT_STATES_RECOUNT_LOCK = "conv:bot-states:recount"
+_RECOUNT_LOCK_MS = 60_000
 # conv:series:{unix start}: the same counters per five minutes (series.py), for a day,
 # with each bucket's reply latency histogram: the one source of every latency figure.
 BOT_LOG_KEPT = 50
@@ -208,7 +241,10 @@ def reply_idempotency_key(key: str) -> str:
 #   life(own, conv, R): how long a key of conversation `conv` may live — its own
 #     lifetime (0 = none), never past R nor past the conversation itself;
 #   own(conv, key, ms, now, R): list `key` in the conversation's key index;
-#   touch(id, now, R): a message — the conversation's keys live R from now.
+#   touch(id, now, R): a message — the conversation's keys live R from now;
+#   recount(id): the conversation is filed in BOT_STATES by what its hash says now (or
+#     taken out, when it is gone): the last step of every script that creates one,
+#     changes its bot state or its turn at n8n, or deletes it.
 _LIB = (
     """
 local function life(own_ms, conv, R)
@@ -246,7 +282,22 @@ local function touch(id, now, R)
     redis.call('PEXPIRE', '@CHAT@' .. f[3], R)
   end
 end
+local function recount(id)
+  local c = '@CONV@' .. id
+  if redis.call('EXISTS', c) == 0 then
+    redis.call('ZREM', '@STATES@', id)
+    return
+  end
+  local f = redis.call('HMGET', c, 'bot_state', 'inflight_token')
+  local score = 0
+  if f[1] == 'paused' then score = @PAUSED@ end
+  if f[2] then score = score + @AWAITING@ end
+  redis.call('ZADD', '@STATES@', score, id)
+end
 """.replace("@CONV@", CONVERSATION_PREFIX)
+    .replace("@STATES@", BOT_STATES)
+    .replace("@PAUSED@", str(BOT_STATE_PAUSED))
+    .replace("@AWAITING@", str(BOT_STATE_AWAITING))
     .replace("@INDEX@", CONVERSATIONS)
     .replace("@LEAD@", BY_LEAD_PREFIX)
     .replace("@CONTACT@", BY_CONTACT_PREFIX)
@@ -320,17 +371,23 @@ end
 local R = tonumber(ARGV[15])
 touch(ARGV[1], tonumber(ARGV[5]), R)
 expire(KEYS[2], life(tonumber(ARGV[13]) * 1000, KEYS[1], R))
+recount(ARGV[1])
 return outcome
 """
 )
 
-# Only for a conversation that still exists (an erase may have come meanwhile).
+# Only for a conversation that still exists (an erase may have come meanwhile), and only
+# if the turn at n8n is still the one the caller saw (ARGV[15], '' for none, '*' for any):
+# two turns of one conversation built side by side never both go to n8n.
 _COMMIT_TURN = (
     _LIB
     + """
 local n = tonumber(ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 if redis.call('LLEN', KEYS[1]) < n then return 0 end
+if ARGV[15] ~= '*' and (redis.call('HGET', KEYS[2], 'inflight_token') or '') ~= ARGV[15] then
+  return 0
+end
 redis.call('LTRIM', KEYS[1], n, -1)
 redis.call('HSET', KEYS[2], 'inflight_token', ARGV[2], 'inflight_event', ARGV[3],
   'inflight_since', ARGV[5])
@@ -350,13 +407,16 @@ redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
 if redis.call('ZSCORE', KEYS[6], ARGV[8]) == ARGV[7] then redis.call('ZREM', KEYS[6], ARGV[8]) end
 redis.call('HSET', KEYS[2], 'turn_started', ARGV[12])
 if ARGV[11] ~= '0' then redis.call('ZADD', KEYS[7], ARGV[11], ARGV[8]) end
+recount(ARGV[8])
 return 1
 """
 )
 
 # A reply settles the turn it answers (and its envelope, kept for a resend, can go);
 # pending messages then start the next one.
-_FINISH_TURN = """
+_FINISH_TURN = (
+    _LIB
+    + """
 if redis.call('HGET', KEYS[1], 'inflight_token') == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'inflight_token', 'inflight_event', 'inflight_since')
   redis.call('ZREM', KEYS[4], ARGV[3])
@@ -370,8 +430,30 @@ if redis.call('LLEN', KEYS[2]) > 0 then
     redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
   end
 end
+recount(ARGV[3])
 return 1
 """
+)
+
+# The turn in flight is settled without a reply (handed off).
+_CLEAR_INFLIGHT = (
+    _LIB
+    + """
+redis.call('HDEL', KEYS[1], 'inflight_token', 'inflight_event', 'inflight_since')
+redis.call('ZREM', KEYS[2], ARGV[1])
+recount(ARGV[1])
+return 1
+"""
+)
+
+# A conversation's count set right by what its hash says (see `recount_states`).
+_RECOUNT = (
+    _LIB
+    + """
+recount(ARGV[1])
+return 1
+"""
+)
 
 # A turn found the previous one still at n8n: it waits for that reply (finish_turn then
 # makes it due at once), at most until `later` (0 = no limit). Atomic with finish_turn,
@@ -522,6 +604,8 @@ class ConversationStore:
         self._hset_if_exists = redis.register_script(_HSET_IF_EXISTS)
         self._item_done = redis.register_script(_ITEM_DONE)
         self._outbox_failed = redis.register_script(_OUTBOX_FAILED)
+        self._clear_inflight = redis.register_script(_CLEAR_INFLIGHT)
+        self._recount = redis.register_script(_RECOUNT)
 
     async def ingest(self, webhooks: int, events: list[tuple[str, str]]) -> list[bool]:
         """Store (dedupe key, payload) events of `webhooks` bodies; True for each new one.
@@ -600,15 +684,66 @@ class ConversationStore:
 
     async def clear_inflight(self, conversation_id: str) -> None:
         """The turn in flight is settled without a reply (handed off)."""
+        await self._clear_inflight(
+            keys=[conversation_key(conversation_id), HANDOFFS_DUE, BOT_STATES],
+            args=[conversation_id],
+        )
+
+    async def state_counts(self) -> dict[str, int]:
+        """Conversations by bot state (`active`, `paused`) and those whose turn is at n8n
+        (`awaiting_reply`), counted in BOT_STATES: one round trip whatever their number.
+        The first read after an upgrade files the conversations from before once
+        (`recount_states`)."""
+        p, a = BOT_STATE_PAUSED, BOT_STATE_AWAITING
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(
-                conversation_key(conversation_id),
-                "inflight_token",
-                "inflight_event",
-                "inflight_since",
-            )
-            pipe.zrem(HANDOFFS_DUE, conversation_id)
+            pipe.exists(BOT_STATES_SINCE)
+            pipe.zcount(BOT_STATES, 0, p - 1)
+            pipe.zcount(BOT_STATES, p, p + a)
+            pipe.zcount(BOT_STATES, a, a)
+            pipe.zcount(BOT_STATES, p + a, p + a)
+            filed, active, paused, awaiting, paused_awaiting = await pipe.execute()
+        if not filed and await self.recount_states():
+            return await self.state_counts()
+        return {
+            "active": int(active),
+            "paused": int(paused),
+            "awaiting_reply": int(awaiting) + int(paused_awaiting),
+        }
+
+    async def recount_states(self) -> bool:
+        """File every conversation in BOT_STATES again from its own hash (and take out
+        members whose conversation is gone); False when another replica is doing it.
+        Reads every conversation: only for data written before BOT_STATES existed.
+        Scripts running meanwhile file their own conversation; ZSCAN returns every member
+        present for the whole walk at least once, and filing one twice is harmless."""
+        owner = uuid.uuid4().hex
+        if not await self.redis.set(BOT_STATES_RECOUNT_LOCK, owner, nx=True, px=_RECOUNT_LOCK_MS):
+            return False
+        try:
+            for index in (CONVERSATIONS, BOT_STATES):
+                ids: list[str] = []
+                async for member, _ in self.redis.zscan_iter(index, count=_PAGE):
+                    ids.append(text(member))
+                    if len(ids) >= _PAGE:
+                        await self._recount_each(ids)
+                        ids = []
+                await self._recount_each(ids)
+            await self.redis.set(BOT_STATES_SINCE, now_ms(), nx=True)
+        finally:
+            if await self.redis.get(BOT_STATES_RECOUNT_LOCK) == owner.encode():
+                await self.redis.delete(BOT_STATES_RECOUNT_LOCK)
+        return True
+
+    async def _recount_each(self, ids: list[str]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conversation_id in ids:
+                await self._recount(
+                    keys=[conversation_key(conversation_id), BOT_STATES],
+                    args=[conversation_id],
+                    client=pipe,
+                )
             await pipe.execute()
+        await self.redis.pexpire(BOT_STATES_RECOUNT_LOCK, _RECOUNT_LOCK_MS)
 
     async def conversation_by_lead(self, lead_id: int) -> str | None:
         value = await self.redis.get(by_lead_key(lead_id))
@@ -675,6 +810,41 @@ class ConversationStore:
         outbox_lease_ms: int,
         check_after_ms: int,
         turn_started_ms: int,
+        inflight_token: str | None = None,
+    ) -> bool:
+        """Store the envelope (due at `outbox_lease_ms` from now) and the turn in flight,
+        and take the turn off the queue if the claim still holds it. Only if the turn at
+        n8n is still `inflight_token` ('' = none; None = whatever it is)."""
+        async with claim.pinned:
+            return await self._commit(
+                request_id,
+                conversation_id,
+                claim,
+                consumed,
+                reply_token,
+                event_id,
+                payload,
+                url,
+                outbox_lease_ms,
+                check_after_ms,
+                turn_started_ms,
+                "*" if inflight_token is None else inflight_token,
+            )
+
+    async def _commit(
+        self,
+        request_id: str,
+        conversation_id: str,
+        claim: Claim,
+        consumed: int,
+        reply_token: str,
+        event_id: str,
+        payload: str,
+        url: str,
+        outbox_lease_ms: int,
+        check_after_ms: int,
+        turn_started_ms: int,
+        inflight_token: str,
     ) -> bool:
         now = now_ms()
         ok = await self._commit_turn(
@@ -702,6 +872,7 @@ class ConversationStore:
                 turn_started_ms,
                 request_id,
                 self._r_ms,
+                inflight_token,
             ],
         )
         return bool(ok)
@@ -773,7 +944,13 @@ class ConversationStore:
         )
 
     async def begin_reply(
-        self, idempotency_key: str, job_id: str, job: dict[str, str], lease_ms: int
+        self,
+        idempotency_key: str,
+        job_id: str,
+        job: dict[str, str],
+        lease_ms: int,
+        *,
+        leased_until: int | None = None,
     ) -> str | None:
         """Store a reply job unless the key was seen; returns the existing job id if so.
         NotFound when the conversation (job["conversation_id"]) is gone."""
@@ -793,7 +970,7 @@ class ConversationStore:
                 job_id,
                 REPLY_TOKEN_TTL_SECONDS,
                 json.dumps(flat),
-                now + lease_ms,
+                now + lease_ms if leased_until is None else leased_until,
                 self._r_ms,
                 now,
                 conversation_id,
@@ -840,6 +1017,7 @@ class Operations:
     def __init__(self, redis: aioredis.Redis, retention_seconds: int = 0) -> None:
         self.redis = redis
         self._r_ms = retention_ms(retention_seconds)
+        self._recount = redis.register_script(_RECOUNT)
 
     async def conversation_ids(self, limit: int = 10_000) -> list[str]:
         """The most recent conversations; never one past the retention time, whose keys
@@ -905,6 +1083,9 @@ class Operations:
                 for due in (TURNS_DUE, RESUMES_DUE, HANDOFFS_DUE, CONVERSATIONS):
                     pipe.zrem(due, conversation_id)
                 results = await pipe.execute()
+            await self._recount(
+                keys=[conversation_key(conversation_id), BOT_STATES], args=[conversation_id]
+            )
             keys_deleted += int(results[0])
             deleted += 1 if results[0] else 0
         return deleted, keys_deleted
@@ -968,6 +1149,7 @@ end
 redis.call('RPUSH', KEYS[2], ARGV[7])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
 expire(KEYS[2], life(0, KEYS[1], tonumber(ARGV[8])))
+recount(ARGV[1])
 return previous
 """
 )
@@ -1140,6 +1322,7 @@ end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1], 'NX')
 touch(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5]))
+recount(ARGV[1])
 return redis.call('HGETALL', KEYS[1])
 """
 )
@@ -1215,7 +1398,9 @@ class ProactiveStore:
 # (> 0: only if the conversation has had no message since — the sweep must not take a
 # conversation a message just refreshed), delete (keys), pointers (index keys deleted
 # only while they point to this conversation), unqueue ([queue, member] pairs).
-_ERASE_CONVERSATION = """
+_ERASE_CONVERSATION = (
+    _LIB
+    + """
 local a = cjson.decode(ARGV[1])
 if a.cutoff > 0 then
   local score = redis.call('ZSCORE', KEYS[1], a.id)
@@ -1228,8 +1413,10 @@ for _, k in ipairs(a.pointers) do
 end
 local queued = 0
 for _, p in ipairs(a.unqueue) do queued = queued + redis.call('ZREM', p[1], p[2]) end
+recount(a.id)
 return {keys, queued}
 """
+)
 
 # The due queues a conversation's work items wait in, by the prefix of the item's key.
 _QUEUES_BY_PREFIX = {

@@ -14,7 +14,7 @@ from services.common.logs import configure_logging
 from services.common.n8n import N8nClient
 from services.common.redis import create_redis
 from services.common.settings import load_settings
-from services.scheduling.servicer import Agendamentos, DeliveryLoop, SchedulingServicer
+from services.scheduling.servicer import Agendamentos, SchedulingServicer, delivery_pool
 from services.scheduling.settings import SchedulingSettings
 from services.scheduling.store import SchedulingStore
 
@@ -62,7 +62,7 @@ def create_server(settings: SchedulingSettings) -> GrpcService:
         grace_seconds=settings.shutdown_grace_seconds,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
-        background=[DeliveryLoop(agendamentos)],
+        background=[delivery_pool(agendamentos)],
         on_stop=close,
     )
 

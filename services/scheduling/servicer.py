@@ -1,8 +1,7 @@
-"""gRPC ⇄ domain for the scheduling service, and its delivery loop to n8n."""
+"""gRPC ⇄ domain for the scheduling service, and its delivery pool to n8n."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -10,7 +9,6 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from redis.exceptions import RedisError
 
 from bridge.conversation.v1 import conversation_pb2 as conv
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
@@ -19,8 +17,9 @@ from bridge.scheduling.v1.scheduling_pb2_grpc import SchedulingServiceServicer
 from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.due_queue import Claim, now_ms
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.grpc_server import BackgroundTask, client_metadata
+from services.common.grpc_server import client_metadata
 from services.common.n8n import N8nClient, next_delay
+from services.common.workpool import WorkPool, leased
 from services.scheduling import domain
 from services.scheduling.settings import SchedulingSettings
 from services.scheduling.store import SchedulingStore
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
-_MAX_CLAIM = 32
 
 
 def to_pb(record: dict[str, str], duplicate: bool = False) -> pb.Agendamento:
@@ -195,10 +193,22 @@ class Agendamentos:
             "created_at": str(now),
             "updated_at": str(now),
         }
-        await self.store.create(request_id, record, now_ms() + s.lease_ms, contact_id)
+        # Queued leased to this request, which delivers it now; if this replica dies,
+        # the delivery pool of a live one takes it when the lease runs out.
+        claim = Claim(request_id, now_ms() + s.lease_ms)
+        await self.store.create(request_id, record, claim.lease, contact_id)
         log.info("agendamento requested", extra={"agendamento": request_id, "lead_id": lead_id})
-        await self.deliver(Claim(request_id, 0))
+        async with leased(self.store.outbox, claim, s.lease_ms):
+            await self.deliver(claim)
         return to_pb(await self.store.get(request_id))
+
+    async def deliver_claimed(self, claim: Claim) -> None:
+        """One delivery of the pool; a failure of ours is tried again a lease later."""
+        try:
+            await self.deliver(claim)
+        except (grpc.aio.AioRpcError, OSError) as exc:
+            log.warning("agendamento delivery failed: %s", exc)
+            await self.store.outbox.reschedule(claim, now_ms() + self.settings.lease_ms)
 
     async def deliver(self, claim: Claim) -> None:
         record = await self.store.get(claim.member)
@@ -269,31 +279,15 @@ class SchedulingServicer(SchedulingServiceServicer):
         return pb.EraseSchedulingDataResponse(erased=dict(counts))
 
 
-class DeliveryLoop(BackgroundTask):
-    """Delivers pending agendamentos to n8n with retries, in every replica."""
-
-    name = "agendamento-delivery"
-
-    def __init__(self, agendamentos: Agendamentos) -> None:
-        self._agendamentos = agendamentos
-
-    async def run(self, stopping: asyncio.Event) -> None:
-        settings = self._agendamentos.settings
-        outbox = self._agendamentos.store.outbox
-        while not stopping.is_set():
-            busy = False
-            try:
-                for claim in await outbox.claim(_MAX_CLAIM, settings.lease_ms):
-                    busy = True
-                    try:
-                        await self._agendamentos.deliver(claim)
-                    except (grpc.aio.AioRpcError, OSError) as exc:
-                        log.warning("agendamento delivery failed: %s", exc)
-            except RedisError as exc:
-                log.warning("agendamento delivery: redis error: %s", exc)
-                await asyncio.sleep(1.0)
-            if not busy:
-                try:
-                    await asyncio.wait_for(stopping.wait(), timeout=settings.poll_interval_seconds)
-                except TimeoutError:
-                    pass
+def delivery_pool(agendamentos: Agendamentos) -> WorkPool:
+    """Delivers pending agendamentos to n8n with retries, in every replica, many at once
+    (N8N_DELIVERY_CONCURRENCY): claim → POST → delivered or rescheduled."""
+    settings = agendamentos.settings
+    return WorkPool(
+        "agendamento_delivery",
+        agendamentos.store.outbox,
+        agendamentos.deliver_claimed,
+        slots=settings.n8n_delivery_concurrency,
+        lease_ms=settings.lease_ms,
+        poll_seconds=settings.poll_interval_seconds,
+    )

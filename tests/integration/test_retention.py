@@ -135,6 +135,7 @@ async def test_every_key_holding_a_conversation_has_a_ttl_within_the_retention_t
     queues = {k for k in theirs if client.type(k) == b"zset" and not k.startswith("conv:c:")}
     assert queues <= {
         "conv:index",
+        "conv:bot-states",
         "conv:turns:due",
         "conv:resumes:due",
         "conv:handoffs:due",

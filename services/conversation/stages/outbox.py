@@ -1,0 +1,89 @@
+"""Stage 3, the n8n outbox: envelopes POSTed to n8n, retried on n8n's schedule
+(N8N_RETRY_SCHEDULE), parked as dead letters after the last try.
+
+claim: the outbox pool (N8N_DELIVERY_CONCURRENCY slots) claims due envelopes from
+`conv:outbox:due`; a turn that commits one wakes it (`Engine.envelope_due`). work: one
+POST, however long n8n takes to answer (the lease is renewed meanwhile). release: the
+envelope is marked delivered (kept for a resend until its reply comes), due again at its
+next try, or parked.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from services.common.due_queue import Claim, now_ms
+from services.common.logs import flow, request_id
+from services.common.metrics import N8N_DELIVERIES
+from services.common.n8n import next_delay
+from services.common.workpool import WorkPool
+from services.conversation.stages import Stage
+from services.conversation.store import OUTBOX_DUE
+
+if TYPE_CHECKING:
+    from services.conversation.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+class OutboxStage(Stage):
+    """Envelopes on their way to n8n, many at once."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.pool: WorkPool = engine.pool(
+            "n8n_delivery", self.store.outbox, self.work, self.settings.n8n_delivery_concurrency
+        )
+
+    async def work(self, claim: Claim) -> None:
+        await self.engine.attempt("n8n_delivery", self.store.outbox, claim, self.deliver(claim))
+
+    async def deliver(self, claim: Claim) -> None:
+        item = await self.store.outbox_item(claim.member)
+        if not item:
+            await self.store.outbox.release(claim)
+            return
+        with flow(item.get("request_id") or request_id.get()):
+            await self._deliver(claim, item)
+
+    async def _deliver(self, claim: Claim, item: dict[str, str]) -> None:
+        rid = request_id.get()
+        attempt = await self.n8n.post(item["url"], claim.member, item["payload"], rid)
+        N8N_DELIVERIES.labels("ok" if attempt.ok else "retry" if attempt.retry else "refused").inc()
+        failed_before = int(item.get("attempts") or 0) > 0
+        if attempt.ok:
+            await self.store.outbox_delivered(claim)
+            if failed_before:
+                await self.failures.succeeded("n8n_delivery", claim.member)
+            await self.bots.count("forwarded")
+            log.info("envelope delivered to n8n", extra={"event_id": claim.member})
+            return
+        attempts = int(item.get("attempts") or 0) + 1
+        delay = next_delay(self.settings.retry_schedule, attempts) if attempt.retry else None
+        next_due = None if delay is None else now_ms() + int(delay * 1000)
+        await self.store.outbox_failed(claim, attempt.detail, next_due)
+        await self.bots.count("dead_lettered" if next_due is None else "retried")
+        if next_due is None:
+            await self.failures.given_up("n8n_delivery", claim.member)
+        else:
+            await self.failures.retrying(
+                "n8n_delivery",
+                claim.member,
+                OUTBOX_DUE,
+                attempt.detail,
+                next_due,
+                item.get("conversation_id", ""),
+            )
+        if next_due is None:
+            log.error(
+                "n8n delivery parked as dead letter",
+                extra={"event_id": claim.member, "attempts": attempts, "reason": attempt.detail},
+            )
+        else:
+            log.warning(
+                "n8n delivery failed, retrying",
+                extra={"event_id": claim.member, "attempts": attempts, "reason": attempt.detail},
+            )
+
+    # --- replies from n8n ------------------------------------------------------------
