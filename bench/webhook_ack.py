@@ -46,7 +46,8 @@ from bench import profiling
 from bench.kommo_body import ENV_VAR, body, body_template
 from devstack.processes import ROOT, Process, free_port, http_up
 from devstack.stack import Stack, StackConfig, start_stack
-from services.conversation.store import EVENTS_STREAM
+from services.conversation.settings import ConversationSettings
+from services.conversation.store import event_streams
 
 log = logging.getLogger("bench")
 
@@ -324,6 +325,16 @@ def run_open_loop(side: Side, settings: Settings, label: str) -> dict[str, Any]:
     return result
 
 
+# Every stream webhook events are stored in (partitioned by conversation), at the
+# default partition count the bench's stack runs with.
+_EVENT_STREAMS = event_streams(ConversationSettings.model_fields["event_partitions"].default)
+
+
+def _stored(client: redis.Redis) -> int:
+    """Webhook events stored and not yet applied, over every partition."""
+    return sum(int(client.xlen(stream)) for stream in _EVENT_STREAMS)
+
+
 def settle(stack: Stack, settings: Settings, drain_timeout: float = 300.0) -> None:
     """Between runs, start the next one from the same state.
 
@@ -334,14 +345,15 @@ def settle(stack: Stack, settings: Settings, drain_timeout: float = 300.0) -> No
     client = redis.Redis.from_url(stack.redis_url)
     try:
         if settings.downstream == "paused":
-            client.xtrim(EVENTS_STREAM, maxlen=0, approximate=False)
+            for stream in _EVENT_STREAMS:
+                client.xtrim(stream, maxlen=0, approximate=False)
         else:
             started = time.monotonic()
-            backlog = int(client.xlen(EVENTS_STREAM))
-            while client.xlen(EVENTS_STREAM) and time.monotonic() - started < drain_timeout:
+            backlog = _stored(client)
+            while _stored(client) and time.monotonic() - started < drain_timeout:
                 time.sleep(0.5)
             if backlog:
-                left = int(client.xlen(EVENTS_STREAM))
+                left = _stored(client)
                 log.info(
                     "consumer applied %d of %d stored events in %.1f s",
                     backlog - left,

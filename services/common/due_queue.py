@@ -380,15 +380,18 @@ class WorkFailures:
         error: str,
         max_attempts: int,
         retry_after_ms: int,
+        member: str = "",
     ) -> FailureOutcome:
-        """Record a failed try of a stream entry (left pending, or parked)."""
+        """Record a failed try of a stream entry (left pending, or parked); `member` names
+        it when entry ids are not unique (several streams), else the entry id does."""
+        member = member or entry_id
         attempts, next_at = await self._entry_failed(
             keys=[self.failing_key, self.dead_key, self.dead_info_key, stream],
             args=[
-                self.item_id(kind, entry_id),
+                self.item_id(kind, member),
                 now_ms(),
                 0,
-                self._fields(kind, entry_id, stream, error, payload=payload),
+                self._fields(kind, member, stream, error, payload=payload),
                 max_attempts,
                 retry_after_ms,
                 "1",

@@ -11,7 +11,7 @@ from services.common.due_queue import now_ms
 from services.common.grpc_server import BackgroundTask
 from services.common.metrics import BOT_STATES, QUEUE_DEPTH
 from services.conversation.engine import Engine
-from services.conversation.store import EVENTS_STREAM, Operations
+from services.conversation.store import Operations, event_streams
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,12 @@ class GaugeUpdater(BackgroundTask):
         while not stopping.is_set():
             try:
                 async with redis.pipeline(transaction=False) as pipe:
-                    pipe.xlen(EVENTS_STREAM)
                     pipe.zcard(self.engine.store.turns.key)
                     pipe.zcard(self.engine.store.replies.key)
-                    events, turns, replies = await pipe.execute()
+                    for stream in event_streams(self.engine.store.event_partitions):
+                        pipe.xlen(stream)
+                    turns, replies, *streams = await pipe.execute()
+                events = sum(streams)
                 outbox, dead = await ops.queue_sizes()
                 work = await self.engine.failures.counts(now_ms())
                 for queue, depth in (

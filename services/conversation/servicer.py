@@ -55,7 +55,9 @@ class ConversationServicer(ConversationServiceServicer):
         self.store = engine.store
         self.settings = engine.settings
         self.ops = Operations(engine.store.redis, engine.store.retention_seconds)
-        self.privacy = Privacy(engine.store.redis, engine.store.retention_seconds)
+        self.privacy = Privacy(
+            engine.store.redis, engine.store.retention_seconds, engine.store.event_partitions
+        )
 
     async def IngestWebhooks(
         self, request_iterator: AsyncIterator[pb.IngestBatch], context: Context

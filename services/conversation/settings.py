@@ -85,6 +85,14 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
         description="events are applied in this many lanes side by side, one conversation "
         "always in the same lane (its events in stream order)",
     )
+    event_partitions: int = Field(
+        default=16,
+        gt=0,
+        le=1024,
+        description="webhook events go to this many streams by their conversation; each is "
+        "read by one replica at a time (its lease), so a conversation's events are applied "
+        "in order across replicas. The same in every replica; change it with no events queued",
+    )
     turn_concurrency: int = Field(
         default=32, gt=0, description="turns a replica builds at once (lead, contact, vendedor)"
     )

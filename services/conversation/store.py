@@ -11,11 +11,16 @@ job, reply token: listed in its key index). None touches the keys of two convers
 `apply_message` only reads the by-chat pointer to learn that a chat is shared. For a Redis
 Cluster, a conversation's keys would carry the hash tag `{conv:<id>}` (items named by
 their own ids would take their conversation's tag), and each global index would become
-one per partition. The event stream becomes N streams the same way: the edge's ingest
-script groups a batch by partition — crc32 of the lane key (stages/events.lane_key: the
-lead, or the chat) modulo N — and XADDs each group to `conv:events:{p}` (one script call
-per partition, so each touches one slot), and each replica's consumer reads every
-partition with the same group and lanes as today. Today N is 1 (EVENTS_STREAM).
+one per partition.
+
+Webhook events are already partitioned: the ingest script XADDs each event to the stream of
+its partition, `conv:events:{pN}` with N = crc32 of its routing key (`routing_key`: the
+lead, else the chat — the same key the consumer's lanes use) modulo EVENT_PARTITIONS. The
+`{pN}` hash tag keeps a partition's stream and its owner lease in one Cluster slot. Each
+partition is read by at most one replica at a time, the holder of its lease
+(`conv:events:{pN}:owner`, stages/events.PartitionOwnership), so one conversation's events
+are applied in order whichever replica reads them. The single stream of earlier versions
+(EVENTS_STREAM) is still drained, under a lease of its own, until it is empty.
 
 Personal data has an end (LGPD). With DATA_RETENTION_DAYS (R below; 0 = kept until
 erased) every key holding a conversation's data expires R after its last message: each
@@ -44,6 +49,7 @@ import enum
 import json
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,10 +63,45 @@ from services.common.errors import NotFound
 from services.conversation import series
 
 # Webhook events, durable until a worker has applied them: applied entries are deleted
-# (XDEL), so the stream holds no conversation's messages once they are processed; an
-# erase deletes the unprocessed ones of its lead, contact or chat.
-EVENTS_STREAM = "conv:events"
+# (XDEL), so the streams hold no conversation's messages once they are processed; an
+# erase deletes the unprocessed ones of its lead, contact or chat. One stream per
+# partition (`event_stream`), each with an owner lease (`event_owner_key`, PX
+# WORK_LEASE_SECONDS: a dead owner's partition is taken over once it expires). Every
+# replica must run with the same EVENT_PARTITIONS: a changed count sends a conversation to
+# another stream, so change it only with the streams drained.
+EVENTS_STREAM = "conv:events"  # before partitions: drained, never written any more
 WORKERS_GROUP = "workers"
+DEFAULT_EVENT_PARTITIONS = 16
+# Live conversation replicas (sorted set, consumer → last heartbeat, ms): a replica takes
+# ceil(partitions / live) of them. A member unseen for a lease is dropped by the others.
+EVENT_REPLICAS = "conv:events:replicas"
+
+
+def event_stream(partition: int) -> str:
+    return f"conv:events:{{p{partition}}}"
+
+
+def event_streams(partitions: int) -> list[str]:
+    """Every event stream, the one of earlier versions last."""
+    return [event_stream(p) for p in range(partitions)] + [EVENTS_STREAM]
+
+
+def event_owner_key(stream: str) -> str:
+    return f"{stream}:owner"
+
+
+def routing_key(event: dict[str, Any]) -> str:
+    """Events with the same key are applied in stream order: a conversation's lead, or
+    its chat while the message has no lead yet."""
+    if event.get("lead_id"):
+        return f"lead:{event['lead_id']}"
+    return f"chat:{event.get('chat_id', '')}"
+
+
+def event_partition(key: str, partitions: int) -> int:
+    return zlib.crc32(key.encode()) % partitions
+
+
 # Work that failed, of every kind (events, turns, deliveries...): `conv:work:failing`
 # while it is retried, `conv:work:dead` (+ `:info`) once parked; kept until replayed or
 # until the item goes through (due_queue.WorkFailures). Records name their conversation
@@ -307,19 +348,22 @@ end
 
 # Dedupe then append, in that order: a failure half-way leaves a possible duplicate
 # (absorbed by the applied-set of the worker), never a message marked seen but lost.
+# KEYS: last webhook at, webhook count, then the partition streams; ARGV: seen TTL, now,
+# webhooks, then (dedupe key, partition index into KEYS from 3, event) per event. One call
+# for the batch (the ack path); on a Cluster it would be one call per partition.
 _INGEST = """
 local out = {}
-for i = 4, #ARGV, 2 do
+for i = 4, #ARGV, 3 do
   if redis.call('EXISTS', ARGV[i]) == 0 then
-    redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
+    redis.call('XADD', KEYS[tonumber(ARGV[i + 1])], '*', 'e', ARGV[i + 2])
     redis.call('SET', ARGV[i], '1', 'EX', ARGV[1])
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('INCRBY', KEYS[3], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('INCRBY', KEYS[2], ARGV[3])
 return out
 """
 
@@ -328,10 +372,13 @@ return out
 # conversations keeps pointing at its first one; 2 says so the first time, for one warning.
 # An empty history entry (the echo of the bridge's own send) is applied but not recorded.
 # An event whose stream entry is gone was erased meanwhile (3): it must not bring its
-# conversation back.
+# conversation back. A replica that no longer holds the stream's lease (KEYS[11], ARGV[16]
+# its name) applies nothing (4): the new owner does, in order (a fencing check). Applying
+# the same message twice records it once (the applied set, KEYS[2]).
 _APPLY_MESSAGE = (
     _LIB
     + """
+if ARGV[16] ~= '' and redis.call('GET', KEYS[11]) ~= ARGV[16] then return 4 end
 local lead = redis.call('HGET', KEYS[1], 'lead_id')
 if ARGV[7] ~= '0' and lead and lead ~= '0' and lead ~= ARGV[7] then return -1 end
 if ARGV[14] ~= '' and #redis.call('XRANGE', KEYS[10], ARGV[14], ARGV[14]) == 0 then return 3 end
@@ -575,6 +622,7 @@ class Applied(enum.IntEnum):
     SHARED_CHAT = 2  # applied; its chat is first seen under another conversation
     OTHER_LEAD = -1  # not applied: the conversation belongs to another lead
     ERASED = 3  # not applied: its event was erased meanwhile (with its conversation)
+    NOT_OWNER = 4  # not applied: this replica lost its partition's lease (fencing)
 
 
 def retention_ms(retention_seconds: int) -> int:
@@ -584,10 +632,17 @@ def retention_ms(retention_seconds: int) -> int:
 class ConversationStore:
     """Typed access to the conversation service's Redis state."""
 
-    def __init__(self, redis: aioredis.Redis, retention_seconds: int = 0) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        retention_seconds: int = 0,
+        event_partitions: int = DEFAULT_EVENT_PARTITIONS,
+    ) -> None:
         """`retention_seconds`: DATA_RETENTION_DAYS in seconds (0 = kept until erased)."""
         self.redis = redis
         self.retention_seconds = retention_seconds
+        self.event_partitions = event_partitions
+        self._partition_streams = [event_stream(p) for p in range(event_partitions)]
         self._r_ms = retention_ms(retention_seconds)
         self.turns = DueQueue(redis, TURNS_DUE)
         self.outbox = DueQueue(redis, OUTBOX_DUE)
@@ -614,8 +669,14 @@ class ConversationStore:
         """
         args: list[str | int] = [SEEN_TTL_SECONDS, f"{time.time():.3f}", webhooks]
         for key, payload in events:
-            args.extend((key, payload))
-        result = await self._ingest(keys=[EVENTS_STREAM, WEBHOOKS_LAST, WEBHOOKS_TOTAL], args=args)
+            try:
+                route = routing_key(json.loads(payload))
+            except (ValueError, AttributeError):
+                route = ""  # unreadable: any partition; its consumer parks it
+            args.extend((key, 3 + event_partition(route, self.event_partitions), payload))
+        result = await self._ingest(
+            keys=[WEBHOOKS_LAST, WEBHOOKS_TOTAL, *self._partition_streams], args=args
+        )
         return [bool(x) for x in cast(list[int], result)]
 
     async def webhook_status(self) -> tuple[float, int]:
@@ -638,9 +699,12 @@ class ConversationStore:
         to_inbox: bool,
         history_max: int,
         stream_id: str = "",
+        stream: str = EVENTS_STREAM,
+        owner: str = "",
     ) -> Applied:
         """Record a message in its conversation once; `history_entry` '' keeps it out of
-        the history. With `stream_id`, only while that event is still in the stream."""
+        the history. With `stream_id`, only while that event is still in `stream`; with
+        `owner`, only while that replica holds the stream's lease."""
         applied = await self._apply(
             keys=[
                 conversation_key(conversation_id),
@@ -652,7 +716,8 @@ class ConversationStore:
                 CONVERSATIONS,
                 by_contact_key(contact_id),
                 by_chat_key(chat_id),
-                EVENTS_STREAM,
+                stream,
+                event_owner_key(stream),
             ],
             args=[
                 conversation_id,
@@ -670,6 +735,7 @@ class ConversationStore:
                 SEEN_TTL_SECONDS,
                 stream_id,
                 self._r_ms,
+                owner,
             ],
         )
         return Applied(int(cast(int, applied)))
@@ -1451,9 +1517,15 @@ class Erasure:
 class Privacy:
     """Erasing a lead's or a contact's data (LGPD), and the retention sweep."""
 
-    def __init__(self, redis: aioredis.Redis, retention_seconds: int = 0) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        retention_seconds: int = 0,
+        event_partitions: int = DEFAULT_EVENT_PARTITIONS,
+    ) -> None:
         self.redis = redis
         self._r_ms = retention_ms(retention_seconds)
+        self._event_streams = event_streams(event_partitions)
         self._erase = redis.register_script(_ERASE_CONVERSATION)
 
     async def conversations_of(self, lead_id: int = 0, contact_id: int = 0) -> list[str]:
@@ -1663,11 +1735,15 @@ class Privacy:
         """Webhook events of these leads, contacts or chats not yet applied: deleted (and
         acknowledged), so a worker that already read one does not apply it
         (apply_message checks that its entry is still there)."""
+        for stream in self._event_streams:
+            await self._erase_stream_events(stream, erasure)
+
+    async def _erase_stream_events(self, stream: str, erasure: Erasure) -> None:
         start = "-"
         while True:
             entries = cast(
                 list[tuple[bytes, dict[bytes, bytes]]],
-                await self.redis.xrange(EVENTS_STREAM, start, "+", count=_PAGE),
+                await self.redis.xrange(stream, start, "+", count=_PAGE),
             )
             ids = [
                 text(entry_id)
@@ -1676,8 +1752,8 @@ class Privacy:
             ]
             if ids:
                 async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.xack(EVENTS_STREAM, WORKERS_GROUP, *ids)
-                    pipe.xdel(EVENTS_STREAM, *ids)
+                    pipe.xack(stream, WORKERS_GROUP, *ids)
+                    pipe.xdel(stream, *ids)
                     await pipe.execute()
                 erasure.counts["webhook_events"] += len(ids)
             if len(entries) < _PAGE:
@@ -1702,6 +1778,47 @@ class Privacy:
         await self.erase_conversations(ids, erasure, cutoff_ms=cutoff)
         await self._drop_failures(lambda r: r.last_failed_at * 1000 < cutoff, erasure)
         return erasure.counts
+
+
+# Renew (ARGV[2] ms) or release (ARGV[2] '') a lease only while ARGV[1] holds it.
+_KEEP_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+
+class EventLeases:
+    """Owner leases of the event streams, and the heartbeats of the live replicas."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._keep = redis.register_script(_KEEP_LEASE)
+
+    async def beat(self, replica: str, lease_ms: int) -> int:
+        """This replica is alive; how many are (seen within a lease)."""
+        now = now_ms()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(EVENT_REPLICAS, {replica: now})
+            pipe.zremrangebyscore(EVENT_REPLICAS, "-inf", now - lease_ms)
+            pipe.zcard(EVENT_REPLICAS)
+            result = await pipe.execute()
+        return max(int(result[-1]), 1)
+
+    async def leave(self, replica: str) -> None:
+        await self.redis.zrem(EVENT_REPLICAS, replica)
+
+    async def take(self, stream: str, replica: str, lease_ms: int) -> bool:
+        return bool(await self.redis.set(event_owner_key(stream), replica, nx=True, px=lease_ms))
+
+    async def renew(self, stream: str, replica: str, lease_ms: int) -> bool:
+        return bool(await self._keep(keys=[event_owner_key(stream)], args=[replica, lease_ms]))
+
+    async def release(self, stream: str, replica: str) -> bool:
+        return bool(await self._keep(keys=[event_owner_key(stream)], args=[replica, ""]))
+
+    async def owner(self, stream: str) -> str:
+        return text(await self.redis.get(event_owner_key(stream)) or b"")
 
 
 def _as_int(value: object) -> int:

@@ -104,8 +104,10 @@ def test_interleaved_conversations_over_three_replicas_keep_their_order(
 ) -> None:
     leads = new_leads(http, many, CUSTOMERS)
     rounds = 3
-    for r in range(rounds):
-        for lead in leads:
+    # Each customer's messages back to back (no debounce): consecutive events of one
+    # conversation, which replicas reading one shared stream could apply out of order.
+    for lead in leads:
+        for r in range(rounds):
             customer_writes(http, many, lead, f"{lead} mensagem {r}")
 
     def said(lead: int) -> list[str]:

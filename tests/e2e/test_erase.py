@@ -16,6 +16,8 @@ import pytest
 import redis
 
 from devstack.stack import Stack
+from services.conversation.settings import ConversationSettings
+from services.conversation.store import event_streams
 from tests.e2e.conftest import (
     chat,
     customer_writes,
@@ -25,6 +27,8 @@ from tests.e2e.conftest import (
     wait_for,
 )
 from tests.integration.test_retention import leftovers
+
+EVENT_PARTITIONS = ConversationSettings.model_fields["event_partitions"].default
 
 LEAD = 9100001
 
@@ -44,7 +48,7 @@ def _settled(client: redis.Redis, conversation_id: str) -> bool:
     """The customer's message and the bot's echo applied, and no work left queued."""
     return (
         client.scard(f"conv:c:{conversation_id}:applied") >= 2
-        and client.xlen("conv:events") == 0
+        and not any(client.xlen(s) for s in event_streams(EVENT_PARTITIONS))
         and all(
             client.zcard(q) == 0
             for q in ("conv:replies:due", "conv:notify:due", "conv:outbox:due", "sched:outbox:due")

@@ -10,12 +10,12 @@ import redis.asyncio as aioredis
 
 from services.common.due_queue import DueQueue, now_ms
 from services.conversation.store import (
-    EVENTS_STREAM,
     SEEN_TTL_SECONDS,
     TURNS_DUE,
     WEBHOOKS_TOTAL,
     Applied,
     ConversationStore,
+    event_streams,
     seen_key,
 )
 
@@ -28,7 +28,7 @@ async def test_ingest_stores_new_events_once_and_counts_webhooks(redis: aioredis
     assert first == [True, True, False]
     again = await store.ingest(1, [(seen_key("b"), "{}")])
     assert again == [False]
-    assert await redis.xlen(EVENTS_STREAM) == 2
+    assert sum([await redis.xlen(s) for s in event_streams(store.event_partitions)]) == 2
     assert int(await redis.get(WEBHOOKS_TOTAL) or 0) == 3
     ttl = await redis.ttl(seen_key("a"))
     assert SEEN_TTL_SECONDS - 5 < ttl <= SEEN_TTL_SECONDS

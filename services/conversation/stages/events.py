@@ -1,14 +1,27 @@
-"""Stage 1, webhook events: the stream read by a consumer group, each entry applied to
-its conversation, then acknowledged.
+"""Stage 1, webhook events: partitioned streams, each read by one replica at a time,
+each entry applied to its conversation, then acknowledged.
 
-claim: XREADGROUP reads only as many entries as this replica has room for (WORKER_BATCH
-entries held at once), and XAUTOCLAIM takes over entries left pending by a dead replica
-after VISIBILITY_TIMEOUT_SECONDS. work: each entry goes to a lane by the hash of its
-conversation's key (its lead, or its chat before a lead exists) modulo EVENT_LANES; a
+claim: webhook events are spread over EVENT_PARTITIONS streams by their conversation
+(store.routing_key: its lead, or its chat before a lead exists). A replica reads only the
+partitions whose lease it holds (`PartitionOwnership`): it takes free ones up to its fair
+share — ceil(partitions / live replicas) — and gives back what exceeds it once more
+replicas are alive, so two replicas never read one conversation's events side by side. A
+partition taken over (its owner died: its lease ran out after WORK_LEASE_SECONDS) is
+read only after the entries its last owner left pending are claimed (XAUTOCLAIM from
+idle 0: the lease proves the old owner no longer reads them), so they keep their order.
+XREADGROUP reads only as many entries as this replica has room for (WORKER_BATCH held at
+once). work: each entry goes to a lane by the hash of the same key modulo EVENT_LANES; a
 lane is one task, so one conversation's events are applied in stream order while other
-conversations' events are applied side by side. release: an entry is acknowledged (and
-deleted) only after its lane applied it; one that fails stays pending and is tried again
-after the visibility timeout, then parked after MAX_EVENT_ATTEMPTS.
+conversations' events are applied side by side. Before an entry is applied its lane checks
+that the lease is still held, and the apply script checks it again atomically (fencing: a
+replica frozen past its lease applies nothing; one caught mid-apply may apply an entry its
+successor applies too, which records the message once). release: an entry is
+acknowledged (and deleted) only after its lane applied it; one that fails stays pending
+and is tried again after VISIBILITY_TIMEOUT_SECONDS, then parked after
+MAX_EVENT_ATTEMPTS. On shutdown the leases are released once the lanes are empty.
+
+The stream of earlier versions (store.EVENTS_STREAM) is drained the same way, under a
+lease of its own, while it holds entries.
 
 Applying a message is quick (Redis, no n8n): a customer's message makes its turn due and
 wakes the turn pool (stages/turns.py); the lane goes on with the next event.
@@ -19,8 +32,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import zlib
+from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
@@ -33,14 +49,26 @@ from services.common.logs import flow, request_id
 from services.conversation import bot, envelope
 from services.conversation.events import LeadEvent, MessageEvent
 from services.conversation.stages import Stage
-from services.conversation.store import EVENTS_STREAM, WORKERS_GROUP, Applied
+from services.conversation.store import (
+    EVENTS_STREAM,
+    WORKERS_GROUP,
+    Applied,
+    EventLeases,
+    event_stream,
+    routing_key,
+)
 
 if TYPE_CHECKING:
     from services.conversation.engine import Engine
 
 log = logging.getLogger(__name__)
 
-Entry = tuple[str, dict[bytes, bytes]]
+# An entry read from a stream: (stream, entry id, fields).
+Entry = tuple[str, str, dict[bytes, bytes]]
+
+
+class PartitionLost(Exception):
+    """This replica no longer holds the lease of the entry's stream: its new owner applies it."""
 
 
 class EventStage(Stage):
@@ -87,7 +115,7 @@ class EventStage(Stage):
         return "human" if command is None else "command"
 
     async def _apply(
-        self, conversation_id: str, stream_id: str, event: MessageEvent
+        self, conversation_id: str, stream_id: str, event: MessageEvent, stream: str, owner: str
     ) -> tuple[Applied, str]:
         """Record the message in the conversation; what that did, and who wrote it."""
         role = await self._role(conversation_id, event)
@@ -124,17 +152,25 @@ class EventStage(Stage):
             to_inbox=event.from_customer,
             history_max=max(self.settings.history_turns * 2, 10),
             stream_id=stream_id,
+            stream=stream,
+            owner=owner,
         )
+        if applied == Applied.NOT_OWNER:
+            raise PartitionLost(stream)
         return applied, role
 
-    async def apply_event(self, stream_id: str, event: MessageEvent) -> None:
+    async def apply_event(
+        self, stream_id: str, event: MessageEvent, stream: str = EVENTS_STREAM, owner: str = ""
+    ) -> None:
+        """Apply a message read from `stream`; with `owner`, only while that replica holds
+        the stream's lease (else PartitionLost)."""
         conversation_id = await self.conversation_for(event)
-        applied, role = await self._apply(conversation_id, stream_id, event)
+        applied, role = await self._apply(conversation_id, stream_id, event, stream, owner)
         if applied == Applied.OTHER_LEAD:
             # The conversation found went to another lead meanwhile (or before this
             # version kept leads apart): the lead gets its own.
             conversation_id = envelope.conversation_id_for(event)
-            applied, role = await self._apply(conversation_id, stream_id, event)
+            applied, role = await self._apply(conversation_id, stream_id, event, stream, owner)
         if applied == Applied.OTHER_LEAD:
             raise Conflict(f"conversation {conversation_id} belongs to another lead")
         if applied == Applied.SHARED_CHAT:
@@ -177,20 +213,99 @@ class EventStage(Stage):
             return
         log.info("proactive start from Kommo", extra={"trigger": trigger, "status": started.status})
 
-    # --- turns ----------------------------------------------------------------------
-
 
 def lane_key(data: dict[str, Any]) -> str:
-    """Events with the same key are applied in stream order: a conversation's lead, or
-    its chat while the message has no lead yet."""
-    if data.get("lead_id"):
-        return f"lead:{data['lead_id']}"
-    return f"chat:{data.get('chat_id', '')}"
+    """Events with the same key are applied in stream order (and go to one partition)."""
+    return routing_key(data)
+
+
+class PartitionOwnership:
+    """The event streams this replica reads, each under a lease in Redis.
+
+    `tick` (every third of the lease) renews what it holds, gives back what exceeds its
+    fair share once the lanes hold none of that stream's entries, and takes free
+    partitions up to its share. A stream is held only while its lease is known to run:
+    the deadline is counted from before the renewal was sent, so this replica stops
+    applying before Redis lets another take over.
+    """
+
+    def __init__(
+        self, leases: EventLeases, replica: str, streams: list[str], lease_ms: int
+    ) -> None:
+        self.leases = leases
+        self.replica = replica
+        self.streams = streams
+        self.lease_ms = lease_ms
+        self._until: dict[str, float] = {}  # stream → monotonic end of the lease
+        self.giving_back: set[str] = set()
+
+    def holds(self, stream: str) -> bool:
+        return time.monotonic() < self._until.get(stream, 0.0)
+
+    def owned(self) -> list[str]:
+        return [s for s in [*self.streams, EVENTS_STREAM] if self.holds(s)]
+
+    async def tick(
+        self, busy: Callable[[str], bool], legacy_waiting: bool, taking: bool = True
+    ) -> list[str]:
+        """One round of ownership; the streams newly taken (their pending entries are
+        claimed before they are read)."""
+        began = time.monotonic()
+        until = began + self.lease_ms / 1000
+        live = await self.leases.beat(self.replica, self.lease_ms)
+        for stream in list(self._until):
+            if await self.leases.renew(stream, self.replica, self.lease_ms):
+                self._until[stream] = until
+            else:
+                self._drop(stream)
+                log.warning("event partition %s lost (its lease ran out)", stream)
+        share = math.ceil(len(self.streams) / live)
+        mine = [s for s in self.streams if s in self._until]
+        self.giving_back = set(mine[share:])
+        for stream in sorted(self.giving_back):
+            if not busy(stream):
+                await self._release(stream)
+        taken: list[str] = []
+        wanted = share - len(mine) if taking else 0
+        # Each replica starts looking at its own place, so they rarely race for one.
+        start = zlib.crc32(self.replica.encode()) % len(self.streams)
+        for stream in self.streams[start:] + self.streams[:start]:
+            if len(taken) >= wanted:
+                break
+            if stream not in self._until and await self.leases.take(
+                stream, self.replica, self.lease_ms
+            ):
+                self._until[stream] = until
+                taken.append(stream)
+        if EVENTS_STREAM not in self._until:
+            if legacy_waiting and taking:
+                if await self.leases.take(EVENTS_STREAM, self.replica, self.lease_ms):
+                    self._until[EVENTS_STREAM] = until
+                    taken.append(EVENTS_STREAM)
+        elif not legacy_waiting and not busy(EVENTS_STREAM):
+            await self._release(EVENTS_STREAM)
+        if taken:
+            log.info("event partitions taken: %s", ", ".join(taken))
+        return taken
+
+    async def release_all(self) -> None:
+        for stream in list(self._until):
+            await self._release(stream)
+        await self.leases.leave(self.replica)
+
+    async def _release(self, stream: str) -> None:
+        self._drop(stream)
+        await self.leases.release(stream, self.replica)
+
+    def _drop(self, stream: str) -> None:
+        self._until.pop(stream, None)
+        self.giving_back.discard(stream)
 
 
 class EventConsumer(BackgroundTask):
-    """Reads webhook events from the stream (consumer group) into per-conversation lanes;
-    each lane applies its entries in order and acknowledges each once applied."""
+    """Reads the webhook events of the partitions this replica owns (consumer group)
+    into per-conversation lanes; each lane applies its entries in order and acknowledges
+    each once applied."""
 
     name = "event-consumer"
 
@@ -199,39 +314,81 @@ class EventConsumer(BackgroundTask):
         self.engine = stage.engine
         self.redis = redis
         self.settings = stage.settings
+        self.ownership = PartitionOwnership(
+            EventLeases(redis),
+            self.engine.consumer,
+            [event_stream(p) for p in range(self.settings.event_partitions)],
+            self.settings.lease_ms,
+        )
         self._lanes: list[asyncio.Queue[Entry]] = [
             asyncio.Queue() for _ in range(self.settings.event_lanes)
         ]
-        # Entries read and not yet acknowledged (or left pending after a failure).
-        self._held: set[str] = set()
+        # Entries read and not yet acknowledged (or left pending after a failure), by
+        # (stream, id): ids repeat across streams.
+        self._held: set[tuple[str, str]] = set()
+        self._held_by_stream: Counter[str] = Counter()
+        # Streams taken over → where their claim of pending entries goes on from.
+        self._catching_up: dict[str, str] = {}
+        self._groups: set[str] = set()
         self._room = asyncio.Event()
+        self._taken = asyncio.Event()
 
-    async def ensure_group(self) -> None:
+    async def ensure_group(self, stream: str = EVENTS_STREAM) -> None:
+        if stream in self._groups:
+            return
         try:
-            await self.redis.xgroup_create(EVENTS_STREAM, WORKERS_GROUP, id="0", mkstream=True)
+            await self.redis.xgroup_create(stream, WORKERS_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        self._groups.add(stream)
 
     async def run(self, stopping: asyncio.Event) -> None:
         lanes = [
             asyncio.create_task(self._lane(queue), name=f"event-lane-{n}")
             for n, queue in enumerate(self._lanes)
         ]
+        drained = asyncio.Event()
+        keeper = asyncio.create_task(self._keep(stopping, drained), name="event-partitions")
         try:
             await self._read(stopping)
-            # Stopping: read nothing more, apply what the lanes hold.
+            # Stopping: read nothing more, apply what the lanes hold (still owned).
             await asyncio.gather(*(queue.join() for queue in self._lanes))
         finally:
+            drained.set()
+            await keeper
             for lane in lanes:
                 lane.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
+
+    async def _keep(self, stopping: asyncio.Event, drained: asyncio.Event) -> None:
+        """Keeps the partitions' leases until the lanes are drained, then gives them back
+        so that other replicas take them over at once."""
+        while not drained.is_set():
+            try:
+                legacy_waiting = bool(await self.redis.xlen(EVENTS_STREAM))
+                taken = await self.ownership.tick(
+                    lambda stream: self._held_by_stream[stream] > 0,
+                    legacy_waiting,
+                    taking=not stopping.is_set(),
+                )
+                for stream in taken:
+                    await self.ensure_group(stream)
+                    self._catching_up[stream] = "0-0"
+                if taken:
+                    self._taken.set()
+            except RedisError as exc:
+                log.warning("event partitions: redis error, retrying: %s", exc)
+            await self._wait(drained, drained, self.settings.lease_ms / 3000)
+        try:
+            await self.ownership.release_all()
+        except RedisError as exc:
+            log.warning("event partitions not released (they expire): %s", exc)
 
     async def _read(self, stopping: asyncio.Event) -> None:
         last_reclaim = 0.0
         while not stopping.is_set():
             try:
-                await self.ensure_group()
                 while not stopping.is_set():
                     room = self.settings.worker_batch - len(self._held)
                     if room <= 0:
@@ -239,22 +396,33 @@ class EventConsumer(BackgroundTask):
                         self._room.clear()
                         await self._wait(self._room, stopping, 0.5)
                         continue
+                    if self._catching_up:
+                        await self._take_over(room)
+                        continue
+                    streams = [
+                        s for s in self.ownership.owned() if s not in self.ownership.giving_back
+                    ]
+                    if not streams:
+                        self._taken.clear()
+                        await self._wait(self._taken, stopping, 0.5)
+                        continue
                     if (
                         time.monotonic() - last_reclaim
                         > self.settings.visibility_timeout_seconds / 3
                     ):
                         last_reclaim = time.monotonic()
-                        await self._reclaim(room)
+                        for stream in streams:
+                            await self._reclaim(stream, room)
                         continue
                     entries = await self.redis.xreadgroup(
                         WORKERS_GROUP,
                         self.engine.consumer,
-                        {EVENTS_STREAM: ">"},
+                        dict.fromkeys(streams, ">"),
                         count=room,
                         block=500,
                     )
-                    for _, items in cast(list[tuple[bytes, Any]], entries or []):
-                        self._dispatch(items)
+                    for raw_stream, items in cast(list[tuple[bytes, Any]], entries or []):
+                        self._dispatch(raw_stream.decode(), items)
             except RedisError as exc:
                 log.warning("event consumer: redis error, retrying: %s", exc)
                 await asyncio.sleep(1.0)
@@ -268,27 +436,42 @@ class EventConsumer(BackgroundTask):
             for waiting in waits:
                 waiting.cancel()
 
-    async def _reclaim(self, room: int) -> None:
-        idle_ms = int(self.settings.visibility_timeout_seconds * 1000)
-        result = await self.redis.xautoclaim(
-            EVENTS_STREAM,
-            WORKERS_GROUP,
-            self.engine.consumer,
-            min_idle_time=idle_ms,
-            start_id="0-0",
-            count=room,
-        )
-        items = cast(list[tuple[bytes, dict[bytes, bytes]]], result[1] if result else [])
-        if items:
-            log.info("reclaimed %d pending events", len(items))
-            self._dispatch(items)
+    async def _take_over(self, room: int) -> None:
+        """Claims what the previous owner of a newly taken stream left pending, oldest
+        first, before anything newer of that stream is read."""
+        for stream, start in list(self._catching_up.items()):
+            if not self.ownership.holds(stream):
+                del self._catching_up[stream]
+                continue
+            following, items = await claim_pending(
+                self.redis, stream, self.engine.consumer, 0, start, room
+            )
+            if items:
+                log.info("took over %d pending events of %s", len(items), stream)
+                self._dispatch(stream, items)
+            if following == "0-0":
+                del self._catching_up[stream]
+            else:
+                self._catching_up[stream] = following
+            return
 
-    def _dispatch(self, items: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    async def _reclaim(self, stream: str, room: int) -> None:
+        """Entries of this stream left pending after a failure: tried again."""
+        idle_ms = int(self.settings.visibility_timeout_seconds * 1000)
+        _, items = await claim_pending(
+            self.redis, stream, self.engine.consumer, idle_ms, "0-0", room
+        )
+        if items:
+            log.info("reclaimed %d pending events of %s", len(items), stream)
+            self._dispatch(stream, items)
+
+    def _dispatch(self, stream: str, items: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         for raw_id, fields in items:
             stream_id = raw_id.decode()
-            if stream_id in self._held:
+            if (stream, stream_id) in self._held:
                 continue  # one of ours, still in its lane (or failed, to be reclaimed)
-            self._held.add(stream_id)
+            self._held.add((stream, stream_id))
+            self._held_by_stream[stream] += 1
             key = ""
             if fields:  # empty: deleted meanwhile, acknowledged by its lane
                 try:
@@ -296,24 +479,29 @@ class EventConsumer(BackgroundTask):
                 except (ValueError, KeyError):
                     key = stream_id  # unreadable: its own lane fails and parks it
             lane = zlib.crc32(key.encode()) % len(self._lanes)
-            self._lanes[lane].put_nowait((stream_id, fields))
+            self._lanes[lane].put_nowait((stream, stream_id, fields))
 
     async def _lane(self, queue: asyncio.Queue[Entry]) -> None:
         while True:
-            stream_id, fields = await queue.get()
+            stream, stream_id, fields = await queue.get()
             try:
-                await self._handle(stream_id, fields)
+                if self.ownership.holds(stream):
+                    await self._handle(stream, stream_id, fields)
+                # Else the partition was lost: the entry stays pending for its new owner.
+            except PartitionLost:
+                log.warning("event %s of %s left to the partition's new owner", stream_id, stream)
             except RedisError as exc:
                 # Left pending: reclaimed after the visibility timeout.
                 log.warning("event %s not applied (redis error): %s", stream_id, exc)
             except Exception:
                 log.exception("event %s: unexpected failure", stream_id)
             finally:
-                self._held.discard(stream_id)
+                self._held.discard((stream, stream_id))
+                self._held_by_stream[stream] -= 1
                 self._room.set()
                 queue.task_done()
 
-    async def _handle(self, stream_id: str, fields: dict[bytes, bytes]) -> None:
+    async def _handle(self, stream: str, stream_id: str, fields: dict[bytes, bytes]) -> None:
         if fields:
             try:
                 data = json.loads(fields[b"e"])
@@ -321,32 +509,43 @@ class EventConsumer(BackgroundTask):
                     if data.get("kind") == "lead":
                         await self.stage.apply_lead_event(LeadEvent.from_dict(data))
                     else:
-                        await self.stage.apply_event(stream_id, MessageEvent.from_dict(data))
-            except RedisError:
+                        await self.stage.apply_event(
+                            stream_id,
+                            MessageEvent.from_dict(data),
+                            stream=stream,
+                            owner=self.engine.consumer,
+                        )
+            except (RedisError, PartitionLost):
                 raise
             except Exception as exc:
-                await self._failed(stream_id, fields, exc)
+                await self._failed(stream, stream_id, fields, exc)
                 return
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(EVENTS_STREAM, WORKERS_GROUP, stream_id)
-            pipe.xdel(EVENTS_STREAM, stream_id)
-            pipe.hdel(self.engine.failures.failing_key, WorkFailures.item_id("event", stream_id))
+            pipe.xack(stream, WORKERS_GROUP, stream_id)
+            pipe.xdel(stream, stream_id)
+            pipe.hdel(
+                self.engine.failures.failing_key,
+                WorkFailures.item_id("event", failure_member(stream, stream_id)),
+            )
             await pipe.execute()
 
-    async def _failed(self, stream_id: str, fields: dict[bytes, bytes], exc: Exception) -> None:
+    async def _failed(
+        self, stream: str, stream_id: str, fields: dict[bytes, bytes], exc: Exception
+    ) -> None:
         """Left pending, the entry is reclaimed after the visibility timeout; parked
         after MAX_EVENT_ATTEMPTS. One ERROR line per failure; the traceback once."""
         reason = describe(exc)
         visibility_ms = int(self.settings.visibility_timeout_seconds * 1000)
         outcome = await self.engine.failures.entry_failed(
             "event",
-            EVENTS_STREAM,
+            stream,
             WORKERS_GROUP,
             stream_id,
             fields[b"e"].decode(),
             reason,
             self.settings.max_event_attempts,
             visibility_ms,
+            member=failure_member(stream, stream_id),
         )
         extra = {"work": "event", "item": stream_id, "attempt": outcome.attempts}
         if outcome.parked:
@@ -358,3 +557,22 @@ class EventConsumer(BackgroundTask):
                 f"{visibility_ms / 1000:.0f} s"
             )
         log.error("%s: %s", message, reason, extra=extra, exc_info=outcome.attempts == 1)
+
+
+def failure_member(stream: str, stream_id: str) -> str:
+    """An event's name in the failure records: entry ids repeat across streams."""
+    return stream_id if stream == EVENTS_STREAM else f"{stream}/{stream_id}"
+
+
+async def claim_pending(
+    redis: aioredis.Redis, stream: str, consumer: str, idle_ms: int, start: str, count: int
+) -> tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]:
+    """Entries of `stream` pending for at least `idle_ms`, from `start`, now this
+    consumer's; and where the next claim goes on from ('0-0': none left)."""
+    result = await redis.xautoclaim(
+        stream, WORKERS_GROUP, consumer, min_idle_time=idle_ms, start_id=start, count=count
+    )
+    if not result:
+        return "0-0", []
+    following = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
+    return following, cast(list[tuple[bytes, dict[bytes, bytes]]], result[1])

@@ -27,7 +27,9 @@ class RetentionSweep(BackgroundTask):
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.privacy = Privacy(engine.store.redis, engine.store.retention_seconds)
+        self.privacy = Privacy(
+            engine.store.redis, engine.store.retention_seconds, engine.store.event_partitions
+        )
 
     async def run(self, stopping: asyncio.Event) -> None:
         interval = self.engine.settings.data_retention_sweep_seconds
