@@ -7,6 +7,7 @@
 #   bench/run.sh soak [opts]       the reliability soak (not part of `make bench`): bench/soak.py
 #   bench/run.sh latency [opts]    webhook → n8n envelope latency: bench/envelope_latency.py
 #   bench/run.sh slow-n8n [opts]   50 customers at once, n8n answering after 2 / 5 s: bench/slow_n8n.py
+#   bench/run.sh kommo-burst [opts] 20 and 200 customers at once, Kommo at 7 req/s: bench/kommo_burst.py
 #   bench/run.sh --rounds 5 …      options without a name go to the ack, as they always did
 #
 # The ack needs wrk, which is installed from Debian's packages when missing.
@@ -77,6 +78,11 @@ slow_n8n() {
     .venv/bin/python -m bench.slow_n8n "$@"
 }
 
+kommo_burst() {
+    need_venv
+    .venv/bin/python -m bench.kommo_burst "$@"
+}
+
 case "${1-}" in
     "")
         ack
@@ -101,6 +107,10 @@ case "${1-}" in
     slow-n8n)
         shift
         slow_n8n "$@"
+        ;;
+    kommo-burst)
+        shift
+        kommo_burst "$@"
         ;;
     *)
         ack "$@"

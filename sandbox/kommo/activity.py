@@ -124,7 +124,7 @@ class AccountActivity:
             at=time.time(),
             via="user",
         )
-        return message, await self._publish(lead, message, OUTGOING_EVENT)
+        return message, await self._publish(lead, message, OUTGOING_EVENT, created_by=user.id)
 
     def run_salesbot(self, bot_id: int, lead_id: int) -> SalesbotRun:
         run = SalesbotRun(
@@ -210,22 +210,18 @@ class AccountActivity:
         if lead is not None:
             await self._publish(lead, dataclasses.replace(message, at=time.time()), OUTGOING_EVENT)
 
-    async def _publish(self, lead: Lead, message: ChatMessage, event_type: str) -> Notified:
+    async def _publish(
+        self, lead: Lead, message: ChatMessage, event_type: str, created_by: int = 0
+    ) -> Notified:
         self._state.add_message(message)
+        # Real Kommo's chat message events name the message, its channel and its talk, and
+        # who wrote it (0 for a bot or the customer); they carry no text (docs/kommo-api.md).
         self._state.add_event(
             event_type,
             lead.id,
             int(message.at),
-            [
-                {
-                    "message": {
-                        "id": message.id,
-                        "text": message.text,
-                        "talk_id": lead.talk_id,
-                        "origin": "waba",
-                    }
-                }
-            ],
+            [{"message": {"id": message.id, "origin": "waba", "talk_id": lead.talk_id}}],
+            created_by=created_by,
         )
         hook = MessageHook(
             id=message.id,
@@ -295,6 +291,14 @@ class AccountActivity:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("background delivery failed", exc_info=task.exception())
+
+    def scheduled(self) -> frozenset[asyncio.Task[None]]:
+        """The runs and echoes scheduled and not yet finished."""
+        return frozenset(self._tasks)
+
+    async def settle(self, tasks: frozenset[asyncio.Task[None]]) -> None:
+        """Wait until ``tasks`` (from ``scheduled``) have happened."""
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def drain(self) -> None:
         """Wait until every scheduled run and echo has happened."""

@@ -90,7 +90,11 @@ class KommoGate:
         if rule is None:
             return await self._forward(scope, receive, send)
         if rule.apply_effect:
+            activity = self.sandbox.activity
+            before = activity.scheduled()
             await self._forward(scope, receive, _discard)
+            if rule.await_effect:
+                await activity.settle(activity.scheduled() - before)
         answer = injected_failure(rule.status)
         await answer(scope, receive, send)
         return answer.status_code

@@ -240,7 +240,7 @@ def render_event(event: Event, state: AccountState, base: str) -> JsonDict:
         "type": event.type,
         "entity_id": event.entity_id,
         "entity_type": event.entity_type,
-        "created_by": 0,
+        "created_by": event.created_by,
         "created_at": event.created_at,
         "value_after": event.value_after,
         "value_before": [],

@@ -18,6 +18,10 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 DEFAULT_PAGE_LIMIT = 50
 # Kommo serves at most 250 entities a page; a larger limit is capped, not refused.
 MAX_PAGE_LIMIT = 250
+# Events come at most 100 a page.
+MAX_EVENTS_PAGE_LIMIT = 100
+# Kommo advises at most 50 entities per adding/updating request (docs/kommo-api.md).
+MAX_WRITE_ITEMS = 50
 
 
 class HalResponse(JSONResponse):
@@ -67,6 +71,24 @@ class KommoProblem(Exception):
 
 def validation_problem(issues: Sequence[ValidationIssue]) -> KommoProblem:
     return KommoProblem(400, "Request validation failed", issues=issues)
+
+
+def check_batch_size(request_ids: Sequence[str], maximum: int) -> None:
+    """Refuse a list body longer than ``maximum`` before applying any of it.
+
+    UNCONFIRMED how Kommo words this refusal: the sandbox names each item past the maximum in
+    ``validation-errors``, so a client that retries the items not named sends a list that fits.
+    """
+    if len(request_ids) <= maximum:
+        return
+    raise validation_problem(
+        [
+            ValidationIssue(
+                request_id, "", f"At most {maximum} entities per request", "TooManyEntities"
+            )
+            for request_id in request_ids[maximum:]
+        ]
+    )
 
 
 def reason(status: int) -> str:
@@ -139,10 +161,10 @@ class PageRequest:
     limit: int
 
     @classmethod
-    def from_query(cls, request: Request) -> PageRequest:
+    def from_query(cls, request: Request, max_limit: int = MAX_PAGE_LIMIT) -> PageRequest:
         return cls(
             page=max(1, _int_param(request, "page", 1)),
-            limit=min(MAX_PAGE_LIMIT, max(1, _int_param(request, "limit", DEFAULT_PAGE_LIMIT))),
+            limit=min(max_limit, max(1, _int_param(request, "limit", DEFAULT_PAGE_LIMIT))),
         )
 
 

@@ -9,7 +9,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from sandbox.kommo.deps import SandboxDep
 from sandbox.kommo.models import BotRunV4, BotStopIn, SalesbotRunV2
-from sandbox.kommo.responses import KommoProblem, ValidationIssue, validation_problem
+from sandbox.kommo.responses import (
+    KommoProblem,
+    ValidationIssue,
+    check_batch_size,
+    validation_problem,
+)
 from sandbox.kommo.runtime import Sandbox
 
 router = APIRouter()
@@ -42,11 +47,15 @@ async def run_salesbot_v2(items: list[SalesbotRunV2], sandbox: SandboxDep) -> Re
 
 @router.post("/api/v4/bots/run")
 async def run_bots_v4(body: BotRunV4 | list[BotRunV4], sandbox: SandboxDep) -> Response:
+    """One run or a list of up to 100; any invalid item refuses the whole request.
+
+    Each run sends its lead's reply field as the bot reads it when it runs. The items carry
+    no ``request_id``: a validation error names the item's index (UNCONFIRMED for Kommo).
+    """
     items = body if isinstance(body, list) else [body]
-    if not items or len(items) > MAX_RUNS_PER_CALL:
-        raise validation_problem(
-            [ValidationIssue("0", "", f"Between 1 and {MAX_RUNS_PER_CALL} runs per request")]
-        )
+    if not items:
+        raise validation_problem([ValidationIssue("0", "", "Empty request")])
+    check_batch_size([str(index) for index in range(len(items))], MAX_RUNS_PER_CALL)
     issues = [
         ValidationIssue(str(index), "entity_type", "Only leads are supported here")
         for index, item in enumerate(items)

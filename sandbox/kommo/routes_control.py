@@ -4,10 +4,10 @@ Not part of Kommo: these calls skip the gate (no token, no rate limit, not recor
 """
 
 import time
-from typing import Literal
+from typing import Literal, Self
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
 from sandbox.kommo.deps import SandboxDep
@@ -37,6 +37,14 @@ class FailRuleIn(_Strict):
     count: int = Field(default=1, ge=1)
     apply_effect: bool = False
     method: str | None = None
+    # Answer the failure only after the effect has happened (needs apply_effect).
+    await_effect: bool = False
+
+    @model_validator(mode="after")
+    def _effect_to_await(self) -> Self:
+        if self.await_effect and not self.apply_effect:
+            raise ValueError("await_effect needs apply_effect: there is no effect to wait for")
+        return self
 
 
 class FaultsIn(_Strict):
@@ -124,7 +132,14 @@ async def set_faults(body: FaultsIn, sandbox: SandboxDep) -> JsonDict:
     if body.clear_fail_next:
         faults.fail_next.clear()
     faults.fail_next += [
-        FailRule(rule.path_prefix, rule.status, rule.count, rule.apply_effect, rule.method)
+        FailRule(
+            rule.path_prefix,
+            rule.status,
+            rule.count,
+            rule.apply_effect,
+            rule.method,
+            rule.await_effect,
+        )
         for rule in body.fail_next
     ]
     if body.latency_ms is not None:
@@ -305,6 +320,7 @@ async def events(sandbox: SandboxDep) -> list[JsonDict]:
             "entity_id": event.entity_id,
             "entity_type": event.entity_type,
             "created_at": event.created_at,
+            "created_by": event.created_by,
             "value_after": event.value_after,
         }
         for event in sandbox.state.events

@@ -35,12 +35,15 @@ from sandbox.kommo.render import (
     render_user,
 )
 from sandbox.kommo.responses import (
+    MAX_EVENTS_PAGE_LIMIT,
+    MAX_WRITE_ITEMS,
     HalResponse,
     JsonDict,
     KommoProblem,
     PageRequest,
     ValidationIssue,
     base_url,
+    check_batch_size,
     hal_list,
     no_content,
     self_link,
@@ -161,6 +164,8 @@ async def contact_custom_fields(request: Request, sandbox: SandboxDep) -> Respon
 
 @router.get("/leads")
 async def list_leads(request: Request, sandbox: SandboxDep) -> Response:
+    """``filter[id][]`` names many leads in one request: unknown ids are absent, 204 when
+    none is known, at most 250 a page."""
     state = sandbox.state
     base = base_url(request)
     with_contacts = "contacts" in _with(request)
@@ -260,6 +265,8 @@ def _prepare_contact_patch(
 
 
 def _apply_all(prepared: Sequence[tuple[Commit, list[ValidationIssue]]]) -> None:
+    # UNCONFIRMED whether Kommo applies the valid items of a refused list: the sandbox
+    # applies none, the answer docs/kommo-api.md tells clients to assume.
     issues = [issue for _, item_issues in prepared for issue in item_issues]
     if issues:
         raise validation_problem(issues)
@@ -286,20 +293,30 @@ async def patch_lead(
     return HalResponse(_updated(request, "leads", lead.id, lead.updated_at))
 
 
+def _request_ids(items: Sequence[LeadPatchItem | ContactPatchItem | NoteIn | TaskIn]) -> list[str]:
+    """Each item's ``request_id``: the one the client set, else its index as a string."""
+    return [item.request_id or str(index) for index, item in enumerate(items)]
+
+
+def _not_found(request_id: str, entity: str) -> tuple[Commit, list[ValidationIssue]]:
+    return (lambda: None), [ValidationIssue(request_id, "id", f"{entity} not found", "NotFound")]
+
+
 @router.patch("/leads")
 async def patch_leads(
     items: list[LeadPatchItem], request: Request, sandbox: SandboxDep
 ) -> Response:
+    """Many leads in one request; one invalid item refuses the whole request (none applied)."""
     state = sandbox.state
+    request_ids = _request_ids(items)
+    check_batch_size(request_ids, MAX_WRITE_ITEMS)
     prepared: list[tuple[Commit, list[ValidationIssue]]] = []
     leads: list[tuple[Lead, str]] = []
-    for index, item in enumerate(items):
-        request_id = item.request_id or str(index)
+    for item, request_id in zip(items, request_ids, strict=True):
         lead = state.leads.get(item.id)
         if lead is None:
-            raise validation_problem(
-                [ValidationIssue(request_id, "id", "Lead not found", "NotFound")]
-            )
+            prepared.append(_not_found(request_id, "Lead"))
+            continue
         prepared.append(_prepare_lead_patch(state, lead, item, request_id))
         leads.append((lead, request_id))
     _apply_all(prepared)
@@ -353,15 +370,15 @@ async def patch_contacts(
     items: list[ContactPatchItem], request: Request, sandbox: SandboxDep
 ) -> Response:
     state = sandbox.state
+    request_ids = _request_ids(items)
+    check_batch_size(request_ids, MAX_WRITE_ITEMS)
     prepared: list[tuple[Commit, list[ValidationIssue]]] = []
     contacts: list[tuple[Contact, str]] = []
-    for index, item in enumerate(items):
-        request_id = item.request_id or str(index)
+    for item, request_id in zip(items, request_ids, strict=True):
         contact = state.contacts.get(item.id)
         if contact is None:
-            raise validation_problem(
-                [ValidationIssue(request_id, "id", "Contact not found", "NotFound")]
-            )
+            prepared.append(_not_found(request_id, "Contact"))
+            continue
         prepared.append(_prepare_contact_patch(state, contact, item, request_id))
         contacts.append((contact, request_id))
     _apply_all(prepared)
@@ -377,9 +394,10 @@ async def patch_contacts(
 def _add_notes(
     state: AccountState, items: list[NoteIn], lead_id: int | None
 ) -> list[tuple[Note, str]]:
+    request_ids = _request_ids(items)
+    check_batch_size(request_ids, MAX_WRITE_ITEMS)
     issues: list[ValidationIssue] = []
-    for index, item in enumerate(items):
-        request_id = item.request_id or str(index)
+    for item, request_id in zip(items, request_ids, strict=True):
         entity_id = lead_id if lead_id is not None else item.entity_id
         if entity_id is None or entity_id not in state.leads:
             issues.append(ValidationIssue(request_id, "entity_id", "Lead not found", "NotFound"))
@@ -391,7 +409,7 @@ def _add_notes(
         raise validation_problem(issues)
     now = int(time.time())
     added: list[tuple[Note, str]] = []
-    for index, item in enumerate(items):
+    for item, request_id in zip(items, request_ids, strict=True):
         entity_id = lead_id if lead_id is not None else item.entity_id
         assert entity_id is not None  # checked above
         note = Note(
@@ -406,7 +424,7 @@ def _add_notes(
             or state.leads[entity_id].responsible_user_id,
         )
         state.notes.append(note)
-        added.append((note, item.request_id or str(index)))
+        added.append((note, request_id))
     return added
 
 
@@ -488,17 +506,19 @@ def _task_issues(state: AccountState, item: TaskIn, request_id: str) -> list[Val
 @router.post("/tasks")
 async def add_tasks(items: list[TaskIn], request: Request, sandbox: SandboxDep) -> Response:
     state = sandbox.state
+    request_ids = _request_ids(items)
+    check_batch_size(request_ids, MAX_WRITE_ITEMS)
     issues = [
         issue
-        for index, item in enumerate(items)
-        for issue in _task_issues(state, item, item.request_id or str(index))
+        for item, request_id in zip(items, request_ids, strict=True)
+        for issue in _task_issues(state, item, request_id)
     ]
     if issues:
         raise validation_problem(issues)
     now = int(time.time())
     base = base_url(request)
     rendered: list[JsonDict] = []
-    for index, item in enumerate(items):
+    for item, request_id in zip(items, request_ids, strict=True):
         task = Task(
             id=state.task_ids.take(),
             text=item.text,
@@ -515,7 +535,7 @@ async def add_tasks(items: list[TaskIn], request: Request, sandbox: SandboxDep) 
         rendered.append(
             {
                 "id": task.id,
-                "request_id": item.request_id or str(index),
+                "request_id": request_id,
                 "_links": {"self": {"href": f"{base}/api/v4/tasks/{task.id}"}},
             }
         )
@@ -564,6 +584,7 @@ async def list_events(request: Request, sandbox: SandboxDep) -> Response:
     entities = {value.rstrip("s") for value in _filter_values(request, "entity")}
     entity_ids = _int_filter(request, "entity_id")
     types = set(_filter_values(request, "type"))
+    authors = _int_filter(request, "created_by")
     since = request.query_params.get("filter[created_at][from]")
     until = request.query_params.get("filter[created_at][to]")
     try:
@@ -580,6 +601,7 @@ async def list_events(request: Request, sandbox: SandboxDep) -> Response:
         if (not entities or event.entity_type in entities)
         and (not entity_ids or event.entity_id in entity_ids)
         and (not types or event.type in types)
+        and (not authors or event.created_by in authors)
         and (low is None or event.created_at >= low)
         and (high is None or event.created_at <= high)
     ]
@@ -588,7 +610,7 @@ async def list_events(request: Request, sandbox: SandboxDep) -> Response:
         "events",
         events,
         lambda event: render_event(event, state, base),
-        PageRequest.from_query(request),
+        PageRequest.from_query(request, MAX_EVENTS_PAGE_LIMIT),
     )
 
 

@@ -244,6 +244,8 @@ class Event:
     entity_type: str
     created_at: int
     value_after: list[dict[str, object]]
+    # 0 when a bot, a customer or the system caused it; the user's id when a user did.
+    created_by: int = 0
 
 
 @dataclass
@@ -309,7 +311,12 @@ class AccountState:
         self.chats.setdefault(message.lead_id, []).append(message)
 
     def add_event(
-        self, event_type: str, entity_id: int, created_at: int, value_after: list[dict[str, object]]
+        self,
+        event_type: str,
+        entity_id: int,
+        created_at: int,
+        value_after: list[dict[str, object]],
+        created_by: int = 0,
     ) -> Event:
         # Kommo's event ids are 26-character strings, not numbers.
         event = Event(
@@ -319,6 +326,7 @@ class AccountState:
             entity_type="lead",
             created_at=created_at,
             value_after=value_after,
+            created_by=created_by,
         )
         self.events.append(event)
         return event

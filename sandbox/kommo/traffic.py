@@ -56,9 +56,12 @@ class FailRule:
     path_prefix: str
     status: int
     remaining: int
-    # True: the endpoint still does its work (e.g. the Salesbot sends) before the error.
+    # True: the endpoint still does its work (e.g. the Salesbot is started) before the error.
     apply_effect: bool = False
     method: str | None = None
+    # With apply_effect: the error answers only once the work the request set going has
+    # finished (the bot's message is in the chat and echoed), a 5xx strictly after sending.
+    await_effect: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -74,6 +77,7 @@ class FailRule:
             "count": self.remaining,
             "apply_effect": self.apply_effect,
             "method": self.method,
+            "await_effect": self.await_effect,
         }
 
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from services.common.errors import InvalidInput
+
+# Metadata by which a caller tells the Kommo gateway its class on Kommo's shared budget:
+# "operator" (the edge's test endpoints and settings pages) goes after customers' work.
+KOMMO_PRIORITY_METADATA = "x-kommo-priority"
 
 
 def channel_target(addresses: str) -> str:
@@ -57,25 +62,31 @@ class DefaultDeadline(_UnaryUnaryInterceptor):
     lead's reply slot, a sync reading every page) would be cut short.
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, metadata: Sequence[tuple[str, str]] = ()) -> None:
         self._seconds = seconds
+        self._metadata = list(metadata)
 
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
-        if client_call_details.timeout is None:
+        if client_call_details.timeout is None or self._metadata:
             client_call_details = grpc.aio.ClientCallDetails(
                 client_call_details.method,
-                self._seconds,
-                client_call_details.metadata,
+                self._seconds
+                if client_call_details.timeout is None
+                else client_call_details.timeout,
+                grpc.aio.Metadata(*(client_call_details.metadata or ()), *self._metadata),
                 client_call_details.credentials,
                 client_call_details.wait_for_ready,
             )
         return await continuation(client_call_details, request)
 
 
-def create_channel(addresses: str, default_deadline_seconds: float) -> grpc.aio.Channel:
-    """A channel to every replica (`round_robin`), with a deadline on every unary call.
+def create_channel(
+    addresses: str, default_deadline_seconds: float, metadata: Sequence[tuple[str, str]] = ()
+) -> grpc.aio.Channel:
+    """A channel to every replica (`round_robin`), with a deadline on every unary call
+    and `metadata` added to each.
 
     Long-lived streams (the webhook ingest stream) carry no deadline: each message on
     them is bounded by its sender instead.
@@ -100,5 +111,5 @@ def create_channel(addresses: str, default_deadline_seconds: float) -> grpc.aio.
             ("grpc.keepalive_timeout_ms", 5000),
             ("grpc.keepalive_permit_without_calls", 1),
         ],
-        interceptors=[DefaultDeadline(default_deadline_seconds)],  # type: ignore[list-item]
+        interceptors=[DefaultDeadline(default_deadline_seconds, metadata)],  # type: ignore[list-item]
     )

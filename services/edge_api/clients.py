@@ -12,7 +12,7 @@ from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceStub
 from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayStub
 from bridge.scheduling.v1.scheduling_pb2_grpc import SchedulingServiceStub
 from bridge.vendedor.v1.vendedor_pb2_grpc import VendedorServiceStub
-from services.common.grpc_client import create_channel
+from services.common.grpc_client import KOMMO_PRIORITY_METADATA, create_channel
 from services.edge_api.settings import EdgeSettings
 
 if TYPE_CHECKING:
@@ -42,7 +42,11 @@ class Clients:
         deadline = settings.grpc_deadline_seconds
         channels = {
             "conversation": create_channel(settings.conversation_addr, deadline),
-            "kommo_gateway": create_channel(settings.kommo_gateway_addr, deadline),
+            # Everything the edge asks Kommo is an operator's: it goes after customers'
+            # replies and turns, and is refused at once (429) rather than left to time out.
+            "kommo_gateway": create_channel(
+                settings.kommo_gateway_addr, deadline, [(KOMMO_PRIORITY_METADATA, "operator")]
+            ),
             "vendedor": create_channel(settings.vendedor_addr, deadline),
             "scheduling": create_channel(settings.scheduling_addr, deadline),
         }

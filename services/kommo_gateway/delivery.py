@@ -3,9 +3,14 @@
 Kommo's REST API cannot send a chat message. By default the text is written to a lead
 field that a one-step Salesbot sends; the bot reads the field asynchronously, so a
 lead's field belongs to one reply for `kommo_reply_spacing_seconds` (a Redis slot).
-Running the bot is not idempotent: after a 5xx or a timeout the lead's events are
-searched for the text before the bot runs again. With a registered channel, the
-Chats API is used instead (signed requests, see docs/kommo-api.md).
+Running the bot is not idempotent: after a 5xx or a timeout the bot runs again only when
+the lead's events show no message a bot sent while the slot was ours. Kommo's events carry
+no text (docs/kommo-api.md), so any bot message in that window is taken for ours: the slot
+keeps every other reply of ours out of it, and a user's message says who wrote it.
+With a registered channel, the Chats API is used instead (signed requests).
+
+The bridge's own echo webhook would be evidence too, but it reaches the conversation
+service, not the gateway; the events suffice, and cost one call only after a failed run.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import redis.asyncio as aioredis
 
 from services.common.errors import Unavailable, UpstreamError
 from services.kommo_gateway.kommo_client import KommoClient
+from services.kommo_gateway.ratelimit import Priority
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.store import (
     DELIVERY_TTL_SECONDS,
@@ -40,7 +46,14 @@ _SLOT_WAIT_MAX_SECONDS = 60.0
 # Held while a delivery writes the field and runs the bot (rate-limit waits included);
 # shortened to the spacing once the bot has been started. Expires if the holder dies.
 _SLOT_HOLD_MS = 60_000
+_SLOT_HOLD_SECONDS = _SLOT_HOLD_MS / 1000
 _MAX_RUNS = 3
+# Kommo serves at most 100 events a page. The evidence window is a few seconds of one
+# lead's outgoing messages, so one page holds them all.
+_EVENTS_PAGE_LIMIT = 100
+OUTGOING_CHAT_MESSAGE = "outgoing_chat_message"
+# `created_by` of an event no user caused: a bot's (ours) or the system's.
+_NO_USER = 0
 
 # Compare-and-set on a lock we own: shorten (or release) only our own hold.
 _EXPIRE_IF_OWNER = """
@@ -115,18 +128,21 @@ class Delivery:
         self, lead_id: int, text: str, key: str, state: dict[str, Any]
     ) -> None:
         s = self._settings
-        if state.get("status") == "unknown" and await self._went_out(
-            lead_id, text, float(state.get("since", 0))
-        ):
-            return
         slot = lead_slot_key(lead_id)
         owner = await self._take_lead_slot(lead_id)
         spacing_ms = max(int(s.kommo_reply_spacing_seconds * 1000), 1)
+        window: tuple[float, float] | None = None
         try:
+            if state.get("status") == "unknown" and await self._went_out_earlier(lead_id, state):
+                return
             for run in range(1, _MAX_RUNS + 1):
-                since = time.time()
                 await self._kommo.set_lead_field(lead_id, s.kommo_reply_field_id, text)
-                await self._set_state(key, {"status": "unknown", "since": since - 1})
+                # Renewed so that the whole grace period falls inside our hold.
+                if not await self._expire_if_owner(keys=[slot], args=[owner, _SLOT_HOLD_MS]):
+                    raise Unavailable(f"lead {lead_id}: the reply slot expired before the run")
+                since = time.time()
+                window = (since, since + _SLOT_HOLD_SECONDS)
+                await self._set_state(key, _unknown(window))
                 try:
                     await self._kommo.run_salesbot(s.kommo_salesbot_id, lead_id)
                     return
@@ -134,23 +150,60 @@ class Delivery:
                     # The bot may have sent it anyway: look before running it again.
                     log.warning("salesbot run of unknown outcome (%s); checking", exc)
                     await asyncio.sleep(s.kommo_delivery_grace_seconds)
-                    if await self._went_out(lead_id, text, since - 1):
+                    if await self._went_out(lead_id, since, min(window[1], time.time())):
                         return
                     if run == _MAX_RUNS:
                         raise
+        except BaseException:
+            if window is not None:
+                # Left unknown: a later attempt may count only what a bot sent before the
+                # slot could pass to another reply of ours.
+                await self._set_state(key, _unknown((window[0], min(window[1], time.time()))))
+            raise
         finally:
             # The bot reads the field some time after it was started: the next reply
             # to this lead waits the spacing from now, not from when we took the slot.
             await self._expire_if_owner(keys=[slot], args=[owner, spacing_ms])
 
-    async def _went_out(self, lead_id: int, text: str, since: float) -> bool:
-        for event in await self._kommo.outgoing_messages(lead_id):
-            if float(event.get("created_at") or 0) < since:
-                continue
-            for value in event.get("value_after") or []:
-                message = value.get("message") if isinstance(value, dict) else None
-                if isinstance(message, dict) and _same_text(message.get("text", ""), text):
-                    return True
+    async def _went_out_earlier(self, lead_id: int, state: dict[str, Any]) -> bool:
+        """Whether the run of an earlier attempt that ended unknown did send the reply."""
+        since = float(state.get("since", 0))
+        until = float(state.get("until", since + _SLOT_HOLD_SECONDS))
+        # A run started just before that attempt died still gets its grace period.
+        await asyncio.sleep(
+            max(0.0, since + self._settings.kommo_delivery_grace_seconds - time.time())
+        )
+        return await self._went_out(lead_id, since, until)
+
+    async def _went_out(self, lead_id: int, since: float, until: float) -> bool:
+        """Whether a bot, not a user, sent a chat message on the lead between ``since`` (a
+        run's start) and ``until`` (while the lead's reply slot was ours, so no other reply
+        of ours was in flight), both widened by the clock-skew allowance: Kommo's clock is
+        not ours and its events carry whole seconds. Kommo's events say who wrote a message
+        but not its text: any bot message in the window is taken for ours.
+        """
+        skew = self._settings.kommo_evidence_skew_seconds
+        earliest, latest = int(since - skew), until + skew
+        body = await self._kommo.get_json(
+            "/api/v4/events",
+            {
+                "filter[entity]": "lead",
+                "filter[entity_id][]": lead_id,
+                "filter[type][]": OUTGOING_CHAT_MESSAGE,
+                "filter[created_at][from]": earliest,
+                "limit": _EVENTS_PAGE_LIMIT,
+            },
+            priority=Priority.REPLY,
+        )
+        for event in (body or {}).get("_embedded", {}).get("events", []):
+            created_at = int(event.get("created_at") or 0)
+            if (
+                event.get("type") == OUTGOING_CHAT_MESSAGE
+                and event.get("created_by") == _NO_USER
+                and earliest <= created_at <= latest
+            ):
+                log.info("salesbot run went out after all (message event %s)", event.get("id"))
+                return True
         return False
 
     async def _take_lead_slot(self, lead_id: int) -> str:
@@ -200,8 +253,7 @@ class Delivery:
             )
 
 
-def _same_text(sent: str, wanted: str) -> bool:
-    def norm(value: str) -> str:
-        return " ".join("".join(c for c in value if ord(c) <= 0xFFFF).split())
-
-    return norm(sent) == norm(wanted)
+def _unknown(window: tuple[float, float]) -> dict[str, Any]:
+    """A run of unknown outcome: it started at ``since``; the lead's slot was ours until
+    ``until`` at the latest."""
+    return {"status": "unknown", "since": window[0], "until": window[1]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -22,7 +23,8 @@ from services.common.errors import (
 )
 from services.common.metrics import KOMMO_REQUESTS
 from services.kommo_gateway.breaker import CircuitBreaker
-from services.kommo_gateway.ratelimit import RateLimiter
+from services.kommo_gateway.coalescer import REQUEUE, Coalescer, Outcome
+from services.kommo_gateway.ratelimit import Budget, Departure, Priority, RateLimiter, call_priority
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.tokens import TokenManager
 
@@ -31,6 +33,15 @@ log = logging.getLogger(__name__)
 _BACKOFF_BASE_SECONDS = 0.5
 _BACKOFF_MAX_SECONDS = 8.0
 PAGE_LIMIT = 250
+# Kommo's maximums per list request (docs/kommo-api.md, "List calls"): 250 entities a
+# read, at most 50 an adding/updating request (Kommo's advice), 100 Salesbot runs.
+READ_BATCH = 250
+WRITE_BATCH = 50
+BOT_RUN_BATCH = 100
+
+# An entity id and its (field id, value) pairs.
+FieldWrite = tuple[int, list[tuple[int, str]]]
+Params = Mapping[str, str | int] | Sequence[tuple[str, str | int]]
 
 
 class KommoClient:
@@ -40,15 +51,68 @@ class KommoClient:
         http: httpx.AsyncClient,
         tokens: TokenManager,
         limiter: RateLimiter,
+        budget: Budget,
     ) -> None:
         self._settings = settings
         self._http = http
         self.tokens = tokens
         self._limiter = limiter
+        self._budget = budget
         self.breaker = CircuitBreaker(
             settings.kommo_breaker_failures, settings.kommo_breaker_cooldown_seconds
         )
         self.rate_limited = 0
+        # One coalescer per kind of call: concurrent callers share one list request.
+        self._lead_reads: Coalescer[int, dict[str, Any]] = Coalescer(
+            "lead read", budget, READ_BATCH, Priority.CONTEXT, self._read_leads
+        )
+        self._contact_reads: Coalescer[int, dict[str, Any]] = Coalescer(
+            "contact read", budget, READ_BATCH, Priority.CONTEXT, self._read_contacts
+        )
+        self._field_writes = {
+            "leads": self._field_writer("leads"),
+            "contacts": self._field_writer("contacts"),
+        }
+        self._bot_runs: Coalescer[tuple[int, int], None] = Coalescer(
+            "Salesbot run",
+            budget,
+            BOT_RUN_BATCH,
+            Priority.REPLY,
+            self._run_bots,
+            exclusive=lambda item: item[1],
+        )
+        self._notes: Coalescer[tuple[int, str], int] = Coalescer(
+            "note", budget, WRITE_BATCH, Priority.RECORD, self._add_notes
+        )
+        self._tasks: Coalescer[dict[str, Any], int] = Coalescer(
+            "task", budget, WRITE_BATCH, Priority.RECORD, self._add_tasks
+        )
+
+    def _field_writer(self, entity: str) -> Coalescer[FieldWrite, None]:
+        async def send(batch: list[FieldWrite], departure: Departure) -> list[Outcome[None]]:
+            return await self._patch(entity, batch, departure)
+
+        # Two writes to one entity never share a request: Kommo's order within one is unsaid.
+        return Coalescer(
+            f"{entity} field write",
+            budget=self._budget,
+            maximum=WRITE_BATCH,
+            priority=Priority.REPLY,
+            send=send,
+            exclusive=lambda item: item[0],
+        )
+
+    async def aclose(self) -> None:
+        coalescers: list[Coalescer[Any, Any]] = [
+            self._lead_reads,
+            self._contact_reads,
+            *self._field_writes.values(),
+            self._bot_runs,
+            self._notes,
+            self._tasks,
+        ]
+        for coalescer in coalescers:
+            await coalescer.aclose()
 
     async def request(
         self,
@@ -56,15 +120,40 @@ class KommoClient:
         path: str,
         *,
         json: Any = None,
-        params: dict[str, str | int] | None = None,
+        params: Params | None = None,
         idempotent: bool = True,
+        departure: Departure | None = None,
+        accept: tuple[int, ...] = (),
+        priority: Priority = Priority.BACKGROUND,
     ) -> httpx.Response:
         """One Kommo call with the shared rate limit, a refresh on 401 and retries.
 
-        Calls that are not idempotent (running a Salesbot) are never retried after
-        they may have reached Kommo: a 5xx or a timeout raises Unavailable and the
-        caller decides.
+        The first attempt leaves with `departure` (granted to a batch) or waits for one
+        in its priority class (the caller's, when it said, else `priority`); a retry
+        takes the next free departure. Calls that are not idempotent (running a
+        Salesbot) are never retried after they may have reached Kommo: a 5xx or a
+        timeout raises Unavailable and the caller decides. Statuses in `accept` are
+        returned as they are (a list call's 400 names the items refused).
         """
+        if departure is None:
+            said = call_priority.get()
+            departure = await self._budget.departure(priority if said is None else said)
+        try:
+            return await self._attempts(method, path, json, params, idempotent, departure, accept)
+        finally:
+            await departure.settle()  # a departure not used (blocked, circuit open) goes back
+
+    async def _attempts(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        params: Params | None,
+        idempotent: bool,
+        first: Departure,
+        accept: tuple[int, ...],
+    ) -> httpx.Response:
+        departure: Departure | None = first
         s = self._settings
         refreshed = False
         attempt = 0
@@ -78,23 +167,28 @@ class KommoClient:
                     f"Kommo is failing: calls paused for {self.breaker.retry_in():.0f} s "
                     "(circuit open)"
                 )
+            if departure is None:
+                departure = await self._limiter.acquire()
             try:
                 response = await self._limiter.request(
                     self._http,
                     method,
                     f"{s.base_url}{path}",
+                    departure,
                     json=json,
                     params=params,
                     headers={"Authorization": f"Bearer {tokens.access_token}"},
                     timeout=s.kommo_timeout_seconds,
                 )
             except httpx.HTTPError as exc:
+                departure = None
                 self.breaker.failure()
                 if idempotent and attempt < s.kommo_max_retries and self.breaker.state == "closed":
                     attempt += 1
                     await asyncio.sleep(_backoff(attempt))
                     continue
                 raise Unavailable(f"Kommo unreachable: {type(exc).__name__}") from exc
+            departure = None
             status = response.status_code
             KOMMO_REQUESTS.labels(str(status)).inc()
             if status >= 500:
@@ -124,24 +218,22 @@ class KommoClient:
                 attempt += 1
                 await asyncio.sleep(_backoff(attempt))
                 continue
+            if status in accept:
+                return response
             return _checked(response, path)
 
-    async def get_json(self, path: str, params: dict[str, str | int] | None = None) -> Any:
+    async def get_json(
+        self, path: str, params: Params | None = None, priority: Priority = Priority.BACKGROUND
+    ) -> Any:
         """The decoded body, or None for Kommo's 204 (an empty list or an unknown id)."""
-        response = await self.request("GET", path, params=params)
+        response = await self.request("GET", path, params=params, priority=priority)
         return _body(response)
 
     async def lead(self, lead_id: int) -> dict[str, Any]:
-        body = await self.get_json(f"/api/v4/leads/{lead_id}", {"with": "contacts"})
-        if not body:
-            raise NotFound(f"lead {lead_id} not found in Kommo")
-        return dict(body)
+        return await self._lead_reads.submit(lead_id)
 
     async def contact(self, contact_id: int) -> dict[str, Any]:
-        body = await self.get_json(f"/api/v4/contacts/{contact_id}")
-        if not body:
-            raise NotFound(f"contact {contact_id} not found in Kommo")
-        return dict(body)
+        return await self._contact_reads.submit(contact_id)
 
     async def users(self) -> list[dict[str, Any]]:
         users: list[dict[str, Any]] = []
@@ -164,16 +256,7 @@ class KommoClient:
         self, entity: str, entity_id: int, values: list[tuple[int, str]]
     ) -> None:
         """Write custom field values of a lead or contact (`entity`: leads or contacts)."""
-        await self.request(
-            "PATCH",
-            f"/api/v4/{entity}/{entity_id}",
-            json={
-                "custom_fields_values": [
-                    {"field_id": field_id, "values": [{"value": value}]}
-                    for field_id, value in values
-                ]
-            },
-        )
+        await self._field_writes[entity].submit((entity_id, values))
 
     async def add_task(
         self, lead_id: int, text: str, responsible_user_id: int, complete_till: int
@@ -187,9 +270,7 @@ class KommoClient:
         }
         if responsible_user_id:
             task["responsible_user_id"] = responsible_user_id
-        response = await self.request("POST", "/api/v4/tasks", json=[task], idempotent=False)
-        tasks = (_body(response) or {}).get("_embedded", {}).get("tasks", [])
-        return int(tasks[0]["id"]) if tasks else 0
+        return await self._tasks.submit(task)
 
     async def register_webhook(self, destination: str, events: list[str]) -> None:
         await self.request(
@@ -201,29 +282,13 @@ class KommoClient:
         return list((body or {}).get("_embedded", {}).get("webhooks", []))
 
     async def add_note(self, lead_id: int, text: str) -> int:
-        try:
-            response = await self.request(
-                "POST",
-                f"/api/v4/leads/{lead_id}/notes",
-                json=[{"note_type": "common", "params": {"text": text}}],
-                idempotent=False,
-            )
-        except NotFound as exc:
-            raise NotFound(f"lead {lead_id} not found in Kommo: no note written") from exc
-        body = _body(response) or {}
-        notes = body.get("_embedded", {}).get("notes", [])
-        return int(notes[0]["id"]) if notes else 0
+        return await self._notes.submit((lead_id, text))
 
     async def set_lead_field(self, lead_id: int, field_id: int, value: str) -> None:
         await self.update_fields("leads", lead_id, [(field_id, value)])
 
     async def run_salesbot(self, bot_id: int, lead_id: int) -> None:
-        await self.request(
-            "POST",
-            "/api/v2/salesbot/run",
-            json=[{"bot_id": bot_id, "entity_id": lead_id, "entity_type": 2}],
-            idempotent=False,
-        )
+        await self._bot_runs.submit((bot_id, lead_id))
 
     async def outgoing_messages(self, lead_id: int) -> list[dict[str, Any]]:
         """The lead's outgoing chat message events (evidence that a reply went out)."""
@@ -234,8 +299,174 @@ class KommoClient:
                 "filter[entity_id]": lead_id,
                 "filter[type]": "outgoing_chat_message",
             },
+            priority=Priority.REPLY,
         )
         return list((body or {}).get("_embedded", {}).get("events", []))
+
+    # The list calls behind the coalescers: one request, one outcome per item.
+
+    async def _read(
+        self, entity: str, ids: list[int], departure: Departure
+    ) -> list[Outcome[dict[str, Any]]]:
+        params: list[tuple[str, str | int]] = [("filter[id][]", i) for i in sorted(set(ids))]
+        params.append(("limit", READ_BATCH))
+        if entity == "leads":
+            params.append(("with", "contacts"))
+        response = await self.request(
+            "GET", f"/api/v4/{entity}", params=params, departure=departure
+        )
+        embedded = (_body(response) or {}).get("_embedded", {}).get(entity, [])
+        found = {int(e["id"]): e for e in embedded if isinstance(e, dict) and "id" in e}
+        # An unknown id is simply absent (204 when none is known): NOT_FOUND for its caller.
+        return [
+            dict(found[i]) if i in found else NotFound(f"{entity[:-1]} {i} not found in Kommo")
+            for i in ids
+        ]
+
+    async def _read_leads(
+        self, ids: list[int], departure: Departure
+    ) -> list[Outcome[dict[str, Any]]]:
+        return await self._read("leads", ids, departure)
+
+    async def _read_contacts(
+        self, ids: list[int], departure: Departure
+    ) -> list[Outcome[dict[str, Any]]]:
+        return await self._read("contacts", ids, departure)
+
+    async def _patch(
+        self, entity: str, batch: list[FieldWrite], departure: Departure
+    ) -> list[Outcome[None]]:
+        body = [
+            {
+                "id": entity_id,
+                "custom_fields_values": [
+                    {"field_id": field_id, "values": [{"value": value}]}
+                    for field_id, value in values
+                ],
+            }
+            for entity_id, values in batch
+        ]
+        path = f"/api/v4/{entity}"
+        response = await self.request("PATCH", path, json=body, departure=departure, accept=(400,))
+        refused = _refusals(response, len(batch), path, [f"{entity[:-1]} {i}" for i, _ in batch])
+        return refused or [None] * len(batch)
+
+    async def _run_bots(
+        self, batch: list[tuple[int, int]], departure: Departure
+    ) -> list[Outcome[None]]:
+        path = "/api/v4/bots/run"
+        response = await self.request(
+            "POST",
+            path,
+            json=[
+                {"bot_id": bot_id, "entity_id": lead_id, "entity_type": "leads"}
+                for bot_id, lead_id in batch
+            ],
+            departure=departure,
+            idempotent=False,
+            accept=(400,),
+        )
+        refused = _refusals(response, len(batch), path, [f"lead {i}" for _, i in batch])
+        # Kommo answers 202 with an HTML "Accepted": nothing per item to read.
+        return refused or [None] * len(batch)
+
+    async def _add_notes(
+        self, batch: list[tuple[int, str]], departure: Departure
+    ) -> list[Outcome[int]]:
+        path = "/api/v4/leads/notes"
+        response = await self.request(
+            "POST",
+            path,
+            json=[
+                {"entity_id": lead_id, "note_type": "common", "params": {"text": text}}
+                for lead_id, text in batch
+            ],
+            departure=departure,
+            idempotent=False,
+            accept=(400,),
+        )
+        refused = _refusals(
+            response, len(batch), path, [f"lead {i}" for i, _ in batch], "no note written"
+        )
+        return refused or _new_ids(response, "notes", len(batch))
+
+    async def _add_tasks(
+        self, batch: list[dict[str, Any]], departure: Departure
+    ) -> list[Outcome[int]]:
+        path = "/api/v4/tasks"
+        response = await self.request(
+            "POST", path, json=batch, departure=departure, idempotent=False, accept=(400,)
+        )
+        refused = _refusals(
+            response, len(batch), path, [f"lead {t['entity_id']}" for t in batch], "no task added"
+        )
+        return refused or _new_ids(response, "tasks", len(batch))
+
+
+def _refusals(
+    response: httpx.Response, count: int, path: str, names: list[str], consequence: str = ""
+) -> list[Outcome[Any]]:
+    """Per item, for a list call Kommo answered 400: the items its `validation-errors`
+    name fail (NOT_FOUND when every error is NotFound), the others were not applied and
+    go again (REQUEUE). [] when the call succeeded."""
+    if response.status_code != 400:
+        return []
+    named = _validation_errors(response)
+    suffix = f": {consequence}" if consequence else ""
+    if not any(str(i) in named for i in range(count)):
+        _checked(response, path)  # names none of our items: the request itself failed
+    outcomes: list[Outcome[Any]] = []
+    for index in range(count):
+        codes = named.get(str(index))
+        if codes is None or all(code == "TooManyEntities" for code in codes):
+            outcomes.append(REQUEUE)
+        elif all(code == "NotFound" for code in codes):
+            outcomes.append(NotFound(f"{names[index]} not found in Kommo{suffix}"))
+        else:
+            outcomes.append(
+                InvalidInput(f"Kommo refused {names[index]}: {', '.join(codes)}{suffix}")
+            )
+    return outcomes
+
+
+def _validation_errors(response: httpx.Response) -> dict[str, list[str]]:
+    """`validation-errors` as request_id → the codes of its errors (the item's index as a
+    string: we set no request_id of our own)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    errors = body.get("validation-errors") if isinstance(body, dict) else None
+    named: dict[str, list[str]] = {}
+    for item in errors or []:
+        if isinstance(item, dict) and "request_id" in item:
+            codes = [
+                str(e.get("code") or "InvalidValue")
+                for e in item.get("errors") or []
+                if isinstance(e, dict)
+            ]
+            named.setdefault(str(item["request_id"]), []).extend(codes or ["InvalidValue"])
+    return named
+
+
+def _new_ids(response: httpx.Response, entity: str, count: int) -> list[Outcome[int]]:
+    """The new entities' ids in the order sent: by `request_id` (the index), else by
+    position."""
+    embedded = (_body(response) or {}).get("_embedded", {}).get(entity, [])
+    by_request = {
+        str(e["request_id"]): int(e["id"])
+        for e in embedded
+        if isinstance(e, dict) and "request_id" in e and "id" in e
+    }
+    ids: list[Outcome[int]] = []
+    for index in range(count):
+        if str(index) in by_request:
+            ids.append(by_request[str(index)])
+        elif index < len(embedded) and isinstance(embedded[index], dict):
+            ids.append(int(embedded[index].get("id") or 0))
+        else:
+            ids.append(0)
+    return ids
 
 
 def _backoff(attempt: int) -> float:

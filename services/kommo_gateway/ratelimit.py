@@ -12,15 +12,21 @@ bursty sliding window at 94.8 % of the limit, with the odd 429; spacing does bet
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import time
 import uuid
-from typing import Any
+from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol
 
 import httpx
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from services.common.errors import RateLimited, Unavailable
 from services.kommo_gateway.store import RATE_DEPARTURES, RATE_NEXT_SLOT
 
 log = logging.getLogger(__name__)
@@ -166,3 +172,213 @@ async def _sleep_us(wait_us: int) -> None:
     sub-millisecond sleep at once; rounded up, a waiting request does not ask Redis
     again before its moment can have come."""
     await asyncio.sleep(math.ceil(wait_us / 1000) / 1000)
+
+
+class Priority(IntEnum):
+    """Who goes first when a departure is granted (lower goes first)."""
+
+    REPLY = 0  # a customer is waiting for our answer: the field write and the bot run
+    CONTEXT = 1  # what a turn needs before n8n can answer: lead and contact reads
+    RECORD = 2  # notes and tasks: may lag, must not be lost
+    BACKGROUND = 3  # syncs (users) and operators' calls (the edge's test endpoints)
+
+
+# The class of the current gRPC call when the caller says it (an operator at the edge);
+# None = the kind's own class. Set by the servicer for each call, read where it queues.
+call_priority: ContextVar[Priority | None] = ContextVar("call_priority", default=None)
+# The moment (time.monotonic()) after which the current call's answer would come too late.
+call_deadline: ContextVar[float | None] = ContextVar("call_deadline", default=None)
+
+
+class BudgetBusy(RateLimited):
+    """Refused before waiting (or while waiting) because the departure would come after the
+    caller's deadline: answered at once, with when to come back."""
+
+    def __init__(self, retry_after_seconds: float) -> None:
+        self.retry_after_seconds = max(1, math.ceil(retry_after_seconds))
+        super().__init__(
+            "Kommo's request budget (shared by the whole bridge) is taken for the next "
+            f"{self.retry_after_seconds} s: try again in {self.retry_after_seconds} s"
+        )
+
+
+class Source(Protocol):
+    """Something waiting for departures: a coalescer, or the queue of single calls."""
+
+    def head(self) -> tuple[Priority, float] | None:
+        """The class and enqueue time (monotonic) of its first waiting item, if any."""
+
+    def departures_before(self, priority: Priority) -> int:
+        """Departures it needs for its items of this class or a more urgent one."""
+
+    def depart(self, departure: Departure) -> None:
+        """Send what is waiting with this departure (without waiting for the answer)."""
+
+    def fail_head(self, error: BaseException) -> None:
+        """No departure could be had: fail what would have gone."""
+
+
+@dataclass
+class _Single:
+    priority: Priority
+    since: float
+    future: asyncio.Future[Departure]
+
+
+class _Singles:
+    """Calls that are not batched (users, account, events…): one departure each."""
+
+    def __init__(self) -> None:
+        self.waiting: list[_Single] = []
+
+    def head(self) -> tuple[Priority, float] | None:
+        self.waiting = [w for w in self.waiting if not w.future.done()]
+        if not self.waiting:
+            return None
+        best = min(self.waiting, key=lambda w: (w.priority, w.since))
+        return best.priority, best.since
+
+    def departures_before(self, priority: Priority) -> int:
+        return sum(1 for w in self.waiting if w.priority <= priority and not w.future.done())
+
+    def _take(self) -> _Single | None:
+        if self.head() is None:
+            return None
+        best = min(self.waiting, key=lambda w: (w.priority, w.since))
+        self.waiting.remove(best)
+        return best
+
+    def depart(self, departure: Departure) -> None:
+        taken = self._take()
+        if taken is None:
+            _discard(departure)
+        else:
+            taken.future.set_result(departure)
+
+    def fail_head(self, error: BaseException) -> None:
+        taken = self._take()
+        if taken is not None:
+            taken.future.set_exception(error)
+
+
+class Budget:
+    """One replica's share of the limit, spent by priority.
+
+    Holds at most one reservation of the shared limit at a time, and only while something
+    waits; when it is granted, the most urgent source goes — the class, less one class for
+    every `aging_seconds` waited, so a flood of replies delays notes but never starves
+    them. Under load the coalescers' batches fill while the reservation is pending, and
+    an idle budget grants at once: no fixed batching delay.
+
+    Per replica (a first step): each replica orders its own callers; the limit itself is
+    shared by all (RateLimiter), so replicas take turns departure by departure.
+    """
+
+    def __init__(self, limiter: RateLimiter, aging_seconds: float, call_seconds: float) -> None:
+        """`call_seconds`: the part of a caller's deadline kept for the Kommo call itself."""
+        self._limiter = limiter
+        self._aging = aging_seconds
+        self._call_seconds = call_seconds
+        self._singles = _Singles()
+        self._sources: list[Source] = [self._singles]
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def interval_seconds(self) -> float:
+        return self._limiter.interval_seconds
+
+    def attach(self, source: Source) -> None:
+        self._sources.append(source)
+
+    def notify(self) -> None:
+        """A source has something waiting."""
+        self._wake.set()
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._dispatch(), name="kommo-budget")
+
+    def give_up_at(self) -> float | None:
+        """When the current call, still waiting for its departure, must be refused so that
+        the refusal and not a DEADLINE_EXCEEDED reaches its caller."""
+        deadline = call_deadline.get()
+        return None if deadline is None else deadline - self._call_seconds
+
+    def estimate(self, priority: Priority, own: int = 1) -> float:
+        """Seconds until `own` more departures of this class could leave, from the queue
+        ahead of them in this replica."""
+        ahead = sum(source.departures_before(priority) for source in self._sources)
+        return (ahead + own) * self._limiter.interval_seconds
+
+    def refuse_if_late(self, priority: Priority, give_up: float | None, own: int = 1) -> None:
+        """Refuse at once a call whose departure could not come before it gives up."""
+        if give_up is None:
+            return
+        wait = self.estimate(priority, own) - self._limiter.interval_seconds
+        if time.monotonic() + wait > give_up:
+            raise BudgetBusy(wait)
+
+    async def departure(self, priority: Priority) -> Departure:
+        """A departure for one call that is not batched, in its class's turn."""
+        give_up = self.give_up_at()
+        self.refuse_if_late(priority, give_up)
+        future: asyncio.Future[Departure] = asyncio.get_running_loop().create_future()
+        self._singles.waiting.append(_Single(priority, time.monotonic(), future))
+        self.notify()
+        timeout = None if give_up is None else max(0.0, give_up - time.monotonic())
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise BudgetBusy(self.estimate(priority)) from None
+        except asyncio.CancelledError:
+            # The caller went away: a departure granted meanwhile goes back.
+            if future.done() and not future.cancelled() and future.exception() is None:
+                _discard(future.result())
+            raise
+
+    def _most_urgent(self) -> Source | None:
+        now = time.monotonic()
+        best: tuple[float, float, Source] | None = None
+        for source in self._sources:
+            head = source.head()
+            if head is None:
+                continue
+            priority, since = head
+            rank = priority - (now - since) / self._aging
+            if best is None or (rank, since) < best[:2]:
+                best = (rank, since, source)
+        return best[2] if best else None
+
+    async def _dispatch(self) -> None:
+        while True:
+            self._wake.clear()
+            if self._most_urgent() is None:
+                await self._wake.wait()
+                continue
+            try:
+                departure = await self._limiter.acquire()
+            except RedisError as exc:
+                source = self._most_urgent()
+                if source is not None:
+                    source.fail_head(Unavailable(f"storage unavailable, retry later ({exc})"))
+                continue
+            source = self._most_urgent()
+            if source is None:
+                await departure.settle()
+            else:
+                source.depart(departure)
+
+    async def aclose(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+
+
+_discarding: set[asyncio.Task[None]] = set()
+
+
+def _discard(departure: Departure) -> None:
+    """Give back a departure nobody took (from sync code: in a task)."""
+    task = asyncio.get_running_loop().create_task(departure.settle())
+    _discarding.add(task)
+    task.add_done_callback(_discarding.discard)

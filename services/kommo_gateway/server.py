@@ -15,7 +15,7 @@ from services.common.redis import create_redis
 from services.common.settings import load_settings
 from services.kommo_gateway.delivery import Delivery
 from services.kommo_gateway.kommo_client import KommoClient
-from services.kommo_gateway.ratelimit import RateLimiter
+from services.kommo_gateway.ratelimit import Budget, RateLimiter
 from services.kommo_gateway.servicer import GatewayServicer
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.tokens import TokenKeeper, TokenManager
@@ -29,11 +29,14 @@ def create_server(settings: GatewaySettings) -> tuple[GrpcService, TokenManager]
     redis = create_redis(settings.redis_url)
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=50))
     limiter = RateLimiter(redis, settings.kommo_rate_limit_rps)
+    budget = Budget(limiter, settings.kommo_priority_aging_seconds, settings.kommo_call_seconds)
     tokens = TokenManager(settings, redis, http, limiter)
-    kommo = KommoClient(settings, http, tokens, limiter)
+    kommo = KommoClient(settings, http, tokens, limiter, budget)
     servicer = GatewayServicer(settings, redis, kommo, Delivery(settings, redis, kommo, http))
 
     async def close() -> None:
+        await kommo.aclose()
+        await budget.aclose()
         await http.aclose()
         await redis.aclose()
 

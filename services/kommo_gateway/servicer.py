@@ -14,9 +14,11 @@ import redis.asyncio as aioredis
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as pb
 from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayServicer
 from services.common.errors import InvalidInput, Unavailable
+from services.common.grpc_client import KOMMO_PRIORITY_METADATA
 from services.kommo_gateway import mapping
 from services.kommo_gateway.delivery import Delivery
 from services.kommo_gateway.kommo_client import KommoClient
+from services.kommo_gateway.ratelimit import Priority, call_deadline, call_priority
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.store import (
     cache_keep_seconds,
@@ -32,6 +34,16 @@ log = logging.getLogger(__name__)
 _DEFAULT_TASK_SECONDS = 3600
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _on_budget(context: Context) -> None:
+    """What the queues for Kommo's budget need of this call: its deadline (a call that
+    could not leave before it is refused at once) and, when the caller says it is an
+    operator, its class."""
+    remaining = context.time_remaining()
+    call_deadline.set(None if remaining is None else time.monotonic() + remaining)
+    said = dict(context.invocation_metadata() or ()).get(KOMMO_PRIORITY_METADATA)
+    call_priority.set(Priority.BACKGROUND if said == "operator" else None)
 
 
 class GatewayServicer(KommoGatewayServicer):
@@ -105,6 +117,7 @@ class GatewayServicer(KommoGatewayServicer):
         return pb.EraseGatewayDataResponse(erased=erased)
 
     async def GetLead(self, request: pb.GetLeadRequest, context: Context) -> pb.Lead:
+        _on_budget(context)
         if request.lead_id <= 0:
             raise InvalidInput("lead_id must be a positive integer")
         body = await self._cached(
@@ -113,6 +126,7 @@ class GatewayServicer(KommoGatewayServicer):
         return mapping.lead(body)
 
     async def GetContact(self, request: pb.GetContactRequest, context: Context) -> pb.Contact:
+        _on_budget(context)
         if request.contact_id <= 0:
             raise InvalidInput("contact_id must be a positive integer")
         body = await self._cached(
@@ -123,10 +137,12 @@ class GatewayServicer(KommoGatewayServicer):
     async def ListUsers(
         self, request: pb.ListUsersRequest, context: Context
     ) -> pb.ListUsersResponse:
+        _on_budget(context)
         users = await self._kommo.users()
         return pb.ListUsersResponse(users=[mapping.user(u) for u in users])
 
     async def AddNote(self, request: pb.AddNoteRequest, context: Context) -> pb.AddNoteResponse:
+        _on_budget(context)
         if request.lead_id <= 0 or not request.text.strip():
             raise InvalidInput("a note needs a lead_id and a text")
         return pb.AddNoteResponse(note_id=await self._kommo.add_note(request.lead_id, request.text))
@@ -134,6 +150,7 @@ class GatewayServicer(KommoGatewayServicer):
     async def DeliverMessage(
         self, request: pb.DeliverMessageRequest, context: Context
     ) -> pb.DeliverMessageResponse:
+        _on_budget(context)
         if not request.text.strip():
             raise InvalidInput("the message text is empty")
         if request.lead_id <= 0 and not request.chat_id:
@@ -185,6 +202,7 @@ class GatewayServicer(KommoGatewayServicer):
         )
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
+        _on_budget(context)
         body = await self._kommo.account()
         return pb.Account(
             id=int(body.get("id") or 0),
@@ -197,6 +215,7 @@ class GatewayServicer(KommoGatewayServicer):
     async def UpdateFields(
         self, request: pb.UpdateFieldsRequest, context: Context
     ) -> pb.UpdateFieldsResponse:
+        _on_budget(context)
         if request.entity not in ("leads", "contacts"):
             raise InvalidInput("entity must be 'leads' or 'contacts'")
         if request.entity_id <= 0 or not request.values:
@@ -209,6 +228,7 @@ class GatewayServicer(KommoGatewayServicer):
         return pb.UpdateFieldsResponse()
 
     async def AddTask(self, request: pb.AddTaskRequest, context: Context) -> pb.AddTaskResponse:
+        _on_budget(context)
         if request.lead_id <= 0 or not request.text.strip():
             raise InvalidInput("a task needs a lead_id and a text")
         complete_till = request.complete_till or int(time.time()) + _DEFAULT_TASK_SECONDS
@@ -220,12 +240,14 @@ class GatewayServicer(KommoGatewayServicer):
     async def RegisterWebhook(
         self, request: pb.RegisterWebhookRequest, context: Context
     ) -> pb.Webhooks:
+        _on_budget(context)
         if not request.destination.startswith(("https://", "http://")) or not request.events:
             raise InvalidInput("a webhook needs an http(s) destination and at least one event")
         await self._kommo.register_webhook(request.destination, list(request.events))
         return await self.ListWebhooks(pb.ListWebhooksRequest(), context)
 
     async def ListWebhooks(self, request: pb.ListWebhooksRequest, context: Context) -> pb.Webhooks:
+        _on_budget(context)
         return pb.Webhooks(
             webhooks=[
                 pb.Webhook(

@@ -37,6 +37,20 @@ class GatewaySettings(CommonSettings):
     kommo_rate_limit_rps: int = Field(
         default=7, gt=0, description="requests per second for all gateway replicas together"
     )
+    kommo_priority_aging_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="a call waiting for Kommo's budget moves up one priority class (replies, "
+        "context reads, notes and tasks, syncs and operators) for every this long waited, so "
+        "a flood of one kind never starves another",
+    )
+    kommo_call_seconds: float = Field(
+        default=1.5,
+        ge=0,
+        description="kept out of a caller's deadline for the Kommo call itself: a call that "
+        "could not leave before its deadline less this is refused at once (429 with "
+        "Retry-After at the edge) instead of timing out after waiting",
+    )
     kommo_salesbot_id: int = Field(default=0, ge=0, description="Salesbot that sends the field")
     kommo_reply_field_id: int = Field(default=0, ge=0, description="lead field the bot sends")
     kommo_channel_id: str = ""
@@ -56,6 +70,14 @@ class GatewaySettings(CommonSettings):
     )
     kommo_delivery_grace_seconds: float = Field(
         default=3.0, ge=0, description="wait before looking for a reply of unknown outcome"
+    )
+    kommo_evidence_skew_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="a bot message event counts as a reply's evidence from this long before "
+        "its Salesbot run started: Kommo's clock and ours differ, and events carry whole "
+        "seconds; keep KOMMO_REPLY_SPACING_SECONDS above it plus a second plus the bot's "
+        "sending time",
     )
     kommo_refresh_lock_seconds: float = Field(
         default=15.0,

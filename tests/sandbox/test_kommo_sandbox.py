@@ -4,123 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import email.utils
 import hashlib
 import json
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import pytest
 
-from sandbox.kommo import SandboxConfig, create_app, sandbox_of
+from sandbox.kommo import SandboxConfig
 from sandbox.kommo.routes_chats import chats_signature
-from sandbox.kommo.runtime import Sandbox
 from sandbox.kommo.state import seed
-
-BRIDGE_URL = "http://bridge.test/webhooks/kommo?secret=s3cret"
-BASE_CONFIG = SandboxConfig(
-    bridge_webhook_url=BRIDGE_URL,
-    echo_delay=0.03,
-    rate_limit_rps=0,
+from tests.sandbox.kommo_app import (
+    BASE_CONFIG,
+    BRIDGE_URL,
+    CONTACT,
+    LEAD,
+    REPLY_FIELD,
+    Kommo,
+    OpenKommo,
 )
-LEAD = 9100001
-CONTACT = 4400001
-REPLY_FIELD = BASE_CONFIG.reply_field_id
-# Far above echo_delay: only a sandbox that never delivers gets near it.
-SETTLE_SECONDS = 2.0
-
-
-@dataclass
-class Kommo:
-    """A sandbox app driven in-process, with every webhook it POSTs caught."""
-
-    client: httpx.AsyncClient
-    sandbox: Sandbox
-    config: SandboxConfig
-    webhooks: list[httpx.Request] = field(default_factory=list)
-    bridge_status: int = 200
-
-    async def token_pair(self) -> dict[str, Any]:
-        answer = await self.client.post(
-            "/oauth2/access_token", json=self.grant(refresh_token=self.config.initial_refresh_token)
-        )
-        assert answer.status_code == 200, answer.text
-        pair: dict[str, Any] = answer.json()
-        return pair
-
-    async def auth(self) -> dict[str, str]:
-        pair = await self.token_pair()
-        return {"Authorization": f"Bearer {pair['access_token']}"}
-
-    def grant(self, *, code: str | None = None, refresh_token: str | None = None) -> dict[str, str]:
-        body = {
-            "client_id": self.config.client_id,
-            "client_secret": self.config.client_secret,
-            "redirect_uri": self.config.redirect_uri,
-        }
-        if code is not None:
-            return {**body, "grant_type": "authorization_code", "code": code}
-        assert refresh_token is not None
-        return {**body, "grant_type": "refresh_token", "refresh_token": refresh_token}
-
-    async def settled(self) -> None:
-        """Wait until every Salesbot run and Chats API echo scheduled so far has happened."""
-        async with asyncio.timeout(SETTLE_SECONDS):
-            await self.sandbox.activity.drain()
-
-    async def chat(self, lead_id: int) -> list[dict[str, Any]]:
-        answer = await self.client.get(f"/_sandbox/chats/{lead_id}")
-        messages: list[dict[str, Any]] = answer.json()
-        return messages
-
-    async def set_reply(self, headers: dict[str, str], text: str, lead_id: int = LEAD) -> None:
-        answer = await self.client.patch(
-            f"/api/v4/leads/{lead_id}",
-            headers=headers,
-            json={"custom_fields_values": [{"field_id": REPLY_FIELD, "values": [{"value": text}]}]},
-        )
-        assert answer.status_code == 200, answer.text
-
-
-OpenKommo = Callable[..., Awaitable[Kommo]]
-
-
-@pytest.fixture
-async def open_kommo() -> AsyncIterator[OpenKommo]:
-    opened: list[Kommo] = []
-
-    async def open_(**overrides: Any) -> Kommo:
-        config = dataclasses.replace(BASE_CONFIG, **overrides)
-        caught: list[httpx.Request] = []
-        holder: list[Kommo] = []
-
-        def bridge(request: httpx.Request) -> httpx.Response:
-            caught.append(request)
-            return httpx.Response(holder[0].bridge_status if holder else 200)
-
-        app = create_app(config, webhook_transport=httpx.MockTransport(bridge))
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://previdas.sandbox.test"
-        )
-        kommo = Kommo(client=client, sandbox=sandbox_of(app), config=config, webhooks=caught)
-        holder.append(kommo)
-        opened.append(kommo)
-        return kommo
-
-    yield open_
-    for kommo in opened:
-        await kommo.client.aclose()
-        await kommo.sandbox.aclose()
-
-
-@pytest.fixture
-async def kommo(open_kommo: OpenKommo) -> Kommo:
-    return await open_kommo()
 
 
 def jwt_claims(token: str) -> dict[str, Any]:
@@ -466,11 +370,11 @@ async def test_salesbot_sends_the_field_value_it_reads_when_it_runs(kommo: Kommo
     events = (await kommo.client.get("/api/v4/events", params=events_query, headers=headers)).json()
     event = events["_embedded"]["events"][0]
     assert event["type"] == "outgoing_chat_message" and event["entity_id"] == LEAD
-    assert event["value_after"][0]["message"] == {
-        **event["value_after"][0]["message"],
-        "id": message["id"],
-        "text": "Segunda resposta",
-    }
+    # Kommo's shape: the message's id, channel and talk, written by no user — and no text.
+    assert event["created_by"] == 0
+    assert event["value_after"] == [
+        {"message": {"id": message["id"], "origin": "waba", "talk_id": 5201}}
+    ]
 
 
 async def test_v4_bot_run_answers_accepted_as_html(kommo: Kommo) -> None:
