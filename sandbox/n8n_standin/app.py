@@ -128,8 +128,11 @@ def create_app(config: StandinConfig) -> FastAPI:
                 "arrived_at": arrived_at,
             }
             state.received.append(record)
-            if config.delay_seconds:
-                await asyncio.sleep(config.delay_seconds)
+            # Held until the wall clock the stamps use has moved on by the delay: the
+            # loop's monotonic sleep may wake a hair early by that clock.
+            answer_at = arrived_at + config.delay_seconds
+            while (left := answer_at - time.time()) > 0:  # noqa: ASYNC110 - a clock, not an event
+                await asyncio.sleep(left)
             if config.auto_reply and envelope.get("event") in (
                 "message.received",
                 "conversation.proactive",

@@ -40,7 +40,9 @@ def http(many: Stack) -> Iterator[httpx.Client]:
         client.post(f"{many.standin_url}/_standin/config", json={"delay_seconds": 0})
         client.post(f"{many.standin_url}/_standin/reset")
         yield client
-        client.post(f"{many.standin_url}/_standin/config", json={"delay_seconds": 0})
+    # A fresh connection: the pooled one may have idled past the stand-in's keep-alive and
+    # be closed by it just as this request goes ("Server disconnected", seen in CI).
+    httpx.post(f"{many.standin_url}/_standin/config", json={"delay_seconds": 0}, timeout=30.0)
 
 
 def new_leads(http: httpx.Client, stack: Stack, n: int) -> list[int]:
