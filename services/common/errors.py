@@ -31,8 +31,28 @@ class Unavailable(BridgeError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+# The trailing metadata key of a RESOURCE_EXHAUSTED that knows when to come back (whole
+# seconds); the edge turns it into `Retry-After`.
+RETRY_AFTER_METADATA = "retry-after-seconds"
+
+
+def retry_after_trailer(exc: grpc.aio.AioRpcError) -> str | None:
+    """The `RETRY_AFTER_METADATA` a failed call's trailers carry, if any."""
+    trailers: object = exc.trailing_metadata()
+    if isinstance(trailers, grpc.aio.Metadata):
+        values = trailers.get_all(RETRY_AFTER_METADATA)
+        return str(values[0]) if values else None
+    return None
+
+
 class RateLimited(BridgeError):
+    """Too many requests; `retry_after_seconds`, when known, says when to come back."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_seconds: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class Unauthenticated(BridgeError):

@@ -22,7 +22,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
-from services.common.errors import BridgeError
+from services.common.errors import (
+    RETRY_AFTER_METADATA,
+    BridgeError,
+    RateLimited,
+    retry_after_trailer,
+)
 from services.common.logs import request_id
 from services.common.metrics import GrpcMetrics, serve_metrics
 
@@ -56,6 +61,18 @@ def _error_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         # A failing call to another service keeps its code and its message.
         return exc.code(), exc.details() or exc.code().name
     return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def _error_trailers(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """When to come back, for a caller refused for now: ours, or the one a service we
+    called told us (passed on with its code and message)."""
+    if isinstance(exc, RateLimited) and exc.retry_after_seconds is not None:
+        return ((RETRY_AFTER_METADATA, str(exc.retry_after_seconds)),)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        told = retry_after_trailer(exc)
+        if told is not None:
+            return ((RETRY_AFTER_METADATA, told),)
+    return ()
 
 
 if TYPE_CHECKING:
@@ -110,7 +127,7 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, me
         log.exception("unhandled error in %s", method)
     else:
         log.info("%s failed: %s %s", method, code.name, message)
-    await context.abort(code, message)
+    await context.abort(code, message, _error_trailers(exc))
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

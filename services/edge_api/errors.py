@@ -6,6 +6,7 @@ with them, bounded in size whatever was sent."""
 
 from __future__ import annotations
 
+import math
 from http import HTTPStatus
 
 import grpc
@@ -15,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.common.errors import BridgeError
+from services.common.errors import BridgeError, RateLimited, retry_after_trailer
 
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -34,7 +35,8 @@ HTTP_STATUS = {
     grpc.StatusCode.CANCELLED: 503,
 }
 
-# Kommo's budget (the usual cause of a 429) is counted per second.
+# Kommo's budget (the usual cause of a 429) is counted per second: when the service did
+# not say when to come back, a second from now.
 RETRY_AFTER_SECONDS = 1
 # A 422 names at most this many problems, each bounded: the answer stays small whatever
 # the size of the input (nothing of the input is in it but field names, cut short).
@@ -110,17 +112,32 @@ async def grpc_error_handler(request: Request, exc: Exception) -> JSONResponse:
     message = exc.details() or exc.code().name.lower()
     if exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in message.lower():
         message = "a bridge service is unavailable"
-    return error_response(status, message, _retry_after(status))
+    return error_response(status, message, grpc_retry_after(exc))
 
 
 async def bridge_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BridgeError)
     status = HTTP_STATUS.get(exc.code, 500)
-    return error_response(status, str(exc), _retry_after(status))
+    seconds = exc.retry_after_seconds if isinstance(exc, RateLimited) else None
+    return error_response(status, str(exc), _retry_after(status, seconds))
 
 
-def _retry_after(status: int) -> dict[str, str] | None:
-    return {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else None
+def grpc_retry_after(exc: grpc.aio.AioRpcError) -> dict[str, str] | None:
+    """The `Retry-After` header for a service's refusal: its own figure when it gave one
+    (trailing metadata), else the default; None when it is not a 429."""
+    told = retry_after_trailer(exc)
+    try:
+        seconds = None if told is None else float(told)
+    except ValueError:
+        seconds = None
+    return _retry_after(HTTP_STATUS.get(exc.code(), 502), seconds)
+
+
+def _retry_after(status: int, seconds: float | None = None) -> dict[str, str] | None:
+    if status != 429:
+        return None
+    whole = RETRY_AFTER_SECONDS if seconds is None or not math.isfinite(seconds) else seconds
+    return {"Retry-After": str(max(1, math.ceil(whole)))}
 
 
 async def starlette_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -31,6 +31,31 @@ from services.kommo_gateway.ratelimit import (
 
 log = logging.getLogger(__name__)
 
+# Across replicas (designed, not built yet). With 3 replicas each batches only its own
+# callers: 1.95 Kommo calls per answer at 20 customers. The design, keys to go in store.py:
+# - Queue: `gw:batch:{kind}:{priority}` lists of item ids, and `gw:batch-item:{id}` (payload
+#   as JSON, priority, enqueue time and give-up time by Redis' clock, with a TTL past the
+#   give-up), written in one script that also returns the departures queued ahead, so the
+#   refusal at once (refuse_if_late) counts every replica's callers, not only this one's.
+# - One dispatcher per kind: `gw:batch-lease:{kind}`, SET NX PX, renewed at a third of its
+#   life; a new item PUBLISHes on `gw:batch-wake:{kind}` so the holder's Budget notices it.
+#   The Budget's Source calls (head, departures_before) are synchronous: the holder keeps a
+#   mirror of each queue's length and oldest item, refreshed on a wake and after a departure.
+# - On a granted departure, a script pops up to the kind's maximum in (priority − aging,
+#   since) order, skipping a second item with the same exclusive key (left in its place) and
+#   items past their give-up (their callers were already refused), and LMOVEs the ids to
+#   `gw:batch-inflight:{kind}`. Each item's outcome (the answer as JSON; an error as its
+#   domain class name and message from a fixed list; REQUEUE as an LPUSH back to its queue's
+#   head) is RPUSHed to `gw:batch-result:{id}` with a short TTL, so nothing outlives a caller.
+# - The caller BLPOPs its result list until its give-up. On time-out a script takes its item
+#   back: still queued → removed, BudgetBusy; already popped → wait the call's share
+#   (KOMMO_CALL_SECONDS), then Unavailable, as a timed-out call is today (a bot run's outcome
+#   is then settled by the reply evidence, not by a second run).
+# - A holder that loses its lease mid-batch: the next holder answers Unavailable for the ids
+#   left in flight (their request may have reached Kommo) and goes on with the queues.
+# Not built in this step: the codec per kind, the fencing of a caller that gives up against
+# the pop, and the failover are each a change to test across processes on their own.
+
 T = TypeVar("T")
 R = TypeVar("R")
 

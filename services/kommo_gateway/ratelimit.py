@@ -194,11 +194,14 @@ class BudgetBusy(RateLimited):
     """Refused before waiting (or while waiting) because the departure would come after the
     caller's deadline: answered at once, with when to come back."""
 
+    retry_after_seconds: int
+
     def __init__(self, retry_after_seconds: float) -> None:
-        self.retry_after_seconds = max(1, math.ceil(retry_after_seconds))
+        seconds = max(1, math.ceil(retry_after_seconds))
         super().__init__(
             "Kommo's request budget (shared by the whole bridge) is taken for the next "
-            f"{self.retry_after_seconds} s: try again in {self.retry_after_seconds} s"
+            f"{seconds} s: try again in {seconds} s",
+            seconds,
         )
 
 

@@ -15,7 +15,7 @@ from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.grpc_server import client_metadata
 from services.edge_api.clients import SERVICE_NAMES
 from services.edge_api.deps import API_KEY, ClientsDep, RuntimeDep, require_api_key_or_query
-from services.edge_api.errors import HTTP_STATUS
+from services.edge_api.errors import HTTP_STATUS, grpc_retry_after
 from services.edge_api.ids import KommoIdPath
 from services.edge_api.routes.status import kommo_status, service_health, status_json
 
@@ -75,7 +75,9 @@ async def test_kommo_connectivity(clients: ClientsDep) -> JSONResponse:
             "advice": _ADVICE.get(status.token_state)
             or ("Kommo is unreachable or failing; it is retried automatically."),
         }
-        return JSONResponse(report, status_code=HTTP_STATUS.get(exc.code(), 502))
+        return JSONResponse(
+            report, status_code=HTTP_STATUS.get(exc.code(), 502), headers=grpc_retry_after(exc)
+        )
     report |= {
         "ok": True,
         "latency_ms": round((time.perf_counter() - started) * 1000, 1),
