@@ -63,6 +63,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How often ownership is looked at while partitions change hands (a replica joined or
+# left): a partition given back is taken by another replica within about this long.
+# Settled, the leases are renewed every third of WORK_LEASE_SECONDS.
+_REBALANCE_TICK_SECONDS = 0.5
+
 # An entry read from a stream: (stream, entry id, fields).
 Entry = tuple[str, str, dict[bytes, bytes]]
 
@@ -238,6 +243,9 @@ class PartitionOwnership:
         self.lease_ms = lease_ms
         self._until: dict[str, float] = {}  # stream → monotonic end of the lease
         self.giving_back: set[str] = set()
+        # False while this replica still gives back or still wants partitions: the keeper
+        # then ticks often, so a partition changing hands is unread for a moment only.
+        self.settled = True
 
     def holds(self, stream: str) -> bool:
         return time.monotonic() < self._until.get(stream, 0.0)
@@ -286,6 +294,7 @@ class PartitionOwnership:
             await self._release(EVENTS_STREAM)
         if taken:
             log.info("event partitions taken: %s", ", ".join(taken))
+        self.settled = not self.giving_back and len(taken) >= wanted
         return taken
 
     async def release_all(self) -> None:
@@ -379,7 +388,14 @@ class EventConsumer(BackgroundTask):
                     self._taken.set()
             except RedisError as exc:
                 log.warning("event partitions: redis error, retrying: %s", exc)
-            await self._wait(drained, drained, self.settings.lease_ms / 3000)
+            renew_every = self.settings.lease_ms / 3000
+            await self._wait(
+                drained,
+                drained,
+                renew_every
+                if self.ownership.settled
+                else min(renew_every, _REBALANCE_TICK_SECONDS),
+            )
         try:
             await self.ownership.release_all()
         except RedisError as exc:
