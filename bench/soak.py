@@ -58,6 +58,9 @@ class Ledger:
     first_status: Counter[str] = field(default_factory=Counter)
     events: list[tuple[float, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # When n8n was down (wall clock, like sent_at): a message written meanwhile waits for
+    # n8n by definition, so its latency is also read from the moment n8n came back.
+    n8n_down: tuple[float, float] = (0.0, 0.0)
 
     def event(self, started: float, what: str) -> None:
         with self.lock:
@@ -177,12 +180,14 @@ def chaos(stack: Stack, args: argparse.Namespace, ledger: Ledger, started: float
     at(t)
     with httpx.Client(timeout=10) as http:
         http.post(f"{stack.standin_url}/_standin/config", json={"down": True})
+        down_at = time.time()
         ledger.event(started, f"n8n down for {args.n8n_down:.0f} s")
         for name in ("conversation", "kommo_gateway", "vendedor", "scheduling"):
             t += step
             kill_replica(name, 1, t)
         at(t + max(0.0, args.n8n_down - 4 * step))
         http.post(f"{stack.standin_url}/_standin/config", json={"down": False})
+        ledger.n8n_down = (down_at, time.time())
         ledger.event(started, "n8n back")
 
 
@@ -256,6 +261,13 @@ def audit(stack: Stack, ledger: Ledger) -> dict[str, Any]:
         f"{stack.edge_url}/stats", headers={"X-API-Key": stack.api_key}, timeout=10
     ).json()
     latency = [first_seen[t] - ledger.sent_at[t] for t in first_seen]
+    down, back = ledger.n8n_down
+    while_up = [
+        first_seen[t] - ledger.sent_at[t]
+        for t in first_seen
+        if not down <= ledger.sent_at[t] < back
+    ]
+    after_back = [first_seen[t] - back for t in first_seen if down <= ledger.sent_at[t] < back]
     return {
         "messages_sent": len(ledger.sent_at),
         "first_webhook_attempt": dict(ledger.first_status),
@@ -273,13 +285,20 @@ def audit(stack: Stack, ledger: Ledger) -> dict[str, Any]:
         "dead_letters": api["n8n"]["dead_letters"],
         "n8n_reply_attempts_by_status": dict(reply_statuses),
         "n8n_reply_attempts_refused_examples": refused_replies[:5],
-        "message_to_n8n_seconds": {
-            "p50": round(statistics.median(latency), 2) if latency else None,
-            "p99": round(statistics.quantiles(latency, n=100)[98], 2)
-            if len(latency) > 100
-            else None,
-            "max": round(max(latency), 2) if latency else None,
-        },
+        "message_to_n8n_seconds": _spread(latency),
+        # Written while n8n answered (outside its outage): kills and Redis' restart only.
+        "message_to_n8n_seconds_n8n_up": _spread(while_up),
+        # Written while n8n was down: from the moment n8n was back to the envelope.
+        "n8n_back_to_envelope_seconds": _spread(after_back),
+    }
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    return {
+        "count": len(values),
+        "p50": round(statistics.median(values), 2) if values else None,
+        "p99": round(statistics.quantiles(values, n=100)[98], 2) if len(values) > 100 else None,
+        "max": round(max(values), 2) if values else None,
     }
 
 

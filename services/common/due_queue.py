@@ -282,6 +282,26 @@ end
 return 1
 """
 
+# A dependency is back: every item of one kind (ARGV[2]) waiting in its queue (KEYS[2])
+# for a later try is due now (ARGV[1]). Only an item still at the try its record names
+# (score = next_at): a claimed one has its lease as score and is left alone.
+_PULL_FORWARD = """
+local now = tonumber(ARGV[1])
+local pulled = 0
+local records = redis.call('HGETALL', KEYS[1])
+for i = 2, #records, 2 do
+  local ok, r = pcall(cjson.decode, records[i])
+  if ok and r.kind == ARGV[2] and r.next_at then
+    local score = redis.call('ZSCORE', KEYS[2], r.member)
+    if score and tonumber(score) == tonumber(r.next_at) and tonumber(score) > now then
+      redis.call('ZADD', KEYS[2], now, r.member)
+      pulled = pulled + 1
+    end
+  end
+end
+return pulled
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class FailureOutcome:
@@ -317,6 +337,7 @@ class WorkFailures:
         self._entry_failed = redis.register_script(_ENTRY_FAILED)
         self._succeeded = redis.register_script(_SUCCEEDED)
         self._replay = redis.register_script(_REPLAY)
+        self._pull_forward = redis.register_script(_PULL_FORWARD)
 
     @staticmethod
     def item_id(kind: str, member: str) -> str:
@@ -421,6 +442,12 @@ class WorkFailures:
         )
         record.update(attempts=int(record["attempts"]) + 1, last_failed_at=now, next_at=next_at_ms)
         await self._redis.hset(self.failing_key, key, json.dumps(record))
+
+    async def pull_forward(self, kind: str, queue: str) -> int:
+        """A dependency is back (one call went through): the items of `kind` waiting for
+        their next try in `queue` are due now rather than at their backoff's end (up to
+        an hour after an outage). How many were pulled forward."""
+        return int(await self._pull_forward(keys=[self.failing_key, queue], args=[now_ms(), kind]))
 
     async def given_up(self, kind: str, member: str) -> None:
         """The handler parked the item in a dead-letter list of its own: not failing."""

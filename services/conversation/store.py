@@ -116,6 +116,10 @@ WEBHOOKS_TOTAL = "conv:webhooks:total"
 TURNS_DUE = "conv:turns:due"
 OUTBOX_DUE = "conv:outbox:due"
 OUTBOX_DEAD = "conv:outbox:dead"  # event_id → parked at (ms); the item hash stays
+# Set when a POST to n8n failed and will be retried; the first POST that goes through
+# takes it (GETDEL) and pulls every envelope waiting for a retry forward: n8n is back.
+# Expires with the longest wait of the retry schedule (nothing is waiting after that).
+N8N_FAILING = "conv:n8n:failing"
 REPLIES_DUE = "conv:replies:due"
 RESUMES_DUE = "conv:resumes:due"  # paused conversations by the time they resume
 HANDOFFS_DUE = "conv:handoffs:due"  # turns by the time n8n's silence hands them off

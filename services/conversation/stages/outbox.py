@@ -19,7 +19,7 @@ from services.common.metrics import N8N_DELIVERIES
 from services.common.n8n import next_delay
 from services.common.workpool import WorkPool
 from services.conversation.stages import Stage
-from services.conversation.store import OUTBOX_DUE
+from services.conversation.store import N8N_FAILING, OUTBOX_DUE
 
 if TYPE_CHECKING:
     from services.conversation.engine import Engine
@@ -56,6 +56,8 @@ class OutboxStage(Stage):
             await self.store.outbox_delivered(claim)
             if failed_before:
                 await self.failures.succeeded("n8n_delivery", claim.member)
+            if await self.store.redis.getdel(N8N_FAILING):
+                await self._n8n_is_back()
             await self.bots.count("forwarded")
             log.info("envelope delivered to n8n", extra={"event_id": claim.member})
             return
@@ -63,6 +65,8 @@ class OutboxStage(Stage):
         delay = next_delay(self.settings.retry_schedule, attempts) if attempt.retry else None
         next_due = None if delay is None else now_ms() + int(delay * 1000)
         await self.store.outbox_failed(claim, attempt.detail, next_due)
+        if next_due is not None:
+            await self.store.redis.set(N8N_FAILING, "1", px=self._longest_wait_ms())
         await self.bots.count("dead_lettered" if next_due is None else "retried")
         if next_due is None:
             await self.failures.given_up("n8n_delivery", claim.member)
@@ -85,5 +89,16 @@ class OutboxStage(Stage):
                 "n8n delivery failed, retrying",
                 extra={"event_id": claim.member, "attempts": attempts, "reason": attempt.detail},
             )
+
+    async def _n8n_is_back(self) -> None:
+        """n8n answered after failing: the envelopes waiting out their backoff (1 s, 5 s,
+        30 s, 2 min, 10 min …) go now, not minutes after n8n came back."""
+        pulled = await self.failures.pull_forward("n8n_delivery", OUTBOX_DUE)
+        if pulled:
+            log.info("n8n is back: %d waiting envelopes due now", pulled)
+            self.engine.envelope_due()
+
+    def _longest_wait_ms(self) -> int:
+        return int(max(self.settings.retry_schedule, default=0) * 1000) + 1
 
     # --- replies from n8n ------------------------------------------------------------
