@@ -136,12 +136,7 @@ class WorkPool(BackgroundTask):
         self._wake.set()  # a slot is free
 
     async def _pause(self, stopping: asyncio.Event, seconds: float) -> None:
-        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
+        await wait_any(self._wake, stopping, seconds)
 
     async def _run_one(self, claim: Claim) -> None:
         async with leased(self.queue, claim, self._lease_ms):
@@ -161,3 +156,13 @@ class WorkPool(BackgroundTask):
             await self.queue.release(claim)
         except RedisError as exc:
             log.warning("%s %s: not released (redis error): %s", self.kind, claim.member, exc)
+
+
+async def wait_any(event: asyncio.Event, stopping: asyncio.Event, seconds: float) -> None:
+    """Until `event` or `stopping` is set, or `seconds` have passed."""
+    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopping.wait())]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()

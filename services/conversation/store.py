@@ -885,67 +885,38 @@ class ConversationStore:
         """Store the envelope (due at `outbox_lease_ms` from now) and the turn in flight,
         and take the turn off the queue if the claim still holds it. Only if the turn at
         n8n is still `inflight_token` ('' = none; None = whatever it is)."""
+        token = "*" if inflight_token is None else inflight_token
         async with claim.pinned:
-            return await self._commit(
-                request_id,
-                conversation_id,
-                claim,
-                consumed,
-                reply_token,
-                event_id,
-                payload,
-                url,
-                outbox_lease_ms,
-                check_after_ms,
-                turn_started_ms,
-                "*" if inflight_token is None else inflight_token,
+            now = now_ms()
+            ok = await self._commit_turn(
+                keys=[
+                    inbox_key(conversation_id),
+                    conversation_key(conversation_id),
+                    reply_token_key(reply_token),
+                    outbox_item_key(event_id),
+                    OUTBOX_DUE,
+                    TURNS_DUE,
+                    HANDOFFS_DUE,
+                ],
+                args=[
+                    consumed,
+                    reply_token,
+                    event_id,
+                    payload,
+                    now,
+                    now + outbox_lease_ms,
+                    claim.lease,
+                    conversation_id,
+                    REPLY_TOKEN_TTL_SECONDS,
+                    url,
+                    now + check_after_ms if check_after_ms else 0,
+                    turn_started_ms,
+                    request_id,
+                    self._r_ms,
+                    token,
+                ],
             )
-
-    async def _commit(
-        self,
-        request_id: str,
-        conversation_id: str,
-        claim: Claim,
-        consumed: int,
-        reply_token: str,
-        event_id: str,
-        payload: str,
-        url: str,
-        outbox_lease_ms: int,
-        check_after_ms: int,
-        turn_started_ms: int,
-        inflight_token: str,
-    ) -> bool:
-        now = now_ms()
-        ok = await self._commit_turn(
-            keys=[
-                inbox_key(conversation_id),
-                conversation_key(conversation_id),
-                reply_token_key(reply_token),
-                outbox_item_key(event_id),
-                OUTBOX_DUE,
-                TURNS_DUE,
-                HANDOFFS_DUE,
-            ],
-            args=[
-                consumed,
-                reply_token,
-                event_id,
-                payload,
-                now,
-                now + outbox_lease_ms,
-                claim.lease,
-                conversation_id,
-                REPLY_TOKEN_TTL_SECONDS,
-                url,
-                now + check_after_ms if check_after_ms else 0,
-                turn_started_ms,
-                request_id,
-                self._r_ms,
-                inflight_token,
-            ],
-        )
-        return bool(ok)
+            return bool(ok)
 
     async def finish_turn(self, conversation_id: str, reply_token: str, event_id: str = "") -> None:
         """Settle the turn `reply_token` answers; `event_id` is its envelope's."""

@@ -79,6 +79,7 @@ def create_app(settings: EdgeSettings) -> Any:
     runtime = EdgeRuntime(settings)
     api = create_api(runtime)
     max_body = settings.edge_max_body_bytes
+    too_large = f"body over {max_body} bytes"
 
     async def app(scope: webhook.Scope, receive: webhook.Receive, send: webhook.Send) -> None:
         if scope["type"] != "http":
@@ -89,7 +90,6 @@ def create_app(settings: EdgeSettings) -> Any:
             # (nothing on it logs per request).
             await runtime.webhook(scope, receive, send)
             return
-        too_large = f"body over {max_body} bytes"
         started = time.perf_counter()
         status = 500
         # One id for the request, carried to every service it calls (gRPC metadata)

@@ -290,19 +290,6 @@ class KommoClient:
     async def run_salesbot(self, bot_id: int, lead_id: int) -> None:
         await self._bot_runs.submit((bot_id, lead_id))
 
-    async def outgoing_messages(self, lead_id: int) -> list[dict[str, Any]]:
-        """The lead's outgoing chat message events (evidence that a reply went out)."""
-        body = await self.get_json(
-            "/api/v4/events",
-            {
-                "filter[entity]": "lead",
-                "filter[entity_id]": lead_id,
-                "filter[type]": "outgoing_chat_message",
-            },
-            priority=Priority.REPLY,
-        )
-        return list((body or {}).get("_embedded", {}).get("events", []))
-
     # The list calls behind the coalescers: one request, one outcome per item.
 
     async def _read(

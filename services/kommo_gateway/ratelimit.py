@@ -287,10 +287,6 @@ class Budget:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
 
-    @property
-    def interval_seconds(self) -> float:
-        return self._limiter.interval_seconds
-
     def attach(self, source: Source) -> None:
         self._sources.append(source)
 

@@ -15,6 +15,7 @@ from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as pb
 from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayServicer
 from services.common.errors import InvalidInput, Unavailable
 from services.common.grpc_client import KOMMO_PRIORITY_METADATA
+from services.common.kommo_ids import KOMMO_ID_MAX, is_kommo_id
 from services.kommo_gateway import mapping
 from services.kommo_gateway.delivery import Delivery
 from services.kommo_gateway.kommo_client import KommoClient
@@ -87,8 +88,8 @@ class GatewayServicer(KommoGatewayServicer):
     ) -> pb.EraseGatewayDataResponse:
         """The copies of these leads and contacts, the contacts of those leads (as the
         copy of the lead names them), and these deliveries' records."""
-        if any(x <= 0 for x in [*request.lead_ids, *request.contact_ids]):
-            raise InvalidInput("lead and contact ids must be positive integers")
+        if not all(is_kommo_id(x) for x in [*request.lead_ids, *request.contact_ids]):
+            raise InvalidInput(f"lead and contact ids must be Kommo ids (1 to {KOMMO_ID_MAX})")
         contact_ids = set(request.contact_ids)
         for lead_id in request.lead_ids:
             raw = await self._redis.get(cache_key("lead", lead_id))

@@ -18,6 +18,7 @@ from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.due_queue import Claim, now_ms
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.grpc_server import client_metadata
+from services.common.kommo_ids import KOMMO_ID_MAX, is_kommo_id
 from services.common.n8n import N8nClient, next_delay
 from services.common.workpool import WorkPool, leased
 from services.scheduling import domain
@@ -272,8 +273,8 @@ class SchedulingServicer(SchedulingServiceServicer):
     async def EraseData(
         self, request: pb.EraseSchedulingDataRequest, context: Context
     ) -> pb.EraseSchedulingDataResponse:
-        if any(x <= 0 for x in [*request.lead_ids, *request.contact_ids]):
-            raise InvalidInput("lead and contact ids must be positive integers")
+        if not all(is_kommo_id(x) for x in [*request.lead_ids, *request.contact_ids]):
+            raise InvalidInput(f"lead and contact ids must be Kommo ids (1 to {KOMMO_ID_MAX})")
         counts = await self._store.erase(list(request.lead_ids), list(request.contact_ids))
         log.warning("scheduling data erased", extra={"erased": dict(counts)})
         return pb.EraseSchedulingDataResponse(erased=dict(counts))

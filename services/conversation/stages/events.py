@@ -46,6 +46,7 @@ from services.common.due_queue import WorkFailures, describe, now_ms
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.grpc_server import BackgroundTask
 from services.common.logs import flow, request_id
+from services.common.workpool import wait_any
 from services.conversation import bot, envelope
 from services.conversation.events import LeadEvent, MessageEvent
 from services.conversation.stages import Stage
@@ -219,11 +220,6 @@ class EventStage(Stage):
         log.info("proactive start from Kommo", extra={"trigger": trigger, "status": started.status})
 
 
-def lane_key(data: dict[str, Any]) -> str:
-    """Events with the same key are applied in stream order (and go to one partition)."""
-    return routing_key(data)
-
-
 class PartitionOwnership:
     """The event streams this replica reads, each under a lease in Redis.
 
@@ -389,7 +385,7 @@ class EventConsumer(BackgroundTask):
             except RedisError as exc:
                 log.warning("event partitions: redis error, retrying: %s", exc)
             renew_every = self.settings.lease_ms / 3000
-            await self._wait(
+            await wait_any(
                 drained,
                 drained,
                 renew_every
@@ -410,7 +406,7 @@ class EventConsumer(BackgroundTask):
                     if room <= 0:
                         # Full: wait for a lane to finish an entry.
                         self._room.clear()
-                        await self._wait(self._room, stopping, 0.5)
+                        await wait_any(self._room, stopping, 0.5)
                         continue
                     if self._catching_up:
                         await self._take_over(room)
@@ -420,7 +416,7 @@ class EventConsumer(BackgroundTask):
                     ]
                     if not streams:
                         self._taken.clear()
-                        await self._wait(self._taken, stopping, 0.5)
+                        await wait_any(self._taken, stopping, 0.5)
                         continue
                     if (
                         time.monotonic() - last_reclaim
@@ -442,15 +438,6 @@ class EventConsumer(BackgroundTask):
             except RedisError as exc:
                 log.warning("event consumer: redis error, retrying: %s", exc)
                 await asyncio.sleep(1.0)
-
-    @staticmethod
-    async def _wait(event: asyncio.Event, stopping: asyncio.Event, seconds: float) -> None:
-        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopping.wait())]
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
 
     async def _take_over(self, room: int) -> None:
         """Claims what the previous owner of a newly taken stream left pending, oldest
@@ -491,7 +478,8 @@ class EventConsumer(BackgroundTask):
             key = ""
             if fields:  # empty: deleted meanwhile, acknowledged by its lane
                 try:
-                    key = lane_key(json.loads(fields[b"e"]))
+                    # Events with one key are applied in stream order (one partition).
+                    key = routing_key(json.loads(fields[b"e"]))
                 except (ValueError, KeyError):
                     key = stream_id  # unreadable: its own lane fails and parks it
             lane = zlib.crc32(key.encode()) % len(self._lanes)

@@ -100,5 +100,3 @@ class OutboxStage(Stage):
 
     def _longest_wait_ms(self) -> int:
         return int(max(self.settings.retry_schedule, default=0) * 1000) + 1
-
-    # --- replies from n8n ------------------------------------------------------------

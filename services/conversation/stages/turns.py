@@ -199,5 +199,3 @@ class TurnStage(Stage):
             # The envelope is still worth sending without the vendedor.
             log.info("no vendedor for user %s: %s", user_id, exc.code().name)
             return None
-
-    # --- outbox to n8n ----------------------------------------------------------------
