@@ -46,6 +46,20 @@ def is_placeholder(value: str) -> bool:
     return host == "example.com" or host.endswith(".example.com")
 
 
+# What N8N_WEBHOOK_URL and its per-event overrides must be (every service that posts to n8n).
+N8N_URL_ADVICE = (
+    "the Production URL of your n8n workflow's Webhook node (examples/n8n/README.md; guide step 4)"
+)
+
+
+def check_replaced(variable: str, value: str, what: str) -> str:
+    """`value`, unless it is a placeholder from .env.example: then one line saying what
+    `variable` must be set to."""
+    if is_placeholder(value):
+        raise ConfigurationError(variable, f"set {variable} to {what}")
+    return value
+
+
 def check_timezone(variable: str, value: str) -> str:
     """An IANA time zone name; ZoneInfo's own errors are KeyErrors pydantic would not catch."""
     try:

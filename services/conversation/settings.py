@@ -6,17 +6,14 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from services.common.privacy import ContactPrivacySettings
 from services.common.settings import (
+    N8N_URL_ADVICE,
     CommonSettings,
     ConfigurationError,
     N8nSettings,
+    check_replaced,
     check_timezone,
-    is_placeholder,
 )
 from services.conversation.proactive import WorkingHours
-
-N8N_URL_ADVICE = (
-    "the Production URL of your n8n workflow's Webhook node (examples/n8n/README.md; guide step 4)"
-)
 
 
 class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
@@ -157,21 +154,16 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
     @field_validator("edge_public_url")
     @classmethod
     def _public_url(cls, value: str) -> str:
-        if is_placeholder(value):
-            raise ConfigurationError(
-                "EDGE_PUBLIC_URL",
-                "set EDGE_PUBLIC_URL to the address n8n uses to reach the edge "
-                "(callback.url of every envelope; guide step 1)",
-            )
-        return value
+        return check_replaced(
+            "EDGE_PUBLIC_URL",
+            value,
+            "the address n8n uses to reach the edge (callback.url of every envelope; guide step 1)",
+        )
 
     @field_validator("n8n_webhook_url", "n8n_reply_webhook_url", "n8n_proactive_webhook_url")
     @classmethod
     def _n8n_url(cls, value: str, info: ValidationInfo) -> str:
-        if is_placeholder(value):
-            variable = str(info.field_name).upper()
-            raise ConfigurationError(variable, f"set {variable} to {N8N_URL_ADVICE}")
-        return value
+        return check_replaced(str(info.field_name).upper(), value, N8N_URL_ADVICE)
 
     @model_validator(mode="after")
     def _n8n(self) -> ConversationSettings:

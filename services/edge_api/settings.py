@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from services.common.settings import CommonSettings, ConfigurationError, is_placeholder
+from services.common.settings import (
+    CommonSettings,
+    ConfigurationError,
+    check_replaced,
+    is_placeholder,
+)
 
 _PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "test"})
 _MIN_SECRET_LENGTH = 16
@@ -56,13 +61,12 @@ class EdgeSettings(CommonSettings):
     @field_validator("edge_public_url")
     @classmethod
     def _public_url(cls, value: str) -> str:
-        if is_placeholder(value):
-            raise ConfigurationError(
-                "EDGE_PUBLIC_URL",
-                "set EDGE_PUBLIC_URL to the address Kommo and n8n use to reach this edge, "
-                "e.g. https://bridge.yourcompany.com (guide step 1)",
-            )
-        return value
+        return check_replaced(
+            "EDGE_PUBLIC_URL",
+            value,
+            "the address Kommo and n8n use to reach this edge, "
+            "e.g. https://bridge.yourcompany.com (guide step 1)",
+        )
 
     def secrets(self) -> list[str]:
         return [self.edge_api_key, self.kommo_webhook_secret]

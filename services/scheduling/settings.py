@@ -6,15 +6,12 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from services.common.privacy import ContactPrivacySettings
 from services.common.settings import (
+    N8N_URL_ADVICE,
     CommonSettings,
     ConfigurationError,
     N8nSettings,
+    check_replaced,
     check_timezone,
-    is_placeholder,
-)
-
-_N8N_URL_ADVICE = (
-    "the Production URL of your n8n workflow's Webhook node (examples/n8n/README.md; guide step 4)"
 )
 
 
@@ -39,21 +36,16 @@ class SchedulingSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
     @field_validator("edge_public_url")
     @classmethod
     def _public_url(cls, value: str) -> str:
-        if is_placeholder(value):
-            raise ConfigurationError(
-                "EDGE_PUBLIC_URL",
-                "set EDGE_PUBLIC_URL to the address n8n uses to reach the edge "
-                "(scheduling.status_callback.url; guide step 1)",
-            )
-        return value
+        return check_replaced(
+            "EDGE_PUBLIC_URL",
+            value,
+            "the address n8n uses to reach the edge (scheduling.status_callback.url; guide step 1)",
+        )
 
     @field_validator("n8n_webhook_url", "n8n_scheduling_webhook_url")
     @classmethod
     def _n8n_url(cls, value: str, info: ValidationInfo) -> str:
-        if is_placeholder(value):
-            variable = str(info.field_name).upper()
-            raise ConfigurationError(variable, f"set {variable} to {_N8N_URL_ADVICE}")
-        return value
+        return check_replaced(str(info.field_name).upper(), value, N8N_URL_ADVICE)
 
     @model_validator(mode="after")
     def _n8n(self) -> SchedulingSettings:
@@ -61,7 +53,7 @@ class SchedulingSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
         if not self.scheduling_url:
             raise ConfigurationError(
                 ("N8N_WEBHOOK_URL", "N8N_SCHEDULING_WEBHOOK_URL"),
-                f"required: set N8N_WEBHOOK_URL to {_N8N_URL_ADVICE}",
+                f"required: set N8N_WEBHOOK_URL to {N8N_URL_ADVICE}",
             )
         return self
 
