@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -36,8 +37,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
+import redis
 
+from bench import profiling
 from bench.kommo_body import body, lead_template
 from devstack.processes import ROOT
 from devstack.stack import Stack, StackConfig, start_stack
@@ -52,6 +56,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured")
     parser.add_argument("--leads", type=int, default=1000)
     parser.add_argument("--warmup-rate", type=float, default=100.0)
+    parser.add_argument(
+        "--kommo-rps",
+        type=int,
+        default=7,
+        help="Kommo's rate limit, in the sandbox and the bridge alike (Kommo's: 7)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy on every process during the measured run (bench/profiling.py)",
+    )
     return parser.parse_args(argv)
 
 
@@ -62,21 +77,25 @@ async def send(
     message's scheduled start (wall clock) and the edge's answers."""
     started: dict[str, float] = {}
     statuses: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(timeout=10, limits=limits) as http:
+    # aiohttp: the load generator shares the machine's two cores with the stack, so it
+    # should cost as little per request as it can.
+    connector = aiohttp.TCPConnector(limit=200)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
 
         async def one(lead: int, text: str, at: float) -> None:
             payload = body(lead_template(lead, text), str(uuid.uuid4()))
             await asyncio.sleep(max(0.0, at - time.monotonic()))
             started[text] = time.time() - max(0.0, time.monotonic() - at)
             try:
-                answer = await http.post(
+                async with http.post(
                     stack.webhook_url,
-                    content=payload,
+                    data=payload,
                     headers={"content-type": "application/x-www-form-urlencoded"},
-                )
-                key = str(answer.status_code)
-            except httpx.HTTPError as exc:
+                ) as answer:
+                    await answer.read()
+                    key = str(answer.status)
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 key = type(exc).__name__
             statuses[key] = statuses.get(key, 0) + 1
 
@@ -105,6 +124,63 @@ def settle(stack: Stack, expected: int, timeout: float = 120.0) -> None:
     raise RuntimeError(f"the stack did not settle in {timeout:.0f} s")
 
 
+def stack_pids(stack: Stack) -> dict[str, int]:
+    """The first replica of every service, the sandbox, the stand-in and Redis."""
+    pids = {name: replicas[0].popen.pid for name, replicas in stack.services.items()}
+    for name, process in (("sandbox", stack.sandbox), ("standin", stack.standin)):
+        if process is not None:
+            pids[name] = process.popen.pid
+    if stack.redis is not None and stack.redis.process is not None:
+        pids["redis"] = stack.redis.process.pid
+    return pids
+
+
+def redis_calls(stack: Stack) -> dict[str, int]:
+    """Commands Redis has run, by command (INFO commandstats)."""
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_profiles(
+    stack: Stack, pids: dict[str, int], duration: float, out: Path
+) -> dict[str, Any]:
+    """py-spy on each Python process of the stack for the measured run."""
+    spy = profiling.py_spy()
+    if spy is None:
+        log.warning("py-spy not found (.venv/bin/pip install py-spy): no profile")
+        return {}
+    return {
+        name: profiling.record(spy, pid, duration, out / f"profile-{name}.txt", native=False)
+        for name, pid in pids.items()
+        if name != "redis"
+    }
+
+
+def finish_profiles(spies: dict[str, Any], out: Path) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    for name, process in spies.items():
+        _, err = process.communicate(timeout=120)
+        path = out / f"profile-{name}.txt"
+        if process.returncode == 0 and path.exists():
+            report[name] = profiling.summarize(path.read_text())
+        else:
+            log.warning("py-spy on %s failed: %s", name, err.decode(errors="replace")[-500:])
+    return report
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -124,14 +200,13 @@ def main(argv: list[str] | None = None) -> int:
             env={
                 "LOG_LEVEL": "WARNING",
                 "MESSAGE_DEBOUNCE_SECONDS": "0",
-                # The replies' Kommo calls must not queue behind the real rate limit:
-                # that is the outbound benchmark's subject, not this one's.
-                "KOMMO_RATE_LIMIT_RPS": "2000",
-                "KOMMO_REPLY_SPACING_SECONDS": "0.05",
+                # Kommo's own budget by default (7 a second), as a user runs it: the
+                # replies' calls are batched as they would be, and cost what they would.
+                "KOMMO_RATE_LIMIT_RPS": str(args.kommo_rps),
             },
             sandbox_env={
                 "SANDBOX_LEADS": str(args.leads),
-                "SANDBOX_RATE_LIMIT_RPS": "2000",
+                "SANDBOX_RATE_LIMIT_RPS": str(args.kommo_rps),
                 "SANDBOX_ECHO_DELAY": "0.2",
             },
         )
@@ -146,8 +221,26 @@ def main(argv: list[str] | None = None) -> int:
         count = int(args.rate * args.duration)
         texts = [(i % args.leads + 1, f"medida {i:06d}") for i in range(count)]
         log.info("measuring: %d messages at %g/s over %d leads", count, args.rate, args.leads)
+        pids = stack_pids(stack)
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        calls_before = redis_calls(stack)
+        spies = start_profiles(stack, pids, args.duration, out) if args.profile else {}
+        client_cpu = time.process_time()
         started, statuses = asyncio.run(send(stack, texts, args.rate))
+        client_cpu = time.process_time() - client_cpu
+        profiled = finish_profiles(spies, out)
         settle(stack, 1)
+        cpu_ms = {
+            name: round(1000 * (cpu_seconds(pid) - cpu_before[name]) / max(1, count), 2)
+            for name, pid in pids.items()
+        }
+        cpu_ms["bench client"] = round(1000 * client_cpu / max(1, count), 2)
+        calls_after = redis_calls(stack)
+        redis_per_message = {
+            name: round((calls_after[name] - calls_before.get(name, 0)) / max(1, count), 2)
+            for name in calls_after
+            if calls_after[name] > calls_before.get(name, 0)
+        }
         time.sleep(2.0)
         arrived: dict[str, float] = {}
         per_envelope: list[int] = []
@@ -186,7 +279,15 @@ def main(argv: list[str] | None = None) -> int:
         "messages_per_envelope_max": max(per_envelope, default=0),
         "latency_ms": figures,
         "bar": bar,
+        "cpu_ms_per_message": cpu_ms | {"total": round(sum(cpu_ms.values()), 2)},
+        "redis_commands_per_message": dict(sorted(redis_per_message.items(), key=lambda kv: -kv[1]))
+        | {"total": round(sum(redis_per_message.values()), 2)},
     }
+    if profiled:
+        result["profile"] = profiled
+        (out / "profile.md").write_text(
+            "\n".join(profiling.markdown(name, data) for name, data in profiled.items())
+        )
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write(json.dumps(result, indent=2) + f"\nresults: {out}\n")
     return 0 if all(bar.values()) else 1

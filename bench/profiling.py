@@ -46,7 +46,13 @@ def py_spy() -> str | None:
     return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
-def record(spy: str, pid: int, duration: float, output: Path) -> subprocess.Popen[bytes]:
+def record(
+    spy: str, pid: int, duration: float, output: Path, *, native: bool = True
+) -> subprocess.Popen[bytes]:
+    """Sample `pid` for `duration` s. native=False samples Python frames only and without
+    pausing the process (`--nonblocking`): the timing of a latency run stays close to an
+    unprofiled one, at the price of syscalls being charged to the Python line above them."""
+    how = ["--native"] if native else ["--nonblocking"]
     return subprocess.Popen(
         [
             spy,
@@ -57,7 +63,7 @@ def record(spy: str, pid: int, duration: float, output: Path) -> subprocess.Pope
             f"{duration:g}",
             "--rate",
             "100",
-            "--native",
+            *how,
             "--format",
             "raw",
             "--output",

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -76,7 +76,9 @@ def reply_text(envelope: dict[str, Any], prefix: str) -> str:
 def create_app(config: StandinConfig) -> FastAPI:
     app = FastAPI(title="n8n stand-in")
     state = State()
-    http = httpx.AsyncClient(timeout=30.0)
+    # aiohttp, like the bridge's n8n client: on a shared machine the stand-in's replies
+    # should cost what n8n's would, not httpx's tenfold.
+    sessions: list[aiohttp.ClientSession] = []
     tasks: set[asyncio.Task[None]] = set()
 
     async def answer(envelope: dict[str, Any], request_id: str) -> None:
@@ -93,12 +95,18 @@ def create_app(config: StandinConfig) -> FastAPI:
         headers = {"X-API-Key": config.api_key}
         if request_id:
             headers["X-Request-ID"] = request_id
+        if not sessions:
+            sessions.append(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30.0)))
         for attempt in range(1, max(1, config.reply_tries) + 1):
             try:
-                response = await http.post(callback["url"], json=body, headers=headers)
-                outcome: dict[str, Any] = {"status": response.status_code, "body": response.json()}
-                final = response.status_code < 500 and response.status_code != 429
-            except (httpx.HTTPError, ValueError) as exc:
+                async with sessions[0].post(callback["url"], json=body, headers=headers) as answer:
+                    status = answer.status
+                    outcome: dict[str, Any] = {
+                        "status": status,
+                        "body": json.loads(await answer.read()),
+                    }
+                final = status < 500 and status != 429
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 outcome, final = {"status": None, "error": type(exc).__name__}, False
             state.replies.append({**outcome, "attempt": attempt})
             if final:

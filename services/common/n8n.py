@@ -1,18 +1,26 @@
-"""Delivering envelopes to n8n: signed when configured, classified for retry."""
+"""Delivering envelopes to n8n: signed when configured, classified for retry.
+
+Every envelope is one POST, so the client's cost per request is on the hot path: aiohttp
+spends about a tenth of the CPU httpx does per request here (bench/README.md, "Webhook →
+n8n envelope latency")."""
 
 from __future__ import annotations
 
 import random
+import urllib.parse
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import httpx
+import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 # Answers that mean "try again later" (docs/n8n-contract.md); any other 4xx is final.
 _RETRY_STATUSES = frozenset({408, 425, 429})
 _JITTER = 0.2
+# Enough of an error answer to say what went wrong; the rest is not read.
+_ERROR_BODY_BYTES = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,21 +31,41 @@ class Attempt:
 
 
 class N8nClient:
+    """POSTs envelopes over one pool of keep-alive connections, opened on first use (an
+    aiohttp session belongs to the event loop it was made in). The work pools bound how
+    many are in flight, so the pool itself has no limit. A proxy comes from the environment
+    (HTTP_PROXY, HTTPS_PROXY, NO_PROXY) as with any HTTP client, looked up once per URL:
+    aiohttp's own `trust_env` reads them and ~/.netrc in a thread on every request."""
+
     def __init__(
         self,
-        client: httpx.AsyncClient,
         *,
         auth_header: str,
         signing_secret: str,
         timeout_seconds: float,
     ) -> None:
-        self._client = client
+        self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, str | None] = {}
         self._headers = {"content-type": "application/json"}
         if auth_header:
             name, _, value = auth_header.partition(":")
             self._headers[name.strip()] = value.strip()
         self._signer = Webhook(signing_secret) if signing_secret else None
-        self._timeout = timeout_seconds
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self._session
+
+    def _proxy(self, url: str) -> str | None:
+        if url not in self._proxies:
+            self._proxies[url] = proxy_for(url)
+        return self._proxies[url]
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     async def post(self, url: str, event_id: str, payload: str, request_id: str = "") -> Attempt:
         headers = dict(self._headers)
@@ -50,16 +78,30 @@ class N8nClient:
             headers["webhook-timestamp"] = str(int(now.timestamp()))
             headers["webhook-signature"] = self._signer.sign(event_id, now, payload)
         try:
-            response = await self._client.post(
-                url, content=payload.encode(), headers=headers, timeout=self._timeout
-            )
-        except httpx.HTTPError as exc:
+            async with self._http().post(
+                url,
+                data=payload.encode(),
+                headers=headers,
+                timeout=self._timeout,
+                proxy=self._proxy(url),
+            ) as response:
+                status = response.status
+                if 200 <= status < 300:
+                    return Attempt(True, False, str(status))
+                body = await response.content.read(_ERROR_BODY_BYTES)
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return Attempt(False, True, f"n8n unreachable: {type(exc).__name__}")
-        if response.is_success:
-            return Attempt(True, False, str(response.status_code))
-        status = response.status_code
-        detail = f"n8n answered {status}: {response.text[:200]}"
+        text = body.decode(errors="replace")[:200]
+        detail = f"n8n answered {status}: {text}"
         return Attempt(False, status >= 500 or status in _RETRY_STATUSES, detail)
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url`, or None (none set, or NO_PROXY)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def next_delay(schedule: list[float], attempts: int) -> float | None:

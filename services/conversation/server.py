@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gc
 
-import httpx
-
 from bridge.conversation.v1 import conversation_pb2_grpc
 from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayStub
 from bridge.vendedor.v1.vendedor_pb2_grpc import VendedorServiceStub
@@ -30,23 +28,22 @@ def create_server(settings: ConversationSettings) -> GrpcService:
     store = ConversationStore(redis, settings.retention_seconds, settings.event_partitions)
     gateway_channel = create_channel(settings.kommo_gateway_addr, settings.grpc_deadline_seconds)
     vendedor_channel = create_channel(settings.vendedor_addr, settings.grpc_deadline_seconds)
-    http = httpx.AsyncClient()
+    n8n = N8nClient(
+        auth_header=settings.n8n_auth_header,
+        signing_secret=settings.n8n_signing_secret,
+        timeout_seconds=settings.n8n_timeout_seconds,
+    )
     engine = Engine(
         settings,
         store,
         KommoGatewayStub(gateway_channel),
         VendedorServiceStub(vendedor_channel),
-        N8nClient(
-            http,
-            auth_header=settings.n8n_auth_header,
-            signing_secret=settings.n8n_signing_secret,
-            timeout_seconds=settings.n8n_timeout_seconds,
-        ),
+        n8n,
     )
     servicer = ConversationServicer(engine)
 
     async def close() -> None:
-        await http.aclose()
+        await n8n.aclose()
         await gateway_channel.close(None)
         await vendedor_channel.close(None)
         await redis.aclose()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
-
 from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceStub
 from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayStub
 from bridge.scheduling.v1 import scheduling_pb2_grpc
@@ -29,24 +27,23 @@ def create_server(settings: SchedulingSettings) -> GrpcService:
         create_channel(settings.vendedor_addr, deadline),
         create_channel(settings.conversation_addr, deadline),
     ]
-    http = httpx.AsyncClient()
+    n8n = N8nClient(
+        auth_header=settings.n8n_auth_header,
+        signing_secret=settings.n8n_signing_secret,
+        timeout_seconds=settings.n8n_timeout_seconds,
+    )
     agendamentos = Agendamentos(
         settings,
         SchedulingStore(redis, settings.retention_seconds),
         KommoGatewayStub(channels[0]),
         VendedorServiceStub(channels[1]),
         ConversationServiceStub(channels[2]),
-        N8nClient(
-            http,
-            auth_header=settings.n8n_auth_header,
-            signing_secret=settings.n8n_signing_secret,
-            timeout_seconds=settings.n8n_timeout_seconds,
-        ),
+        n8n,
     )
     servicer = SchedulingServicer(agendamentos)
 
     async def close() -> None:
-        await http.aclose()
+        await n8n.aclose()
         for channel in channels:
             await channel.close(None)
         await redis.aclose()
