@@ -14,6 +14,7 @@ turn saw, so two turns built side by side never both go to n8n.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -126,13 +127,21 @@ class TurnStage(Stage):
     ) -> tuple[str, str, str]:
         lead_id = int(conversation.get("lead_id") or 0)
         contact_id = int(conversation.get("contact_id") or 0)
-        lead = await self._lead(lead_id)
+        # Side by side where one read does not need another's answer: the lead names the
+        # vendedor (and the contact, when the conversation does not know it yet).
+        lead, contact, history = await asyncio.gather(
+            self._lead(lead_id),
+            self._contact(contact_id),
+            self.store.history(conversation["id"], self.settings.history_turns * 2),
+        )
         if lead is not None and not contact_id:
             contact_id = lead.main_contact_id
-        contact = await self._contact(contact_id)
-        vendedor = await self._vendedor(lead.responsible_user_id if lead else 0)
+            contact, vendedor = await asyncio.gather(
+                self._contact(contact_id), self._vendedor(lead.responsible_user_id)
+            )
+        else:
+            vendedor = await self._vendedor(lead.responsible_user_id if lead else 0)
         messages = envelope.order_messages(pending)
-        history = await self.store.history(conversation["id"], self.settings.history_turns * 2)
         reply_token = uuid.uuid4().hex
         event_id = new_event_id()
         body = envelope.message_envelope(
