@@ -88,6 +88,7 @@ class BotController:
                 for h in history
             ],
             outcome=outcome,
+            decision=decision_of(data),
         )
 
     # --- pausing and resuming ---------------------------------------------------------
@@ -284,3 +285,14 @@ class BotController:
                 return
             log.error("Kommo refused a note/task: %s", exc.details())
         await self.bots.notification_done(claim.member)
+
+
+def decision_of(conversation: dict[str, str]) -> pb.BotDecision:
+    """The bot rules' last decision on a conversation, as its turn recorded it."""
+    return pb.BotDecision(
+        action=conversation.get("decision", ""),
+        reason=conversation.get("decision_reason", ""),
+        rule=conversation.get("decision_rule", ""),
+        at=int(conversation.get("decision_at") or 0) / 1000,
+        rules_version=int(conversation.get("decision_rules_version") or 0),
+    )

@@ -30,6 +30,7 @@ from services.common.grpc_server import BackgroundTask
 from services.common.n8n import N8nClient
 from services.common.workpool import Work, WorkPool
 from services.conversation.control import BotController
+from services.conversation.rulebook import RuleBook
 from services.conversation.settings import ConversationSettings
 from services.conversation.stages import is_transient
 from services.conversation.stages.events import EventStage
@@ -39,7 +40,7 @@ from services.conversation.stages.replies import ReplyStage
 from services.conversation.stages.timers import TimerStage
 from services.conversation.stages.turns import TurnStage
 from services.conversation.starter import ProactiveStarter
-from services.conversation.store import WORK_FAILURES, BotStore, ConversationStore
+from services.conversation.store import WORK_FAILURES, BotStore, ConversationStore, RulesStore
 
 if TYPE_CHECKING:
     from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayAsyncStub
@@ -72,6 +73,9 @@ class Engine:
         self.bots = BotStore(store.redis, store.retention_seconds)
         self.bot = BotController(settings, store, self.bots, gateway)
         self.proactive = ProactiveStarter(self)
+        self.rules = RuleBook(
+            RulesStore(store.redis), settings.bot_rules_file, settings.bot_rules_refresh_seconds
+        )
         self.failures = WorkFailures(
             store.redis,
             WORK_FAILURES,
@@ -120,6 +124,7 @@ class Engine:
         idempotency_key: str,
         handoff: bool = False,
         handoff_reason: str = "",
+        parts: list[str] | None = None,
     ) -> tuple[str, str, str, int]:
         """n8n's reply (or the bridge's own template): see stages/replies.py."""
         return await self.replies.send(
@@ -131,6 +136,7 @@ class Engine:
             idempotency_key=idempotency_key,
             handoff=handoff,
             handoff_reason=handoff_reason,
+            parts=parts,
         )
 
     def envelope_due(self) -> None:

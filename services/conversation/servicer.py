@@ -19,6 +19,7 @@ from services.conversation import series
 from services.conversation.engine import Engine
 from services.conversation.events import LeadEvent, MessageEvent, parse_webhook
 from services.conversation.kommo_form import nest, parse_form
+from services.conversation.rulebook import InForce
 from services.conversation.store import Operations, Privacy, seen_key
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class ConversationServicer(ConversationServiceServicer):
             idempotency_key=request.idempotency_key,
             handoff=request.handoff,
             handoff_reason=request.handoff_reason,
+            parts=list(request.parts),
         )
         return pb.SendReplyResponse(
             status=status, conversation_id=conversation_id, delivery_id=job_id, lead_id=lead_id
@@ -280,6 +282,17 @@ class ConversationServicer(ConversationServiceServicer):
             status=started.status,
             scheduled_for=started.scheduled_for,
         )
+
+    async def GetBotRules(
+        self, request: pb.GetBotRulesRequest, context: Context
+    ) -> pb.BotRulesDocument:
+        return rules_document(await self.engine.rules.current())
+
+    async def PutBotRules(
+        self, request: pb.PutBotRulesRequest, context: Context
+    ) -> pb.BotRulesDocument:
+        expected = request.expected_version if request.HasField("expected_version") else None
+        return rules_document(await self.engine.rules.put(request.rules_json, expected))
 
     async def GetTemplates(self, request: pb.GetTemplatesRequest, context: Context) -> pb.Templates:
         return pb.Templates(templates=await self.engine.proactive.templates())
@@ -492,4 +505,13 @@ def stats_bucket(b: series.Bucket) -> pb.StatsBucket:
         reply_mean_seconds=b.reply_mean_seconds,
         reply_p50_seconds=b.reply_p50_seconds,
         reply_p95_seconds=b.reply_p95_seconds,
+    )
+
+
+def rules_document(rules: InForce) -> pb.BotRulesDocument:
+    return pb.BotRulesDocument(
+        rules_json=rules.rules.model_dump_json(),
+        version=rules.version,
+        source=rules.source,
+        updated_at=rules.updated_at,
     )

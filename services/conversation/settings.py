@@ -13,6 +13,7 @@ from services.common.settings import (
     check_replaced,
     check_timezone,
 )
+from services.conversation import rulebook
 from services.conversation.proactive import WorkingHours
 
 
@@ -57,6 +58,17 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
     )
     proactive_templates_file: str = Field(
         default="", description="JSON {trigger: template} replacing the built-in templates"
+    )
+    bot_rules_file: str = Field(
+        default="",
+        description="JSON bot rules (the body of PUT /bot-rules) used until rules are set "
+        "through the API ('' = the defaults: the bot answers everyone at any hour)",
+    )
+    bot_rules_refresh_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="each replica applies rules changed through the API within this long",
     )
     proactive_on_lead_add: str = Field(
         default="", description="trigger started by Kommo's lead-created webhook ('' = none)"
@@ -149,6 +161,13 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
                     "set KOMMO_REPLY_FIELD_ID to the id of the lead field replies are written "
                     "to, a number, or leave it empty (guide step 3)",
                 )
+        return value
+
+    @field_validator("bot_rules_file")
+    @classmethod
+    def _rules_file(cls, value: str) -> str:
+        if value:
+            rulebook.load_file(value)  # a bad file stops the start with one line
         return value
 
     @field_validator("edge_public_url")

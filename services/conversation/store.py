@@ -59,7 +59,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from services.common.due_queue import Claim, DueQueue, Failure, now_ms, text, text_map
-from services.common.errors import NotFound
+from services.common.errors import Conflict, NotFound
 from services.conversation import series
 
 # Webhook events, durable until a worker has applied them: applied entries are deleted
@@ -130,6 +130,10 @@ CONVERSATIONS = "conv:index"
 PROACTIVE_DUE = "conv:proactive:due"  # proactive starts waiting for working hours
 FALLBACKS_DUE = "conv:proactive:fallback-due"  # n8n's first message, or the template
 TEMPLATES = "conv:templates"  # trigger → template, set through the API
+# The bot rules set through the API (hash: json, version, updated_at). No TTL: it is
+# configuration. Every replica reads it again at most BOT_RULES_REFRESH_SECONDS after a
+# change (rulebook.py).
+BOT_RULES = "conv:bot-rules"
 STATS = "conv:stats"  # counters (HINCRBY), kept for the life of the data
 # Every conversation by its bot state, for counting (ZCOUNT by score, O(log n)): score
 # BOT_STATE_PAUSED if paused (else 0) + BOT_STATE_AWAITING if its turn is at n8n. Kept by
@@ -560,7 +564,8 @@ _REPLY_DELIVERED = (
     _LIB
     + """
 if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'delivered', 1)
+redis.call('HSET', KEYS[1], 'parts_sent', ARGV[6], 'last_part_at', ARGV[4])
+if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'delivered', 1) end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 touch(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
@@ -834,11 +839,19 @@ class ConversationStore:
         return [json.loads(x) for x in raw]
 
     async def reply_delivered(
-        self, job_id: str, conversation_id: str, entry: dict[str, Any], cap: int
+        self,
+        job_id: str,
+        conversation_id: str,
+        entry: dict[str, Any],
+        cap: int,
+        *,
+        parts_sent: int = 1,
+        last: bool = True,
     ) -> None:
-        """Kommo took the reply: mark the job and add the text to the history together, so
-        a retry after a crash neither sends it again nor records it twice. Nothing is
-        written for a conversation erased meanwhile."""
+        """Kommo took (a part of) the reply: count it on the job and add its text to the
+        history together, so a retry after a crash neither sends it again nor records it
+        twice; `last`: the whole reply is out. Nothing is written for a conversation
+        erased meanwhile."""
         await self._reply_delivered(
             keys=[
                 reply_job_key(job_id),
@@ -851,6 +864,8 @@ class ConversationStore:
                 conversation_id,
                 now_ms(),
                 self._r_ms,
+                parts_sent,
+                "1" if last else "0",
             ],
         )
 
@@ -1031,6 +1046,13 @@ class ConversationStore:
 
     async def update_reply_job(self, job_id: str, **fields: str | int | float) -> None:
         await self.hset_if_exists(reply_job_key(job_id), fields)
+
+    async def record_decision(
+        self, conversation_id: str, fields: dict[str, str | int | float]
+    ) -> None:
+        """The bot rules' decision on a turn (and the session state it keeps), on the
+        conversation's hash; nothing for a conversation erased meanwhile."""
+        await self.hset_if_exists(conversation_key(conversation_id), fields)
 
     async def hset_if_exists(self, key: str, fields: dict[str, str | int | float]) -> bool:
         """Set fields of a work item unless it is gone (erased or expired)."""
@@ -1433,6 +1455,59 @@ class ProactiveStore:
 
     async def set_template(self, trigger: str, template: str) -> None:
         await self.redis.hset(TEMPLATES, trigger, template)
+
+
+# A new version of the rules, only over the version the writer read when it names one
+# (ARGV[2] = '' for none): the version written, or -1 (and the current one) if another
+# change came first.
+_PUT_RULES = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= current then
+  return {-1, current}
+end
+redis.call('HSET', KEYS[1], 'json', ARGV[1], 'version', current + 1, 'updated_at', ARGV[3])
+return {current + 1, current}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRules:
+    json: str
+    version: int
+    updated_at: str
+
+
+class RulesStore:
+    """The bot rules written through the API, versioned."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._put = redis.register_script(_PUT_RULES)
+
+    async def get(self) -> StoredRules | None:
+        raw = text_map(await self.redis.hgetall(BOT_RULES))
+        if not raw.get("json"):
+            return None
+        return StoredRules(raw["json"], int(raw.get("version") or 0), raw.get("updated_at", ""))
+
+    async def version(self) -> int:
+        return int(await self.redis.hget(BOT_RULES, "version") or 0)
+
+    async def put(self, rules_json: str, expected_version: int | None, updated_at: str) -> int:
+        """The version written; Conflict when `expected_version` is not the current one."""
+        written, current = cast(
+            list[int],
+            await self._put(
+                keys=[BOT_RULES],
+                args=[rules_json, "" if expected_version is None else expected_version, updated_at],
+            ),
+        )
+        if int(written) < 0:
+            raise Conflict(
+                f"the bot rules changed meanwhile (now version {current}, not "
+                f"{expected_version}): read them again, then change them"
+            )
+        return int(written)
 
 
 # Deletes one conversation's keys and queue entries at once. ARGV[1] is JSON: id, cutoff

@@ -21,6 +21,7 @@ from services.edge_api import webhook
 from services.edge_api.errors import ERROR_HANDLERS, ErrorBody, error_body
 from services.edge_api.routes import (
     bot,
+    bot_rules,
     conversations,
     dashboard,
     kommo,
@@ -187,6 +188,7 @@ def create_api(runtime: EdgeRuntime) -> FastAPI:
         status.router,
         conversations.router,
         bot.router,
+        bot_rules.router,
         operations.router,
         kommo.router,
         vendedores.router,

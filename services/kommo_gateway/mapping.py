@@ -22,7 +22,8 @@ def custom_fields(values: list[dict[str, Any]] | None) -> list[pb.CustomField]:
 
 
 def lead(body: dict[str, Any]) -> pb.Lead:
-    contacts = (body.get("_embedded") or {}).get("contacts") or []
+    embedded = body.get("_embedded") or {}
+    contacts = embedded.get("contacts") or []
     main = next((c for c in contacts if c.get("is_main")), contacts[0] if contacts else None)
     return pb.Lead(
         id=int(body["id"]),
@@ -36,6 +37,7 @@ def lead(body: dict[str, Any]) -> pb.Lead:
         custom_fields=custom_fields(body.get("custom_fields_values")),
         contact_ids=[int(c["id"]) for c in contacts],
         main_contact_id=int(main["id"]) if main else 0,
+        tags=[str(t["name"]) for t in embedded.get("tags") or [] if t.get("name")],
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -30,7 +31,7 @@ from services.common.grpc_server import client_metadata
 from services.common.logs import flow, request_id
 from services.common.n8n import next_delay
 from services.common.workpool import WorkPool, leased
-from services.conversation import envelope
+from services.conversation import envelope, rules
 from services.conversation.stages import Stage, is_transient
 from services.conversation.store import REPLIES_DUE
 
@@ -118,9 +119,12 @@ class ReplyStage(Stage):
         idempotency_key: str,
         handoff: bool = False,
         handoff_reason: str = "",
+        parts: list[str] | None = None,
     ) -> tuple[str, str, str, int]:
-        """Returns (status, conversation id, job id, lead id)."""
-        if not text.strip() and not handoff:
+        """Returns (status, conversation id, job id, lead id). `parts`: n8n's own split of
+        the reply, each sent as its own message (else the rules may split `text`)."""
+        parts = [part.strip() for part in parts or [] if part.strip()]
+        if not text.strip() and not parts and not handoff:
             raise InvalidInput("text is empty")
         conversation_id, turn = await self.resolve_conversation(
             reply_token, conversation_id, lead_id
@@ -144,12 +148,15 @@ class ReplyStage(Stage):
             )
         if not lead and not conversation.get("chat_id"):
             raise InvalidInput("conversation has no lead or chat to deliver to")
+        parts, pauses = await self._pace(conversation, parts or ([text] if text.strip() else []))
         job_id = uuid.uuid4().hex
         job = {
             "conversation_id": conversation_id,
             "lead_id": str(lead),
             "chat_id": conversation.get("chat_id", ""),
-            "text": text,
+            "text": "\n\n".join(parts),
+            "parts": json.dumps(parts, ensure_ascii=False),
+            "pauses": json.dumps(pauses),
             "note": note,
             "reply_token": reply_token,
             # The envelope this answers, kept for a resend until the reply settles it.
@@ -172,48 +179,73 @@ class ReplyStage(Stage):
             previous = await self.store.reply_job(existing)
             return "duplicate", conversation_id, existing, int(previous.get("lead_id") or lead)
         async with leased(self.store.replies, claim, self.settings.lease_ms):
-            delivered = await self.run_reply(claim, job)
-        return ("delivered" if delivered else "queued"), conversation_id, job_id, lead
+            outcome = await self.run_reply(claim, job)
+        return outcome, conversation_id, job_id, lead
 
-    async def run_reply(self, claim: Claim, job: dict[str, str]) -> bool:
+    async def _pace(
+        self, conversation: dict[str, str], parts: list[str]
+    ) -> tuple[list[str], list[float]]:
+        """The messages a reply goes as, and the pause before each: a long reply is split
+        (at paragraphs, then at a maximum length) when the conversation's rules say so,
+        and every message after the first waits as long as typing it would take."""
+        in_force = await self.engine.rules.current()
+        style, _ = rules.effective(
+            in_force.rules,
+            int(conversation.get("pipeline_id") or 0),
+            int(conversation.get("stage_id") or 0),
+        )
+        split = style.split
+        if split.enabled and len(parts) == 1:
+            parts = rules.split_reply(parts[0], split.max_chars)
+        pauses = [0.0] + [rules.typing_pause(part, split) for part in parts[1:]]
+        return parts, pauses
+
+    async def run_reply(self, claim: Claim, job: dict[str, str]) -> str:
         """Deliver, note, settle the turn. Each step is recorded so a retry skips it.
-        Replies to one lead go one after another, in the order they were taken."""
+        Replies to one lead go one after another, in the order they were taken.
+
+        A reply of several messages sends the next one when its pause is over: the job
+        goes back to the queue due then ("delivering"), and whichever replica claims it
+        sends the next part — unless a person took the conversation over meanwhile, which
+        stops the rest. "delivered" once every part is out (or stopped), "queued" when
+        Kommo failed and the job is retried."""
         lead = job.get("lead_id") or job.get("conversation_id", "")
         with flow(job.get("request_id") or request_id.get()):
             async with self._in_order.hold(lead):
                 return await self._run_reply(claim, job)
 
-    async def _run_reply(self, claim: Claim, job: dict[str, str]) -> bool:
+    async def _run_reply(self, claim: Claim, job: dict[str, str]) -> str:
         conversation_id = job["conversation_id"]
         lead_id = int(job.get("lead_id") or 0)
         metadata = client_metadata()
+        parts = job_parts(job)
+        pauses = json.loads(job.get("pauses") or "[]")
         try:
-            if job.get("delivered") != "1" and job["text"].strip():
-                await self.store.remember_sent(
-                    conversation_id, envelope.text_fingerprint(job["text"])
-                )
-                await self.gateway.DeliverMessage(
-                    gw.DeliverMessageRequest(
-                        lead_id=lead_id,
-                        text=job["text"],
-                        idempotency_key=job["idempotency_key"],
-                        chat_id=job.get("chat_id", ""),
-                    ),
-                    timeout=_DELIVERY_DEADLINE_SECONDS,
-                    metadata=metadata,
-                )
-                # Into the history now, when Kommo has it, rather than at its echo: an
-                # echo can be lost or late, and then the next turn would not know what
-                # the bot said (apply_event keeps the echo out of the history).
-                await self.store.reply_delivered(
-                    claim.member,
-                    conversation_id,
-                    envelope.history_entry("bot", job["text"], time.time()),
-                    max(self.settings.history_turns * 2, 10),
-                )
-                await self.bots.count("messages_out")
-            if job.get("noted") != "1" and lead_id and job["text"].strip():
-                text = f"🤖 Resposta do assistente enviada ao cliente:\n{job['text']}"
+            sent = len(parts) if job.get("delivered") == "1" else int(job.get("parts_sent") or 0)
+            while sent < len(parts):
+                if sent > 0:
+                    pause = float(pauses[sent]) if sent < len(pauses) else 0.0
+                    due = int(job.get("last_part_at") or 0) + int(1000 * pause)
+                    if now_ms() < due:
+                        await self.store.replies.reschedule(claim, due)
+                        return "delivering"
+                    if not await self._still_the_bots(conversation_id):
+                        log.info(
+                            "a person took the conversation over: %d of %d parts not sent",
+                            len(parts) - sent,
+                            len(parts),
+                            extra={"conversation_id": conversation_id},
+                        )
+                        parts = parts[:sent]
+                        await self.store.update_reply_job(
+                            claim.member, delivered=1, stopped_after=sent
+                        )
+                        break
+                await self._deliver_part(job, parts[sent], sent, len(parts), claim, metadata)
+                sent += 1
+                job["last_part_at"] = str(now_ms())  # as reply_delivered recorded it
+            if job.get("noted") != "1" and lead_id and parts:
+                text = "🤖 Resposta do assistente enviada ao cliente:\n" + "\n\n".join(parts)
                 if job.get("note"):
                     text += f"\n\n{job['note']}"
                 try:
@@ -245,7 +277,7 @@ class ReplyStage(Stage):
                 conversation_id,
             )
             log.warning("reply delivery failed, retrying", extra={"job": claim.member})
-            return False
+            return "queued"
         await self.store.reply_done(claim)
         if int(job.get("attempts") or 0):
             await self.failures.succeeded("reply", claim.member)
@@ -260,4 +292,52 @@ class ReplyStage(Stage):
         if job.get("handoff") == "1":
             reason = job.get("handoff_reason") or "o assistente pediu uma pessoa"
             await self.bot.handoff(conversation_id, "assistente", reason, "handoffs_ai")
-        return True
+        return "delivered"
+
+    async def _deliver_part(
+        self,
+        job: dict[str, str],
+        part: str,
+        index: int,
+        count: int,
+        claim: Claim,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> None:
+        conversation_id = job["conversation_id"]
+        await self.store.remember_sent(conversation_id, envelope.text_fingerprint(part))
+        # The first part keeps the reply's own key: a reply queued before replies were
+        # split is recognised by the gateway as the same delivery.
+        key = job["idempotency_key"] if index == 0 else f"{job['idempotency_key']}#{index + 1}"
+        await self.gateway.DeliverMessage(
+            gw.DeliverMessageRequest(
+                lead_id=int(job.get("lead_id") or 0),
+                text=part,
+                idempotency_key=key,
+                chat_id=job.get("chat_id", ""),
+            ),
+            timeout=_DELIVERY_DEADLINE_SECONDS,
+            metadata=metadata,
+        )
+        # Into the history now, when Kommo has it, rather than at its echo: an echo can
+        # be lost or late, and then the next turn would not know what the bot said
+        # (apply_event keeps the echo out of the history).
+        await self.store.reply_delivered(
+            claim.member,
+            conversation_id,
+            envelope.history_entry("bot", part, time.time()),
+            max(self.settings.history_turns * 2, 10),
+            parts_sent=index + 1,
+            last=index + 1 == count,
+        )
+        await self.bots.count("messages_out")
+
+    async def _still_the_bots(self, conversation_id: str) -> bool:
+        conversation = await self.store.conversation(conversation_id)
+        return conversation.get("bot_state", "active") == "active"
+
+
+def job_parts(job: dict[str, str]) -> list[str]:
+    """The messages of a reply job (one for a job queued before replies were split)."""
+    if job.get("parts"):
+        return [str(part) for part in json.loads(job["parts"])]
+    return [job["text"]] if job.get("text", "").strip() else []

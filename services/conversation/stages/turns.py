@@ -19,6 +19,8 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -26,11 +28,12 @@ import grpc
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.due_queue import Claim, now_ms
+from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.grpc_server import client_metadata
 from services.common.logs import flow, request_id
 from services.common.n8n import new_event_id
 from services.common.workpool import WorkPool
-from services.conversation import envelope
+from services.conversation import envelope, rules
 from services.conversation.stages import Stage, is_transient
 
 if TYPE_CHECKING:
@@ -41,6 +44,18 @@ log = logging.getLogger(__name__)
 _CONTEXT_RETRY_MS = 2_000
 
 
+@dataclass(frozen=True, slots=True)
+class TurnContext:
+    """What a turn reads before deciding and building its envelope."""
+
+    lead_id: int
+    contact_id: int
+    lead: gw.Lead | None
+    contact: gw.Contact | None
+    vendedor: vd.Vendedor | None
+    history: list[dict[str, Any]]
+
+
 class TurnStage(Stage):
     """Turns of conversations, many side by side, one at a time per conversation."""
 
@@ -48,6 +63,11 @@ class TurnStage(Stage):
         super().__init__(engine)
         self.pool: WorkPool = engine.pool(
             "turn", self.store.turns, self.work, self.settings.turn_concurrency
+        )
+        self._hours = rules.HoursDefaults(
+            timezone=self.settings.bridge_timezone,
+            hours=self.settings.proactive_hours,
+            days=self.settings.proactive_days,
         )
 
     async def work(self, claim: Claim) -> None:
@@ -85,13 +105,20 @@ class TurnStage(Stage):
             )
             return
         try:
-            payload, reply_token, event_id = await self._build_turn(conversation, pending)
+            context = await self._context(conversation)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             log.warning("context unavailable, turn retried: %s", exc)
             await self.store.turns.reschedule(claim, now_ms() + _CONTEXT_RETRY_MS)
             return
+        decision = await self._decide(conversation, pending, context)
+        if decision.out_of_hours_reply:
+            await self._out_of_hours(conversation, decision)
+        if decision.action != "answer":
+            await self._not_answered(claim, conversation, pending, decision)
+            return
+        payload, reply_token, event_id = self._envelope(conversation, pending, context)
         log.info(
             "turn for n8n",
             extra={"conversation_id": conversation_id, "event_id": event_id, "requests": rids},
@@ -122,9 +149,7 @@ class TurnStage(Stage):
                 conversation_id, now_ms() + turn_timeout_ms if turn_timeout_ms else 0
             )
 
-    async def _build_turn(
-        self, conversation: dict[str, str], pending: list[dict[str, Any]]
-    ) -> tuple[str, str, str]:
+    async def _context(self, conversation: dict[str, str]) -> TurnContext:
         lead_id = int(conversation.get("lead_id") or 0)
         contact_id = int(conversation.get("contact_id") or 0)
         # Side by side where one read does not need another's answer: the lead names the
@@ -141,6 +166,116 @@ class TurnStage(Stage):
             )
         else:
             vendedor = await self._vendedor(lead.responsible_user_id if lead else 0)
+        return TurnContext(lead_id, contact_id, lead, contact, vendedor, history)
+
+    async def _decide(
+        self, conversation: dict[str, str], pending: list[dict[str, Any]], context: TurnContext
+    ) -> rules.Decision:
+        """What the bot rules say about this turn, recorded on the conversation (its
+        status and debug view show it) and counted per message on the dashboard."""
+        in_force = await self.engine.rules.current()
+        now = datetime.now(UTC)
+        session_at = int(conversation.get("session_at") or 0)
+        bot_at = max(
+            (entry_seconds(h) for h in context.history if h.get("role") == "bot"), default=0.0
+        )
+        touched_ms = max(int(bot_at * 1000), session_at)
+        engaged = conversation.get("session_engaged", "")
+        lead, contact = context.lead, context.contact
+        facts = rules.TurnFacts(
+            now=now,
+            texts=[str(m.get("text") or "") for m in pending if m.get("text")],
+            session_started=engaged != "",
+            session_engaged=None if engaged == "" else engaged == "1",
+            last_bot_activity=datetime.fromtimestamp(touched_ms / 1000, UTC)
+            if touched_ms
+            else None,
+            phones=list(contact.phones) if contact else [],
+            contact_id=context.contact_id,
+            tags=list(lead.tags) if lead else [],
+            pipeline_id=lead.pipeline_id if lead else 0,
+            stage_id=lead.status_id if lead else 0,
+            out_of_hours_replied_for=conversation.get("ooh_period") or None,
+        )
+        decision = rules.decide(in_force.rules, facts, self._hours)
+        at = now_ms()
+        fields: dict[str, str | int | float] = {
+            "decision": decision.action,
+            "decision_reason": decision.reason,
+            "decision_rule": decision.rule,
+            "decision_at": at,
+            "decision_rules_version": in_force.version,
+            "pipeline_id": facts.pipeline_id,
+            "stage_id": facts.stage_id,
+        }
+        if decision.engaged is not None and (decision.expired or engaged == ""):
+            # A session's verdict is taken once, on its first messages.
+            fields["session_engaged"] = "1" if decision.engaged else "0"
+            fields["session_at"] = at
+        if decision.expired:
+            # The history for n8n starts again with this turn's messages.
+            fields["history_since"] = (
+                min((int(float(m.get("created_at") or 0) * 1000) for m in pending), default=at)
+                or at
+            )
+        await self.store.record_decision(conversation["id"], fields)
+        await self.bots.count(f"decision_{decision.action}", len(pending))
+        log.info(
+            "bot rules: %s (%s)",
+            decision.action,
+            decision.rule,
+            extra={"conversation_id": conversation["id"], "reason": decision.reason},
+        )
+        if decision.expired:
+            conversation["history_since"] = str(fields["history_since"])
+        return decision
+
+    async def _out_of_hours(self, conversation: dict[str, str], decision: rules.Decision) -> None:
+        """The out-of-hours message, once per conversation per closed period (the key
+        makes a retry of this turn send it once too)."""
+        assert decision.out_of_hours_reply is not None
+        conversation_id = conversation["id"]
+        try:
+            await self.engine.send_reply(
+                reply_token="",
+                conversation_id=conversation_id,
+                lead_id=int(conversation.get("lead_id") or 0),
+                text=decision.out_of_hours_reply,
+                note="Mensagem automática de fora do horário de atendimento.",
+                idempotency_key=f"out-of-hours:{conversation_id}:{decision.period}",
+            )
+        except (Conflict, InvalidInput, NotFound) as exc:
+            log.info("out-of-hours reply not sent: %s", exc)
+            return
+        await self.store.record_decision(conversation_id, {"ooh_period": decision.period or ""})
+        await self.bots.count("out_of_hours_replies")
+
+    async def _not_answered(
+        self,
+        claim: Claim,
+        conversation: dict[str, str],
+        pending: list[dict[str, Any]],
+        decision: rules.Decision,
+    ) -> None:
+        conversation_id = conversation["id"]
+        if decision.action == "hold" and decision.hold_until is not None:
+            # The messages wait in the inbox: at the opening hour the turn comes again.
+            await self.store.turns.reschedule(claim, int(decision.hold_until.timestamp() * 1000))
+            return
+        # Ignored, not triggered, or handed to a person: what the customer wrote stays in
+        # the history, for the people who answer.
+        await self.store.clear_inbox(conversation_id, len(pending))
+        await self.store.turns.release(claim)
+        if decision.action == "finish":
+            await self.bot.handoff(conversation_id, "cliente", decision.reason, "handoffs_keyword")
+
+    def _envelope(
+        self, conversation: dict[str, str], pending: list[dict[str, Any]], context: TurnContext
+    ) -> tuple[str, str, str]:
+        lead, contact, vendedor = context.lead, context.contact, context.vendedor
+        lead_id, contact_id = context.lead_id, context.contact_id
+        history_since = int(conversation.get("history_since") or 0) / 1000
+        history = [h for h in context.history if entry_seconds(h) >= history_since]
         messages = envelope.order_messages(pending)
         reply_token = uuid.uuid4().hex
         event_id = new_event_id()
@@ -208,3 +343,11 @@ class TurnStage(Stage):
             # The envelope is still worth sending without the vendedor.
             log.info("no vendedor for user %s: %s", user_id, exc.code().name)
             return None
+
+
+def entry_seconds(entry: dict[str, Any]) -> float:
+    """When a history entry was written (Unix seconds; 0 when it does not say)."""
+    try:
+        return datetime.fromisoformat(str(entry.get("at"))).timestamp()
+    except ValueError:
+        return 0.0

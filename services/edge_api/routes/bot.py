@@ -70,6 +70,20 @@ def status_json(status: conv.BotStatus) -> dict[str, Any]:
         "history": [
             {"state": h.state, "by": h.by, "reason": h.reason, "at": h.at} for h in status.history
         ],
+        "decision": decision_json(status.decision),
+    }
+
+
+def decision_json(decision: conv.BotDecision) -> dict[str, Any] | None:
+    """Why the bot did or did not answer the last turn (None before the first turn)."""
+    if not decision.action:
+        return None
+    return {
+        "action": decision.action,
+        "reason": decision.reason,
+        "rule": decision.rule,
+        "at": decision.at,
+        "rules_version": decision.rules_version,
     }
 
 

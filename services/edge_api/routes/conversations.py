@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Annotated
 
 import grpc
 from fastapi import APIRouter
@@ -47,6 +48,12 @@ class SendResponseBody(BaseModel):
     conversation_id: str | None = Field(default=None, max_length=200)
     lead_id: KommoId | None = None
     text: str = Field(default="", max_length=10_000)
+    messages: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None,
+        max_length=20,
+        description="instead of `text`: the reply as several WhatsApp messages, sent in "
+        "order, each after a pause that reads like typing",
+    )
     note: str | None = Field(default=None, max_length=10_000)
     idempotency_key: str | None = Field(default=None, max_length=200)
     handoff: bool = False
@@ -56,13 +63,19 @@ class SendResponseBody(BaseModel):
     def _target(self) -> SendResponseBody:
         if not (self.reply_token or self.conversation_id or self.lead_id):
             raise ValueError("one of reply_token, conversation_id or lead_id is required")
-        if not self.text.strip() and not self.handoff:
-            raise ValueError("text is required (unless handoff is true)")
+        if self.text.strip() and self.messages:
+            raise ValueError("send either text or messages, not both")
+        given = self.text.strip() or any(m.strip() for m in self.messages or [])
+        if not given and not self.handoff:
+            raise ValueError("text (or messages) is required, unless handoff is true")
         return self
 
 
 class SendResponseResult(BaseModel):
-    status: str = Field(description="delivered, queued (Kommo slow: retried) or duplicate")
+    status: str = Field(
+        description="delivered, delivering (the first message is out, the others follow "
+        "paced like typing), queued (Kommo slow: retried) or duplicate"
+    )
     conversation_id: str
     delivery_id: str
     lead_id: int | None
@@ -90,6 +103,7 @@ async def send_response(body: SendResponseBody, clients: ClientsDep) -> JSONResp
         idempotency_key=body.idempotency_key or ("" if body.reply_token else uuid.uuid4().hex),
         handoff=body.handoff,
         handoff_reason=body.handoff_reason or "",
+        parts=body.messages or [],
     )
     answer = await send_reply(clients, request)
     result = SendResponseResult(

@@ -120,6 +120,15 @@ def stats_json(answer: conv.Stats) -> dict[str, Any]:
             "automatic": counters.get("resumes_auto", 0),
             "by_api": counters.get("resumes_api", 0),
         },
+        # Customer messages by what the bot rules decided on their turn.
+        "decisions": {
+            "answered": counters.get("decision_answer", 0),
+            "ignored": counters.get("decision_ignore", 0),
+            "not_triggered": counters.get("decision_not_triggered", 0),
+            "handed_off_by_keyword": counters.get("decision_finish", 0),
+            "held_out_of_hours": counters.get("decision_hold", 0),
+            "out_of_hours_replies": counters.get("out_of_hours_replies", 0),
+        },
         "median_reply_seconds": round(answer.median_reply_seconds, 3),
         "counters": counters,
     }

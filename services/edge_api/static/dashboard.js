@@ -62,6 +62,9 @@ function render(data) {
     show("takeovers.by_api", t.by_api);
     show("messages.in", stats.messages.in);
     show("messages.out", stats.messages.out);
+    for (const [k, v] of Object.entries(stats.decisions)) {
+      show(`decisions.${k}`, v);
+    }
     const w = stats.window;
     for (const k of ["takeovers", "handoffs", "messages_in", "messages_out", "replies"]) {
       show(`window.${k}`, w[k]);

@@ -1,0 +1,124 @@
+"""The bot rules in force: those set through the API (Redis, versioned), else
+BOT_RULES_FILE's, else the defaults (the bot answers everyone at any hour). Every replica
+reads a change made through any of them within BOT_RULES_REFRESH_SECONDS, without a
+restart: a turn asks for the rules, and a cached copy older than that costs one HGET of
+the version."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from services.common.errors import InvalidInput
+from services.common.settings import ConfigurationError
+from services.conversation.rules import BotRules
+
+if TYPE_CHECKING:
+    from services.conversation.store import RulesStore
+
+log = logging.getLogger(__name__)
+
+# Enough of pydantic's complaints to fix the document; the rest are alike.
+_ERRORS_SHOWN = 5
+
+
+@dataclass(frozen=True, slots=True)
+class InForce:
+    rules: BotRules
+    version: int  # 0 = never changed through the API
+    source: str  # "api", "file" or "default"
+    updated_at: str = ""
+
+
+def parse_rules(text: str | bytes) -> BotRules:
+    """A rules document, or InvalidInput naming each field that is wrong."""
+    try:
+        return BotRules.model_validate_json(text)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc']) or 'the document'}: "
+            + error["msg"].removeprefix("Value error, ")
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        more = len(problems) - _ERRORS_SHOWN
+        shown = "; ".join(problems[:_ERRORS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+        raise InvalidInput(f"bot rules: {shown}") from None
+
+
+def load_file(path: str) -> BotRules:
+    """BOT_RULES_FILE at start: a file that cannot be read or is not valid rules stops the
+    service with one line saying why (never silently the defaults)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            "BOT_RULES_FILE", f"cannot read {path} ({exc.strerror or exc})"
+        ) from None
+    try:
+        return parse_rules(text)
+    except InvalidInput as exc:
+        raise ConfigurationError("BOT_RULES_FILE", f"{path}: {exc}") from None
+
+
+class RuleBook:
+    def __init__(
+        self,
+        store: RulesStore,
+        file_path: str,
+        refresh_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._base = (
+            InForce(load_file(file_path), 0, "file")
+            if file_path
+            else InForce(BotRules(), 0, "default")
+        )
+        self._refresh = refresh_seconds
+        self._clock = clock
+        self._cached: InForce | None = None
+        self._checked_at = 0.0
+
+    async def current(self) -> InForce:
+        now = self._clock()
+        if self._cached is not None and now - self._checked_at < self._refresh:
+            return self._cached
+        if self._cached is not None and await self._store.version() == self._cached.version:
+            self._checked_at = now
+            return self._cached
+        self._cached = await self._read()
+        self._checked_at = now
+        return self._cached
+
+    async def put(self, rules_json: str, expected_version: int | None) -> InForce:
+        rules = parse_rules(rules_json)
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        version = await self._store.put(rules.model_dump_json(), expected_version, at)
+        self._cached = InForce(rules, version, "api", at)
+        self._checked_at = self._clock()
+        log.info("bot rules changed through the API", extra={"version": version})
+        return self._cached
+
+    async def _read(self) -> InForce:
+        stored = await self._store.get()
+        if stored is None:
+            return self._base
+        try:
+            rules = parse_rules(stored.json)
+        except InvalidInput as exc:
+            # Written by a version that accepted what this one refuses: the file's or the
+            # default rules apply until someone writes them again.
+            log.error(
+                "the bot rules in Redis are not valid any more, %s rules apply: %s",
+                self._base.source,
+                exc,
+            )
+            return InForce(self._base.rules, stored.version, self._base.source)
+        return InForce(rules, stored.version, "api", stored.updated_at)

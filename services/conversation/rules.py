@@ -1,0 +1,1175 @@
+"""Bot rules (issue 15): when the AI bot answers a WhatsApp conversation, for whom, and how
+its replies read. Plain data, no I/O.
+
+Three parts: the document users edit (`BotRules`, through PUT /bot-rules or a file at start,
+validated by pydantic), the decision for one turn of customer messages (`decide`), and the
+cutting of a reply into WhatsApp-sized messages (`split_reply`, `typing_pause`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from itertools import combinations
+from typing import Annotated, Any, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from services.common.kommo_ids import KOMMO_ID_MAX, KOMMO_ID_MIN
+from services.conversation.proactive import WorkingHours
+
+# Bounds on one document, so that a PUT cannot make every turn (or the service's memory) pay
+# for an oversized one.
+MAX_KEYWORDS = 200
+MAX_KEYWORD_CHARS = 100
+MAX_OVERRIDES = 500  # per map: pipelines, stages
+MAX_PHONES = 2000
+MAX_PHONE_CHARS = 40
+MAX_CONTACT_IDS = 2000
+MAX_TAGS = 500
+MAX_TAG_CHARS = 100
+MAX_IGNORED_SCOPES = 500  # per list: ignored pipelines, ignored stages
+MAX_HOLIDAYS = 1000
+MAX_EXPIRE_MINUTES = 366 * 24 * 60
+MAX_REPLY_CHARS = 1000
+MAX_PATTERN_CHARS = 300
+# Customer text is cut to this before any keyword or pattern is matched: a match costs at
+# most this much, whatever a customer pastes.
+MATCH_MAX_CHARS = 4096
+
+# Numbers written without a country code are Brazilian (the product's customers).
+DEFAULT_PHONE_REGION = "BR"
+# The validation context key that overrides it: `model_validate(d, context={...: "PT"})`.
+
+ACCOUNT = "account"
+Trigger = Literal["always", "keyword", "regex"]
+OutOfHoursMode = Literal["forward", "hold"]
+Action = Literal["answer", "ignore", "not_triggered", "finish", "hold"]
+
+
+# ---------------------------------------------------------------------------------------
+# Text matching: keywords, phones
+# ---------------------------------------------------------------------------------------
+
+
+def _fold(text: str) -> str:
+    """Lower case without accents: "Preço" and "preco" read the same."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+@lru_cache(maxsize=4096)
+def _keyword_regex(keyword: str) -> re.Pattern[str]:
+    """A whole word or phrase: no letter or digit may touch either end ("preço" is not in
+    "preçoxyz"); any run of spaces between its words matches."""
+    folded = _fold(keyword)
+    body = r"\s+".join(re.escape(word) for word in folded.split())
+    before = r"(?<!\w)" if re.match(r"\w", folded) else ""
+    after = r"(?!\w)" if re.search(r"\w$", folded) else ""
+    return re.compile(before + body + after)
+
+
+def matched_keyword(keywords: Sequence[str], texts: Sequence[str]) -> str | None:
+    """The first keyword (as written in the rules) found in any of the texts, if any."""
+    folded = [_fold(text[:MATCH_MAX_CHARS]) for text in texts]
+    for keyword in keywords:
+        regex = _keyword_regex(keyword)
+        if any(regex.search(text) for text in folded):
+            return keyword
+    return None
+
+
+def _check_keyword(keyword: str) -> str:
+    keyword = keyword.strip()
+    if not any(c.isalnum() for c in _fold(keyword)):
+        raise ValueError(f"a keyword needs at least one letter or digit, got {keyword!r}")
+    return keyword
+
+
+def normalize_phone(raw: str, region: str = DEFAULT_PHONE_REGION) -> str | None:
+    """The E.164 form (+5511987654321) of a phone written in any format, or None when it is
+    not a valid number; `region` is the country of numbers written without a code."""
+    if len(raw) > MAX_PHONE_CHARS:
+        return None
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        fixed = _with_ninth_digit(number)
+        if fixed is None:
+            return None
+        number = fixed
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _with_ninth_digit(number: phonenumbers.PhoneNumber) -> phonenumbers.PhoneNumber | None:
+    """Brazilian mobiles gained a ninth digit (a leading 9) in 2012-2016, but WhatsApp still
+    reports many accounts in the old 8-digit form (+55 11 8765-4321), and Kommo stores the
+    phone WhatsApp gives. Such a number is invalid today; with the 9 it is the same line."""
+    national = phonenumbers.national_significant_number(number)
+    if number.country_code != 55 or len(national) != 10 or national[2] not in "6789":
+        return None
+    fixed = phonenumbers.parse(f"+55{national[:2]}9{national[2:]}")
+    return fixed if phonenumbers.is_valid_number(fixed) else None
+
+
+_PHONE_TAIL = 4  # digits shown at the end of a phone in a reason
+
+
+def _masked(e164: str) -> str:
+    """+5511987654321 → "+55 11 9****-4321": recognisable in a log, not usable."""
+    number = phonenumbers.parse(e164)
+    shown = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    prefix = f"+{number.country_code}"
+    national = phonenumbers.national_significant_number(number)
+    keep_head = phonenumbers.length_of_national_destination_code(number) + 1
+    keep_from = len(national) - _PHONE_TAIL
+    out, index = [prefix], 0
+    for char in shown.removeprefix(prefix):
+        if char.isdigit():
+            char = char if index < keep_head or index >= keep_from else "*"
+            index += 1
+        out.append(char)
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Regular expressions, bounded
+# ---------------------------------------------------------------------------------------
+# Python's `re` backtracks with no time limit, so a user's pattern is refused when its
+# shape can take exponential or high-polynomial time. The check reads the parsed pattern:
+# `re._parser` is private but has been stable since Python 3.11 (before, `sre_parse`). A
+# node it does not know is refused rather than guessed at.
+
+_sre: Any = importlib.import_module("re._parser")
+_REPEATS = frozenset({_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT})
+_KNOWN = frozenset(
+    {
+        _sre.LITERAL,
+        _sre.NOT_LITERAL,
+        _sre.ANY,
+        _sre.IN,
+        _sre.AT,
+        _sre.BRANCH,
+        _sre.SUBPATTERN,
+        _sre.ATOMIC_GROUP,
+        *_REPEATS,
+    }
+)
+_FLAGS = re.IGNORECASE  # customers type in any case; (?-i:…) opts out
+# A bounded quantifier this wide ({0,100}) backtracks like an open-ended one.
+_LONG_REPEAT = 32
+# How far two alternatives are compared character by character to see them part.
+_PREFIX_CHARS = 16
+# The characters overlaps are tested on: Latin-1 (Portuguese needs no more), a few others
+# that behave differently (Unicode digits and spaces, case-folding oddities, CJK, emoji),
+# and every character the pattern itself names.
+_SAMPLE = frozenset(range(256)) | frozenset(
+    ord(c) for c in "\u0660\u2003\u2028\u200b\u017f\u212a\u0130\ufb01\u4e2d\U0001f600"
+)
+
+NESTED_QUANTIFIER = (
+    "repeats a group that holds another quantifier, like (a+)+ or (\\w+\\s?)*: matching can "
+    "take forever; write a single class instead, e.g. [\\w\\s]+"
+)
+EMPTY_REPEAT = "repeats a part that can match nothing, like (a?)*: matching can take forever"
+OVERLAPPING_ALTERNATIVES = (
+    "repeats a group whose parts can match the same text in more than one way, like "
+    "(a|aa)+: matching can take forever"
+)
+COMPETING_QUANTIFIERS = (
+    "has two open-ended quantifiers that can match the same characters, like .*a.*b or "
+    "\\w+\\s*\\w+: matching can take seconds; narrow one of them (e.g. [^,]* instead of .*)"
+)
+
+
+# What \d, \s and \w match in a str pattern (Unicode).
+_CATEGORIES: dict[Any, Callable[[str], bool]] = {
+    _sre.CATEGORY_DIGIT: str.isdecimal,
+    _sre.CATEGORY_SPACE: str.isspace,
+    _sre.CATEGORY_WORD: lambda c: c.isalnum() or c == "_",
+}
+_NOT_CATEGORIES = {
+    _sre.CATEGORY_NOT_DIGIT: _sre.CATEGORY_DIGIT,
+    _sre.CATEGORY_NOT_SPACE: _sre.CATEGORY_SPACE,
+    _sre.CATEGORY_NOT_WORD: _sre.CATEGORY_WORD,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    first: frozenset[int]  # characters a match can start with
+    chars: frozenset[int]  # characters a match can contain
+    nullable: bool  # can match the empty string
+    open_ended: bool  # holds a quantifier with no useful upper bound
+
+
+def _flatten(items: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+    """A group that is not repeated matches as if its contents stood in its place."""
+    for op, av in items:
+        if op is _sre.SUBPATTERN:
+            yield from _flatten(av[3])
+        elif op is _sre.ATOMIC_GROUP:
+            yield from _flatten(av)
+        else:
+            yield op, av
+
+
+def _children(op: Any, av: Any) -> list[Any]:
+    if op is _sre.BRANCH:
+        return list(av[1])
+    if op is _sre.SUBPATTERN:
+        return [av[3]]
+    if op is _sre.ATOMIC_GROUP:
+        return [av]
+    if op in _REPEATS:
+        return [av[2]]
+    return []
+
+
+@lru_cache(maxsize=4096)
+def _variants(code: int) -> frozenset[int]:
+    """The character and its other cases: the pattern is matched case-insensitively."""
+    char = chr(code)
+    return frozenset({code} | {ord(c) for c in (char.lower(), char.upper()) if len(c) == 1})
+
+
+class _PatternCheck:
+    """The backtracking shapes of one parsed pattern; `run` raises ValueError on one.
+
+    Character sets are sets of code points of a finite universe (`_SAMPLE` and every
+    character the pattern names), enough to tell whether two parts can match a common
+    character. What a node can match is computed once per node (`_item`)."""
+
+    def __init__(self, parsed: Any) -> None:
+        self.parsed = parsed
+        named: set[int] = set()
+        self._refuse_constructs(parsed, named)
+        self.universe = _SAMPLE | frozenset(v for code in named for v in _variants(code))
+        self._shapes: dict[tuple[Any, Any], _Shape] = {}
+        self._sets: dict[tuple[Any, Any], frozenset[int]] = {}
+
+    def _refuse_constructs(self, items: Any, named: set[int]) -> None:
+        for op, av in items:
+            if op in (_sre.GROUPREF, _sre.GROUPREF_EXISTS):
+                raise ValueError("uses a backreference (\\1, (?P=name), (?(1)…)); not allowed")
+            if op in (_sre.ASSERT, _sre.ASSERT_NOT):
+                raise ValueError(
+                    "uses a lookahead or lookbehind ((?=…), (?!…), (?<=…), (?<!…)); not allowed"
+                )
+            if op not in _KNOWN:
+                raise ValueError(f"uses a construct the bridge cannot check ({op})")
+            if op in (_sre.LITERAL, _sre.NOT_LITERAL):
+                named.add(av)
+            elif op is _sre.IN:
+                for kind, value in av:
+                    if kind is _sre.LITERAL:
+                        named.add(value)
+                    elif kind is _sre.RANGE:
+                        named.update(value)
+            for child in _children(op, av):
+                self._refuse_constructs(child, named)
+
+    def run(self) -> None:
+        self._check(self.parsed, at_end=True)
+
+    # -- what a node can match ---------------------------------------------------------
+
+    def _class_item(self, kind: Any, value: Any) -> frozenset[int]:
+        key = (kind, value)
+        if key not in self._sets:
+            self._sets[key] = self._class_set(kind, value)
+        return self._sets[key]
+
+    def _class_set(self, kind: Any, value: Any) -> frozenset[int]:
+        if kind is _sre.LITERAL:
+            wanted = _variants(value)
+            return frozenset(c for c in self.universe if _variants(c) & wanted)
+        if kind is _sre.RANGE:
+            low, high = value
+            return frozenset(
+                c for c in self.universe if any(low <= v <= high for v in _variants(c))
+            )
+        if kind is _sre.CATEGORY:
+            if value in _CATEGORIES:
+                test = _CATEGORIES[value]
+                return frozenset(c for c in self.universe if test(chr(c)))
+            if value in _NOT_CATEGORIES:
+                return self.universe - self._class_item(kind, _NOT_CATEGORIES[value])
+            return self.universe  # another category: assume it can be anything
+        if kind is _sre.NEGATE:
+            return frozenset()
+        raise ValueError(f"uses a character class the bridge cannot check ({kind})")
+
+    def shape(self, items: Iterable[tuple[Any, Any]]) -> _Shape:
+        """What a sequence of nodes can match."""
+        first: frozenset[int] = frozenset()
+        chars: frozenset[int] = frozenset()
+        nullable, open_ended = True, False
+        for op, av in items:
+            part = self._item(op, av)
+            if nullable:
+                first |= part.first
+            chars |= part.chars
+            nullable = nullable and part.nullable
+            open_ended = open_ended or part.open_ended
+        return _Shape(first, chars, nullable, open_ended)
+
+    def _item(self, op: Any, av: Any) -> _Shape:
+        # Nodes are keyed by identity (the parsed tree outlives the check), ints by value.
+        key = (op, av if isinstance(av, int) else id(av))
+        if key not in self._shapes:
+            self._shapes[key] = self._item_shape(op, av)
+        return self._shapes[key]
+
+    def _item_shape(self, op: Any, av: Any) -> _Shape:
+        if op is _sre.AT:
+            return _Shape(frozenset(), frozenset(), nullable=True, open_ended=False)
+        if op is _sre.BRANCH:
+            shapes = [self.shape(alt) for alt in av[1]]
+            return _Shape(
+                frozenset[int]().union(*(s.first for s in shapes)),
+                frozenset[int]().union(*(s.chars for s in shapes)),
+                any(s.nullable for s in shapes),
+                any(s.open_ended for s in shapes),
+            )
+        if op in _REPEATS:
+            low, high, body = av
+            inner = self.shape(body)
+            wide = high == _sre.MAXREPEAT or high - low > _LONG_REPEAT
+            return _Shape(
+                inner.first, inner.chars, low == 0 or inner.nullable, wide or inner.open_ended
+            )
+        if op in (_sre.SUBPATTERN, _sre.ATOMIC_GROUP):
+            return self.shape(_children(op, av)[0])
+        chars = self._one_char(op, av)
+        return _Shape(chars, chars, nullable=False, open_ended=False)
+
+    def _one_char(self, op: Any, av: Any) -> frozenset[int]:
+        if op is _sre.LITERAL:
+            return self._class_item(op, av)
+        if op is _sre.NOT_LITERAL:
+            return self.universe - self._class_item(_sre.LITERAL, av)
+        if op is _sre.ANY:
+            return self.universe
+        negate = any(kind is _sre.NEGATE for kind, _ in av)  # IN, a class like [^a-z]
+        hit = frozenset[int]().union(*(self._class_item(kind, value) for kind, value in av))
+        return self.universe - hit if negate else hit
+
+    def _prefix(self, items: Any) -> list[frozenset[int]]:
+        """The characters a match takes position by position, as far as that is fixed."""
+        prefix: list[frozenset[int]] = []
+        for op, av in _flatten(items):
+            if op is _sre.AT:
+                continue  # matches no character; skipping it only widens the prefix
+            if op in (_sre.LITERAL, _sre.NOT_LITERAL, _sre.ANY, _sre.IN):
+                prefix.append(self._one_char(op, av))
+            elif op in _REPEATS and av[0] == av[1] and len(body := self._prefix(av[2])) == 1:
+                prefix.extend(body * av[0])
+            else:
+                break
+            if len(prefix) >= _PREFIX_CHARS:
+                break
+        return prefix
+
+    # -- the checks ----------------------------------------------------------------------
+
+    def _check(self, items: Any, at_end: bool) -> None:
+        """`at_end`: nothing follows this sequence in the whole pattern."""
+        flat = list(_flatten(items))
+        for index, (op, av) in enumerate(flat):
+            last = at_end and index == len(flat) - 1
+            if op is _sre.BRANCH:
+                for alt in av[1]:
+                    self._check(alt, at_end=last)
+            elif op in _REPEATS:
+                _, high, body = av
+                if high > 1:
+                    self._check_repeated(body)
+                self._check(body, at_end=False)
+        self._check_competing(flat, at_end)
+
+    def _check_repeated(self, body: Any) -> None:
+        if self._has_variable_repeat(body):
+            raise ValueError(NESTED_QUANTIFIER)
+        shape = self.shape(body)
+        if shape.nullable:
+            raise ValueError(EMPTY_REPEAT)
+        if self._ambiguous(body, follow=shape.first):
+            raise ValueError(OVERLAPPING_ALTERNATIVES)
+
+    def _has_variable_repeat(self, items: Any) -> bool:
+        for op, av in items:
+            if op in _REPEATS and av[0] < av[1] and av[1] > 1:
+                return True
+            if any(self._has_variable_repeat(child) for child in _children(op, av)):
+                return True
+        return False
+
+    def _ambiguous(self, items: Any, follow: frozenset[int]) -> bool:
+        """Whether one iteration of a repeated body can match the same text two ways: two
+        alternatives, or an optional part and what follows it (`follow`: what may come after
+        `items`, here the start of the next iteration), can match the same characters."""
+        flat = list(_flatten(items))
+        # after[i]: the characters that can come right after flat[i].
+        after = [follow] * len(flat)
+        for index in range(len(flat) - 1, 0, -1):
+            part = self._item(*flat[index])
+            after[index - 1] = part.first | after[index] if part.nullable else part.first
+        for (op, av), next_chars in zip(flat, after, strict=True):
+            if op is _sre.BRANCH:
+                if self._alternatives_overlap(av[1], next_chars):
+                    return True
+                if any(self._ambiguous(alt, next_chars) for alt in av[1]):
+                    return True
+            elif op in _REPEATS:
+                low, high, body = av
+                inner = self.shape(body)
+                if low < high and inner.first & next_chars:
+                    return True
+                if self._ambiguous(body, inner.first | next_chars if high > 1 else next_chars):
+                    return True
+        return False
+
+    def _alternatives_overlap(self, alternatives: list[Any], next_chars: frozenset[int]) -> bool:
+        """Two alternatives that can start the same way: both start with a common character
+        and, when neither can be empty, their fixed beginnings do not part ("boa tarde" and
+        "boa noite" part at the fourth character)."""
+        starts = []
+        for alt in alternatives:
+            shape = self.shape(alt)
+            first = shape.first | next_chars if shape.nullable else shape.first
+            starts.append((first, None if shape.nullable else self._prefix(alt)))
+        for (first_a, prefix_a), (first_b, prefix_b) in combinations(starts, 2):
+            if not first_a & first_b:
+                continue
+            if prefix_a is not None and prefix_b is not None:
+                if any(not a & b for a, b in zip(prefix_a, prefix_b, strict=False)):
+                    continue
+            return True
+        return False
+
+    def _check_competing(self, flat: list[tuple[Any, Any]], at_end: bool) -> None:
+        """`.*a.*b` on 4,096 "a"s takes over a minute: two open-ended parts in a row that
+        can share characters, with nothing between them that only one could match."""
+        shapes = [self._item(op, av) for op, av in flat]
+        ended = [i for i, s in enumerate(shapes) if s.open_ended]
+        for i, j in combinations(ended, 2):
+            left, right = shapes[i], shapes[j]
+            if at_end and j == len(shapes) - 1 and right.nullable:
+                continue  # a trailing .* always succeeds: nothing after it can fail
+            common = left.chars & right.chars
+            between = shapes[i + 1 : j]
+            if common and all(s.nullable or s.chars & common for s in between):
+                raise ValueError(COMPETING_QUANTIFIERS)
+
+
+@lru_cache(maxsize=1024)
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A trigger's pattern, compiled case-insensitively, or ValueError saying why it is
+    refused: too long, not a regular expression, or a shape that can backtrack for ever."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ValueError(
+            f"the pattern has {len(pattern)} characters; at most {MAX_PATTERN_CHARS} are allowed"
+        )
+    try:
+        compiled = re.compile(pattern, _FLAGS)
+        parsed = _sre.parse(pattern, _FLAGS)
+    except re.error as exc:
+        raise ValueError(f"the pattern is not a regular expression: {exc}") from exc
+    except RecursionError as exc:
+        raise ValueError("the pattern nests too deeply") from exc
+    try:
+        _PatternCheck(parsed).run()
+    except ValueError as exc:
+        raise ValueError(f"the pattern {exc}") from exc
+    except RecursionError as exc:
+        raise ValueError("the pattern nests too deeply") from exc
+    return compiled
+
+
+# ---------------------------------------------------------------------------------------
+# The document
+# ---------------------------------------------------------------------------------------
+
+KommoId = Annotated[
+    int,
+    Field(
+        ge=KOMMO_ID_MIN,
+        le=KOMMO_ID_MAX,
+        description=f"a Kommo id: an integer from {KOMMO_ID_MIN} to {KOMMO_ID_MAX}",
+    ),
+]
+Keyword = Annotated[
+    str, Field(min_length=1, max_length=MAX_KEYWORD_CHARS), AfterValidator(_check_keyword)
+]
+_KEYWORD_MATCHING = (
+    "case- and accent-insensitive, whole words: 'preço' matches 'Qual o preco?' but not 'precos'"
+)
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class OutOfHours(_Document):
+    """What the bot does with a message that arrives while the business is closed."""
+
+    enabled: bool = Field(
+        default=False, description="answer out of hours differently (see reply and mode)"
+    )
+    reply: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_REPLY_CHARS,
+        description="the message sent to the customer out of hours, once per closed period "
+        "(a night, a weekend, a holiday); required when enabled",
+    )
+    mode: OutOfHoursMode = Field(
+        default="forward",
+        description="forward: the message still goes to the AI at once; hold: it waits for "
+        "the opening hour and then goes by itself",
+    )
+
+    @model_validator(mode="after")
+    def _reply_when_enabled(self) -> OutOfHours:
+        if self.enabled and not (self.reply and self.reply.strip()):
+            raise ValueError("reply: the message sent out of hours is required when enabled")
+        return self
+
+
+class SplitReplies(_Document):
+    """How a long AI reply is sent: in several messages, with a typing pause before each."""
+
+    enabled: bool = Field(default=True, description="split long replies into several messages")
+    max_chars: int = Field(
+        default=600,
+        ge=50,
+        le=4096,
+        description="the longest message; a reply is cut at paragraphs first, then at the last "
+        "sentence end or space (never inside a word or a link)",
+    )
+    seconds_per_char: float = Field(
+        default=0.03, ge=0, le=1, description="typing pause per character of the next message"
+    )
+    min_pause_seconds: float = Field(default=1.0, ge=0, le=60, description="shortest pause")
+    max_pause_seconds: float = Field(default=6.0, ge=0, le=60, description="longest pause")
+
+    @model_validator(mode="after")
+    def _pauses(self) -> SplitReplies:
+        if self.min_pause_seconds > self.max_pause_seconds:
+            raise ValueError("min_pause_seconds cannot be more than max_pause_seconds")
+        return self
+
+
+class RuleSet(_Document):
+    """Rules for the account, a pipeline or a stage. In a pipeline or stage, a field left
+    out (null) keeps the value of the wider scope: stage over pipeline over account."""
+
+    trigger: Trigger | None = Field(
+        default=None,
+        description="which conversations the bot takes: always (all); keyword or regex (only "
+        "those whose first customer message of the session matches; the others stay with "
+        "people until the session expires). Account default: always",
+    )
+    keywords: list[Keyword] | None = Field(
+        default=None,
+        max_length=MAX_KEYWORDS,
+        description=f"the words or phrases of trigger 'keyword', {_KEYWORD_MATCHING}",
+    )
+    pattern: str | None = Field(
+        default=None,
+        description=f"the regular expression of trigger 'regex', case-insensitive, at most "
+        f"{MAX_PATTERN_CHARS} characters; backreferences, lookarounds and nested or competing "
+        "quantifiers ((a+)+, .*a.*b) are refused because they can make matching hang",
+    )
+    keyword_finish: list[Keyword] | None = Field(
+        default=None,
+        max_length=MAX_KEYWORDS,
+        description=f"a customer message with one of these hands the conversation to a "
+        f"person ({_KEYWORD_MATCHING}). Account default: none",
+    )
+    expire_minutes: float | None = Field(
+        default=None,
+        ge=0.05,
+        le=MAX_EXPIRE_MINUTES,
+        description="a conversation the bot has not touched for this long (minutes, "
+        "fractions allowed: 0.5 = 30 s) starts a fresh session: its history for the AI "
+        "restarts and the trigger judges it again. Account default: never",
+    )
+    out_of_hours: OutOfHours | None = Field(
+        default=None,
+        description="out-of-hours behaviour (the hours are in `hours`); replaces the wider "
+        "scope's as a whole. Account default: off",
+    )
+    split: SplitReplies | None = Field(
+        default=None,
+        description="splitting of long replies; replaces the wider scope's as a whole. "
+        "Account default: on, 600 characters",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _bounded(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            compile_pattern(pattern)
+        return pattern
+
+    @model_validator(mode="after")
+    def _keywords_for_trigger(self) -> RuleSet:
+        if self.trigger == "keyword" and self.keywords == []:
+            raise ValueError("trigger 'keyword' needs at least one keyword")
+        return self
+
+
+class EffectiveRules(RuleSet):
+    """The rules for one pipeline and stage, every field filled (`effective`)."""
+
+    trigger: Trigger = "always"
+    keywords: list[str] = Field(default_factory=list)
+    keyword_finish: list[str] = Field(default_factory=list)
+    out_of_hours: OutOfHours = Field(default_factory=OutOfHours)
+    split: SplitReplies = Field(default_factory=SplitReplies)
+    # pattern stays None when unset; expire_minutes None = never.
+
+
+# The account's defaults: answer everyone, no finish keyword, no expiry, out of hours off,
+# split on.
+_BUILT_IN: Final = dict(EffectiveRules())
+
+
+class IgnoreList(_Document):
+    """Conversations the bot never answers: they never reach the AI, not even out of hours."""
+
+    phone_region: str = Field(
+        default=DEFAULT_PHONE_REGION,
+        pattern=r"^[A-Z]{2}$",
+        description="the country (ISO 3166 code) of phones written without one, here and in "
+        "Kommo's contacts",
+    )
+    phones: list[Annotated[str, Field(min_length=1, max_length=MAX_PHONE_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_PHONES,
+        description="the contact's phones in any format (+55 11 98765-4321, 5511987654321, "
+        "(11) 98765-4321); stored in E.164",
+    )
+    contact_ids: list[KommoId] = Field(
+        default_factory=list, max_length=MAX_CONTACT_IDS, description="Kommo contact ids"
+    )
+    tags: list[Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_TAGS,
+        description="lead tags (case-insensitive)",
+    )
+    pipelines: list[KommoId] = Field(
+        default_factory=list, max_length=MAX_IGNORED_SCOPES, description="Kommo pipeline ids"
+    )
+    stages: list[KommoId] = Field(
+        default_factory=list,
+        max_length=MAX_IGNORED_SCOPES,
+        description="Kommo stage (status) ids",
+    )
+
+    _phones: frozenset[str] = PrivateAttr(default=frozenset())
+    _tags: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @field_validator("phones")
+    @classmethod
+    def _e164(cls, phones: list[str], info: ValidationInfo) -> list[str]:
+        region = info.data.get("phone_region", DEFAULT_PHONE_REGION)
+        numbers = []
+        for position, raw in enumerate(phones):
+            number = normalize_phone(raw, region)
+            if number is None:
+                raise ValueError(
+                    f"entry {position} ({raw!r}) is not a valid phone number: write it with "
+                    "the area code, e.g. +55 11 98765-4321"
+                )
+            numbers.append(number)
+        return list(dict.fromkeys(numbers))
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_named(cls, tags: list[str]) -> list[str]:
+        for position, tag in enumerate(tags):
+            if not tag.strip():
+                raise ValueError(f"entry {position} is blank")
+        return [tag.strip() for tag in tags]
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._phones = frozenset(self.phones)
+        self._tags = frozenset(tag.casefold() for tag in self.tags)
+
+    def reason(self, facts: TurnFacts) -> str | None:
+        """Why the conversation is ignored, or None when it is not."""
+        if facts.contact_id in self.contact_ids:
+            return f"ignore list: contact {facts.contact_id}"
+        for raw in facts.phones:
+            number = normalize_phone(raw, self.phone_region)
+            if number is not None and number in self._phones:
+                return f"ignore list: phone {_masked(number)}"
+        for tag in facts.tags:
+            if tag.strip().casefold() in self._tags:
+                return f"ignore list: tag {tag.strip()!r}"
+        if facts.pipeline_id in self.pipelines:
+            return f"ignore list: pipeline {facts.pipeline_id}"
+        if facts.stage_id in self.stages:
+            return f"ignore list: stage {facts.stage_id}"
+        return None
+
+
+def _working_window(hours: str) -> str:
+    opening = WorkingHours.parse(hours, "mon-sun", "UTC")
+    if not opening.until_midnight and opening.closes <= opening.opens:
+        raise ValueError(
+            f"hours {hours!r} close before they open; a window across midnight is not "
+            "supported: use e.g. 08:00-18:00, or 00:00-24:00 for all day"
+        )
+    return hours
+
+
+def _time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"{name!r} is not a time zone: use an IANA name such as America/Sao_Paulo"
+        ) from exc
+    return name
+
+
+class Hours(_Document):
+    """When the business is open, for out_of_hours; unset fields use the bridge's settings."""
+
+    timezone: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="IANA time zone of the hours and holidays, e.g. America/Sao_Paulo; "
+        "null = BRIDGE_TIMEZONE",
+    )
+    hours: str | None = Field(
+        default=None,
+        max_length=20,
+        description="opening hours, e.g. 08:00-18:00 (00:00-24:00 = all day); "
+        "null = PROACTIVE_HOURS",
+    )
+    days: str | None = Field(
+        default=None,
+        max_length=60,
+        description="open days, e.g. mon-fri or mon,wed,fri; null = PROACTIVE_DAYS",
+    )
+    holidays: list[date] = Field(
+        default_factory=list,
+        max_length=MAX_HOLIDAYS,
+        description="whole days closed (in the time zone above), e.g. 2026-12-25",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return None if value is None else _time_zone(value)
+
+    @field_validator("hours")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        return None if value is None else _working_window(value)
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: str | None) -> str | None:
+        if value is not None:
+            WorkingHours.parse("00:00-24:00", value, "UTC")
+        return value
+
+    @field_validator("holidays")
+    @classmethod
+    def _sorted(cls, holidays: list[date]) -> list[date]:
+        return sorted(set(holidays))
+
+
+class BotRules(_Document):
+    """When the AI bot answers a WhatsApp conversation, for whom, and how its replies read."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "account": {
+                        "trigger": "always",
+                        "keyword_finish": ["atendente", "falar com uma pessoa"],
+                        "expire_minutes": 1440,
+                        "out_of_hours": {
+                            "enabled": True,
+                            "reply": "Olá! Nosso atendimento é de segunda a sexta, das 8h às "
+                            "18h. Já recebemos a sua mensagem e respondemos assim que abrirmos.",
+                            "mode": "hold",
+                        },
+                        "split": {"enabled": True, "max_chars": 600},
+                    },
+                    "pipelines": {
+                        "7100001": {
+                            "trigger": "keyword",
+                            "keywords": ["preço", "orçamento", "quanto custa"],
+                        }
+                    },
+                    "stages": {"71000002": {"trigger": "regex", "pattern": r"\b(cpf|rg)\b"}},
+                    "ignore": {
+                        "phones": ["+55 11 98765-4321"],
+                        "contact_ids": [4400002],
+                        "tags": ["não atender"],
+                        "pipelines": [],
+                        "stages": [143],
+                    },
+                    "hours": {
+                        "timezone": "America/Sao_Paulo",
+                        "hours": "08:00-18:00",
+                        "days": "mon-fri",
+                        "holidays": ["2026-12-25", "2027-01-01"],
+                    },
+                }
+            ]
+        }
+    )
+
+    account: RuleSet = Field(
+        default_factory=RuleSet,
+        description="the rules everywhere, unless a pipeline or stage overrides them",
+    )
+    pipelines: dict[KommoId, RuleSet] = Field(
+        default_factory=dict,
+        max_length=MAX_OVERRIDES,
+        description="overrides by Kommo pipeline id, field by field over the account",
+    )
+    # Kommo's won (142) and lost (143) statuses have the same id in every pipeline: an
+    # override of those applies in all of them.
+    stages: dict[KommoId, RuleSet] = Field(
+        default_factory=dict,
+        max_length=MAX_OVERRIDES,
+        description="overrides by Kommo stage (status) id, field by field over the "
+        "pipeline's and the account's",
+    )
+    ignore: IgnoreList = Field(
+        default_factory=IgnoreList, description="contacts and leads the bot never answers"
+    )
+    hours: Hours = Field(default_factory=Hours, description="opening hours, for out_of_hours")
+
+    @model_validator(mode="after")
+    def _triggers_complete(self) -> BotRules:
+        """A keyword or regex trigger must find its keywords or pattern in its own scope or
+        the account's (a stage's may also come from a pipeline, checked at each turn)."""
+        scopes = [
+            (ACCOUNT, self.account),
+            *((f"pipelines.{k}", v) for k, v in self.pipelines.items()),
+            *((f"stages.{k}", v) for k, v in self.stages.items()),
+        ]
+        for name, rule_set in scopes:
+            trigger = rule_set.trigger or self.account.trigger or "always"
+            keywords = rule_set.keywords if rule_set.keywords is not None else self.account.keywords
+            pattern = rule_set.pattern or self.account.pattern
+            where = "" if name == ACCOUNT else ", here or in account"
+            if trigger == "keyword" and not keywords:
+                raise ValueError(f"{name}: trigger 'keyword' needs keywords{where}")
+            if trigger == "regex" and pattern is None:
+                raise ValueError(f"{name}: trigger 'regex' needs a pattern{where}")
+        return self
+
+
+def effective(rules: BotRules, pipeline_id: int, stage_id: int) -> tuple[EffectiveRules, str]:
+    """The rules for a lead in this pipeline and stage, and the narrowest scope that has an
+    override for it ("account", "pipeline 123" or "stage 456")."""
+    rule_set, _, scope = _resolve(rules, pipeline_id, stage_id)
+    return rule_set, scope
+
+
+def _resolve(
+    rules: BotRules, pipeline_id: int, stage_id: int
+) -> tuple[EffectiveRules, dict[str, str], str]:
+    """The merged rules, the scope each field came from, and the narrowest scope."""
+    layers = [(ACCOUNT, rules.account)]
+    if (pipeline := rules.pipelines.get(pipeline_id)) is not None:
+        layers.append((f"pipeline {pipeline_id}", pipeline))
+    if (stage := rules.stages.get(stage_id)) is not None:
+        layers.append((f"stage {stage_id}", stage))
+    values = dict(_BUILT_IN)
+    origin = dict.fromkeys(values, ACCOUNT)
+    for scope, rule_set in layers:
+        for name in values:
+            value = getattr(rule_set, name)
+            if value is not None:
+                values[name], origin[name] = value, scope
+    # The fields were validated in their own scope; the merge adds nothing to check.
+    return EffectiveRules.model_construct(**values), origin, layers[-1][0]
+
+
+# ---------------------------------------------------------------------------------------
+# Opening hours
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HoursDefaults:
+    """The bridge's own hours (BRIDGE_TIMEZONE, PROACTIVE_HOURS, PROACTIVE_DAYS), for what
+    the rules' `hours` leaves unset. Checked here, so that a bad setting fails at start."""
+
+    timezone: str
+    hours: str
+    days: str
+
+    def __post_init__(self) -> None:
+        _time_zone(self.timezone)
+        _working_window(self.hours)
+        WorkingHours.parse(self.hours, self.days, self.timezone)
+
+
+@lru_cache(maxsize=64)
+def _opening(hours: str, days: str, timezone: str) -> WorkingHours:
+    return WorkingHours.parse(hours, days, timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class Closure:
+    period: str  # ISO local start of the closed period: the same for all of it
+    reopens: datetime  # the next opening, in the rules' time zone
+
+
+def closure(hours: Hours, defaults: HoursDefaults, now: datetime) -> Closure | None:
+    """The closed period `now` falls in, or None when the business is open. A night, a
+    weekend and a holiday that touch are one period."""
+    opening = _opening(
+        hours.hours or defaults.hours,
+        hours.days or defaults.days,
+        hours.timezone or defaults.timezone,
+    )
+    holidays = frozenset(hours.holidays)
+    now = now.astimezone(UTC)
+    today = now.astimezone(opening.zone).date()
+
+    def window(day: date) -> tuple[datetime, datetime] | None:
+        if day.weekday() not in opening.days or day in holidays:
+            return None
+        start = datetime.combine(day, opening.opens, tzinfo=opening.zone)
+        if opening.until_midnight:
+            end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=opening.zone)
+        else:
+            end = datetime.combine(day, opening.closes, tzinfo=opening.zone)
+        return start, end
+
+    todays = window(today)
+    if todays is not None and todays[0].astimezone(UTC) <= now < todays[1].astimezone(UTC):
+        return None
+    # Every week has an open day (the days are never empty) and each holiday can close at
+    # most one of them, so both searches end within this many days.
+    horizon = 7 * (len(holidays) + 1) + 1
+    reopens = closed_since = None
+    for offset in range(horizon):
+        ahead = window(today + timedelta(days=offset))
+        if reopens is None and ahead and ahead[0].astimezone(UTC) > now:
+            reopens = ahead[0]
+        behind = window(today - timedelta(days=offset))
+        if closed_since is None and behind and behind[1].astimezone(UTC) <= now:
+            closed_since = behind[1]
+        if reopens is not None and closed_since is not None:
+            return Closure(closed_since.isoformat(timespec="minutes"), reopens)
+    raise ValueError("no opening found around the holidays")  # unreachable, see above
+
+
+# ---------------------------------------------------------------------------------------
+# The decision for one turn
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TurnFacts:
+    """What the service knows of a turn. A session is the stretch of a conversation the
+    trigger judged once: it starts with its first customer messages (`session_started`
+    False) and ends when `expire_minutes` pass without the bot."""
+
+    now: datetime  # aware
+    texts: list[str]  # this turn's customer messages, in order
+    session_started: bool  # False = these are the first customer messages of a (new) session
+    session_engaged: bool | None  # the trigger's verdict for this session (None = not yet)
+    last_bot_activity: datetime | None  # the bot's last turn sent or received, if any
+    phones: list[str]  # the contact's phones as Kommo gives them (any format)
+    contact_id: int
+    tags: list[str]  # the lead's tags
+    pipeline_id: int
+    stage_id: int
+    out_of_hours_replied_for: str | None  # the closed period already answered, if any
+
+    def __post_init__(self) -> None:
+        for name in ("now", "last_bot_activity"):
+            value = getattr(self, name)
+            if value is not None and value.utcoffset() is None:
+                raise ValueError(f"{name} must be an aware datetime")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with a turn. `action`: answer (to n8n now), ignore (never to n8n, recorded
+    as ignored), not_triggered (the session stays with people), finish (hand over to a
+    person), hold (out of hours: to n8n by itself at `hold_until`). The service stores
+    `engaged` as the session's verdict and `period` once `out_of_hours_reply` is sent."""
+
+    action: Action
+    reason: str  # why, in a sentence for logs and the dashboard
+    rule: str  # the scope that decided: "account" (also the ignore list), "pipeline 123"…
+    expired: bool = False  # the session restarts: its history for n8n restarts
+    engaged: bool | None = None  # the session's trigger verdict, to remember
+    out_of_hours_reply: str | None = None  # to send now; None once sent for this period
+    period: str | None = None  # the closed period now is in (Closure.period)
+    hold_until: datetime | None = None  # "hold": when the message goes to n8n by itself
+    forward_out_of_hours: bool = False  # "answer" although closed (mode forward)
+
+
+def decide(
+    rules: BotRules,
+    facts: TurnFacts,
+    defaults: HoursDefaults,
+) -> Decision:
+    """What the bot does with one turn of customer messages. In this order: the ignore
+    list, the session's expiry, keyword_finish, the trigger, the opening hours."""
+    ignored = rules.ignore.reason(facts)
+    if ignored is not None:
+        return Decision("ignore", ignored, ACCOUNT, engaged=facts.session_engaged)
+    rule_set, origin, scope = _resolve(rules, facts.pipeline_id, facts.stage_id)
+    expired = (
+        rule_set.expire_minutes is not None
+        and facts.last_bot_activity is not None
+        and facts.now - facts.last_bot_activity >= timedelta(minutes=rule_set.expire_minutes)
+    )
+    verdict = None if expired else facts.session_engaged
+    finish = matched_keyword(rule_set.keyword_finish, facts.texts)
+    if finish is not None:
+        return Decision(
+            "finish", f"keyword_finish {finish!r}", origin["keyword_finish"], expired, verdict
+        )
+    first_messages = expired or not facts.session_started
+    engaged, why = _judge(rule_set, verdict, first_messages, facts.texts)
+    if not engaged:
+        return Decision("not_triggered", why, origin["trigger"], expired, engaged=False)
+    if rule_set.out_of_hours.enabled:
+        closed = closure(rules.hours, defaults, facts.now)
+        if closed is not None:
+            return _out_of_hours(rule_set.out_of_hours, closed, facts, origin, expired)
+    return Decision("answer", why, scope, expired, engaged=True)
+
+
+def _judge(
+    rule_set: EffectiveRules, verdict: bool | None, first_messages: bool, texts: list[str]
+) -> tuple[bool, str]:
+    if rule_set.trigger == "always":
+        return True, "trigger: always"
+    if verdict is not None:
+        if verdict:
+            return True, "trigger: the session's first message matched"
+        return False, "trigger: the session's first message did not match; it stays with people"
+    if not first_messages:
+        # Only a session begun before the trigger judged sessions (an upgrade) has no
+        # verdict past its first messages: the bot keeps what it was already answering.
+        return True, "trigger: the session began before the trigger; it stays with the bot"
+    if rule_set.trigger == "keyword":
+        keyword = matched_keyword(rule_set.keywords, texts)
+        if keyword is None:
+            return False, "trigger: first message matched no keyword"
+        return True, f"trigger: first message matched keyword {keyword!r}"
+    if rule_set.pattern is None:
+        return False, "trigger: no pattern is set"
+    regex = compile_pattern(rule_set.pattern)
+    if any(regex.search(text[:MATCH_MAX_CHARS]) for text in texts):
+        return True, "trigger: first message matched the pattern"
+    return False, "trigger: first message did not match the pattern"
+
+
+def _out_of_hours(
+    settings: OutOfHours,
+    closed: Closure,
+    facts: TurnFacts,
+    origin: dict[str, str],
+    expired: bool,
+) -> Decision:
+    reason = f"out of hours (closed until {closed.reopens:%Y-%m-%d %H:%M} {closed.reopens.tzinfo})"
+    reply = settings.reply if facts.out_of_hours_replied_for != closed.period else None
+    hold = settings.mode == "hold"
+    return Decision(
+        "hold" if hold else "answer",
+        reason,
+        origin["out_of_hours"],
+        expired,
+        engaged=True,
+        out_of_hours_reply=reply,
+        period=closed.period,
+        hold_until=closed.reopens if hold else None,
+        forward_out_of_hours=not hold,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Replies that read like WhatsApp
+# ---------------------------------------------------------------------------------------
+
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_SENTENCE_ENDS = (".", "!", "?", "…")
+_CLOSERS = ")\"'”»"
+
+
+def split_reply(text: str, max_chars: int) -> list[str]:
+    """The reply as messages of at most `max_chars`: cut at paragraph breaks first, then at
+    the last sentence end, line break or space that fits. A word or link longer than
+    `max_chars` is never cut: it goes whole in a message of its own. Joined with blank lines
+    the parts hold every character of the text but spaces."""
+    if max_chars < 1:
+        raise ValueError("max_chars must be at least 1")
+    parts: list[str] = []
+    for paragraph in _PARAGRAPH_BREAK.split(text):
+        rest = paragraph.strip()
+        while len(rest) > max_chars:
+            cut = _cut(rest, max_chars)
+            parts.append(rest[:cut].rstrip())
+            rest = rest[cut:].lstrip()
+        if rest:
+            parts.append(rest)
+    return parts
+
+
+def _cut(text: str, limit: int) -> int:
+    """Where to cut `text` (no leading space, longer than `limit`): at a space, so that the
+    head fits in `limit` when a space allows it."""
+    spaces = [i for i in range(1, limit + 1) if text[i].isspace()]
+    if not spaces:
+        # The first word is too long: it goes whole (up to the first space, or all of it).
+        return next((i for i in range(limit + 1, len(text)) if text[i].isspace()), len(text))
+    # A sentence end or a line break reads better, unless it leaves the message half empty.
+    natural = [
+        i for i in spaces if i >= limit // 2 and (text[i] == "\n" or _ends_sentence(text, i))
+    ]
+    return (natural or spaces)[-1]
+
+
+def _ends_sentence(text: str, end: int) -> bool:
+    """Whether text[:end] ends a sentence: . ! ? or …, maybe closed by a quote or bracket."""
+    head = text[:end].rstrip().rstrip(_CLOSERS)
+    return head.endswith(_SENTENCE_ENDS)
+
+
+def typing_pause(part: str, split: SplitReplies) -> float:
+    """Seconds of "typing…" before a message: its length at `seconds_per_char`, clamped."""
+    pause = len(part) * split.seconds_per_char
+    return min(max(pause, split.min_pause_seconds), split.max_pause_seconds)
