@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.common.kommo_ids import KOMMO_ID_MAX
-from services.conversation import rules
+from services.conversation import patterns, rules
+from services.conversation.patterns import compile_pattern
 from services.conversation.rules import (
     BotRules,
     Decision,
     HoursDefaults,
     SplitReplies,
     TurnFacts,
-    compile_pattern,
     decide,
     effective,
     normalize_phone,
@@ -163,20 +163,20 @@ def test_a_keyword_needs_a_letter_or_a_digit() -> None:
 # -- regular expressions -------------------------------------------------------------------
 
 CATASTROPHIC = [
-    (r"(a+)+", rules.NESTED_QUANTIFIER),
-    (r"(a*)*", rules.NESTED_QUANTIFIER),
-    (r"(.*a){20}", rules.NESTED_QUANTIFIER),
-    (r"(\w+\s?)*$", rules.NESTED_QUANTIFIER),
-    (r"(\d{1,3})+", rules.NESTED_QUANTIFIER),
-    (r"(a|aa)+", rules.OVERLAPPING_ALTERNATIVES),
-    (r"(a|a)*", rules.OVERLAPPING_ALTERNATIVES),
-    (r"(ab?b?)+", rules.OVERLAPPING_ALTERNATIVES),
-    (r"(?:ab|\wb)+", rules.OVERLAPPING_ALTERNATIVES),
-    (r"(a?)*", rules.EMPTY_REPEAT),
-    (r".*a.*b", rules.COMPETING_QUANTIFIERS),
-    (r"\w+\s*\w+x", rules.COMPETING_QUANTIFIERS),
-    (r"(\w+)?\w+x", rules.COMPETING_QUANTIFIERS),
-    (r"[a-z]{0,50}[a-z]{0,50}x", rules.COMPETING_QUANTIFIERS),
+    (r"(a+)+", patterns.NESTED_QUANTIFIER),
+    (r"(a*)*", patterns.NESTED_QUANTIFIER),
+    (r"(.*a){20}", patterns.NESTED_QUANTIFIER),
+    (r"(\w+\s?)*$", patterns.NESTED_QUANTIFIER),
+    (r"(\d{1,3})+", patterns.NESTED_QUANTIFIER),
+    (r"(a|aa)+", patterns.OVERLAPPING_ALTERNATIVES),
+    (r"(a|a)*", patterns.OVERLAPPING_ALTERNATIVES),
+    (r"(ab?b?)+", patterns.OVERLAPPING_ALTERNATIVES),
+    (r"(?:ab|\wb)+", patterns.OVERLAPPING_ALTERNATIVES),
+    (r"(a?)*", patterns.EMPTY_REPEAT),
+    (r".*a.*b", patterns.COMPETING_QUANTIFIERS),
+    (r"\w+\s*\w+x", patterns.COMPETING_QUANTIFIERS),
+    (r"(\w+)?\w+x", patterns.COMPETING_QUANTIFIERS),
+    (r"[a-z]{0,50}[a-z]{0,50}x", patterns.COMPETING_QUANTIFIERS),
 ]
 
 
