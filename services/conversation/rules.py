@@ -451,49 +451,47 @@ class Hours(_Document):
         return sorted(set(holidays))
 
 
+# A whole account's rules, for the OpenAPI description (PUT /bot-rules).
+EXAMPLE_RULES: Final[dict[str, Any]] = {
+    "account": {
+        "trigger": "always",
+        "keyword_finish": ["atendente", "falar com uma pessoa"],
+        "expire_minutes": 1440,
+        "out_of_hours": {
+            "enabled": True,
+            "reply": "Olá! Nosso atendimento é de segunda a sexta, das 8h às "
+            "18h. Já recebemos a sua mensagem e respondemos assim que abrirmos.",
+            "mode": "hold",
+        },
+        "split": {"enabled": True, "max_chars": 600},
+    },
+    "pipelines": {
+        "7100001": {
+            "trigger": "keyword",
+            "keywords": ["preço", "orçamento", "quanto custa"],
+        }
+    },
+    "stages": {"71000002": {"trigger": "regex", "pattern": r"\b(cpf|rg)\b"}},
+    "ignore": {
+        "phones": ["+55 11 98765-4321"],
+        "contact_ids": [4400002],
+        "tags": ["não atender"],
+        "pipelines": [],
+        "stages": [143],
+    },
+    "hours": {
+        "timezone": "America/Sao_Paulo",
+        "hours": "08:00-18:00",
+        "days": "mon-fri",
+        "holidays": ["2026-12-25", "2027-01-01"],
+    },
+}
+
+
 class BotRules(_Document):
     """When the AI bot answers a WhatsApp conversation, for whom, and how its replies read."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "account": {
-                        "trigger": "always",
-                        "keyword_finish": ["atendente", "falar com uma pessoa"],
-                        "expire_minutes": 1440,
-                        "out_of_hours": {
-                            "enabled": True,
-                            "reply": "Olá! Nosso atendimento é de segunda a sexta, das 8h às "
-                            "18h. Já recebemos a sua mensagem e respondemos assim que abrirmos.",
-                            "mode": "hold",
-                        },
-                        "split": {"enabled": True, "max_chars": 600},
-                    },
-                    "pipelines": {
-                        "7100001": {
-                            "trigger": "keyword",
-                            "keywords": ["preço", "orçamento", "quanto custa"],
-                        }
-                    },
-                    "stages": {"71000002": {"trigger": "regex", "pattern": r"\b(cpf|rg)\b"}},
-                    "ignore": {
-                        "phones": ["+55 11 98765-4321"],
-                        "contact_ids": [4400002],
-                        "tags": ["não atender"],
-                        "pipelines": [],
-                        "stages": [143],
-                    },
-                    "hours": {
-                        "timezone": "America/Sao_Paulo",
-                        "hours": "08:00-18:00",
-                        "days": "mon-fri",
-                        "holidays": ["2026-12-25", "2027-01-01"],
-                    },
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_RULES]})
 
     account: RuleSet = Field(
         default_factory=RuleSet,

@@ -107,9 +107,13 @@ def test_rules_are_validated_versioned_and_shown(api: httpx.Client, stack: Stack
     catastrophic = api.put(
         "/bot-rules", json={"account": {"trigger": "regex", "pattern": "(a+)+$"}}
     )
-    assert catastrophic.status_code == 422
-    assert "pattern" in catastrophic.text
-    assert api.put("/bot-rules", json={"acount": {}}).status_code == 422
+    assert catastrophic.status_code == 400
+    assert "account.pattern" in catastrophic.json()["error"]
+    misspelt = api.put("/bot-rules", json={"acount": {}})
+    assert misspelt.status_code == 400
+    assert "acount" in misspelt.json()["error"]
+    assert api.put("/bot-rules", content=b"not json").status_code == 400
+    assert api.get("/bot-rules").json()["source"] == "default"  # nothing was written
     written = put_rules(api, {"account": {"trigger": "always"}})
     assert written["source"] == "api"
     assert written["version"] >= 1
@@ -121,7 +125,9 @@ def test_rules_are_validated_versioned_and_shown(api: httpx.Client, stack: Stack
     assert stale.status_code == 409
     assert "version" in stale.json()["error"]
     schema = api.get("/openapi.json").json()
-    assert "/bot-rules" in schema["paths"]
+    body = schema["paths"]["/bot-rules"]["put"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/BotRules"}
+    assert body["examples"]
 
 
 def test_keyword_start_only_for_sessions_that_open_with_it(
