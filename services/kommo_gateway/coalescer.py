@@ -1,4 +1,4 @@
-"""Concurrent calls of one kind, sent to Kommo as one list call.
+"""Concurrent calls of one kind, sent to Kommo as one list call, from every gateway replica.
 
 Kommo counts requests, not entities (docs/kommo-api.md, "List calls"): a caller enqueues
 its item and awaits its own answer; when the Budget grants a departure, everything
@@ -6,55 +6,79 @@ waiting (up to the kind's maximum) leaves in one request and each caller gets it
 answer or its item's error. Nothing waits for a batch to fill: with an idle budget the
 first item leaves at once, and under load the queue fills while the departure is pending.
 
-Per gateway replica (a first step): each replica batches its own callers; the rate limit
-behind the Budget is shared by every replica.
+Across replicas: one replica at a time holds the dispatch lease (`Handoff`) and sends the
+batched calls of every replica. Its own callers queue in its memory as above; a replica
+without the lease hands each item over through Redis and gets its answer back the same
+way. So the holder's Budget sees every replica's batched callers: one list call serves
+them all, priorities and aging hold across replicas, and a call that could not leave
+before its deadline is refused at once counting everyone's queue, not only its replica's.
+
+    caller (no lease) ── push ──► gw:batch-queue ── pull ──► holder's queues ── Budget ──► Kommo
+          ▲                                      (gw:batch-inflight)                          │
+          └──────────── its answer or error ◄── gw:batch-results ◄───────────────────────────┘
+
+Failures. A caller still queued in Redis at its give-up takes its item back (BudgetBusy,
+as a local caller gets); one whose item was pulled waits its call share, then Unavailable
+(a timed-out call: a bot run's outcome is settled by the reply evidence, never by a
+second run). The holder renews its lease at a third of its life; when it dies, another
+replica takes the lease within a lease and answers Unavailable for every item left in
+flight (its request may have reached Kommo), then goes on with the queue: never a silent
+hang, never a second send. A holder that cannot renew in time stops sending the items it
+was handed (their callers are answered by the next holder).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Generic, TypeAlias, TypeVar
+from functools import partial
+from typing import Any, Generic, TypeAlias, TypeVar, cast
 
-from services.common.errors import Unavailable
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+from services.common.errors import (
+    BridgeError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    UpstreamError,
+)
 from services.kommo_gateway.ratelimit import (
     Budget,
     BudgetBusy,
     Departure,
     Priority,
+    call_deadline,
     call_priority,
+)
+from services.kommo_gateway.store import (
+    BATCH_INFLIGHT,
+    BATCH_KEEP_SECONDS,
+    BATCH_LEASE,
+    BATCH_QUEUE,
+    BATCH_RESULTS,
+    BATCH_RESULTS_KEEP_SECONDS,
+    BATCH_RESULTS_KEPT,
+    BATCH_WAKE,
 )
 
 log = logging.getLogger(__name__)
 
-# Across replicas (designed, not built yet). With 3 replicas each batches only its own
-# callers: 1.95 Kommo calls per answer at 20 customers. The design, keys to go in store.py:
-# - Queue: `gw:batch:{kind}:{priority}` lists of item ids, and `gw:batch-item:{id}` (payload
-#   as JSON, priority, enqueue time and give-up time by Redis' clock, with a TTL past the
-#   give-up), written in one script that also returns the departures queued ahead, so the
-#   refusal at once (refuse_if_late) counts every replica's callers, not only this one's.
-# - One dispatcher per kind: `gw:batch-lease:{kind}`, SET NX PX, renewed at a third of its
-#   life; a new item PUBLISHes on `gw:batch-wake:{kind}` so the holder's Budget notices it.
-#   The Budget's Source calls (head, departures_before) are synchronous: the holder keeps a
-#   mirror of each queue's length and oldest item, refreshed on a wake and after a departure.
-# - On a granted departure, a script pops up to the kind's maximum in (priority − aging,
-#   since) order, skipping a second item with the same exclusive key (left in its place) and
-#   items past their give-up (their callers were already refused), and LMOVEs the ids to
-#   `gw:batch-inflight:{kind}`. Each item's outcome (the answer as JSON; an error as its
-#   domain class name and message from a fixed list; REQUEUE as an LPUSH back to its queue's
-#   head) is RPUSHed to `gw:batch-result:{id}` with a short TTL, so nothing outlives a caller.
-# - The caller BLPOPs its result list until its give-up. On time-out a script takes its item
-#   back: still queued → removed, BudgetBusy; already popped → wait the call's share
-#   (KOMMO_CALL_SECONDS), then Unavailable, as a timed-out call is today (a bot run's outcome
-#   is then settled by the reply evidence, not by a second run).
-# - A holder that loses its lease mid-batch: the next holder answers Unavailable for the ids
-#   left in flight (their request may have reached Kommo) and goes on with the queues.
-# Not built in this step: the codec per kind, the fencing of a caller that gives up against
-# the pop, and the failover are each a change to test across processes on their own.
+# A dead holder is replaced within this long (plus a third of it, the others' next try).
+_LEASE_SECONDS = 3.0
+# How long a reader of the answers blocks at a time (below the Redis socket timeout).
+_FOLLOW_BLOCK_MS = 1000
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -80,6 +104,8 @@ class _Item(Generic[T, R]):
     since: float
     give_up: float | None
     future: asyncio.Future[R]
+    # Handed over by a replica without the lease: its answer goes back through Redis.
+    remote: bool = False
     timer: asyncio.TimerHandle | None = field(default=None)
 
 
@@ -92,18 +118,24 @@ class Coalescer(Generic[T, R]):
         priority: Priority,
         send: Send[T, R],
         exclusive: Callable[[T], Hashable] | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         """`exclusive`: items with the same key never share a request (two writes to one
-        lead); the later one leaves with the next batch."""
+        lead); the later one leaves with the next batch. `handoff`: batch with the other
+        replicas (without it, this replica's callers only). Payloads handed over travel
+        as JSON: numbers, strings, objects, and tuples (JSON arrays come back as tuples)."""
         self.kind = kind
         self._budget = budget
         self._maximum = maximum
         self._priority = priority
         self._send = send
         self._exclusive = exclusive
+        self._handoff = handoff
         self._queue: list[_Item[T, R]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         budget.attach(self)
+        if handoff is not None:
+            handoff.register(self)
 
     async def submit(self, payload: T) -> R:
         """The answer for this item, after its batch went to Kommo. Refused at once
@@ -112,14 +144,70 @@ class Coalescer(Generic[T, R]):
         if priority is None:
             priority = self._priority
         give_up = self._budget.give_up_at()
-        if give_up is not None:
-            self._budget.refuse_if_late(priority, give_up, own=self._own_departure(priority))
+        if self._handoff is not None:
+            await self._handoff.ready()
+            if not self._handoff.holds:
+                return await self._forward(self._handoff, payload, priority, give_up)
         loop = asyncio.get_running_loop()
         item: _Item[T, R] = _Item(
             payload, priority, time.monotonic(), give_up, loop.create_future()
         )
-        self._enqueue(item)
+        self._admit(item)
         return await item.future
+
+    def take_over(
+        self,
+        payload: T,
+        priority: Priority,
+        since: float,
+        give_up: float | None,
+        future: asyncio.Future[R],
+    ) -> None:
+        """Queue an item another replica handed over, or refuse it as its own caller
+        would have been."""
+        item = _Item(payload, priority, since, give_up, future, remote=True)
+        try:
+            self._admit(item)
+        except BudgetBusy as exc:
+            future.set_exception(exc)
+
+    def abandon_remote(self, reason: str) -> None:
+        """Fail the queued items other replicas handed over: the lease is no longer ours
+        (or was taken anew), and whoever takes it answers them."""
+        for item in [i for i in self._queue if i.remote]:
+            self._remove(item)
+            if not item.future.done():
+                item.future.set_exception(Unavailable(reason))
+
+    def _admit(self, item: _Item[T, R]) -> None:
+        if item.give_up is not None:
+            own = self._own_departure(item.priority)
+            self._budget.refuse_if_late(item.priority, item.give_up, own=own)
+        self._enqueue(item)
+
+    async def _forward(
+        self, handoff: Handoff, payload: T, priority: Priority, give_up: float | None
+    ) -> R:
+        """Hand the item to the replica holding the lease and wait for its answer."""
+        item_id = uuid.uuid4().hex
+        future: asyncio.Future[R] = handoff.expect(item_id)
+        try:
+            queued = await handoff.push(item_id, self.kind, payload, priority, give_up)
+            if give_up is not None:
+                await _until(future, give_up)
+                if not future.done() and await handoff.take_back(queued):
+                    # No holder pulled it in time (one is being replaced).
+                    raise BudgetBusy(self._budget.estimate(priority))
+            # Pulled: its answer comes, or its call share runs out as a timed-out call.
+            deadline = call_deadline.get()
+            if deadline is None:  # waited for as long as the hand-off's keys live
+                deadline = time.monotonic() + BATCH_KEEP_SECONDS
+            await _until(future, deadline)
+            if future.done():
+                return future.result()
+            raise Unavailable(f"no answer from Kommo in time for a {self.kind}: outcome unknown")
+        finally:
+            handoff.forget(item_id)
 
     def _own_departure(self, priority: Priority) -> int:
         """1 when this item needs a departure of its own, 0 when it fits in a batch that
@@ -133,6 +221,11 @@ class Coalescer(Generic[T, R]):
             delay = max(0.0, item.give_up - time.monotonic())
             item.timer = asyncio.get_running_loop().call_later(delay, self._expire, item)
         self._budget.notify()
+
+    def _remove(self, item: _Item[T, R]) -> None:
+        self._queue.remove(item)
+        if item.timer is not None:
+            item.timer.cancel()
 
     def _expire(self, item: _Item[T, R]) -> None:
         if item in self._queue:
@@ -170,12 +263,13 @@ class Coalescer(Generic[T, R]):
                 keys.add(key)
             batch.append(item)
         for item in batch:
-            self._queue.remove(item)
-            if item.timer is not None:
-                item.timer.cancel()
+            self._remove(item)
         return batch
 
     def depart(self, departure: Departure) -> None:
+        if self._handoff is not None and not self._handoff.holds:
+            # The lease may have passed to another replica, which answers these.
+            self.abandon_remote("the gateway replica sending Kommo calls was replaced")
         batch = self._take()
         task = asyncio.get_running_loop().create_task(self._go(batch, departure))
         self._in_flight.add(task)
@@ -220,3 +314,364 @@ class Coalescer(Generic[T, R]):
         for task in list(self._in_flight):
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
+        self.abandon_remote("the gateway is shutting down")
+
+
+async def _until(future: asyncio.Future[Any], moment: float) -> None:
+    """Wait for `future` until `moment` (monotonic), leaving it pending after."""
+    await asyncio.wait({future}, timeout=max(0.0, moment - time.monotonic()))
+
+
+# The lease, taken only when free; the items its last holder left in flight are answered
+# Unavailable (their request may have reached Kommo: never sent again). Safe to repeat
+# (redis-py retries a command whose answer was lost).
+_TAKE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder then
+  return holder == ARGV[1] and 1 or 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local ids = redis.call('SMEMBERS', KEYS[2])
+for i = 1, #ids, 500 do
+  local answers = {}
+  for j = i, math.min(i + 499, #ids) do
+    answers[#answers + 1] = ids[j]
+    answers[#answers + 1] = ARGV[3]
+  end
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(answers))
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+
+# An item handed over, stamped with Redis' time (its wait counts from then); a wake-up
+# for the holder. Returns the item as queued, so that its caller can take it back.
+_PUSH = """
+local t = redis.call('TIME')
+local item = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)) .. ' ' .. ARGV[1]
+redis.call('RPUSH', KEYS[1], item)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('RPUSH', KEYS[2], 1)
+redis.call('LTRIM', KEYS[2], 0, 0)
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return item
+"""
+
+# Everything handed over, into the holder's hands (recorded in flight), with Redis' time
+# in milliseconds; an item pushed twice (a retried push) once. Only the holder pulls;
+# anyone else leaves the wake-up for it.
+_PULL = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  if redis.call('LLEN', KEYS[2]) > 0 then
+    redis.call('RPUSH', KEYS[4], 1)
+    redis.call('LTRIM', KEYS[4], 0, 0)
+  end
+  return false
+end
+redis.call('DEL', KEYS[4])
+local items = {}
+for _, item in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  if redis.call('SADD', KEYS[3], string.match(item, '^%d+ (%x+) ')) == 1 then
+    items[#items + 1] = item
+  end
+end
+redis.call('DEL', KEYS[2])
+if #items > 0 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
+local t = redis.call('TIME')
+return {t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)), items}
+"""
+
+# Stream entries as redis-py reads them: (entry id, fields).
+_Entries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]
+
+# The errors an answer carries across replicas, by class name; anything else (a bug)
+# is logged where it happened and travels as an internal error.
+_ERRORS: dict[str, type[BridgeError]] = {
+    cls.__name__: cls
+    for cls in (
+        BridgeError,
+        Conflict,
+        InvalidInput,
+        NotFound,
+        Unauthenticated,
+        Unavailable,
+        UpstreamError,
+    )
+}
+
+
+class Handoff:
+    """This replica's part in batching across replicas: the dispatch lease, the items it
+    hands over (and, holding the lease, pulls from everyone) and their answers."""
+
+    def __init__(self, redis: aioredis.Redis, lease_seconds: float = _LEASE_SECONDS) -> None:
+        self._redis = redis
+        self._token = uuid.uuid4().hex
+        self._lease_seconds = lease_seconds
+        # Monotonic time until which the lease is surely ours (0: not ours).
+        self._held_until = 0.0
+        self._coalescers: dict[str, Coalescer[Any, Any]] = {}
+        # Items this replica handed over, by id, until their answer comes.
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        # Answers to items handed over to this replica, to be written to Redis.
+        self._answers: dict[FieldT, EncodableT] = {}
+        self._writing: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()
+        self._loops: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._last_answer = b"0-0"
+        self._take_lease = redis.register_script(_TAKE_LEASE)
+        self._renew_lease = redis.register_script(_RENEW_LEASE)
+        self._release_lease = redis.register_script(_RELEASE_LEASE)
+        self._push = redis.register_script(_PUSH)
+        self._pull = redis.register_script(_PULL)
+
+    @property
+    def holds(self) -> bool:
+        """This replica sends the batched calls (of every replica)."""
+        return time.monotonic() < self._held_until
+
+    def register(self, coalescer: Coalescer[Any, Any]) -> None:
+        if coalescer.kind in self._coalescers:
+            raise ValueError(f"two coalescers of kind {coalescer.kind!r}")
+        self._coalescers[coalescer.kind] = coalescer
+
+    async def ready(self) -> None:
+        """Started on the first call: the lease tried once, the answers followed from now."""
+        if self._loops:
+            return
+        async with self._starting:
+            if self._loops:
+                return
+            last = cast(_Entries, await self._redis.xrevrange(BATCH_RESULTS, count=1))
+            if last:
+                self._last_answer = last[0][0]
+            await self._hold()
+            self._loops = [
+                asyncio.create_task(self._keep_lease(), name="kommo-batch-lease"),
+                asyncio.create_task(self._follow_answers(), name="kommo-batch-answers"),
+            ]
+
+    # A replica without the lease: handing items over.
+
+    def expect(self, item_id: str) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[item_id] = future
+        return future
+
+    def forget(self, item_id: str) -> None:
+        self._waiting.pop(item_id, None)
+
+    async def push(
+        self, item_id: str, kind: str, payload: Any, priority: Priority, give_up: float | None
+    ) -> str:
+        """Hand an item over; returns it as queued."""
+        wait_ms = None if give_up is None else max(0, int((give_up - time.monotonic()) * 1000))
+        body = json.dumps(
+            {"kind": kind, "payload": payload, "priority": int(priority), "wait_ms": wait_ms}
+        )
+        queued = await self._push(
+            keys=[BATCH_QUEUE, BATCH_WAKE], args=[f"{item_id} {body}", BATCH_KEEP_SECONDS * 1000]
+        )
+        return cast(bytes, queued).decode()
+
+    async def take_back(self, queued: str) -> bool:
+        """Remove an item no holder has pulled yet; False when it was pulled."""
+        return bool(await self._redis.lrem(BATCH_QUEUE, 1, queued))
+
+    async def _follow_answers(self) -> None:
+        while not self._closed:
+            try:
+                streams = await self._redis.xread(
+                    {BATCH_RESULTS: self._last_answer}, block=_FOLLOW_BLOCK_MS
+                )
+            except RedisError as exc:
+                log.warning("batched Kommo calls: answers not read (%s); reading again", exc)
+                await asyncio.sleep(self._lease_seconds / 3)
+                continue
+            for _, entries in cast(list[tuple[bytes, _Entries]], streams or []):
+                for entry_id, answers in entries:
+                    self._last_answer = entry_id
+                    for item_id, answer in answers.items():
+                        future = self._waiting.get(item_id.decode())
+                        if future is not None and not future.done():
+                            _settle(future, answer)
+
+    # The lease, and the holder's side: pulling items, writing their answers.
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease (or try to take it) at a third of its life; holding it, pull
+        what the other replicas hand over meanwhile."""
+        interval = self._lease_seconds / 3
+        while not self._closed:
+            renew_at = time.monotonic() + interval
+            try:
+                await self._hold()
+                while self.holds and time.monotonic() < renew_at:
+                    await self._pull_handed_over(renew_at - time.monotonic())
+            except RedisError as exc:
+                log.warning("batched Kommo calls: dispatch lease not kept (%s)", exc)
+            await asyncio.sleep(max(0.0, renew_at - time.monotonic()))
+
+    async def _hold(self) -> None:
+        began = time.monotonic()
+        lease_ms = int(self._lease_seconds * 1000)
+        if self._held_until:
+            if await self._renew_lease(keys=[BATCH_LEASE], args=[self._token, lease_ms]):
+                self._held_until = began + self._lease_seconds
+                return
+            log.warning("batched Kommo calls: this replica lost the dispatch lease")
+            self._held_until = 0.0
+        if self._closed:
+            return
+        taken = await self._take_lease(
+            keys=[BATCH_LEASE, BATCH_INFLIGHT, BATCH_RESULTS],
+            args=[
+                self._token,
+                lease_ms,
+                _encode_error(Unavailable("the gateway replica sending Kommo calls was lost")),
+                BATCH_RESULTS_KEPT,
+                BATCH_RESULTS_KEEP_SECONDS * 1000,
+            ],
+        )
+        if taken:
+            # Anything handed over to this replica before was just answered by the take.
+            for coalescer in self._coalescers.values():
+                coalescer.abandon_remote("the gateway replica sending Kommo calls was replaced")
+            self._held_until = began + self._lease_seconds
+            log.info("batched Kommo calls: this replica sends them for every replica")
+
+    async def _pull_handed_over(self, seconds: float) -> None:
+        # Redis reads a timeout of 0 as "forever".
+        if not await self._redis.blpop([BATCH_WAKE], timeout=max(0.01, seconds)):
+            return
+        pulled = await self._pull(
+            keys=[BATCH_LEASE, BATCH_QUEUE, BATCH_INFLIGHT, BATCH_WAKE],
+            args=[self._token, BATCH_KEEP_SECONDS * 1000],
+        )
+        if not pulled:
+            return
+        now_ms, items = int(pulled[0]), pulled[1]
+        loop = asyncio.get_running_loop()
+        pulled_at = time.monotonic()
+        for queued in items:
+            stamp, item_id, body = queued.decode().split(" ", 2)
+            item = json.loads(body)
+            age = (now_ms - int(stamp)) / 1000
+            wait_ms = item["wait_ms"]
+            future: asyncio.Future[Any] = loop.create_future()
+            future.add_done_callback(partial(self._answered, item_id))
+            coalescer = self._coalescers.get(item["kind"])
+            if coalescer is None:  # a replica of another version
+                future.set_exception(UpstreamError(f"unknown batched call {item['kind']!r}"))
+                continue
+            coalescer.take_over(
+                _tuples(item["payload"]),
+                Priority(item["priority"]),
+                pulled_at - age,
+                None if wait_ms is None else pulled_at - age + wait_ms / 1000,
+                future,
+            )
+
+    def _answered(self, item_id: str, future: asyncio.Future[Any]) -> None:
+        self._answers[item_id] = _encode(future)
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.get_running_loop().create_task(self._write_answers())
+
+    async def _write_answers(self) -> None:
+        """Answers of one batch (all set in one go) leave together."""
+        while self._answers:
+            answers, self._answers = self._answers, {}
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.xadd(BATCH_RESULTS, answers, maxlen=BATCH_RESULTS_KEPT, approximate=True)
+                    pipe.pexpire(BATCH_RESULTS, BATCH_RESULTS_KEEP_SECONDS * 1000)
+                    pipe.srem(BATCH_INFLIGHT, *answers)
+                    await pipe.execute()
+            except RedisError as exc:
+                log.warning(
+                    "batched Kommo calls: %d answers not passed on (%s); their callers "
+                    "get Unavailable at their deadline",
+                    len(answers),
+                    exc,
+                )
+
+    async def aclose(self) -> None:
+        """After the coalescers' aclose (their last answers are written first)."""
+        # redis-py may let a command finish in a cancelled task, which then goes on: the
+        # loops also stop on `_closed`.
+        self._closed = True
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._writing is not None:
+            await self._writing
+        try:
+            # Whether or not it is ours now: a take may have ended during the close.
+            await self._release_lease(keys=[BATCH_LEASE], args=[self._token])
+        except RedisError as exc:
+            log.warning("batched Kommo calls: dispatch lease not released (%s)", exc)
+
+
+def _tuples(value: Any) -> Any:
+    """A payload as it was before JSON: its arrays were tuples."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def _encode(future: asyncio.Future[Any]) -> str:
+    if future.cancelled():
+        return _encode_error(Unavailable("the gateway is shutting down"))
+    error = future.exception()
+    if error is None:
+        return json.dumps({"value": future.result()})
+    return _encode_error(error)
+
+
+def _encode_error(error: BaseException) -> str:
+    if isinstance(error, RateLimited):
+        name = "BudgetBusy" if isinstance(error, BudgetBusy) else "RateLimited"
+        return json.dumps(
+            {"error": name, "message": str(error), "retry_after": error.retry_after_seconds}
+        )
+    if isinstance(error, RedisError):
+        error = Unavailable("storage unavailable, retry later")
+    known = next((c.__name__ for c in type(error).__mro__ if c.__name__ in _ERRORS), None)
+    if known is None:
+        log.error("batched Kommo call failed", exc_info=error)
+        return json.dumps({"error": "BridgeError", "message": "internal error"})
+    return json.dumps({"error": known, "message": str(error)})
+
+
+def _settle(future: asyncio.Future[Any], answer: bytes) -> None:
+    decoded = json.loads(answer)
+    name = decoded.get("error")
+    if name is None:
+        future.set_result(decoded["value"])
+    elif name == "BudgetBusy":
+        future.set_exception(BudgetBusy(decoded["retry_after"]))
+    elif name == "RateLimited":
+        future.set_exception(RateLimited(decoded["message"], decoded["retry_after"]))
+    else:
+        future.set_exception(_ERRORS.get(name, BridgeError)(decoded["message"]))

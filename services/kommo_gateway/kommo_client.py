@@ -23,7 +23,7 @@ from services.common.errors import (
 )
 from services.common.metrics import KOMMO_REQUESTS
 from services.kommo_gateway.breaker import CircuitBreaker
-from services.kommo_gateway.coalescer import REQUEUE, Coalescer, Outcome
+from services.kommo_gateway.coalescer import REQUEUE, Coalescer, Handoff, Outcome
 from services.kommo_gateway.ratelimit import Budget, Departure, Priority, RateLimiter, call_priority
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.tokens import TokenManager
@@ -40,7 +40,7 @@ WRITE_BATCH = 50
 BOT_RUN_BATCH = 100
 
 # An entity id and its (field id, value) pairs.
-FieldWrite = tuple[int, list[tuple[int, str]]]
+FieldWrite = tuple[int, Sequence[tuple[int, str]]]
 Params = Mapping[str, str | int] | Sequence[tuple[str, str | int]]
 
 
@@ -52,22 +52,30 @@ class KommoClient:
         tokens: TokenManager,
         limiter: RateLimiter,
         budget: Budget,
+        handoff: Handoff | None = None,
     ) -> None:
+        """`handoff`: batch with the other gateway replicas (coalescer.py)."""
         self._settings = settings
         self._http = http
         self.tokens = tokens
         self._limiter = limiter
         self._budget = budget
+        self._handoff = handoff
         self.breaker = CircuitBreaker(
             settings.kommo_breaker_failures, settings.kommo_breaker_cooldown_seconds
         )
         self.rate_limited = 0
         # One coalescer per kind of call: concurrent callers share one list request.
         self._lead_reads: Coalescer[int, dict[str, Any]] = Coalescer(
-            "lead read", budget, READ_BATCH, Priority.CONTEXT, self._read_leads
+            "lead read", budget, READ_BATCH, Priority.CONTEXT, self._read_leads, handoff=handoff
         )
         self._contact_reads: Coalescer[int, dict[str, Any]] = Coalescer(
-            "contact read", budget, READ_BATCH, Priority.CONTEXT, self._read_contacts
+            "contact read",
+            budget,
+            READ_BATCH,
+            Priority.CONTEXT,
+            self._read_contacts,
+            handoff=handoff,
         )
         self._field_writes = {
             "leads": self._field_writer("leads"),
@@ -80,12 +88,13 @@ class KommoClient:
             Priority.REPLY,
             self._run_bots,
             exclusive=lambda item: item[1],
+            handoff=handoff,
         )
         self._notes: Coalescer[tuple[int, str], int] = Coalescer(
-            "note", budget, WRITE_BATCH, Priority.RECORD, self._add_notes
+            "note", budget, WRITE_BATCH, Priority.RECORD, self._add_notes, handoff=handoff
         )
         self._tasks: Coalescer[dict[str, Any], int] = Coalescer(
-            "task", budget, WRITE_BATCH, Priority.RECORD, self._add_tasks
+            "task", budget, WRITE_BATCH, Priority.RECORD, self._add_tasks, handoff=handoff
         )
 
     def _field_writer(self, entity: str) -> Coalescer[FieldWrite, None]:
@@ -100,6 +109,7 @@ class KommoClient:
             priority=Priority.REPLY,
             send=send,
             exclusive=lambda item: item[0],
+            handoff=self._handoff,
         )
 
     async def aclose(self) -> None:

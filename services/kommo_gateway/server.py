@@ -13,6 +13,7 @@ from services.common.grpc_server import GrpcService, run
 from services.common.logs import configure_logging
 from services.common.redis import create_redis
 from services.common.settings import load_settings
+from services.kommo_gateway.coalescer import Handoff
 from services.kommo_gateway.delivery import Delivery
 from services.kommo_gateway.kommo_client import KommoClient
 from services.kommo_gateway.ratelimit import Budget, RateLimiter
@@ -31,11 +32,13 @@ def create_server(settings: GatewaySettings) -> tuple[GrpcService, TokenManager]
     limiter = RateLimiter(redis, settings.kommo_rate_limit_rps)
     budget = Budget(limiter, settings.kommo_priority_aging_seconds, settings.kommo_call_seconds)
     tokens = TokenManager(settings, redis, http, limiter)
-    kommo = KommoClient(settings, http, tokens, limiter, budget)
+    handoff = Handoff(redis)
+    kommo = KommoClient(settings, http, tokens, limiter, budget, handoff)
     servicer = GatewayServicer(settings, redis, kommo, Delivery(settings, redis, kommo, http))
 
     async def close() -> None:
         await kommo.aclose()
+        await handoff.aclose()
         await budget.aclose()
         await http.aclose()
         await redis.aclose()

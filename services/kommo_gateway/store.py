@@ -63,3 +63,25 @@ CACHE_KEEP_SECONDS = 24 * 3600
 def cache_keep_seconds(retention_seconds: int) -> int:
     """How long a copy is kept: a day, never longer than personal data (0 = no limit)."""
     return min(CACHE_KEEP_SECONDS, retention_seconds) if retention_seconds else CACHE_KEEP_SECONDS
+
+
+# Batched calls across replicas (coalescer.py): one replica holds the dispatch lease and
+# sends every replica's list calls. The lease: the holder's token, renewed at a third of
+# its life, so a dead holder is replaced within seconds.
+BATCH_LEASE = "gw:batch-lease"
+# Items handed over to the holder ("<Redis ms> <id> <JSON>": lead ids, note and reply
+# texts), pulled within milliseconds; and a one-element list the holder blocks on.
+BATCH_QUEUE = "gw:batch-queue"
+BATCH_WAKE = "gw:batch-wake"
+# Ids of the items the holder pulled and has not answered: a new holder answers them
+# Unavailable (their request may have reached Kommo; never sent twice).
+BATCH_INFLIGHT = "gw:batch-inflight"
+# The queue and the in-flight set expire this long after their last write; a caller
+# without a deadline waits no longer for its answer, so nothing outlives its caller.
+BATCH_KEEP_SECONDS = 300
+# Answers to items handed over (a stream every replica follows: item id → answer, with
+# lead and contact bodies): read within milliseconds, kept a few seconds and the last
+# entries only (one entry per batch).
+BATCH_RESULTS = "gw:batch-results"
+BATCH_RESULTS_KEEP_SECONDS = 30
+BATCH_RESULTS_KEPT = 200
