@@ -72,11 +72,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def send(
     stack: Stack, texts: list[tuple[int, str]], rate: float
-) -> tuple[dict[str, float], dict[str, int]]:
+) -> tuple[dict[str, float], dict[str, int], list[float]]:
     """Open loop: message i starts at i / rate whatever the others do; returns each
-    message's scheduled start (wall clock) and the edge's answers."""
+    message's scheduled start (wall clock), the edge's answers, and each webhook's ack
+    time (ms from its scheduled start to the edge's answer)."""
     started: dict[str, float] = {}
     statuses: dict[str, int] = {}
+    acks: list[float] = []
     # aiohttp: the load generator shares the machine's two cores with the stack, so it
     # should cost as little per request as it can.
     connector = aiohttp.TCPConnector(limit=200)
@@ -95,6 +97,7 @@ async def send(
                 ) as answer:
                     await answer.read()
                     key = str(answer.status)
+                acks.append(1000 * (time.monotonic() - at))
             except (TimeoutError, aiohttp.ClientError) as exc:
                 key = type(exc).__name__
             statuses[key] = statuses.get(key, 0) + 1
@@ -103,7 +106,7 @@ async def send(
         await asyncio.gather(
             *(one(lead, text, begin + i / rate) for i, (lead, text) in enumerate(texts))
         )
-    return started, statuses
+    return started, statuses, acks
 
 
 def envelopes(stack: Stack) -> list[dict[str, Any]]:
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         warm = [(n, f"aquecimento {n}") for n in range(1, args.leads + 1)]
         log.info("warm-up: %d messages, one per lead, at %g/s", len(warm), args.warmup_rate)
-        asyncio.run(send(stack, warm, args.warmup_rate))
+        asyncio.run(send(stack, warm, args.warmup_rate))  # answers not kept
         settle(stack, len(warm))
         httpx.post(f"{stack.standin_url}/_standin/reset", timeout=10).raise_for_status()
 
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         calls_before = redis_calls(stack)
         spies = start_profiles(stack, pids, args.duration, out) if args.profile else {}
         client_cpu = time.process_time()
-        started, statuses = asyncio.run(send(stack, texts, args.rate))
+        started, statuses, acks = asyncio.run(send(stack, texts, args.rate))
         client_cpu = time.process_time() - client_cpu
         profiled = finish_profiles(spies, out)
         settle(stack, 1)
@@ -267,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     bar = {
         "every message reached n8n": len(arrived) == len(started),
+        "every webhook acked (200) within 1 s": statuses.get("200", 0) == len(started)
+        and bool(acks)
+        and max(acks) <= 1000,
         "p50 <= 15 ms": bool(figures) and figures["p50"] <= 15,
         "p99 <= 60 ms": bool(figures) and figures["p99"] <= 60,
     }
@@ -274,6 +280,16 @@ def main(argv: list[str] | None = None) -> int:
         "settings": vars(args),
         "messages": len(started),
         "edge_answers": statuses,
+        # The webhook ack (Kommo gives about 2 s): from its scheduled start, queueing in the
+        # client included, to the edge's answer.
+        "ack_ms": {
+            "p50": round(statistics.median(acks), 2),
+            "p99": round(percentile(acks, 0.99), 2),
+            "max": round(max(acks), 2),
+            "over 1 s": sum(1 for a in acks if a > 1000),
+        }
+        if acks
+        else {},
         "reached_n8n": len(arrived),
         "envelopes": len(per_envelope),
         "messages_per_envelope_max": max(per_envelope, default=0),

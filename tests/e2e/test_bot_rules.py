@@ -141,6 +141,11 @@ def test_keyword_start_only_for_sessions_that_open_with_it(
     wait_for(lambda: bot_messages(http, stack, matched), 15, "the bot's reply")
     decision = decided(api, other, "not_triggered")
     assert "keyword" in decision["reason"]
+    # The conversation's debug view says the same.
+    debug = api.get(
+        "/debug/conversations", params={"conversation_id": status(api, other)["conversation_id"]}
+    ).json()["conversation"]
+    assert (debug["decision"], debug["decision_reason"]) == ("not_triggered", decision["reason"])
     # The session did not open with the keyword: it stays with people.
     customer_writes(http, stack, other, "quero saber o preço")
     wait_for(lambda: status(api, other)["decision"]["at"] > decision["at"], 15, "a new turn")
@@ -352,3 +357,33 @@ def test_n8n_may_send_a_list_and_a_takeover_stops_the_rest(
     assert sent[0] == "Primeira."
     assert len(sent) < 4
     assert sent == ["Primeira.", "Segunda.", "Terceira."][: len(sent)]
+
+
+def test_tags_and_stage_overrides_come_from_the_lead_in_kommo(
+    api: httpx.Client, http: httpx.Client, stack: Stack
+) -> None:
+    def lead_in_kommo(lead: int) -> dict[str, Any]:
+        return dict(http.get(f"{stack.sandbox_url}/_sandbox/leads/{lead}").json()["lead"])
+
+    # Sandbox leads whose index is a multiple of 4 carry the tag "indicação".
+    tagged = next(lead for lead in iter(fresh_lead, None) if (lead - FIRST_LEAD_ID + 1) % 4 == 0)
+    tags = [t["name"] for t in lead_in_kommo(tagged)["_embedded"]["tags"]]
+    assert "indicação" in tags
+    plain = fresh_lead()
+    stage = lead_in_kommo(plain)["status_id"]
+    put_rules(
+        api,
+        {
+            "account": {"trigger": "keyword", "keywords": ["orçamento"]},
+            "stages": {str(stage): {"trigger": "always"}},
+            "ignore": {"tags": ["INDICAÇÃO"]},
+        },
+    )
+    customer_writes(http, stack, tagged, "orçamento, por favor")
+    customer_writes(http, stack, plain, "oi")
+    ignored = decided(api, tagged, "ignore")
+    assert ignored["reason"] == "ignore list: tag 'indicação'"
+    answered = decided(api, plain, "answer")
+    assert answered["rule"] == f"stage {stage}"
+    wait_for(lambda: n8n_texts(http, stack, plain) == ["oi"], 15, "the stage's override")
+    assert n8n_texts(http, stack, tagged) == []
