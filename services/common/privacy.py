@@ -34,23 +34,23 @@ class Disclosure(enum.StrEnum):
     OMIT = "omit"  # null
 
 
-def mask_phone(phone: str) -> str:
+def mask_phone(phone: str, tail: int = _PHONE_TAIL) -> str:
     """`+55 11 98765-4321` → `+55 11 9****-**21`: the country and area codes and the first
-    digit (mobile or landline) stay; the rest, but the last 2 digits, is masked."""
+    digit (mobile or landline) stay; the rest, but the last `tail` digits, is masked."""
     try:
         parsed = phonenumbers.parse(phone, _DEFAULT_REGION)
     except phonenumbers.NumberParseException:
         parsed = None
     if parsed is None or not phonenumbers.is_valid_number(parsed):
-        digits = sum(c.isdigit() for c in phone)
-        if digits < _MIN_PHONE_DIGITS:
+        digits = [c for c in phone if c.isdigit()]
+        if len(digits) < _MIN_PHONE_DIGITS:
             return _MASK * 3
-        return _MASK * (digits - _PHONE_TAIL) + "".join(c for c in phone if c.isdigit())[-2:]
+        return _MASK * (len(digits) - tail) + "".join(digits[-tail:])
     shown = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
     prefix = f"+{parsed.country_code}"
     national = phonenumbers.national_significant_number(parsed)
     keep_head = phonenumbers.length_of_national_destination_code(parsed) + 1
-    keep_from = len(national) - _PHONE_TAIL
+    keep_from = len(national) - tail
     out, index = [prefix], 0
     for char in shown.removeprefix(prefix):
         if not char.isdigit():

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from services.common.kommo_ids import KOMMO_ID_MAX, KOMMO_ID_MIN
+from services.common.privacy import mask_phone
 from services.conversation.patterns import (
     MAX_PATTERN_CHARS,
     compile_pattern,
@@ -136,19 +137,7 @@ _PHONE_TAIL = 4  # digits shown at the end of a phone in a reason
 
 def _masked(e164: str) -> str:
     """+5511987654321 → "+55 11 9****-4321": recognisable in a log, not usable."""
-    number = phonenumbers.parse(e164)
-    shown = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-    prefix = f"+{number.country_code}"
-    national = phonenumbers.national_significant_number(number)
-    keep_head = phonenumbers.length_of_national_destination_code(number) + 1
-    keep_from = len(national) - _PHONE_TAIL
-    out, index = [prefix], 0
-    for char in shown.removeprefix(prefix):
-        if char.isdigit():
-            char = char if index < keep_head or index >= keep_from else "*"
-            index += 1
-        out.append(char)
-    return "".join(out)
+    return mask_phone(e164, tail=_PHONE_TAIL)
 
 
 # ---------------------------------------------------------------------------------------

@@ -79,7 +79,17 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture
 def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10.0) as client:
+    with httpx.Client(timeout=15.0) as client:
+        yield client
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    """The edge's API with the key, of the `stack` the test uses (a module may override
+    `stack` with one of its own settings)."""
+    with httpx.Client(
+        base_url=stack.edge_url, headers={"X-API-Key": stack.api_key}, timeout=30.0
+    ) as client:
         yield client
 
 

@@ -39,14 +39,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-@pytest.fixture
-def api(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=stack.edge_url, headers={"X-API-Key": stack.api_key}, timeout=30
-    ) as client:
-        yield client
-
-
 def received(http: httpx.Client, stack: Stack, event: str, lead: int) -> list[dict[str, Any]]:
     """Raw body and parsed envelope of each `event` envelope about `lead`."""
     return [

@@ -46,12 +46,6 @@ def unreachable_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stac
         yield running
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=15) as client:
-        yield client
-
-
 def envelope_for(http: httpx.Client, stack: Stack, text: str) -> dict[str, Any]:
     """The envelope that carried the customer's `text` to n8n."""
 

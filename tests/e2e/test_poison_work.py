@@ -46,14 +46,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def api(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=stack.edge_url, headers={"X-API-Key": stack.api_key}, timeout=15
-    ) as client:
-        yield client
-
-
-@pytest.fixture
 def store(stack: Stack) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     try:
