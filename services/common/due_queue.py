@@ -194,22 +194,24 @@ class Failure:
         )
 
 
-# KEYS: failing (hash id -> record), dead (zset id -> parked at), dead info (hash), queue.
-# ARGV: id, now, lease, record fields (JSON), max attempts, delay, counts (1/0).
-# The item is parked when it has failed too often, or when its handler already took it
-# off the queue (the handler gave up on it). Otherwise it is due again after the delay,
-# unless newer work re-scored it meanwhile: that schedule stands.
-_FAILED = """
+# What both failure scripts share. KEYS: failing (hash id -> record), dead (zset id ->
+# parked at), dead info (hash). ARGV: id, now, -, record fields (JSON), max attempts,
+# delay, counts (1/0). `failure()` is the item's record with this failure counted;
+# `park(r)` moves it to the dead letters.
+_FAILURE_LIB = """
 local now = tonumber(ARGV[2])
-local fields = cjson.decode(ARGV[4])
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-local r = raw and cjson.decode(raw) or {attempts = 0, first_failed_at = now}
-for k, v in pairs(fields) do r[k] = v end
-r.attempts = r.attempts + 1
-r.last_failed_at = now
-local score = redis.call('ZSCORE', KEYS[4], r.member)
-if not score or (ARGV[7] == '1' and r.attempts >= tonumber(ARGV[5])) then
-  redis.call('ZREM', KEYS[4], r.member)
+local function failure()
+  local raw = redis.call('HGET', KEYS[1], ARGV[1])
+  local r = raw and cjson.decode(raw) or {attempts = 0, first_failed_at = now}
+  for k, v in pairs(cjson.decode(ARGV[4])) do r[k] = v end
+  r.attempts = r.attempts + 1
+  r.last_failed_at = now
+  return r
+end
+local function too_many(r)
+  return ARGV[7] == '1' and r.attempts >= tonumber(ARGV[5])
+end
+local function park(r)
   redis.call('HDEL', KEYS[1], ARGV[1])
   r.parked_at = now
   r.next_at = 0
@@ -217,37 +219,46 @@ if not score or (ARGV[7] == '1' and r.attempts >= tonumber(ARGV[5])) then
   redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(r))
   return {r.attempts, 0}
 end
-r.next_at = now + tonumber(ARGV[6])
-if score == ARGV[3] then redis.call('ZADD', KEYS[4], r.next_at, r.member) end
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(r))
-return {r.attempts, r.next_at}
+local function retry(r)
+  r.next_at = now + tonumber(ARGV[6])
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(r))
+  return {r.attempts, r.next_at}
+end
 """
 
-# The same for a stream entry (KEYS[4] the stream, ARGV[8] its group, ARGV[9] the entry
-# id): it stays pending and is reclaimed after the visibility timeout; parked, it is
-# acknowledged and deleted, and its event kept in the dead letter for a replay.
-_ENTRY_FAILED = """
-local now = tonumber(ARGV[2])
-local fields = cjson.decode(ARGV[4])
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-local r = raw and cjson.decode(raw) or {attempts = 0, first_failed_at = now}
-for k, v in pairs(fields) do r[k] = v end
-r.attempts = r.attempts + 1
-r.last_failed_at = now
-if ARGV[7] == '1' and r.attempts >= tonumber(ARGV[5]) then
+# A queued item (KEYS[4] its queue, ARGV[3] its lease). It is parked when it has failed
+# too often, or when its handler already took it off the queue (the handler gave up on
+# it). Otherwise it is due again after the delay, unless newer work re-scored it
+# meanwhile: that schedule stands.
+_FAILED = (
+    _FAILURE_LIB
+    + """
+local r = failure()
+local score = redis.call('ZSCORE', KEYS[4], r.member)
+if not score or too_many(r) then
+  redis.call('ZREM', KEYS[4], r.member)
+  return park(r)
+end
+if score == ARGV[3] then redis.call('ZADD', KEYS[4], now + tonumber(ARGV[6]), r.member) end
+return retry(r)
+"""
+)
+
+# A stream entry (KEYS[4] the stream, ARGV[8] its group, ARGV[9] the entry id): it stays
+# pending and is reclaimed after the visibility timeout; parked, it is acknowledged and
+# deleted, and its event kept in the dead letter for a replay.
+_ENTRY_FAILED = (
+    _FAILURE_LIB
+    + """
+local r = failure()
+if too_many(r) then
   redis.call('XACK', KEYS[4], ARGV[8], ARGV[9])
   redis.call('XDEL', KEYS[4], ARGV[9])
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  r.parked_at = now
-  r.next_at = 0
-  redis.call('ZADD', KEYS[2], now, ARGV[1])
-  redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(r))
-  return {r.attempts, 0}
+  return park(r)
 end
-r.next_at = now + tonumber(ARGV[6])
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(r))
-return {r.attempts, r.next_at}
+return retry(r)
 """
+)
 
 # A work item that went through is no longer failing, nor a dead letter (parked, then
 # put back by new work, and this time it went through) — unless it failed again since

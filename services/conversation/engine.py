@@ -113,32 +113,6 @@ class Engine:
             *self.proactive_work.pools,
         ]
 
-    async def send_reply(
-        self,
-        *,
-        reply_token: str,
-        conversation_id: str,
-        lead_id: int,
-        text: str,
-        note: str,
-        idempotency_key: str,
-        handoff: bool = False,
-        handoff_reason: str = "",
-        parts: list[str] | None = None,
-    ) -> tuple[str, str, str, int]:
-        """n8n's reply (or the bridge's own template): see stages/replies.py."""
-        return await self.replies.send(
-            reply_token=reply_token,
-            conversation_id=conversation_id,
-            lead_id=lead_id,
-            text=text,
-            note=note,
-            idempotency_key=idempotency_key,
-            handoff=handoff,
-            handoff_reason=handoff_reason,
-            parts=parts,
-        )
-
     def envelope_due(self) -> None:
         """An envelope was queued due now: the outbox claims it at once."""
         self.outbox.pool.kick()

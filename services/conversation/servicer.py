@@ -121,7 +121,7 @@ class ConversationServicer(ConversationServiceServicer):
     async def SendReply(
         self, request: pb.SendReplyRequest, context: Context
     ) -> pb.SendReplyResponse:
-        status, conversation_id, job_id, lead_id = await self.engine.send_reply(
+        status, conversation_id, job_id, lead_id = await self.engine.replies.send(
             reply_token=request.reply_token,
             conversation_id=request.conversation_id,
             lead_id=request.lead_id,

@@ -223,7 +223,7 @@ class ProactiveStarter:
     async def _send_template(
         self, conversation_id: str, trigger: str, text: str, reply_token: str
     ) -> None:
-        await self.engine.send_reply(
+        await self.engine.replies.send(
             reply_token=reply_token,
             conversation_id="" if reply_token else conversation_id,
             lead_id=0,

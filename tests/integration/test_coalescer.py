@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from sandbox.kommo import SandboxConfig, create_app, sandbox_of
+from sandbox.kommo import sandbox_of
 from sandbox.kommo.runtime import Sandbox
 from services.common.errors import NotFound
 from services.kommo_gateway.coalescer import Coalescer, Outcome
@@ -26,11 +26,9 @@ from services.kommo_gateway.ratelimit import (
     RateLimiter,
     call_deadline,
 )
-from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.tokens import TokenManager
+from tests.integration.sandbox_kommo import CONFIG, gateway_settings, sandbox_app
 
-BASE = "http://previdas.sandbox.test"
-CONFIG = SandboxConfig(bridge_webhook_url="", echo_delay=0.03, rate_limit_rps=0)
 FIRST_LEAD = 9100001
 UNKNOWN_LEAD = 9199999
 
@@ -46,19 +44,8 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Gateway]:
-    app = create_app(CONFIG, webhook_transport=httpx.MockTransport(lambda r: httpx.Response(200)))
-    settings = GatewaySettings(
-        redis_url=redis_url,
-        kommo_base_url=BASE,
-        kommo_sandbox=True,
-        kommo_client_id=CONFIG.client_id,
-        kommo_client_secret=CONFIG.client_secret,
-        kommo_redirect_uri=CONFIG.redirect_uri,
-        kommo_refresh_token=CONFIG.initial_refresh_token,
-        kommo_salesbot_id=CONFIG.salesbot_id,
-        kommo_reply_field_id=CONFIG.reply_field_id,
-        kommo_rate_limit_rps=7,
-    )
+    app = sandbox_app()
+    settings = gateway_settings(redis_url, 7)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
     limiter = RateLimiter(redis, settings.kommo_rate_limit_rps)
     budget = Budget(limiter, aging_seconds=2.0, call_seconds=0.5)

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from devstack.processes import ROOT
-from sandbox.kommo import SandboxConfig, create_app, sandbox_of
+from sandbox.kommo import sandbox_of
 from sandbox.kommo.runtime import Sandbox
 from services.common.errors import NotFound, Unavailable
 from services.kommo_gateway.coalescer import Coalescer, Handoff, Outcome
@@ -31,7 +31,6 @@ from services.kommo_gateway.ratelimit import (
     RateLimiter,
     call_deadline,
 )
-from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.store import (
     BATCH_INFLIGHT,
     BATCH_KEEP_SECONDS,
@@ -39,9 +38,8 @@ from services.kommo_gateway.store import (
     BATCH_QUEUE,
 )
 from services.kommo_gateway.tokens import TokenManager
+from tests.integration.sandbox_kommo import gateway_settings, sandbox_app
 
-BASE = "http://previdas.sandbox.test"
-CONFIG = SandboxConfig(bridge_webhook_url="", echo_delay=0.03, rate_limit_rps=0)
 FIRST_LEAD = 9100001
 UNKNOWN_LEAD = 9199999
 # Short, so that a dead holder is replaced quickly; renewed every 0.2 s.
@@ -83,19 +81,8 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Gateway]:
-    app = create_app(CONFIG, webhook_transport=httpx.MockTransport(lambda r: httpx.Response(200)))
-    settings = GatewaySettings(
-        redis_url=redis_url,
-        kommo_base_url=BASE,
-        kommo_sandbox=True,
-        kommo_client_id=CONFIG.client_id,
-        kommo_client_secret=CONFIG.client_secret,
-        kommo_redirect_uri=CONFIG.redirect_uri,
-        kommo_refresh_token=CONFIG.initial_refresh_token,
-        kommo_salesbot_id=CONFIG.salesbot_id,
-        kommo_reply_field_id=CONFIG.reply_field_id,
-        kommo_rate_limit_rps=1,
-    )
+    app = sandbox_app()
+    settings = gateway_settings(redis_url, 1)
     closing: list[Callable[[], Awaitable[None]]] = []
     replicas: list[KommoClient] = []
     handoffs: list[Handoff] = []

@@ -236,7 +236,7 @@ class TurnStage(Stage):
         assert decision.out_of_hours_reply is not None
         conversation_id = conversation["id"]
         try:
-            await self.engine.send_reply(
+            await self.engine.replies.send(
                 reply_token="",
                 conversation_id=conversation_id,
                 lead_id=int(conversation.get("lead_id") or 0),
