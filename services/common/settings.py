@@ -78,6 +78,11 @@ class CommonSettings(BaseSettings):
 
     redis_url: str = Field(description="Redis holding all state, e.g. redis://localhost:6379/0")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    kommo_sandbox: bool = Field(
+        default=False,
+        description="Kommo is the project's sandbox (`make run` and the tests set it): the "
+        "production-only checks of every service are relaxed",
+    )
     grpc_host: str = Field(default="[::]", description="address the gRPC server binds")
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     shutdown_grace_seconds: float = Field(

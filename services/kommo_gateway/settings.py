@@ -27,7 +27,6 @@ _WHERE = {
 class GatewaySettings(CommonSettings):
     kommo_subdomain: str = Field(default="", description="previdas → https://previdas.kommo.com")
     kommo_base_url: str = Field(default="", description="overrides the account URL (sandbox)")
-    kommo_sandbox: bool = Field(default=False, description="the base URL is the Kommo sandbox")
     kommo_client_id: str = ""
     kommo_client_secret: str = ""
     kommo_redirect_uri: str = ""
