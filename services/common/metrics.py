@@ -30,6 +30,12 @@ HTTP_SECONDS = Histogram(
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+WEBHOOK_REFUSALS = Counter(
+    "bridge_webhook_refusals_total",
+    "Kommo webhook bodies refused (scope=body) and items of stored bodies skipped "
+    "(scope=item), by reason (the edge counts them; the conversation service logs each)",
+    ["scope", "reason"],
+)
 N8N_DELIVERIES = Counter("bridge_n8n_deliveries_total", "Envelopes POSTed to n8n", ["outcome"])
 KOMMO_REQUESTS = Counter("bridge_kommo_requests_total", "Calls to Kommo", ["status"])
 TOKEN_REFRESHES = Counter("bridge_kommo_token_refreshes_total", "Kommo token refreshes")

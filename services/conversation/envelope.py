@@ -54,6 +54,8 @@ def inbox_entry(event: MessageEvent, stream_id: str) -> dict[str, Any]:
         "seq": stream_id,
         "type": event.message_type,
     }
+    if event.truncated:
+        entry["truncated"] = True
     if event.attachment is not None:
         entry["attachment"] = {
             "type": event.attachment.type,

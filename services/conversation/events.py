@@ -1,7 +1,9 @@
 """Typed events from a parsed Kommo webhook.
 
-Only chat messages are acted on today; lead events are recognised and counted as
-ignored. Every value in a Kommo webhook is a string; conversion errors name the field.
+Chat messages and lead events (created, moved) are read; other kinds are counted as
+ignored. Every value in a Kommo webhook is a string; conversion errors name the field. A
+body is read item by item: an item that is not valid is skipped (and said why), the rest
+of the body is kept.
 """
 
 from __future__ import annotations
@@ -16,8 +18,19 @@ from services.conversation.kommo_form import Tree
 # The last second a datetime can show (9999-12-31T23:59:59Z).
 _UNIX_TIME_MAX = 253_402_300_799
 _UNIX_TIME_MAX_DIGITS = len(str(_UNIX_TIME_MAX))
-# Kommo's element_type for a lead.
+# From here on a time is in milliseconds: in seconds it would be after the year 5138.
+_MILLISECONDS_FROM = 10**11
+# Kommo's element_type for a contact and for a lead.
+_ELEMENT_TYPE_CONTACT = "1"
 _ELEMENT_TYPE_LEAD = "2"
+# A field name quoted in a refusal is cut here: the names are the sender's to choose.
+_FIELD_NAME_CHARS = 40
+# Items' reasons quoted in a whole-body refusal.
+_REFUSALS_SHOWN = 5
+# WhatsApp's own maximum for a text message: a longer one cannot have come from a customer
+# on it, and n8n (and its LLM) get no more than this of any message.
+MAX_TEXT_CHARS = 4096
+TRUNCATION_MARK = " […]"
 _EXTERNAL_AUTHOR = "external"
 
 
@@ -44,6 +57,8 @@ class MessageEvent:
     origin: str
     message_type: str
     attachment: Attachment | None
+    # The text was longer than MAX_TEXT_CHARS and was cut (it ends with TRUNCATION_MARK).
+    truncated: bool = False
 
     @property
     def from_customer(self) -> bool:
@@ -69,6 +84,7 @@ class MessageEvent:
             "attachment": None
             if a is None
             else {"type": a.type, "link": a.link, "file_name": a.file_name},
+            "truncated": self.truncated,
         }
 
     @classmethod
@@ -119,12 +135,36 @@ class LeadEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Skipped:
+    """An item (or an unexpected part) of a webhook left out; the rest of the body is kept.
+
+    `reason` is one of a few fixed words (a metric label); `field` names where in the body
+    it was. Neither ever holds a value from the body: they are logged."""
+
+    reason: str
+    field: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedWebhook:
     subdomain: str
     account_id: str
     messages: list[MessageEvent]
     ignored: int
     leads: list[LeadEvent] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+class Refusal(InvalidInput):
+    """Why a webhook body, or one item of it, cannot be used: a fixed reason (a metric
+    label), the field it is about, and a message for the sender (which may quote a value,
+    so it is answered, never logged)."""
+
+    def __init__(self, reason: str, field: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
 
 
 def _id(item: Tree, key: str, where: str, *, required: bool = False) -> int:
@@ -132,31 +172,46 @@ def _id(item: Tree, key: str, where: str, *, required: bool = False) -> int:
     "none" in places (no responsible user, no previous status): absent too, unless the
     id is required."""
     raw = item.get(key, "")
+    name = f"{where}[{key}]"
     if raw in ("", None) or (raw == "0" and not required):
         if required:
-            raise InvalidInput(f"{where}[{key}] is missing")
+            raise Refusal("missing_id", name, f"{name} is missing")
         return 0
     if not isinstance(raw, str):
-        raise InvalidInput(f"{where}[{key}] must be a Kommo id, not a group of fields")
-    return parse_kommo_id(raw, f"{where}[{key}]")
+        raise Refusal("bad_id", name, f"{name} must be a Kommo id, not a group of fields")
+    try:
+        return parse_kommo_id(raw, name)
+    except InvalidInput as exc:
+        raise Refusal("bad_id", name, str(exc)) from exc
 
 
 def _unix_time(item: Tree, key: str, where: str) -> int:
-    """Unix seconds, 0 when absent; bounded so that no date conversion downstream fails."""
+    """Unix seconds, 0 when absent; bounded so that no date conversion downstream fails.
+    A time in milliseconds (some integrations and amoCRM's newer events write them) is
+    read as such: no time in seconds reaches 10^11 before the year 5138."""
     raw = item.get(key, "")
     if raw in ("", None):
         return 0
+    name = f"{where}[{key}]"
     if (
         not isinstance(raw, str)
         or not (raw.isascii() and raw.isdigit())
-        or len(raw) > _UNIX_TIME_MAX_DIGITS
-        or int(raw) > _UNIX_TIME_MAX
+        or len(raw) > _UNIX_TIME_MAX_DIGITS + 3
     ):
-        raise InvalidInput(
-            f"{where}[{key}] must be an integer from 0 to {_UNIX_TIME_MAX} "
-            f"(Unix seconds), got {str(raw)[:40]!r}"
-        )
-    return int(raw)
+        raise Refusal("bad_time", name, _time_error(name, raw))
+    value = int(raw)
+    if value >= _MILLISECONDS_FROM:
+        value //= 1000
+    if value > _UNIX_TIME_MAX:
+        raise Refusal("bad_time", name, _time_error(name, raw))
+    return value
+
+
+def _time_error(name: str, raw: object) -> str:
+    return (
+        f"{name} must be an integer from 0 to {_UNIX_TIME_MAX} "
+        f"(Unix seconds, or milliseconds), got {str(raw)[:40]!r}"
+    )
 
 
 def _str(item: Tree, key: str) -> str:
@@ -164,23 +219,35 @@ def _str(item: Tree, key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _message(item: Any, where: str) -> MessageEvent:
+def _message(item: Any, where: str, max_text: int) -> MessageEvent:
     if not isinstance(item, dict):
-        raise InvalidInput(f"{where} must be a group of fields")
+        raise Refusal("not_a_group", where, f"{where} must be a group of fields")
     message_id = _str(item, "id")
     if not message_id:
-        raise InvalidInput(f"{where}[id] is missing")
+        raise Refusal("missing_id", f"{where}[id]", f"{where}[id] is missing")
     lead_id = 0
-    if _str(item, "element_type") == _ELEMENT_TYPE_LEAD or _str(item, "entity_type") == "lead":
+    contact_id = _id(item, "contact_id", where)
+    element_type = _str(item, "element_type")
+    if element_type == _ELEMENT_TYPE_LEAD or _str(item, "entity_type") == "lead":
         lead_id = _id(item, "element_id", where) or _id(item, "entity_id", where)
+    elif element_type == _ELEMENT_TYPE_CONTACT or _str(item, "entity_type") == "contact":
+        # A chat bound to a contact: its element is the contact, not a lead (the lead is
+        # looked up through the contact before anything goes to n8n).
+        contact_id = contact_id or _id(item, "element_id", where) or _id(item, "entity_id", where)
     chat_id = _str(item, "chat_id")
     if not chat_id and not lead_id:
-        raise InvalidInput(f"{where} has neither chat_id nor a lead (element_id)")
+        raise Refusal(
+            "no_chat_or_lead", where, f"{where} has neither chat_id nor a lead (element_id)"
+        )
     author = item.get("author")
     author = author if isinstance(author, dict) else {}
     direction = _str(item, "type") or "incoming"
     if direction not in ("incoming", "outgoing"):
-        raise InvalidInput(f"{where}[type] must be incoming or outgoing, got {direction[:20]!r}")
+        raise Refusal(
+            "bad_direction",
+            f"{where}[type]",
+            f"{where}[type] must be incoming or outgoing, got {direction[:20]!r}",
+        )
     raw_attachment = item.get("attachment")
     attachment = None
     if isinstance(raw_attachment, dict) and (
@@ -191,62 +258,98 @@ def _message(item: Any, where: str) -> MessageEvent:
             link=_str(raw_attachment, "link"),
             file_name=_str(raw_attachment, "file_name"),
         )
+    text = _str(item, "text")
+    truncated = len(text) > max_text
+    if truncated:
+        text = text[: max_text - len(TRUNCATION_MARK)] + TRUNCATION_MARK
     return MessageEvent(
         message_id=message_id,
         chat_id=chat_id,
         talk_id=_id(item, "talk_id", where),
-        contact_id=_id(item, "contact_id", where),
+        contact_id=contact_id,
         lead_id=lead_id,
-        text=_str(item, "text"),
+        text=text,
         created_at=_unix_time(item, "created_at", where),
         direction=direction,
         author_id=_str(author, "id"),
         author_type=_str(author, "type"),
         author_name=_str(author, "name"),
         origin=_str(item, "origin"),
-        message_type=_str(item, "message_type") or "text",
+        # Kommo leaves message_type out of some media messages: the attachment says.
+        message_type=_str(item, "message_type") or (attachment and attachment.type) or "text",
         attachment=attachment,
+        truncated=truncated,
     )
 
 
-def parse_webhook(tree: Tree, expected_subdomain: str = "") -> ParsedWebhook:
+def parse_webhook(
+    tree: Tree, expected_subdomain: str = "", max_text: int = MAX_TEXT_CHARS
+) -> ParsedWebhook:
+    """The events of a webhook body, item by item: what is valid is kept, what is not is
+    listed in `skipped` (Kommo adds fields over time, and one odd item must not lose the
+    messages beside it). Refused whole (Refusal) only for another account, or when nothing
+    in the body is a Kommo event."""
     account = tree.get("account")
     account = account if isinstance(account, dict) else {}
     subdomain = _str(account, "subdomain")
     if expected_subdomain and subdomain and subdomain != expected_subdomain:
-        raise InvalidInput(
-            f"webhook from account {subdomain!r}, this bridge serves {expected_subdomain!r}"
+        raise Refusal(
+            "wrong_account",
+            "account[subdomain]",
+            f"webhook from account {subdomain!r}, this bridge serves {expected_subdomain!r}",
         )
     messages: list[MessageEvent] = []
     leads: list[LeadEvent] = []
+    skipped: list[Skipped] = []
     ignored = 0
     for entity, actions in tree.items():
         if entity == "account":
             continue
         if not isinstance(actions, dict):
-            raise InvalidInput(f"not a Kommo webhook: unexpected field {entity[:40]!r}")
+            name = entity[:_FIELD_NAME_CHARS]
+            skipped.append(
+                Skipped("unexpected_field", name, f"unexpected field {name!r}: not a Kommo event")
+            )
+            continue
         for action, items in actions.items():
+            where = f"{entity[:_FIELD_NAME_CHARS]}[{action[:_FIELD_NAME_CHARS]}]"
             if not isinstance(items, dict):
-                raise InvalidInput(f"{entity}[{action}] must be a list of items")
+                # amoCRM's own `leads[delete]=123` form among them.
+                skipped.append(Skipped("not_a_list", where, f"{where} must be a list of items"))
+                continue
             if entity == "message" and action == "add":
-                messages.extend(
-                    _message(item, f"message[add][{index}]") for index, item in items.items()
-                )
+                for index, item in items.items():
+                    at = f"{where}[{index[:_FIELD_NAME_CHARS]}]"
+                    try:
+                        messages.append(_message(item, at, max_text))
+                    except Refusal as exc:
+                        skipped.append(Skipped(exc.reason, exc.field, str(exc)))
             elif entity == "leads" and action in ("add", "status"):
-                leads.extend(
-                    _lead(item, action, f"leads[{action}][{index}]")
-                    for index, item in items.items()
-                )
+                for index, item in items.items():
+                    at = f"{where}[{index[:_FIELD_NAME_CHARS]}]"
+                    try:
+                        leads.append(_lead(item, action, at))
+                    except Refusal as exc:
+                        skipped.append(Skipped(exc.reason, exc.field, str(exc)))
             else:
                 ignored += len(items)
-    if not messages and not leads and not ignored and not account:
-        raise InvalidInput("not a Kommo webhook: no account and no events")
-    return ParsedWebhook(subdomain, _str(account, "id"), messages, ignored, leads)
+    if not messages and not leads and not ignored and (skipped or not account):
+        reasons = "; ".join(s.detail for s in skipped[:_REFUSALS_SHOWN])
+        if not account:
+            raise Refusal(
+                "not_a_webhook",
+                skipped[0].field if skipped else "",
+                f"not a Kommo webhook: {reasons or 'no account and no events'}",
+            )
+        raise Refusal(
+            "no_valid_event", skipped[0].field, f"no valid Kommo event in the body: {reasons}"
+        )
+    return ParsedWebhook(subdomain, _str(account, "id"), messages, ignored, leads, skipped)
 
 
 def _lead(item: Any, action: str, where: str) -> LeadEvent:
     if not isinstance(item, dict):
-        raise InvalidInput(f"{where} must be a group of fields")
+        raise Refusal("not_a_group", where, f"{where} must be a group of fields")
     return LeadEvent(
         kind=action,
         lead_id=_id(item, "id", where, required=True),

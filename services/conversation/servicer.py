@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,13 @@ from services.common.due_queue import Failure, now_ms
 from services.common.errors import BridgeError, InvalidInput, NotFound
 from services.conversation import series
 from services.conversation.engine import Engine
-from services.conversation.events import LeadEvent, MessageEvent, parse_webhook
+from services.conversation.events import (
+    LeadEvent,
+    MessageEvent,
+    Refusal,
+    Skipped,
+    parse_webhook,
+)
 from services.conversation.kommo_form import nest, parse_form
 from services.conversation.rulebook import InForce
 from services.conversation.store import Operations, Privacy, seen_key
@@ -36,18 +43,36 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 def _parse(
     body: bytes, max_fields: int, subdomain: str, leads_wanted: bool
-) -> list[MessageEvent | LeadEvent] | pb.IngestResult:
+) -> tuple[list[MessageEvent | LeadEvent], list[Skipped]] | pb.IngestResult:
     try:
         parsed = parse_webhook(nest(parse_form(body, max_fields)), subdomain)
-    except BridgeError as exc:
-        return pb.IngestResult(outcome=pb.INGEST_OUTCOME_INVALID, error=str(exc))
+    except Refusal as exc:
+        _refused(exc.reason, exc.field)
+        return pb.IngestResult(outcome=pb.INGEST_OUTCOME_INVALID, error=str(exc), reason=exc.reason)
+    except BridgeError as exc:  # too many form fields
+        _refused("too_many_fields", "")
+        return pb.IngestResult(
+            outcome=pb.INGEST_OUTCOME_INVALID, error=str(exc), reason="too_many_fields"
+        )
     if parsed.ignored:
         log.debug("ignored %d webhook events of kinds not handled", parsed.ignored)
+    for item in parsed.skipped:
+        # The reason and where, never the values: an operator can see why without a
+        # customer's text or phone reaching the log.
+        log.warning(
+            "webhook item skipped (%s): %s", item.reason, item.field, extra={"reason": item.reason}
+        )
     events: list[MessageEvent | LeadEvent] = list(parsed.messages)
     if leads_wanted:
         # Lead events only matter when they start proactive conversations.
         events.extend(parsed.leads)
-    return events
+    return events, parsed.skipped
+
+
+def _refused(reason: str, field: str) -> None:
+    log.warning(
+        "webhook refused (%s)%s", reason, f": {field}" if field else "", extra={"reason": reason}
+    )
 
 
 class ConversationServicer(ConversationServiceServicer):
@@ -71,6 +96,9 @@ class ConversationServicer(ConversationServiceServicer):
             self.settings.proactive_on_lead_add or self.settings.proactive_on_status
         )
         results: list[pb.IngestResult | None] = []
+        # Refused bodies and skipped items by reason, for /stats and the dashboard.
+        refused: Counter[str] = Counter()
+        skipped: dict[int, list[str]] = {}
         to_store: list[tuple[str, str]] = []
         owners: list[int] = []
         prefix = batch.request_id_prefix or f"wh-{uuid.uuid4().hex[:8]}-{batch.seq}."
@@ -80,9 +108,15 @@ class ConversationServicer(ConversationServiceServicer):
             )
             if isinstance(parsed, pb.IngestResult):
                 results.append(parsed)
+                refused[f"webhook_refused_{parsed.reason}"] += 1
                 continue
             results.append(None)
-            for event in parsed:
+            events, skipped_items = parsed
+            for item in skipped_items:
+                refused[f"webhook_skipped_{item.reason}"] += 1
+            if skipped_items:
+                skipped[index] = [item.reason for item in skipped_items]
+            for event in events:
                 stored_event = event.to_dict()
                 stored_event["request_id"] = f"{prefix}{index}"
                 to_store.append(
@@ -96,7 +130,12 @@ class ConversationServicer(ConversationServiceServicer):
                 owners.append(index)
         valid = sum(1 for r in results if r is None)
         try:
-            stored = await self.store.ingest(valid, to_store) if valid else []
+            if valid:
+                stored = await self.store.ingest(valid, to_store, refused)
+            else:
+                stored = []
+                if refused:
+                    await self.engine.bots.count_many(refused)
         except RedisError as exc:
             log.error("webhook batch not stored: %s", exc)
             unavailable = pb.IngestResult(
@@ -113,7 +152,10 @@ class ConversationServicer(ConversationServiceServicer):
             if result is None:
                 new, dup = counts.get(index, [0, 0])
                 result = pb.IngestResult(
-                    outcome=pb.INGEST_OUTCOME_STORED, stored=new, duplicates=dup
+                    outcome=pb.INGEST_OUTCOME_STORED,
+                    stored=new,
+                    duplicates=dup,
+                    skipped=skipped.get(index, ()),
                 )
             final.append(result)
         return pb.IngestAck(seq=batch.seq, results=final)

@@ -10,11 +10,15 @@ from services.common.settings import (
     CommonSettings,
     ConfigurationError,
     N8nSettings,
+    check_public_url,
     check_replaced,
     check_timezone,
 )
 from services.conversation import rulebook
 from services.conversation.proactive import WorkingHours
+
+# Kommo's won (142) and lost (143) statuses: the same ids in every pipeline.
+_EVERY_PIPELINE_STATUSES = frozenset({142, 143})
 
 
 class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
@@ -26,6 +30,21 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
     edge_public_url: str = Field(description="how n8n reaches the edge, for callback.url")
     n8n_reply_webhook_url: str = Field(default="", description="override for message.received")
     message_debounce_seconds: float = Field(default=3.0, ge=0)
+    message_max_age_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="a customer message older than this when it reaches the bridge (Kommo "
+        "redelivering a lost webhook days later) is recorded in the history but not answered "
+        "as new; 0 = any age is answered",
+    )
+    inbox_max_messages: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="messages a conversation holds waiting for its turn; past it the oldest "
+        "waiting ones go (they stay in the history): one customer cannot grow the store "
+        "or an envelope without bound",
+    )
     bot_assume_command: str = Field(default="/assumir", pattern=r"^\S+$")
     bot_release_command: str = Field(default="/liberar", pattern=r"^\S+$")
     bot_auto_resume_after: float = Field(
@@ -74,7 +93,17 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
         default="", description="trigger started by Kommo's lead-created webhook ('' = none)"
     )
     proactive_on_status: str = Field(
-        default="", description="status_id:trigger pairs started by lead-status webhooks"
+        default="",
+        description="status_id:trigger or pipeline_id:status_id:trigger entries started by "
+        "lead-status webhooks (won 142 and lost 143 need their pipeline)",
+    )
+    proactive_lead_add_delay_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="a start from PROACTIVE_ON_LEAD_ADD waits this long, then goes only if the "
+        "customer has not written: a chat that creates its lead sends add_lead with its "
+        "first message, and that customer is answered, not greeted",
     )
     kommo_reply_field_id: int = Field(
         default=0,
@@ -172,11 +201,14 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
 
     @field_validator("edge_public_url")
     @classmethod
-    def _public_url(cls, value: str) -> str:
-        return check_replaced(
+    def _public_url(cls, value: str, info: ValidationInfo) -> str:
+        check_replaced(
             "EDGE_PUBLIC_URL",
             value,
             "the address n8n uses to reach the edge (callback.url of every envelope; guide step 1)",
+        )
+        return check_public_url(
+            "EDGE_PUBLIC_URL", value, bool(info.data.get("kommo_sandbox", False))
         )
 
     @field_validator("n8n_webhook_url", "n8n_reply_webhook_url", "n8n_proactive_webhook_url")
@@ -209,14 +241,30 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
         return WorkingHours.parse(self.proactive_hours, self.proactive_days, self.bridge_timezone)
 
     @property
-    def status_triggers(self) -> dict[int, str]:
-        pairs: dict[int, str] = {}
+    def status_triggers(self) -> dict[tuple[int, int], str]:
+        """(pipeline_id, status_id) → trigger; pipeline 0 = the status in any pipeline.
+        Won (142) and lost (143) are in every pipeline: they must name theirs."""
+        triggers: dict[tuple[int, int], str] = {}
         for item in filter(None, (p.strip() for p in self.proactive_on_status.split(","))):
-            status, _, trigger = item.partition(":")
-            if not status.isdigit() or not trigger:
-                raise ValueError("must be status_id:trigger pairs, e.g. 71000002:form,142:download")
-            pairs[int(status)] = trigger
-        return pairs
+            *ids, trigger = item.split(":")
+            if not trigger or not 1 <= len(ids) <= 2 or not all(i.isdigit() for i in ids):
+                raise ValueError(
+                    "must be status_id:trigger or pipeline_id:status_id:trigger entries, "
+                    "e.g. 71000002:form,7100001:142:download"
+                )
+            pipeline, status = (0, int(ids[0])) if len(ids) == 1 else (int(ids[0]), int(ids[1]))
+            if not pipeline and status in _EVERY_PIPELINE_STATUSES:
+                raise ValueError(
+                    f"status {status} (won/lost) exists in every pipeline: write "
+                    f"pipeline_id:{status}:{trigger}"
+                )
+            triggers[(pipeline, status)] = trigger
+        return triggers
+
+    def status_trigger(self, pipeline_id: int, status_id: int) -> str:
+        """The trigger a lead moved to this status of this pipeline starts ('' = none)."""
+        triggers = self.status_triggers
+        return triggers.get((pipeline_id, status_id)) or triggers.get((0, status_id), "")
 
     @property
     def proactive_webhook_url(self) -> str:

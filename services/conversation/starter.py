@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class Started:
     conversation_id: str
     created: bool
-    status: str  # "sent", "awaiting_n8n", "scheduled", "existing"
+    status: str  # "sent", "awaiting_n8n", "scheduled", "existing", "customer_wrote"
     scheduled_for: float  # Unix seconds; 0 = now
 
 
@@ -72,7 +72,10 @@ class ProactiveStarter:
             proactive.check_trigger(trigger), proactive.check_template(text)
         )
 
-    async def start(self, lead_id: int, trigger: str) -> Started:
+    async def start(self, lead_id: int, trigger: str, *, only_if_silent: bool = False) -> Started:
+        """Start a proactive conversation. `only_if_silent` (a lead Kommo just created)
+        waits PROACTIVE_LEAD_ADD_DELAY_SECONDS and goes only if the customer has not
+        written meanwhile."""
         proactive.check_trigger(trigger)
         if lead_id <= 0:
             raise InvalidInput("lead_id must be a positive integer")
@@ -85,7 +88,7 @@ class ProactiveStarter:
         if not await self.store.claim_start(lead_id, trigger, conversation_id, ttl):
             return Started(conversation_id, False, "existing", 0.0)
         try:
-            return await self._start(lead_id, trigger, conversation_id)
+            return await self._start(lead_id, trigger, conversation_id, only_if_silent)
         except Exception:
             # Nothing went out: a later attempt may try again.
             await self.store.forget_start(lead_id, trigger)
@@ -115,7 +118,9 @@ class ProactiveStarter:
         )
         return conversation_id
 
-    async def _start(self, lead_id: int, trigger: str, conversation_id: str) -> Started:
+    async def _start(
+        self, lead_id: int, trigger: str, conversation_id: str, only_if_silent: bool
+    ) -> Started:
         metadata = client_metadata()
         lead = await self._lead(lead_id)
         try:
@@ -133,23 +138,40 @@ class ProactiveStarter:
         )
         if conversation.get("bot_state", "active") != "active":
             raise Conflict("a person is handling this conversation: no proactive message")
-        opens = self.settings.working_hours.next_open(datetime.now(UTC))
+        if only_if_silent and _customer_wrote(conversation):
+            return Started(conversation_id, True, "customer_wrote", 0.0)
+        now = datetime.now(UTC)
+        opens = self.settings.working_hours.next_open(now)
         job = {
             "conversation_id": conversation_id,
             "lead_id": str(lead_id),
             "trigger": trigger,
         }
-        if opens > datetime.now(UTC):
+        if only_if_silent:
+            job["only_if_silent"] = "1"
+            opens = max(
+                opens, now + timedelta(seconds=self.settings.proactive_lead_add_delay_seconds)
+            )
+        if opens > now:
             job_id = uuid.uuid4().hex
             await self.store.add_job(self.store.waiting, job_id, job, int(opens.timestamp() * 1000))
             log.info("proactive start waits for working hours", extra=job)
             return Started(conversation_id, True, "scheduled", opens.timestamp())
-        status = await self.send(conversation_id, lead_id, trigger)
+        status = await self.send(conversation_id, lead_id, trigger, only_if_silent)
         return Started(conversation_id, True, status, 0.0)
 
-    async def send(self, conversation_id: str, lead_id: int, trigger: str) -> str:
+    async def send(
+        self, conversation_id: str, lead_id: int, trigger: str, only_if_silent: bool = False
+    ) -> str:
         """The first message: n8n's, or the template when n8n is not used or silent."""
         engine = self.engine
+        if only_if_silent and _customer_wrote(await engine.store.conversation(conversation_id)):
+            log.info(
+                "the customer wrote first: no proactive start",
+                extra={"conversation_id": conversation_id, "trigger": trigger},
+            )
+            await engine.bots.count("proactive_skipped_customer_wrote")
+            return "customer_wrote"
         metadata = client_metadata()
         lead = await engine.gateway.GetLead(gw.GetLeadRequest(lead_id=lead_id), metadata=metadata)
         vendedor = await engine.vendedores.GetVendedorForLead(
@@ -236,7 +258,12 @@ class ProactiveStarter:
         job = await self.store.job(claim.member)
         if job:
             try:
-                await self.send(job["conversation_id"], int(job["lead_id"]), job["trigger"])
+                await self.send(
+                    job["conversation_id"],
+                    int(job["lead_id"]),
+                    job["trigger"],
+                    job.get("only_if_silent") == "1",
+                )
             # Kommo or the vendedor service failing: Engine.attempt retries it with
             # backoff, and parks it as a dead letter if it keeps failing.
             except (InvalidInput, NotFound, Conflict) as exc:
@@ -262,3 +289,8 @@ class ProactiveStarter:
                     job["conversation_id"], job["trigger"], job["text"], claim.member
                 )
         await self.store.job_done(self.store.fallbacks, claim.member)
+
+
+def _customer_wrote(conversation: dict[str, str]) -> bool:
+    """The customer has written in this conversation (the apply script stamps it)."""
+    return bool(conversation.get("customer_at"))

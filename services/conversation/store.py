@@ -51,7 +51,7 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any, cast
@@ -361,7 +361,13 @@ end
 # for the batch (the ack path); on a Cluster it would be one call per partition.
 _INGEST = """
 local out = {}
-for i = 4, #ARGV, 3 do
+local first = 6 + 2 * tonumber(ARGV[4])
+for i = 6, first - 1, 2 do
+  redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
+end
+if first > 6 then redis.call('EXPIRE', KEYS[4], ARGV[5]) end
+for i = first, #ARGV, 3 do
   if redis.call('EXISTS', ARGV[i]) == 0 then
     redis.call('XADD', KEYS[tonumber(ARGV[i + 1])], '*', 'e', ARGV[i + 2])
     redis.call('SET', ARGV[i], '1', 'EX', ARGV[1])
@@ -421,13 +427,30 @@ if ARGV[4] ~= '' then
 end
 if ARGV[11] == '1' then
   redis.call('RPUSH', KEYS[3], ARGV[3])
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[17]), -1)
   redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 end
+if ARGV[18] == '1' then redis.call('HSET', KEYS[1], 'customer_at', ARGV[5]) end
 local R = tonumber(ARGV[15])
 touch(ARGV[1], tonumber(ARGV[5]), R)
 expire(KEYS[2], life(tonumber(ARGV[13]) * 1000, KEYS[1], R))
 recount(ARGV[1])
 return outcome
+"""
+)
+
+# A conversation that knew no lead (a chat bound to a contact) gets the lead found
+# through its contact: only while it still exists and still has none; the lead's index
+# points to it unless the lead already has a conversation of its own.
+_BIND_LEAD = (
+    _LIB
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if (redis.call('HGET', KEYS[1], 'lead_id') or '0') ~= '0' then return 0 end
+redis.call('HSET', KEYS[1], 'lead_id', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+touch(ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
+return 1
 """
 )
 
@@ -658,6 +681,7 @@ class ConversationStore:
         self.replies = DueQueue(redis, REPLIES_DUE)
         self._ingest = redis.register_script(_INGEST)
         self._apply = redis.register_script(_APPLY_MESSAGE)
+        self._bind_lead = redis.register_script(_BIND_LEAD)
         self._commit_turn = redis.register_script(_COMMIT_TURN)
         self._finish_turn = redis.register_script(_FINISH_TURN)
         self._defer_turn = redis.register_script(_DEFER_TURN)
@@ -671,20 +695,44 @@ class ConversationStore:
         self._clear_inflight = redis.register_script(_CLEAR_INFLIGHT)
         self._recount = redis.register_script(_RECOUNT)
 
-    async def ingest(self, webhooks: int, events: list[tuple[str, str]]) -> list[bool]:
+    async def ingest(
+        self,
+        webhooks: int,
+        events: list[tuple[str, str]],
+        counters: Mapping[str, int] | None = None,
+    ) -> list[bool]:
         """Store (dedupe key, payload) events of `webhooks` bodies; True for each new one.
+        `counters` (refused bodies and skipped items of the batch) are added to the stats
+        in the same script.
 
         One round trip for a whole batch of webhooks: this is the ack path.
         """
-        args: list[str | int] = [SEEN_TTL_SECONDS, f"{time.time():.3f}", webhooks]
+        now = time.time()
+        counted = counters or {}
+        args: list[str | int] = [
+            SEEN_TTL_SECONDS,
+            f"{now:.3f}",
+            webhooks,
+            len(counted),
+            series.KEPT_SECONDS,
+        ]
+        for name, n in counted.items():
+            args.extend((name, n))
         for key, payload in events:
             try:
                 route = routing_key(json.loads(payload))
             except (ValueError, AttributeError):
                 route = ""  # unreadable: any partition; its consumer parks it
-            args.extend((key, 3 + event_partition(route, self.event_partitions), payload))
+            args.extend((key, 5 + event_partition(route, self.event_partitions), payload))
         result = await self._ingest(
-            keys=[WEBHOOKS_LAST, WEBHOOKS_TOTAL, *self._partition_streams], args=args
+            keys=[
+                WEBHOOKS_LAST,
+                WEBHOOKS_TOTAL,
+                STATS,
+                series.bucket_key(series.bucket_start(now)),
+                *self._partition_streams,
+            ],
+            args=args,
         )
         return [bool(x) for x in cast(list[int], result)]
 
@@ -707,13 +755,16 @@ class ConversationStore:
         talk_id: int,
         to_inbox: bool,
         history_max: int,
+        inbox_max: int = 100,
+        from_customer: bool = False,
         stream_id: str = "",
         stream: str = EVENTS_STREAM,
         owner: str = "",
     ) -> Applied:
         """Record a message in its conversation once; `history_entry` '' keeps it out of
         the history. With `stream_id`, only while that event is still in `stream`; with
-        `owner`, only while that replica holds the stream's lease."""
+        `owner`, only while that replica holds the stream's lease. The inbox keeps the
+        newest `inbox_max` messages; a customer's message stamps `customer_at`."""
         applied = await self._apply(
             keys=[
                 conversation_key(conversation_id),
@@ -745,6 +796,8 @@ class ConversationStore:
                 stream_id,
                 self._r_ms,
                 owner,
+                max(inbox_max, 1),
+                "1" if from_customer else "0",
             ],
         )
         return Applied(int(cast(int, applied)))
@@ -819,6 +872,14 @@ class ConversationStore:
                 )
             await pipe.execute()
         await self.redis.pexpire(BOT_STATES_RECOUNT_LOCK, _RECOUNT_LOCK_MS)
+
+    async def bind_lead(self, conversation_id: str, lead_id: int) -> bool:
+        """Give a conversation without a lead the lead found for it (see _BIND_LEAD)."""
+        bound = await self._bind_lead(
+            keys=[conversation_key(conversation_id), by_lead_key(lead_id)],
+            args=[conversation_id, lead_id, now_ms(), self._r_ms],
+        )
+        return bool(bound)
 
     async def conversation_by_lead(self, lead_id: int) -> str | None:
         value = await self.redis.get(by_lead_key(lead_id))
@@ -1307,6 +1368,16 @@ class BotStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hincrby(STATS, counter, n)
             pipe.hincrby(key, counter, n)
+            pipe.expire(key, series.KEPT_SECONDS)
+            await pipe.execute()
+
+    async def count_many(self, counters: Mapping[str, int]) -> None:
+        """Several counters at once, as `count` adds one."""
+        key = series.bucket_key(series.bucket_start(time.time()))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for counter, n in counters.items():
+                pipe.hincrby(STATS, counter, n)
+                pipe.hincrby(key, counter, n)
             pipe.expire(key, series.KEPT_SECONDS)
             await pipe.execute()
 

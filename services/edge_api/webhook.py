@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 from bridge.conversation.v1 import conversation_pb2 as pb
 from services.common.errors import Unavailable
-from services.common.metrics import HTTP_REQUESTS
+from services.common.metrics import HTTP_REQUESTS, WEBHOOK_REFUSALS
 from services.edge_api.batcher import WebhookBatcher
 from services.edge_api.errors import error_body
 
@@ -145,8 +145,11 @@ class KommoWebhook:
             await _answer(send, 503, error_body(503, f"not stored, retry later: {exc}"))
             return
         if result.outcome == pb.INGEST_OUTCOME_STORED:
+            for reason in result.skipped:
+                WEBHOOK_REFUSALS.labels("item", reason).inc()
             await respond_accepted(send, result.stored, result.duplicates)
         elif result.outcome == pb.INGEST_OUTCOME_INVALID:
+            WEBHOOK_REFUSALS.labels("body", result.reason or "invalid").inc()
             await _answer(send, 400, error_body(400, result.error))
         else:
             await _answer(send, 503, error_body(503, f"not stored, retry later: {result.error}"))

@@ -24,6 +24,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "PROACTIVE_HOURS": "00:00-24:00",
             "PROACTIVE_DAYS": "mon-sun",
             "PROACTIVE_ON_LEAD_ADD": "form",
+            "PROACTIVE_LEAD_ADD_DELAY_SECONDS": "0.5",
             "PROACTIVE_N8N_TIMEOUT_SECONDS": "2",
         },
     ) as running:

@@ -102,7 +102,7 @@ def test_zero_reads_as_absent_where_kommo_writes_it_for_none() -> None:
     assert lead.leads[0].old_status_id == 0
 
 
-@pytest.mark.parametrize("value", ["-1", "99999999999999", "1" + "0" * 40])
+@pytest.mark.parametrize("value", ["-1", "999999999999999", "1" + "0" * 40])
 def test_a_time_no_date_can_show_is_refused(value: str) -> None:
     with pytest.raises(InvalidInput, match=r"created_at\] must be an integer from 0 to"):
         _parse(_message(created_at=value))

@@ -141,6 +141,15 @@ class EventStage(Stage):
                 ensure_ascii=False,
             )
         )
+        # A message Kommo redelivered long after it was written is history, not a
+        # question to answer now.
+        max_age = self.settings.message_max_age_seconds
+        too_old = bool(
+            event.from_customer
+            and max_age
+            and event.created_at
+            and time.time() - event.created_at > max_age
+        )
         applied = await self.store.apply_message(
             conversation_id=conversation_id,
             message_id=event.message_id,
@@ -155,7 +164,9 @@ class EventStage(Stage):
             contact_id=event.contact_id,
             chat_id=event.chat_id,
             talk_id=event.talk_id,
-            to_inbox=event.from_customer,
+            to_inbox=event.from_customer and not too_old,
+            inbox_max=self.settings.inbox_max_messages,
+            from_customer=event.from_customer,
             history_max=max(self.settings.history_turns * 2, 10),
             stream_id=stream_id,
             stream=stream,
@@ -163,6 +174,12 @@ class EventStage(Stage):
         )
         if applied == Applied.NOT_OWNER:
             raise PartitionLost(stream)
+        if too_old and applied in (Applied.APPLIED, Applied.SHARED_CHAT):
+            log.info(
+                "customer message older than MESSAGE_MAX_AGE_SECONDS: recorded, not answered",
+                extra={"conversation_id": conversation_id},
+            )
+            await self.bots.count("messages_too_old")
         return applied, role
 
     async def apply_event(
@@ -205,11 +222,20 @@ class EventStage(Stage):
         if event.kind == "add":
             trigger = self.settings.proactive_on_lead_add
         else:
-            trigger = self.settings.status_triggers.get(event.status_id, "")
+            trigger = self.settings.status_trigger(event.pipeline_id, event.status_id)
         if not trigger:
             return
+        if event.kind == "add" and await self.store.conversation_by_lead(event.lead_id):
+            # The lead came with a conversation (a chat that created it): it is answered,
+            # not greeted.
+            log.info("lead %s already has a conversation: no proactive start", event.lead_id)
+            return
         try:
-            started = await self.proactive.start(event.lead_id, trigger)
+            started = await self.proactive.start(
+                event.lead_id,
+                trigger,
+                only_if_silent=event.kind == "add",
+            )
         except InvalidInput as exc:
             # The configuration names a trigger the bridge cannot start (no template).
             log.warning("lead %s: no proactive start (%s)", event.lead_id, exc)
