@@ -166,13 +166,16 @@ def render_lead(lead: Lead, state: AccountState, base: str, with_contacts: bool)
     }
 
 
-def render_contact(contact: Contact, state: AccountState, base: str, with_leads: bool) -> JsonDict:
+def render_contact(
+    contact: Contact, state: AccountState, base: str, lead_ids: list[int] | None
+) -> JsonDict:
+    """`lead_ids`: the contact's leads when `with=leads` was asked (None: not asked), from
+    state.leads_of_contacts(), built once per request."""
     embedded: JsonDict = {"tags": [], "companies": []}
-    if with_leads:
+    if lead_ids is not None:
         embedded["leads"] = [
-            {"id": lead.id, "_links": _self(base, f"/api/v4/leads/{lead.id}")}
-            for lead in state.leads.values()
-            if contact.id in lead.contact_ids
+            {"id": lead_id, "_links": _self(base, f"/api/v4/leads/{lead_id}")}
+            for lead_id in lead_ids
         ]
     return {
         "id": contact.id,

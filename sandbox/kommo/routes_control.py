@@ -80,6 +80,8 @@ class LeadEventIn(_Strict):
     kind: Literal["add", "status"]
     # "add" without a lead id creates a new lead (and its contact) first.
     lead_id: int | None = None
+    # ... or a new lead of this known contact (a customer's next deal): no new contact.
+    contact_id: int | None = None
     status_id: int | None = None
     name: str | None = None
     phone: str | None = None
@@ -206,7 +208,27 @@ async def user_message(body: UserMessageIn, sandbox: SandboxDep) -> JsonDict:
 @router.post("/lead-event")
 async def lead_event(body: LeadEventIn, sandbox: SandboxDep) -> JsonDict:
     state = sandbox.state
-    if body.lead_id is None:
+    if body.contact_id is not None and (
+        body.kind != "add" or body.lead_id is not None or body.phone is not None
+    ):
+        raise KommoProblem(
+            400, "contact_id names the known contact of a new lead: 'add', no lead_id nor phone"
+        )
+    if body.contact_id is not None:
+        contact = state.contacts.get(body.contact_id)
+        if contact is None:
+            raise KommoProblem(404, f"Contact {body.contact_id} not found")
+        lead = state.add_lead_of(
+            contact,
+            name=f"Novo negócio — {body.name or contact.name}",
+            responsible_user_id=body.responsible_user_id or contact.responsible_user_id,
+            status_id=state.pipeline.statuses[0].id,
+            price=0,
+            area=None,
+            tags=[state.tags[0]],
+            created_at=int(time.time()),
+        )
+    elif body.lead_id is None:
         if body.kind != "add":
             raise KommoProblem(400, "lead_id is required for a status event")
         number = len(state.leads) + 1

@@ -333,14 +333,16 @@ async def patch_leads(
 async def list_contacts(request: Request, sandbox: SandboxDep) -> Response:
     state = sandbox.state
     base = base_url(request)
-    with_leads = "leads" in _with(request)
+    leads = _leads_of_contacts(request, state)
     wanted = _int_filter(request, "id")
     contacts = [c for c in state.contacts.values() if not wanted or c.id in wanted]
     return hal_list(
         request,
         "contacts",
         contacts,
-        lambda contact: render_contact(contact, state, base, with_leads),
+        lambda contact: render_contact(
+            contact, state, base, None if leads is None else leads.get(contact.id, [])
+        ),
         PageRequest.from_query(request),
     )
 
@@ -351,7 +353,15 @@ async def get_contact(contact_id: int, request: Request, sandbox: SandboxDep) ->
     contact = state.contacts.get(contact_id)
     if contact is None:
         return no_content()
-    return HalResponse(render_contact(contact, state, base_url(request), "leads" in _with(request)))
+    leads = _leads_of_contacts(request, state)
+    lead_ids = None if leads is None else leads.get(contact.id, [])
+    return HalResponse(render_contact(contact, state, base_url(request), lead_ids))
+
+
+def _leads_of_contacts(request: Request, state: AccountState) -> dict[int, list[int]] | None:
+    """With `with=leads`, every contact's leads (one pass over the leads per request, not
+    one per contact); None when not asked."""
+    return state.leads_of_contacts() if "leads" in _with(request) else None
 
 
 @router.patch("/contacts/{contact_id:int}")

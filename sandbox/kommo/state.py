@@ -379,6 +379,32 @@ class AccountState:
             fields=contact_fields,
             amojo_id=str(uuid.uuid5(_CHAT_NAMESPACE, f"contact-{contact_id}")),
         )
+        self.contacts[contact.id] = contact
+        return self.add_lead_of(
+            contact,
+            name=name,
+            responsible_user_id=responsible_user_id,
+            status_id=status_id,
+            price=price,
+            area=area,
+            tags=tags,
+            created_at=created_at,
+        )
+
+    def add_lead_of(
+        self,
+        contact: Contact,
+        *,
+        name: str,
+        responsible_user_id: int,
+        status_id: int,
+        price: int,
+        area: str | None,
+        tags: list[Tag],
+        created_at: int,
+    ) -> Lead:
+        """A lead whose main contact is `contact` (a known customer's next deal), with
+        its own chat."""
         lead_id = self.lead_ids.take()
         lead_fields: FieldValues = {}
         if area is not None:
@@ -399,9 +425,17 @@ class AccountState:
             chat_id=str(uuid.uuid5(_CHAT_NAMESPACE, f"chat-{lead_id}")),
             talk_id=self.talk_ids.take(),
         )
-        self.contacts[contact.id] = contact
         self.leads[lead.id] = lead
         return lead
+
+    def leads_of_contacts(self) -> dict[int, list[int]]:
+        """Each contact's leads (those naming it among their contacts), in lead order:
+        Kommo's `_embedded.leads` of a contact read `with=leads`."""
+        leads: dict[int, list[int]] = {}
+        for lead in self.leads.values():
+            for contact_id in lead.contact_ids:
+                leads.setdefault(contact_id, []).append(lead.id)
+        return leads
 
 
 def apply_field_writes(

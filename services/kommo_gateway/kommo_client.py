@@ -39,6 +39,9 @@ READ_BATCH = 250
 WRITE_BATCH = 50
 BOT_RUN_BATCH = 100
 
+# What a read asks Kommo to embed (`with=`): a lead's contacts, a contact's leads.
+_READ_WITH = {"leads": "contacts", "contacts": "leads"}
+
 # An entity id and its (field id, value) pairs.
 FieldWrite = tuple[int, Sequence[tuple[int, str]]]
 Params = Mapping[str, str | int] | Sequence[tuple[str, str | int]]
@@ -307,13 +310,17 @@ class KommoClient:
     ) -> list[Outcome[dict[str, Any]]]:
         params: list[tuple[str, str | int]] = [("filter[id][]", i) for i in sorted(set(ids))]
         params.append(("limit", READ_BATCH))
-        if entity == "leads":
-            params.append(("with", "contacts"))
+        linked = _READ_WITH[entity]
+        params.append(("with", linked))
         response = await self.request(
             "GET", f"/api/v4/{entity}", params=params, departure=departure
         )
         embedded = (_body(response) or {}).get("_embedded", {}).get(entity, [])
-        found = {int(e["id"]): e for e in embedded if isinstance(e, dict) and "id" in e}
+        found = {
+            int(e["id"]): _with_linked(e, linked)
+            for e in embedded
+            if isinstance(e, dict) and "id" in e
+        }
         # An unknown id is simply absent (204 when none is known): NOT_FOUND for its caller.
         return [
             dict(found[i]) if i in found else NotFound(f"{entity[:-1]} {i} not found in Kommo")
@@ -477,6 +484,18 @@ def _retry_after(response: httpx.Response) -> float:
         return min(float(value), _BACKOFF_MAX_SECONDS * 4)
     except ValueError:
         return 0.0
+
+
+def _with_linked(entity: dict[str, Any], linked: str) -> dict[str, Any]:
+    """The entity with its `_embedded[linked]` list always there (empty when Kommo names
+    none): read `with=<linked>`, a missing list means none, and a copy holding the list is
+    known to have been read with it (servicer.py reads an older copy again)."""
+    embedded = entity.get("_embedded")
+    if not isinstance(embedded, dict):
+        embedded = entity["_embedded"] = {}
+    if embedded.get(linked) is None:
+        embedded[linked] = []
+    return entity
 
 
 def _body(response: httpx.Response) -> Any:

@@ -43,6 +43,8 @@ def lead(body: dict[str, Any]) -> pb.Lead:
 
 def contact(body: dict[str, Any]) -> pb.Contact:
     fields = body.get("custom_fields_values") or []
+    # Its leads, when read `with=leads`: a copy cached before has none (see lists_leads).
+    leads = (body.get("_embedded") or {}).get("leads") or []
 
     def values(code: str) -> list[str]:
         return [
@@ -60,7 +62,14 @@ def contact(body: dict[str, Any]) -> pb.Contact:
         emails=values("EMAIL"),
         responsible_user_id=int(body.get("responsible_user_id") or 0),
         custom_fields=custom_fields(fields),
+        lead_ids=[int(lead["id"]) for lead in leads],
     )
+
+
+def lists_leads(body: dict[str, Any]) -> bool:
+    """Whether a contact's body was read `with=leads` (kommo_client.py always leaves the
+    list there, empty or not); a copy cached by a gateway before lead_ids has none."""
+    return "leads" in (body.get("_embedded") or {})
 
 
 def user(body: dict[str, Any]) -> pb.User:

@@ -61,13 +61,23 @@ class GatewayServicer(KommoGatewayServicer):
         self._delivery = delivery
 
     async def _cached(
-        self, kind: str, entity_id: int, fetch: Callable[[], Awaitable[dict[str, Any]]]
+        self,
+        kind: str,
+        entity_id: int,
+        fetch: Callable[[], Awaitable[dict[str, Any]]],
+        complete: Callable[[dict[str, Any]], bool] = lambda body: True,
     ) -> dict[str, Any]:
-        """Read through a Redis cache; when Kommo is down, a stale copy beats no answer."""
+        """Read through a Redis cache; when Kommo is down, a stale copy beats no answer.
+        A copy that is not `complete` (cached before a part was read, e.g. a contact's
+        leads) is read again while fresh, and still answers when Kommo is down."""
         key = cache_key(kind, entity_id)
         raw = await self._redis.get(key)
         cached = json.loads(raw) if raw else None
-        if cached and time.time() - cached["at"] < self._settings.kommo_cache_ttl_seconds:
+        if (
+            cached
+            and time.time() - cached["at"] < self._settings.kommo_cache_ttl_seconds
+            and complete(cached["body"])
+        ):
             return dict(cached["body"])
         try:
             body = await fetch()
@@ -131,7 +141,10 @@ class GatewayServicer(KommoGatewayServicer):
         if request.contact_id <= 0:
             raise InvalidInput("contact_id must be a positive integer")
         body = await self._cached(
-            "contact", request.contact_id, lambda: self._kommo.contact(request.contact_id)
+            "contact",
+            request.contact_id,
+            lambda: self._kommo.contact(request.contact_id),
+            complete=mapping.lists_leads,
         )
         return mapping.contact(body)
 
