@@ -96,10 +96,16 @@ def bounded_history(
     return kept
 
 
-def _custom_fields(fields: Any, hidden_field_id: int) -> dict[str, Any]:
+def _custom_fields(
+    fields: Any, hidden_field_id: int, allowed: frozenset[str] | None
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field in fields:
         if hidden_field_id and field.field_id == hidden_field_id:
+            continue
+        if allowed is not None and not (
+            {field.field_name, field.field_code, str(field.field_id)} & allowed
+        ):
             continue
         name = field.field_name or field.field_code or str(field.field_id)
         values = list(field.values)
@@ -107,9 +113,16 @@ def _custom_fields(fields: Any, hidden_field_id: int) -> dict[str, Any]:
     return out
 
 
-def lead_json(lead: gw.Lead | None, lead_id: int, *, reply_field_id: int) -> dict[str, Any] | None:
-    """The lead for n8n. The bridge's own reply field (KOMMO_REPLY_FIELD_ID) is left out:
-    it holds the bot's last answer, not something about the lead."""
+def lead_json(
+    lead: gw.Lead | None,
+    lead_id: int,
+    *,
+    reply_field_id: int,
+    lead_fields: frozenset[str] | None = None,
+) -> dict[str, Any] | None:
+    """The lead for n8n, with the custom fields N8N_LEAD_FIELDS allows (None = all). The
+    bridge's own reply field (KOMMO_REPLY_FIELD_ID) is always left out: it holds the bot's
+    last answer, not something about the lead."""
     if lead is None:
         return {"id": lead_id} if lead_id else None
     return {
@@ -119,7 +132,7 @@ def lead_json(lead: gw.Lead | None, lead_id: int, *, reply_field_id: int) -> dic
         "pipeline_id": lead.pipeline_id,
         "responsible_user_id": lead.responsible_user_id,
         "price": lead.price,
-        "custom_fields": _custom_fields(lead.custom_fields, reply_field_id),
+        "custom_fields": _custom_fields(lead.custom_fields, reply_field_id, lead_fields),
     }
 
 

@@ -105,6 +105,12 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
         "customer has not written: a chat that creates its lead sends add_lead with its "
         "first message, and that customer is answered, not greeted",
     )
+    n8n_lead_fields: str = Field(
+        default="*",
+        description="the lead's custom fields an envelope carries, by name, code or id, comma "
+        "separated; '*' = all of them (what the shipped workflow reads: it hands every field "
+        "to the AI); '' = none",
+    )
     kommo_reply_field_id: int = Field(
         default=0,
         ge=0,
@@ -260,6 +266,13 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
                 )
             triggers[(pipeline, status)] = trigger
         return triggers
+
+    @property
+    def lead_fields(self) -> frozenset[str] | None:
+        """N8N_LEAD_FIELDS as a set to match against (None = every field)."""
+        if self.n8n_lead_fields.strip() == "*":
+            return None
+        return frozenset(f.strip() for f in self.n8n_lead_fields.split(",") if f.strip())
 
     def status_trigger(self, pipeline_id: int, status_id: int) -> str:
         """The trigger a lead moved to this status of this pipeline starts ('' = none)."""

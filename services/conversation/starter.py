@@ -206,7 +206,10 @@ class ProactiveStarter:
                 "bot_state": conversation.get("bot_state", "active"),
             },
             lead=envelope.lead_json(
-                lead, lead_id, reply_field_id=self.settings.kommo_reply_field_id
+                lead,
+                lead_id,
+                reply_field_id=self.settings.kommo_reply_field_id,
+                lead_fields=self.settings.lead_fields,
             ),
             contact=envelope.contact_json(
                 contact, lead.main_contact_id, self.settings.contact_disclosure

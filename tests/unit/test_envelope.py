@@ -174,6 +174,32 @@ def test_the_bridges_reply_field_is_never_among_the_leads_fields() -> None:
     assert "Resposta do bot" in unset["custom_fields"], "no reply field configured: all shown"
 
 
+def test_only_the_lead_fields_allowed_for_n8n_are_in_the_envelope() -> None:
+    lead = gw.Lead(
+        id=9100001,
+        custom_fields=[
+            gw.CustomField(field_id=800001, field_name="Área", values=["previdenciario"]),
+            gw.CustomField(field_id=800002, field_code="ORIGEM", values=["site"]),
+            gw.CustomField(field_id=800003, field_name="CPF", values=["123.456.789-00"]),
+            gw.CustomField(field_id=REPLY_FIELD, field_name="Resposta do bot", values=["Olá!"]),
+        ],
+    )
+
+    def fields(allowed: frozenset[str] | None) -> dict[str, object]:
+        shown = envelope.lead_json(lead, 9100001, reply_field_id=REPLY_FIELD, lead_fields=allowed)
+        assert shown is not None
+        return dict(shown["custom_fields"])
+
+    # By name, by code, by id; the reply field never, even when named.
+    assert fields(frozenset({"Área", "ORIGEM", str(REPLY_FIELD)})) == {
+        "Área": "previdenciario",
+        "ORIGEM": "site",
+    }
+    assert fields(frozenset({"800003"})) == {"CPF": "123.456.789-00"}
+    assert fields(frozenset()) == {}
+    assert set(fields(None)) == {"Área", "ORIGEM", "CPF"}
+
+
 def test_a_scheduling_envelope_says_how_to_message_the_customer_and_report_the_status() -> None:
     answers = domain.callbacks("https://bridge.example.com/", "abc123", 9100018)
     assert answers["callback"] == {

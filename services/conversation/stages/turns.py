@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CONTEXT_RETRY_MS = 2_000
+# A contact's leads read to find the one a contact-bound chat belongs to (the newest ids).
+_CONTACT_LEADS_READ = 5
+# Kommo's won and lost statuses: a closed lead is the last choice.
+_CLOSED_STATUSES = frozenset({142, 143})
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,19 @@ class TurnStage(Stage):
             log.warning("context unavailable, turn retried: %s", exc)
             await self.store.turns.reschedule(claim, now_ms() + _CONTEXT_RETRY_MS)
             return
+        if context.lead is None:
+            context = await self._lead_through_contact(conversation, context)
+        if context.lead is None:
+            # n8n could not answer it (its reply needs a lead to reach the customer): the
+            # messages stay in the history for the people who answer.
+            log.warning(
+                "no lead in Kommo for this conversation: recorded, not sent to n8n",
+                extra={"conversation_id": conversation_id, "lead_id": context.lead_id},
+            )
+            await self.store.clear_inbox(conversation_id, len(pending))
+            await self.store.turns.release(claim)
+            await self.bots.count("messages_without_lead", len(pending))
+            return
         decision = await self._decide(conversation, pending, context)
         if decision.out_of_hours_reply:
             await self._out_of_hours(conversation, decision)
@@ -167,6 +184,30 @@ class TurnStage(Stage):
         else:
             vendedor = await self._vendedor(lead.responsible_user_id if lead else 0)
         return TurnContext(lead_id, contact_id, lead, contact, vendedor, history)
+
+    async def _lead_through_contact(
+        self, conversation: dict[str, str], context: TurnContext
+    ) -> TurnContext:
+        """A chat bound to a contact names no lead: the contact's most recent open lead
+        (else its most recent one) answers for it, and the conversation keeps it."""
+        contact = context.contact
+        if contact is None or int(conversation.get("lead_id") or 0):
+            return context
+        candidates = sorted(contact.lead_ids, reverse=True)[:_CONTACT_LEADS_READ]
+        found = [
+            lead for lead in await asyncio.gather(*map(self._lead, candidates)) if lead is not None
+        ]
+        if not found:
+            return context
+        lead = max(found, key=lambda x: (x.status_id not in _CLOSED_STATUSES, x.updated_at, x.id))
+        await self.store.bind_lead(conversation["id"], lead.id)
+        conversation["lead_id"] = str(lead.id)
+        log.info(
+            "lead found through the chat's contact",
+            extra={"conversation_id": conversation["id"], "lead_id": lead.id},
+        )
+        vendedor = await self._vendedor(lead.responsible_user_id)
+        return TurnContext(lead.id, context.contact_id, lead, contact, vendedor, context.history)
 
     async def _decide(
         self, conversation: dict[str, str], pending: list[dict[str, Any]], context: TurnContext
@@ -290,7 +331,10 @@ class TurnStage(Stage):
                 "bot_state": conversation.get("bot_state", "active"),
             },
             lead=envelope.lead_json(
-                lead, lead_id, reply_field_id=self.settings.kommo_reply_field_id
+                lead,
+                lead_id,
+                reply_field_id=self.settings.kommo_reply_field_id,
+                lead_fields=self.settings.lead_fields,
             ),
             contact=envelope.contact_json(contact, contact_id, self.settings.contact_disclosure),
             vendedor=envelope.vendedor_json(vendedor),
