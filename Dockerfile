@@ -4,7 +4,11 @@
 #   docker build -t kommo-n8n-bridge .
 #   docker run --env-file .env kommo-n8n-bridge python -m services.conversation
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# Pinned by digest (python 3.11.16, Debian trixie; the multi-platform index), so two builds
+# get the same base. Refresh it for security updates with
+#   docker buildx imagetools inspect python:3.11-slim
+# and paste the Digest line here (the tag stays for readers; the digest wins).
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 # ---------------------------------------------------------------------------------------
 # builder: resolve the pins and generate the gRPC package `bridge/` from protos/

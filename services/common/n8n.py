@@ -84,16 +84,33 @@ class N8nClient:
                 headers=headers,
                 timeout=self._timeout,
                 proxy=self._proxy(url),
+                # Never followed: aiohttp would repeat the POST, auth header and signed
+                # envelope included, to whatever host the answer names.
+                allow_redirects=False,
             ) as response:
                 status = response.status
                 if 200 <= status < 300:
                     return Attempt(True, False, str(status))
+                if 300 <= status < 400:
+                    return _redirected(url, status, response.headers.get("location", ""))
                 body = await response.content.read(_ERROR_BODY_BYTES)
         except (TimeoutError, aiohttp.ClientError) as exc:
             return Attempt(False, True, f"n8n unreachable: {type(exc).__name__}")
         text = body.decode(errors="replace")[:200]
         detail = f"n8n answered {status}: {text}"
         return Attempt(False, status >= 500 or status in _RETRY_STATUSES, detail)
+
+
+def _redirected(url: str, status: int, location: str) -> Attempt:
+    """A 3xx from n8n is a configuration error, not an outage: the webhook URL points at
+    something that sends us elsewhere (http → https, a moved instance, a login page, or
+    someone else's host). It is not followed (the envelope and the auth header would go
+    to that host) and not retried: every retry would get the same answer for hours. The
+    envelope is dead-lettered with the target's host, so an operator fixes N8N_*_URL and
+    replays it."""
+    target = urllib.parse.urlsplit(urllib.parse.urljoin(url, location)) if location else None
+    host = (target.netloc.rpartition("@")[2] or "?") if target else "(no Location)"
+    return Attempt(False, False, f"n8n answered {status} redirect to {host}: not followed")
 
 
 def proxy_for(url: str) -> str | None:

@@ -7,6 +7,7 @@ build their own. A missing or bad variable stops the process with one line namin
 from __future__ import annotations
 
 import base64
+import ipaddress
 import math
 import sys
 from collections.abc import Sequence
@@ -14,7 +15,14 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
@@ -57,6 +65,37 @@ def check_replaced(variable: str, value: str, what: str) -> str:
     `variable` must be set to."""
     if is_placeholder(value):
         raise ConfigurationError(variable, f"set {variable} to {what}")
+    return value
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether `url` names this machine (localhost, 127.0.0.0/8, ::1): traffic to it never
+    leaves the machine, so plain http is readable on no network (the edge's default, and
+    `make run`'s public URL when none is set)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: wherever DNS says, e.g. 127.0.0.1.nip.io
+
+
+def check_public_url(variable: str, value: str, sandbox: bool) -> str:
+    """An address n8n sends the bridge's API key to: https outside the Kommo sandbox, so
+    the key never crosses a network in clear text. Plain http only for a loopback host
+    (n8n on the same machine), whose traffic never leaves it."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigurationError(
+            variable, "must be an http(s) address such as https://bridge.yourcompany.com"
+        )
+    if parts.scheme != "https" and not sandbox and not is_loopback_url(value):
+        raise ConfigurationError(
+            variable,
+            f"must be https outside the Kommo sandbox: n8n sends the bridge's API key to it "
+            f"(set {variable} to https://…; plain http only for 127.0.0.1 or localhost)",
+        )
     return value
 
 
@@ -168,6 +207,43 @@ class N8nSettings(BaseSettings):
                 "(Standard Webhooks); see .env.example"
             )
         return value
+
+    @field_validator("n8n_auth_header")
+    @classmethod
+    def _auth_header(cls, value: str) -> str:
+        if not value:
+            return value
+        name, colon, secret = value.partition(":")
+        if not colon or not name.strip() or not secret.strip() or " " in name.strip():
+            raise ConfigurationError(
+                "N8N_AUTH_HEADER", "must be 'Name: value', e.g. X-Bridge-Token: <a secret>"
+            )
+        if is_placeholder(secret):
+            raise ConfigurationError(
+                "N8N_AUTH_HEADER",
+                "set N8N_AUTH_HEADER's value to a real secret, the one the workflow's Header "
+                "Auth expects (guide step 4)",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _n8n_verifies_the_bridge(self) -> N8nSettings:
+        # Without a signature or a header n8n cannot tell our envelopes from anyone's
+        # POST, and the workflow answers them with the bridge's API key (issue 19, item 6).
+        # CommonSettings' switch, when the service has it: outside the sandbox by default.
+        # With no n8n address at all the service's own check names N8N_WEBHOOK_URL first.
+        urls = (value for name, value in self if name.startswith("n8n_") and name.endswith("_url"))
+        if getattr(self, "kommo_sandbox", False) or not any(urls):
+            return self
+        if not (self.n8n_signing_secret or self.n8n_auth_header):
+            raise ConfigurationError(
+                ("N8N_SIGNING_SECRET", "N8N_AUTH_HEADER"),
+                "outside the Kommo sandbox n8n must be able to refuse envelopes that are "
+                "not the bridge's: set N8N_SIGNING_SECRET (Standard Webhooks signature) or "
+                "N8N_AUTH_HEADER (the Webhook node's Header Auth) and check it in the "
+                "workflow (examples/n8n/README.md; guide step 4)",
+            )
+        return self
 
     @property
     def lease_ms(self) -> int:

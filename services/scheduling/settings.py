@@ -10,6 +10,7 @@ from services.common.settings import (
     CommonSettings,
     ConfigurationError,
     N8nSettings,
+    check_public_url,
     check_replaced,
     check_timezone,
 )
@@ -35,11 +36,14 @@ class SchedulingSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
 
     @field_validator("edge_public_url")
     @classmethod
-    def _public_url(cls, value: str) -> str:
-        return check_replaced(
+    def _public_url(cls, value: str, info: ValidationInfo) -> str:
+        check_replaced(
             "EDGE_PUBLIC_URL",
             value,
             "the address n8n uses to reach the edge (scheduling.status_callback.url; guide step 1)",
+        )
+        return check_public_url(
+            "EDGE_PUBLIC_URL", value, bool(info.data.get("kommo_sandbox", False))
         )
 
     @field_validator("n8n_webhook_url", "n8n_scheduling_webhook_url")

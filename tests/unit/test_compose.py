@@ -2,7 +2,8 @@
 
 No Docker engine runs in CI, so these read the files as data and check the contract the
 services depend on: one image, one module per service, wiring over `dns:///` targets,
-health, restart, scaling, and every variable documented.
+health, restart, scaling, hardening (a Redis password, no capabilities, read-only root
+filesystems, images pinned by digest), and every variable documented.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ CALLS: dict[str, tuple[str, ...]] = {
 _INTERPOLATION = re.compile(r"(?<!\$)\$(?:\{([A-Za-z_][A-Za-z0-9_]*)|([A-Za-z_][A-Za-z0-9_]*))")
 _ENV_EXAMPLE_NAME = re.compile(r"^\s*#?\s*([A-Z][A-Z0-9_]*)=", re.MULTILINE)
 _ROOT_USERS = {"root", "0"}
+# `${REDIS_PASSWORD:?message}`: compose refuses to start while it is unset or empty.
+_REQUIRED_PASSWORD = r"\$\{REDIS_PASSWORD:\?[^}]+\}"
+_DIGEST = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +172,55 @@ def test_services_use_the_compose_redis_once_it_is_healthy(
 ) -> None:
     service = services[name]
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert _environment(service)["REDIS_URL"] == "redis://redis:6379/0"
+    # The password is in every service's URL, and nowhere optional.
+    assert re.fullmatch(
+        rf"redis://:{_REQUIRED_PASSWORD}@redis:6379/0", _environment(service)["REDIS_URL"]
+    )
+
+
+def test_redis_requires_the_password_and_its_healthcheck_gives_it(
+    services: dict[str, Any],
+) -> None:
+    redis = services["redis"]
+    command = redis["command"]
+    words = command if isinstance(command, list) else command.split()
+    assert re.fullmatch(_REQUIRED_PASSWORD, words[words.index("--requirepass") + 1])
+    assert re.fullmatch(_REQUIRED_PASSWORD, _environment(redis)["REDIS_PASSWORD"])
+    # Through the environment, not `-a`: the password stays out of the process list.
+    test = " ".join(redis["healthcheck"]["test"])
+    assert "REDISCLI_AUTH=" in test and "$$REDIS_PASSWORD" in test
+    assert " -a " not in test
+
+
+@pytest.mark.parametrize("name", ALL_SERVICES)
+def test_every_container_drops_its_privileges(services: dict[str, Any], name: str) -> None:
+    service = services[name]
+    assert service.get("cap_drop") == ["ALL"]
+    assert not service.get("cap_add")
+    assert not service.get("privileged")
+    assert "no-new-privileges:true" in service.get("security_opt", [])
+    assert service.get("read_only") is True
+    # Writable: a small /tmp (and Redis's data volume), nothing else.
+    assert any(str(t).split(":")[0] == "/tmp" for t in service.get("tmpfs", []))  # noqa: S108
+
+
+def test_redis_runs_as_its_own_user_without_capabilities(services: dict[str, Any]) -> None:
+    # As root the image's entrypoint would chown /data and step down with gosu, and
+    # neither works with every capability dropped.
+    user = str(services["redis"].get("user", "")).split(":")[0]
+    assert user and user not in _ROOT_USERS
+
+
+def test_images_are_pinned_by_digest(services: dict[str, Any]) -> None:
+    assert _DIGEST.match(services["redis"]["image"]), services["redis"]["image"]
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    defaults = dict(re.findall(r"^ARG\s+([A-Z_]+)=(\S+)", text, re.M))
+    stages = _dockerfile_stages()
+    bases = [arguments.split()[0] for stage in stages for i, arguments in stage if i == "FROM"]
+    assert bases
+    for base in bases:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], base)
+        assert _DIGEST.match(image), f"FROM {base} ({image}) is not pinned by digest"
 
 
 @pytest.mark.parametrize("name", BRIDGE_SERVICES)

@@ -30,8 +30,9 @@ CONVERSATION_OK = {
     "REDIS_URL": "redis://127.0.0.1:1/0",
     "KOMMO_GATEWAY_ADDR": "127.0.0.1:1",
     "VENDEDOR_ADDR": "127.0.0.1:1",
-    "EDGE_PUBLIC_URL": "http://edge",
+    "EDGE_PUBLIC_URL": "https://edge",
     "N8N_WEBHOOK_URL": "http://n8n/webhook/bridge",
+    "N8N_AUTH_HEADER": "X-Bridge-Token: a-real-token-for-n8n",
 }
 
 
