@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from devstack.n8n_check.attacker import Attacker
 from devstack.n8n_check.install import InstallError, ensure_n8n, use_existing
 from devstack.n8n_check.n8n import N8n, N8nError
 from devstack.n8n_check.paths import PATHS, Check, Outcome, describe_calls
@@ -30,6 +32,13 @@ WORKFLOW = ROOT / "examples" / "n8n" / "bridge-reply-workflow.json"
 CHECK_DIR = ROOT / ".n8n-check"
 WEBHOOK_TYPE = "n8n-nodes-base.webhook"
 EXIT_FAILED = 1
+# The credentials as examples/n8n/README.md names them (n8n links them by name and type).
+OPENAI_CREDENTIAL = "OpenAI (bridge)"
+SUPABASE_CREDENTIAL = "Supabase (bridge)"
+BRIDGE_KEY_CREDENTIAL = "Bridge API key"
+WEBHOOK_CREDENTIAL = "Bridge webhook auth"
+# The header the bridge sends n8n (N8N_AUTH_HEADER) and the Webhook node expects.
+WEBHOOK_AUTH_HEADER = "X-Bridge-Token"
 # What the bridge runs with: its defaults (debounce 3 s, retries at once, 1 s, 5 s, 30 s…),
 # except proactive hours, so the proactive path works at any time of day.
 BRIDGE_ENV = {
@@ -55,24 +64,40 @@ def credentials(
     supabase_url: str,
     supabase_key: str,
     api_key: str,
+    webhook_auth: tuple[str, str],
+    bridge_host: str,
 ) -> list[dict[str, Any]]:
-    """The credentials the workflow names, pointing at the doubles and the bridge. Their
-    ids are not the workflow's: n8n links them by name and type, as on a user's import."""
+    """The credentials the workflow names, filled as examples/n8n/README.md says, pointing
+    at the doubles and the bridge. Their ids are not the workflow's: n8n links them by
+    name and type, as on a user's import."""
+    header_name, header_value = webhook_auth
     data = {
-        "openAiApi": {"apiKey": openai_key, "url": f"{openai_url}/v1", "header": False},
-        "supabaseApi": {"host": supabase_url, "serviceRole": supabase_key},
-        "httpHeaderAuth": {"name": "X-API-Key", "value": api_key},
+        ("openAiApi", OPENAI_CREDENTIAL): {
+            "apiKey": openai_key,
+            "url": f"{openai_url}/v1",
+            "header": False,
+        },
+        ("supabaseApi", SUPABASE_CREDENTIAL): {"host": supabase_url, "serviceRole": supabase_key},
+        # The bridge's key, only for the bridge's host (the README's domain restriction).
+        ("httpHeaderAuth", BRIDGE_KEY_CREDENTIAL): {
+            "name": "X-API-Key",
+            "value": api_key,
+            "allowedHttpRequestDomains": "domains",
+            "allowedDomains": bridge_host,
+        },
+        # What the Webhook node expects: the bridge's N8N_AUTH_HEADER.
+        ("httpHeaderAuth", WEBHOOK_CREDENTIAL): {"name": header_name, "value": header_value},
     }
     named = {
         (kind, ref["name"])
         for node in workflow["nodes"]
         for kind, ref in node.get("credentials", {}).items()
     }
-    unknown = sorted(kind for kind, _ in named if kind not in data)
+    unknown = sorted(f"{name} ({kind})" for kind, name in named if (kind, name) not in data)
     if unknown:
         raise N8nError(f"the workflow uses credentials the check cannot fill: {unknown}")
     return [
-        {"id": f"n8nCheck{index:08d}", "name": name, "type": kind, "data": data[kind]}
+        {"id": f"n8nCheck{index:08d}", "name": name, "type": kind, "data": data[kind, name]}
         for index, (kind, name) in enumerate(sorted(named), start=1)
     ]
 
@@ -118,7 +143,16 @@ def _report(outcomes: list[Outcome], check: Check) -> bool:
         sum(c.streamed for c in calls),
         len(dirty),
     )
-    return passed and not dirty
+    # Over the whole run, not only the forged envelopes: nothing ever goes to a URL an
+    # envelope names.
+    stolen = check.attacker.received()
+    log.info(
+        "%s  attacker (a URL only forged envelopes name): %d request(s)%s",
+        "PASS" if not stolen else "FAIL",
+        len(stolen),
+        "".join(f"; {r.describe()}" for r in stolen[:3]),
+    )
+    return passed and not dirty and not stolen
 
 
 def run(run_dir: Path, binary: Path) -> bool:
@@ -126,8 +160,18 @@ def run(run_dir: Path, binary: Path) -> bool:
     logs = run_dir / "logs"
     api_key = secrets.token_urlsafe(24)
     openai_key, supabase_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    webhook_auth = (WEBHOOK_AUTH_HEADER, secrets.token_urlsafe(24))
     doubles = Launcher(logs, {})
-    n8n = N8n(binary, run_dir / "n8n-home", free_port(), secrets.token_hex(24), logs / "n8n.log")
+    n8n = N8n(
+        binary,
+        run_dir / "n8n-home",
+        free_port(),
+        secrets.token_hex(24),
+        logs / "n8n.log",
+        webhook_headers=dict([webhook_auth]),
+    )
+    path = webhook_path(workflow)
+    attacker = Attacker().start()
     stack: Stack | None = None
     try:
         openai_port, supabase_port = free_port(), free_port()
@@ -150,24 +194,48 @@ def run(run_dir: Path, binary: Path) -> bool:
         doubles.wait_ready(openai)
         doubles.wait_ready(supabase)
         openai_url, supabase_url = f"http://{openai.address}", f"http://{supabase.address}"
-        logs.mkdir(parents=True, exist_ok=True)
-        n8n.import_credentials(
-            credentials(workflow, openai_url, openai_key, supabase_url, supabase_key, api_key)
-        )
-        n8n.import_workflow(WORKFLOW, workflow["id"])
-        n8n.start()
-        path = webhook_path(workflow)
-        log.info("n8n ready in %.1f s at %s", n8n.wait_ready(path), n8n.url)
+        # The bridge first: n8n is set up with its address (BRIDGE_URL), as
+        # examples/n8n/README.md says. Nothing reaches n8n before a path runs.
         started = time.monotonic()
         stack = start_stack(
             StackConfig(
                 log_dir=run_dir / "bridge",
-                env={**BRIDGE_ENV, "N8N_WEBHOOK_URL": n8n.webhook_url(path)},
+                env={
+                    **BRIDGE_ENV,
+                    "N8N_WEBHOOK_URL": n8n.webhook_url(path),
+                    "N8N_AUTH_HEADER": ": ".join(webhook_auth),
+                },
                 api_key=api_key,
             )
         )
         log.info("bridge ready in %.1f s at %s", time.monotonic() - started, stack.edge_url)
-        check = Check(stack, n8n, openai_url, supabase_url, [api_key, stack.webhook_secret])
+        n8n.extra_env["BRIDGE_URL"] = stack.edge_url
+        logs.mkdir(parents=True, exist_ok=True)
+        n8n.import_credentials(
+            credentials(
+                workflow,
+                openai_url,
+                openai_key,
+                supabase_url,
+                supabase_key,
+                api_key,
+                webhook_auth,
+                bridge_host=urlsplit(stack.edge_url).hostname or "",
+            )
+        )
+        n8n.import_workflow(WORKFLOW, workflow["id"])
+        n8n.start()
+        log.info("n8n ready in %.1f s at %s", n8n.wait_ready(path), n8n.url)
+        check = Check(
+            stack,
+            n8n,
+            openai_url,
+            supabase_url,
+            [api_key, stack.webhook_secret, webhook_auth[1]],
+            attacker=attacker,
+            webhook_path=path,
+            webhook_auth=webhook_auth,
+        )
         outcomes = []
         for step in PATHS:
             log.info("running: %s", step.__name__)
@@ -184,6 +252,7 @@ def run(run_dir: Path, binary: Path) -> bool:
             stack.stop()
         n8n.stop()
         doubles.stop_all()
+        attacker.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

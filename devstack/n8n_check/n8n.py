@@ -34,6 +34,10 @@ class N8n:
     port: int
     encryption_key: str
     log_path: Path
+    # n8n's own settings for the workflow (BRIDGE_URL), on top of the check's.
+    extra_env: dict[str, str] = field(default_factory=dict, repr=False)
+    # What the Webhook node's Header Auth expects: sent with the readiness probe.
+    webhook_headers: dict[str, str] = field(default_factory=dict, repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -65,6 +69,7 @@ class N8n:
             "DB_SQLITE_POOL_SIZE": "2",
             "EXECUTIONS_DATA_SAVE_ON_SUCCESS": "all",
             "EXECUTIONS_DATA_SAVE_ON_ERROR": "all",
+            **self.extra_env,
         }
 
     def cli(self, *args: str) -> str:
@@ -128,7 +133,11 @@ class N8n:
                 try:
                     healthy = client.get(f"{self.url}/healthz").status_code == 200
                     if healthy:
-                        probe = client.post(self.webhook_url(webhook_path), json=_PROBE)
+                        probe = client.post(
+                            self.webhook_url(webhook_path),
+                            json=_PROBE,
+                            headers=self.webhook_headers,
+                        )
                         if probe.status_code == 200:
                             return time.monotonic() - started
                 except httpx.HTTPError:
@@ -147,22 +156,52 @@ class N8n:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
-    def execution_errors(self) -> list[str]:
-        """`node: message` of every failed execution so far, from n8n's database."""
+    def _query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
         database = self.home / ".n8n" / "database.sqlite"
         if not database.exists():
             return []
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
-            rows = connection.execute(
-                "SELECT d.data FROM execution_entity e JOIN execution_data d"
-                " ON d.executionId = e.id WHERE e.status IN ('error', 'crashed') ORDER BY e.id"
-            ).fetchall()
-        errors = []
-        for (data,) in rows:
-            result = unflatten(data).get("resultData", {})
-            error = result.get("error") or {}
-            errors.append(f"{result.get('lastNodeExecuted', '?')}: {error.get('message', '?')}")
-        return errors
+            return connection.execute(sql, params).fetchall()
+
+    def executions(self) -> list[Execution]:
+        """Every execution so far (id, status), from n8n's database."""
+        rows = self._query("SELECT id, status FROM execution_entity ORDER BY id")
+        return [Execution(int(id_), str(status)) for id_, status in rows]
+
+    def execution_error(self, execution_id: int) -> str:
+        """`node: message [http code]` of a failed execution ("" when it did not fail)."""
+        rows = self._query(
+            "SELECT d.data FROM execution_data d JOIN execution_entity e"
+            " ON d.executionId = e.id WHERE e.id = ? AND e.status IN ('error', 'crashed')",
+            execution_id,
+        )
+        return _describe_error(rows[0][0]) if rows else ""
+
+    def execution_errors(self) -> list[str]:
+        """`node: message` of every failed execution so far, from n8n's database."""
+        rows = self._query(
+            "SELECT d.data FROM execution_entity e JOIN execution_data d"
+            " ON d.executionId = e.id WHERE e.status IN ('error', 'crashed') ORDER BY e.id"
+        )
+        return [_describe_error(data) for (data,) in rows]
+
+
+@dataclass(frozen=True)
+class Execution:
+    id: int
+    status: str  # new, running, waiting, success, error, crashed, canceled
+
+    @property
+    def finished(self) -> bool:
+        return self.status not in ("new", "running", "waiting")
+
+
+def _describe_error(data: str) -> str:
+    result = unflatten(data).get("resultData", {})
+    error = result.get("error") or {}
+    code = error.get("httpCode")
+    where = f"{result.get('lastNodeExecuted', '?')}: {error.get('message', '?')}"
+    return f"{where} [HTTP {code}]" if code else where
 
 
 def unflatten(text: str) -> dict[str, Any]:

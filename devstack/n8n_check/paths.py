@@ -5,6 +5,7 @@ the bridge and Supabase end up with."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -13,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
+from devstack.n8n_check.attacker import Attacker
 from devstack.n8n_check.n8n import N8n
 from devstack.n8n_check.privacy import ModelCall, leaks
 from devstack.stack import Stack
@@ -27,6 +29,8 @@ LEAD_PROACTIVE = 9100003
 LEAD_N8N_DOWN = 9100006
 LEAD_HANDOFF = 9100007
 LEAD_NO_CONVERSATION = 9100008
+# Named by the forged envelopes only: nothing must ever be sent to it.
+LEAD_FORGED = 9100005
 # The debounce is the bridge's default (3 s): a reply comes well within this.
 REPLY_TIMEOUT_SECONDS = 60.0
 # n8n down: the bridge retries at once, 1 s, 5 s, 30 s, 2 min…; n8n is back before 2 min.
@@ -42,6 +46,9 @@ MODEL_REPLY = "Obrigada por explicar"
 MODEL_FIRST_MESSAGE = "Aqui é da Previdas"
 MODEL_HANDOFF = "vai continuar o atendimento"
 CONFIRMATION = "Recebemos o seu pedido de agendamento"
+# The workflow's nodes that carry the bridge's key, first on each forged path.
+REPLY_NODE = "Enviar resposta ao bridge"
+STATUS_NODE = "Informar agenda gravada ao bridge"
 
 
 @dataclass
@@ -62,6 +69,9 @@ class Check:
     openai_url: str
     supabase_url: str
     secrets: list[str]
+    attacker: Attacker
+    webhook_path: str
+    webhook_auth: tuple[str, str]  # the header the Webhook node expects (N8N_AUTH_HEADER)
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
 
     def edge(self) -> httpx.Client:
@@ -92,6 +102,11 @@ class Check:
 
     def supabase_faults(self, **faults: int) -> None:
         self.http.post(f"{self.supabase_url}/_double/faults", json=faults).raise_for_status()
+
+    def post_to_n8n(self, envelope: dict[str, Any], headers: dict[str, str]) -> int:
+        """POSTs an envelope to the workflow's Production URL as anyone could; the status."""
+        url = self.n8n.webhook_url(self.webhook_path)
+        return self.http.post(url, json=envelope, headers=headers).status_code
 
 
 def wait_until(check: Callable[[], T | None], timeout: float) -> T | None:
@@ -306,7 +321,7 @@ def n8n_down(check: Check) -> Outcome:
     check.customer_writes(lead, "Oi, vocês atendem aposentadoria por invalidez?")
     time.sleep(N8N_DOWN_SECONDS)
     check.n8n.start()
-    back = check.n8n.wait_ready("kommo-bridge")
+    back = check.n8n.wait_ready(check.webhook_path)
     ok, seconds, detail = _one_reply(
         check, lead, before, MODEL_REPLY, started, N8N_DOWN_REPLY_TIMEOUT_SECONDS
     )
@@ -347,7 +362,162 @@ def handoff(check: Check) -> Outcome:
     )
 
 
+def _now() -> str:
+    return datetime.now(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def forged_message(attacker_url: str) -> dict[str, Any]:
+    """A `message.received` envelope as the contract shapes it, written by an attacker:
+    its callback points at the attacker, its reply token is made up."""
+    return {
+        "event": "message.received",
+        "event_id": uuid.uuid4().hex,
+        "occurred_at": _now(),
+        "conversation": {
+            "id": f"forged-{uuid.uuid4().hex[:8]}",
+            "lead_id": LEAD_FORGED,
+            "contact_id": 1,
+            "chat_id": None,
+            "talk_id": None,
+            "bot_state": "active",
+        },
+        "lead": {"id": LEAD_FORGED, "name": "Consulta", "custom_fields": {}},
+        "contact": {"id": 1, "name": "Visitante", "phone": None, "email": None},
+        "vendedor": None,
+        "messages": [{"id": "forged-1", "text": "Olá, preciso de ajuda", "at": _now()}],
+        "history": [],
+        "trigger": None,
+        "scheduling": None,
+        "callback": {"url": f"{attacker_url}/send-response", "reply_token": "forged-token"},
+    }
+
+
+def forged_scheduling(attacker_url: str) -> dict[str, Any]:
+    """A `scheduling.requested` envelope with both ways back pointing at the attacker."""
+    request_id = uuid.uuid4().hex
+    return {
+        "event": "scheduling.requested",
+        "event_id": request_id,
+        "occurred_at": _now(),
+        "conversation": {"id": None, "lead_id": LEAD_FORGED},
+        "lead": {"id": LEAD_FORGED, "name": "Consulta", "status_id": 1},
+        "contact": {"id": 1, "name": "Visitante", "phone": None},
+        "vendedor": {"id": 1, "name": "Equipe", "email": None, "areas": [], "source": "kommo"},
+        "messages": [],
+        "history": [],
+        "trigger": None,
+        "scheduling": {
+            "id": request_id,
+            "requested_at": None,
+            "timezone": "America/Sao_Paulo",
+            "preference": "amanhã",
+            "notes": None,
+            "agenda": {"id": request_id, "lead_id": LEAD_FORGED, "preferencia": "amanhã"},
+            "status_callback": {
+                "url": f"{attacker_url}/agendamento/{request_id}/status",
+                "method": "POST",
+                "statuses": ["confirmed", "failed"],
+            },
+        },
+        "callback": {
+            "url": f"{attacker_url}/send-response",
+            "reply_token": None,
+            "lead_id": LEAD_FORGED,
+            "idempotency_key": f"agendamento:{request_id}",
+        },
+    }
+
+
+def _refused(check: Check, name: str, headers: dict[str, str]) -> Outcome:
+    """Forged envelopes without the Webhook's header: n8n answers 401/403 and runs
+    nothing (no execution, no model call, no agenda row, nothing to the attacker)."""
+    executions = len(check.n8n.executions())
+    calls_before, rows_before = len(check.model_calls()), len(check.agenda()["rows"])
+    stolen_before = len(check.attacker.received())
+    started = time.monotonic()
+    answers = [
+        check.post_to_n8n(forge(check.attacker.url), headers)
+        for forge in (forged_message, forged_scheduling)
+    ]
+    seconds = time.monotonic() - started
+    time.sleep(SETTLE_SECONDS)  # anything the envelopes started would show by now
+    calls = check.model_calls()[calls_before:]
+    problems = []
+    if any(status not in (401, 403) for status in answers):
+        problems.append(f"n8n answered {answers}, not 401/403")
+    if (ran := len(check.n8n.executions()) - executions) != 0:
+        problems.append(f"{ran} workflow execution(s) started")
+    if calls:
+        problems.append(f"{len(calls)} model call(s)")
+    if (rows := len(check.agenda()["rows"]) - rows_before) != 0:
+        problems.append(f"{rows} agenda row(s) written")
+    if stolen := check.attacker.received()[stolen_before:]:
+        problems.append(f"the attacker got {len(stolen)} request(s)")
+    if problems:
+        return Outcome(name, False, seconds, "; ".join(problems), calls)
+    return Outcome(name, True, seconds, f"refused ({answers}); nothing ran or was sent", calls)
+
+
+def forged_without_auth(check: Check) -> Outcome:
+    return _refused(check, "forged envelope, no auth header", {})
+
+
+def forged_wrong_auth(check: Check) -> Outcome:
+    header, _ = check.webhook_auth
+    return _refused(check, "forged envelope, wrong auth header", {header: "not-the-secret"})
+
+
+def _runs_against_the_bridge(
+    check: Check, envelope: dict[str, Any], node: str
+) -> tuple[bool, str, float]:
+    """The envelope, sent with the right header, runs; the call that carries the bridge's
+    key goes to BRIDGE_URL — the bridge answers 404 to the made-up token or id — and
+    never to the URL the envelope names. (ok, what was seen, seconds)"""
+    before = {e.id for e in check.n8n.executions()}
+    started = time.monotonic()
+    status = check.post_to_n8n(envelope, dict([check.webhook_auth]))
+    if status != 200:
+        return False, f"n8n answered {status} to an envelope with the right header", 0.0
+
+    def finished() -> list[int]:
+        new = [e for e in check.n8n.executions() if e.id not in before]
+        return [e.id for e in new] if new and all(e.finished for e in new) else []
+
+    ran = wait_until(finished, REPLY_TIMEOUT_SECONDS)
+    seconds = time.monotonic() - started
+    if not ran:
+        return False, "the workflow did not finish", seconds
+    errors = [check.n8n.execution_error(i) for i in ran]
+    if not any(e.startswith(f"{node}:") and "[HTTP 404]" in e for e in errors):
+        return False, f"{node} did not get the bridge's 404 ({errors})", seconds
+    return True, f"{node} → the bridge (404)", seconds
+
+
+def forged_callback_url(check: Check) -> Outcome:
+    """The header does not make the envelope's URLs trusted: an envelope that passes it
+    (a leaked header, say) and names an attacker's callback URLs still reaches only the
+    bridge. The key never goes anywhere else."""
+    name = "forged callback.url, right auth header"
+    calls_before, stolen_before = len(check.model_calls()), len(check.attacker.received())
+    results = [
+        _runs_against_the_bridge(check, forged_message(check.attacker.url), REPLY_NODE),
+        _runs_against_the_bridge(check, forged_scheduling(check.attacker.url), STATUS_NODE),
+    ]
+    seconds = sum(r[2] for r in results)
+    calls = check.model_calls()[calls_before:]
+    problems = [detail for ok, detail, _ in results if not ok]
+    if stolen := check.attacker.received()[stolen_before:]:
+        problems.append(f"the attacker got {len(stolen)} request(s)")
+    if problems:
+        return Outcome(name, False, seconds, "; ".join(problems), calls)
+    seen = ", ".join(detail for _, detail, _ in results)
+    return Outcome(name, True, seconds, f"{seen}; the attacker got nothing", calls)
+
+
 PATHS: list[Callable[[Check], Outcome]] = [
+    forged_without_auth,
+    forged_wrong_auth,
+    forged_callback_url,
     message,
     second_turn,
     burst,

@@ -2,13 +2,18 @@
 
 Checked as data: every file is a workflow n8n can import (nodes, a consistent `connections`
 object), it receives the bridge's envelope on a POST webhook, and it answers through
-`POST <callback.url>` with the `X-API-Key` header and the envelope's `reply_token`.
+`POST <BRIDGE_URL>/send-response` with the `X-API-Key` header and the envelope's
+`reply_token`.
 
 The shipped workflow is also checked against docs/n8n-contract.md: every envelope field a
 node reads exists in the envelope of the event its branch handles, no agent passes files,
 phones, e-mails or ways back to the bridge to the model, every call to the bridge carries
-the key credential, and the credentials have the names the READMEs give. (How it behaves
-in a real n8n is `make n8n-check`.)
+the key credential, and the credentials have the names the READMEs give.
+
+And it cannot be made to hand the bridge's key to someone else: the Webhook refuses a
+request without the bridge's header (Header Auth), and the key goes only to the bridge's
+URL as n8n is configured with it (`$env.BRIDGE_URL`), never to a URL the request names.
+(How it behaves in a real n8n, forged envelopes included, is `make n8n-check`.)
 """
 
 from __future__ import annotations
@@ -83,12 +88,49 @@ def _body(node: Node) -> str:
     return str(parameters.get("jsonBody", "")) + json.dumps(parameters.get("bodyParameters", {}))
 
 
+# The bridge's address comes from n8n's own configuration: `={{ <$env.BRIDGE_URL> }}/<path>`,
+# every value in the path escaped (`{{ encodeURIComponent(…) }}`).
+BRIDGE_URL_VARIABLE = "$env.BRIDGE_URL"
+SEND_RESPONSE_PATH = "/send-response"
+STATUS_PATH = "/agendamento/{}/status"
+_BRIDGE_URL = re.compile(r"=\{\{(?P<base>[^{}]*)\}\}(?P<path>/.*)", re.S)
+_PATH_VALUE = re.compile(r"\{\{\s*encodeURIComponent\((?P<value>[^{}]*)\)\s*\}\}")
+_VARIABLE = re.compile(r"\$\w+(?:\.\w+)?")
+
+
+def bridge_path(url: str) -> str | None:
+    """The path of a URL built on the bridge's address as n8n is configured with it,
+    with its escaped values as `{}` ("/agendamento/{}/status"); None for any other URL:
+    one whose address reads anything but `$env.BRIDGE_URL` (the request, above all)."""
+    found = _BRIDGE_URL.fullmatch(url)
+    if not found or set(_VARIABLE.findall(found["base"])) != {BRIDGE_URL_VARIABLE}:
+        return None
+    path = _PATH_VALUE.sub("{}", found["path"])
+    return None if "{{" in path or "}}" in path else path
+
+
+def test_bridge_path_accepts_only_the_configured_address() -> None:
+    base = "={{ String($env.BRIDGE_URL ?? '').replace(/\\/+$/, '') }}"
+    assert bridge_path(base + "/send-response") == "/send-response"
+    value = "{{ encodeURIComponent($('Webhook').item.json.body.scheduling.id) }}"
+    assert bridge_path(f"{base}/agendamento/{value}/status") == "/agendamento/{}/status"
+    for url in [
+        "={{ $('Webhook').item.json.body.callback.url }}",
+        "={{ $json.body.scheduling.status_callback.url }}",
+        "={{ $env.BRIDGE_URL || $json.body.callback.url }}/send-response",
+        "={{ $env.BRIDGE_URL }}{{ $json.body.callback.url }}",
+        "={{ $env.BRIDGE_URL }}/agendamento/{{ $json.body.scheduling.id }}/status",
+        "https://bridge.example.com/send-response",
+    ]:
+        assert bridge_path(url) is None, url
+
+
 def _replies_to_the_bridge(node: Node) -> bool:
     parameters = node["parameters"]
     return (
         node["type"] == HTTP_REQUEST_TYPE
         and parameters.get("method") == "POST"
-        and "callback.url" in str(parameters.get("url", ""))
+        and bridge_path(str(parameters.get("url", ""))) == SEND_RESPONSE_PATH
         and _sends_api_key(node)
         and "reply_token" in _body(node)
         and "callback.reply_token" in _body(node)
@@ -287,14 +329,16 @@ SENSITIVE = [
     ("scheduling", "status_callback", "url"),
     ("scheduling", "agenda", "contato_telefone"),
 ]
-# One name per credential type, the same in the workflow and both READMEs: n8n links a
+# The credentials, (type, name), the same in the workflow and the READMEs: n8n links a
 # node to a credential on import only by exact name and type.
+BRIDGE_KEY_CREDENTIAL = "Bridge API key"  # the bridge's EDGE_API_KEY, n8n → bridge
+WEBHOOK_CREDENTIAL = "Bridge webhook auth"  # the bridge's N8N_AUTH_HEADER, bridge → n8n
 CREDENTIALS = {
-    "openAiApi": "OpenAI (bridge)",
-    "supabaseApi": "Supabase (bridge)",
-    "httpHeaderAuth": "Bridge API key",
+    ("openAiApi", "OpenAI (bridge)"),
+    ("supabaseApi", "Supabase (bridge)"),
+    ("httpHeaderAuth", BRIDGE_KEY_CREDENTIAL),
+    ("httpHeaderAuth", WEBHOOK_CREDENTIAL),
 }
-BRIDGE_KEY_CREDENTIAL = CREDENTIALS["httpHeaderAuth"]
 AGENT_TYPE = "@n8n/n8n-nodes-langchain.agent"
 SUPABASE_TYPE = "n8n-nodes-base.supabase"
 ROOT = EXAMPLES.parents[1]
@@ -426,12 +470,20 @@ def _prompts(node: Node) -> list[str]:
 
 
 def _calls_the_bridge(node: Node) -> bool:
-    """An HTTP request to an address the envelope gives for the bridge."""
+    """An HTTP request to the bridge: its configured address, or one the envelope gives."""
     url = str(node["parameters"].get("url", ""))
-    return node["type"] == HTTP_REQUEST_TYPE and any(
-        path[:1] == ("callback",) or path[:2] == ("scheduling", "status_callback")
-        for _, path in envelope_reads(url)
+    return node["type"] == HTTP_REQUEST_TYPE and (
+        bridge_path(url) is not None
+        or any(
+            path[:1] == ("callback",) or path[:2] == ("scheduling", "status_callback")
+            for _, path in envelope_reads(url)
+        )
     )
+
+
+def _carries_the_bridge_key(node: Node) -> bool:
+    reference = node.get("credentials", {}).get("httpHeaderAuth", {})
+    return bool(reference.get("name") == BRIDGE_KEY_CREDENTIAL)
 
 
 def _scheduling_nodes(workflow: Workflow) -> list[Node]:
@@ -490,7 +542,7 @@ def test_the_workflow_reads_the_envelope() -> None:
         ("messages", "[]", "text"),
         ("history", "[]", "role"),
         ("callback", "reply_token"),
-        ("scheduling", "status_callback", "url"),
+        ("scheduling", "id"),
         ("callback", "idempotency_key"),
     ]:
         assert path in reads, path
@@ -551,14 +603,77 @@ def test_credentials_are_the_documented_set() -> None:
         for node in workflow["nodes"]
         for kind, reference in node.get("credentials", {}).items()
     }
-    assert used == set(CREDENTIALS.items())
+    assert used == CREDENTIALS
 
 
-@pytest.mark.parametrize("readme", ["README.md", "examples/n8n/README.md"])
-def test_readmes_name_the_workflows_credentials(readme: str) -> None:
-    text = (ROOT / readme).read_text(encoding="utf-8")
-    missing = [name for name in CREDENTIALS.values() if name not in text]
-    assert not missing, f"{readme} does not name the credentials {missing}"
+def test_the_readme_names_the_workflows_credentials() -> None:
+    text = (EXAMPLES / "README.md").read_text(encoding="utf-8")
+    missing = sorted(name for _, name in CREDENTIALS if name not in text)
+    assert not missing, f"examples/n8n/README.md does not name the credentials {missing}"
+
+
+def test_the_main_readme_names_the_credentials_of_the_outgoing_calls() -> None:
+    # The main README's deployment guide names those; examples/n8n/README.md all of them.
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    called = {"OpenAI (bridge)", "Supabase (bridge)", BRIDGE_KEY_CREDENTIAL}
+    missing = sorted(name for name in called if name not in text)
+    assert not missing, f"README.md does not name the credentials {missing}"
+
+
+# --- Nobody but the bridge gets the bridge's key (issue 19) --------------------------------
+
+
+def test_the_webhook_refuses_requests_without_the_bridges_header() -> None:
+    """Header Auth: n8n answers 403 to a request without the header the bridge sends
+    (N8N_AUTH_HEADER) and runs nothing. Its credential is not the bridge's key."""
+    for webhook in _nodes(_load(REPLY_WORKFLOW), WEBHOOK_TYPE):
+        assert webhook["parameters"].get("authentication") == "headerAuth", webhook["name"]
+        reference = webhook.get("credentials", {}).get("httpHeaderAuth", {})
+        assert reference.get("name") == WEBHOOK_CREDENTIAL, webhook["name"]
+    assert WEBHOOK_CREDENTIAL != BRIDGE_KEY_CREDENTIAL
+
+
+def test_the_bridge_key_goes_only_to_the_configured_bridge_url() -> None:
+    """A node that carries the key takes its address from n8n's configuration
+    (`$env.BRIDGE_URL`) plus a fixed path; nothing of the request (`$json`, the Webhook's
+    item, `body.callback`, `body.scheduling.status_callback`) decides where it goes. The
+    one value in a path, the agendamento's id, is escaped."""
+    workflow = _load(REPLY_WORKFLOW)
+    carriers = [n for n in workflow["nodes"] if _carries_the_bridge_key(n)]
+    assert len(carriers) >= 3, "reply, scheduling status and confirmation"
+    for node in carriers:
+        url = str(node["parameters"].get("url", ""))
+        assert node["type"] == HTTP_REQUEST_TYPE, node["name"]
+        assert bridge_path(url) in {SEND_RESPONSE_PATH, STATUS_PATH}, f"{node['name']}: {url}"
+        address = _PATH_VALUE.sub("", url)
+        for request_data in ("$json", "$input", "$(", "$node", "body", "callback", "headers"):
+            assert request_data not in address, f"{node['name']}: the URL reads {request_data}"
+        values = [v for value in _PATH_VALUE.findall(url) for _, v in envelope_reads(value)]
+        assert set(values) <= {("scheduling", "id")}, node["name"]
+        # A redirect from a proxy in front of the bridge must not carry the key elsewhere.
+        redirect = node["parameters"].get("options", {}).get("redirect", {})
+        assert redirect.get("redirect", {}).get("followRedirects") is False, node["name"]
+
+
+def test_no_node_reads_the_envelopes_urls() -> None:
+    """The envelope's `callback.url` and `scheduling.status_callback.url` say where the
+    bridge is as the bridge sees it; this workflow uses neither. (The agenda row stores
+    the `scheduling` object as data; no URL is built from it.)"""
+    workflow = _load(REPLY_WORKFLOW)
+    for node in workflow["nodes"]:
+        for text in _strings(node["parameters"]):
+            for _, path in envelope_reads(text):
+                assert path[:2] != ("callback", "url"), node["name"]
+                assert path[:2] != ("scheduling", "status_callback"), node["name"]
+
+
+def test_every_url_with_a_credential_is_fixed_by_n8ns_configuration() -> None:
+    """No node with a credential of any kind sends it to an address the request gives."""
+    workflow = _load(REPLY_WORKFLOW)
+    for node in workflow["nodes"]:
+        url = node["parameters"].get("url")
+        if node.get("credentials") and url is not None:
+            assert bridge_path(str(url)) is not None, f"{node['name']}: {url}"
 
 
 def test_workflow_keeps_its_id_so_a_new_import_updates_it() -> None:
@@ -581,7 +696,7 @@ def test_scheduling_reports_its_status_to_the_bridge() -> None:
     statuses: dict[str, set[str]] = {}
     for node in _scheduling_nodes(workflow):
         url = str(node["parameters"].get("url", ""))
-        if ("scheduling", "status_callback", "url") in {p for _, p in envelope_reads(url)}:
+        if bridge_path(url) == STATUS_PATH:
             assert node["parameters"]["method"] == "POST"
             body = str(node["parameters"].get("jsonBody", ""))
             for status in re.findall(r"status: '(\w+)'", body):
@@ -599,7 +714,7 @@ def test_scheduling_confirms_to_the_customer_once_it_is_confirmed() -> None:
         node
         for node in _scheduling_nodes(workflow)
         if node["type"] == HTTP_REQUEST_TYPE
-        and ("Webhook", ("callback", "url")) in envelope_reads(str(node["parameters"]["url"]))
+        and bridge_path(str(node["parameters"]["url"])) == SEND_RESPONSE_PATH
     ]
     assert len(confirmations) == 1
     (node,) = confirmations
