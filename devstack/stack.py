@@ -81,6 +81,9 @@ class Stack:
     standin: Process | None = None
     edge_url: str = ""
     api_key: str = ""
+    # n8n's key (EDGE_N8N_API_KEY): the stand-in answers with it; only /send-response and
+    # the scheduling status take it.
+    n8n_api_key: str = ""
     webhook_secret: str = ""
     ports: dict[str, int] = field(default_factory=dict)  # every port in use, by role
     notices: list[str] = field(default_factory=list)  # wanted ports that were replaced
@@ -271,6 +274,7 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
     else:
         _start_redis(stack)
     stack.api_key = env.get("EDGE_API_KEY") or config.api_key or secrets.token_urlsafe(24)
+    stack.n8n_api_key = env.get("EDGE_N8N_API_KEY") or secrets.token_urlsafe(24)
     stack.webhook_secret = (
         env.get("KOMMO_WEBHOOK_SECRET") or config.webhook_secret or secrets.token_urlsafe(24)
     )
@@ -281,6 +285,7 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
         **env,
         "REDIS_URL": stack.redis_url,
         "EDGE_API_KEY": stack.api_key,
+        "EDGE_N8N_API_KEY": stack.n8n_api_key,
         "KOMMO_WEBHOOK_SECRET": stack.webhook_secret,
         "EDGE_PUBLIC_URL": public_url,
     }
@@ -308,7 +313,7 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
             "sandbox.n8n_standin",
             {
                 "STANDIN_PORT": str(standin_port),
-                "STANDIN_API_KEY": stack.api_key,
+                "STANDIN_API_KEY": stack.n8n_api_key,
                 **config.standin_env,
             },
             standin_port,

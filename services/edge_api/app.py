@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.common.logs import request_id
 from services.common.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from services.edge_api import webhook
+from services.edge_api.deps import N8N_OPERATIONS
 from services.edge_api.errors import ERROR_HANDLERS, ErrorBody, error_body
 from services.edge_api.routes import (
     bot,
@@ -60,13 +61,20 @@ _DESCRIPTION = """Kommo CRM webhooks in, n8n replies out, salespeople in control
 invalid field with what is wrong (the values sent are never echoed back). A 405 carries
 `Allow`; a 429 carries `Retry-After`.
 
-**What needs the key.** Every endpoint needs the `X-API-Key` header except: `GET /health`,
+**What needs the key.** Every endpoint needs the `X-API-Key` header except: `GET /health`
+(without the key it says only `{"status": "ok"|"degraded"}`; the details need it),
 `GET /version`, the documentation (`/docs`, `/redoc`, `/openapi.json`), the dashboard's
 page and its script and style (its figures, `GET /dashboard/data`, need the key), `GET /metrics`
 (public unless `EDGE_METRICS_REQUIRE_KEY=true`; it holds counts and latencies by route
 template and status, never an id, a phone or a secret), `GET /oauth/callback` (checks its
 own one-time `state`) and `POST /webhooks/kommo` (checks the `secret` in its URL).
 `GET /oauth/authorize`, opened in a browser, also takes `?api_key=`.
+
+**Two keys.** `EDGE_API_KEY` is the operator's: every endpoint. `EDGE_N8N_API_KEY`
+(optional) is n8n's: only `POST /send-response` and `POST /agendamento/{id}/status`; any
+other endpoint answers it 403. The debug endpoints (`GET /debug/conversations`,
+`DELETE /reset/conversations`, `GET /webhooks/test`) answer 404 unless
+`EDGE_DEBUG_ENDPOINTS=true` (on by default only against the Kommo sandbox).
 
 **What listens where.** This API on `EDGE_HOST`:`EDGE_PORT` (default `0.0.0.0:8000`: the
 only port meant to be reached from outside). The gRPC services on `GRPC_HOST`:`GRPC_PORT`,
@@ -268,8 +276,8 @@ def _document_errors(schema: dict[str, Any]) -> None:
     body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(body.pop("$defs", {}))
     components["ErrorBody"] = body
-    for item in schema["paths"].values():
-        for operation in item.values():
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
             responses = operation.setdefault("responses", {})
             if "422" in responses:
                 responses["422"] = {
@@ -284,6 +292,14 @@ def _document_errors(schema: dict[str, Any]) -> None:
                 responses.setdefault(
                     "401", {"description": "missing or wrong X-API-Key", "content": _ERROR_CONTENT}
                 )
+                if (method.upper(), path) not in N8N_OPERATIONS:
+                    responses.setdefault(
+                        "403",
+                        {
+                            "description": "n8n's key (EDGE_N8N_API_KEY), which only answers",
+                            "content": _ERROR_CONTENT,
+                        },
+                    )
             responses.setdefault(
                 "default",
                 {"description": "any other error, in the same shape", "content": _ERROR_CONTENT},

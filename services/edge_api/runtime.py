@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import redis.asyncio as aioredis
 
 from services.common.redis import create_redis
 from services.edge_api import webhook
 from services.edge_api.batcher import WebhookBatcher
+from services.edge_api.cache import SharedResult
 from services.edge_api.clients import Clients
 from services.edge_api.settings import EdgeSettings
+
+if TYPE_CHECKING:
+    from services.edge_api.routes.status import HealthReport
 
 
 class EdgeRuntime:
@@ -21,6 +27,8 @@ class EdgeRuntime:
         self._webhook: webhook.KommoWebhook | None = None
         self._batcher: WebhookBatcher | None = None
         self.redis: aioredis.Redis | None = None
+        # What /health answers, shared for EDGE_HEALTH_CACHE_SECONDS (routes/status.py).
+        self.health: SharedResult[HealthReport] | None = None
 
     @property
     def clients(self) -> Clients:

@@ -20,7 +20,7 @@ from tests.e2e.conftest import SIGNING_SECRET, customer_writes, envelopes, wait_
 def test_health_reports_every_service_redis_and_the_sandbox(
     stack: Stack, http: httpx.Client
 ) -> None:
-    answer = http.get(f"{stack.edge_url}/health")
+    answer = http.get(f"{stack.edge_url}/health", headers={"X-API-Key": stack.api_key})
     assert answer.status_code == 200
     body = answer.json()
     assert body["status"] == "ok"

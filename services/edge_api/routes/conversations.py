@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from bridge.conversation.v1 import conversation_pb2 as conv
 from services.common.grpc_server import client_metadata
 from services.edge_api.clients import Clients
-from services.edge_api.deps import API_KEY, ClientsDep
+from services.edge_api.deps import ANSWER_KEY, ClientsDep
 from services.edge_api.ids import KommoId
 
 # Deliveries wait for the lead's reply slot and Kommo's rate limit.
@@ -83,7 +83,7 @@ class SendResponseResult(BaseModel):
 
 @router.post(
     "/send-response",
-    dependencies=API_KEY,
+    dependencies=ANSWER_KEY,
     response_model=SendResponseResult,
     responses={
         202: {"description": "stored; Kommo is slow or down and delivery is retried"},

@@ -5,23 +5,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
 
 from bridge.conversation.v1 import conversation_pb2 as conv
 from services.common.grpc_server import client_metadata
-from services.edge_api.deps import API_KEY, ClientsDep, RuntimeDep
-from services.edge_api.errors import HttpError
+from services.edge_api.deps import API_KEY, DEBUG, ClientsDep
 from services.edge_api.ids import KommoIdQuery
 
 router = APIRouter(dependencies=API_KEY)
-
-
-async def debug_endpoints_on(runtime: RuntimeDep) -> None:
-    if not runtime.settings.edge_debug_endpoints:
-        raise HttpError(404, "debug endpoints are switched off (EDGE_DEBUG_ENDPOINTS=false)")
-
-
-DEBUG = [Depends(debug_endpoints_on)]
 
 
 def conversation_json(c: conv.Conversation) -> dict[str, Any]:

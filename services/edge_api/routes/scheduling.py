@@ -10,10 +10,11 @@ from pydantic import BaseModel, Field, model_validator
 
 from bridge.scheduling.v1 import scheduling_pb2 as sc
 from services.common.grpc_server import client_metadata
-from services.edge_api.deps import API_KEY, ClientsDep
+from services.edge_api.deps import ANSWER_KEY, API_KEY, ClientsDep
 from services.edge_api.ids import KommoId
 
-router = APIRouter(tags=["scheduling"], dependencies=API_KEY)
+# Each route names its key: n8n's may report a status (ANSWER_KEY), nothing else here.
+router = APIRouter(tags=["scheduling"])
 
 AgendamentoId = Annotated[str, Path(min_length=1, max_length=100)]
 
@@ -76,6 +77,7 @@ def agendamento_json(a: sc.Agendamento) -> dict[str, Any]:
 
 @router.post(
     "/agendamento/request",
+    dependencies=API_KEY,
     status_code=201,
     responses={200: {"description": "the same lead and slot was requested before"}},
 )
@@ -96,7 +98,7 @@ async def request_agendamento(body: AgendamentoBody, clients: ClientsDep) -> JSO
     return JSONResponse(agendamento_json(answer), status_code=200 if answer.duplicate else 201)
 
 
-@router.get("/agendamento/{agendamento_id}")
+@router.get("/agendamento/{agendamento_id}", dependencies=API_KEY)
 async def get_agendamento(agendamento_id: AgendamentoId, clients: ClientsDep) -> dict[str, Any]:
     answer = await clients.scheduling.GetAgendamento(
         sc.GetAgendamentoRequest(id=agendamento_id), metadata=client_metadata()
@@ -104,11 +106,12 @@ async def get_agendamento(agendamento_id: AgendamentoId, clients: ClientsDep) ->
     return agendamento_json(answer)
 
 
-@router.post("/agendamento/{agendamento_id}/status")
+@router.post("/agendamento/{agendamento_id}/status", dependencies=ANSWER_KEY)
 async def update_status(
     agendamento_id: AgendamentoId, body: StatusBody, clients: ClientsDep
 ) -> dict[str, Any]:
-    """n8n's callback: the agenda row was written (confirmed) or not (failed)."""
+    """n8n's callback: the agenda row was written (confirmed) or not (failed). Takes
+    n8n's key (EDGE_N8N_API_KEY) as well as the operator's."""
     answer = await clients.scheduling.UpdateAgendamentoStatus(
         sc.UpdateAgendamentoStatusRequest(
             id=agendamento_id, status=body.status, detail=body.detail

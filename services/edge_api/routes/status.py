@@ -19,8 +19,16 @@ from bridge.conversation.v1 import conversation_pb2 as conv
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from services.common.grpc_server import client_metadata
 from services.edge_api import webhook
+from services.edge_api.cache import SharedResult
 from services.edge_api.clients import SERVICE_NAMES, Clients
-from services.edge_api.deps import API_KEY, ClientsDep, RuntimeDep, require_metrics_key
+from services.edge_api.deps import (
+    API_KEY,
+    DEBUG,
+    ClientsDep,
+    OperatorKeyDep,
+    RuntimeDep,
+    require_metrics_key,
+)
 from services.edge_api.runtime import EdgeRuntime
 
 VERSION = "0.1.0"
@@ -50,13 +58,30 @@ async def metrics() -> PlainTextResponse:
 
 
 @router.get("/health")
-async def health(runtime: RuntimeDep) -> JSONResponse:
+async def health(runtime: RuntimeDep, operator: OperatorKeyDep) -> JSONResponse:
     """Every service, Redis, Kommo and the work in the queues: 200 "ok" when all is well;
     503 "degraded" while a service or Redis is down, work keeps failing, or a dead letter
     younger than DEAD_LETTER_ALERT_SECONDS waits for a replay; `problems` says which.
-    A Kommo token that needs attention is "degraded" with 200 (the bridge still runs)."""
-    report = await health_report(runtime)
+    A Kommo token that needs attention is "degraded" with 200 (the bridge still runs).
+
+    Without a key the answer is only `{"status": …}` (same HTTP status), and the checks
+    behind it run at most once per EDGE_HEALTH_CACHE_SECONDS however often anyone asks.
+    With the operator's key (EDGE_API_KEY): the details, checked now (joining a check
+    under way, if any)."""
+    shared = shared_health(runtime)
+    if not operator:
+        report = await shared.get()
+        return JSONResponse({"status": report.body["status"]}, status_code=report.status_code)
+    report = await shared.fresh()
     return JSONResponse(report.body, status_code=report.status_code)
+
+
+def shared_health(runtime: EdgeRuntime) -> SharedResult[HealthReport]:
+    if runtime.health is None:
+        runtime.health = SharedResult(
+            lambda: health_report(runtime), runtime.settings.edge_health_cache_seconds
+        )
+    return runtime.health
 
 
 @dataclass(frozen=True)
@@ -133,9 +158,10 @@ async def work_status(clients: Clients, attention_limit: int = 0) -> conv.WorkSt
         return f"unknown ({exc.code().name})"
 
 
-@router.get("/webhooks/test", tags=["test & debug"], dependencies=API_KEY)
+@router.get("/webhooks/test", tags=["test & debug"], dependencies=[*API_KEY, *DEBUG])
 async def webhooks_test(runtime: RuntimeDep, clients: ClientsDep) -> dict[str, Any]:
-    """Is the webhook configured, which URL to register in Kommo, when the last arrived."""
+    """Is the webhook configured, which URL to register in Kommo, when the last arrived.
+    A debug endpoint: 404 unless EDGE_DEBUG_ENDPOINTS=true (or the sandbox)."""
     status = await clients.conversation.GetWebhookStatus(
         conv.GetWebhookStatusRequest(), metadata=client_metadata()
     )
