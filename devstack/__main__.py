@@ -168,6 +168,7 @@ def stack_config(settings: Settings, state_dir: StateDir, previous: RunState) ->
         fixed_ports=dict(PORT_VARIABLES),
         redis_data_dir=state_dir.redis_data,
         api_key=previous.api_key or secrets.token_urlsafe(24),
+        n8n_api_key=previous.n8n_api_key or secrets.token_urlsafe(24),
         webhook_secret=previous.webhook_secret or secrets.token_urlsafe(24),
         redis_password=previous.redis_password or secrets.token_urlsafe(24),
         forget_sandbox_tokens=_forget_sandbox_tokens(settings, state_dir, previous),
@@ -185,6 +186,9 @@ def banner(stack: Stack, settings: Settings, state_dir: StateDir) -> str:
         f"   edge        {stack.edge_url}   (docs: {stack.edge_url}/docs)",
         f"   dashboard   {stack.edge_url}/dashboard#key=<X-API-Key>",
         f"   X-API-Key   {'(from EDGE_API_KEY)' if env.get('EDGE_API_KEY') else stack.api_key}",
+        "   n8n's key   "
+        + ("(from EDGE_N8N_API_KEY)" if env.get("EDGE_N8N_API_KEY") else stack.n8n_api_key)
+        + "   (only /send-response and the scheduling status)",
         f"   Kommo webhook  {public_url}/webhooks/kommo?secret={stack.webhook_secret}",
         f"   replies     {debounce} s after the customer's last message "
         "(MESSAGE_DEBOUNCE_SECONDS), plus n8n's time",
@@ -238,6 +242,7 @@ def run(settings: Settings, state_dir: StateDir, clean: bool) -> int:
         state_dir.save(
             RunState(
                 api_key=config.api_key,
+                n8n_api_key=config.n8n_api_key,
                 webhook_secret=config.webhook_secret,
                 redis_password=config.redis_password,
                 ports={**previous.ports, **stack.ports},

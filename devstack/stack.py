@@ -61,6 +61,7 @@ class StackConfig:
     redis_data_dir: Path | None = None
     # Used when the environment sets no EDGE_API_KEY / KOMMO_WEBHOOK_SECRET; "" = new ones.
     api_key: str = ""
+    n8n_api_key: str = ""
     webhook_secret: str = ""
     # The password of the Redis the stack starts (every service's REDIS_URL carries it);
     # "" = a new one. Unused when REDIS_URL is set.
@@ -274,7 +275,9 @@ def _start(stack: Stack, env: dict[str, str]) -> None:
     else:
         _start_redis(stack)
     stack.api_key = env.get("EDGE_API_KEY") or config.api_key or secrets.token_urlsafe(24)
-    stack.n8n_api_key = env.get("EDGE_N8N_API_KEY") or secrets.token_urlsafe(24)
+    stack.n8n_api_key = (
+        env.get("EDGE_N8N_API_KEY") or config.n8n_api_key or secrets.token_urlsafe(24)
+    )
     stack.webhook_secret = (
         env.get("KOMMO_WEBHOOK_SECRET") or config.webhook_secret or secrets.token_urlsafe(24)
     )

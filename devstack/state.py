@@ -37,6 +37,9 @@ class StateError(RuntimeError):
 @dataclass
 class RunState:
     api_key: str = ""
+    # The key n8n answers with (EDGE_N8N_API_KEY): only /send-response and the
+    # scheduling status take it.
+    n8n_api_key: str = ""
     webhook_secret: str = ""
     # The password of the Redis `make run` starts (not of one given by REDIS_URL).
     redis_password: str = ""
@@ -95,6 +98,7 @@ class StateDir:
             data = json.loads(raw)
             state = RunState(
                 api_key=str(data.get("api_key", "")),
+                n8n_api_key=str(data.get("n8n_api_key", "")),
                 webhook_secret=str(data.get("webhook_secret", "")),
                 redis_password=str(data.get("redis_password", "")),
                 ports={str(role): int(port) for role, port in data.get("ports", {}).items()},

@@ -159,6 +159,9 @@ def run(run_dir: Path, binary: Path) -> bool:
     workflow = _workflow()
     logs = run_dir / "logs"
     api_key = secrets.token_urlsafe(24)
+    # n8n gets its own key, which can only answer (EDGE_N8N_API_KEY): the workflow must
+    # do all it does with it.
+    n8n_key = secrets.token_urlsafe(24)
     openai_key, supabase_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     webhook_auth = (WEBHOOK_AUTH_HEADER, secrets.token_urlsafe(24))
     doubles = Launcher(logs, {})
@@ -206,6 +209,7 @@ def run(run_dir: Path, binary: Path) -> bool:
                     "N8N_AUTH_HEADER": ": ".join(webhook_auth),
                 },
                 api_key=api_key,
+                n8n_api_key=n8n_key,
             )
         )
         log.info("bridge ready in %.1f s at %s", time.monotonic() - started, stack.edge_url)
@@ -218,7 +222,7 @@ def run(run_dir: Path, binary: Path) -> bool:
                 openai_key,
                 supabase_url,
                 supabase_key,
-                api_key,
+                n8n_key,
                 webhook_auth,
                 bridge_host=urlsplit(stack.edge_url).hostname or "",
             )
@@ -231,7 +235,7 @@ def run(run_dir: Path, binary: Path) -> bool:
             n8n,
             openai_url,
             supabase_url,
-            [api_key, stack.webhook_secret, webhook_auth[1]],
+            [api_key, n8n_key, stack.webhook_secret, webhook_auth[1]],
             attacker=attacker,
             webhook_path=path,
             webhook_auth=webhook_auth,

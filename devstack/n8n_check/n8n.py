@@ -21,6 +21,8 @@ _STOP_TIMEOUT_SECONDS = 20
 # An envelope no rule of the workflow's Switch routes: it proves the webhook is
 # registered without making the workflow do anything.
 _PROBE = {"event": "n8n-check.probe"}
+# How long the probe's execution may take to show in n8n's database.
+_SETTLE_SECONDS = 10
 
 
 class N8nError(RuntimeError):
@@ -133,17 +135,29 @@ class N8n:
                 try:
                     healthy = client.get(f"{self.url}/healthz").status_code == 200
                     if healthy:
+                        before = len(self.executions())
                         probe = client.post(
                             self.webhook_url(webhook_path),
                             json=_PROBE,
                             headers=self.webhook_headers,
                         )
                         if probe.status_code == 200:
+                            self._settle(before, time.monotonic() + _SETTLE_SECONDS)
                             return time.monotonic() - started
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.5)
         raise N8nError(f"n8n not ready within {_START_TIMEOUT_SECONDS} s: see {self.log_path}")
+
+    def _settle(self, before: int, deadline: float) -> None:
+        """Until the probe's execution is in n8n's database and finished: n8n answers the
+        webhook before it writes the execution, and a path counting executions must not
+        count the probe's."""
+        while time.monotonic() < deadline:
+            executions = self.executions()
+            if len(executions) > before and all(e.finished for e in executions):
+                return
+            time.sleep(0.1)
 
     def stop(self) -> None:
         process = self.process

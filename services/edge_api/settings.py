@@ -9,6 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from services.common.settings import (
     CommonSettings,
     ConfigurationError,
+    check_public_url,
     check_replaced,
     is_placeholder,
 )
@@ -102,12 +103,15 @@ class EdgeSettings(CommonSettings):
 
     @field_validator("edge_public_url")
     @classmethod
-    def _public_url(cls, value: str) -> str:
-        return check_replaced(
+    def _public_url(cls, value: str, info: ValidationInfo) -> str:
+        check_replaced(
             "EDGE_PUBLIC_URL",
             value,
             "the address Kommo and n8n use to reach this edge, "
             "e.g. https://bridge.yourcompany.com (guide step 1)",
+        )
+        return check_public_url(
+            "EDGE_PUBLIC_URL", value, bool(info.data.get("kommo_sandbox", False))
         )
 
     @model_validator(mode="after")

@@ -179,7 +179,7 @@ def test_the_connection_guide_works_in_the_order_written(
         wait_for(running, _START_TIMEOUT_SECONDS, "make run's banner")
         file_values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
         key = {"X-API-Key": api_key}
-        health = http.get(f"{edge_url}/health").json()
+        health = http.get(f"{edge_url}/health", headers=key).json()
         assert set(health["services"].values()) == {"SERVING"}
         assert health["kommo"]["token_state"] == "missing"
 
@@ -190,7 +190,9 @@ def test_the_connection_guide_works_in_the_order_written(
         assert page.status_code == 200, page.text
         assert str(page.url).startswith(f"{edge_url}/oauth/callback")
         wait_for(
-            lambda: http.get(f"{edge_url}/health").json()["kommo"]["token_state"] == "ok",
+            lambda: (
+                http.get(f"{edge_url}/health", headers=key).json()["kommo"]["token_state"] == "ok"
+            ),
             what="token_state ok",
         )
         assert http.get(f"{edge_url}/test-kommo-connectivity", headers=key).json()["ok"] is True

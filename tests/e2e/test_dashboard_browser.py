@@ -90,7 +90,9 @@ def seconds(shown: str) -> float:
 
 def expected_from_api(http: httpx.Client, stack: Stack) -> dict[str, Any]:
     stats = api(http, stack, "/stats?hours=6")
-    health = http.get(f"{stack.edge_url}/health").json()  # 503 while degraded: still read
+    health = http.get(
+        f"{stack.edge_url}/health", headers={"X-API-Key": stack.api_key}
+    ).json()  # 503 while degraded: still read
     vendedores = api(http, stack, "/vendedores")["vendedores"]
     takeovers = stats["takeovers"]
     window = stats["window"]
@@ -108,6 +110,8 @@ def expected_from_api(http: httpx.Client, stack: Stack) -> dict[str, Any]:
         "window.replies": str(window["replies"]),
         "window.dead_lettered": str(window["dead_lettered"]),
         "n8n.dead_letters": str(stats["n8n"]["dead_letters"]),
+        "webhooks.refused": str(sum(stats["webhooks"]["refused"].values())),
+        "webhooks.items_skipped": str(sum(stats["webhooks"]["items_skipped"].values())),
         "latency.median": round(stats["median_reply_seconds"], 2),
         "latency.p95": round(window["reply_p95_seconds"], 2),
         "kommo.token_state": health["kommo"]["token_state"],
@@ -172,6 +176,19 @@ def test_the_page_shows_what_the_api_says_after_messages_flow(
     finally:
         http.post(f"{stack.standin_url}/_standin/config", json={"down": False})
 
+    # Kommo's odd bodies: one with nothing usable (refused), one with a part skipped.
+    hook = {"content-type": "application/x-www-form-urlencoded"}
+    refused = http.post(
+        stack.webhook_url, content="account[subdomain]=previdas&foo[=1", headers=hook
+    )
+    assert refused.status_code == 400
+    skipped = http.post(
+        stack.webhook_url,
+        content="account[subdomain]=previdas&foo=1&leads[add][0][id]=9100005",
+        headers=hook,
+    )
+    assert skipped.status_code == 200
+
     shown, expected = matches(page, http, stack)
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert shown == expected
@@ -182,6 +199,11 @@ def test_the_page_shows_what_the_api_says_after_messages_flow(
     assert expected["takeovers.total"] == "1"
     assert expected["conversations.paused"] == "1"
     assert expected["n8n.dead_letters"] == "1"
+    assert (expected["webhooks.refused"], expected["webhooks.items_skipped"]) == ("1", "1")
+    reasons_shown = metric(page, "webhooks.reasons")
+    assert "refused not_a_webhook" not in reasons_shown  # it had an account
+    assert "refused no_valid_event: 1" in reasons_shown
+    assert "skipped unexpected_field: 1" in reasons_shown
     assert expected["latency.median"] > 0
     # The header says what /health says: a fresh dead letter keeps it red, with why.
     assert page.locator("#overall").inner_text() == "degraded"

@@ -216,7 +216,9 @@ def test_a_blocked_account_is_its_own_loud_state(fast_stack: Stack) -> None:
         try:
             assert "blocked" in _unavailable(address)
             assert status(other).blocked, "every replica knows"
-            health = http.get(f"{fast_stack.edge_url}/health").json()
+            health = http.get(
+                f"{fast_stack.edge_url}/health", headers={"X-API-Key": fast_stack.api_key}
+            ).json()
             assert health["status"] == "degraded"
             assert "support" in health["kommo"]["detail"]
             sent = sandbox_stats(http, fast_stack)["requests"]
@@ -274,7 +276,9 @@ def test_a_revoked_refresh_token_is_reported_fails_fast_and_is_reauthorised(
         assert status(address).token_state == "refresh_refused"
 
         headers = {"X-API-Key": fast_stack.api_key}
-        health = http.get(f"{fast_stack.edge_url}/health").json()
+        health = http.get(
+            f"{fast_stack.edge_url}/health", headers={"X-API-Key": fast_stack.api_key}
+        ).json()
         assert health["status"] == "degraded"
         assert health["kommo"]["token_state"] == "refresh_refused"
         check = http.get(f"{fast_stack.edge_url}/test-kommo-connectivity", headers=headers)
@@ -306,7 +310,12 @@ def test_a_revoked_refresh_token_is_reported_fails_fast_and_is_reauthorised(
         assert parse_qs(callback.query)["state"]
         assert account(address).subdomain == "previdas"
         assert status(address).token_state == "ok"
-        assert http.get(f"{fast_stack.edge_url}/health").json()["status"] == "ok"
+        assert (
+            http.get(
+                f"{fast_stack.edge_url}/health", headers={"X-API-Key": fast_stack.api_key}
+            ).json()["status"]
+            == "ok"
+        )
 
 
 def test_custom_fields_are_written_and_read_back_fresh(fast_stack: Stack) -> None:

@@ -137,6 +137,8 @@ def test_make_run_keeps_its_redis_data_key_and_ports_until_a_clean_start(
     edge_port = free_port()
     first = start(runners, tmp_path, state_dir, {"EDGE_PORT": str(edge_port)})
     key, redis_url = first.banner_value("X-API-Key"), first.banner_value("redis")
+    n8n_key = first.banner_value("n8n's key")
+    assert n8n_key != key
     sandbox, webhook = first.banner_value("Kommo sandbox"), first.banner_value("Kommo webhook")
     assert first.banner_value("edge") == f"http://127.0.0.1:{edge_port}"
     assert f"state       {state_dir}" in first.output()
@@ -148,6 +150,7 @@ def test_make_run_keeps_its_redis_data_key_and_ports_until_a_clean_start(
     # No EDGE_PORT this time: the port, like everything else, is the one remembered.
     second = start(runners, tmp_path, state_dir)
     assert second.banner_value("X-API-Key") == key
+    assert second.banner_value("n8n's key") == n8n_key
     assert second.banner_value("edge") == f"http://127.0.0.1:{edge_port}"
     assert second.banner_value("redis") == redis_url
     assert second.banner_value("Kommo sandbox") == sandbox

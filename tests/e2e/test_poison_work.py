@@ -95,7 +95,7 @@ def bot_replies(http: httpx.Client, stack: Stack, lead: int) -> list[str]:
 
 
 def health(stack: Stack) -> httpx.Response:
-    return httpx.get(f"{stack.edge_url}/health", timeout=10)
+    return httpx.get(f"{stack.edge_url}/health", headers={"X-API-Key": stack.api_key}, timeout=10)
 
 
 def test_failing_n8n_deliveries_turn_health_red_until_they_go_through(

@@ -21,7 +21,12 @@ def test_sigterm_stops_a_replica_cleanly_and_quickly(stack: Stack, http: httpx.C
     assert time.monotonic() - started < 8
     assert "vendedor shutting down" in extra.log()
     stack.services["vendedor"].remove(extra)
-    assert http.get(f"{stack.edge_url}/health").json()["services"]["vendedor"] == "SERVING"
+    assert (
+        http.get(f"{stack.edge_url}/health", headers={"X-API-Key": stack.api_key}).json()[
+            "services"
+        ]["vendedor"]
+        == "SERVING"
+    )
 
 
 def test_replicas_of_one_service_run_side_by_side(stack: Stack) -> None:

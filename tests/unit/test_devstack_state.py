@@ -13,7 +13,9 @@ from devstack.supervisor import GaveUp, RestartPolicy, Supervisor
 
 def test_state_is_saved_readable_by_its_owner_only_and_loaded_back(tmp_path: Path) -> None:
     state_dir = StateDir(tmp_path / "run")
-    saved = RunState(api_key="k" * 32, webhook_secret="s" * 32, ports={"edge": 8000})
+    saved = RunState(
+        api_key="k" * 32, n8n_api_key="n" * 32, webhook_secret="s" * 32, ports={"edge": 8000}
+    )
     state_dir.save(saved)
     assert stat.S_IMODE(state_dir.state_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(state_dir.path.stat().st_mode) == 0o700

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings
 
 from services.common.settings import configuration_errors, is_loopback_url
 from services.conversation.settings import ConversationSettings
+from services.edge_api.settings import EdgeSettings
 from services.scheduling.settings import SchedulingSettings
 from tests.unit.test_config_errors import CONVERSATION_OK, error_lines, start
 
@@ -133,3 +134,33 @@ def test_the_service_does_not_start_and_says_so_in_one_line(tmp_path: Path, serv
         start(f"services.{service}", {**env, "EDGE_PUBLIC_URL": "http://edge"}, tmp_path)
     )
     assert line.startswith("configuration error: EDGE_PUBLIC_URL: must be https outside")
+
+
+@pytest.mark.parametrize(
+    ("url", "sandbox", "accepted"),
+    [
+        ("https://bridge.previdas.com.br", False, True),
+        ("http://bridge.previdas.com.br", False, False),
+        ("http://bridge.previdas.com.br", True, True),
+        ("http://localhost:8000", False, True),
+    ],
+)
+def test_the_edges_public_url_is_https_outside_the_sandbox(
+    monkeypatch: pytest.MonkeyPatch, url: str, sandbox: bool, accepted: bool
+) -> None:
+    for name in EdgeSettings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    values: dict[str, Any] = {
+        **WIRING,
+        "scheduling_addr": "127.0.0.1:1",
+        "edge_api_key": "k" * 32,
+        "kommo_webhook_secret": "s" * 32,
+        "edge_public_url": url,
+        "kommo_sandbox": sandbox,
+    }
+    lines = build(EdgeSettings, **values)
+    if accepted:
+        assert lines == []
+    else:
+        (line,) = lines
+        assert line.startswith("configuration error: EDGE_PUBLIC_URL: must be https outside")

@@ -89,6 +89,10 @@ def stats_json(answer: conv.Stats) -> dict[str, Any]:
             "out": counters.get("messages_out", 0),
             "from_people": counters.get("messages_human", 0),
             "commands": counters.get("messages_command", 0),
+            # Recorded in the history, not answered: Kommo redelivered it past
+            # MESSAGE_MAX_AGE_SECONDS, or no lead in Kommo could take the answer.
+            "too_old": counters.get("messages_too_old", 0),
+            "without_lead": counters.get("messages_without_lead", 0),
         },
         "n8n": {
             "forwarded": counters.get("forwarded", 0),
@@ -120,9 +124,19 @@ def stats_json(answer: conv.Stats) -> dict[str, Any]:
             "held_out_of_hours": counters.get("decision_hold", 0),
             "out_of_hours_replies": counters.get("out_of_hours_replies", 0),
         },
+        # Kommo webhooks the bridge refused whole, and parts of stored ones it skipped,
+        # by reason (the conversation service's log says which field).
+        "webhooks": {
+            "refused": _by_reason(counters, "webhook_refused_"),
+            "items_skipped": _by_reason(counters, "webhook_skipped_"),
+        },
         "median_reply_seconds": round(answer.median_reply_seconds, 3),
         "counters": counters,
     }
+
+
+def _by_reason(counters: dict[str, int], prefix: str) -> dict[str, int]:
+    return {k.removeprefix(prefix): v for k, v in sorted(counters.items()) if k.startswith(prefix)}
 
 
 def bucket_json(b: conv.StatsBucket) -> dict[str, Any]:

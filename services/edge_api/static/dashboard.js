@@ -62,6 +62,16 @@ function render(data) {
     show("takeovers.by_api", t.by_api);
     show("messages.in", stats.messages.in);
     show("messages.out", stats.messages.out);
+    show("messages.too_old", stats.messages.too_old);
+    show("messages.without_lead", stats.messages.without_lead);
+    const hooks = stats.webhooks;
+    const total = (byReason) => Object.values(byReason).reduce((a, b) => a + b, 0);
+    show("webhooks.refused", total(hooks.refused), total(hooks.refused) ? "warn" : null);
+    show("webhooks.items_skipped", total(hooks.items_skipped));
+    show("webhooks.reasons", [
+      ...Object.entries(hooks.refused).map(([r, n]) => `refused ${r}: ${n}`),
+      ...Object.entries(hooks.items_skipped).map(([r, n]) => `skipped ${r}: ${n}`),
+    ].join(" · "));
     for (const [k, v] of Object.entries(stats.decisions)) {
       show(`decisions.${k}`, v);
     }
