@@ -4,6 +4,7 @@ and no customer's phone number in any log line the stack wrote."""
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -13,7 +14,15 @@ from devstack.stack import SANDBOX_CLIENT_SECRET, SANDBOX_REFRESH_TOKEN, Stack
 def test_logs_hold_no_secret_token_or_phone_number(stack: Stack, http: httpx.Client) -> None:
     contact = http.get(f"{stack.sandbox_url}/_sandbox/leads/9100001").json()["lead"]
     assert contact  # the stack served traffic; its logs are worth reading
-    canaries = {stack.api_key, stack.webhook_secret, SANDBOX_CLIENT_SECRET, SANDBOX_REFRESH_TOKEN}
+    canaries = {
+        stack.api_key,
+        stack.n8n_api_key,
+        stack.webhook_secret,
+        SANDBOX_CLIENT_SECRET,
+        SANDBOX_REFRESH_TOKEN,
+    }
+    if password := urlsplit(stack.redis_url).password:
+        canaries.add(password)
     # Not inside a longer token: a random hex request id ("f0a552379641412e") holds digit
     # runs that look like a Brazilian number.
     phone = re.compile(r"(?<![0-9A-Za-z])\+?55\s?\d{2}\s?9?\d{4}-?\d{4}(?![0-9A-Za-z])")
