@@ -1,8 +1,18 @@
 """Regular expressions users give the bot rules (a trigger's `pattern`), bounded.
 
-Python's `re` backtracks with no time limit, so a pattern is refused when its shape can
-take exponential or high-polynomial time. The check reads the parsed pattern: `re._parser`
-is private but has been stable since Python 3.11 (before, `sre_parse`). A node it does not
+A pattern is matched by RE2, whose time grows linearly with the text whatever the
+pattern: a pattern cannot stall the service however a message is written. It is still
+written (and checked) in Python's syntax and matches as Python's `re` would (Unicode
+\\w, \\d, \\s and \\b, case-insensitive): the parsed pattern is translated into RE2's
+syntax. What RE2 cannot express (backreferences, lookarounds, atomic groups, possessive
+quantifiers) is refused, and so are a pattern whose compiled program would be large or
+slow to run (MAX_PATTERN_MEMORY, MAX_WRITTEN_OUT) and a \\b whose neighbours cannot be
+told (see _Translation).
+
+The shapes that take a backtracking engine (Python's `re`) exponential or high-polynomial
+time are still refused, as the rules have always said, so that a pattern the bridge
+accepts is safe with such an engine too. Both read the parsed pattern (`re._parser` is
+private but has been stable since Python 3.11; before, `sre_parse`); a node they do not
 know is refused rather than guessed at.
 """
 
@@ -10,11 +20,14 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
 from typing import Any
+
+import re2
 
 MAX_PATTERN_CHARS = 300
 
@@ -133,6 +146,10 @@ class _PatternCheck:
             if op in (_sre.ASSERT, _sre.ASSERT_NOT):
                 raise ValueError(
                     "uses a lookahead or lookbehind ((?=…), (?!…), (?<=…), (?<!…)); not allowed"
+                )
+            if op is _sre.ATOMIC_GROUP or op is _sre.POSSESSIVE_REPEAT:
+                raise ValueError(
+                    "uses an atomic group or a possessive quantifier ((?>…), a*+, a++); not allowed"
                 )
             if op not in _KNOWN:
                 raise ValueError(f"uses a construct the bridge cannot check ({op})")
@@ -341,25 +358,372 @@ class _PatternCheck:
                 raise ValueError(COMPETING_QUANTIFIERS)
 
 
-@lru_cache(maxsize=1024)
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """A trigger's pattern, compiled case-insensitively, or ValueError saying why it is
-    refused: too long, not a regular expression, or a shape that can backtrack for ever."""
+# -- the same pattern in RE2's syntax ----------------------------------------------------
+
+# What one compiled pattern may hold in memory (its program and RE2's cache of automaton
+# states), which also bounds its program: about 50,000 instructions. A \w alone is 1,300
+# of them (every letter of Unicode), so \w{0,32} fits and four of it in a row do not.
+MAX_PATTERN_MEMORY = 1 << 20
+# RE2 writes counted repeats out (x{0,3} is x?x?x?: three states). Matching runs through
+# RE2's automaton of states, fast while it fits the memory above and otherwise at a cost
+# that grows with the number of states: a pattern that is at most this long written out
+# matches a 4,096-character text within ~50 ms whatever the text (measured on one core
+# of the 2-core box; [^!]{0,999}! takes ~200 ms). The same bound as the pattern's own
+# length, so a pattern without counted repeats always fits.
+MAX_WRITTEN_OUT = MAX_PATTERN_CHARS
+
+TOO_LARGE = (
+    "is too large once compiled: counted repeats multiply it, \\w{0,32} four times in a "
+    "row is already too much; use fewer or shorter ones (\\w+ costs one \\w)"
+)
+LONG_REPEATS = (
+    "is {} characters long with its counted repeats written out (x{{2,4}} counts as "
+    "xxxx); at most {} are allowed: use + or * rather than a large count, e.g. [^!]+ "
+    "instead of [^!]{{0,500}}"
+)
+UNCLEAR_BOUNDARY = (
+    "uses \\b or \\B where it cannot be told whether the characters on both sides are "
+    "letters: put it between a letter, digit or space and the start or end of the "
+    "pattern, like \\bpreço\\b or ^oi\\b"
+)
+
+# What a zero-width \b sees on one side: a word character (letters, digits, _), another
+# character (or the start or end of the text), the edge of the whole match (the text
+# around it is unknown, so it can be read as one more character), or it cannot be told.
+_WORD, _OTHER, _EDGE, _UNKNOWN = "word", "other", "edge", "unknown"
+
+_NEVER = "[^\\x{0}-\\x{10ffff}]"  # matches no character
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+# Python's ASCII \w, \d, \s (the (?a) flag); \s is not str.isspace's ASCII part.
+_ASCII_TESTS: dict[Any, Callable[[str], bool]] = {
+    _sre.CATEGORY_DIGIT: lambda c: "0" <= c <= "9",
+    _sre.CATEGORY_SPACE: lambda c: c in " \t\n\r\f\v",
+    _sre.CATEGORY_WORD: lambda c: c.isascii() and _is_word(c),
+}
+_UNICODE_TESTS: dict[Any, Callable[[str], bool]] = {
+    _sre.CATEGORY_DIGIT: str.isdecimal,
+    _sre.CATEGORY_SPACE: str.isspace,
+    _sre.CATEGORY_WORD: _is_word,
+}
+
+
+def _char(code: int) -> str:
+    """One character in RE2's syntax, inside or outside a class."""
+    char = chr(code)
+    return char if char.isascii() and char.isalnum() else f"\\x{{{code:x}}}"
+
+
+@lru_cache(maxsize=16)
+def _category(category: Any, ascii_only: bool) -> str:
+    """The code points of \\w, \\d, \\s or their opposites as Python's `re` reads them, as
+    the inside of an RE2 class. RE2's own \\w, \\d, \\s and \\p{…} are ASCII or another
+    Unicode version; these are computed once from the running Python (~0.1 s for \\w)."""
+    tests = _ASCII_TESTS if ascii_only else _UNICODE_TESTS
+    negated = category in _NOT_CATEGORIES
+    test = tests[_NOT_CATEGORIES[category] if negated else category]
+    ranges: list[str] = []
+    start = -1
+    for code in range(sys.maxunicode + 2):
+        inside = code <= sys.maxunicode and test(chr(code)) != negated
+        if inside and start < 0:
+            start = code
+        elif not inside and start >= 0:
+            last = code - 1
+            ranges.append(_char(start) if start == last else f"{_char(start)}-{_char(last)}")
+            start = -1
+    return "".join(ranges)
+
+
+class _Translation:
+    """The parsed pattern in RE2's syntax, matching what Python's `re` would match.
+
+    Groups become non-capturing (only whether a text matches counts), flags are carried
+    over, \\w \\d \\s become explicit code-point classes, and `$` keeps Python's meaning
+    (also before a final line break). Python's \\b is Unicode and RE2's is ASCII (RE2 has no
+    lookaround to build one), so a Unicode \\b is written from what surrounds it: between
+    a letter and a space it always holds and disappears; at the start or end of the
+    match, beside a letter, it becomes one more character that is not a letter (or the
+    start or end of the text), which changes where a match lies but never whether there
+    is one. Elsewhere it is refused."""
+
+    def __init__(self, check: _PatternCheck) -> None:
+        self.check = check
+        self.word = frozenset(c for c in check.universe if _is_word(chr(c)))
+
+    def run(self) -> str:
+        flags = self.check.parsed.state.flags  # holds re.IGNORECASE: _FLAGS
+        inline = "".join(letter for bit, letter in _INLINE_FLAGS if flags & bit)
+        body = self._sequence(list(self.check.parsed), flags, _EDGE, _EDGE, at_end=True)
+        return f"(?{inline}){body}" if inline else body
+
+    # -- emitting ----------------------------------------------------------------------
+
+    def _sequence(
+        self, items: list[tuple[Any, Any]], flags: int, before: str, after: str, at_end: bool
+    ) -> str:
+        """`before`/`after`: what lies beyond the sequence on each side; `at_end`: what
+        follows it in the pattern can match nothing."""
+        out = []
+        for index, (op, av) in enumerate(items):
+            last = at_end and all(self.check._item(*node).nullable for node in items[index + 1 :])
+            if op is _sre.AT:
+                out.append(self._at(av, flags, items, index, before, after, last))
+            elif op is _sre.SUBPATTERN:
+                _, add, remove, body = av
+                inner = (flags | add) & ~remove
+                around = (
+                    self._kind(items[:index], True, before),
+                    self._kind(items[index + 1 :], False, after),
+                )
+                text = self._sequence(list(body), inner, *around, at_end=last)
+                on = "".join(letter for bit, letter in _INLINE_FLAGS if add & bit)
+                off = "".join(letter for bit, letter in _INLINE_FLAGS if remove & bit)
+                out.append(f"(?{on}{'-' + off if off else ''}:{text})")
+            elif op is _sre.BRANCH:
+                around = (
+                    self._kind(items[:index], True, before),
+                    self._kind(items[index + 1 :], False, after),
+                )
+                alternatives = [
+                    self._sequence(list(alt), flags, *around, at_end=last) for alt in av[1]
+                ]
+                out.append("(?:" + "|".join(alternatives) + ")")
+            elif op in _REPEATS:
+                out.append(self._repeat(op, av, flags, items, index, before, after, last))
+            else:
+                out.append(self._one(op, av, flags))
+        return "".join(out)
+
+    def _repeat(
+        self,
+        op: Any,
+        av: Any,
+        flags: int,
+        items: list[tuple[Any, Any]],
+        index: int,
+        before: str,
+        after: str,
+        last: bool,
+    ) -> str:
+        low, high, body = av
+        if high > 1:  # one iteration follows another: what lies around the body varies
+            text = self._sequence(list(body), flags, _UNKNOWN, _UNKNOWN, at_end=False)
+        else:
+            around = (
+                self._kind(items[:index], True, before),
+                self._kind(items[index + 1 :], False, after),
+            )
+            text = self._sequence(list(body), flags, *around, at_end=last)
+        if high == _sre.MAXREPEAT:
+            count = {0: "*", 1: "+"}.get(low, f"{{{low},}}")
+        elif low == high:
+            count = f"{{{low}}}"
+        else:
+            count = "?" if (low, high) == (0, 1) else f"{{{low},{high}}}"
+        lazy = "?" if op is _sre.MIN_REPEAT else ""
+        return f"(?:{text}){count}{lazy}"
+
+    def _one(self, op: Any, av: Any, flags: int) -> str:
+        if op is _sre.LITERAL:
+            return _char(av)
+        if op is _sre.NOT_LITERAL:
+            return f"[^{_char(av)}]"
+        if op is _sre.ANY:
+            return "."  # without (?s) not a line break, as in Python
+        if op is _sre.IN:
+            return self._class(av, flags)
+        raise ValueError(f"uses a construct the bridge cannot match ({op})")
+
+    def _class(self, items: list[tuple[Any, Any]], flags: int) -> str:
+        ascii_only = bool(flags & re.ASCII)
+        negate = False
+        parts: list[str] = []
+        categories_only = True
+        for kind, value in items:
+            if kind is _sre.NEGATE:
+                negate = True
+            elif kind is _sre.CATEGORY and (value in _UNICODE_TESTS or value in _NOT_CATEGORIES):
+                parts.append(_category(value, ascii_only))
+            elif kind is _sre.LITERAL:
+                parts.append(_char(value))
+                categories_only = False
+            elif kind is _sre.RANGE:
+                parts.append(f"{_char(value[0])}-{_char(value[1])}")
+                categories_only = False
+            else:
+                raise ValueError(f"uses a character class the bridge cannot match ({kind})")
+        written = f"[{'^' if negate else ''}{''.join(parts)}]"
+        # Python never folds the case of \w \d \s; RE2's (?i) would, and take U+0345 (a
+        # combining mark) for a letter, as it folds to ι. In a class that also names
+        # characters it still does: that one character is the whole difference.
+        return f"(?-i:{written})" if categories_only else written
+
+    def _at(
+        self,
+        code: Any,
+        flags: int,
+        items: list[tuple[Any, Any]],
+        index: int,
+        before: str,
+        after: str,
+        last: bool,
+    ) -> str:
+        multiline = bool(flags & re.MULTILINE)
+        if code is _sre.AT_BEGINNING:
+            return "^"  # RE2's, like Python's, is the start of a line with (?m)
+        if code is _sre.AT_BEGINNING_STRING:
+            return "\\A"
+        if code is _sre.AT_END_STRING:
+            return "\\z"
+        if code is _sre.AT_END:
+            if multiline:
+                return "$"
+            # Python's $ also holds before a final line break. When what follows can match
+            # nothing, taking that line break changes nothing; otherwise the very end.
+            return "(?:\\n?\\z)" if last else "\\z"
+        if code in (_sre.AT_BOUNDARY, _sre.AT_NON_BOUNDARY):
+            if flags & re.ASCII:
+                return "\\b" if code is _sre.AT_BOUNDARY else "\\B"
+            return self._boundary(
+                code is _sre.AT_NON_BOUNDARY,
+                self._kind(items[:index], True, before),
+                self._kind(items[index + 1 :], False, after),
+            )
+        raise ValueError(f"uses an anchor the bridge cannot match ({code})")
+
+    def _boundary(self, negated: bool, before: str, after: str) -> str:
+        word = _category(_sre.CATEGORY_WORD, False)
+        known = (_WORD, _OTHER)
+        if before in known and after in known:
+            return "" if (before != after) != negated else _NEVER
+        if before == _EDGE and after in known:
+            wanted = (after == _OTHER) != negated  # the character before must be a letter
+            return f"(?-i:[{word}])" if wanted else f"(?-i:\\A|[^{word}])"
+        if after == _EDGE and before in known:
+            wanted = (before == _OTHER) != negated
+            return f"(?-i:[{word}])" if wanted else f"(?-i:\\z|[^{word}])"
+        raise ValueError(UNCLEAR_BOUNDARY)
+
+    # -- what lies beside a position ---------------------------------------------------
+
+    def _kind(self, items: list[tuple[Any, Any]], backwards: bool, beyond: str) -> str:
+        """What character is next to the edge of `items`, read from that edge inwards
+        (`backwards`: from the end, for what comes before a position); `beyond` is what
+        lies past the other edge, reached when everything in `items` can match nothing."""
+        walk = list(reversed(items)) if backwards else list(items)
+        return self._walk(walk, 0, backwards, beyond)
+
+    def _walk(self, walk: list[tuple[Any, Any]], at: int, backwards: bool, beyond: str) -> str:
+        if at == len(walk):
+            return beyond
+        op, av = walk[at]
+
+        def rest() -> str:
+            return self._walk(walk, at + 1, backwards, beyond)
+
+        if op is _sre.AT:
+            starts = (_sre.AT_BEGINNING, _sre.AT_BEGINNING_STRING)
+            ends = (_sre.AT_END, _sre.AT_END_STRING)
+            # The start of the text (or of a line: after a line break) is not a letter.
+            return _OTHER if av in (starts if backwards else ends) else _UNKNOWN
+        if op in (_sre.LITERAL, _sre.NOT_LITERAL, _sre.ANY, _sre.IN):
+            chars = self.check._one_char(op, av)
+            if chars and chars <= self.word:
+                return _WORD
+            return _OTHER if chars and not chars & self.word else _UNKNOWN
+        if op is _sre.SUBPATTERN:
+            return self._kind(list(av[3]), backwards, rest())
+        if op is _sre.BRANCH:
+            after = rest()
+            kinds = {self._kind(list(alt), backwards, after) for alt in av[1]}
+            return kinds.pop() if len(kinds) == 1 else _UNKNOWN
+        if op in _REPEATS:
+            low, _, body = av
+            after = rest()
+            inner = self._kind(list(body), backwards, after)
+            return inner if low > 0 or inner == after else _UNKNOWN
+        return _UNKNOWN
+
+
+def _written_out(items: Iterable[tuple[Any, Any]]) -> int:
+    """How many characters the pattern names once its counted repeats are written out:
+    about the number of states RE2's automaton has."""
+    total = 0
+    for op, av in items:
+        if op in _REPEATS:
+            low, high, body = av
+            total += (max(low, 1) if high == _sre.MAXREPEAT else high) * _written_out(body)
+        elif op is _sre.BRANCH:
+            total += sum(_written_out(alt) for alt in av[1])
+        elif op is _sre.SUBPATTERN:
+            total += _written_out(av[3])
+        elif op is not _sre.AT:
+            total += 1
+    return total
+
+
+_INLINE_FLAGS = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RulePattern:
+    """A trigger's pattern, ready to match: `search` says whether a text holds a match."""
+
+    source: str  # as written in the rules
+    regex: Any  # the RE2 program (re2._Regexp)
+
+    def search(self, text: str) -> bool:
+        try:
+            return self.regex.search(text) is not None
+        except UnicodeEncodeError:  # a lone surrogate: RE2 reads UTF-8
+            return self.regex.search(text.encode("utf-8", "replace").decode()) is not None
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.max_mem = MAX_PATTERN_MEMORY
+    options.log_errors = False  # refusals are reported to whoever wrote the pattern
+    options.never_capture = True
+    return options
+
+
+@lru_cache(maxsize=256)
+def compile_pattern(pattern: str) -> RulePattern:
+    """A trigger's pattern, compiled case-insensitively for RE2, or ValueError saying why it
+    is refused: too long, not a regular expression, a construct RE2 cannot express, a shape
+    that makes backtracking engines hang, or too large once compiled."""
     if len(pattern) > MAX_PATTERN_CHARS:
         raise ValueError(
             f"the pattern has {len(pattern)} characters; at most {MAX_PATTERN_CHARS} are allowed"
         )
     try:
-        compiled = re.compile(pattern, _FLAGS)
         parsed = _sre.parse(pattern, _FLAGS)
     except re.error as exc:
         raise ValueError(f"the pattern is not a regular expression: {exc}") from exc
     except RecursionError as exc:
         raise ValueError("the pattern nests too deeply") from exc
     try:
-        _PatternCheck(parsed).run()
+        check = _PatternCheck(parsed)
+        check.run()
+        if (written_out := _written_out(parsed)) > MAX_WRITTEN_OUT:
+            raise ValueError(LONG_REPEATS.format(written_out, MAX_WRITTEN_OUT))
+        expression = _Translation(check).run()
     except ValueError as exc:
         raise ValueError(f"the pattern {exc}") from exc
     except RecursionError as exc:
         raise ValueError("the pattern nests too deeply") from exc
-    return compiled
+    try:
+        regex = re2.compile(expression, _re2_options())
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode(errors="replace")
+        if "too large" in str(reason):
+            raise ValueError(f"the pattern {TOO_LARGE}") from None
+        raise ValueError(f"the pattern cannot be matched safely: {reason}") from None
+    return RulePattern(pattern, regex)

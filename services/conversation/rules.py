@@ -231,9 +231,12 @@ class RuleSet(_Document):
     )
     pattern: str | None = Field(
         default=None,
-        description=f"the regular expression of trigger 'regex', case-insensitive, at most "
-        f"{MAX_PATTERN_CHARS} characters; backreferences, lookarounds and nested or competing "
-        "quantifiers ((a+)+, .*a.*b) are refused because they can make matching hang",
+        description="the regular expression of trigger 'regex' (Python's syntax), "
+        f"case-insensitive, at most {MAX_PATTERN_CHARS} characters; matched in time linear "
+        "in the text (RE2). Refused: backreferences, lookarounds, atomic groups and "
+        "possessive quantifiers (RE2 cannot match them), nested or competing quantifiers "
+        "((a+)+, .*a.*b), counted repeats that add up to more than "
+        f"{MAX_PATTERN_CHARS} characters, and \\b where the characters around it are unclear",
     )
     keyword_finish: list[Keyword] | None = Field(
         default=None,

@@ -244,6 +244,14 @@ def test_a_regex_trigger_answers_first_messages_that_match() -> None:
     assert (other.action, other.engaged) == ("not_triggered", False)
 
 
+def test_a_pattern_of_competing_bounded_repeats_decides_a_long_message_at_once() -> None:
+    # Accepted (no repeat is open-ended); Python's `re` did not finish on 4,096 letters
+    # within pytest's timeout, RE2 answers in a millisecond.
+    regex = bot_rules(account={"trigger": "regex", "pattern": r"[a-z]{0,32}" * 4 + "!"})
+    assert decide(regex, facts(texts=["a" * 4096]), DEFAULTS).action == "not_triggered"
+    assert decide(regex, facts(texts=["a" * 4095 + "!"]), DEFAULTS).action == "answer"
+
+
 def test_only_the_first_4096_characters_of_a_message_are_matched() -> None:
     regex = bot_rules(account={"trigger": "regex", "pattern": r"\bvalor\b"})
     late = "x " * 2100 + "valor"
