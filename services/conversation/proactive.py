@@ -4,7 +4,6 @@ Plain data, no I/O."""
 from __future__ import annotations
 
 import re
-import string
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
@@ -40,22 +39,69 @@ def check_trigger(trigger: str) -> str:
     return trigger
 
 
+# A template's braces: "{{" and "}}" (a brace), a placeholder "{…}", or a lone brace.
+_BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_PLACEHOLDER_NAMES = ", ".join(f"{{{name}}}" for name in PLACEHOLDERS)
+
+
+def _placeholder_problem(inside: str) -> str | None:
+    """What is wrong with a placeholder "{inside}", or None for one of PLACEHOLDERS."""
+    name = re.split(r"[!:.\[]", inside, maxsplit=1)[0]
+    extra = inside[len(name) :]
+    if extra.startswith(":"):
+        return "a format spec (':' and what follows) is not allowed"
+    if extra.startswith("!"):
+        return "a conversion ('!r', '!s', '!a') is not allowed"
+    if extra:
+        return "attribute or index access ('.' or '[…]') is not allowed"
+    if not name.strip() or name.strip().isdigit():
+        return "a positional field ({} or {0}) is not allowed: name the placeholder"
+    if name not in PLACEHOLDERS:
+        return "unknown placeholder"
+    return None
+
+
 def check_template(text: str) -> str:
-    """Refuse a template with an unknown placeholder before it fails at send time."""
+    """Refuse a template that would fail or misbehave at send time: only the placeholders
+    {nome}, {lead} and {vendedor} as they are (no format spec, conversion, attribute or
+    index: "{nome:>999999999}" would build a gigabyte), and braces doubled ({{ }})."""
     if not text.strip():
         raise InvalidInput("a template cannot be empty")
-    for _, field, _, _ in string.Formatter().parse(text):
-        if field is not None and field not in PLACEHOLDERS:
+    for match in _BRACES.finditer(text):
+        token, inside = match.group(), match.group(1)
+        if token in ("{{", "}}"):
+            continue
+        if inside is None:
             raise InvalidInput(
-                f"unknown placeholder {{{field}}}: use "
-                + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+                f"a lone '{token}' at character {match.start() + 1}: write "
+                f"{token * 2} for a brace; placeholders are {_PLACEHOLDER_NAMES}"
+            )
+        problem = _placeholder_problem(inside)
+        if problem is not None:
+            raise InvalidInput(
+                f"placeholder {token[:60]}: {problem}; the placeholders are "
+                f"{_PLACEHOLDER_NAMES}, written as they are (and {{{{ }}}} for a brace)"
             )
     return text
 
 
 def render(template: str, contact_name: str, lead_name: str, vendedor_name: str) -> str:
+    """The message: each placeholder replaced by its value, {{ and }} by a brace. Never
+    str.format: a template stored before specs were refused ("{nome:>999999999}") gets the
+    bare value, and anything else in braces stays as written."""
     first = contact_name.split()[0] if contact_name.strip() else "tudo bem"
-    return template.format(nome=first, lead=lead_name, vendedor=vendedor_name or "a equipe")
+    values = {"nome": first, "lead": lead_name, "vendedor": vendedor_name or "a equipe"}
+
+    def fill(match: re.Match[str]) -> str:
+        token, inside = match.group(), match.group(1)
+        if token in ("{{", "}}"):
+            return token[0]
+        if inside is None:
+            return token
+        name = re.split(r"[!:]", inside, maxsplit=1)[0]
+        return values.get(name, token)
+
+    return _BRACES.sub(fill, template)
 
 
 def _plain(value: str) -> str:

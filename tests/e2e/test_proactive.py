@@ -148,6 +148,25 @@ def test_templates_are_editable_through_the_api(stack: Stack, api: httpx.Client)
     assert bad.status_code == 400 and "placeholder" in bad.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("Oi {nome:>999999999}", "format spec"),  # a gigabyte string at the next start
+        ("Oi {nome!r}", "conversion"),
+        ("Oi {nome.__class__}", "attribute or index access"),
+        ("Oi {0}", "positional field"),
+    ],
+)
+def test_a_template_with_more_than_a_bare_placeholder_is_refused(
+    stack: Stack, api: httpx.Client, text: str, why: str
+) -> None:
+    before = api.get("/proactive/templates").json()["templates"]
+    refused = api.put("/proactive/templates/form", json={"text": text})
+    assert refused.status_code == 400, refused.text
+    assert why in refused.json()["error"] and "{nome}" in refused.json()["error"]
+    assert api.get("/proactive/templates").json()["templates"] == before
+
+
 def test_a_trigger_without_a_template_is_refused_and_starts_once_it_has_one(
     stack: Stack, api: httpx.Client, http: httpx.Client
 ) -> None:
