@@ -8,8 +8,10 @@ of the body is kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from services.common.errors import InvalidInput
 from services.common.kommo_ids import parse_kommo_id
@@ -18,6 +20,8 @@ from services.conversation.kommo_form import Tree
 # The last second a datetime can show (9999-12-31T23:59:59Z).
 _UNIX_TIME_MAX = 253_402_300_799
 _UNIX_TIME_MAX_DIGITS = len(str(_UNIX_TIME_MAX))
+E = TypeVar("E", "MessageEvent", "LeadEvent")
+
 # From here on a time is in milliseconds: in seconds it would be after the year 5138.
 _MILLISECONDS_FROM = 10**11
 # Kommo's element_type for a contact and for a lead.
@@ -318,19 +322,11 @@ def parse_webhook(
                 skipped.append(Skipped("not_a_list", where, f"{where} must be a list of items"))
                 continue
             if entity == "message" and action == "add":
-                for index, item in items.items():
-                    at = f"{where}[{index[:_FIELD_NAME_CHARS]}]"
-                    try:
-                        messages.append(_message(item, at, max_text))
-                    except Refusal as exc:
-                        skipped.append(Skipped(exc.reason, exc.field, str(exc)))
+                _each(
+                    items, where, lambda item, at: _message(item, at, max_text), messages, skipped
+                )
             elif entity == "leads" and action in ("add", "status"):
-                for index, item in items.items():
-                    at = f"{where}[{index[:_FIELD_NAME_CHARS]}]"
-                    try:
-                        leads.append(_lead(item, action, at))
-                    except Refusal as exc:
-                        skipped.append(Skipped(exc.reason, exc.field, str(exc)))
+                _each(items, where, partial(_lead, action=action), leads, skipped)
             else:
                 ignored += len(items)
     if not messages and not leads and not ignored and (skipped or not account):
@@ -347,7 +343,23 @@ def parse_webhook(
     return ParsedWebhook(subdomain, _str(account, "id"), messages, ignored, leads, skipped)
 
 
-def _lead(item: Any, action: str, where: str) -> LeadEvent:
+def _each(
+    items: Tree,
+    where: str,
+    read: Callable[[Any, str], E],
+    into: list[E],
+    skipped: list[Skipped],
+) -> None:
+    """Read each item of `where` into `into`; one that is not valid goes to `skipped`."""
+    for index, item in items.items():
+        at = f"{where}[{index[:_FIELD_NAME_CHARS]}]"
+        try:
+            into.append(read(item, at))
+        except Refusal as exc:
+            skipped.append(Skipped(exc.reason, exc.field, str(exc)))
+
+
+def _lead(item: Any, where: str, action: str) -> LeadEvent:
     if not isinstance(item, dict):
         raise Refusal("not_a_group", where, f"{where} must be a group of fields")
     return LeadEvent(
