@@ -1,5 +1,17 @@
 """What happens in the account's chats and is told to the bridge by webhook: customers and
-vendedores writing, the Salesbot sending the reply field, Chats API sends, lead events."""
+vendedores writing, the Salesbot sending the reply field, template Salesbots, Chats API sends,
+lead events.
+
+WhatsApp's 24-hour window is enforced when a message would reach the customer (the bot's run
+or the Chats API's delivery, not the request): free text from the reply Salesbot or the Chats
+API into a windowed chat whose window is closed is recorded in the chat with
+``delivered=False``, ``failure="outside_24h_window"`` and listed in ``closed_window_sends``;
+its event and echo webhook are published as for any message (Kommo shows it, failed, in the
+chat). A template Salesbot sends its WhatsApp template, markers filled at run time, at any
+time — but only when the template is approved (else the run's outcome is
+``template_not_approved`` and nothing reaches the chat); Kommo's own (``amocrm``) template is
+free text, held to the window. Only a customer's message opens the window. See whatsapp.py.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +26,7 @@ from typing import Any
 
 from sandbox.kommo.config import SandboxConfig
 from sandbox.kommo.responses import JsonDict
-from sandbox.kommo.state import AccountState, Attachment, ChatMessage, Lead, User
+from sandbox.kommo.state import AccountState, Attachment, ChatMessage, ChatTemplate, Lead, User
 from sandbox.kommo.webhooks import (
     AccountRef,
     CustomFieldHook,
@@ -25,6 +37,7 @@ from sandbox.kommo.webhooks import (
     lead_event_body,
     message_add_body,
 )
+from sandbox.kommo.whatsapp import OUTSIDE_WINDOW, chat_window, fill_markers
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +50,9 @@ _BOT_NAMESPACE = uuid.UUID("0b6f3f43-8d4c-4f0e-9d55-7a1c2e9b5d10")
 
 @dataclass
 class SalesbotRun:
-    """One bot run on one lead; ``outcome`` is pending, sent, empty_field, unknown_lead or
-    stopped."""
+    """One bot run on one lead; ``outcome`` is pending, sent, empty_field, unknown_lead,
+    unknown_bot, template_not_approved or stopped. A sent run's message may still be refused by the
+    channel: ``delivered`` False and ``failure`` say so. ``template_id``: a template bot's."""
 
     seq: int
     bot_id: int
@@ -48,6 +62,24 @@ class SalesbotRun:
     executed_at: float | None = None
     message_id: str | None = None
     text: str | None = None
+    delivered: bool | None = None
+    failure: str | None = None
+    template_id: int | None = None
+
+    def as_json(self) -> JsonDict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ClosedWindowSend:
+    """Free text sent into a closed 24-hour window: WhatsApp did not deliver it."""
+
+    lead_id: int
+    text: str
+    via: str
+    at: float
+    origin: str
+    message_id: str
 
     def as_json(self) -> JsonDict:
         return dataclasses.asdict(self)
@@ -73,13 +105,16 @@ class AccountActivity:
         self._tasks: set[asyncio.Task[None]] = set()
         self.salesbot_runs: list[SalesbotRun] = []
         self.chats_api_sends = 0
+        self.template_sends = 0
+        self.closed_window_sends: list[ClosedWindowSend] = []
 
     @property
     def account(self) -> AccountRef:
         return AccountRef(self._config.subdomain, self._config.account_id)
 
     def knows_bot(self, bot_id: int) -> bool:
-        return bot_id == self._config.salesbot_id
+        """The reply bot, or a Salesbot that holds one of the account's templates."""
+        return bot_id == self._config.salesbot_id or self._state.template_of_bot(bot_id) is not None
 
     def webhook_targets(self, setting: str) -> list[str]:
         """The configured bridge URL, then every enabled API subscription to ``setting``."""
@@ -110,6 +145,8 @@ class AccountActivity:
             message_type=message_type,
             attachment=attachment,
         )
+        # The customer's message (re)opens WhatsApp's 24-hour window.
+        lead.customer_last_wrote_at = message.at
         return message, await self._publish(lead, message, INCOMING_EVENT)
 
     async def user_writes(self, lead: Lead, user: User, text: str) -> tuple[ChatMessage, Notified]:
@@ -154,6 +191,13 @@ class AccountActivity:
         if lead is None:
             run.outcome = "unknown_lead"
             return
+        if run.bot_id != self._config.salesbot_id:
+            template = self._state.template_of_bot(run.bot_id)
+            if template is None:
+                run.outcome = "unknown_bot"
+            else:
+                await self._send_template(run, lead, template)
+            return
         # Read when the bot runs, not when it was asked to: a PATCH in between wins.
         text = lead.field_text(self._config.reply_field_id)
         if not text:
@@ -171,10 +215,72 @@ class AccountActivity:
             at=run.executed_at,
             via="salesbot",
         )
+        message = self._through_window(lead, message)
         run.outcome = "sent"
         run.message_id = message.id
         run.text = text
+        run.delivered = message.delivered
+        run.failure = message.failure or None
         await self._publish(lead, message, OUTGOING_EVENT)
+
+    async def _send_template(self, run: SalesbotRun, lead: Lead, template: ChatTemplate) -> None:
+        """A WhatsApp template goes out at any time, window or not, when Meta approved it;
+        Kommo's own (``amocrm``) template is canned free text, held to the window."""
+        run.template_id = template.id
+        whatsapp = template.type == "waba"
+        if whatsapp and template.review_status != "approved":
+            run.outcome = "template_not_approved"
+            logger.info(
+                "salesbot run %d on lead %d: template %d is %s, not sent",
+                run.seq,
+                lead.id,
+                template.id,
+                template.review_status,
+            )
+            return
+        contact = self._state.contacts.get(lead.main_contact_id or 0)
+        text = fill_markers(template.content, lead, contact)
+        assert run.executed_at is not None  # set by _execute_run
+        message = ChatMessage(
+            id=str(uuid.uuid4()),
+            lead_id=lead.id,
+            direction="outgoing",
+            author_type="bot",
+            author_id=str(uuid.uuid5(_BOT_NAMESPACE, str(run.bot_id))),
+            author_name="Salesbot",
+            text=text,
+            at=run.executed_at,
+            via="template",
+            template_id=template.id,
+        )
+        if not whatsapp:
+            message = self._through_window(lead, message)
+        self.template_sends += 1
+        run.outcome = "sent"
+        run.message_id = message.id
+        run.text = text
+        run.delivered = message.delivered
+        run.failure = message.failure or None
+        await self._publish(lead, message, OUTGOING_EVENT)
+
+    def _through_window(self, lead: Lead, message: ChatMessage) -> ChatMessage:
+        """``message`` as the channel takes it at ``message.at``: free text into a closed
+        window is marked failed and listed."""
+        window = chat_window(self._config, lead, message.at)
+        if window.takes_free_text:
+            return message
+        self.closed_window_sends.append(
+            ClosedWindowSend(
+                lead_id=lead.id,
+                text=message.text,
+                via=message.via,
+                at=message.at,
+                origin=window.origin,
+                message_id=message.id,
+            )
+        )
+        logger.info("lead %d: %s message outside the 24-hour window", lead.id, message.via)
+        return dataclasses.replace(message, delivered=False, failure=OUTSIDE_WINDOW)
 
     def send_via_chats_api(
         self,
@@ -208,7 +314,8 @@ class AccountActivity:
         await asyncio.sleep(self._config.echo_delay)
         lead = self._state.leads.get(message.lead_id)
         if lead is not None:
-            await self._publish(lead, dataclasses.replace(message, at=time.time()), OUTGOING_EVENT)
+            delivered = self._through_window(lead, dataclasses.replace(message, at=time.time()))
+            await self._publish(lead, delivered, OUTGOING_EVENT)
 
     async def _publish(
         self, lead: Lead, message: ChatMessage, event_type: str, created_by: int = 0
@@ -220,7 +327,7 @@ class AccountActivity:
             event_type,
             lead.id,
             int(message.at),
-            [{"message": {"id": message.id, "origin": "waba", "talk_id": lead.talk_id}}],
+            [{"message": {"id": message.id, "origin": lead.chat_origin, "talk_id": lead.talk_id}}],
             created_by=created_by,
         )
         hook = MessageHook(
@@ -238,6 +345,7 @@ class AccountActivity:
             author_avatar_url=f"https://amojo.kommo.com/avatars/{message.author_id}.jpg",
             message_type=message.message_type,
             attachment=message.attachment,
+            origin=lead.chat_origin,
         )
         body = message_add_body(self.account, [hook])
         deliveries = await self._webhooks.deliver(

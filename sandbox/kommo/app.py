@@ -11,7 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from sandbox.kommo import routes_bots, routes_chats, routes_control, routes_crm, routes_oauth
+from sandbox.kommo import (
+    routes_bots,
+    routes_chats,
+    routes_control,
+    routes_crm,
+    routes_oauth,
+    routes_templates,
+)
 from sandbox.kommo.config import SandboxConfig
 from sandbox.kommo.gate import KommoGate
 from sandbox.kommo.responses import (
@@ -74,7 +81,14 @@ def create_app(
         StarletteHTTPException,
     ):
         app.add_exception_handler(error, _to_problem)
-    for module in (routes_oauth, routes_crm, routes_bots, routes_chats, routes_control):
+    for module in (
+        routes_oauth,
+        routes_crm,
+        routes_templates,
+        routes_bots,
+        routes_chats,
+        routes_control,
+    ):
         app.include_router(module.router)
     return app
 

@@ -139,3 +139,33 @@ class AmojoPayload(_KommoBody):
 class AmojoEvent(_KommoBody):
     event_type: str
     payload: AmojoPayload
+
+
+class ChatTemplateIn(_KommoBody):
+    """A new chat template (``POST /api/v4/chats/templates``): created as a draft."""
+
+    name: str
+    content: str
+    type: str = "waba"
+    waba_category: str | None = None
+    waba_language: str | None = None
+    waba_header: str | None = None
+    waba_footer: str | None = None
+    waba_examples: dict[str, str] | None = None
+    buttons: list[dict[str, Any]] | None = None
+    request_id: str | None = None
+
+
+class ChatTemplatePatchItem(_KommoBody):
+    """An edit of a template (``PATCH /api/v4/chats/templates``): only drafts take one."""
+
+    id: int
+    name: str | None = None
+    content: str | None = None
+    waba_category: str | None = None
+    waba_language: str | None = None
+    waba_header: str | None = None
+    waba_footer: str | None = None
+    waba_examples: dict[str, str] | None = None
+    buttons: list[dict[str, Any]] | None = None
+    request_id: str | None = None

@@ -8,6 +8,7 @@ from sandbox.kommo.state import (
     STATUS_WON,
     AccountState,
     ChatMessage,
+    ChatTemplate,
     Contact,
     CustomFieldDef,
     Event,
@@ -323,4 +324,42 @@ def render_chat_message(message: ChatMessage) -> JsonDict:
             "file_name": message.attachment.file_name,
         },
         "ref_id": message.ref_id,
+        # False: the channel refused it (``failure`` says why, e.g. outside_24h_window).
+        "delivered": message.delivered,
+        "failure": message.failure or None,
+        "template_id": message.template_id,
     }
+
+
+def render_chat_template(
+    template: ChatTemplate, state: AccountState, base: str, with_reviews: bool
+) -> JsonDict:
+    """One ``_embedded.chat_templates[]`` item; ``with=reviews`` adds a WhatsApp template's
+    review status (Kommo's own ``amocrm`` templates have no review and no ``waba_*`` fields).
+    """
+    waba = template.type == "waba"
+    body: JsonDict = {
+        "id": template.id,
+        "account_id": state.account_id,
+        "name": template.name,
+        "content": template.content,
+        "type": template.type,
+        # Kommo lets a WhatsApp template be edited only as a draft.
+        "is_editable": template.review_status == "draft" or not waba,
+        "created_at": template.created_at,
+        "updated_at": template.updated_at,
+        "attachment": None,
+        "buttons": list(template.buttons),
+        "_links": _self(base, f"/api/v4/chats/templates/{template.id}"),
+    }
+    if waba:
+        body |= {
+            "waba_category": template.waba_category,
+            "waba_language": template.waba_language,
+            "waba_header": template.waba_header,
+            "waba_footer": template.waba_footer,
+            "waba_examples": dict(template.waba_examples),
+        }
+        if with_reviews:
+            body["review_status"] = template.review_status
+    return body

@@ -1,7 +1,10 @@
 """Salesbot runs: the way integrations make Kommo send a WhatsApp message.
 
 Both endpoints answer 202 at once; the bot reads the reply field only when it runs
-(``SANDBOX_ECHO_DELAY`` later), which is the race docs/kommo-api.md warns about.
+(``SANDBOX_ECHO_DELAY`` later), which is the race docs/kommo-api.md warns about. The known
+bots are the reply bot (``SANDBOX_SALESBOT_ID``) and each Salesbot holding a chat template
+(``7101`` … ``7104`` by default), which sends its template instead; WhatsApp's 24-hour window
+decides at run time what reaches the customer (activity.py).
 """
 
 from fastapi import APIRouter, Request

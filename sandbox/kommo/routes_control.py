@@ -1,6 +1,13 @@
 """``/_sandbox/…``: what tests use to be unkind, to act as people, and to inspect.
 
 Not part of Kommo: these calls skip the gate (no token, no rate limit, not recorded).
+
+WhatsApp's 24-hour window (whatsapp.py): ``GET``/``POST /_sandbox/leads/{id}/chat`` read and
+set a chat's ``origin`` and ``customer_last_wrote_at`` (Unix seconds, null = never wrote) and
+answer the chat's window; ``GET /_sandbox/closed-window-sends`` lists the free-form messages
+sent into a closed window (not delivered); ``GET /_sandbox/templates`` lists the chat
+templates with their review and bot, and ``POST /_sandbox/templates/{id}/review`` plays Meta's
+review. ``/_sandbox/reset`` returns all of it to the seed.
 """
 
 import time
@@ -10,6 +17,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
+from sandbox.kommo.config import ReviewStatus
 from sandbox.kommo.deps import SandboxDep
 from sandbox.kommo.render import (
     render_chat_message,
@@ -20,8 +28,9 @@ from sandbox.kommo.render import (
 )
 from sandbox.kommo.responses import JsonDict, KommoProblem, base_url
 from sandbox.kommo.runtime import Sandbox
-from sandbox.kommo.state import Attachment, Lead, User, mobile_phone
+from sandbox.kommo.state import Attachment, ChatTemplate, Lead, User, mobile_phone
 from sandbox.kommo.traffic import FailRule
+from sandbox.kommo.whatsapp import chat_window
 
 router = APIRouter(prefix="/_sandbox")
 
@@ -102,6 +111,18 @@ class UserPatchIn(_Strict):
     is_active: bool | None = None
     is_admin: bool | None = None
     lang: str | None = None
+
+
+class ChatStateIn(_Strict):
+    """What to change in a lead's chat; a field left out keeps its value."""
+
+    origin: str | None = Field(default=None, min_length=1)
+    # Unix seconds; null: the customer never wrote (no window on a windowed origin).
+    customer_last_wrote_at: float | None = None
+
+
+class TemplateReviewIn(_Strict):
+    review_status: ReviewStatus
 
 
 def _lead(sandbox: Sandbox, lead_id: int) -> Lead:
@@ -294,6 +315,63 @@ async def chat(lead_id: int, sandbox: SandboxDep) -> list[JsonDict]:
     return [render_chat_message(m) for m in sandbox.state.chats.get(lead_id, [])]
 
 
+def _chat_state(sandbox: Sandbox, lead: Lead) -> JsonDict:
+    window = chat_window(sandbox.config, lead, time.time())
+    return {"lead_id": lead.id, "chat_id": lead.chat_id, **window.as_json()}
+
+
+@router.get("/leads/{lead_id}/chat")
+async def chat_state(lead_id: int, sandbox: SandboxDep) -> JsonDict:
+    return _chat_state(sandbox, _lead(sandbox, lead_id))
+
+
+@router.post("/leads/{lead_id}/chat")
+async def set_chat_state(lead_id: int, body: ChatStateIn, sandbox: SandboxDep) -> JsonDict:
+    lead = _lead(sandbox, lead_id)
+    if body.origin is not None:
+        lead.chat_origin = body.origin
+    if "customer_last_wrote_at" in body.model_fields_set:
+        lead.customer_last_wrote_at = body.customer_last_wrote_at
+    return _chat_state(sandbox, lead)
+
+
+@router.get("/closed-window-sends")
+async def closed_window_sends(sandbox: SandboxDep) -> list[JsonDict]:
+    """Free-form messages sent into a closed 24-hour window (not delivered), oldest first."""
+    return [send.as_json() for send in sandbox.activity.closed_window_sends]
+
+
+def _template_json(template: ChatTemplate) -> JsonDict:
+    return {
+        "id": template.id,
+        "name": template.name,
+        "content": template.content,
+        "type": template.type,
+        "review_status": template.review_status,
+        "bot_id": template.bot_id,
+        "waba_category": template.waba_category,
+        "waba_language": template.waba_language,
+    }
+
+
+@router.get("/templates")
+async def templates(sandbox: SandboxDep) -> list[JsonDict]:
+    return [_template_json(t) for t in sorted(sandbox.state.templates.values(), key=lambda t: t.id)]
+
+
+@router.post("/templates/{template_id}/review")
+async def review_template(
+    template_id: int, body: TemplateReviewIn, sandbox: SandboxDep
+) -> JsonDict:
+    """Meta's verdict on a template, as Kommo would learn it."""
+    template = sandbox.state.templates.get(template_id)
+    if template is None:
+        raise KommoProblem(404, f"Template {template_id} not found")
+    template.review_status = body.review_status
+    template.updated_at = int(time.time())
+    return _template_json(template)
+
+
 @router.get("/leads/{lead_id}")
 async def lead_snapshot(lead_id: int, request: Request, sandbox: SandboxDep) -> JsonDict:
     """A lead as the API shows it, plus its notes, tasks and chat, without a token."""
@@ -309,6 +387,7 @@ async def lead_snapshot(lead_id: int, request: Request, sandbox: SandboxDep) -> 
             if t.entity_type == "leads" and t.entity_id == lead_id
         ],
         "chat": [render_chat_message(m) for m in state.chats.get(lead_id, [])],
+        "chat_window": _chat_state(sandbox, lead),
     }
 
 

@@ -67,6 +67,8 @@ class Sandbox:
             "code_exchanges": self.tokens.code_exchanges,
             "salesbot_runs": len(self.activity.salesbot_runs),
             "chats_api_sends": self.activity.chats_api_sends,
+            "template_sends": self.activity.template_sends,
+            "closed_window_sends": len(self.activity.closed_window_sends),
             "max_requests_in_any_second": self.limiter.max_in_any_second,
             "webhooks_sent": self.webhooks.sent,
             "webhook_failures": self.webhooks.failures,

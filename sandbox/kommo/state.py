@@ -17,19 +17,33 @@ The seed is the same on every start so tests can name ids:
   turn, except every fifth lead (``9100005``, ``9100010`` …), which has none and, with the
   reply field empty too, ``custom_fields_values: null``.
 - the reply field ("Resposta do bot", textarea, ``SANDBOX_REPLY_FIELD_ID``, default
-  ``900001``) is empty on every lead.
+  ``900001``) is empty on every lead, and so are "Nome do vendedor" (``900010``) and
+  "Agendamento" (``900011``), text fields that feed template markers.
 - pipeline ``8100001`` with statuses ``71000001`` … ``71000005``, ``142`` (won), ``143`` (lost).
-- each lead has one chat: ``chat_id`` a UUID derived from the lead id, ``talk_id`` ``5200 + n``.
+- each lead has one chat: ``chat_id`` a UUID derived from the lead id, ``talk_id`` ``5200 + n``,
+  origin ``waba`` (WhatsApp Business). Its customer wrote one hour before the seed was made
+  (``customer_last_wrote_at``; no visible message), so WhatsApp's 24-hour window is open for a
+  test session; a lead added later (``/_sandbox/lead-event``) has a customer who never wrote.
+- chat templates (``SANDBOX_TEMPLATES``, default ``config.DEFAULT_TEMPLATES``): ``501``
+  reabrir_conversa, ``502`` boas_vindas_formulario, ``503`` confirmacao_agendamento (approved)
+  and ``504`` em_revisao (in review), held by the Salesbots ``7101`` … ``7104``.
 """
 
 from __future__ import annotations
 
+import time
 import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sandbox.kommo.config import SandboxConfig
+from sandbox.kommo.config import (
+    DEFAULT_CHAT_ORIGIN,
+    SCHEDULE_FIELD_ID,
+    SELLER_NAME_FIELD_ID,
+    SandboxConfig,
+    TemplateSeed,
+)
 
 FIRST_USER_ID = 10000001
 FIRST_LEAD_ID = 9100001
@@ -46,6 +60,10 @@ STATUS_WON = 142
 STATUS_LOST = 143
 # Fixed so that a restart gives the same created_at/updated_at to every seeded entity.
 SEED_EPOCH = 1761955200
+# A seeded lead's customer last wrote this long before the seed: the window is open.
+SEEDED_CUSTOMER_WROTE_AGO = 3600.0
+# Chat templates created through the API take ids from here on.
+FIRST_TEMPLATE_ID = 601
 USER_DOMAIN = "previdas.com.br"
 
 # Chat ids and external author ids must be stable per lead/contact across restarts.
@@ -156,6 +174,10 @@ class Lead:
     chat_id: str
     talk_id: int
     group_id: int = 0
+    # The chat's channel (a webhook's ``origin``) and when its customer last wrote (Unix
+    # seconds, None = never): WhatsApp's 24-hour window (sandbox/kommo/whatsapp.py).
+    chat_origin: str = DEFAULT_CHAT_ORIGIN
+    customer_last_wrote_at: float | None = None
 
     @property
     def main_contact_id(self) -> int | None:
@@ -207,6 +229,47 @@ class ChatMessage:
     message_type: str = "text"
     attachment: Attachment | None = None
     ref_id: str | None = None
+    # False when the channel refused it (free text outside WhatsApp's 24-hour window); the
+    # message still shows in the chat and echoes, as in Kommo.
+    delivered: bool = True
+    failure: str = ""
+    template_id: int | None = None
+
+
+@dataclass
+class ChatTemplate:
+    """A chat template of the account (``/api/v4/chats/templates``); ``bot_id`` is the
+    Salesbot whose Message step sends it (None: no bot holds it)."""
+
+    id: int
+    name: str
+    content: str
+    review_status: str
+    bot_id: int | None
+    created_at: int
+    updated_at: int
+    type: str = "waba"
+    waba_category: str = "UTILITY"
+    waba_language: str = "pt_BR"
+    waba_header: str | None = None
+    waba_footer: str | None = None
+    waba_examples: dict[str, str] = field(default_factory=dict)
+    buttons: list[dict[str, object]] = field(default_factory=list)
+
+    @classmethod
+    def seeded(cls, seed: TemplateSeed) -> ChatTemplate:
+        return cls(
+            id=seed.id,
+            name=seed.name,
+            content=seed.content,
+            review_status=seed.review_status,
+            bot_id=seed.bot_id,
+            created_at=SEED_EPOCH,
+            updated_at=SEED_EPOCH,
+            type=seed.type,
+            waba_category=seed.waba_category,
+            waba_language=seed.waba_language,
+        )
 
 
 @dataclass
@@ -287,6 +350,8 @@ class AccountState:
     events: list[Event] = field(default_factory=list)
     chats: dict[int, list[ChatMessage]] = field(default_factory=dict)
     subscriptions: list[WebhookSubscription] = field(default_factory=list)
+    templates: dict[int, ChatTemplate] = field(default_factory=dict)
+    template_ids: IdSequence = field(default_factory=lambda: IdSequence(FIRST_TEMPLATE_ID))
     user_ids: IdSequence = field(default_factory=lambda: IdSequence(FIRST_USER_ID))
     lead_ids: IdSequence = field(default_factory=lambda: IdSequence(FIRST_LEAD_ID))
     contact_ids: IdSequence = field(default_factory=lambda: IdSequence(FIRST_CONTACT_ID))
@@ -306,6 +371,10 @@ class AccountState:
             if conversation_id in (lead.chat_id, str(lead.id)):
                 return lead
         return None
+
+    def template_of_bot(self, bot_id: int) -> ChatTemplate | None:
+        """The template the Salesbot ``bot_id`` sends, if it holds one."""
+        return next((t for t in self.templates.values() if t.bot_id == bot_id), None)
 
     def add_message(self, message: ChatMessage) -> None:
         self.chats.setdefault(message.lead_id, []).append(message)
@@ -557,6 +626,8 @@ def _lead_fields(reply_field_id: int) -> dict[int, CustomFieldDef]:
     return {
         reply_field_id: CustomFieldDef(reply_field_id, "Resposta do bot", "textarea"),
         AREA_FIELD_ID: CustomFieldDef(AREA_FIELD_ID, "Área", "select", enums=_AREA_ENUMS),
+        SELLER_NAME_FIELD_ID: CustomFieldDef(SELLER_NAME_FIELD_ID, "Nome do vendedor", "text"),
+        SCHEDULE_FIELD_ID: CustomFieldDef(SCHEDULE_FIELD_ID, "Agendamento", "text"),
     }
 
 
@@ -601,7 +672,10 @@ def mobile_phone(n: int) -> str:
     return f"+55{area_code}9{subscriber}"
 
 
-def seed(config: SandboxConfig) -> AccountState:
+def seed(config: SandboxConfig, *, now: float | None = None) -> AccountState:
+    """The account as it starts; ``now`` (default: the clock) dates the seeded customers'
+    last messages, one hour before it."""
+    seeded_at = time.time() if now is None else now
     state = AccountState(
         account_id=config.account_id,
         subdomain=config.subdomain,
@@ -613,7 +687,10 @@ def seed(config: SandboxConfig) -> AccountState:
         contact_fields=_contact_fields(),
         pipeline=_pipeline(),
         tags=(Tag(50001, "whatsapp"), Tag(50002, "indicação"), Tag(50003, "retorno")),
+        templates={template.id: ChatTemplate.seeded(template) for template in config.templates},
     )
+    if config.templates:
+        state.template_ids.next_id = max(FIRST_TEMPLATE_ID, max(t.id for t in config.templates) + 1)
     for index in range(config.users):
         if index < len(_USER_NAMES):
             name = _USER_NAMES[index]
@@ -641,7 +718,7 @@ def seed(config: SandboxConfig) -> AccountState:
             None if n % 3 == 0 else f"{ascii_slug(contact_name)}@{_EMAIL_DOMAINS[n % 4]}"
         )
         tags = [state.tags[0]] + ([state.tags[1]] if n % 4 == 0 else [])
-        state.add_lead(
+        lead = state.add_lead(
             name=f"{title} — {contact_name}",
             contact_name=contact_name,
             phone=mobile_phone(n),
@@ -653,6 +730,7 @@ def seed(config: SandboxConfig) -> AccountState:
             tags=tags,
             created_at=SEED_EPOCH + n * 5400,
         )
+        lead.customer_last_wrote_at = seeded_at - SEEDED_CUSTOMER_WROTE_AGO
     return state
 
 
