@@ -9,6 +9,11 @@ no text (docs/kommo-api.md), so any bot message in that window is taken for ours
 keeps every other reply of ours out of it, and a user's message says who wrote it.
 With a registered channel, the Chats API is used instead (signed requests).
 
+A WhatsApp template can only be sent by a Salesbot whose Message step holds it (a
+template send): its markers are the lead's fields when the bot runs, so the given lead
+fields are written (not the reply field), then that bot is run, with the same slot, the
+same evidence and the same once-per-key as a reply; never through the Chats API.
+
 The bridge's own echo webhook would be evidence too, but it reaches the conversation
 service, not the gateway; the events suffice, and cost one call only after a failed run.
 """
@@ -22,6 +27,7 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
@@ -34,6 +40,7 @@ from services.kommo_gateway.ratelimit import Priority
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.store import (
     DELIVERY_TTL_SECONDS,
+    cache_key,
     delivery_attempt_key,
     delivery_key,
     lead_slot_key,
@@ -78,6 +85,22 @@ def chats_api_headers(secret: str, method: str, path: str, body: bytes) -> dict[
     }
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One message for the customer of a lead (DeliverMessageRequest, validated)."""
+
+    lead_id: int
+    text: str
+    key: str
+    chat_id: str = ""
+    # The Salesbot to run; 0 = the reply bot (KOMMO_SALESBOT_ID).
+    salesbot_id: int = 0
+    # Lead custom fields written before the run: (field id, value).
+    lead_fields: tuple[tuple[int, str], ...] = ()
+    # The bot sends an approved WhatsApp template: the reply field is not written.
+    template: bool = False
+
+
 class Delivery:
     def __init__(
         self,
@@ -92,9 +115,17 @@ class Delivery:
         self._http = http
         self._expire_if_owner = redis.register_script(_EXPIRE_IF_OWNER)
 
-    async def deliver(self, lead_id: int, text: str, key: str, chat_id: str) -> tuple[str, str]:
+    def method(self, out: Outgoing) -> str:
+        """How `out` goes: "salesbot" or "chats_api" (when configured). A template, or a
+        text naming its bot, always goes by a Salesbot."""
+        if out.template or out.salesbot_id or not self._settings.uses_chats_api:
+            return "salesbot"
+        return "chats_api"
+
+    async def deliver(self, out: Outgoing) -> tuple[str, str]:
         """Returns (status, method): status "sent" or "already_sent"."""
-        method = "chats_api" if self._settings.uses_chats_api else "salesbot"
+        method = self.method(out)
+        key = out.key
         state = await self._state(key)
         if state.get("status") == "sent":
             return "already_sent", method
@@ -109,9 +140,11 @@ class Delivery:
             if state.get("status") == "sent":
                 return "already_sent", method
             if method == "chats_api":
-                await self._send_chats_api(chat_id or str(lead_id), text, key)
+                if out.lead_fields:
+                    await self._write_fields(out, list(out.lead_fields))
+                await self._send_chats_api(out.chat_id or str(out.lead_id), out.text, key)
             else:
-                await self._send_salesbot(lead_id, text, key, state)
+                await self._send_salesbot(out, state)
             await self._set_state(key, {"status": "sent", "at": time.time()})
         finally:
             await self._expire_if_owner(keys=[attempt_lock], args=[owner, 1])
@@ -124,10 +157,23 @@ class Delivery:
     async def _set_state(self, key: str, state: dict[str, Any]) -> None:
         await self._redis.set(delivery_key(key), json.dumps(state), ex=DELIVERY_TTL_SECONDS)
 
-    async def _send_salesbot(
-        self, lead_id: int, text: str, key: str, state: dict[str, Any]
-    ) -> None:
+    async def _write_fields(self, out: Outgoing, values: list[tuple[int, str]]) -> None:
+        """One PATCH of the lead (through the coalescer's list write)."""
+        await self._kommo.update_fields("leads", out.lead_id, values)
+        if out.lead_fields:
+            # The cached copy of the lead no longer has these values (the reply field's
+            # is never read from it).
+            await self._redis.delete(cache_key("lead", out.lead_id))
+
+    async def _send_salesbot(self, out: Outgoing, state: dict[str, Any]) -> None:
         s = self._settings
+        lead_id, key = out.lead_id, out.key
+        bot_id = out.salesbot_id or s.kommo_salesbot_id
+        # One write: the reply field with the lead fields beside it, or, for a template,
+        # the lead fields alone (none: nothing to write, the bot is only run).
+        writes = list(out.lead_fields)
+        if not out.template:
+            writes.insert(0, (s.kommo_reply_field_id, out.text))
         slot = lead_slot_key(lead_id)
         owner = await self._take_lead_slot(lead_id)
         spacing_ms = max(int(s.kommo_reply_spacing_seconds * 1000), 1)
@@ -136,7 +182,8 @@ class Delivery:
             if state.get("status") == "unknown" and await self._went_out_earlier(lead_id, state):
                 return
             for run in range(1, _MAX_RUNS + 1):
-                await self._kommo.set_lead_field(lead_id, s.kommo_reply_field_id, text)
+                if writes:
+                    await self._write_fields(out, writes)
                 # Renewed so that the whole grace period falls inside our hold.
                 if not await self._expire_if_owner(keys=[slot], args=[owner, _SLOT_HOLD_MS]):
                     raise Unavailable(f"lead {lead_id}: the reply slot expired before the run")
@@ -144,7 +191,7 @@ class Delivery:
                 window = (since, since + _SLOT_HOLD_SECONDS)
                 await self._set_state(key, _unknown(window))
                 try:
-                    await self._kommo.run_salesbot(s.kommo_salesbot_id, lead_id)
+                    await self._kommo.run_salesbot(bot_id, lead_id)
                     return
                 except Unavailable as exc:
                     # The bot may have sent it anyway: look before running it again.

@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 _BACKOFF_BASE_SECONDS = 0.5
 _BACKOFF_MAX_SECONDS = 8.0
 PAGE_LIMIT = 250
+# GET /api/v4/chats/templates serves at most 50 a page; a bound on the pages read, so a
+# server that always names a next page cannot keep the gateway reading.
+TEMPLATES_PAGE_LIMIT = 50
+TEMPLATES_MAX_PAGES = 40
+# Kommo's answers to a templates list the account cannot have: 402 the plan has no
+# templates, 403 (JSON, not the "blocked" page) the token's user is not an admin, 404 the
+# feature or endpoint is not there.
+TEMPLATES_REFUSED = (402, 403, 404)
 # Kommo's maximums per list request (docs/kommo-api.md, "List calls"): 250 entities a
 # read, at most 50 an adding/updating request (Kommo's advice), 100 Salesbot runs.
 READ_BATCH = 250
@@ -258,6 +266,39 @@ class KommoClient:
             if not body or not body.get("_links", {}).get("next") or not batch:
                 return users
             page += 1
+
+    async def chat_templates(self) -> tuple[list[dict[str, Any]], str]:
+        """The integration's chat templates with their review status, every page, at the
+        low priority class: (templates, "") or, when Kommo refuses the list (see
+        TEMPLATES_REFUSED), ([], why)."""
+        templates: list[dict[str, Any]] = []
+        path = "/api/v4/chats/templates"
+        for page in range(1, TEMPLATES_MAX_PAGES + 1):
+            response = await self.request(
+                "GET",
+                path,
+                params={"with": "reviews", "limit": TEMPLATES_PAGE_LIMIT, "page": page},
+                accept=TEMPLATES_REFUSED,
+            )
+            if response.status_code in TEMPLATES_REFUSED:
+                if page > 1:  # past the last page, not a refusal of the list
+                    return templates, ""
+                return [], f"Kommo answered {response.status_code}: {_detail(response)}"
+            body = _body(response)
+            batch = (body or {}).get("_embedded", {}).get("chat_templates") or []
+            templates.extend(t for t in batch if isinstance(t, dict))
+            # 204 or an empty page: the end. Otherwise a next page when Kommo links one,
+            # or when this one was full (a `_links.next` left out).
+            if not batch or not (
+                body.get("_links", {}).get("next") or len(batch) >= TEMPLATES_PAGE_LIMIT
+            ):
+                return templates, ""
+        log.warning(
+            "chat templates: stopped after %d pages (%d templates)",
+            TEMPLATES_MAX_PAGES,
+            len(templates),
+        )
+        return templates, ""
 
     async def account(self) -> dict[str, Any]:
         body = await self.get_json("/api/v4/account")

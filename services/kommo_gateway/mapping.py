@@ -81,3 +81,37 @@ def user(body: dict[str, Any]) -> pb.User:
         is_active=bool(rights.get("is_active", True)),
         is_admin=bool(rights.get("is_admin", False)),
     )
+
+
+# A template's reviews from the worst to the best: with several WhatsApp numbers Kommo may
+# review a template once for each, and it is usable everywhere only when all approve.
+_REVIEW_ORDER = ("rejected", "paused", "review", "approved")
+
+
+def template(body: dict[str, Any]) -> pb.Template:
+    return pb.Template(
+        id=int(body.get("id") or 0),
+        name=str(body.get("name") or ""),
+        content=str(body.get("content") or ""),
+        review_status=review_status(body),
+        type=str(body.get("type") or ""),
+    )
+
+
+def review_status(body: dict[str, Any]) -> str:
+    """`review_status` as `with=reviews` adds it; else the worst `status` of a list of
+    reviews (top-level or embedded: the shape is not confirmed); "" when there is none."""
+    status = body.get("review_status")
+    if isinstance(status, str) and status:
+        return status
+    reviews = body.get("reviews")
+    if not isinstance(reviews, list):
+        reviews = (body.get("_embedded") or {}).get("reviews")
+    statuses = [
+        str(r["status"])
+        for r in reviews or []
+        if isinstance(r, dict) and isinstance(r.get("status"), str) and r["status"]
+    ]
+    if not statuses:
+        return ""
+    return min(statuses, key=lambda s: _REVIEW_ORDER.index(s) if s in _REVIEW_ORDER else -1)

@@ -17,7 +17,7 @@ from services.common.errors import InvalidInput, Unavailable
 from services.common.grpc_client import KOMMO_PRIORITY_METADATA
 from services.common.kommo_ids import KOMMO_ID_MAX, is_kommo_id
 from services.kommo_gateway import mapping
-from services.kommo_gateway.delivery import Delivery
+from services.kommo_gateway.delivery import Delivery, Outgoing
 from services.kommo_gateway.kommo_client import KommoClient
 from services.kommo_gateway.ratelimit import Priority, call_deadline, call_priority
 from services.kommo_gateway.settings import GatewaySettings
@@ -28,11 +28,16 @@ from services.kommo_gateway.store import (
     delivery_key,
     lead_slot_key,
 )
+from services.kommo_gateway.templates import TemplateCache
 
 log = logging.getLogger(__name__)
 
 # A task with no due time is due in an hour: someone is waiting.
 _DEFAULT_TASK_SECONDS = 3600
+# Lead fields a delivery may write before its bot runs: a template's markers are few, and
+# a value is at most a WhatsApp message long.
+MAX_LEAD_FIELDS = 20
+MAX_LEAD_FIELD_CHARS = 4096
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -59,6 +64,7 @@ class GatewayServicer(KommoGatewayServicer):
         self._redis = redis
         self._kommo = kommo
         self._delivery = delivery
+        self._templates = TemplateCache(kommo, settings.kommo_templates_cache_seconds)
 
     async def _cached(
         self,
@@ -165,19 +171,87 @@ class GatewayServicer(KommoGatewayServicer):
         self, request: pb.DeliverMessageRequest, context: Context
     ) -> pb.DeliverMessageResponse:
         _on_budget(context)
-        if not request.text.strip():
-            raise InvalidInput("the message text is empty")
-        if request.lead_id <= 0 and not request.chat_id:
-            raise InvalidInput("a message needs a lead_id (or a chat_id for the Chats API)")
-        if not request.idempotency_key:
-            raise InvalidInput("idempotency_key is required: a customer gets each reply once")
-        status, method = await self._delivery.deliver(
-            request.lead_id, request.text, request.idempotency_key, request.chat_id
-        )
+        out = self._outgoing(request)
+        status, method = await self._delivery.deliver(out)
         log.info(
-            "message for the customer %s", status, extra={"lead_id": request.lead_id, "via": method}
+            "%s for the customer %s",
+            "template" if out.template else "message",
+            status,
+            extra={
+                "lead_id": out.lead_id,
+                "via": method,
+                "salesbot_id": out.salesbot_id or self._settings.kommo_salesbot_id,
+                # Which fields, never their values (personal data).
+                "lead_field_ids": [field_id for field_id, _ in out.lead_fields],
+            },
         )
         return pb.DeliverMessageResponse(status=status, method=method)
+
+    def _outgoing(self, request: pb.DeliverMessageRequest) -> Outgoing:
+        """The request, validated: INVALID_ARGUMENT naming what is wrong."""
+        if not request.idempotency_key:
+            raise InvalidInput("idempotency_key is required: a customer gets each reply once")
+        if request.salesbot_id and not is_kommo_id(request.salesbot_id):
+            raise InvalidInput(f"salesbot_id must be a Kommo id (1 to {KOMMO_ID_MAX}) or 0")
+        fields = sorted(request.lead_fields.items())
+        if len(fields) > MAX_LEAD_FIELDS:
+            raise InvalidInput(
+                f"at most {MAX_LEAD_FIELDS} lead_fields a message, got {len(fields)}"
+            )
+        for field_id, value in fields:
+            if not is_kommo_id(field_id):
+                raise InvalidInput(
+                    f"lead_fields: {field_id} is not a field id (a Kommo id, 1 to {KOMMO_ID_MAX})"
+                )
+            if len(value) > MAX_LEAD_FIELD_CHARS:
+                raise InvalidInput(
+                    f"lead_fields: the value of field {field_id} has {len(value)} characters, "
+                    f"at most {MAX_LEAD_FIELD_CHARS}"
+                )
+        if fields and request.lead_id <= 0:
+            raise InvalidInput("lead_fields are written to a lead: a lead_id is required")
+        if request.template:
+            if request.salesbot_id <= 0:
+                raise InvalidInput(
+                    "a template send needs salesbot_id: the Salesbot whose Message step "
+                    "holds the approved WhatsApp template"
+                )
+            if request.lead_id <= 0:
+                raise InvalidInput("a template send needs a lead_id: the bot runs on the lead")
+        else:
+            if not request.text.strip():
+                raise InvalidInput("the message text is empty")
+            if request.lead_id <= 0 and not request.chat_id:
+                raise InvalidInput("a message needs a lead_id (or a chat_id for the Chats API)")
+            s = self._settings
+            if request.salesbot_id or not s.uses_chats_api:
+                if request.lead_id <= 0:
+                    raise InvalidInput("a message sent by a Salesbot needs a lead_id")
+                if not s.kommo_reply_field_id:
+                    raise InvalidInput(
+                        "a text sent by a Salesbot needs the reply field (KOMMO_REPLY_FIELD_ID), "
+                        "and this gateway sends texts through the Chats API: leave salesbot_id 0"
+                    )
+                if s.kommo_reply_field_id in request.lead_fields:
+                    raise InvalidInput(
+                        f"lead_fields: field {s.kommo_reply_field_id} is the reply field, "
+                        "which carries the text"
+                    )
+        return Outgoing(
+            lead_id=request.lead_id,
+            text=request.text,
+            key=request.idempotency_key,
+            chat_id=request.chat_id,
+            salesbot_id=request.salesbot_id,
+            lead_fields=tuple(fields),
+            template=request.template,
+        )
+
+    async def ListTemplates(
+        self, request: pb.ListTemplatesRequest, context: Context
+    ) -> pb.Templates:
+        _on_budget(context)
+        return await self._templates.get(fresh=request.fresh)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GatewayStatus:
         return await self._status()

@@ -108,6 +108,12 @@ class GatewaySettings(CommonSettings):
     kommo_cache_ttl_seconds: float = Field(
         default=60.0, ge=0, description="leads and contacts are re-read after this long"
     )
+    kommo_templates_cache_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="the chat templates and their WhatsApp review status are read from Kommo "
+        "again after this long (each replica keeps its copy; served stale when Kommo is down)",
+    )
 
     @field_validator(
         "kommo_subdomain", "kommo_client_id", "kommo_client_secret", "kommo_redirect_uri"
