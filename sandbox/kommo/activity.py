@@ -26,7 +26,15 @@ from typing import Any
 
 from sandbox.kommo.config import SandboxConfig
 from sandbox.kommo.responses import JsonDict
-from sandbox.kommo.state import AccountState, Attachment, ChatMessage, ChatTemplate, Lead, User
+from sandbox.kommo.state import (
+    INCOMING_CHAT_MESSAGE,
+    AccountState,
+    Attachment,
+    ChatMessage,
+    ChatTemplate,
+    Lead,
+    User,
+)
 from sandbox.kommo.webhooks import (
     AccountRef,
     CustomFieldHook,
@@ -43,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_SETTING = "add_message"
 LEAD_SETTINGS = {"add": "add_lead", "status": "status_lead"}
-INCOMING_EVENT = "incoming_chat_message"
+INCOMING_EVENT = INCOMING_CHAT_MESSAGE
 OUTGOING_EVENT = "outgoing_chat_message"
 _BOT_NAMESPACE = uuid.UUID("0b6f3f43-8d4c-4f0e-9d55-7a1c2e9b5d10")
 

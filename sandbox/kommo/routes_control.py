@@ -331,7 +331,7 @@ async def set_chat_state(lead_id: int, body: ChatStateIn, sandbox: SandboxDep) -
     if body.origin is not None:
         lead.chat_origin = body.origin
     if "customer_last_wrote_at" in body.model_fields_set:
-        lead.customer_last_wrote_at = body.customer_last_wrote_at
+        sandbox.state.customer_wrote_at(lead, body.customer_last_wrote_at)
     return _chat_state(sandbox, lead)
 
 

@@ -70,6 +70,10 @@ USER_DOMAIN = "previdas.com.br"
 _CHAT_NAMESPACE = uuid.UUID("6f0c7a52-3c1e-4c53-9a53-2b8f5d1a0b01")
 
 
+# Kommo's event type of a message the customer wrote in a chat.
+INCOMING_CHAT_MESSAGE = "incoming_chat_message"
+
+
 @dataclass
 class User:
     """A Kommo user: a vendedor of the account."""
@@ -309,6 +313,9 @@ class Event:
     value_after: list[dict[str, object]]
     # 0 when a bot, a customer or the system caused it; the user's id when a user did.
     created_by: int = 0
+    # Stands for when the customer last wrote, set by the seed or a test (not a message
+    # of the chat): replaced when that time is set again.
+    seeded: bool = False
 
 
 @dataclass
@@ -386,6 +393,7 @@ class AccountState:
         created_at: int,
         value_after: list[dict[str, object]],
         created_by: int = 0,
+        seeded: bool = False,
     ) -> Event:
         # Kommo's event ids are 26-character strings, not numbers.
         event = Event(
@@ -396,9 +404,37 @@ class AccountState:
             created_at=created_at,
             value_after=value_after,
             created_by=created_by,
+            seeded=seeded,
         )
         self.events.append(event)
         return event
+
+    def customer_wrote_at(self, lead: Lead, at: float | None) -> None:
+        """The lead's customer last wrote at `at` (None: never), as a message nobody
+        sees in the chat: the window follows it, and Kommo's events show it (an incoming
+        chat message event, how an integration learns when the customer last wrote)."""
+        lead.customer_last_wrote_at = at
+        self.events = [
+            e
+            for e in self.events
+            if not (e.type == INCOMING_CHAT_MESSAGE and e.entity_id == lead.id and e.seeded)
+        ]
+        if at is not None:
+            self.add_event(
+                INCOMING_CHAT_MESSAGE,
+                lead.id,
+                int(at),
+                [
+                    {
+                        "message": {
+                            "id": str(uuid.uuid4()),
+                            "origin": lead.chat_origin,
+                            "talk_id": lead.talk_id,
+                        }
+                    }
+                ],
+                seeded=True,
+            )
 
     def add_user(
         self, name: str, email: str, *, is_admin: bool = False, is_active: bool = True
@@ -730,7 +766,7 @@ def seed(config: SandboxConfig, *, now: float | None = None) -> AccountState:
             tags=tags,
             created_at=SEED_EPOCH + n * 5400,
         )
-        lead.customer_last_wrote_at = seeded_at - SEEDED_CUSTOMER_WROTE_AGO
+        state.customer_wrote_at(lead, seeded_at - SEEDED_CUSTOMER_WROTE_AGO)
     return state
 
 

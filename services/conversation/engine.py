@@ -41,6 +41,7 @@ from services.conversation.stages.timers import TimerStage
 from services.conversation.stages.turns import TurnStage
 from services.conversation.starter import ProactiveStarter
 from services.conversation.store import WORK_FAILURES, BotStore, ConversationStore, RulesStore
+from services.conversation.template_sends import TemplateSender
 
 if TYPE_CHECKING:
     from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayAsyncStub
@@ -72,6 +73,7 @@ class Engine:
         self.consumer = consumer_name()
         self.bots = BotStore(store.redis, store.retention_seconds)
         self.bot = BotController(settings, store, self.bots, gateway)
+        self.templates = TemplateSender(self)
         self.proactive = ProactiveStarter(self)
         self.rules = RuleBook(
             RulesStore(store.redis), settings.bot_rules_file, settings.bot_rules_refresh_seconds

@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.privacy import ContactDisclosure
+from services.conversation import window
 from services.conversation.events import MessageEvent
+from services.conversation.templates import TemplateRef
 
 CONVERSATION_NAMESPACE = uuid.UUID("6b2f7a4e-8f1d-4c1e-9a57-3c0d5e2b9f10")
 _SPACES = re.compile(r"\s+")
@@ -162,6 +165,31 @@ def vendedor_json(vendedor: vd.Vendedor | None) -> dict[str, Any] | None:
     }
 
 
+def window_json(
+    policy: window.WindowPolicy, conversation: dict[str, str], now: float
+) -> dict[str, Any]:
+    """The chat's channel and WhatsApp's window, as every envelope's `conversation`
+    carries them: `window_open_until` null when the channel has no window; `window_open`
+    false means only a template reaches the customer (docs/n8n-contract.md)."""
+    state = conversation_window(policy, conversation, now)
+    return {
+        "origin": state.origin or None,
+        "window_open": state.open,
+        "window_open_until": iso(state.open_until) if state.open_until else None,
+    }
+
+
+def conversation_window(
+    policy: window.WindowPolicy, conversation: dict[str, str], now: float
+) -> window.WindowState:
+    return window.state(
+        policy,
+        conversation.get("origin", ""),
+        int(conversation.get("customer_at") or 0) / 1000,
+        now,
+    )
+
+
 def message_envelope(
     *,
     event_id: str,
@@ -174,6 +202,7 @@ def message_envelope(
     callback_url: str,
     reply_token: str,
     occurred_at: float,
+    templates: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     return {
         "event": "message.received",
@@ -190,4 +219,14 @@ def message_envelope(
         "trigger": None,
         "scheduling": None,
         "callback": {"url": callback_url, "reply_token": reply_token},
+        # What n8n may answer with instead of text (`template` + `variables`), e.g. when
+        # conversation.window_open is false.
+        "templates": templates or [],
     }
+
+
+def templates_json(configured: Mapping[str, TemplateRef]) -> list[dict[str, Any]]:
+    return [
+        {"purpose": purpose, "variables": ref.variables}
+        for purpose, ref in sorted(configured.items())
+    ]

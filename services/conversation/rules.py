@@ -36,6 +36,7 @@ from services.conversation.patterns import (
     compile_pattern,
 )
 from services.conversation.proactive import WorkingHours
+from services.conversation.templates import TemplateRef, check_purposes
 
 # Bounds on one document, so that a PUT cannot make every turn (or the service's memory) pay
 # for an oversized one.
@@ -477,6 +478,10 @@ EXAMPLE_RULES: Final[dict[str, Any]] = {
         "days": "mon-fri",
         "holidays": ["2026-12-25", "2027-01-01"],
     },
+    "templates": {
+        "reopen": {"salesbot_id": 7101, "template_id": 501},
+        "proactive": {"salesbot_id": 7102, "template_id": 502, "fields": {"900010": "vendedor"}},
+    },
 }
 
 
@@ -506,6 +511,17 @@ class BotRules(_Document):
         default_factory=IgnoreList, description="contacts and leads the bot never answers"
     )
     hours: Hours = Field(default_factory=Hours, description="opening hours, for out_of_hours")
+    templates: dict[str, TemplateRef] = Field(
+        default_factory=dict,
+        description="approved WhatsApp templates by purpose (reopen, scheduling_confirmation, "
+        "proactive, proactive:<trigger>): what goes when WhatsApp's 24-hour window is closed",
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _purposes(cls, value: dict[str, TemplateRef]) -> dict[str, TemplateRef]:
+        check_purposes(value)
+        return value
 
     @model_validator(mode="after")
     def _triggers_complete(self) -> BotRules:

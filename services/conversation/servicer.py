@@ -26,8 +26,10 @@ from services.conversation.events import (
     parse_webhook,
 )
 from services.conversation.kommo_form import nest, parse_form
-from services.conversation.rulebook import InForce
+from services.conversation.rulebook import InForce, parse_rules
 from services.conversation.store import Operations, Privacy, seen_key
+from services.conversation.template_sends import APPROVED, TemplateCheck
+from services.conversation.templates import TemplateRef
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +175,8 @@ class ConversationServicer(ConversationServiceServicer):
             handoff=request.handoff,
             handoff_reason=request.handoff_reason,
             parts=list(request.parts),
+            template=request.template,
+            variables=dict(request.variables),
         )
         return pb.SendReplyResponse(
             status=status, conversation_id=conversation_id, delivery_id=job_id, lead_id=lead_id
@@ -334,7 +338,29 @@ class ConversationServicer(ConversationServiceServicer):
         self, request: pb.PutBotRulesRequest, context: Context
     ) -> pb.BotRulesDocument:
         expected = request.expected_version if request.HasField("expected_version") else None
+        configured = parse_rules(request.rules_json).templates
+        if configured:
+            await self._check_templates(configured)
         return rules_document(await self.engine.rules.put(request.rules_json, expected))
+
+    async def _check_templates(self, configured: dict[str, TemplateRef]) -> None:
+        """Templates WhatsApp has not approved are refused at PUT, naming each; when
+        Kommo cannot say (unreachable, a plan without templates), they are accepted and
+        /health says so while they stay unchecked."""
+        try:
+            statuses = await self.engine.templates.statuses(fresh=True)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("WhatsApp templates not checked at PUT: %s", exc.code().name)
+            return
+        if not statuses:
+            return
+        problems = [
+            TemplateCheck(purpose, ref, statuses.get(ref.template_id, "missing")).problem()
+            for purpose, ref in sorted(configured.items())
+            if ref.template_id is not None and statuses.get(ref.template_id) != APPROVED
+        ]
+        if problems:
+            raise InvalidInput("bot rules: templates: " + "; ".join(problems))
 
     async def GetTemplates(self, request: pb.GetTemplatesRequest, context: Context) -> pb.Templates:
         return pb.Templates(templates=await self.engine.proactive.templates())
@@ -415,11 +441,22 @@ class ConversationServicer(ConversationServiceServicer):
             recent_seconds=self.settings.dead_letter_alert_seconds,
             failing_items=[failing_pb(f) for f in failing[:_FAILING_LISTED]],
         )
+        status.template_problems.extend(await self._template_problems())
         if request.attention_limit:
             attention, skipped = await self._attention(failing, min(request.attention_limit, 500))
             status.attention.extend(attention)
             status.skipped = skipped
         return status
+
+    async def _template_problems(self) -> list[str]:
+        """The configured WhatsApp templates that cannot go, as Kommo says (its answer is
+        cached by the gateway): "" for none; Kommo unreachable is said once, not per
+        template."""
+        try:
+            checks = await self.engine.templates.check_all()
+        except grpc.aio.AioRpcError as exc:
+            return [f"WhatsApp templates not checked: Kommo answered {exc.code().name}"]
+        return [check.problem() for check in checks if not check.approved]
 
     async def _attention(
         self, failing: list[Failure], limit: int

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from services.common.privacy import ContactPrivacySettings
@@ -14,7 +16,7 @@ from services.common.settings import (
     check_replaced,
     check_timezone,
 )
-from services.conversation import rulebook
+from services.conversation import rulebook, window
 from services.conversation.proactive import WorkingHours
 
 # Kommo's won (142) and lost (143) statuses: the same ids in every pipeline.
@@ -36,6 +38,25 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
         description="a customer message older than this when it reaches the bridge (Kommo "
         "redelivering a lost webhook days later) is recorded in the history but not answered "
         "as new; 0 = any age is answered",
+    )
+    whatsapp_window_origins: str = Field(
+        default=window.DEFAULT_WINDOW_ORIGINS,
+        description="chat origins (Kommo's `origin`) with WhatsApp's 24-hour customer-service "
+        "window: outside it only an approved template reaches the customer. QR-code "
+        "WhatsApp (com.amocrm.amocrmwa), Telegram and the site chat have none",
+    )
+    whatsapp_window_margin_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        le=43200,
+        description="the bridge stops sending free text this long before the 24 hours end "
+        "(a message queued just before the end may leave after it)",
+    )
+    late_reply_mode: Literal["reopen", "vendedor"] = Field(
+        default="reopen",
+        description="a reply that finds WhatsApp's window closed: `reopen` sends the reopen "
+        "template and delivers the reply when the customer writes again; `vendedor` hands "
+        "it to the vendedor as a note and a task (the bot pauses)",
     )
     inbox_max_messages: int = Field(
         default=100,
@@ -266,6 +287,12 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
                 )
             triggers[(pipeline, status)] = trigger
         return triggers
+
+    @property
+    def window_policy(self) -> window.WindowPolicy:
+        return window.WindowPolicy.parse(
+            self.whatsapp_window_origins, 86400.0, self.whatsapp_window_margin_seconds
+        )
 
     @property
     def lead_fields(self) -> frozenset[str] | None:

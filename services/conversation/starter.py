@@ -20,7 +20,7 @@ from services.common.due_queue import Claim, now_ms
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.grpc_server import client_metadata
 from services.common.n8n import new_event_id
-from services.conversation import envelope, proactive
+from services.conversation import envelope, proactive, templates
 from services.conversation.store import ProactiveStore
 
 if TYPE_CHECKING:
@@ -189,6 +189,9 @@ class ProactiveStarter:
             vendedor.name,
         )
         conversation = await engine.store.conversation(conversation_id)
+        # The envelope says whether free text can reach this customer (Kommo is asked
+        # when the bridge has not seen them write).
+        await engine.templates.window(conversation, time.time())
         url = self.settings.proactive_webhook_url
         if not (self.settings.proactive_via_n8n and url) or conversation.get("inflight_token"):
             await self._send_template(conversation_id, trigger, text, reply_token="")
@@ -204,6 +207,7 @@ class ProactiveStarter:
                 "chat_id": conversation.get("chat_id"),
                 "talk_id": None,
                 "bot_state": conversation.get("bot_state", "active"),
+                **envelope.window_json(self.settings.window_policy, conversation, time.time()),
             },
             lead=envelope.lead_json(
                 lead,
@@ -220,6 +224,7 @@ class ProactiveStarter:
             callback_url=self.settings.callback_url,
             reply_token=reply_token,
             occurred_at=time.time(),
+            templates=envelope.templates_json((await engine.rules.current()).rules.templates),
         ) | {"event": "conversation.proactive", "trigger": trigger}
         committed = await engine.store.commit_turn(
             conversation_id=conversation_id,
@@ -232,6 +237,7 @@ class ProactiveStarter:
             outbox_lease_ms=0,  # due now: the outbox pool sends it
             check_after_ms=0,
             turn_started_ms=now_ms(),
+            purpose=templates.proactive_purpose(trigger),
         )
         if not committed:
             raise Conflict("the conversation changed while starting it; try again")
@@ -255,6 +261,7 @@ class ProactiveStarter:
             text=text,
             note=f"Mensagem proativa ({trigger}), modelo do bridge.",
             idempotency_key=reply_token or f"proactive:{conversation_id}:{trigger}:{now_ms()}",
+            closed_window_purpose=templates.proactive_purpose(trigger),
         )
 
     async def run_waiting(self, claim: Claim) -> None:

@@ -430,7 +430,17 @@ if ARGV[11] == '1' then
   redis.call('LTRIM', KEYS[3], -tonumber(ARGV[17]), -1)
   redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 end
-if ARGV[18] == '1' then redis.call('HSET', KEYS[1], 'customer_at', ARGV[5]) end
+if ARGV[18] ~= '0' and tonumber(ARGV[18]) > tonumber(redis.call('HGET', KEYS[1], 'customer_at') or '0') then
+  redis.call('HSET', KEYS[1], 'customer_at', ARGV[18])
+end
+if ARGV[19] ~= '' then redis.call('HSET', KEYS[1], 'origin', ARGV[19]) end
+if ARGV[18] ~= '0' then
+  local kept = redis.call('HGET', KEYS[1], 'kept_reply')
+  if kept then
+    redis.call('ZADD', KEYS[12], ARGV[5], kept)
+    redis.call('HDEL', KEYS[1], 'kept_reply')
+  end
+end
 local R = tonumber(ARGV[15])
 touch(ARGV[1], tonumber(ARGV[5]), R)
 expire(KEYS[2], life(tonumber(ARGV[13]) * 1000, KEYS[1], R))
@@ -471,6 +481,7 @@ redis.call('HSET', KEYS[2], 'inflight_token', ARGV[2], 'inflight_event', ARGV[3]
   'inflight_since', ARGV[5])
 redis.call('HSET', KEYS[3], 'conversation_id', ARGV[8], 'event_id', ARGV[3],
   'request_id', ARGV[13])
+if ARGV[16] ~= '' then redis.call('HSET', KEYS[3], 'purpose', ARGV[16]) end
 redis.call('HSET', KEYS[4], 'payload', ARGV[4], 'url', ARGV[10], 'attempts', 0,
   'created_at', ARGV[5], 'conversation_id', ARGV[8], 'request_id', ARGV[13])
 local R, now = tonumber(ARGV[14]), tonumber(ARGV[5])
@@ -596,6 +607,37 @@ return 1
 """
 )
 
+# A line in a conversation's history that no reply job carries (a WhatsApp template the
+# bridge sent), only while the conversation exists.
+_RECORD_HISTORY = (
+    _LIB
+    + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+touch(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+return 1
+"""
+)
+
+# A reply that found WhatsApp's window closed waits for the customer: off the due queue,
+# named on its conversation (the customer's next message puts it back, _APPLY_MESSAGE).
+# If the customer wrote meanwhile (customer_at moved past ARGV[2]), it is due again now.
+_KEEP_REPLY = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+if (redis.call('HGET', KEYS[3], 'customer_at') or '0') ~= ARGV[2] then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+  return 2
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'waiting_for_customer')
+redis.call('HSET', KEYS[3], 'kept_reply', ARGV[1])
+return 1
+"""
+
 _REMEMBER_SENT = (
     _LIB
     + """
@@ -681,6 +723,8 @@ class ConversationStore:
         self.replies = DueQueue(redis, REPLIES_DUE)
         self._ingest = redis.register_script(_INGEST)
         self._apply = redis.register_script(_APPLY_MESSAGE)
+        self._record_history = redis.register_script(_RECORD_HISTORY)
+        self._keep_reply = redis.register_script(_KEEP_REPLY)
         self._bind_lead = redis.register_script(_BIND_LEAD)
         self._commit_turn = redis.register_script(_COMMIT_TURN)
         self._finish_turn = redis.register_script(_FINISH_TURN)
@@ -756,7 +800,8 @@ class ConversationStore:
         to_inbox: bool,
         history_max: int,
         inbox_max: int = 100,
-        from_customer: bool = False,
+        customer_at_ms: int = 0,
+        origin: str = "",
         stream_id: str = "",
         stream: str = EVENTS_STREAM,
         owner: str = "",
@@ -764,7 +809,9 @@ class ConversationStore:
         """Record a message in its conversation once; `history_entry` '' keeps it out of
         the history. With `stream_id`, only while that event is still in `stream`; with
         `owner`, only while that replica holds the stream's lease. The inbox keeps the
-        newest `inbox_max` messages; a customer's message stamps `customer_at`."""
+        newest `inbox_max` messages. A customer's message (`customer_at_ms`, Kommo's time
+        of it) moves `customer_at` forward, never back: it opens WhatsApp's window; the
+        chat's `origin` is kept as the last message names it."""
         applied = await self._apply(
             keys=[
                 conversation_key(conversation_id),
@@ -778,6 +825,7 @@ class ConversationStore:
                 by_chat_key(chat_id),
                 stream,
                 event_owner_key(stream),
+                REPLIES_DUE,
             ],
             args=[
                 conversation_id,
@@ -797,7 +845,8 @@ class ConversationStore:
                 self._r_ms,
                 owner,
                 max(inbox_max, 1),
-                "1" if from_customer else "0",
+                customer_at_ms,
+                origin,
             ],
         )
         return Applied(int(cast(int, applied)))
@@ -957,10 +1006,12 @@ class ConversationStore:
         check_after_ms: int,
         turn_started_ms: int,
         inflight_token: str | None = None,
+        purpose: str = "",
     ) -> bool:
         """Store the envelope (due at `outbox_lease_ms` from now) and the turn in flight,
         and take the turn off the queue if the claim still holds it. Only if the turn at
-        n8n is still `inflight_token` ('' = none; None = whatever it is)."""
+        n8n is still `inflight_token` ('' = none; None = whatever it is). `purpose`: the
+        WhatsApp template its answer becomes if the window is closed (a proactive start's)."""
         token = "*" if inflight_token is None else inflight_token
         async with claim.pinned:
             now = now_ms()
@@ -990,6 +1041,7 @@ class ConversationStore:
                     request_id,
                     self._r_ms,
                     token,
+                    purpose,
                 ],
             )
             return bool(ok)
@@ -1121,6 +1173,27 @@ class ConversationStore:
         for field, value in fields.items():
             flat.extend((field, value))
         return bool(await self._hset_if_exists(keys=[key], args=flat))
+
+    async def record_history(self, conversation_id: str, entry: dict[str, Any], cap: int) -> None:
+        await self._record_history(
+            keys=[history_key(conversation_id), conversation_key(conversation_id)],
+            args=[
+                json.dumps(entry, ensure_ascii=False),
+                max(cap, 1),
+                conversation_id,
+                now_ms(),
+                self._r_ms,
+            ],
+        )
+
+    async def keep_reply(self, claim: Claim, conversation_id: str, customer_at: str) -> bool:
+        """The reply waits for the customer's next message (see _KEEP_REPLY); False when
+        the customer already wrote after `customer_at` (it is due again now)."""
+        kept = await self._keep_reply(
+            keys=[reply_job_key(claim.member), REPLIES_DUE, conversation_key(conversation_id)],
+            args=[claim.member, customer_at or "0", now_ms()],
+        )
+        return int(cast(int, kept)) == 1
 
     async def reply_failed(self, job_id: str, error: str) -> None:
         await self._item_done(

@@ -59,6 +59,7 @@ _MAX_RUNS = 3
 # lead's outgoing messages, so one page holds them all.
 _EVENTS_PAGE_LIMIT = 100
 OUTGOING_CHAT_MESSAGE = "outgoing_chat_message"
+INCOMING_CHAT_MESSAGE = "incoming_chat_message"
 # `created_by` of an event no user caused: a bot's (ours) or the system's.
 _NO_USER = 0
 

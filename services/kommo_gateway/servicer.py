@@ -17,7 +17,7 @@ from services.common.errors import InvalidInput, Unavailable
 from services.common.grpc_client import KOMMO_PRIORITY_METADATA
 from services.common.kommo_ids import KOMMO_ID_MAX, is_kommo_id
 from services.kommo_gateway import mapping
-from services.kommo_gateway.delivery import Delivery, Outgoing
+from services.kommo_gateway.delivery import INCOMING_CHAT_MESSAGE, Delivery, Outgoing
 from services.kommo_gateway.kommo_client import KommoClient
 from services.kommo_gateway.ratelimit import Priority, call_deadline, call_priority
 from services.kommo_gateway.settings import GatewaySettings
@@ -31,6 +31,12 @@ from services.kommo_gateway.store import (
 from services.kommo_gateway.templates import TemplateCache
 
 log = logging.getLogger(__name__)
+
+# WhatsApp's window lasts 24 hours: an older incoming message cannot open it. Two days are
+# looked at, so a window just closed is still told apart from "never wrote".
+_CUSTOMER_LOOKBACK_SECONDS = 2 * 86400
+# Kommo's maximum page of events.
+_EVENTS_LIMIT = 100
 
 # A task with no due time is due in an hour: someone is waiting.
 _DEFAULT_TASK_SECONDS = 3600
@@ -252,6 +258,44 @@ class GatewayServicer(KommoGatewayServicer):
     ) -> pb.Templates:
         _on_budget(context)
         return await self._templates.get(fresh=request.fresh)
+
+    async def GetLastCustomerMessage(
+        self, request: pb.GetLastCustomerMessageRequest, context: Context
+    ) -> pb.LastCustomerMessage:
+        _on_budget(context)
+        lead_id = request.lead_id
+        if not is_kommo_id(lead_id):
+            raise InvalidInput("lead_id must be a Kommo id")
+        since = int(time.time() - _CUSTOMER_LOOKBACK_SECONDS)
+        body = await self._kommo.get_json(
+            "/api/v4/events",
+            {
+                "filter[entity]": "lead",
+                "filter[entity_id][]": lead_id,
+                "filter[type][]": INCOMING_CHAT_MESSAGE,
+                "filter[created_at][from]": since,
+                "limit": _EVENTS_LIMIT,
+            },
+            priority=Priority.CONTEXT,
+        )
+        newest: dict[str, Any] | None = None
+        for event in (body or {}).get("_embedded", {}).get("events", []):
+            if event.get("type") != INCOMING_CHAT_MESSAGE:
+                continue
+            if newest is None or int(event.get("created_at") or 0) > int(
+                newest.get("created_at") or 0
+            ):
+                newest = event
+        if newest is None:
+            return pb.LastCustomerMessage(found=False)
+        origin = ""
+        for value in newest.get("value_after") or []:
+            message = value.get("message") if isinstance(value, dict) else None
+            if isinstance(message, dict):
+                origin = str(message.get("origin") or "")
+        return pb.LastCustomerMessage(
+            found=True, at=float(newest.get("created_at") or 0), origin=origin[:64]
+        )
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GatewayStatus:
         return await self._status()

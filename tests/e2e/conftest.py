@@ -53,6 +53,7 @@ def isolated_stack(
         )
         try:
             yield running
+            assert_no_free_text_into_closed_windows(running)
         finally:
             running.stop()
     finally:
@@ -73,8 +74,18 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     )
     try:
         yield running
+        assert_no_free_text_into_closed_windows(running)
     finally:
         running.stop()
+
+
+def assert_no_free_text_into_closed_windows(stack: Stack) -> None:
+    """WhatsApp refuses free text outside the customer's 24-hour window: across every test
+    of a stack, the sandbox (playing WhatsApp) must have seen the bridge send none."""
+    if stack.sandbox is None:
+        return
+    sends = httpx.get(f"{stack.sandbox_url}/_sandbox/closed-window-sends", timeout=10).json()
+    assert sends == [], f"free text sent into a closed WhatsApp window: {sends}"
 
 
 @pytest.fixture

@@ -149,7 +149,11 @@ def test_a_run_that_fails_after_sending_is_delivered_once(kommo: Kommo) -> None:
     assert kommo.bot_run_statuses() == [502]
     assert [m["text"] for m in kommo.outgoing(lead)] == [text]
     # And the event that proved it carried no text.
-    (event,) = [e for e in kommo.control("GET", "/events") if e["entity_id"] == lead]
+    (event,) = [
+        e
+        for e in kommo.control("GET", "/events")
+        if e["entity_id"] == lead and e["type"] == "outgoing_chat_message"
+    ]
     assert event["created_by"] == 0 and "text" not in event["value_after"][0]["message"]
 
 
@@ -185,5 +189,9 @@ def test_a_salespersons_message_meanwhile_is_not_taken_for_the_reply(kommo: Komm
     assert kommo.bot_run_statuses() == [502, 202]
     wait_for(lambda: len(kommo.outgoing(lead)) == 2, what="the reply after the person's")
     assert [m["text"] for m in kommo.outgoing(lead)] == ["Oi, aqui é o Bruno.", text]
-    events = [e for e in kommo.control("GET", "/events") if e["entity_id"] == lead]
+    events = [
+        e
+        for e in kommo.control("GET", "/events")
+        if e["entity_id"] == lead and e["type"] == "outgoing_chat_message"
+    ]
     assert [e["created_by"] for e in events] == [SALESBOT_USER, 0]

@@ -5,6 +5,7 @@ recognised."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -94,6 +95,11 @@ def test_the_workflow_confirms_to_a_customer_with_no_conversation_once_and_repor
     )
     created_lead.raise_for_status()
     lead = int(created_lead.json()["lead_id"])
+    # Its customer wrote in Kommo a minute ago: WhatsApp's window is open for free text.
+    http.post(
+        f"{stack.sandbox_url}/_sandbox/leads/{lead}/chat",
+        json={"customer_last_wrote_at": time.time() - 60},
+    ).raise_for_status()
     with _api(stack) as api:
         created = api.post(
             "/agendamento/request", json={"lead_id": lead, "requested_at": _in_days(4)}

@@ -1,9 +1,11 @@
 """POST /send-response by lead_id to a lead nobody has talked to yet: the bridge opens its
-conversation (the lead's contact found in Kommo) and delivers the text once; it still
+conversation (the lead's contact found in Kommo, and from Kommo's events when its customer
+last wrote: WhatsApp's window) and delivers the text once; it still
 never talks over a person and still refuses a lead Kommo does not know."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +35,15 @@ def new_lead(http: httpx.Client, stack: Stack, name: str) -> int:
         json={"kind": "add", "name": name, "responsible_user_id": VENDEDOR_USER},
     )
     created.raise_for_status()
-    return int(created.json()["lead_id"])
+    lead = int(created.json()["lead_id"])
+    # Its customer wrote a minute ago (in Kommo; the bridge saw no webhook of it): WhatsApp's
+    # window is open, so free text reaches them (tests/e2e/test_whatsapp_window.py has the
+    # customer who never wrote).
+    http.post(
+        f"{stack.sandbox_url}/_sandbox/leads/{lead}/chat",
+        json={"customer_last_wrote_at": time.time() - 60},
+    ).raise_for_status()
+    return lead
 
 
 def outgoing(http: httpx.Client, stack: Stack, lead: int, text: str) -> list[dict[str, Any]]:

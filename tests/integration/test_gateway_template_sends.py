@@ -331,3 +331,32 @@ async def test_list_templates_reads_the_sandboxs_templates_with_their_review(
     assert by_id[TEMPLATE_IN_REVIEW_ID].review_status == "review"
     reads = [s for s in gateway.recording.sent if s.path == "/api/v4/chats/templates"]
     assert len(reads) == 1
+
+
+async def test_last_customer_message_comes_from_kommos_incoming_message_events(
+    gateway: Gateway,
+) -> None:
+    """A lead the bridge has not seen write: Kommo's events say when its customer did."""
+    state = gateway.sandbox.state
+    lead = state.leads[FIRST_LEAD]
+    seeded = lead.customer_last_wrote_at
+    assert seeded is not None
+    answer = await gateway.stub.GetLastCustomerMessage(
+        gw.GetLastCustomerMessageRequest(lead_id=FIRST_LEAD)
+    )
+    assert answer.found and answer.at == int(seeded) and answer.origin == "waba"
+
+    lead.chat_origin = "telegram"
+    state.customer_wrote_at(lead, seeded + 60)
+    answer = await gateway.stub.GetLastCustomerMessage(
+        gw.GetLastCustomerMessageRequest(lead_id=FIRST_LEAD)
+    )
+    assert answer.at == int(seeded + 60) and answer.origin == "telegram"
+
+    state.customer_wrote_at(lead, None)
+    never = await gateway.stub.GetLastCustomerMessage(
+        gw.GetLastCustomerMessageRequest(lead_id=FIRST_LEAD)
+    )
+    assert not never.found
+    reads = [s for s in gateway.recording.sent if s.path == "/api/v4/events"]
+    assert len(reads) == 3

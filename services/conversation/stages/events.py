@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 # Settled, the leases are renewed every third of WORK_LEASE_SECONDS.
 _REBALANCE_TICK_SECONDS = 0.5
 
+# A chat's origin is a short channel name (waba, instagram_business...): kept bounded.
+_ORIGIN_CHARS = 64
+
 # An entry read from a stream: (stream, entry id, fields).
 Entry = tuple[str, str, dict[bytes, bytes]]
 
@@ -166,7 +169,9 @@ class EventStage(Stage):
             talk_id=event.talk_id,
             to_inbox=event.from_customer and not too_old,
             inbox_max=self.settings.inbox_max_messages,
-            from_customer=event.from_customer,
+            # WhatsApp's window opens at the customer's message as Kommo dates it.
+            customer_at_ms=int(min(at, time.time()) * 1000) if event.from_customer else 0,
+            origin=event.origin[:_ORIGIN_CHARS],
             history_max=max(self.settings.history_turns * 2, 10),
             stream_id=stream_id,
             stream=stream,

@@ -31,9 +31,10 @@ from services.common.grpc_server import client_metadata
 from services.common.logs import flow, request_id
 from services.common.n8n import next_delay
 from services.common.workpool import WorkPool, leased
-from services.conversation import envelope, rules
+from services.conversation import envelope, rules, templates
 from services.conversation.stages import Stage, is_transient
 from services.conversation.store import REPLIES_DUE
+from services.conversation.template_sends import TemplateUnavailable
 
 if TYPE_CHECKING:
     from services.conversation.engine import Engine
@@ -120,10 +121,26 @@ class ReplyStage(Stage):
         handoff: bool = False,
         handoff_reason: str = "",
         parts: list[str] | None = None,
+        template: str = "",
+        variables: dict[str, str] | None = None,
+        closed_window_purpose: str = "",
     ) -> tuple[str, str, str, int]:
         """Returns (status, conversation id, job id, lead id). `parts`: n8n's own split of
-        the reply, each sent as its own message (else the rules may split `text`)."""
+        the reply, each sent as its own message (else the rules may split `text`).
+        `template`: a template's purpose (with its `variables`) instead of text.
+        `closed_window_purpose`: what goes instead when WhatsApp's window is closed — that
+        template, and the text is dropped (a proactive start: the template is its first
+        message); '' = the reopen template, and the text waits for the customer."""
         parts = [part.strip() for part in parts or [] if part.strip()]
+        if template:
+            if not templates.is_purpose(template):
+                raise InvalidInput(
+                    f"template {template[:40]!r} is not a purpose: use one the envelope's "
+                    "`templates` lists (reopen, scheduling_confirmation, proactive, ...)"
+                )
+            if text.strip() or parts:
+                raise InvalidInput("send either text (or parts) or a template, not both")
+            parts = [f"[modelo do WhatsApp: {template}]"]
         if not text.strip() and not parts and not handoff:
             raise InvalidInput("text is empty")
         conversation_id, turn = await self.resolve_conversation(
@@ -148,7 +165,12 @@ class ReplyStage(Stage):
             )
         if not lead and not conversation.get("chat_id"):
             raise InvalidInput("conversation has no lead or chat to deliver to")
-        parts, pauses = await self._pace(conversation, parts or ([text] if text.strip() else []))
+        if template:
+            pauses = [0.0]
+        else:
+            parts, pauses = await self._pace(
+                conversation, parts or ([text] if text.strip() else [])
+            )
         job_id = uuid.uuid4().hex
         job = {
             "conversation_id": conversation_id,
@@ -168,6 +190,9 @@ class ReplyStage(Stage):
             "handoff": "1" if handoff else "0",
             "handoff_reason": handoff_reason,
             "request_id": request_id.get(),
+            "template_purpose": template,
+            "closed_window_purpose": closed_window_purpose or turn.get("purpose", ""),
+            "variables": json.dumps(variables or {}, ensure_ascii=False),
         }
         # Queued leased to this request, which delivers it now; if this replica dies,
         # the reply pool of a live one takes it when the lease runs out.
@@ -229,7 +254,19 @@ class ReplyStage(Stage):
                     if now_ms() < due:
                         await self.store.replies.reschedule(claim, due)
                         return "delivering"
-                    if not await self._still_the_bots(conversation_id):
+                conversation = await self.store.conversation(conversation_id)
+                if job.get("template_purpose"):
+                    # n8n answered with a template: it goes whatever the window.
+                    await self._deliver_template(job, conversation, claim)
+                    sent = len(parts)
+                    break
+                window_state = await self.engine.templates.window(conversation, time.time())
+                if conversation and not window_state.open:
+                    # Free text would not reach the customer (WhatsApp's 24-hour window):
+                    # checked at the moment each part leaves.
+                    return await self._window_closed(claim, job, conversation, parts[sent:])
+                if sent > 0:
+                    if conversation.get("bot_state", "active") != "active":
                         log.info(
                             "a person took the conversation over: %d of %d parts not sent",
                             len(parts) - sent,
@@ -257,6 +294,18 @@ class ReplyStage(Stage):
                         raise
                     log.warning("note on lead failed: %s", exc.details())
                 await self.store.update_reply_job(claim.member, noted=1)
+        except TemplateUnavailable as exc:
+            # Kept, never sent as free text: failing work with the reason, retried (the
+            # template may be approved meanwhile), then a dead letter to replay.
+            outcome = await self.failures.failed(
+                "reply", self.store.replies, claim, str(exc), conversation_id=conversation_id
+            )
+            log.warning(
+                "reply not sent: %s",
+                exc,
+                extra={"conversation_id": conversation_id, "parked": outcome.parked},
+            )
+            return "waiting_for_template"
         except Exception as exc:
             if not is_transient(exc):
                 await self.store.reply_failed(claim.member, str(exc))
@@ -331,9 +380,75 @@ class ReplyStage(Stage):
         )
         await self.bots.count("messages_out")
 
-    async def _still_the_bots(self, conversation_id: str) -> bool:
-        conversation = await self.store.conversation(conversation_id)
-        return conversation.get("bot_state", "active") == "active"
+    async def _window_closed(
+        self,
+        claim: Claim,
+        job: dict[str, str],
+        conversation: dict[str, str],
+        left: list[str],
+    ) -> str:
+        """A reply (or what is left of it) found WhatsApp's window closed. It is kept:
+        the reopen template asks the customer to write, and their next message puts the
+        reply back (_APPLY_MESSAGE); or, with LATE_REPLY_MODE=vendedor, the vendedor gets
+        it as a note and a task and takes the conversation over."""
+        conversation_id = job["conversation_id"]
+        text = "\n\n".join(left)
+        await self.bots.count("replies_window_closed")
+        if job.get("closed_window_purpose"):
+            # A first message (a proactive start): its template is what the customer gets.
+            purpose = job["closed_window_purpose"]
+            await self.engine.templates.send(
+                conversation, purpose, f"{job['idempotency_key']}:template", {"texto": text}
+            )
+            await self.store.reply_done(claim)
+            await self.store.finish_turn(
+                conversation_id, job.get("reply_token", ""), job.get("event_id", "")
+            )
+            return "template_sent"
+        if self.settings.late_reply_mode == "vendedor":
+            await self.store.reply_done(claim)
+            await self.store.finish_turn(
+                conversation_id, job.get("reply_token", ""), job.get("event_id", "")
+            )
+            await self.bot.handoff(
+                conversation_id,
+                "assistente",
+                "a janela de 24 h do WhatsApp fechou antes da resposta; resposta do "
+                f"assistente: {text}",
+                "late_replies_to_vendedor",
+            )
+            return "handed_to_vendedor"
+        customer_at = conversation.get("customer_at", "")
+        await self.engine.templates.send(
+            conversation,
+            templates.REOPEN,
+            # One reopen per closed window, however many replies wait behind it.
+            f"reopen:{conversation_id}:{customer_at or 0}",
+            {"texto": text},
+        )
+        if await self.store.keep_reply(claim, conversation_id, customer_at):
+            await self.store.finish_turn(
+                conversation_id, job.get("reply_token", ""), job.get("event_id", "")
+            )
+            await self.bots.count("replies_waiting_for_customer")
+            log.info(
+                "window closed: reopen template sent, the reply waits for the customer",
+                extra={"conversation_id": conversation_id},
+            )
+        return "waiting_for_customer"
+
+    async def _deliver_template(
+        self, job: dict[str, str], conversation: dict[str, str], claim: Claim
+    ) -> None:
+        """n8n's answer was a template (and its variables) rather than text."""
+        purpose = job["template_purpose"]
+        await self.engine.templates.send(
+            conversation,
+            purpose,
+            job["idempotency_key"],
+            json.loads(job.get("variables") or "{}"),
+        )
+        await self.store.update_reply_job(claim.member, delivered=1, parts_sent=1)
 
 
 def job_parts(job: dict[str, str]) -> list[str]:

@@ -19,6 +19,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,9 @@ from services.common.logs import flow, request_id
 from services.common.n8n import new_event_id
 from services.common.workpool import WorkPool
 from services.conversation import envelope, rules
+from services.conversation.rulebook import InForce
 from services.conversation.stages import Stage, is_transient
+from services.conversation.templates import TemplateRef
 
 if TYPE_CHECKING:
     from services.conversation.engine import Engine
@@ -129,13 +132,16 @@ class TurnStage(Stage):
             await self.store.turns.release(claim)
             await self.bots.count("messages_without_lead", len(pending))
             return
-        decision = await self._decide(conversation, pending, context)
+        in_force = await self.engine.rules.current()
+        decision = await self._decide(conversation, pending, context, in_force)
         if decision.out_of_hours_reply:
             await self._out_of_hours(conversation, decision)
         if decision.action != "answer":
             await self._not_answered(claim, conversation, pending, decision)
             return
-        payload, reply_token, event_id = self._envelope(conversation, pending, context)
+        payload, reply_token, event_id = self._envelope(
+            conversation, pending, context, in_force.rules.templates
+        )
         log.info(
             "turn for n8n",
             extra={"conversation_id": conversation_id, "event_id": event_id, "requests": rids},
@@ -210,11 +216,14 @@ class TurnStage(Stage):
         return TurnContext(lead.id, context.contact_id, lead, contact, vendedor, context.history)
 
     async def _decide(
-        self, conversation: dict[str, str], pending: list[dict[str, Any]], context: TurnContext
+        self,
+        conversation: dict[str, str],
+        pending: list[dict[str, Any]],
+        context: TurnContext,
+        in_force: InForce,
     ) -> rules.Decision:
         """What the bot rules say about this turn, recorded on the conversation (its
         status and debug view show it) and counted per message on the dashboard."""
-        in_force = await self.engine.rules.current()
         now = datetime.now(UTC)
         session_at = int(conversation.get("session_at") or 0)
         bot_at = max(
@@ -311,7 +320,11 @@ class TurnStage(Stage):
             await self.bot.handoff(conversation_id, "cliente", decision.reason, "handoffs_keyword")
 
     def _envelope(
-        self, conversation: dict[str, str], pending: list[dict[str, Any]], context: TurnContext
+        self,
+        conversation: dict[str, str],
+        pending: list[dict[str, Any]],
+        context: TurnContext,
+        configured: Mapping[str, TemplateRef],
     ) -> tuple[str, str, str]:
         lead, contact, vendedor = context.lead, context.contact, context.vendedor
         lead_id, contact_id = context.lead_id, context.contact_id
@@ -329,6 +342,7 @@ class TurnStage(Stage):
                 "chat_id": conversation.get("chat_id"),
                 "talk_id": int(conversation.get("talk_id") or 0) or None,
                 "bot_state": conversation.get("bot_state", "active"),
+                **envelope.window_json(self.settings.window_policy, conversation, time.time()),
             },
             lead=envelope.lead_json(
                 lead,
@@ -349,6 +363,7 @@ class TurnStage(Stage):
             callback_url=self.settings.callback_url,
             reply_token=reply_token,
             occurred_at=time.time(),
+            templates=envelope.templates_json(configured),
         )
         return json.dumps(body, ensure_ascii=False), reply_token, event_id
 

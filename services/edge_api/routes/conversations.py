@@ -25,6 +25,8 @@ _REPLY_ATTEMPTS = 3
 _REPLY_RETRY_SECONDS = 0.2
 
 router = APIRouter(tags=["conversations"])
+# Stored and not yet with the customer: 202.
+_NOT_YET_DELIVERED = frozenset({"queued", "waiting_for_customer", "waiting_for_template"})
 
 
 class SendResponseBody(BaseModel):
@@ -58,6 +60,20 @@ class SendResponseBody(BaseModel):
     idempotency_key: str | None = Field(default=None, max_length=200)
     handoff: bool = False
     handoff_reason: str | None = Field(default=None, max_length=1000)
+    template: str | None = Field(
+        default=None,
+        max_length=60,
+        description="instead of text: an approved WhatsApp template by its purpose, one of "
+        "the envelope's `templates` (what reaches a customer whose 24-hour window is closed)",
+    )
+    variables: dict[
+        Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=1024)]
+    ] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="the template's variables (the envelope lists them); the bridge fills "
+        "nome, lead and vendedor itself when they are not given",
+    )
 
     @model_validator(mode="after")
     def _target(self) -> SendResponseBody:
@@ -66,15 +82,23 @@ class SendResponseBody(BaseModel):
         if self.text.strip() and self.messages:
             raise ValueError("send either text or messages, not both")
         given = self.text.strip() or any(m.strip() for m in self.messages or [])
-        if not given and not self.handoff:
-            raise ValueError("text (or messages) is required, unless handoff is true")
+        if self.template and given:
+            raise ValueError("send either a template or text (or messages), not both")
+        if not given and not self.handoff and not self.template:
+            raise ValueError(
+                "text (or messages, or a template) is required, unless handoff is true"
+            )
         return self
 
 
 class SendResponseResult(BaseModel):
     status: str = Field(
         description="delivered, delivering (the first message is out, the others follow "
-        "paced like typing), queued (Kommo slow: retried) or duplicate"
+        "paced like typing), queued (Kommo slow: retried), duplicate, waiting_for_customer "
+        "(WhatsApp's 24-hour window was closed: the reopen template went, the reply goes when "
+        "the customer writes again), handed_to_vendedor (window closed, LATE_REPLY_MODE="
+        "vendedor) or waiting_for_template (window closed, no approved template: kept as "
+        "failing work)"
     )
     conversation_id: str
     delivery_id: str
@@ -86,7 +110,10 @@ class SendResponseResult(BaseModel):
     dependencies=ANSWER_KEY,
     response_model=SendResponseResult,
     responses={
-        202: {"description": "stored; Kommo is slow or down and delivery is retried"},
+        202: {
+            "description": "stored, not yet with the customer: Kommo is slow or down (retried), "
+            "or WhatsApp's 24-hour window is closed (status says which)"
+        },
         404: {"description": "unknown reply_token or conversation, or a lead Kommo does not know"},
         409: {"description": "a person took the conversation over: not sent"},
     },
@@ -104,6 +131,8 @@ async def send_response(body: SendResponseBody, clients: ClientsDep) -> JSONResp
         handoff=body.handoff,
         handoff_reason=body.handoff_reason or "",
         parts=body.messages or [],
+        template=body.template or "",
+        variables=body.variables,
     )
     answer = await send_reply(clients, request)
     result = SendResponseResult(
@@ -112,7 +141,9 @@ async def send_response(body: SendResponseBody, clients: ClientsDep) -> JSONResp
         delivery_id=answer.delivery_id,
         lead_id=answer.lead_id or None,
     )
-    return JSONResponse(result.model_dump(), status_code=202 if answer.status == "queued" else 200)
+    return JSONResponse(
+        result.model_dump(), status_code=202 if answer.status in _NOT_YET_DELIVERED else 200
+    )
 
 
 async def send_reply(clients: Clients, request: conv.SendReplyRequest) -> conv.SendReplyResponse:

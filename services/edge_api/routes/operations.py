@@ -124,6 +124,14 @@ def stats_json(answer: conv.Stats) -> dict[str, Any]:
             "held_out_of_hours": counters.get("decision_hold", 0),
             "out_of_hours_replies": counters.get("out_of_hours_replies", 0),
         },
+        # WhatsApp's 24-hour window: templates sent, replies that found it closed and
+        # what became of them.
+        "whatsapp": {
+            "template_sends": counters.get("template_sends", 0),
+            "replies_window_closed": counters.get("replies_window_closed", 0),
+            "replies_waiting_for_customer": counters.get("replies_waiting_for_customer", 0),
+            "late_replies_to_vendedor": counters.get("late_replies_to_vendedor", 0),
+        },
         # Kommo webhooks the bridge refused whole, and parts of stored ones it skipped,
         # by reason (the conversation service's log says which field).
         "webhooks": {

@@ -121,6 +121,7 @@ async def health_report(runtime: EdgeRuntime, attention_limit: int = 0) -> Healt
                 f"{work.dead_letters_recent} dead letter(s) parked in the last "
                 f"{work.recent_seconds / 3600:g} h (GET /dead-letters)"
             )
+        problems.extend(work.template_problems)
     else:
         work_json = str(work)
         problems.append(f"work: {work}")

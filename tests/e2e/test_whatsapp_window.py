@@ -1,0 +1,315 @@
+"""WhatsApp's 24-hour window through real processes (issue 20): outside it free text never
+leaves the bridge; an approved template does, with its markers filled; a late reply is
+kept and delivered once the customer writes again; a channel without a window gets free
+text as always; a template WhatsApp has not approved keeps the work, never sends text.
+
+The sandbox plays WhatsApp: free text into a closed window is marked failed in its chat
+and listed by /_sandbox/closed-window-sends, which must stay empty."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from devstack.stack import Stack
+from sandbox.kommo.config import (
+    SCHEDULE_FIELD_ID,
+    SELLER_NAME_FIELD_ID,
+    TEMPLATE_FORM_WELCOME_BOT,
+    TEMPLATE_FORM_WELCOME_ID,
+    TEMPLATE_IN_REVIEW_BOT,
+    TEMPLATE_IN_REVIEW_ID,
+    TEMPLATE_REOPEN_BOT,
+    TEMPLATE_REOPEN_ID,
+    TEMPLATE_SCHEDULING_BOT,
+    TEMPLATE_SCHEDULING_ID,
+)
+from tests.e2e.conftest import chat, customer_writes, isolated_stack, wait_for
+
+DAY = 86400
+
+RULES: dict[str, Any] = {
+    "templates": {
+        "reopen": {"salesbot_id": TEMPLATE_REOPEN_BOT, "template_id": TEMPLATE_REOPEN_ID},
+        "proactive": {
+            "salesbot_id": TEMPLATE_FORM_WELCOME_BOT,
+            "template_id": TEMPLATE_FORM_WELCOME_ID,
+            "fields": {str(SELLER_NAME_FIELD_ID): "vendedor"},
+        },
+        "scheduling_confirmation": {
+            "salesbot_id": TEMPLATE_SCHEDULING_BOT,
+            "template_id": TEMPLATE_SCHEDULING_ID,
+            "fields": {str(SCHEDULE_FIELD_ID): "horario"},
+        },
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with isolated_stack(
+        tmp_path_factory,
+        "whatsapp-window",
+        env={
+            "PROACTIVE_HOURS": "00:00-24:00",
+            "PROACTIVE_DAYS": "mon-sun",
+            "PROACTIVE_VIA_N8N": "false",
+            "KOMMO_TEMPLATES_CACHE_SECONDS": "0.5",
+            "WORK_RETRY_BASE_SECONDS": "0.5",
+            "WORK_RETRY_MAX_SECONDS": "1",
+            # Kept as failing work while the template is not approved, tried again.
+            "WORK_MAX_ATTEMPTS": "1000",
+        },
+    ) as running:
+        with httpx.Client(
+            base_url=running.edge_url, headers={"X-API-Key": running.api_key}, timeout=30
+        ) as api:
+            answer = api.put("/bot-rules", json=RULES)
+            assert answer.status_code == 200, answer.text
+        yield running
+
+
+def _set_chat(
+    http: httpx.Client, stack: Stack, lead: int, *, origin: str, last_wrote: float | None
+) -> None:
+    answer = http.post(
+        f"{stack.sandbox_url}/_sandbox/leads/{lead}/chat",
+        json={"origin": origin, "customer_last_wrote_at": last_wrote},
+    )
+    answer.raise_for_status()
+
+
+def _old_customer_message(
+    http: httpx.Client, api: httpx.Client, stack: Stack, lead: int, origin: str, at: float
+) -> None:
+    """What the bridge knew of this customer: a message written at `at` (its webhook),
+    once the bridge has recorded it (too old to answer: history only)."""
+    text = f"mensagem antiga {uuid.uuid4().hex[:8]}"
+    fields = {
+        "account[subdomain]": "previdas",
+        "message[add][0][id]": str(uuid.uuid4()),
+        "message[add][0][chat_id]": f"chat-{lead}",
+        "message[add][0][text]": text,
+        "message[add][0][created_at]": str(int(at)),
+        "message[add][0][element_type]": "2",
+        "message[add][0][element_id]": str(lead),
+        "message[add][0][type]": "incoming",
+        "message[add][0][author][type]": "external",
+        "message[add][0][origin]": origin,
+    }
+    answer = http.post(
+        stack.webhook_url,
+        content=urlencode(fields),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code == 200, answer.text
+    wait_for(lambda: text in api.get("/debug/conversations").text, what="the old message")
+
+
+def _closed_window_sends(http: httpx.Client, stack: Stack) -> list[dict[str, Any]]:
+    return list(http.get(f"{stack.sandbox_url}/_sandbox/closed-window-sends").json())
+
+
+def _outgoing(http: httpx.Client, stack: Stack, lead: int) -> list[dict[str, Any]]:
+    return [m for m in chat(http, stack, lead) if m["direction"] == "outgoing"]
+
+
+def test_a_form_lead_who_never_wrote_gets_exactly_one_template(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    created = http.post(
+        f"{stack.sandbox_url}/_sandbox/lead-event", json={"kind": "add", "name": "Formulário"}
+    )
+    created.raise_for_status()
+    lead = int(created.json()["lead_id"])
+    started = api.post("/start-proactive", json={"lead_id": lead, "trigger": "form"})
+    assert started.status_code in (200, 201), started.text
+    sent = wait_for(lambda: _outgoing(http, stack, lead), what="the first message")
+    time.sleep(1.0)
+    sent = _outgoing(http, stack, lead)
+    assert len(sent) == 1, sent
+    (message,) = sent
+    assert message["via"] == "template" and message["template_id"] == TEMPLATE_FORM_WELCOME_ID
+    assert message["delivered"] is True
+    # Its markers filled from the lead at the moment the bot ran: the vendedor's name.
+    assert "{{" not in message["text"] and ", aqui é ." not in message["text"]
+    assert not [s for s in _closed_window_sends(http, stack) if s["lead_id"] == lead]
+
+
+def test_a_late_reply_reopens_the_window_and_goes_when_the_customer_answers(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    lead = 9100011
+    wrote = time.time() - DAY - 3600
+    _set_chat(http, stack, lead, origin="waba", last_wrote=wrote)
+    _old_customer_message(http, api, stack, lead, "waba", wrote)
+    reply = "Oi! Sobre a sua dúvida de ontem: sim, temos horário."
+    answer = api.post(
+        "/send-response", json={"lead_id": lead, "text": reply, "idempotency_key": "late-1"}
+    )
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["status"] == "waiting_for_customer"
+    template = wait_for(
+        lambda: [m for m in _outgoing(http, stack, lead) if m["via"] == "template"],
+        what="the reopen template",
+    )
+    assert template[0]["template_id"] == TEMPLATE_REOPEN_ID
+    assert not any(reply in m["text"] for m in _outgoing(http, stack, lead))
+
+    customer_writes(http, stack, lead, "Oi, pode falar")
+    wait_for(
+        lambda: any(reply in m["text"] for m in _outgoing(http, stack, lead)),
+        what="the kept reply, delivered",
+    )
+    time.sleep(1.5)
+    delivered = [m for m in _outgoing(http, stack, lead) if reply in m["text"]]
+    assert len(delivered) == 1 and delivered[0]["delivered"] is True
+    # Sent twice by n8n, still once.
+    again = api.post(
+        "/send-response", json={"lead_id": lead, "text": reply, "idempotency_key": "late-1"}
+    )
+    assert again.json()["status"] == "duplicate"
+    assert not [s for s in _closed_window_sends(http, stack) if s["lead_id"] == lead]
+
+
+def test_a_channel_without_a_window_gets_free_text_as_always(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    lead = 9100012
+    wrote = time.time() - 3 * DAY
+    _set_chat(http, stack, lead, origin="telegram", last_wrote=wrote)
+    _old_customer_message(http, api, stack, lead, "telegram", wrote)
+    text = "Resposta pelo Telegram, dias depois"
+    answer = api.post("/send-response", json={"lead_id": lead, "text": text})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "delivered"
+    wait_for(
+        lambda: any(m["text"] == text and m["delivered"] for m in _outgoing(http, stack, lead)),
+        what="the free text",
+    )
+    assert not [m for m in _outgoing(http, stack, lead) if m["via"] == "template"]
+
+
+def test_n8n_answering_with_a_template_sends_that_template_once(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    lead = 9100013
+    body = {
+        "lead_id": lead,
+        "template": "scheduling_confirmation",
+        "variables": {"horario": "terça, 10h"},
+        "idempotency_key": "agendamento:e2e-template",
+    }
+    first = api.post("/send-response", json=body)
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == "delivered"
+    assert api.post("/send-response", json=body).json()["status"] == "duplicate"
+    sent = wait_for(
+        lambda: [m for m in _outgoing(http, stack, lead) if m["via"] == "template"],
+        what="the template",
+    )
+    time.sleep(1.0)
+    sent = [m for m in _outgoing(http, stack, lead) if m["via"] == "template"]
+    assert len(sent) == 1
+    assert sent[0]["template_id"] == TEMPLATE_SCHEDULING_ID
+    assert "terça, 10h" in sent[0]["text"]
+
+
+def test_a_template_not_approved_is_refused_at_put_and_keeps_the_work(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    in_review = {
+        "templates": {
+            **RULES["templates"],
+            "reopen": {"salesbot_id": TEMPLATE_IN_REVIEW_BOT, "template_id": TEMPLATE_IN_REVIEW_ID},
+        }
+    }
+    refused = api.put("/bot-rules", json=in_review)
+    assert refused.status_code == 400
+    assert f"template {TEMPLATE_IN_REVIEW_ID}" in refused.json()["error"]
+    assert "review" in refused.json()["error"]
+
+    # An approved template that Meta pauses afterwards: nothing goes, the work is kept.
+    lead = 9100014
+    wrote = time.time() - 2 * DAY
+    _set_chat(http, stack, lead, origin="waba", last_wrote=wrote)
+    _old_customer_message(http, api, stack, lead, "waba", wrote)
+    paused = http.post(
+        f"{stack.sandbox_url}/_sandbox/templates/{TEMPLATE_REOPEN_ID}/review",
+        json={"review_status": "paused"},
+    )
+    paused.raise_for_status()
+    try:
+        time.sleep(1.0)  # past the gateway's template cache
+        text = "Resposta que não pode sair como texto"
+        answer = api.post("/send-response", json={"lead_id": lead, "text": text})
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["status"] == "waiting_for_template"
+        health = wait_for(
+            lambda: (h := api.get("/health").json())["status"] == "degraded" and h,
+            what="/health degraded",
+        )
+        assert any(f"template {TEMPLATE_REOPEN_ID}" in p for p in health["problems"])
+        assert health["work"]["failing"] >= 1
+        assert not _outgoing(http, stack, lead)
+    finally:
+        http.post(
+            f"{stack.sandbox_url}/_sandbox/templates/{TEMPLATE_REOPEN_ID}/review",
+            json={"review_status": "approved"},
+        ).raise_for_status()
+    # Approved again: the kept work goes as the reopen template, never as free text.
+    wait_for(
+        lambda: [m for m in _outgoing(http, stack, lead) if m["via"] == "template"],
+        timeout=20,
+        what="the reopen template once approved",
+    )
+    assert not [s for s in _closed_window_sends(http, stack) if s["lead_id"] == lead]
+
+
+def test_the_envelope_tells_n8n_the_channel_the_window_and_the_templates(
+    stack: Stack, http: httpx.Client
+) -> None:
+    lead = 9100015
+    customer_writes(http, stack, lead, "Oi, tudo bem?")
+    received = wait_for(
+        lambda: [
+            r["body"]
+            for r in http.get(f"{stack.standin_url}/_standin/received").json()["received"]
+            if r["body"]["conversation"]["lead_id"] == lead
+        ],
+        what="the envelope",
+    )
+    conversation = received[0]["conversation"]
+    assert conversation["origin"] == "waba"
+    assert conversation["window_open"] is True
+    assert conversation["window_open_until"]
+    purposes = {t["purpose"]: t["variables"] for t in received[0]["templates"]}
+    assert purposes["scheduling_confirmation"] == ["horario"]
+    assert "reopen" in purposes
+
+
+def test_a_message_to_a_lead_who_never_wrote_waits_behind_the_reopen_template(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    created = http.post(
+        f"{stack.sandbox_url}/_sandbox/lead-event", json={"kind": "add", "name": "Nunca escreveu"}
+    )
+    created.raise_for_status()
+    lead = int(created.json()["lead_id"])
+    text = "Olá! Sua consulta está confirmada para quinta às 9h."
+    answer = api.post("/send-response", json={"lead_id": lead, "text": text})
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["status"] == "waiting_for_customer"
+    sent = wait_for(lambda: _outgoing(http, stack, lead), what="the reopen template")
+    assert [m["template_id"] for m in sent] == [TEMPLATE_REOPEN_ID]
+    customer_writes(http, stack, lead, "Oi, recebi")
+    wait_for(
+        lambda: any(m["text"] == text for m in _outgoing(http, stack, lead)),
+        what="the confirmation, once the customer wrote",
+    )
