@@ -18,17 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
-from bridge.kommo_gateway.v1 import kommo_gateway_pb2_grpc
 from sandbox.kommo import sandbox_of
 from sandbox.kommo.runtime import Sandbox
-from services.common.grpc_client import create_channel
-from services.common.grpc_server import GrpcService
-from services.kommo_gateway.delivery import Delivery
-from services.kommo_gateway.kommo_client import KommoClient
-from services.kommo_gateway.ratelimit import Budget, RateLimiter
-from services.kommo_gateway.servicer import GatewayServicer
 from services.kommo_gateway.store import cache_key
-from services.kommo_gateway.tokens import TokenManager
+from tests.integration.gateway_grpc import served_gateway
 from tests.integration.sandbox_kommo import BASE, gateway_settings, sandbox_app
 
 if TYPE_CHECKING:
@@ -36,7 +29,6 @@ if TYPE_CHECKING:
 
 FIRST_CONTACT = 4400001
 FIRST_LEAD = 9100001
-SERVICE = "bridge.kommo_gateway.v1.KommoGateway"
 
 
 @dataclass
@@ -68,29 +60,10 @@ async def gateway(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Gatewa
     # No retries: with Kommo down, a read fails at once (and a stale copy answers).
     settings = gateway_settings(redis_url, 50).model_copy(update={"kommo_max_retries": 0})
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
-    limiter = RateLimiter(redis, settings.kommo_rate_limit_rps)
-    budget = Budget(limiter, aging_seconds=2.0, call_seconds=0.5)
-    tokens = TokenManager(settings, redis, http, limiter)
-    kommo = KommoClient(settings, http, tokens, limiter, budget)
-    await tokens.bootstrap()
-    servicer = GatewayServicer(settings, redis, kommo, Delivery(settings, redis, kommo, http))
-    service = GrpcService(
-        name="kommo_gateway",
-        service_names=[SERVICE],
-        register=lambda s: kommo_gateway_pb2_grpc.add_KommoGatewayServicer_to_server(servicer, s),
-        host="127.0.0.1",
-        port=0,
-        grace_seconds=1.0,
-    )
-    await service.start()
-    channel = create_channel(f"127.0.0.1:{service.port}", default_deadline_seconds=10.0)
     try:
-        yield Gateway(kommo_gateway_pb2_grpc.KommoGatewayStub(channel), sandbox_of(app), http)
+        async with served_gateway(settings, redis, http) as stub:
+            yield Gateway(stub, sandbox_of(app), http)
     finally:
-        await channel.close(None)
-        await service.shutdown()
-        await kommo.aclose()
-        await budget.aclose()
         await http.aclose()
         await sandbox_of(app).aclose()
 
