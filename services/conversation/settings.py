@@ -48,7 +48,7 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
     whatsapp_window_margin_seconds: float = Field(
         default=600.0,
         ge=0,
-        le=43200,
+        lt=86400,
         description="the bridge stops sending free text this long before the 24 hours end "
         "(a message queued just before the end may leave after it)",
     )

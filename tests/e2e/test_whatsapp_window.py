@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -313,3 +315,68 @@ def test_a_message_to_a_lead_who_never_wrote_waits_behind_the_reopen_template(
         lambda: any(m["text"] == text for m in _outgoing(http, stack, lead)),
         what="the confirmation, once the customer wrote",
     )
+
+
+@pytest.fixture(scope="module")
+def short_window(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """WhatsApp's window shortened to 3 s (the margin takes the rest of the 24 h): a
+    message held out of hours outlives it, as one held over a weekend does."""
+    with isolated_stack(
+        tmp_path_factory,
+        "short-window",
+        env={"WHATSAPP_WINDOW_MARGIN_SECONDS": str(DAY - 3)},
+    ) as running:
+        yield running
+
+
+def test_a_message_held_out_of_hours_is_answered_with_the_reopen_template_at_the_opening(
+    short_window: Stack, http: httpx.Client
+) -> None:
+    stack = short_window
+    now = datetime.now(ZoneInfo("America/Sao_Paulo"))
+    opening = now + timedelta(minutes=1)
+    if opening.date() != now.date() or (opening.hour == 23 and opening.minute >= 58):
+        pytest.skip("the opening would fall after midnight: run again in a few minutes")
+    rules = {
+        **RULES,
+        "account": {
+            "out_of_hours": {"enabled": True, "mode": "hold", "reply": "Abrimos em instantes."}
+        },
+        "hours": {
+            "timezone": "America/Sao_Paulo",
+            "hours": f"{opening:%H:%M}-23:59",
+            "days": "mon-sun",
+        },
+    }
+    with httpx.Client(
+        base_url=stack.edge_url, headers={"X-API-Key": stack.api_key}, timeout=30
+    ) as api:
+        assert api.put("/bot-rules", json=rules).status_code == 200
+        lead = 9100016
+        customer_writes(http, stack, lead, "Oi, vocês estão abertos?")
+        wait_for(
+            lambda: any("Abrimos" in m["text"] for m in _outgoing(http, stack, lead)),
+            what="the out-of-hours reply (the window was open then)",
+        )
+        # At the opening the held message goes to n8n; its answer finds the window closed.
+        template = wait_for(
+            lambda: [m for m in _outgoing(http, stack, lead) if m["via"] == "template"],
+            timeout=90,
+            what="the reopen template at the opening",
+        )
+        assert template[0]["template_id"] == TEMPLATE_REOPEN_ID
+        texts = [m["text"] for m in _outgoing(http, stack, lead)]
+        assert len(texts) == 2, texts  # the out-of-hours reply and the template, no free text
+        assert not [s for s in _closed_window_sends(http, stack) if s["lead_id"] == lead]
+        # The customer answers: n8n's kept answer goes now.
+        customer_writes(http, stack, lead, "Oi de novo")
+        kept = wait_for(
+            lambda: [
+                m
+                for m in _outgoing(http, stack, lead)
+                if m["via"] != "template" and "Abrimos" not in m["text"]
+            ],
+            what="n8n's kept answer, delivered",
+        )
+        assert kept[0]["delivered"] is True
+        assert all(m["delivered"] for m in _outgoing(http, stack, lead))
