@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -16,8 +17,9 @@ from bridge.conversation.v1 import conversation_pb2 as pb
 from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServicer
 from services.common.due_queue import Failure, now_ms
 from services.common.errors import BridgeError, InvalidInput, NotFound
-from services.conversation import series
+from services.conversation import envelope, series
 from services.conversation.engine import Engine
+from services.conversation.envelope import templates_json
 from services.conversation.events import (
     LeadEvent,
     MessageEvent,
@@ -182,6 +184,27 @@ class ConversationServicer(ConversationServiceServicer):
             status=status, conversation_id=conversation_id, delivery_id=job_id, lead_id=lead_id
         )
 
+    async def GetWindow(self, request: pb.GetWindowRequest, context: Context) -> pb.Window:
+        if request.lead_id <= 0:
+            raise InvalidInput("lead_id must be a positive integer")
+        found = await self.store.conversation_by_lead(request.lead_id)
+        conversation = await self.store.conversation(found) if found else {}
+        if not conversation:
+            # Not stored: a lead the bridge has no conversation with yet.
+            conversation = {"lead_id": str(request.lead_id)}
+        state = await self.engine.templates.window(conversation, time.time())
+        configured = (await self.engine.rules.current()).rules.templates
+        return pb.Window(
+            origin=state.origin,
+            open=state.open,
+            open_until=state.open_until or 0.0,
+            has_window=state.applies,
+            templates=[
+                pb.TemplateOffer(purpose=offer["purpose"], variables=offer["variables"])
+                for offer in templates_json(configured)
+            ],
+        )
+
     async def GetWebhookStatus(
         self, request: pb.GetWebhookStatusRequest, context: Context
     ) -> pb.WebhookStatus:
@@ -266,20 +289,28 @@ class ConversationServicer(ConversationServiceServicer):
     async def DebugConversations(
         self, request: pb.DebugConversationsRequest, context: Context
     ) -> pb.DebugConversationsResponse:
+        now = time.time()
         if request.conversation_id:
             if not await self.store.conversation(request.conversation_id):
                 raise NotFound(f"conversation {request.conversation_id} not found")
-            dump: Any = await self.ops.dump(request.conversation_id)
+            dump: Any = self._with_window(await self.ops.dump(request.conversation_id), now)
         else:
             ids = await self.ops.conversation_ids(limit=_DEBUG_ALL_LIMIT)
             dumps = []
             for conversation_id in ids:
                 try:
-                    dumps.append(await self.ops.dump(conversation_id))
+                    dumps.append(self._with_window(await self.ops.dump(conversation_id), now))
                 except ValueError as exc:  # a record that is not JSON: left out, not fatal
                     log.warning("conversation %s unreadable, left out: %s", conversation_id, exc)
             dump = {"conversations": dumps, "skipped": len(ids) - len(dumps)}
         return pb.DebugConversationsResponse(json=json.dumps(dump, ensure_ascii=False))
+
+    def _with_window(self, dump: dict[str, Any], now: float) -> dict[str, Any]:
+        """WhatsApp's 24-hour window as it stands now, computed from what the conversation
+        holds (its origin, when its customer last wrote): whether free text reaches them."""
+        policy = self.settings.window_policy
+        dump["window"] = envelope.conversation_window(policy, dump["conversation"], now).as_json()
+        return dump
 
     async def ResetConversations(
         self, request: pb.ResetConversationsRequest, context: Context

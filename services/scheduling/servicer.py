@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -89,6 +90,17 @@ class Agendamentos:
                 raise NotFound(f"conversation {request.conversation_id} not found") from exc
             return None
 
+    async def _window(self, lead_id: int) -> conv.Window | None:
+        """The lead's window, as the conversation service knows it; None when it cannot
+        say now (the confirmation is still guarded when it is sent)."""
+        try:
+            return await self.conversations.GetWindow(
+                conv.GetWindowRequest(lead_id=lead_id), metadata=client_metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("WhatsApp window unknown for the scheduling envelope: %s", exc.code().name)
+            return None
+
     async def request(self, request: pb.AgendamentoRequest) -> pb.Agendamento:
         s = self.settings
         slot = domain.parse_slot(request.requested_at, s.bridge_timezone, domain.now_utc())
@@ -163,13 +175,25 @@ class Agendamentos:
             ),
             "status_callback": answers["status_callback"],
         }
+        window = await self._window(lead_id)
         envelope: dict[str, Any] = {
             "event": "scheduling.requested",
             "event_id": request_id,
             "occurred_at": domain.now_utc().isoformat().replace("+00:00", "Z"),
-            "conversation": {"id": conversation.id, "lead_id": conversation.lead_id}
+            "conversation": {
+                "id": conversation.id,
+                "lead_id": conversation.lead_id,
+                **window_fields(window),
+            }
             if conversation
             else None,
+            # WhatsApp's 24-hour window, also for a lead with no conversation yet: when it
+            # is closed, the confirmation must be a template (`templates`).
+            "window": window_fields(window),
+            "templates": [
+                {"purpose": t.purpose, "variables": list(t.variables)}
+                for t in (window.templates if window else [])
+            ],
             "lead": lead_json,
             "contact": contact,
             "vendedor": vendedor_json,
@@ -292,3 +316,19 @@ def delivery_pool(agendamentos: Agendamentos) -> WorkPool:
         lease_ms=settings.lease_ms,
         poll_seconds=settings.poll_interval_seconds,
     )
+
+
+def window_fields(window: conv.Window | None) -> dict[str, Any]:
+    """The channel and WhatsApp's window as every envelope names them."""
+    if window is None:
+        return {"origin": None, "window_open": None, "window_open_until": None}
+    until = (
+        datetime.fromtimestamp(window.open_until, UTC).isoformat().replace("+00:00", "Z")
+        if window.open_until
+        else None
+    )
+    return {
+        "origin": window.origin or None,
+        "window_open": window.open,
+        "window_open_until": until,
+    }

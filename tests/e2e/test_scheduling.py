@@ -118,6 +118,9 @@ def test_the_workflow_confirms_to_a_customer_with_no_conversation_once_and_repor
             what="the scheduling envelope at n8n",
         )
         assert body["conversation"] is None, "the bridge has never talked to this lead"
+        # Its customer wrote a minute ago (Kommo's events say so): free text can go.
+        assert body["window"]["origin"] == "waba"
+        assert body["window"]["window_open"] is True and body["window"]["window_open_until"]
         callback = body["callback"]
         assert callback["url"] == f"{stack.edge_url}/send-response"
         assert callback["lead_id"] == lead

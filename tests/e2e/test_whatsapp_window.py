@@ -380,3 +380,34 @@ def test_a_message_held_out_of_hours_is_answered_with_the_reopen_template_at_the
         )
         assert kept[0]["delivered"] is True
         assert all(m["delivered"] for m in _outgoing(http, stack, lead))
+
+
+def test_a_scheduling_envelope_for_a_lead_who_never_wrote_says_the_window_is_closed(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    created = http.post(
+        f"{stack.sandbox_url}/_sandbox/lead-event", json={"kind": "add", "name": "Agenda"}
+    )
+    created.raise_for_status()
+    lead = int(created.json()["lead_id"])
+    requested = api.post(
+        "/agendamento/request",
+        json={"lead_id": lead, "preference": "qualquer manhã desta semana"},
+    )
+    assert requested.status_code in (200, 201, 202), requested.text
+    agendamento_id = requested.json()["id"]
+    body = wait_for(
+        lambda: next(
+            (
+                r["body"]
+                for r in http.get(f"{stack.standin_url}/_standin/received").json()["received"]
+                if r["body"].get("event_id") == agendamento_id
+            ),
+            None,
+        ),
+        what="the scheduling envelope",
+    )
+    assert body["conversation"] is None
+    assert body["window"] == {"origin": None, "window_open": False, "window_open_until": None}
+    offers = {t["purpose"]: t["variables"] for t in body["templates"]}
+    assert offers["scheduling_confirmation"] == ["horario"]
