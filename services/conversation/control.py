@@ -16,7 +16,7 @@ from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from services.common.due_queue import Claim, now_ms
 from services.common.errors import InvalidInput, NotFound
 from services.common.grpc_server import client_metadata
-from services.conversation import bot
+from services.conversation import bot, envelope
 from services.conversation.settings import ConversationSettings
 from services.conversation.store import BotStore, ConversationStore
 
@@ -75,6 +75,8 @@ class BotController:
     async def status(self, conversation_id: str, outcome: str = "") -> pb.BotStatus:
         data = await self.store.conversation(conversation_id)
         history = await self.bots.log(conversation_id)
+        # From what the conversation holds: no call to Kommo for a status.
+        window = envelope.conversation_window(self.settings.window_policy, data, time.time())
         return pb.BotStatus(
             conversation_id=conversation_id,
             lead_id=int(data.get("lead_id") or 0),
@@ -89,6 +91,8 @@ class BotController:
             ],
             outcome=outcome,
             decision=decision_of(data),
+            window_open=window.open,
+            window_open_until=window.open_until or 0.0,
         )
 
     # --- pausing and resuming ---------------------------------------------------------

@@ -16,6 +16,13 @@ import httpx
 import pytest
 
 from devstack.stack import Stack
+from sandbox.kommo.config import (
+    SCHEDULE_FIELD_ID,
+    TEMPLATE_REOPEN_BOT,
+    TEMPLATE_REOPEN_ID,
+    TEMPLATE_SCHEDULING_BOT,
+    TEMPLATE_SCHEDULING_ID,
+)
 from tests.e2e.conftest import customer_writes, isolated_stack, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -35,6 +42,17 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PERSON = 10000002  # a user of the sandbox account
+# Approved WhatsApp templates of the sandbox, for the "WhatsApp window" card.
+TEMPLATES = {
+    "templates": {
+        "reopen": {"salesbot_id": TEMPLATE_REOPEN_BOT, "template_id": TEMPLATE_REOPEN_ID},
+        "scheduling_confirmation": {
+            "salesbot_id": TEMPLATE_SCHEDULING_BOT,
+            "template_id": TEMPLATE_SCHEDULING_ID,
+            "fields": {str(SCHEDULE_FIELD_ID): "horario"},
+        },
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +114,7 @@ def expected_from_api(http: httpx.Client, stack: Stack) -> dict[str, Any]:
     vendedores = api(http, stack, "/vendedores")["vendedores"]
     takeovers = stats["takeovers"]
     window = stats["window"]
+    whatsapp = stats["whatsapp"]
     return {
         "conversations.active": str(stats["conversations"].get("active", 0)),
         "conversations.paused": str(stats["conversations"].get("paused", 0)),
@@ -112,6 +131,10 @@ def expected_from_api(http: httpx.Client, stack: Stack) -> dict[str, Any]:
         "n8n.dead_letters": str(stats["n8n"]["dead_letters"]),
         "webhooks.refused": str(sum(stats["webhooks"]["refused"].values())),
         "webhooks.items_skipped": str(sum(stats["webhooks"]["items_skipped"].values())),
+        "whatsapp.template_sends": str(whatsapp["template_sends"]),
+        "whatsapp.replies_window_closed": str(whatsapp["replies_window_closed"]),
+        "whatsapp.replies_waiting_for_customer": str(whatsapp["replies_waiting_for_customer"]),
+        "whatsapp.late_replies_to_vendedor": str(whatsapp["late_replies_to_vendedor"]),
         "latency.median": round(stats["median_reply_seconds"], 2),
         "latency.p95": round(window["reply_p95_seconds"], 2),
         "kommo.token_state": health["kommo"]["token_state"],
@@ -189,6 +212,32 @@ def test_the_page_shows_what_the_api_says_after_messages_flow(
     )
     assert skipped.status_code == 200
 
+    # WhatsApp's 24-hour window: n8n answers one lead with a template, and a reply to a
+    # lead whose customer never wrote finds the window closed (the reopen template goes,
+    # the reply waits for the customer).
+    operator = {"X-API-Key": stack.api_key}
+    put = http.put(f"{stack.edge_url}/bot-rules", json=TEMPLATES, headers=operator)
+    assert put.status_code == 200, put.text
+    template = http.post(
+        f"{stack.edge_url}/send-response",
+        json={
+            "lead_id": 9100007,
+            "template": "scheduling_confirmation",
+            "variables": {"horario": "terça, 10h"},
+        },
+        headers=operator,
+    )
+    assert template.json()["status"] == "delivered", template.text
+    http.post(
+        f"{stack.sandbox_url}/_sandbox/leads/9100006/chat", json={"customer_last_wrote_at": None}
+    ).raise_for_status()
+    late = http.post(
+        f"{stack.edge_url}/send-response",
+        json={"lead_id": 9100006, "text": "Olá! Sua consulta está confirmada."},
+        headers=operator,
+    )
+    assert late.json()["status"] == "waiting_for_customer", late.text
+
     shown, expected = matches(page, http, stack)
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert shown == expected
@@ -200,6 +249,10 @@ def test_the_page_shows_what_the_api_says_after_messages_flow(
     assert expected["conversations.paused"] == "1"
     assert expected["n8n.dead_letters"] == "1"
     assert (expected["webhooks.refused"], expected["webhooks.items_skipped"]) == ("1", "1")
+    assert expected["whatsapp.template_sends"] == "2"  # the answer's and the reopen
+    assert expected["whatsapp.replies_window_closed"] == "1"
+    assert expected["whatsapp.replies_waiting_for_customer"] == "1"
+    assert expected["whatsapp.late_replies_to_vendedor"] == "0"
     reasons_shown = metric(page, "webhooks.reasons")
     assert "refused not_a_webhook" not in reasons_shown  # it had an account
     assert "refused no_valid_event: 1" in reasons_shown

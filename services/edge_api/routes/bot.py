@@ -71,6 +71,10 @@ def status_json(status: conv.BotStatus) -> dict[str, Any]:
             {"state": h.state, "by": h.by, "reason": h.reason, "at": h.at} for h in status.history
         ],
         "decision": decision_json(status.decision),
+        # WhatsApp's 24-hour window: false = only an approved template reaches the
+        # customer; until null = no window on the channel, or a customer who never wrote.
+        "window_open": status.window_open,
+        "window_open_until": status.window_open_until or None,
     }
 
 

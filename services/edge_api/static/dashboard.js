@@ -75,6 +75,11 @@ function render(data) {
     for (const [k, v] of Object.entries(stats.decisions)) {
       show(`decisions.${k}`, v);
     }
+    // WhatsApp's 24-hour window: templates sent, and what became of the replies that
+    // found it closed (all-time counters).
+    for (const [k, v] of Object.entries(stats.whatsapp || {})) {
+      show(`whatsapp.${k}`, v);
+    }
     const w = stats.window;
     for (const k of ["takeovers", "handoffs", "messages_in", "messages_out", "replies"]) {
       show(`window.${k}`, w[k]);
