@@ -2,7 +2,7 @@
 seeded ids the rest of the project names (Salesbots, chat templates, lead fields).
 
 WhatsApp's 24-hour window (docs/kommo-api.md): ``SANDBOX_WINDOW_ORIGINS`` (comma-separated,
-``none`` for no windowed origin; default ``waba,instagram,instagram_business,facebook``) are
+``none`` for no windowed origin; default ``waba,instagram,instagram_business,facebook,messenger``) are
 the chat origins whose free-form messages reach the customer only within
 ``SANDBOX_WINDOW_SECONDS`` (default 86400) of the customer's last message.
 ``SANDBOX_TEMPLATES`` (a JSON list of ``{"id", "name", "content", "review_status",
@@ -37,7 +37,7 @@ TEMPLATE_IN_REVIEW_BOT = 7104
 DEFAULT_CHAT_ORIGIN = "waba"
 # Origins with WhatsApp's (or Meta's) 24-hour customer-service window; QR-code WhatsApp
 # (com.amocrm.amocrmwa), Telegram and the site chat (onlinechat) have none.
-DEFAULT_WINDOW_ORIGINS = ("waba", "instagram", "instagram_business", "facebook")
+DEFAULT_WINDOW_ORIGINS = ("waba", "instagram", "instagram_business", "facebook", "messenger")
 DEFAULT_WINDOW_SECONDS = 86400.0
 # A template's review in Kommo; only an approved one is delivered.
 ReviewStatus = Literal["draft", "review", "approved", "paused", "rejected"]

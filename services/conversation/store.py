@@ -437,7 +437,12 @@ if ARGV[19] ~= '' then redis.call('HSET', KEYS[1], 'origin', ARGV[19]) end
 if ARGV[18] ~= '0' then
   local kept = redis.call('HGET', KEYS[1], 'kept_reply')
   if kept then
-    redis.call('ZADD', KEYS[12], ARGV[5], kept)
+    local at = tonumber(ARGV[5])
+    for job in string.gmatch(kept, '[^,]+') do
+      redis.call('ZADD', KEYS[12], at, job)
+      -- Half a second apart: each is claimed after the one before holds its lead's turn.
+      at = at + 500
+    end
     redis.call('HDEL', KEYS[1], 'kept_reply')
   end
 end
@@ -621,7 +626,9 @@ return 1
 )
 
 # A reply that found WhatsApp's window closed waits for the customer: off the due queue,
-# named on its conversation (the customer's next message puts it back, _APPLY_MESSAGE).
+# named on its conversation beside any other kept there (`kept_reply`, comma-separated job
+# ids, in the order they were kept); the customer's next message puts them all back
+# (_APPLY_MESSAGE), and the per-lead order of replies sends them in that order.
 # If the customer wrote meanwhile (customer_at moved past ARGV[2]), it is due again now.
 _KEEP_REPLY = """
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[3]) == 0 then
@@ -634,7 +641,12 @@ if (redis.call('HGET', KEYS[3], 'customer_at') or '0') ~= ARGV[2] then
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'waiting_for_customer')
-redis.call('HSET', KEYS[3], 'kept_reply', ARGV[1])
+local kept = redis.call('HGET', KEYS[3], 'kept_reply')
+if not kept then
+  redis.call('HSET', KEYS[3], 'kept_reply', ARGV[1])
+elseif not string.find(',' .. kept .. ',', ',' .. ARGV[1] .. ',', 1, true) then
+  redis.call('HSET', KEYS[3], 'kept_reply', kept .. ',' .. ARGV[1])
+end
 return 1
 """
 

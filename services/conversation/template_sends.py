@@ -174,6 +174,8 @@ class TemplateSender:
         if not lead_id:
             raise TemplateUnavailable("a WhatsApp template goes through a lead: none known")
         values = await self.variables(conversation, ref, given or {})
+        if purpose.startswith(templates.PROACTIVE + ":"):
+            values.setdefault("trigger", purpose.partition(":")[2])
         await self.engine.gateway.DeliverMessage(
             gw.DeliverMessageRequest(
                 lead_id=lead_id,

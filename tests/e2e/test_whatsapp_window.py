@@ -411,3 +411,53 @@ def test_a_scheduling_envelope_for_a_lead_who_never_wrote_says_the_window_is_clo
     assert body["window"] == {"origin": None, "window_open": False, "window_open_until": None}
     offers = {t["purpose"]: t["variables"] for t in body["templates"]}
     assert offers["scheduling_confirmation"] == ["horario"]
+
+
+def test_two_late_replies_wait_behind_one_template_and_both_go_in_order(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    lead = 9100017
+    wrote = time.time() - DAY - 600
+    _set_chat(http, stack, lead, origin="waba", last_wrote=wrote)
+    _old_customer_message(http, api, stack, lead, "waba", wrote)
+    first, second = "Primeira resposta atrasada.", "Segunda resposta atrasada."
+    for text in (first, second):
+        answer = api.post("/send-response", json={"lead_id": lead, "text": text})
+        assert answer.json()["status"] == "waiting_for_customer", answer.text
+    wait_for(lambda: _outgoing(http, stack, lead), what="the reopen template")
+    time.sleep(1.0)
+    assert [m["template_id"] for m in _outgoing(http, stack, lead)] == [TEMPLATE_REOPEN_ID]
+    customer_writes(http, stack, lead, "Oi, estou aqui")
+    wait_for(
+        lambda: {first, second} <= {m["text"] for m in _outgoing(http, stack, lead)},
+        what="both kept replies",
+    )
+    texts = [m["text"] for m in _outgoing(http, stack, lead) if m["text"] in (first, second)]
+    assert texts == [first, second]
+
+
+def test_a_kept_reply_never_talks_over_a_person_who_took_over(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    lead = 9100018
+    wrote = time.time() - DAY - 600
+    _set_chat(http, stack, lead, origin="waba", last_wrote=wrote)
+    _old_customer_message(http, api, stack, lead, "waba", wrote)
+    text = "Resposta que uma pessoa tornou desnecessária."
+    answer = api.post("/send-response", json={"lead_id": lead, "text": text})
+    assert answer.json()["status"] == "waiting_for_customer", answer.text
+    wait_for(lambda: _outgoing(http, stack, lead), what="the reopen template")
+    http.post(
+        f"{stack.sandbox_url}/_sandbox/user-message",
+        json={"lead_id": lead, "user_id": 10000002, "text": "Oi, aqui é a Ana, vou te atender."},
+    ).raise_for_status()
+    wait_for(
+        lambda: (
+            api.post("/bot-control", json={"action": "status", "lead_id": lead}).json()["bot_state"]
+            == "paused"
+        ),
+        what="the takeover",
+    )
+    customer_writes(http, stack, lead, "Oi Ana!")
+    time.sleep(2.0)
+    assert not any(m["text"] == text for m in _outgoing(http, stack, lead))

@@ -581,7 +581,13 @@ async def test_reset_restores_chats_templates_and_the_closed_window_record(kommo
 
 def test_window_and_templates_come_from_the_environment() -> None:
     default = config_from_env({})
-    assert default.window_origins == ("waba", "instagram", "instagram_business", "facebook")
+    assert default.window_origins == (
+        "waba",
+        "instagram",
+        "instagram_business",
+        "facebook",
+        "messenger",
+    )
     assert default.window_seconds == DAY
     assert [t.id for t in default.templates] == [501, 502, 503, 504]
     assert [t.bot_id for t in default.templates] == [7101, 7102, 7103, 7104]

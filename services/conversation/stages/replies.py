@@ -255,6 +255,18 @@ class ReplyStage(Stage):
                         await self.store.replies.reschedule(claim, due)
                         return "delivering"
                 conversation = await self.store.conversation(conversation_id)
+                # Every part, the first included: a kept reply goes back to the queue
+                # long after it was accepted, and a person may have taken over since.
+                if conversation and conversation.get("bot_state", "active") != "active":
+                    log.info(
+                        "a person took the conversation over: %d of %d parts not sent",
+                        len(parts) - sent,
+                        len(parts),
+                        extra={"conversation_id": conversation_id},
+                    )
+                    parts = parts[:sent]
+                    await self.store.update_reply_job(claim.member, delivered=1, stopped_after=sent)
+                    break
                 if job.get("template_purpose"):
                     # n8n answered with a template: it goes whatever the window.
                     await self._deliver_template(job, conversation, claim)
@@ -265,19 +277,6 @@ class ReplyStage(Stage):
                     # Free text would not reach the customer (WhatsApp's 24-hour window):
                     # checked at the moment each part leaves.
                     return await self._window_closed(claim, job, conversation, parts[sent:])
-                if sent > 0:
-                    if conversation.get("bot_state", "active") != "active":
-                        log.info(
-                            "a person took the conversation over: %d of %d parts not sent",
-                            len(parts) - sent,
-                            len(parts),
-                            extra={"conversation_id": conversation_id},
-                        )
-                        parts = parts[:sent]
-                        await self.store.update_reply_job(
-                            claim.member, delivered=1, stopped_after=sent
-                        )
-                        break
                 await self._deliver_part(job, parts[sent], sent, len(parts), claim, metadata)
                 sent += 1
                 job["last_part_at"] = str(now_ms())  # as reply_delivered recorded it

@@ -94,7 +94,8 @@ class SendResponseBody(BaseModel):
 class SendResponseResult(BaseModel):
     status: str = Field(
         description="delivered, delivering (the first message is out, the others follow "
-        "paced like typing), queued (Kommo slow: retried), duplicate, waiting_for_customer "
+        "paced like typing), queued (Kommo slow: retried), duplicate, template_sent (a "
+        "proactive start's first message went as its WhatsApp template), waiting_for_customer "
         "(WhatsApp's 24-hour window was closed: the reopen template went, the reply goes when "
         "the customer writes again), handed_to_vendedor (window closed, LATE_REPLY_MODE="
         "vendedor) or waiting_for_template (window closed, no approved template: kept as "
