@@ -152,7 +152,16 @@ def _report(outcomes: list[Outcome], check: Check) -> bool:
         len(stolen),
         "".join(f"; {r.describe()}" for r in stolen[:3]),
     )
-    return passed and not dirty and not stolen
+    # Over the whole run: the sandbox, playing WhatsApp, refused no free text sent into a
+    # closed 24-hour window.
+    closed = check.closed_window_sends()
+    log.info(
+        "%s  free text into a closed WhatsApp window: %d message(s)%s",
+        "PASS" if not closed else "FAIL",
+        len(closed),
+        "".join(f"; lead {c.get('lead_id')}" for c in closed[:3]),
+    )
+    return passed and not dirty and not stolen and not closed
 
 
 def run(run_dir: Path, binary: Path) -> bool:

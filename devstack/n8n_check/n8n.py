@@ -191,6 +191,19 @@ class N8n:
         )
         return _describe_error(rows[0][0]) if rows else ""
 
+    def nodes_run(self, execution_id: int) -> dict[str, list[dict[str, Any]]]:
+        """What each node of an execution gave, by node name: the `json` of every item it
+        output (first output, last run); a node that did not run is not there."""
+        rows = self._query("SELECT data FROM execution_data WHERE executionId = ?", execution_id)
+        if not rows:
+            return {}
+        run_data = unflatten(rows[0][0]).get("resultData", {}).get("runData") or {}
+        outputs: dict[str, list[dict[str, Any]]] = {}
+        for node, runs in run_data.items():
+            main = ((runs or [{}])[-1].get("data") or {}).get("main") or [[]]
+            outputs[node] = [item.get("json", {}) for item in (main[0] or [])]
+        return outputs
+
     def execution_errors(self) -> list[str]:
         """`node: message` of every failed execution so far, from n8n's database."""
         rows = self._query(

@@ -18,6 +18,16 @@ from devstack.n8n_check.attacker import Attacker
 from devstack.n8n_check.n8n import N8n
 from devstack.n8n_check.privacy import ModelCall, leaks
 from devstack.stack import Stack
+from sandbox.kommo.config import (
+    SCHEDULE_FIELD_ID,
+    SELLER_NAME_FIELD_ID,
+    TEMPLATE_FORM_WELCOME_BOT,
+    TEMPLATE_FORM_WELCOME_ID,
+    TEMPLATE_REOPEN_BOT,
+    TEMPLATE_REOPEN_ID,
+    TEMPLATE_SCHEDULING_BOT,
+    TEMPLATE_SCHEDULING_ID,
+)
 
 T = TypeVar("T")
 
@@ -49,6 +59,33 @@ CONFIRMATION = "Recebemos o seu pedido de agendamento"
 # The workflow's nodes that carry the bridge's key, first on each forged path.
 REPLY_NODE = "Enviar resposta ao bridge"
 STATUS_NODE = "Informar agenda gravada ao bridge"
+# WhatsApp's 24-hour window: the nodes that answer with a template, and those that must
+# not run then.
+PROACTIVE_TEMPLATE_NODE = "Enviar modelo proativo ao bridge"
+PROACTIVE_AGENT = "Agente proativo"
+SCHEDULING_TEMPLATE_NODE = "Confirmar agendamento com modelo"
+SCHEDULING_TEXT_NODE = "Confirmar agendamento ao cliente"
+# The bot rules' WhatsApp templates, the sandbox's seeded (approved) ones
+# (sandbox/kommo/config.py): the Salesbot holding each, and the lead fields feeding its
+# markers.
+TEMPLATE_RULES: dict[str, Any] = {
+    "templates": {
+        "reopen": {"salesbot_id": TEMPLATE_REOPEN_BOT, "template_id": TEMPLATE_REOPEN_ID},
+        "proactive": {
+            "salesbot_id": TEMPLATE_FORM_WELCOME_BOT,
+            "template_id": TEMPLATE_FORM_WELCOME_ID,
+            "fields": {str(SELLER_NAME_FIELD_ID): "vendedor"},
+        },
+        "scheduling_confirmation": {
+            "salesbot_id": TEMPLATE_SCHEDULING_BOT,
+            "template_id": TEMPLATE_SCHEDULING_ID,
+            "fields": {str(SCHEDULE_FIELD_ID): "horario"},
+        },
+    }
+}
+# Every replica applies rules changed through the API within BOT_RULES_REFRESH_SECONDS
+# (1 s by default).
+RULES_APPLIED_SECONDS = 1.5
 
 
 @dataclass
@@ -91,8 +128,18 @@ class Check:
         ).raise_for_status()
 
     def outgoing(self, lead_id: int) -> list[str]:
+        return [m["text"] for m in self.outgoing_messages(lead_id)]
+
+    def outgoing_messages(self, lead_id: int) -> list[dict[str, Any]]:
+        """The sandbox chat's messages to the customer: `text`, `via` (`template` for a
+        WhatsApp template, with its `template_id`), `delivered`."""
         chat = self.http.get(f"{self.stack.sandbox_url}/_sandbox/chats/{lead_id}").json()
-        return [m["text"] for m in chat if m["direction"] == "outgoing"]
+        return [m for m in chat if m["direction"] == "outgoing"]
+
+    def closed_window_sends(self) -> list[dict[str, Any]]:
+        """Free text the sandbox, playing WhatsApp, refused: sent into a closed window."""
+        sends = self.http.get(f"{self.stack.sandbox_url}/_sandbox/closed-window-sends").json()
+        return list(sends)
 
     def lead(self, lead_id: int) -> dict[str, Any]:
         return dict(self.http.get(f"{self.stack.sandbox_url}/_sandbox/leads/{lead_id}").json())
@@ -210,6 +257,183 @@ def proactive(check: Check) -> Outcome:
     if ok:
         detail = "n8n's first message in the chat"
     return Outcome("proactive", ok, seconds, detail, check.model_calls()[calls_before:])
+
+
+def _lead_field(lead: dict[str, Any], field_id: int) -> str:
+    for field_ in lead.get("custom_fields_values") or []:
+        if field_.get("field_id") == field_id:
+            return " ".join(str(v.get("value", "")) for v in field_.get("values") or [])
+    return ""
+
+
+def _with_templates(check: Check) -> str:
+    """The bot rules get the WhatsApp templates ("" when they did, else why not)."""
+    with check.edge() as api:
+        rules = api.put("/bot-rules", json=TEMPLATE_RULES)
+    if rules.status_code != 200:
+        return f"PUT /bot-rules: {rules.status_code} {rules.text}"
+    time.sleep(RULES_APPLIED_SECONDS)
+    return ""
+
+
+def _lead_who_never_wrote(check: Check, name: str) -> int:
+    """A new lead in the sandbox (a form, an ad): its customer never wrote, so WhatsApp's
+    window is closed to free text."""
+    created = check.http.post(
+        f"{check.stack.sandbox_url}/_sandbox/lead-event", json={"kind": "add", "name": name}
+    )
+    created.raise_for_status()
+    return int(created.json()["lead_id"])
+
+
+def _node_outputs(check: Check, executions_before: set[int]) -> list[dict[str, Any]]:
+    """What the nodes of each execution since then gave, once they all finished."""
+
+    def finished() -> list[int]:
+        new = [e for e in check.n8n.executions() if e.id not in executions_before]
+        return [e.id for e in new] if new and all(e.finished for e in new) else []
+
+    return [check.n8n.nodes_run(i) for i in wait_until(finished, REPLY_TIMEOUT_SECONDS) or []]
+
+
+def _one_template(
+    check: Check, lead: int, template_id: int, outputs: list[dict[str, Any]], node: str
+) -> tuple[list[str], str]:
+    """The customer got exactly one message, template `template_id` with its markers
+    filled, sent by the workflow's `node` (once); no free text went into a closed window.
+    (problems, the message's text)"""
+    sent = check.outgoing_messages(lead)
+    problems = []
+    if len(sent) != 1:
+        problems.append(f"{len(sent)} messages to the customer instead of 1: {sent}")
+    message = sent[0] if sent else {}
+    if message.get("via") != "template" or message.get("template_id") != template_id:
+        problems.append(
+            f"the message went via {message.get('via')!r} (template "
+            f"{message.get('template_id')}), not template {template_id}"
+        )
+    if message.get("delivered") is not True:
+        problems.append(f"not delivered ({message.get('failure')})")
+    text = str(message.get("text", ""))
+    if "{{" in text:
+        problems.append(f"markers not filled: {text!r}")
+    ran = sum(node in o for o in outputs)
+    if ran != 1:
+        problems.append(f"{node} ran {ran} times, not once")
+    if closed := check.closed_window_sends():
+        problems.append(f"{len(closed)} free-text message(s) sent into a closed window")
+    return problems, text
+
+
+def _bridge_said(outputs: list[dict[str, Any]], node: str) -> str:
+    """The statuses the bridge answered the workflow's `node` with."""
+    return ", ".join(str(item.get("status")) for o in outputs for item in o.get(node, []))
+
+
+def proactive_closed_window(check: Check) -> Outcome:
+    """A form lead whose customer never wrote: WhatsApp delivers no free text to them. The
+    bridge's envelope says the window is closed and offers the proactive template; the
+    workflow answers with it, without calling the model, and the customer gets exactly
+    that template, its markers filled. (The bot rules get their templates here; the paths
+    after this one run with them.)"""
+    name = "proactive, form lead who never wrote"
+    if error := _with_templates(check):
+        return Outcome(name, False, 0.0, error)
+    lead = _lead_who_never_wrote(check, "Formulário do site")
+    calls_before = len(check.model_calls())
+    executions_before = {e.id for e in check.n8n.executions()}
+    started = time.monotonic()
+    with check.edge() as api:
+        answer = api.post("/start-proactive", json={"lead_id": lead, "trigger": "form"})
+    if answer.status_code != 201:
+        return Outcome(name, False, 0.0, f"/start-proactive: {answer.status_code} {answer.text}")
+    first = wait_until(lambda: check.outgoing_messages(lead), REPLY_TIMEOUT_SECONDS)
+    seconds = time.monotonic() - started
+    if not first:
+        return Outcome(name, False, seconds, f"nothing reached the customer in {seconds:.0f} s")
+    time.sleep(SETTLE_SECONDS)  # a second message (free text, a fallback) would show by now
+    outputs = _node_outputs(check, executions_before)
+    calls = check.model_calls()[calls_before:]
+    problems, text = _one_template(
+        check, lead, TEMPLATE_FORM_WELCOME_ID, outputs, PROACTIVE_TEMPLATE_NODE
+    )
+    seller = _lead_field(check.lead(lead)["lead"], SELLER_NAME_FIELD_ID)
+    if not seller or seller not in text:
+        problems.append(f"the vendedor's name is not in the template: {text!r}")
+    if calls:
+        problems.append(f"{len(calls)} model call(s) for a template")
+    if any(PROACTIVE_AGENT in o for o in outputs):
+        problems.append(f"{PROACTIVE_AGENT} ran")
+    if problems:
+        return Outcome(name, False, seconds, "; ".join(problems), calls)
+    said = _bridge_said(outputs, PROACTIVE_TEMPLATE_NODE)
+    return Outcome(
+        name,
+        True,
+        seconds,
+        f"n8n answered the template (bridge: {said}); 1 message via template "
+        f"{TEMPLATE_FORM_WELCOME_ID}, markers filled; no free text into a closed window",
+        calls,
+    )
+
+
+def scheduling_closed_window(check: Check) -> Outcome:
+    """An agendamento for a lead whose customer never wrote: the scheduling envelope says
+    the window is closed (its top-level `window`: there is no conversation yet) and offers
+    `scheduling_confirmation`; the workflow confirms with that template, the slot in its
+    `horario`, instead of the text."""
+    name = "scheduling, lead who never wrote"
+    if error := _with_templates(check):
+        return Outcome(name, False, 0.0, error)
+    lead = _lead_who_never_wrote(check, "Agendamento pelo site")
+    calls_before = len(check.model_calls())
+    executions_before = {e.id for e in check.n8n.executions()}
+    slot = _slot(7)
+    started = time.monotonic()
+    with check.edge() as api:
+        created = api.post("/agendamento/request", json={"lead_id": lead, "requested_at": slot})
+        if created.status_code != 201:
+            return Outcome(name, False, 0.0, f"/agendamento/request: {created.status_code}")
+        agendamento_id = created.json()["id"]
+
+        def final() -> dict[str, Any] | None:
+            record = dict(api.get(f"/agendamento/{agendamento_id}").json())
+            return record if record["status"] in ("confirmed", "failed") else None
+
+        record = wait_until(final, REPLY_TIMEOUT_SECONDS)
+    first = wait_until(lambda: check.outgoing_messages(lead), REPLY_TIMEOUT_SECONDS)
+    seconds = time.monotonic() - started
+    if not first:
+        return Outcome(name, False, seconds, f"nothing reached the customer in {seconds:.0f} s")
+    time.sleep(SETTLE_SECONDS)
+    outputs = _node_outputs(check, executions_before)
+    calls = check.model_calls()[calls_before:]
+    problems, text = _one_template(
+        check, lead, TEMPLATE_SCHEDULING_ID, outputs, SCHEDULING_TEMPLATE_NODE
+    )
+    if record is None or record["status"] != "confirmed":
+        problems.append(f"agendamento {record and record['status']}, not confirmed")
+    rows = [r for r in check.agenda()["rows"] if r.get("event_id") == agendamento_id]
+    if len(rows) != 1:
+        problems.append(f"{len(rows)} rows in the agenda table, not 1")
+    horario = datetime.fromisoformat(slot).strftime("%d/%m/%Y às %H:%M")
+    if horario not in text:
+        problems.append(f"the slot {horario!r} is not in the template: {text!r}")
+    if any(SCHEDULING_TEXT_NODE in o for o in outputs):
+        problems.append(f"{SCHEDULING_TEXT_NODE} ran")
+    if calls:
+        problems.append(f"{len(calls)} model call(s) for a scheduling request")
+    if problems:
+        return Outcome(name, False, seconds, "; ".join(problems), calls)
+    said = _bridge_said(outputs, SCHEDULING_TEMPLATE_NODE)
+    return Outcome(
+        name,
+        True,
+        seconds,
+        f"status confirmed; n8n confirmed with the template (bridge: {said}); 1 message via "
+        f"template {TEMPLATE_SCHEDULING_ID} with {horario!r}; no free text into a closed window",
+        calls,
+    )
 
 
 def _slot(days: int) -> str:
@@ -522,8 +746,10 @@ PATHS: list[Callable[[Check], Outcome]] = [
     second_turn,
     burst,
     proactive,
+    proactive_closed_window,
     scheduling_in_conversation,
     scheduling_new_lead,
+    scheduling_closed_window,
     scheduling_redelivered,
     scheduling_supabase_fails,
     n8n_down,

@@ -4,7 +4,12 @@
 long, as a workflow whose webhook responds when its last node finishes. Held envelopes
 never wait for each other: each request sleeps on its own, so many are open at once, and
 every envelope records when it arrived, how many envelope requests were open at that
-moment (itself included) and when it was answered (`/_standin/received`)."""
+moment (itself included) and when it was answered (`/_standin/received`).
+
+Like the example workflow (examples/n8n/bridge-reply-workflow.json), a proactive envelope
+whose WhatsApp window is closed (`conversation.window_open` false) is answered with the
+first of `proactive:<trigger>` and `proactive` that the envelope's `templates` lists,
+instead of text; without one, with text as always (the bridge then keeps it)."""
 
 from __future__ import annotations
 
@@ -73,6 +78,20 @@ def reply_text(envelope: dict[str, Any], prefix: str) -> str:
     return f"{greeting} Recebemos: {' / '.join(texts)}"
 
 
+def proactive_template(envelope: dict[str, Any]) -> str | None:
+    """The template a proactive start into a closed window answers with, as the example
+    workflow picks it; None: answer with text."""
+    if envelope.get("event") != "conversation.proactive":
+        return None
+    if (envelope.get("conversation") or {}).get("window_open") is not False:
+        return None
+    offered = {t.get("purpose") for t in envelope.get("templates") or [] if isinstance(t, dict)}
+    for purpose in (f"proactive:{envelope.get('trigger')}", "proactive"):
+        if purpose in offered:
+            return purpose
+    return None
+
+
 def create_app(config: StandinConfig) -> FastAPI:
     app = FastAPI(title="n8n stand-in")
     state = State()
@@ -85,10 +104,13 @@ def create_app(config: StandinConfig) -> FastAPI:
         if config.reply_delay:
             await asyncio.sleep(config.reply_delay)
         callback = envelope["callback"]
-        body: dict[str, Any] = {
-            "reply_token": callback["reply_token"],
-            "text": reply_text(envelope, config.reply_prefix),
-        }
+        body: dict[str, Any] = {"reply_token": callback["reply_token"]}
+        template = proactive_template(envelope)
+        if template:
+            # Free text would not reach the customer: the template is the first message.
+            body["template"] = template
+        else:
+            body["text"] = reply_text(envelope, config.reply_prefix)
         if config.handoff:
             body |= {"handoff": True, "handoff_reason": "cliente pediu para falar com um advogado"}
         # Like the example workflow: the flow's request id goes back with the reply.

@@ -31,6 +31,7 @@ from services.common.privacy import ContactDisclosure
 from services.conversation import envelope
 from services.conversation.events import Attachment, MessageEvent
 from services.scheduling import domain
+from services.scheduling.servicer import window_fields
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "n8n"
 WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
@@ -39,6 +40,7 @@ REPLY_WORKFLOW = EXAMPLES / "bridge-reply-workflow.json"
 WEBHOOK_TYPE = "n8n-nodes-base.webhook"
 HTTP_REQUEST_TYPE = "n8n-nodes-base.httpRequest"
 SWITCH_TYPE = "n8n-nodes-base.switch"
+IF_TYPE = "n8n-nodes-base.if"
 STICKY_NOTE_TYPE = "n8n-nodes-base.stickyNote"
 BRIDGE_EVENTS = {"message.received", "conversation.proactive", "scheduling.requested"}
 API_KEY_HEADER = "x-api-key"
@@ -259,6 +261,10 @@ _CONVERSATION_ENVELOPE: Shape = {
         "chat_id": ANY,
         "talk_id": ANY,
         "bot_state": ANY,
+        # WhatsApp's 24-hour window: false = only a template reaches the customer now.
+        "origin": ANY,
+        "window_open": ANY,
+        "window_open_until": ANY,
     },
     "lead": {
         "id": ANY,
@@ -284,6 +290,8 @@ _CONVERSATION_ENVELOPE: Shape = {
     "trigger": ANY,
     "scheduling": ANY,  # null
     "callback": {"url": ANY, "reply_token": ANY},
+    # The approved WhatsApp templates n8n may answer with instead of text.
+    "templates": [{"purpose": ANY, "variables": ANY}],
 }
 AGENDA_ROW = (
     "id lead_id lead_nome contato_nome contato_telefone vendedor_id vendedor_nome "
@@ -293,7 +301,15 @@ _SCHEDULING_ENVELOPE: Shape = {
     "event": ANY,
     "event_id": ANY,
     "occurred_at": ANY,
-    "conversation": {"id": ANY, "lead_id": ANY},
+    # The window as in the other envelopes (null when the bridge could not say), and at
+    # the top level too, also for a lead with no conversation.
+    "conversation": {
+        "id": ANY,
+        "lead_id": ANY,
+        "origin": ANY,
+        "window_open": ANY,
+        "window_open_until": ANY,
+    },
     "lead": {"id": ANY, "name": ANY, "status_id": ANY},
     "contact": {"id": ANY, "name": ANY, "phone": ANY},
     "vendedor": _VENDEDOR,
@@ -312,6 +328,8 @@ _SCHEDULING_ENVELOPE: Shape = {
     # No reply_token (no turn is being answered): the lead and a key of the agendamento
     # address the confirmation, delivered once however often it is sent.
     "callback": {"url": ANY, "reply_token": ANY, "lead_id": ANY, "idempotency_key": ANY},
+    "window": {"origin": ANY, "window_open": ANY, "window_open_until": ANY},
+    "templates": [{"purpose": ANY, "variables": ANY}],
 }
 ENVELOPES: dict[str, Shape] = {
     "message.received": _CONVERSATION_ENVELOPE,
@@ -447,8 +465,9 @@ def events_by_node(workflow: Workflow) -> dict[str, set[str]]:
 
 def fed_the_envelope(workflow: Workflow) -> set[str]:
     """Nodes whose input item ($json) is the Webhook's: fed by it directly or through
-    the Switch, which passes items on unchanged."""
+    the Switch and IF nodes, which pass items on unchanged."""
     (webhook,) = _nodes(workflow, WEBHOOK_TYPE)
+    types = {n["name"]: n["type"] for n in workflow["nodes"]}
     fed: set[str] = set()
     todo = _main_successors(workflow, webhook["name"])
     while todo:
@@ -456,7 +475,7 @@ def fed_the_envelope(workflow: Workflow) -> set[str]:
         if name in fed:
             continue
         fed.add(name)
-        if name == _switch(workflow)["name"]:
+        if types[name] in (SWITCH_TYPE, IF_TYPE):
             todo.extend(_main_successors(workflow, name))
     return fed
 
@@ -716,21 +735,146 @@ def test_scheduling_confirms_to_the_customer_once_it_is_confirmed() -> None:
         if node["type"] == HTTP_REQUEST_TYPE
         and bridge_path(str(node["parameters"]["url"])) == SEND_RESPONSE_PATH
     ]
-    assert len(confirmations) == 1
-    (node,) = confirmations
-    body = str(node["parameters"]["jsonBody"])
-    # The scheduling envelope has no reply_token: the lead says who, and a key of the
-    # agendamento makes a repeated delivery confirm once.
-    assert "lead_id:" in body and ".body.callback.lead_id" in body
-    assert "idempotency_key:" in body and ".body.callback.idempotency_key" in body
-    assert "reply_token" not in body
+    # As text, or as the approved template when WhatsApp's window is closed (below).
+    assert len(confirmations) == 2
+    for node in confirmations:
+        body = str(node["parameters"]["jsonBody"])
+        # The scheduling envelope has no reply_token: the lead says who, and a key of the
+        # agendamento makes a repeated delivery confirm once.
+        assert "lead_id:" in body and ".body.callback.lead_id" in body, node["name"]
+        assert "idempotency_key:" in body and ".body.callback.idempotency_key" in body
+        assert "reply_token" not in body, node["name"]
     # Only after the bridge took the status `confirmed`.
     confirming = [
         n["name"]
         for n in _scheduling_nodes(workflow)
         if "status: 'confirmed'" in str(n["parameters"].get("jsonBody", ""))
     ]
-    assert any(node["name"] in _main_successors(workflow, name) for name in confirming)
+    after = _reachable(
+        workflow, [s for name in confirming for s in _main_successors(workflow, name)]
+    )
+    assert {node["name"] for node in confirmations} <= after
+
+
+# --- WhatsApp's 24-hour window (issue 20) ---------------------------------------------------
+#
+# Outside the window only an approved template reaches the customer. The envelope says so
+# (`conversation.window_open` false) and lists the templates the bridge can send
+# (`templates`); the workflow answers with one of them instead of free text.
+_WINDOW_CLOSED = re.compile(r"\.body\.(?:conversation|window)\??\.window_open\s*===\s*false")
+_TEMPLATE_KEY = re.compile(r"\btemplate:")
+_TEXT_KEY = re.compile(r"\btext:")
+
+
+def _conditions(node: Node) -> str:
+    conditions = node["parameters"].get("conditions", {}).get("conditions", [])
+    return " ".join(str(c.get("leftValue", "")) for c in conditions)
+
+
+def _send_responses(workflow: Workflow, names: set[str]) -> list[Node]:
+    return [
+        n
+        for n in workflow["nodes"]
+        if n["name"] in names
+        and n["type"] == HTTP_REQUEST_TYPE
+        and bridge_path(str(n["parameters"].get("url", ""))) == SEND_RESPONSE_PATH
+    ]
+
+
+def _event_branch(workflow: Workflow, event: str) -> list[str]:
+    """The nodes the Switch hands one event's envelopes to."""
+    switch = _switch(workflow)
+    for index, rule in enumerate(switch["parameters"]["rules"]["values"]):
+        if event in [c["rightValue"] for c in rule["conditions"]["conditions"]]:
+            return _main_successors(workflow, switch["name"], index)
+    raise AssertionError(f"no branch for {event}")
+
+
+def _window_gate(workflow: Workflow, node: Node, template: str) -> tuple[set[str], set[str]]:
+    """An IF asking "window closed and this template in the envelope?": the nodes after
+    its true output (closed) and after its false one."""
+    assert node["type"] == IF_TYPE, f"{node['name']} does not ask about the window"
+    condition = _conditions(node)
+    assert _WINDOW_CLOSED.search(condition), f"{node['name']}: {condition}"
+    assert ("templates", "[]", "purpose") in {p for _, p in envelope_reads(condition)}
+    assert f"'{template}'" in condition, f"{node['name']} does not look for {template!r}"
+    # A false test, never a falsy one: an envelope without window_open (an older bridge,
+    # a scheduling request) is answered with text as before.
+    assert "!" not in condition.replace("!==", "")
+    closed, opened = workflow["connections"][node["name"]]["main"]
+    return (
+        _reachable(workflow, [link["node"] for link in closed]),
+        _reachable(workflow, [link["node"] for link in opened]),
+    )
+
+
+def test_a_proactive_start_into_a_closed_window_answers_with_its_template_not_the_model() -> None:
+    workflow = _load(REPLY_WORKFLOW)
+    agents = {n["name"] for n in _nodes(workflow, AGENT_TYPE)}
+    by_name = {n["name"]: n for n in workflow["nodes"]}
+    (gate,) = _event_branch(workflow, "conversation.proactive")
+    closed, opened = _window_gate(workflow, by_name[gate], "proactive")
+    assert "'proactive:' +" in _conditions(by_name[gate]), "the trigger's own template counts"
+
+    # Closed: no model call; the template is the first message, answered to the envelope's
+    # reply token.
+    assert not closed & agents
+    (answer,) = _send_responses(workflow, closed)
+    body = str(answer["parameters"]["jsonBody"])
+    assert _replies_to_the_bridge(answer)
+    assert _TEMPLATE_KEY.search(body) and not _TEXT_KEY.search(body), body
+    # The trigger's template first, then the general one: whichever the envelope lists.
+    assert re.search(
+        r"\[\s*'proactive:'\s*\+\s*[^\]]*\.body\.trigger\s*,\s*'proactive'\s*\]\.find\(", body
+    ), body
+    assert ("templates", "[]", "purpose") in {p for _, p in envelope_reads(body)}
+
+    # Open (or no template to send): the model writes it, as before.
+    assert opened & agents
+    texts = _send_responses(workflow, opened)
+    assert texts and all(_TEXT_KEY.search(str(n["parameters"]["jsonBody"])) for n in texts)
+
+
+def test_a_customer_message_is_answered_by_the_model_as_before() -> None:
+    """The customer just wrote: the window is open, nothing asks about it."""
+    workflow = _load(REPLY_WORKFLOW)
+    after = _reachable(workflow, _event_branch(workflow, "message.received"))
+    by_name = {n["name"]: n for n in workflow["nodes"]}
+    assert any(by_name[name]["type"] == AGENT_TYPE for name in after)
+    assert not [name for name in after if by_name[name]["type"] == IF_TYPE]
+    for node in _send_responses(workflow, after):
+        body = str(node["parameters"]["jsonBody"])
+        assert _TEXT_KEY.search(body) and not _TEMPLATE_KEY.search(body), node["name"]
+
+
+def test_scheduling_confirms_with_its_template_when_the_window_is_closed() -> None:
+    workflow = _load(REPLY_WORKFLOW)
+    gates = [
+        n
+        for n in _scheduling_nodes(workflow)
+        if n["type"] == IF_TYPE and _WINDOW_CLOSED.search(_conditions(n))
+    ]
+    assert len(gates) == 1, "the confirmation asks whether the window is closed"
+    closed, opened = _window_gate(workflow, gates[0], "scheduling_confirmation")
+    # The top-level window: a lead with no conversation yet (a form lead) has one too.
+    reads = {path for _, path in envelope_reads(_conditions(gates[0]))}
+    assert ("window", "window_open") in reads
+    (template,) = _send_responses(workflow, closed)
+    (text,) = _send_responses(workflow, opened)
+    template_body = str(template["parameters"]["jsonBody"])
+    text_body = str(text["parameters"]["jsonBody"])
+    assert "template: 'scheduling_confirmation'" in template_body
+    assert not _TEXT_KEY.search(template_body)
+    assert _TEXT_KEY.search(text_body) and not _TEMPLATE_KEY.search(text_body)
+    # The requested slot in the template's `horario`, as the text gives it.
+    horario = re.search(r"variables:\s*\{\s*horario:(.*)\}", template_body, re.S)
+    assert horario, template_body
+    slot = "agenda.data + ' às ' + $('Webhook').item.json.body.scheduling.agenda.hora"
+    assert slot in horario.group(1) and slot in text_body
+    assert "agenda?.preferencia" in horario.group(1) and "agenda?.preferencia" in text_body
+    # Both only once the agenda row is confirmed (the test above); never the model.
+    agents = {n["name"] for n in _nodes(workflow, AGENT_TYPE)}
+    assert not (closed | opened) & agents
 
 
 def _contract_fields(section: str) -> set[str]:
@@ -821,3 +965,6 @@ def test_the_shapes_here_are_what_the_bridge_builds() -> None:
         vendedor={"id": 9, "name": "Ana"},
     )
     assert set(AGENDA_ROW) <= set(row)
+    # The scheduling envelope's window, at the top level and in its conversation.
+    assert set(window_fields(None)) == set(_SCHEDULING_ENVELOPE["window"])
+    assert set(window_fields(None)) <= set(_SCHEDULING_ENVELOPE["conversation"])
