@@ -39,7 +39,12 @@ APPROVED = "approved"
 
 
 class TemplateUnavailable(BridgeError):
-    """The window is closed and no approved template can go for this purpose."""
+    """The window is closed and no approved template can go for this purpose; `reason`
+    (not_configured, not_approved, no_lead) is what /stats counts it under."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +125,14 @@ class TemplateSender:
         if ref is None:
             raise TemplateUnavailable(
                 f"WhatsApp's 24-hour window is closed and no template is configured for "
-                f"{purpose!r}: add one to the bot rules' templates (PUT /bot-rules)"
+                f"{purpose!r}: add one to the bot rules' templates (PUT /bot-rules)",
+                "not_configured",
             )
         if ref.template_id is not None:
             status = (await self.statuses()).get(ref.template_id, "missing")
             check = TemplateCheck(purpose, ref, status)
             if not check.approved:
-                raise TemplateUnavailable(check.problem())
+                raise TemplateUnavailable(check.problem(), "not_approved")
         return ref
 
     async def variables(
@@ -172,7 +178,9 @@ class TemplateSender:
         ref = ref or await self.usable(purpose)
         lead_id = int(conversation.get("lead_id") or 0)
         if not lead_id:
-            raise TemplateUnavailable("a WhatsApp template goes through a lead: none known")
+            raise TemplateUnavailable(
+                "a WhatsApp template goes through a lead: none known", "no_lead"
+            )
         values = await self.variables(conversation, ref, given or {})
         if purpose.startswith(templates.PROACTIVE + ":"):
             values.setdefault("trigger", purpose.partition(":")[2])

@@ -259,6 +259,8 @@ def test_a_template_not_approved_is_refused_at_put_and_keeps_the_work(
         )
         assert any(f"template {TEMPLATE_REOPEN_ID}" in p for p in health["problems"])
         assert health["work"]["failing"] >= 1
+        refused = api.get("/stats").json()["whatsapp"]["templates_refused"]
+        assert refused.get("not_approved", 0) >= 1
         assert not _outgoing(http, stack, lead)
     finally:
         http.post(

@@ -299,6 +299,7 @@ class ReplyStage(Stage):
             outcome = await self.failures.failed(
                 "reply", self.store.replies, claim, str(exc), conversation_id=conversation_id
             )
+            await self.bots.count(f"template_refused_{exc.reason}")
             log.warning(
                 "reply not sent: %s",
                 exc,

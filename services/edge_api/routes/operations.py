@@ -131,6 +131,8 @@ def stats_json(answer: conv.Stats) -> dict[str, Any]:
             "replies_window_closed": counters.get("replies_window_closed", 0),
             "replies_waiting_for_customer": counters.get("replies_waiting_for_customer", 0),
             "late_replies_to_vendedor": counters.get("late_replies_to_vendedor", 0),
+            # Sends kept because no approved template could go, by why (each try counts).
+            "templates_refused": _by_reason(counters, "template_refused_"),
         },
         # Kommo webhooks the bridge refused whole, and parts of stored ones it skipped,
         # by reason (the conversation service's log says which field).
