@@ -8,6 +8,7 @@ import dataclasses
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -20,6 +21,16 @@ from devstack.processes import (
     reserve_port,
 )
 from devstack.redis_server import RedisServer
+from sandbox.kommo.config import (
+    SCHEDULE_FIELD_ID,
+    SELLER_NAME_FIELD_ID,
+    TEMPLATE_FORM_WELCOME_BOT,
+    TEMPLATE_FORM_WELCOME_ID,
+    TEMPLATE_REOPEN_BOT,
+    TEMPLATE_REOPEN_ID,
+    TEMPLATE_SCHEDULING_BOT,
+    TEMPLATE_SCHEDULING_ID,
+)
 from services.kommo_gateway.store import REFRESH_LOCK, REFRESH_REFUSED_SINCE, TOKEN_PROBLEM, TOKENS
 
 SANDBOX_SALESBOT_ID = "7001"
@@ -27,6 +38,24 @@ SANDBOX_REPLY_FIELD_ID = "900001"
 SANDBOX_CLIENT_ID = "sandbox-client"
 SANDBOX_CLIENT_SECRET = "sandbox-secret"  # noqa: S105  # the sandbox's own demo credential
 SANDBOX_REFRESH_TOKEN = "sandbox-refresh-0"  # noqa: S105
+# The bot rules' WhatsApp templates for the sandbox's seeded, approved ones
+# (sandbox/kommo/config.py): the Salesbot holding each, and the lead fields feeding its
+# markers. What `make n8n-check` and the window's tests configure.
+SANDBOX_TEMPLATE_RULES: dict[str, Any] = {
+    "templates": {
+        "reopen": {"salesbot_id": TEMPLATE_REOPEN_BOT, "template_id": TEMPLATE_REOPEN_ID},
+        "proactive": {
+            "salesbot_id": TEMPLATE_FORM_WELCOME_BOT,
+            "template_id": TEMPLATE_FORM_WELCOME_ID,
+            "fields": {str(SELLER_NAME_FIELD_ID): "vendedor"},
+        },
+        "scheduling_confirmation": {
+            "salesbot_id": TEMPLATE_SCHEDULING_BOT,
+            "template_id": TEMPLATE_SCHEDULING_ID,
+            "fields": {str(SCHEDULE_FIELD_ID): "horario"},
+        },
+    }
+}
 
 # The ports of a stack by role: `edge`, `redis`, `sandbox`, `n8n-standin`, and per replica
 # `<service>-<n>` (gRPC) and `<service>-<n>-metrics`.

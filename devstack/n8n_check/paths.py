@@ -17,15 +17,10 @@ import httpx
 from devstack.n8n_check.attacker import Attacker
 from devstack.n8n_check.n8n import N8n
 from devstack.n8n_check.privacy import ModelCall, leaks
-from devstack.stack import Stack
+from devstack.stack import SANDBOX_TEMPLATE_RULES, Stack
 from sandbox.kommo.config import (
-    SCHEDULE_FIELD_ID,
     SELLER_NAME_FIELD_ID,
-    TEMPLATE_FORM_WELCOME_BOT,
     TEMPLATE_FORM_WELCOME_ID,
-    TEMPLATE_REOPEN_BOT,
-    TEMPLATE_REOPEN_ID,
-    TEMPLATE_SCHEDULING_BOT,
     TEMPLATE_SCHEDULING_ID,
 )
 
@@ -65,24 +60,6 @@ PROACTIVE_TEMPLATE_NODE = "Enviar modelo proativo ao bridge"
 PROACTIVE_AGENT = "Agente proativo"
 SCHEDULING_TEMPLATE_NODE = "Confirmar agendamento com modelo"
 SCHEDULING_TEXT_NODE = "Confirmar agendamento ao cliente"
-# The bot rules' WhatsApp templates, the sandbox's seeded (approved) ones
-# (sandbox/kommo/config.py): the Salesbot holding each, and the lead fields feeding its
-# markers.
-TEMPLATE_RULES: dict[str, Any] = {
-    "templates": {
-        "reopen": {"salesbot_id": TEMPLATE_REOPEN_BOT, "template_id": TEMPLATE_REOPEN_ID},
-        "proactive": {
-            "salesbot_id": TEMPLATE_FORM_WELCOME_BOT,
-            "template_id": TEMPLATE_FORM_WELCOME_ID,
-            "fields": {str(SELLER_NAME_FIELD_ID): "vendedor"},
-        },
-        "scheduling_confirmation": {
-            "salesbot_id": TEMPLATE_SCHEDULING_BOT,
-            "template_id": TEMPLATE_SCHEDULING_ID,
-            "fields": {str(SCHEDULE_FIELD_ID): "horario"},
-        },
-    }
-}
 # Every replica applies rules changed through the API within BOT_RULES_REFRESH_SECONDS
 # (1 s by default).
 RULES_APPLIED_SECONDS = 1.5
@@ -269,7 +246,7 @@ def _lead_field(lead: dict[str, Any], field_id: int) -> str:
 def _with_templates(check: Check) -> str:
     """The bot rules get the WhatsApp templates ("" when they did, else why not)."""
     with check.edge() as api:
-        rules = api.put("/bot-rules", json=TEMPLATE_RULES)
+        rules = api.put("/bot-rules", json=SANDBOX_TEMPLATE_RULES)
     if rules.status_code != 200:
         return f"PUT /bot-rules: {rules.status_code} {rules.text}"
     time.sleep(RULES_APPLIED_SECONDS)

@@ -19,38 +19,19 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from devstack.stack import Stack
+from devstack.stack import SANDBOX_TEMPLATE_RULES, Stack
 from sandbox.kommo.config import (
-    SCHEDULE_FIELD_ID,
-    SELLER_NAME_FIELD_ID,
-    TEMPLATE_FORM_WELCOME_BOT,
     TEMPLATE_FORM_WELCOME_ID,
     TEMPLATE_IN_REVIEW_BOT,
     TEMPLATE_IN_REVIEW_ID,
-    TEMPLATE_REOPEN_BOT,
     TEMPLATE_REOPEN_ID,
-    TEMPLATE_SCHEDULING_BOT,
     TEMPLATE_SCHEDULING_ID,
 )
 from tests.e2e.conftest import chat, customer_writes, isolated_stack, wait_for
 
 DAY = 86400
 
-RULES: dict[str, Any] = {
-    "templates": {
-        "reopen": {"salesbot_id": TEMPLATE_REOPEN_BOT, "template_id": TEMPLATE_REOPEN_ID},
-        "proactive": {
-            "salesbot_id": TEMPLATE_FORM_WELCOME_BOT,
-            "template_id": TEMPLATE_FORM_WELCOME_ID,
-            "fields": {str(SELLER_NAME_FIELD_ID): "vendedor"},
-        },
-        "scheduling_confirmation": {
-            "salesbot_id": TEMPLATE_SCHEDULING_BOT,
-            "template_id": TEMPLATE_SCHEDULING_ID,
-            "fields": {str(SCHEDULE_FIELD_ID): "horario"},
-        },
-    }
-}
+RULES: dict[str, Any] = SANDBOX_TEMPLATE_RULES
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +95,15 @@ def _old_customer_message(
     wait_for(lambda: text in api.get("/debug/conversations").text, what="the old message")
 
 
+def _lead_who_never_wrote(http: httpx.Client, stack: Stack, name: str) -> int:
+    """A lead just created in Kommo (a form, an ad): its customer never wrote."""
+    created = http.post(
+        f"{stack.sandbox_url}/_sandbox/lead-event", json={"kind": "add", "name": name}
+    )
+    created.raise_for_status()
+    return int(created.json()["lead_id"])
+
+
 def _closed_window_sends(http: httpx.Client, stack: Stack) -> list[dict[str, Any]]:
     return list(http.get(f"{stack.sandbox_url}/_sandbox/closed-window-sends").json())
 
@@ -125,11 +115,7 @@ def _outgoing(http: httpx.Client, stack: Stack, lead: int) -> list[dict[str, Any
 def test_a_form_lead_who_never_wrote_gets_exactly_one_template(
     stack: Stack, http: httpx.Client, api: httpx.Client
 ) -> None:
-    created = http.post(
-        f"{stack.sandbox_url}/_sandbox/lead-event", json={"kind": "add", "name": "Formulário"}
-    )
-    created.raise_for_status()
-    lead = int(created.json()["lead_id"])
+    lead = _lead_who_never_wrote(http, stack, "Formulário")
     started = api.post("/start-proactive", json={"lead_id": lead, "trigger": "form"})
     assert started.status_code in (200, 201), started.text
     sent = wait_for(lambda: _outgoing(http, stack, lead), what="the first message")
@@ -301,11 +287,7 @@ def test_the_envelope_tells_n8n_the_channel_the_window_and_the_templates(
 def test_a_message_to_a_lead_who_never_wrote_waits_behind_the_reopen_template(
     stack: Stack, http: httpx.Client, api: httpx.Client
 ) -> None:
-    created = http.post(
-        f"{stack.sandbox_url}/_sandbox/lead-event", json={"kind": "add", "name": "Nunca escreveu"}
-    )
-    created.raise_for_status()
-    lead = int(created.json()["lead_id"])
+    lead = _lead_who_never_wrote(http, stack, "Nunca escreveu")
     text = "Olá! Sua consulta está confirmada para quinta às 9h."
     answer = api.post("/send-response", json={"lead_id": lead, "text": text})
     assert answer.status_code == 202, answer.text
@@ -336,7 +318,9 @@ def test_a_message_held_out_of_hours_is_answered_with_the_reopen_template_at_the
 ) -> None:
     stack = short_window
     now = datetime.now(ZoneInfo("America/Sao_Paulo"))
-    opening = now + timedelta(minutes=1)
+    # The next whole minute at least 30 s away: the message is in well before the opening,
+    # and the 3 s window is long closed by then.
+    opening = (now + timedelta(seconds=90)).replace(second=0, microsecond=0)
     if opening.date() != now.date() or (opening.hour == 23 and opening.minute >= 58):
         pytest.skip("the opening would fall after midnight: run again in a few minutes")
     rules = {
@@ -363,7 +347,7 @@ def test_a_message_held_out_of_hours_is_answered_with_the_reopen_template_at_the
         # At the opening the held message goes to n8n; its answer finds the window closed.
         template = wait_for(
             lambda: [m for m in _outgoing(http, stack, lead) if m["via"] == "template"],
-            timeout=90,
+            timeout=120,
             what="the reopen template at the opening",
         )
         assert template[0]["template_id"] == TEMPLATE_REOPEN_ID
@@ -387,11 +371,7 @@ def test_a_message_held_out_of_hours_is_answered_with_the_reopen_template_at_the
 def test_a_scheduling_envelope_for_a_lead_who_never_wrote_says_the_window_is_closed(
     stack: Stack, http: httpx.Client, api: httpx.Client
 ) -> None:
-    created = http.post(
-        f"{stack.sandbox_url}/_sandbox/lead-event", json={"kind": "add", "name": "Agenda"}
-    )
-    created.raise_for_status()
-    lead = int(created.json()["lead_id"])
+    lead = _lead_who_never_wrote(http, stack, "Agenda")
     requested = api.post(
         "/agendamento/request",
         json={"lead_id": lead, "preference": "qualquer manhã desta semana"},
