@@ -212,24 +212,7 @@ class AccountActivity:
             run.outcome = "empty_field"
             logger.info("salesbot run %d on lead %d: reply field empty", run.seq, lead.id)
             return
-        message = ChatMessage(
-            id=str(uuid.uuid4()),
-            lead_id=lead.id,
-            direction="outgoing",
-            author_type="bot",
-            author_id=str(uuid.uuid5(_BOT_NAMESPACE, str(run.bot_id))),
-            author_name="Salesbot",
-            text=text,
-            at=run.executed_at,
-            via="salesbot",
-        )
-        message = self._through_window(lead, message)
-        run.outcome = "sent"
-        run.message_id = message.id
-        run.text = text
-        run.delivered = message.delivered
-        run.failure = message.failure or None
-        await self._publish(lead, message, OUTGOING_EVENT)
+        await self._bot_sends(run, lead, self._through_window(lead, _bot_message(run, lead, text)))
 
     async def _send_template(self, run: SalesbotRun, lead: Lead, template: ChatTemplate) -> None:
         """A WhatsApp template goes out at any time, window or not, when Meta approved it;
@@ -248,25 +231,18 @@ class AccountActivity:
             return
         contact = self._state.contacts.get(lead.main_contact_id or 0)
         text = fill_markers(template.content, lead, contact)
-        assert run.executed_at is not None  # set by _execute_run
-        message = ChatMessage(
-            id=str(uuid.uuid4()),
-            lead_id=lead.id,
-            direction="outgoing",
-            author_type="bot",
-            author_id=str(uuid.uuid5(_BOT_NAMESPACE, str(run.bot_id))),
-            author_name="Salesbot",
-            text=text,
-            at=run.executed_at,
-            via="template",
-            template_id=template.id,
-        )
+        message = _bot_message(run, lead, text, via="template", template_id=template.id)
         if not whatsapp:
             message = self._through_window(lead, message)
         self.template_sends += 1
+        await self._bot_sends(run, lead, message)
+
+    async def _bot_sends(self, run: SalesbotRun, lead: Lead, message: ChatMessage) -> None:
+        """The run's message reaches the chat (delivered or refused by the channel) and
+        echoes back, like any outgoing message."""
         run.outcome = "sent"
         run.message_id = message.id
-        run.text = text
+        run.text = message.text
         run.delivered = message.delivered
         run.failure = message.failure or None
         await self._publish(lead, message, OUTGOING_EVENT)
@@ -425,3 +401,22 @@ class AccountActivity:
         for task in self._tasks:
             task.cancel()
         await self.drain()
+
+
+def _bot_message(
+    run: SalesbotRun, lead: Lead, text: str, via: str = "salesbot", template_id: int | None = None
+) -> ChatMessage:
+    """What a Salesbot run writes in the lead's chat, as the bot, when it runs."""
+    assert run.executed_at is not None  # set by _execute_run
+    return ChatMessage(
+        id=str(uuid.uuid4()),
+        lead_id=lead.id,
+        direction="outgoing",
+        author_type="bot",
+        author_id=str(uuid.uuid5(_BOT_NAMESPACE, str(run.bot_id))),
+        author_name="Salesbot",
+        text=text,
+        at=run.executed_at,
+        via=via,
+        template_id=template_id,
+    )
