@@ -266,8 +266,11 @@ def _supervise(stack: Stack) -> int:
         nonlocal stopping
         stopping = True
 
+    # Ctrl-C reaches only this process (the others run in process groups of their own):
+    # it stops them in dependency order. A closed terminal (SIGHUP) stops them the same.
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     supervisor = Supervisor(stack_units(stack), RestartPolicy())
     while not stopping:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 GRPC_SERVICES = ("kommo_gateway", "vendedor", "scheduling", "conversation")
 _HEALTH_TIMEOUT_SECONDS = 30.0
 _STOP_TIMEOUT_SECONDS = 10.0
+
+log = logging.getLogger("devstack")
 
 
 _handed_out: set[int] = set()
@@ -241,6 +245,9 @@ class Launcher:
                 cwd=ROOT,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
+                # A group of its own: a terminal's Ctrl-C reaches only the runner, which
+                # stops the processes in order (Launcher.stop_all).
+                process_group=0,
             )
         return popen, log_path
 
@@ -264,13 +271,24 @@ class Launcher:
             time.sleep(0.1)
         raise StartupError(process, f"did not answer within {_HEALTH_TIMEOUT_SECONDS:.0f} s")
 
-    def stop_all(self) -> None:
-        for process in reversed(self.processes):
-            process.signal(signal.SIGTERM)
-        for process in reversed(self.processes):
-            try:
-                process.popen.wait(_STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.popen.kill()
-                process.popen.wait()
+    def stop_all(self, tiers: Sequence[Sequence[Process]] = ()) -> None:
+        """Stop every process, tier by tier: each tier's processes together (SIGTERM,
+        then a wait), and the next tier only once they are gone, so nothing outlives
+        what it depends on. What no tier names goes last, newest first."""
+        named = {id(p) for tier in tiers for p in tier}
+        rest = [p for p in reversed(self.processes) if id(p) not in named]
+        for tier in [*tiers, *([rest] if rest else [])]:
+            stop_together(tier)
         self.processes.clear()
+
+
+def stop_together(processes: Sequence[Process]) -> None:
+    for process in processes:
+        process.signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.popen.wait(_STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.popen.kill()
+            process.popen.wait()
+        log.info("stopped %s", process.name)

@@ -105,6 +105,7 @@ class RedisServer:
                 ],
                 stdout=output,
                 stderr=subprocess.STDOUT,
+                process_group=0,  # stopped by whoever started it, after its clients
             )  # fmt: skip
         finally:
             if self.log_path and not isinstance(output, int):

@@ -5,6 +5,7 @@ their replica counts."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,8 @@ PORT_ROLES = {
 # The gateway's token keys: the Kommo sandbox keeps its account in memory, so the tokens
 # it issued die with it and a new sandbox refuses them.
 _SANDBOX_TOKEN_KEYS = (TOKENS, TOKEN_PROBLEM, REFRESH_REFUSED_SINCE, REFRESH_LOCK)
+
+log = logging.getLogger("devstack")
 
 
 @dataclass
@@ -225,9 +228,13 @@ class Stack:
         return self.start_edge(old.port)
 
     def stop(self) -> None:
-        self.launcher.stop_all()
+        """In dependency order: the edge, then the services (together: they call each
+        other both ways), then the sandbox and the stand-in, then Redis."""
+        grpc_services = [p for name in GRPC_SERVICES for p in self.services.get(name, [])]
+        self.launcher.stop_all([self.services.get("edge_api", []), grpc_services])
         if self.redis is not None:
             self.redis.stop()
+            log.info("stopped redis")
 
 
 def start_stack(config: StackConfig) -> Stack:

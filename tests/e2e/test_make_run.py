@@ -53,6 +53,9 @@ class Runner:
                 env={**base, "MESSAGE_DEBOUNCE_SECONDS": "0", **env},
                 stdout=output,
                 stderr=subprocess.STDOUT,
+                # Its own process group, as a shell gives a foreground job: Ctrl-C in a
+                # terminal signals the whole group (`ctrl_c_in_a_terminal`).
+                start_new_session=True,
             )  # fmt: skip
 
     def output(self) -> str:
@@ -82,6 +85,12 @@ class Runner:
         """Ctrl-C, as a user stops it."""
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGINT)
+        return self.exit_code()
+
+    def ctrl_c_in_a_terminal(self) -> int:
+        """Ctrl-C as a terminal sends it: SIGINT to every process of the foreground
+        group, the runner and whatever it started in that group."""
+        os.killpg(self.popen.pid, signal.SIGINT)
         return self.exit_code()
 
 
@@ -182,6 +191,29 @@ def test_redis_killed_under_the_runner_is_restarted_on_its_data(
     assert client.get("devstack-test:acked") == b"before the crash"
     customer_gets_a_reply(runner, "Oi depois da queda")
     assert runner.stop() == 0
+
+
+def test_ctrl_c_stops_the_services_before_what_they_depend_on(
+    runners: list[Runner], tmp_path: Path, state_dir: Path
+) -> None:
+    runner = start(runners, tmp_path, state_dir, {"EDGE_PORT": str(free_port())})
+    customer_gets_a_reply(runner, "Oi antes do Ctrl-C")
+    logs = Path(runner.banner_value("logs"))
+    before = {log.name: log.stat().st_size for log in logs.glob("*.log")}
+
+    assert runner.ctrl_c_in_a_terminal() == 0
+
+    # The services stop first (edge, then the gRPC services), then the sandbox and the
+    # stand-in, then Redis: none of them is left retrying something already gone.
+    stopped = [line for line in runner.output().splitlines() if line.startswith("stopped ")]
+    assert stopped, runner.output()
+    order = [line.split()[1] for line in stopped]
+    assert order.index("edge_api") < order.index("kommo_gateway-1")
+    assert order.index("kommo_gateway-1") < order.index("kommo-sandbox") < order.index("redis")
+    for log in sorted(logs.glob("*.log")):
+        after_ctrl_c = log.read_bytes()[before.get(log.name, 0) :].decode(errors="replace")
+        for alarm in ("onnection refused", "Error 111", "ConnectionError", "Traceback"):
+            assert alarm not in after_ctrl_c, f"{log.name} after Ctrl-C:\n{after_ctrl_c}"
 
 
 @pytest.mark.parametrize("how", ["EDGE_PORT", "SANDBOX_PORT remembered"])
