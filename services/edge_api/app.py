@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from services.common.logs import request_id
 from services.common.metrics import HTTP_REQUESTS, HTTP_SECONDS
@@ -192,7 +194,7 @@ def create_api(runtime: EdgeRuntime) -> FastAPI:
     api.state.runtime = runtime
     for exception, handler in ERROR_HANDLERS.items():
         api.add_exception_handler(exception, handler)
-    for router in (
+    routers = (
         status.router,
         conversations.router,
         bot.router,
@@ -204,10 +206,25 @@ def create_api(runtime: EdgeRuntime) -> FastAPI:
         proactive.router,
         dashboard.router,
         privacy.router,
-    ):
+    )
+    for router in routers:
         api.include_router(router)
+    api.state.route_methods = route_methods(api, routers)
     _document_api(api)
     return api
+
+
+def route_methods(
+    api: FastAPI, routers: Sequence[APIRouter]
+) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """Each route's path pattern and methods: a 405 lists every method of its path
+    (errors.allowed_methods), which Starlette, naming only the first route, does not."""
+    routes = [*api.router.routes, *(route for router in routers for route in router.routes)]
+    return [
+        (route.path_regex, frozenset(route.methods))
+        for route in routes
+        if isinstance(route, Route) and route.methods
+    ]
 
 
 _ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}

@@ -7,7 +7,9 @@ with them, bounded in size whatever was sent."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from http import HTTPStatus
+from typing import Any
 
 import grpc
 from fastapi import Request
@@ -150,11 +152,31 @@ async def starlette_error_handler(request: Request, exc: Exception) -> JSONRespo
     if exc.status_code == 404 and exc.detail == HTTPStatus.NOT_FOUND.phrase:
         message = f"no endpoint {request.method} {shown}; the API is described at /docs"
     elif exc.status_code == 405:
-        allowed = headers.get("Allow") or headers.get("allow") or ""
+        # Starlette names only the first route that matched the path; a path served by
+        # several routes (GET and PUT /bot-rules) allows all of their methods.
+        allowed = allowed_methods(request) or headers.get("Allow") or headers.get("allow") or ""
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+        if allowed:
+            headers["Allow"] = allowed
         message = f"{request.method} is not allowed on {shown}; use {allowed or 'another method'}"
     else:
         message = str(exc.detail)[:_MAX_MESSAGE_CHARS]
     return error_response(exc.status_code, message, headers or None)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the routes of this path answer, as an `Allow` header lists them
+    (the table app.py builds when it includes the routers)."""
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for pattern, answered in getattr(request.app.state, "route_methods", ()):
+        if pattern.match(path):
+            methods |= answered
+    return ", ".join(sorted(methods, key=lambda m: (_METHOD_ORDER.get(m, 99), m)))
+
+
+_METHOD_ORDER = {"GET": 0, "HEAD": 1, "POST": 2, "PUT": 3, "PATCH": 4, "DELETE": 5}
+_SEND_JSON = "send one JSON object with content-type: application/json"
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -162,7 +184,11 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     problems = [
-        FieldError(field=_location(e.get("loc", ())), problem=_problem(e.get("msg", "")))
+        FieldError(
+            # A JSON decode error's location is a character offset, not a field.
+            field="body" if e.get("type") == "json_invalid" else _location(e.get("loc", ())),
+            problem=await _body_problem(request, e),
+        )
         for e in errors[:MAX_FIELD_ERRORS]
     ]
     summary = "; ".join(f"{p.field}: {p.problem}" for p in problems[:_SUMMARISED])
@@ -177,6 +203,27 @@ def _location(loc: object) -> str:
     parts = loc if isinstance(loc, (list, tuple)) else (loc,)
     # A dict's keys are the caller's: cut them short like any other input.
     return ".".join(str(part)[:_MAX_LOC_PART_CHARS] for part in parts) or "request"
+
+
+async def _body_problem(request: Request, error: Mapping[str, Any]) -> str:
+    """What is wrong, said for people: a body that is not JSON, or not an object, is
+    explained with where it broke (line and column, never the text)."""
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid" and loc[:1] == ("body",):
+        reason = str((error.get("ctx") or {}).get("error") or "JSON decode error")
+        offset = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+        where = ""
+        if offset is not None:
+            before = (await request.body())[:offset]
+            line = before.count(b"\n") + 1
+            column = offset - (before.rfind(b"\n") + 1) + 1
+            where = f" at line {line}, column {column}"
+        return f"the body is not valid JSON ({reason}{where}); {_SEND_JSON}"[:_MAX_PROBLEM_CHARS]
+    if loc == ("body",) and error.get("type") == "missing":
+        return f"the body is empty; {_SEND_JSON}"
+    if loc == ("body",) and error.get("type") in ("model_attributes_type", "dict_type"):
+        return f"the body is not a JSON object; {_SEND_JSON}"
+    return _problem(error.get("msg", ""))
 
 
 def _problem(msg: object) -> str:

@@ -88,6 +88,10 @@ async def test_an_unknown_route_is_404_in_the_error_shape() -> None:
         ("PUT", "/webhooks/kommo", "POST"),
         ("DELETE", "/version", "GET"),
         ("GET", "/send-response", "POST"),
+        # A path served by several routes allows every one of their methods.
+        ("DELETE", "/bot-rules", "GET, PUT"),
+        ("POST", "/bot-rules", "GET, PUT"),
+        ("PUT", "/agendamento/17", "GET"),
     ],
 )
 async def test_a_wrong_method_is_405_with_allow(method: str, path: str, allowed: str) -> None:
@@ -156,6 +160,33 @@ async def test_a_body_that_is_not_json_is_422_without_echo() -> None:
     assert "zzzzzzzz" not in answer.text
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        # Where it broke, as an editor counts: line and column, not a character offset.
+        (
+            b'{"action": "status",\n "lead_id": nope}',
+            "not valid JSON (Expecting value at line 2, column 13)",
+        ),
+        (b"", "the body is empty"),
+        (b'["status"]', "the body is not a JSON object"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/bot-control", "/send-response", "/start-proactive"])
+async def test_a_body_that_is_not_a_json_object_is_explained_the_same_everywhere(
+    path: str, content: bytes, said: str
+) -> None:
+    async with edge() as client:
+        answer = await client.post(
+            path, content=content, headers={**AUTH, "content-type": "application/json"}
+        )
+    body = assert_error_shape(answer, 422)
+    assert said in body["error"]
+    assert "content-type: application/json" in body["error"]
+    assert body["fields"][0]["field"] == "body"
+    assert not re.search(r"body\.\d", answer.text), "a character offset is not a field"
+
+
 # Every route that takes a Kommo id, with where the id goes: an id outside Kommo's range
 # is refused like a non-numeric one (422, naming the field), before any service is called.
 ID_ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
@@ -220,8 +251,11 @@ async def test_metrics_are_public_by_default_and_carry_no_ids_or_secrets() -> No
         answer = await client.get("/metrics")
     assert answer.status_code == 200
     assert 'route="/vendedor/lead/{lead_id}"' in answer.text
+    # Names, labels and help texts; not the samples' values (a duration's digits may
+    # happen to spell an id).
+    words = "\n".join(line.rsplit(" ", 1)[0] for line in answer.text.splitlines())
     for revealing in ("9100001", "4400123", "5511987654321", KEY, SECRET):
-        assert revealing not in answer.text
+        assert revealing not in words
 
 
 async def test_metrics_can_require_the_key_as_header_or_bearer_token() -> None:
