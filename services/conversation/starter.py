@@ -85,8 +85,12 @@ class ProactiveStarter:
             lead_id
         ) or envelope.conversation_for_lead(lead_id)
         ttl = int(self.settings.proactive_dedupe_seconds)
-        if not await self.store.claim_start(lead_id, trigger, conversation_id, ttl):
-            return Started(conversation_id, False, "existing", 0.0)
+        claimed = await self.store.claim_start(lead_id, trigger, conversation_id, ttl)
+        if claimed is not None:
+            # Already started: when it still waits for working hours, say when it goes.
+            return Started(
+                conversation_id, False, "existing", claimed if claimed > time.time() else 0.0
+            )
         try:
             return await self._start(lead_id, trigger, conversation_id, only_if_silent)
         except Exception:
@@ -154,7 +158,9 @@ class ProactiveStarter:
             )
         if opens > now:
             job_id = uuid.uuid4().hex
-            await self.store.add_job(self.store.waiting, job_id, job, int(opens.timestamp() * 1000))
+            at_ms = int(opens.timestamp() * 1000)
+            await self.store.add_job(self.store.waiting, job_id, job, at_ms)
+            await self.store.start_scheduled(lead_id, trigger, conversation_id, at_ms)
             log.info("proactive start waits for working hours", extra=job)
             return Started(conversation_id, True, "scheduled", opens.timestamp())
         status = await self.send(conversation_id, lead_id, trigger, only_if_silent)

@@ -1520,7 +1520,9 @@ _CLAIM_START = (
     + """
 local R, now = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ms = life(tonumber(ARGV[2]), KEYS[2], R)
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ms) then return 0 end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ms) then
+  return redis.call('GET', KEYS[1]) or ''
+end
 own(KEYS[2], KEYS[1], ms, now, R)
 return 1
 """
@@ -1557,13 +1559,26 @@ class ProactiveStore:
         self._ensure = redis.register_script(_ENSURE_CONVERSATION)
         self._add_job = redis.register_script(_ADD_JOB)
 
-    async def claim_start(self, lead_id: int, trigger: str, conversation_id: str, ttl: int) -> bool:
-        """True for the first start of this lead and trigger; racing requests lose."""
-        return bool(
-            await self._claim_start(
-                keys=[proactive_key(lead_id, trigger), conversation_key(conversation_id)],
-                args=[conversation_id, ttl * 1000, self._r_ms, now_ms()],
-            )
+    async def claim_start(
+        self, lead_id: int, trigger: str, conversation_id: str, ttl: int
+    ) -> float | None:
+        """None for the first start of this lead and trigger (claimed now); for a start
+        already claimed, when it is scheduled to go (Unix seconds; 0 = not waiting)."""
+        answer = await self._claim_start(
+            keys=[proactive_key(lead_id, trigger), conversation_key(conversation_id)],
+            args=[conversation_id, ttl * 1000, self._r_ms, now_ms()],
+        )
+        if answer == 1:
+            return None
+        _, _, scheduled_ms = text(answer).partition("|")
+        return int(scheduled_ms) / 1000 if scheduled_ms.isdigit() else 0.0
+
+    async def start_scheduled(
+        self, lead_id: int, trigger: str, conversation_id: str, at_ms: int
+    ) -> None:
+        """The claimed start waits until `at_ms`: a repeated start says when it goes."""
+        await self.redis.set(
+            proactive_key(lead_id, trigger), f"{conversation_id}|{at_ms}", xx=True, keepttl=True
         )
 
     async def forget_start(self, lead_id: int, trigger: str) -> None:

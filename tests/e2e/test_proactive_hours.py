@@ -37,10 +37,15 @@ def test_a_start_outside_working_hours_waits_and_the_api_says_when(
     stack, opens = stack_and_opening
     with httpx.Client(base_url=stack.edge_url, headers={"X-API-Key": stack.api_key}) as api:
         started = api.post("/start-proactive", json={"lead_id": 9100001, "trigger": "form"})
+        again = api.post("/start-proactive", json={"lead_id": 9100001, "trigger": "form"})
     assert started.status_code == 201, started.text
     body = started.json()
     assert body["status"] == "scheduled"
     assert body["scheduled_for"] == opens.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Asked again while it waits: the same start, and when it goes.
+    assert again.status_code == 200, again.text
+    assert again.json()["status"] == "existing"
+    assert again.json()["scheduled_for"] == body["scheduled_for"]
     time.sleep(1.0)
     received = httpx.get(f"{stack.standin_url}/_standin/received").json()["received"]
     assert not [r for r in received if r["body"]["event"] == "conversation.proactive"]

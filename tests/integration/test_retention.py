@@ -113,7 +113,7 @@ async def _a_whole_conversation(redis: aioredis.Redis, retention_seconds: int) -
         "note-1", {"lead_id": str(LEAD), "note": REPLY}, 60_000, CONVERSATION
     )
     proactive = ProactiveStore(redis, retention_seconds)
-    assert await proactive.claim_start(LEAD, "form", CONVERSATION, 3600)
+    assert await proactive.claim_start(LEAD, "form", CONVERSATION, 3600) is None
     assert await proactive.add_job(
         proactive.waiting,
         "pjob-1",
