@@ -1724,11 +1724,25 @@ _QUEUES_NAMING_CONVERSATIONS = (
 _PAGE = 500
 
 
+# What an erase counts, every kind always (0 when nothing was held): a repeated erase
+# answers in the same shape as the first.
+ERASED_KINDS = (
+    "conversations",
+    "messages",
+    "keys",
+    "queued_work",
+    "failure_records",
+    "webhook_events",
+)
+
+
 @dataclass
 class Erasure:
     """What an erase removed, and whose data it was (for the other services' erase)."""
 
-    counts: Counter[str] = dataclass_field(default_factory=Counter)
+    counts: Counter[str] = dataclass_field(
+        default_factory=lambda: Counter(dict.fromkeys(ERASED_KINDS, 0))
+    )
     lead_ids: set[int] = dataclass_field(default_factory=set)
     contact_ids: set[int] = dataclass_field(default_factory=set)
     chat_ids: set[str] = dataclass_field(default_factory=set)

@@ -144,7 +144,8 @@ class SchedulingStore:
         """Every request and dedupe key of these leads and contacts, off the outbox too.
         Idempotent."""
         indexes = [lead_keys_key(x) for x in lead_ids] + [contact_keys_key(x) for x in contact_ids]
-        counts: Counter[str] = Counter()
+        # Every kind, 0 when nothing was held: a repeated erase answers as the first did.
+        counts: Counter[str] = Counter(requests=0, keys=0)
         if not indexes:
             return counts
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -120,6 +120,14 @@ def test_erasing_a_lead_leaves_nothing_of_it_in_redis(own_stack: Stack) -> None:
         assert again.status_code == 200
         assert again.json()["conversations"] == 0
         assert all(not any(kinds.values()) for kinds in again.json()["erased"].values())
+        # In the same shape as the first: every service, every kind, each counted.
+        assert {service: set(kinds) for service, kinds in again.json()["erased"].items()} == {
+            service: set(kinds) for service, kinds in erased["erased"].items()
+        }
+        assert set(erased["erased"]["conversation"]) >= {
+            "conversations", "messages", "keys", "queued_work", "failure_records",
+            "webhook_events",
+        }  # fmt: skip
 
 
 def test_erase_needs_the_api_key_and_a_kommo_id(own_stack: Stack) -> None:

@@ -36,7 +36,7 @@ class RetentionSweep(BackgroundTask):
         while not stopping.is_set() and self.engine.store.retention_seconds:
             try:
                 counts = await self.privacy.sweep()
-                if counts:
+                if any(counts.values()):
                     log.info(
                         "personal data past its retention time erased",
                         extra={"erased": dict(counts)},
