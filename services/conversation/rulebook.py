@@ -100,7 +100,9 @@ class RuleBook:
     async def put(self, rules_json: str, expected_version: int | None) -> InForce:
         rules = parse_rules(rules_json)
         at = datetime.now(UTC).isoformat(timespec="seconds")
-        version = await self._store.put(rules.model_dump_json(), expected_version, at)
+        # Stored as written: a field a scope left out stays out (rules.merge_nested).
+        stored = rules.model_dump_json(exclude_unset=True)
+        version = await self._store.put(stored, expected_version, at)
         self._cached = InForce(rules, version, "api", at)
         self._checked_at = self._clock()
         log.info("bot rules changed through the API", extra={"version": version})

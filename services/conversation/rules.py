@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -184,12 +184,6 @@ class OutOfHours(_Document):
         "the opening hour and then goes by itself",
     )
 
-    @model_validator(mode="after")
-    def _reply_when_enabled(self) -> OutOfHours:
-        if self.enabled and not (self.reply and self.reply.strip()):
-            raise ValueError("reply: the message sent out of hours is required when enabled")
-        return self
-
 
 class SplitReplies(_Document):
     """How a long AI reply is sent: in several messages, with a typing pause before each."""
@@ -208,11 +202,27 @@ class SplitReplies(_Document):
     min_pause_seconds: float = Field(default=1.0, ge=0, le=60, description="shortest pause")
     max_pause_seconds: float = Field(default=6.0, ge=0, le=60, description="longest pause")
 
-    @model_validator(mode="after")
-    def _pauses(self) -> SplitReplies:
-        if self.min_pause_seconds > self.max_pause_seconds:
-            raise ValueError("min_pause_seconds cannot be more than max_pause_seconds")
-        return self
+
+# A nested object of a scope (out_of_hours, split) names only the fields it changes: the
+# others keep the wider scope's values. What must hold across its fields is checked on the
+# merged object (`_merged_problem`), where every field has its value.
+Nested = TypeVar("Nested", OutOfHours, SplitReplies)
+
+
+def merge_nested(wider: Nested, narrower: Nested | None) -> Nested:
+    """`narrower`'s own fields (those it was given) over `wider`'s."""
+    if narrower is None:
+        return wider
+    given = {name: getattr(narrower, name) for name in narrower.model_fields_set}
+    return type(wider).model_construct(**{**dict(wider), **given})
+
+
+def _merged_problem(out_of_hours: OutOfHours, split: SplitReplies) -> str | None:
+    if out_of_hours.enabled and not (out_of_hours.reply and out_of_hours.reply.strip()):
+        return "out_of_hours.reply: the message sent out of hours is required when enabled"
+    if split.min_pause_seconds > split.max_pause_seconds:
+        return "split: min_pause_seconds cannot be more than max_pause_seconds"
+    return None
 
 
 class RuleSet(_Document):
@@ -255,13 +265,15 @@ class RuleSet(_Document):
     )
     out_of_hours: OutOfHours | None = Field(
         default=None,
-        description="out-of-hours behaviour (the hours are in `hours`); replaces the wider "
-        "scope's as a whole. Account default: off",
+        description="out-of-hours behaviour (the hours are in `hours`); in a pipeline or "
+        "stage, the fields given change the wider scope's, the others keep its values. "
+        "Account default: off",
     )
     split: SplitReplies | None = Field(
         default=None,
-        description="splitting of long replies; replaces the wider scope's as a whole. "
-        "Account default: on, 600 characters",
+        description="splitting of long replies; in a pipeline or stage, the fields given "
+        "change the wider scope's, the others keep its values. Account default: on, 600 "
+        "characters",
     )
 
     @field_validator("pattern")
@@ -292,6 +304,8 @@ class EffectiveRules(RuleSet):
 # The account's defaults: answer everyone, no finish keyword, no expiry, out of hours off,
 # split on.
 _BUILT_IN: Final = dict(EffectiveRules())
+_BUILT_IN_OUT_OF_HOURS: Final = OutOfHours()
+_BUILT_IN_SPLIT: Final = SplitReplies()
 
 
 class IgnoreList(_Document):
@@ -541,17 +555,24 @@ class BotRules(_Document):
                 raise ValueError(f"{name}: trigger 'keyword' needs keywords{where}")
             if trigger == "regex" and pattern is None:
                 raise ValueError(f"{name}: trigger 'regex' needs a pattern{where}")
+            layers = [self.account] if name == ACCOUNT else [self.account, rule_set]
+            problem = _merged_problem(
+                _merged(_BUILT_IN_OUT_OF_HOURS, [r.out_of_hours for r in layers]),
+                _merged(_BUILT_IN_SPLIT, [r.split for r in layers]),
+            )
+            if problem is not None:
+                raise ValueError(f"{name}.{problem}{where}")
         return self
 
 
 def effective(rules: BotRules, pipeline_id: int, stage_id: int) -> tuple[EffectiveRules, str]:
     """The rules for a lead in this pipeline and stage, and the narrowest scope that has an
     override for it ("account", "pipeline 123" or "stage 456")."""
-    rule_set, _, scope = _resolve(rules, pipeline_id, stage_id)
+    rule_set, _, scope = resolve(rules, pipeline_id, stage_id)
     return rule_set, scope
 
 
-def _resolve(
+def resolve(
     rules: BotRules, pipeline_id: int, stage_id: int
 ) -> tuple[EffectiveRules, dict[str, str], str]:
     """The merged rules, the scope each field came from, and the narrowest scope."""
@@ -565,10 +586,25 @@ def _resolve(
     for scope, rule_set in layers:
         for name in values:
             value = getattr(rule_set, name)
-            if value is not None:
-                values[name], origin[name] = value, scope
-    # The fields were validated in their own scope; the merge adds nothing to check.
+            if value is None:
+                continue
+            if isinstance(value, (OutOfHours, SplitReplies)):
+                value = merge_nested(values[name], value)
+            values[name], origin[name] = value, scope
+    out_of_hours, split = values["out_of_hours"], values["split"]
+    # Each scope was checked merged over the account; a stage over a pipeline over the
+    # account can still meet two halves that do not fit: the safe reading is taken.
+    if out_of_hours.enabled and not (out_of_hours.reply and out_of_hours.reply.strip()):
+        values["out_of_hours"] = out_of_hours.model_copy(update={"enabled": False})
+    if split.min_pause_seconds > split.max_pause_seconds:
+        values["split"] = split.model_copy(update={"min_pause_seconds": split.max_pause_seconds})
     return EffectiveRules.model_construct(**values), origin, layers[-1][0]
+
+
+def _merged(base: Nested, layers: Sequence[Nested | None]) -> Nested:
+    for layer in layers:
+        base = merge_nested(base, layer)
+    return base
 
 
 # ---------------------------------------------------------------------------------------
@@ -701,7 +737,7 @@ def decide(
     ignored = rules.ignore.reason(facts)
     if ignored is not None:
         return Decision("ignore", ignored, ACCOUNT, engaged=facts.session_engaged)
-    rule_set, origin, scope = _resolve(rules, facts.pipeline_id, facts.stage_id)
+    rule_set, origin, scope = resolve(rules, facts.pipeline_id, facts.stage_id)
     expired = (
         rule_set.expire_minutes is not None
         and facts.last_bot_activity is not None

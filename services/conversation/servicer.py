@@ -620,7 +620,9 @@ def stats_bucket(b: series.Bucket) -> pb.StatsBucket:
 
 def rules_document(rules: InForce) -> pb.BotRulesDocument:
     return pb.BotRulesDocument(
-        rules_json=rules.rules.model_dump_json(),
+        # What each scope named, and only that: a field a pipeline or stage left out
+        # keeps merging over the wider scope's (rules.merge_nested).
+        rules_json=rules.rules.model_dump_json(exclude_unset=True),
         version=rules.version,
         source=rules.source,
         updated_at=rules.updated_at,

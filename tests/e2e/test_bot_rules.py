@@ -116,6 +116,42 @@ def test_rules_are_validated_versioned_and_shown(api: httpx.Client, stack: Stack
     assert body["examples"]
 
 
+def test_a_stage_override_changes_only_what_it_names_and_the_rules_in_force_show_it(
+    api: httpx.Client,
+) -> None:
+    closed = {"enabled": True, "mode": "hold", "reply": "Abrimos às 8h."}
+    put_rules(
+        api,
+        {
+            "account": {"out_of_hours": closed},
+            "stages": {"71000005": {"out_of_hours": {"reply": "Voltamos às 8h!"}}},
+        },
+    )
+    # The document as written: the stage names only its text.
+    written = api.get("/bot-rules").json()
+    assert written["rules"]["stages"]["71000005"] == {"out_of_hours": {"reply": "Voltamos às 8h!"}}
+    assert "in_force" not in written
+    shown = api.get("/bot-rules", params={"pipeline_id": 8100002, "stage_id": 71000005})
+    assert shown.status_code == 200, shown.text
+    in_force = shown.json()["in_force"]
+    assert in_force["scope"] == "stage 71000005"
+    assert in_force["rules"]["out_of_hours"] == {
+        "enabled": True,
+        "mode": "hold",
+        "reply": "Voltamos às 8h!",
+    }
+    assert in_force["fields_from"]["out_of_hours"] == "stage 71000005"
+    assert in_force["fields_from"]["trigger"] == "account"
+    elsewhere = api.get("/bot-rules", params={"stage_id": 71000009}).json()["in_force"]
+    assert elsewhere["rules"]["out_of_hours"]["reply"] == "Abrimos às 8h."
+    # `{}` puts the defaults back.
+    put_rules(api, {})
+    reset = api.get("/bot-rules", params={"stage_id": 71000005}).json()
+    assert reset["rules"] == {}
+    assert reset["in_force"]["rules"]["out_of_hours"]["enabled"] is False
+    assert reset["in_force"]["rules"]["trigger"] == "always"
+
+
 def test_keyword_start_only_for_sessions_that_open_with_it(
     api: httpx.Client, http: httpx.Client, stack: Stack
 ) -> None:

@@ -98,6 +98,68 @@ def test_a_stage_overrides_its_pipeline_which_overrides_the_account_field_by_fie
     assert merged.keyword_finish == ["atendente"]  # the account's
 
 
+CLOSED_HOLD = {
+    "enabled": True,
+    "mode": "hold",
+    "reply": "Nosso horário é de 8h às 18h.",
+}
+
+
+def test_a_scopes_nested_object_changes_only_the_fields_it_names() -> None:
+    layered = bot_rules(
+        account={"out_of_hours": CLOSED_HOLD, "split": {"max_chars": 300}},
+        pipelines={str(PIPELINE): {"split": {"max_pause_seconds": 2}}},
+        stages={str(STAGE): {"out_of_hours": {"reply": "Voltamos às 8h!"}}},
+    )
+    merged, scope = effective(layered, PIPELINE, STAGE)
+    assert scope == f"stage {STAGE}"
+    # Only the text changed for the stage: handling out of hours stays on, and held.
+    assert (merged.out_of_hours.enabled, merged.out_of_hours.mode) == (True, "hold")
+    assert merged.out_of_hours.reply == "Voltamos às 8h!"
+    assert (merged.split.max_chars, merged.split.max_pause_seconds) == (300, 2)
+    assert merged.split.min_pause_seconds == 1.0  # the built-in default, named nowhere
+    night = decide(layered, facts(now=at_sp(WED, 22)), DEFAULTS)
+    assert (night.action, night.out_of_hours_reply, night.rule) == (
+        "hold",
+        "Voltamos às 8h!",
+        f"stage {STAGE}",
+    )
+
+
+def test_a_stage_may_turn_on_what_the_account_describes() -> None:
+    account = {**CLOSED_HOLD, "enabled": False}
+    layered = bot_rules(
+        account={"out_of_hours": account},
+        stages={str(STAGE): {"out_of_hours": {"enabled": True}}},
+    )
+    assert decide(layered, facts(now=at_sp(WED, 22)), DEFAULTS).action == "hold"
+    assert decide(layered, facts(now=at_sp(WED, 22), stage_id=71000009), DEFAULTS).action == (
+        "answer"
+    )
+
+
+def test_two_halves_that_do_not_fit_take_the_safe_reading() -> None:
+    # Each scope fits the account; a stage over this pipeline meets min 5 > max 3.
+    layered = bot_rules(
+        pipelines={str(PIPELINE): {"split": {"min_pause_seconds": 5}}},
+        stages={str(STAGE): {"split": {"max_pause_seconds": 3}}},
+    )
+    merged, _ = effective(layered, PIPELINE, STAGE)
+    assert (merged.split.min_pause_seconds, merged.split.max_pause_seconds) == (3, 3)
+
+
+def test_a_stored_document_keeps_what_each_scope_named() -> None:
+    # Stored as the API stores it: the fields a scope left out stay out, so they keep
+    # merging over the wider scope after a round trip.
+    layered = bot_rules(
+        account={"out_of_hours": CLOSED_HOLD},
+        stages={str(STAGE): {"out_of_hours": {"reply": "Voltamos às 8h!"}}},
+    )
+    stored = BotRules.model_validate_json(layered.model_dump_json(exclude_unset=True))
+    assert effective(stored, PIPELINE, STAGE) == effective(layered, PIPELINE, STAGE)
+    assert effective(stored, PIPELINE, STAGE)[0].out_of_hours.enabled is True
+
+
 def test_without_overrides_for_the_lead_the_account_rules_apply() -> None:
     layered = bot_rules(**LAYERED)
     in_pipeline, scope = effective(layered, PIPELINE, STAGE)
@@ -673,13 +735,25 @@ def test_unknown_fields_are_refused(
         ({"account": {"trigger": "sometimes"}}, ("account", "trigger"), "always"),
         (
             {"account": {"out_of_hours": {"enabled": True}}},
-            ("account", "out_of_hours"),
-            "reply",
+            (),
+            "account.out_of_hours.reply: the message sent out of hours is required",
         ),
         (
             {"account": {"split": {"min_pause_seconds": 7}}},
-            ("account", "split"),
-            "min_pause_seconds",
+            (),
+            "account.split: min_pause_seconds cannot be more than max_pause_seconds",
+        ),
+        # A scope's nested object is checked merged over the account's.
+        (
+            {"stages": {"71000002": {"out_of_hours": {"enabled": True}}}},
+            (),
+            "stages.71000002.out_of_hours.reply: the message sent out of hours is required "
+            "when enabled, here or in account",
+        ),
+        (
+            {"pipelines": {"7100001": {"split": {"min_pause_seconds": 7}}}},
+            (),
+            "pipelines.7100001.split: min_pause_seconds cannot be more than max_pause_seconds",
         ),
         ({"account": {"trigger": "keyword"}}, (), "account: trigger 'keyword' needs keywords"),
         (
@@ -730,10 +804,16 @@ def test_rules_survive_a_round_trip_through_json() -> None:
     )
 
 
-def test_the_readme_example_is_valid_rules() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme[readme.index("### Bot rules") :]
-    example = re.search(r"```json\n(.*?)```", section, re.S)
-    assert example is not None
-    example_rules = BotRules.model_validate_json(example.group(1))
+def test_the_documented_example_is_valid_rules() -> None:
+    # docs/bot-control.md's first example under "Bot rules": a PUT /bot-rules whose body
+    # is the curl's -d '…'.
+    page = (Path(__file__).parents[2] / "docs" / "bot-control.md").read_text()
+    section = page[page.index("## Bot rules") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None
+    assert 'curl -X PUT "$BRIDGE/bot-rules"' in block.group(1)
+    body = re.search(r"-d '(.*?)'", block.group(1), re.S)
+    assert body is not None
+    example_rules = BotRules.model_validate_json(body.group(1))
+    assert example_rules.account.trigger == "keyword"
     assert example_rules.ignore.phones == ["+5511987654321"]
