@@ -109,6 +109,18 @@ def test_edge_publishes_its_container_port(services: dict[str, Any]) -> None:
     assert any(p.endswith(f":{EDGE_CONTAINER_PORT}") for p in ports), ports
 
 
+def test_edge_host_address_and_port_come_from_env(services: dict[str, Any]) -> None:
+    # A TLS proxy on the host needs the edge on 127.0.0.1 only (docs/deploy.md):
+    # EDGE_BIND_ADDRESS picks the interface (every IPv4 one by default), EDGE_PORT the port.
+    (mapping,) = [str(p) for p in services[EDGE]["ports"]]
+    match = re.fullmatch(
+        r"\$\{EDGE_BIND_ADDRESS:-([0-9.]+)\}:\$\{EDGE_PORT:-(\d+)\}:(\d+)", mapping
+    )
+    assert match, f"{mapping} is not ${{EDGE_BIND_ADDRESS:-…}}:${{EDGE_PORT:-…}}:<port>"
+    assert match.group(1) == "0.0.0.0"
+    assert int(match.group(2)) == int(match.group(3)) == EDGE_CONTAINER_PORT
+
+
 @pytest.mark.parametrize("name", GRPC_SERVICES)
 def test_grpc_services_can_be_scaled(services: dict[str, Any], name: str) -> None:
     # A fixed name or host port would make `docker compose up --scale NAME=3` fail.
