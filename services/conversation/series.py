@@ -7,7 +7,8 @@ its own after a day, so the series costs a bounded amount of memory whatever the
 traffic, and any replica can add to it.
 
 Every latency figure (the day's median, a window's p50 and p95, each bucket's) comes
-from these histograms, read at once: two figures over the same replies always agree.
+from these histograms, read at once: two figures over the same replies always agree, and
+each is within RELATIVE_ERROR (2 %) of a reply time really measured.
 """
 
 from __future__ import annotations
@@ -21,31 +22,22 @@ BUCKET_SECONDS = 300
 KEPT_SECONDS = 25 * 3600
 MAX_HOURS = 24
 
-# Upper bounds (seconds) of the reply latency histogram; one more field counts the rest.
-LATENCY_BOUNDS: tuple[float, ...] = (
-    0.25,
-    0.5,
-    1,
-    1.5,
-    2,
-    3,
-    4,
-    5,
-    6,
-    8,
-    10,
-    15,
-    20,
-    30,
-    45,
-    60,
-    90,
-    120,
-    300,
-)
+# Reply latencies go into logarithmic bins, each GROWTH times as wide as the one before
+# (a sketch with a relative error, as DDSketch does): bin i holds (GROWTH**(i-1),
+# GROWTH**i] seconds and stands for the value in its middle, so every figure read from
+# them is within RELATIVE_ERROR of a latency really measured, whatever its size (a reply
+# of 3.77 s reads 3.7-3.85 s, never a bin's edge). A bucket holds only the bins it used.
+GROWTH = 1.04
+RELATIVE_ERROR = (GROWTH - 1) / (GROWTH + 1)  # under 2 %
+_LOG_GROWTH = math.log(GROWTH)
+LATENCY_PREFIX = "rt:"
+SHORTEST_SECONDS = 0.001  # a reply faster than a millisecond is counted as 0
+ZERO = LATENCY_PREFIX + "0s"
+# The fixed bins of earlier versions (reply_le_<bound>): still in the buckets of the day
+# before an upgrade; counted in the totals, not in the quantiles.
+_OLD_LATENCY_PREFIX = "reply_le_"
 REPLIES = "replies"
 REPLY_MS_SUM = "reply_ms_sum"
-OVERFLOW = "reply_le_inf"
 
 
 def bucket_key(start: int) -> str:
@@ -64,14 +56,28 @@ def bucket_starts(now: float, hours: int) -> list[int]:
 
 
 def latency_field(seconds: float) -> str:
-    for bound in LATENCY_BOUNDS:
-        if seconds <= bound:
-            return f"reply_le_{bound:g}"
-    return OVERFLOW
+    """The bin of one latency: `rt:<i>` for (GROWTH**(i-1), GROWTH**i] seconds."""
+    if not seconds >= SHORTEST_SECONDS:  # NaN too
+        return ZERO
+    return f"{LATENCY_PREFIX}{math.ceil(math.log(seconds) / _LOG_GROWTH - 1e-9)}"
+
+
+def bin_value(field: str) -> float | None:
+    """The latency a bin stands for (the middle of its range, in relative terms); None for
+    a field that is not a bin."""
+    if field == ZERO:
+        return 0.0
+    index = field.removeprefix(LATENCY_PREFIX)
+    if index == field or not index.lstrip("-").isdigit():
+        return None
+    return 2 * GROWTH ** int(index) / (GROWTH + 1)
 
 
 def _is_latency(name: str) -> bool:
-    return name.startswith("reply_le_") or name in (REPLIES, REPLY_MS_SUM)
+    return name.startswith((LATENCY_PREFIX, _OLD_LATENCY_PREFIX)) or name in (
+        REPLIES,
+        REPLY_MS_SUM,
+    )
 
 
 @dataclass(frozen=True)
@@ -85,25 +91,23 @@ class Bucket:
 
 
 def quantile(histogram: Mapping[str, int], q: float) -> float:
-    """The q-quantile of a bucket's latencies, interpolated inside its histogram bin.
-
-    Past the last bound there is nothing to interpolate to: the last bound is returned,
-    which reads as "at least that long".
-    """
-    total = sum(histogram.get(latency_field(b), 0) for b in LATENCY_BOUNDS)
-    total += histogram.get(OVERFLOW, 0)
+    """The q-quantile of the latencies binned in `histogram` (nearest rank: the value of
+    the ceil(q·n)-th fastest reply), within RELATIVE_ERROR of that reply's latency."""
+    bins = sorted(
+        (value, count)
+        for name, count in histogram.items()
+        if count > 0 and (value := bin_value(name)) is not None
+    )
+    total = sum(count for _, count in bins)
     if total == 0:
         return 0.0
-    rank = q * total
+    rank = max(1, math.ceil(q * total))
     seen = 0
-    lower = 0.0
-    for bound in LATENCY_BOUNDS:
-        n = histogram.get(latency_field(bound), 0)
-        if n and seen + n >= rank:
-            return lower + (bound - lower) * (rank - seen) / n
-        seen += n
-        lower = bound
-    return LATENCY_BOUNDS[-1]
+    for value, count in bins:
+        seen += count
+        if seen >= rank:
+            return value
+    return bins[-1][0]
 
 
 def bucket(start: int, raw: Mapping[str, int]) -> Bucket:

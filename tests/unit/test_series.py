@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 from hypothesis import given
@@ -29,24 +30,41 @@ def test_buckets_cover_the_window_oldest_first_ending_with_the_current_one() -> 
     assert all(b - a == series.BUCKET_SECONDS for a, b in itertools.pairwise(starts))
 
 
-def test_latency_fields_put_each_reply_under_the_first_bound_it_fits() -> None:
-    assert series.latency_field(0.1) == "reply_le_0.25"
-    assert series.latency_field(1.0) == "reply_le_1"
-    assert series.latency_field(1.2) == "reply_le_1.5"
-    assert series.latency_field(299.9) == "reply_le_300"
-    assert series.latency_field(301) == series.OVERFLOW
+def test_a_latency_is_binned_with_its_neighbours_within_two_percent() -> None:
+    assert series.latency_field(0.0) == series.latency_field(0.0004) == series.ZERO
+    assert series.latency_field(1.0) == "rt:0"
+    assert series.latency_field(1.04) == "rt:1"  # the upper edge belongs to the bin
+    assert series.latency_field(1.0401) == "rt:2"
+    assert series.latency_field(0.5).startswith("rt:-")
+    for seconds in (0.003, 0.25, 1.7, 3.77, 42.0, 3600.0):
+        value = series.bin_value(series.latency_field(seconds))
+        assert value == pytest.approx(seconds, rel=series.RELATIVE_ERROR + 1e-12)
 
 
-def test_quantiles_interpolate_inside_the_bin() -> None:
+def test_one_reply_reads_as_its_own_time_not_a_bins_edge() -> None:
+    # The defect: one reply of 3.77 s used to read p50 4.50 s and p95 4.95 s.
+    raw = histogram(3.77)
+    for q in (0.5, 0.95, 0.99):
+        assert series.quantile(raw, q) == pytest.approx(3.77, rel=0.02)
+
+
+def test_quantiles_are_the_nearest_ranks_value() -> None:
     raw = histogram(*([0.4] * 50), *([1.8] * 45), *([9.0] * 5))
-    assert 0.25 <= series.quantile(raw, 0.5) <= 0.5
-    assert 1.5 <= series.quantile(raw, 0.95) <= 2
-    assert 8 <= series.quantile(raw, 0.99) <= 10
+    assert series.quantile(raw, 0.5) == pytest.approx(0.4, rel=0.02)
+    assert series.quantile(raw, 0.95) == pytest.approx(1.8, rel=0.02)
+    assert series.quantile(raw, 0.99) == pytest.approx(9.0, rel=0.02)
 
 
-def test_an_empty_bucket_has_no_latency_and_slow_replies_read_as_at_least_the_last_bound() -> None:
+def test_an_empty_bucket_has_no_latency_and_slow_replies_keep_their_size() -> None:
     assert series.quantile({}, 0.5) == 0.0
-    assert series.quantile(histogram(900, 1000), 0.5) == series.LATENCY_BOUNDS[-1]
+    assert series.quantile(histogram(900, 1000), 0.5) == pytest.approx(900, rel=0.02)
+
+
+def test_the_fixed_bins_of_earlier_versions_are_not_read_as_latencies() -> None:
+    raw = {**histogram(2.0), "reply_le_5": 3, "messages_out": 1}
+    b = series.bucket(0, raw)
+    assert b.counters == {"messages_out": 1}
+    assert b.reply_p50_seconds == pytest.approx(2.0, rel=0.02)
 
 
 def test_a_bucket_separates_counters_from_latency_fields() -> None:
@@ -68,17 +86,20 @@ def test_the_window_merges_the_histograms_of_every_bucket() -> None:
     assert window.reply_p95_seconds > 45
 
 
-@given(st.lists(st.floats(min_value=0, max_value=400), min_size=1, max_size=200))
-def test_quantiles_are_ordered_and_within_the_bounds(latencies: list[float]) -> None:
+@given(
+    st.lists(st.floats(min_value=0, max_value=4000), min_size=1, max_size=200),
+    st.sampled_from([0.5, 0.9, 0.95, 0.99]),
+)
+def test_every_quantile_is_within_two_percent_of_the_true_one(
+    latencies: list[float], q: float
+) -> None:
     raw = histogram(*latencies)
-    p50, p95 = series.quantile(raw, 0.5), series.quantile(raw, 0.95)
-    assert 0 <= p50 <= p95 <= series.LATENCY_BOUNDS[-1]
-    # The estimate stays within the bin of the true value.
-    true_p50 = sorted(latencies)[max(0, -(-len(latencies) // 2) - 1)]
-    if true_p50 <= series.LATENCY_BOUNDS[-1]:
-        bound = series.LATENCY_BOUNDS.index(next(b for b in series.LATENCY_BOUNDS if true_p50 <= b))
-        lower = series.LATENCY_BOUNDS[bound - 1] if bound else 0.0
-        assert lower <= p50 <= series.LATENCY_BOUNDS[bound]
+    estimate = series.quantile(raw, q)
+    ordered = sorted(latencies)
+    true = ordered[max(1, math.ceil(q * len(ordered))) - 1]  # nearest rank, ceil(q·n)
+    true = 0.0 if true < series.SHORTEST_SECONDS else true
+    assert estimate == pytest.approx(true, rel=series.RELATIVE_ERROR + 1e-9, abs=1e-12)
+    assert series.quantile(raw, 0.5) <= series.quantile(raw, 0.95)
 
 
 def test_the_days_median_and_a_windows_p50_are_one_figure_over_the_same_replies() -> None:

@@ -159,8 +159,7 @@ class TurnStage(Stage):
             # turn's (a slow n8n holds no turn slot).
             outbox_lease_ms=0,
             check_after_ms=self.settings.turn_check_after_ms,
-            turn_started_ms=min((int(m.get("created_at") or 0) * 1000 for m in pending), default=0)
-            or now_ms(),
+            turn_started_ms=min((received_ms(m) for m in pending), default=0) or now_ms(),
             inflight_token=conversation.get("inflight_token", ""),
         )
         if committed:
@@ -410,3 +409,13 @@ def entry_seconds(entry: dict[str, Any]) -> float:
         return datetime.fromisoformat(str(entry.get("at"))).timestamp()
     except ValueError:
         return 0.0
+
+
+def received_ms(entry: Mapping[str, Any]) -> int:
+    """When the bridge took a pending message in: its ingest stream id's milliseconds (the
+    webhook's ack). Kommo's created_at, in whole seconds, would add up to a second to the
+    reply time measured from it; it is the fallback for an entry without a stream id."""
+    stamp, dash, _ = str(entry.get("seq") or "").partition("-")
+    if dash and stamp.isdigit():
+        return int(stamp)
+    return int(entry.get("created_at") or 0) * 1000
