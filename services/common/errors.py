@@ -31,6 +31,24 @@ class Unavailable(BridgeError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+# gRPC codes after which the same call, tried again later, can succeed: a dependency
+# unavailable or slow, a rate limit, Kommo's credentials being renewed, a conflict with
+# concurrent work. The one list every retrying caller uses.
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+
+def is_transient_code(code: grpc.StatusCode) -> bool:
+    return code in TRANSIENT_CODES
+
+
 # The trailing metadata key of a RESOURCE_EXHAUSTED that knows when to come back (whole
 # seconds); the edge turns it into `Retry-After`.
 RETRY_AFTER_METADATA = "retry-after-seconds"

@@ -14,7 +14,7 @@ import grpc
 from bridge.conversation.v1 import conversation_pb2 as pb
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from services.common.due_queue import Claim, now_ms
-from services.common.errors import InvalidInput, NotFound
+from services.common.errors import InvalidInput, NotFound, is_transient_code
 from services.common.grpc_server import client_metadata
 from services.conversation import bot, envelope
 from services.conversation.settings import ConversationSettings
@@ -30,14 +30,6 @@ _NOTIFY_RETRY_MS = 10_000
 _ERASED = "erased"
 # A handoff task is due soon: a customer is waiting for a person.
 _TASK_DUE_SECONDS = 15 * 60
-_TRANSIENT = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.UNAUTHENTICATED,
-    }
-)
 
 
 class BotController:
@@ -283,7 +275,7 @@ class BotController:
                     metadata=metadata,
                 )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in _TRANSIENT:
+            if is_transient_code(exc.code()):
                 log.warning("Kommo note/task failed, retrying: %s", exc.details())
                 await self.bots.notifications.reschedule(claim, now_ms() + _NOTIFY_RETRY_MS)
                 return

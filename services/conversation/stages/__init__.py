@@ -7,27 +7,16 @@ from typing import TYPE_CHECKING
 import grpc
 from redis.exceptions import RedisError
 
-from services.common.errors import Unavailable
+from services.common.errors import Unavailable, is_transient_code
 
 if TYPE_CHECKING:
     from services.conversation.engine import Engine
-
-# gRPC codes after which trying again later can succeed.
-_TRANSIENT = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.ABORTED,
-    }
-)
 
 
 def is_transient(exc: BaseException) -> bool:
     """A failure that trying again later can get past (a dependency unavailable)."""
     if isinstance(exc, grpc.aio.AioRpcError):
-        return exc.code() in _TRANSIENT
+        return is_transient_code(exc.code())
     return isinstance(exc, RedisError | Unavailable | OSError)
 
 
