@@ -11,6 +11,7 @@ from typing import Any
 
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from bridge.vendedor.v1 import vendedor_pb2 as vd
+from services.common.envelopes import MESSAGE_RECEIVED, n8n_envelope
 from services.common.privacy import ContactDisclosure
 from services.conversation import window
 from services.conversation.events import MessageEvent
@@ -203,26 +204,25 @@ def message_envelope(
     reply_token: str,
     occurred_at: float,
     templates: list[dict[str, Any]] | None = None,
+    event: str = MESSAGE_RECEIVED,
+    trigger: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        "event": "message.received",
-        "event_id": event_id,
-        "occurred_at": iso(occurred_at),
-        "conversation": conversation,
-        "lead": lead,
-        "contact": contact,
-        "vendedor": vendedor,
-        "messages": [
-            {k: v for k, v in m.items() if k not in ("seq", "created_at")} for m in messages
-        ],
-        "history": history,
-        "trigger": None,
-        "scheduling": None,
-        "callback": {"url": callback_url, "reply_token": reply_token},
-        # What n8n may answer with instead of text (`template` + `variables`), e.g. when
-        # conversation.window_open is false.
-        "templates": templates or [],
-    }
+    """A conversation's envelope: a customer's messages, or (`event`
+    conversation.proactive, with its `trigger`) a proactive start."""
+    return n8n_envelope(
+        event=event,
+        event_id=event_id,
+        occurred_at=iso(occurred_at),
+        conversation=conversation,
+        lead=lead,
+        contact=contact,
+        vendedor=vendedor,
+        messages=[{k: v for k, v in m.items() if k not in ("seq", "created_at")} for m in messages],
+        history=history,
+        trigger=trigger,
+        callback={"url": callback_url, "reply_token": reply_token},
+        templates=templates or [],
+    )
 
 
 def templates_json(configured: Mapping[str, TemplateRef]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import grpc
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.due_queue import Claim, now_ms
+from services.common.envelopes import CONVERSATION_PROACTIVE
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.grpc_server import client_metadata
 from services.common.n8n import new_event_id
@@ -231,7 +232,9 @@ class ProactiveStarter:
             reply_token=reply_token,
             occurred_at=time.time(),
             templates=envelope.templates_json((await engine.rules.current()).rules.templates),
-        ) | {"event": "conversation.proactive", "trigger": trigger}
+            event=CONVERSATION_PROACTIVE,
+            trigger=trigger,
+        )
         committed = await engine.store.commit_turn(
             conversation_id=conversation_id,
             claim=Claim(conversation_id, -1),

@@ -17,6 +17,7 @@ from bridge.scheduling.v1 import scheduling_pb2 as pb
 from bridge.scheduling.v1.scheduling_pb2_grpc import SchedulingServiceServicer
 from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.due_queue import Claim, now_ms
+from services.common.envelopes import SCHEDULING_REQUESTED, n8n_envelope
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.grpc_server import client_metadata
 from services.common.kommo_ids import KOMMO_ID_MAX, is_kommo_id
@@ -176,11 +177,11 @@ class Agendamentos:
             "status_callback": answers["status_callback"],
         }
         window = await self._window(lead_id)
-        envelope: dict[str, Any] = {
-            "event": "scheduling.requested",
-            "event_id": request_id,
-            "occurred_at": domain.now_utc().isoformat().replace("+00:00", "Z"),
-            "conversation": {
+        envelope = n8n_envelope(
+            event=SCHEDULING_REQUESTED,
+            event_id=request_id,
+            occurred_at=domain.now_utc().isoformat().replace("+00:00", "Z"),
+            conversation={
                 "id": conversation.id,
                 "lead_id": conversation.lead_id,
                 **window_fields(window),
@@ -189,20 +190,17 @@ class Agendamentos:
             else None,
             # WhatsApp's 24-hour window, also for a lead with no conversation yet: when it
             # is closed, the confirmation must be a template (`templates`).
-            "window": window_fields(window),
-            "templates": [
+            window=window_fields(window),
+            templates=[
                 {"purpose": t.purpose, "variables": list(t.variables)}
                 for t in (window.templates if window else [])
             ],
-            "lead": lead_json,
-            "contact": contact,
-            "vendedor": vendedor_json,
-            "messages": [],
-            "history": [],
-            "trigger": None,
-            "scheduling": scheduling,
-            "callback": answers["callback"],
-        }
+            lead=lead_json,
+            contact=contact,
+            vendedor=vendedor_json,
+            scheduling=scheduling,
+            callback=answers["callback"],
+        )
         now = time.time()
         record = {
             "id": request_id,
