@@ -8,6 +8,7 @@
 #   bench/run.sh latency [opts]    webhook → n8n envelope latency: bench/envelope_latency.py
 #   bench/run.sh slow-n8n [opts]   50 customers at once, n8n answering after 2 / 5 s: bench/slow_n8n.py
 #   bench/run.sh kommo-burst [opts] 20 and 200 customers at once, Kommo at 7 req/s: bench/kommo_burst.py
+#   bench/run.sh idle [opts]       the stack with no traffic for 60 s: CPU and Redis commands/s: bench/idle.py
 #   bench/run.sh --rounds 5 …      options without a name go to the ack, as they always did
 #
 # The ack needs wrk, which is installed from Debian's packages when missing.
@@ -83,6 +84,11 @@ kommo_burst() {
     .venv/bin/python -m bench.kommo_burst "$@"
 }
 
+idle() {
+    need_venv
+    .venv/bin/python -m bench.idle "$@"
+}
+
 case "${1-}" in
     "")
         ack
@@ -111,6 +117,10 @@ case "${1-}" in
     kommo-burst)
         shift
         kommo_burst "$@"
+        ;;
+    idle)
+        shift
+        idle "$@"
         ;;
     *)
         ack "$@"
