@@ -1,0 +1,136 @@
+"""Guarantees no other test pins down alone (issue 22; each kills a mutation named in
+tests/mutants/mutations.toml): one webhook carrying several messages of one conversation,
+interleaved with others', is recorded in the webhook's order."""
+
+from __future__ import annotations
+
+import random
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.stack import Stack
+from tests.e2e.conftest import chat, customer_writes, envelopes, isolated_stack, wait_for
+
+# Few lanes: a batch of twenty entries queues several deep in each, so entries of one
+# conversation spread over lanes (the wrong key) would be applied out of order.
+EVENT_LANES = 3
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with isolated_stack(
+        tmp_path_factory,
+        "guarantees",
+        env={"EVENT_LANES": str(EVENT_LANES)},
+        sandbox_env={"SANDBOX_ECHO_DELAY": "0.1"},
+    ) as running:
+        yield running
+
+
+def bot_replies(http: httpx.Client, stack: Stack, lead: int) -> list[str]:
+    return [
+        m["text"]
+        for m in chat(http, stack, lead)
+        if m["direction"] == "outgoing" and m["author_type"] == "bot"
+    ]
+
+
+def converse(http: httpx.Client, stack: Stack, lead: int, text: str) -> dict[str, Any]:
+    """The customer writes and the bot answers; the webhook the sandbox sent."""
+    before = len(bot_replies(http, stack, lead))
+    sent = customer_writes(http, stack, lead, text)
+    assert sent["bridge_status"] == 200
+    wait_for(lambda: len(bot_replies(http, stack, lead)) > before, what=f"a reply to {text!r}")
+    return sent
+
+
+def history(api: httpx.Client, lead: int) -> list[dict[str, Any]]:
+    found = api.get("/conversations/active", params={"lead_id": lead}).json()["conversations"]
+    if not found:
+        return []
+    debug = api.get("/debug/conversations", params={"conversation_id": found[0]["id"]})
+    return list(debug.json()["history"])
+
+
+def one_webhook(templates: dict[int, str], messages: list[tuple[int, str]]) -> str:
+    """A message[add] body with `messages` (lead, text) as items 0, 1, …, in that order,
+    each shaped like the sandbox's own webhook for that lead (`templates`: its body)."""
+    account: list[tuple[str, str]] = []
+    items: dict[int, list[tuple[str, str]]] = {}
+    for lead, body in templates.items():
+        pairs = urllib.parse.parse_qsl(body, keep_blank_values=True)
+        account = [(k, v) for k, v in pairs if k.startswith("account")]
+        items[lead] = [(k.removeprefix("message[add][0]"), v) for k, v in pairs if "[add]" in k]
+    now = str(int(time.time()))
+    out = list(account)
+    for index, (lead, text) in enumerate(messages):
+        for key, value in items[lead]:
+            if key == "[id]":
+                value = str(uuid.uuid4())
+            elif key == "[text]":
+                value = text
+            elif key == "[created_at]":
+                value = now  # one second for all: only the webhook's order tells them apart
+            out.append((f"message[add][{index}]{key}", value))
+    return urllib.parse.urlencode(out)
+
+
+def test_several_messages_of_one_conversation_in_one_webhook_keep_the_webhooks_order(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    leads = [9100001, 9100002, 9100003, 9100004]
+    per_lead = 5
+    templates = {lead: converse(http, stack, lead, f"início {lead}")["body"] for lead in leads}
+    # Each lead's messages in order, the leads interleaved (a fixed shuffle), and the
+    # first lead's first three side by side.
+    queue = {lead: [f"{lead}-{n}" for n in range(per_lead)] for lead in leads}
+    order: list[tuple[int, str]] = [(leads[0], queue[leads[0]].pop(0)) for _ in range(3)]
+    pick = random.Random(22)
+    while any(queue.values()):
+        lead = pick.choice([le for le in leads if queue[le]])
+        order.append((lead, queue[lead].pop(0)))
+    answer = http.post(
+        stack.webhook_url,
+        content=one_webhook(templates, order),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stored"] == len(order)
+
+    for lead in leads:
+        expected = [f"{lead}-{n}" for n in range(per_lead)]
+
+        def recorded(le: int = lead) -> list[str] | None:
+            texts = [
+                h["text"]
+                for h in history(api, le)
+                if h["role"] == "customer" and h["text"].startswith(f"{le}-")
+            ]
+            return texts if len(texts) == per_lead else None
+
+        assert wait_for(recorded, timeout=20, what=f"the messages of {lead}") == expected
+        to_n8n = wait_for(
+            lambda le=lead: (  # type: ignore[misc]
+                t
+                if len(
+                    t := [
+                        m["text"]
+                        for e in envelopes(http, stack)
+                        if e["conversation"]["lead_id"] == le
+                        for m in e["messages"]
+                        if m["text"].startswith(f"{le}-")
+                    ]
+                )
+                == per_lead
+                else None
+            ),
+            timeout=20,
+            what=f"the envelopes of {lead}",
+        )
+        assert to_n8n == expected
