@@ -1,0 +1,66 @@
+"""The gateway's own record of a delivered message: DeliverMessage asked again with the same
+idempotency key (the conversation service retrying after a lost answer) is "already_sent",
+and nothing goes to Kommo again. Through the Chats API nothing else would stop it: unlike
+a Salesbot run, whose second try first looks for the bot's message in the lead's events,
+a Chats API send is simply sent again.
+
+The gateway over gRPC on a real Redis, against the Kommo sandbox in-process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import redis.asyncio as aioredis
+
+from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
+from sandbox.kommo import sandbox_of
+from tests.integration.gateway_grpc import served_gateway
+from tests.integration.sandbox_kommo import BASE, CONFIG, gateway_settings, sandbox_app
+
+CHATS_API = f"/v2/origin/custom/{CONFIG.scope_id}"
+LEAD = 9100001
+
+
+class Counting(httpx.AsyncBaseTransport):
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+        self.paths: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return await self._inner.handle_async_request(request)
+
+
+async def test_a_chats_api_reply_asked_twice_with_one_key_is_sent_once(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    app = sandbox_app()
+    counting = Counting(httpx.ASGITransport(app=app))
+    settings = gateway_settings(redis_url, 50).model_copy(
+        update={
+            "kommo_channel_id": "sandbox-channel",
+            "kommo_channel_secret": CONFIG.channel_secret,
+            "kommo_scope_id": CONFIG.scope_id,
+            "kommo_amojo_base_url": BASE,
+            "kommo_max_retries": 0,
+        }
+    )
+    sandbox = sandbox_of(app)
+    try:
+        async with (
+            httpx.AsyncClient(transport=counting) as http,
+            served_gateway(settings, redis, http) as stub,
+        ):
+            ask = gw.DeliverMessageRequest(lead_id=LEAD, text="Uma vez só.", idempotency_key="k1")
+            first = await stub.DeliverMessage(ask)
+            assert (first.status, first.method) == ("sent", "chats_api")
+            again = await stub.DeliverMessage(ask)
+            assert (again.status, again.method) == ("already_sent", "chats_api")
+            await sandbox.activity.drain()  # the sandbox's delivery to the chat, done
+            await asyncio.sleep(0.1)
+    finally:
+        await sandbox.aclose()
+    assert counting.paths.count(CHATS_API) == 1, counting.paths
+    outgoing = [m.text for m in sandbox.state.chats.get(LEAD, []) if m.direction == "outgoing"]
+    assert outgoing.count("Uma vez só.") == 1
