@@ -353,16 +353,15 @@ def test_a_long_reply_arrives_split_in_order_and_paced(
 def test_n8n_may_send_a_list_and_a_takeover_stops_the_rest(
     api: httpx.Client, http: httpx.Client, stack: Stack
 ) -> None:
-    split = {"enabled": True, "min_pause_seconds": 3.0, "max_pause_seconds": 3.0}
+    pause = 3.0
+    split = {"enabled": True, "min_pause_seconds": pause, "max_pause_seconds": pause}
     put_rules(api, {"account": {"split": split}})
     lead = fresh_lead()
-    answer = api.post(
-        "/send-response",
-        json={"lead_id": lead, "messages": ["Primeira.", "Segunda.", "Terceira.", "Quarta."]},
-    )
+    parts = ["Primeira.", "Segunda.", "Terceira.", "Quarta."]
+    answer = api.post("/send-response", json={"lead_id": lead, "messages": parts})
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "delivering"
-    wait_for(lambda: len(bot_messages(http, stack, lead)) >= 1, 15, "the first part")
+    first = wait_for(lambda: bot_messages(http, stack, lead), 15, "the first part")[0]
     # A person writes in the chat: the bot is paused, the rest is not sent.
     user = http.post(
         f"{stack.sandbox_url}/_sandbox/user-message",
@@ -374,11 +373,14 @@ def test_n8n_may_send_a_list_and_a_takeover_stops_the_rest(
     )
     user.raise_for_status()
     wait_for(lambda: status(api, lead)["bot_state"] == "paused", 15, "the takeover")
-    time.sleep(8.0)
+    # Past the moment the last part would have left without the takeover (the pauses
+    # count from each part's delivery), with three seconds to spare for the sending.
+    last_would_leave = first["at"] + pause * (len(parts) - 1)
+    time.sleep(max(0.0, last_would_leave + 3.0 - time.time()))
     sent = [m["text"] for m in bot_messages(http, stack, lead)]
     assert sent[0] == "Primeira."
-    assert len(sent) < 4
-    assert sent == ["Primeira.", "Segunda.", "Terceira."][: len(sent)]
+    assert len(sent) < len(parts), f"the takeover did not stop the reply: {sent}"
+    assert sent == parts[: len(sent)]
 
 
 def test_tags_and_stage_overrides_come_from_the_lead_in_kommo(
