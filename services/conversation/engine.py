@@ -29,6 +29,7 @@ from services.common.due_queue import Claim, DueQueue, RetryPolicy, WorkFailures
 from services.common.grpc_server import BackgroundTask
 from services.common.n8n import N8nClient
 from services.common.workpool import Work, WorkPool
+from services.conversation.context import ContextCache
 from services.conversation.control import BotController
 from services.conversation.rulebook import RuleBook
 from services.conversation.settings import ConversationSettings
@@ -71,6 +72,7 @@ class Engine:
         self.vendedores = vendedores
         self.n8n = n8n
         self.consumer = consumer_name()
+        self.context = ContextCache(settings.context_cache_seconds)
         self.bots = BotStore(store.redis, store.retention_seconds)
         self.bot = BotController(settings, store, self.bots, gateway)
         self.templates = TemplateSender(self)

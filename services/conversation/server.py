@@ -13,6 +13,7 @@ from services.common.logs import configure_logging
 from services.common.n8n import N8nClient
 from services.common.redis import create_redis
 from services.common.settings import load_settings
+from services.conversation.context import ContextChanges
 from services.conversation.engine import Engine
 from services.conversation.gauges import GaugeUpdater
 from services.conversation.servicer import ConversationServicer
@@ -59,7 +60,12 @@ def create_server(settings: ConversationSettings) -> GrpcService:
         grace_seconds=settings.shutdown_grace_seconds,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
-        background=[*engine.workers(), GaugeUpdater(engine), RetentionSweep(engine)],
+        background=[
+            *engine.workers(),
+            GaugeUpdater(engine),
+            RetentionSweep(engine),
+            ContextChanges(engine.store.redis, engine.context),
+        ],
         on_stop=close,
     )
 

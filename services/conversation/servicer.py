@@ -18,6 +18,7 @@ from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServ
 from services.common.due_queue import Failure, now_ms
 from services.common.errors import BridgeError, InvalidInput, NotFound
 from services.conversation import envelope, series
+from services.conversation.context import publish_changes
 from services.conversation.engine import Engine
 from services.conversation.envelope import templates_json
 from services.conversation.events import (
@@ -47,7 +48,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 def _parse(
     body: bytes, max_fields: int, subdomain: str, leads_wanted: bool
-) -> tuple[list[MessageEvent | LeadEvent], list[Skipped]] | pb.IngestResult:
+) -> tuple[list[MessageEvent | LeadEvent], list[Skipped], list[int]] | pb.IngestResult:
+    """The events to store, the items skipped, and the leads Kommo moved to another
+    stage; or the refusal of the whole body."""
     try:
         parsed = parse_webhook(nest(parse_form(body, max_fields)), subdomain)
     except Refusal as exc:
@@ -68,9 +71,9 @@ def _parse(
         )
     events: list[MessageEvent | LeadEvent] = list(parsed.messages)
     if leads_wanted:
-        # Lead events only matter when they start proactive conversations.
+        # Lead events are stored only when they start proactive conversations.
         events.extend(parsed.leads)
-    return events, parsed.skipped
+    return events, parsed.skipped, [lead.lead_id for lead in parsed.leads if lead.kind == "status"]
 
 
 def _refused(reason: str, field: str) -> None:
@@ -105,6 +108,7 @@ class ConversationServicer(ConversationServiceServicer):
         skipped: dict[int, list[str]] = {}
         to_store: list[tuple[str, str]] = []
         owners: list[int] = []
+        moved: list[int] = []
         prefix = batch.request_id_prefix or f"wh-{uuid.uuid4().hex[:8]}-{batch.seq}."
         for index, body in enumerate(batch.bodies):
             parsed = _parse(
@@ -115,7 +119,8 @@ class ConversationServicer(ConversationServiceServicer):
                 refused[f"webhook_refused_{parsed.reason}"] += 1
                 continue
             results.append(None)
-            events, skipped_items = parsed
+            events, skipped_items, moved_leads = parsed
+            moved += moved_leads
             for item in skipped_items:
                 refused[f"webhook_skipped_{item.reason}"] += 1
             if skipped_items:
@@ -148,6 +153,8 @@ class ConversationServicer(ConversationServiceServicer):
             return pb.IngestAck(
                 seq=batch.seq, results=[r if r is not None else unavailable for r in results]
             )
+        if moved:
+            await self._forget_copies(moved)
         counts: dict[int, list[int]] = {}
         for owner, is_new in zip(owners, stored, strict=True):
             counts.setdefault(owner, [0, 0])[0 if is_new else 1] += 1
@@ -163,6 +170,15 @@ class ConversationServicer(ConversationServiceServicer):
                 )
             final.append(result)
         return pb.IngestAck(seq=batch.seq, results=final)
+
+    async def _forget_copies(self, lead_ids: list[int]) -> None:
+        """Leads Kommo moved to another stage: their rules may differ there, so no replica
+        answers from its copy (services/conversation/context.py). Best effort, after the
+        batch is stored: the copies' own age bounds what a lost message costs."""
+        try:
+            await publish_changes(self.store.redis, lead_ids)
+        except RedisError as exc:
+            log.warning("moved leads' copies not dropped: %s", exc)
 
     async def SendReply(
         self, request: pb.SendReplyRequest, context: Context
@@ -441,6 +457,8 @@ class ConversationServicer(ConversationServiceServicer):
         if (request.lead_id > 0) == (request.contact_id > 0):
             raise InvalidInput("exactly one of lead_id or contact_id is required")
         erasure = await self.privacy.erase(request.lead_id, request.contact_id)
+        # No replica may answer from its copy of what was erased.
+        await publish_changes(self.engine.store.redis, erasure.lead_ids, erasure.contact_ids)
         log.warning(
             "personal data erased",
             extra={

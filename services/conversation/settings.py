@@ -138,6 +138,14 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
         description="the gateway's reply field: never among the lead's fields in an envelope",
     )
     history_turns: int = Field(default=20, ge=0, le=200, description="turns sent as history")
+    context_cache_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        le=60,
+        description="each replica reuses the lead, contact and vendedor a turn read for this "
+        "long (dropped at once on erasure and on a lead's stage change); 0 reads them every "
+        "turn. At most 60 s, the gateway's own KOMMO_CACHE_TTL_SECONDS default",
+    )
     history_max_chars: int = Field(default=8000, ge=0, description="bound on history text")
     webhook_max_fields: int = Field(default=1000, gt=0)
     worker_batch: int = Field(

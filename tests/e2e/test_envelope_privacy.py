@@ -32,6 +32,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # Every envelope reads the lead afresh, so the reply field the bot has just
             # written is in what Kommo answers.
             "KOMMO_CACHE_TTL_SECONDS": "0",
+            "CONTEXT_CACHE_SECONDS": "0",
             "PROACTIVE_HOURS": "00:00-24:00",
             "PROACTIVE_DAYS": "mon-sun",
         },

@@ -35,6 +35,7 @@ from services.common.logs import flow, request_id
 from services.common.n8n import new_event_id
 from services.common.workpool import WorkPool
 from services.conversation import envelope, rules
+from services.conversation.context import CONTACT, LEAD, VENDEDOR
 from services.conversation.rulebook import InForce
 from services.conversation.stages import Stage, is_transient
 from services.conversation.templates import TemplateRef
@@ -366,41 +367,59 @@ class TurnStage(Stage):
         )
         return json.dumps(body, ensure_ascii=False), reply_token, event_id
 
+    # The lead, contact and vendedor: this replica's young copy (services/conversation/
+    # context.py), else asked for and kept. What was not found is asked again next time.
+
     async def _lead(self, lead_id: int) -> gw.Lead | None:
         if not lead_id:
             return None
+        cached: gw.Lead | None = self.engine.context.get(LEAD, lead_id)
+        if cached is not None:
+            return cached
         try:
-            return await self.gateway.GetLead(
+            lead = await self.gateway.GetLead(
                 gw.GetLeadRequest(lead_id=lead_id), metadata=client_metadata()
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
+        self.engine.context.put(LEAD, lead_id, lead)
+        return lead
 
     async def _contact(self, contact_id: int) -> gw.Contact | None:
         if not contact_id:
             return None
+        cached: gw.Contact | None = self.engine.context.get(CONTACT, contact_id)
+        if cached is not None:
+            return cached
         try:
-            return await self.gateway.GetContact(
+            contact = await self.gateway.GetContact(
                 gw.GetContactRequest(contact_id=contact_id), metadata=client_metadata()
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
+        self.engine.context.put(CONTACT, contact_id, contact)
+        return contact
 
     async def _vendedor(self, user_id: int) -> vd.Vendedor | None:
         if not user_id:
             return None
+        cached: vd.Vendedor | None = self.engine.context.get(VENDEDOR, user_id)
+        if cached is not None:
+            return cached
         try:
-            return await self.vendedores.GetVendedor(
+            vendedor = await self.vendedores.GetVendedor(
                 vd.GetVendedorRequest(vendedor_id=user_id), metadata=client_metadata()
             )
         except grpc.aio.AioRpcError as exc:
             # The envelope is still worth sending without the vendedor.
             log.info("no vendedor for user %s: %s", user_id, exc.code().name)
             return None
+        self.engine.context.put(VENDEDOR, user_id, vendedor)
+        return vendedor
 
 
 def entry_seconds(entry: dict[str, Any]) -> float:

@@ -1,0 +1,144 @@
+"""A turn's context without a round trip: this replica's copies of the leads, contacts and
+vendedores its turns read, kept for CONTEXT_CACHE_SECONDS.
+
+A customer writing several messages in a row makes a turn each time, and each turn used to
+ask the gateway for the lead and the contact and the vendedor service for the vendedor —
+three gRPC calls and three Redis reads behind them, for the same answers. A copy here is
+used while it is young; the gateway's own copy (KOMMO_CACHE_TTL_SECONDS) stays the source.
+
+A copy is dropped at once, on every replica, when what it holds changes or must go: the
+erasure of a lead or contact, and a lead Kommo moved to another stage (its rules may
+differ). Those publish on one Redis channel that every replica listens to; a replica that
+lost the channel for a moment drops every copy it holds when it is back, since it may
+have missed a message. The copies are held in memory only, bounded in number, and never
+written anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services.common.grpc_server import BackgroundTask
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "conv:context:changed"
+LEAD, CONTACT, VENDEDOR = "lead", "contact", "vendedor"
+MAX_ENTRIES = 20_000
+_RECONNECT_SECONDS = 1.0
+
+
+class ContextCache:
+    """Copies by (kind, id), each for `seconds` from when it was read; the oldest go first
+    past `max_entries`. `seconds` 0 keeps nothing."""
+
+    def __init__(
+        self,
+        seconds: float,
+        max_entries: int = MAX_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seconds = seconds
+        self.max_entries = max_entries
+        self._clock = clock
+        self._copies: OrderedDict[tuple[str, int], tuple[float, Any]] = OrderedDict()
+
+    def get(self, kind: str, entity_id: int) -> Any | None:
+        copy = self._copies.get((kind, entity_id))
+        if copy is None:
+            return None
+        if self._clock() - copy[0] >= self.seconds:
+            del self._copies[(kind, entity_id)]
+            return None
+        return copy[1]
+
+    def put(self, kind: str, entity_id: int, value: Any) -> None:
+        if self.seconds <= 0 or not entity_id:
+            return
+        key = (kind, entity_id)
+        self._copies.pop(key, None)
+        self._copies[key] = (self._clock(), value)
+        while len(self._copies) > self.max_entries:
+            self._copies.popitem(last=False)
+
+    def forget(self, kind: str, entity_id: int) -> None:
+        self._copies.pop((kind, entity_id), None)
+
+    def clear(self) -> None:
+        self._copies.clear()
+
+    def __len__(self) -> int:
+        return len(self._copies)
+
+
+def change(kind: str, entity_id: int) -> str:
+    return f"{kind}:{entity_id}"
+
+
+async def publish_changes(
+    redis: aioredis.Redis, lead_ids: Iterable[int] = (), contact_ids: Iterable[int] = ()
+) -> None:
+    """Tell every replica to drop its copies of these leads and contacts."""
+    changes = [change(LEAD, i) for i in lead_ids if i] + [
+        change(CONTACT, i) for i in contact_ids if i
+    ]
+    if changes:
+        await redis.publish(CHANNEL, " ".join(changes))
+
+
+def apply_change(cache: ContextCache, message: str) -> None:
+    """One published message: space-separated `kind:id` entries."""
+    for item in message.split():
+        kind, _, raw = item.partition(":")
+        if kind in (LEAD, CONTACT, VENDEDOR) and raw.isdigit():
+            cache.forget(kind, int(raw))
+
+
+class ContextChanges(BackgroundTask):
+    """Listens on CHANNEL and drops the copies named; from a (re)subscription on it
+    trusts no copy it held before."""
+
+    name = "context-changes"
+
+    def __init__(self, redis: aioredis.Redis, cache: ContextCache) -> None:
+        self.redis = redis
+        self.cache = cache
+        self.subscribed = asyncio.Event()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        if self.cache.seconds <= 0:
+            return
+        while not stopping.is_set():
+            try:
+                await self._listen(stopping)
+            except (RedisError, OSError) as exc:
+                log.warning("context changes: redis error, subscribing again: %s", exc)
+            self.subscribed.clear()
+            self.cache.clear()
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=_RECONNECT_SECONDS)
+            except TimeoutError:
+                pass
+
+    async def _listen(self, stopping: asyncio.Event) -> None:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(CHANNEL)
+            # What changed before this moment may have been missed.
+            self.cache.clear()
+            self.subscribed.set()
+            while not stopping.is_set():
+                message = await pubsub.get_message(timeout=1.0)
+                if message and message.get("type") == "message":
+                    data = message["data"]
+                    apply_change(self.cache, data.decode() if isinstance(data, bytes) else data)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
