@@ -374,7 +374,8 @@ class IgnoreList(_Document):
         """Why the conversation is ignored, or None when it is not."""
         if facts.contact_id in self.contact_ids:
             return f"ignore list: contact {facts.contact_id}"
-        for raw in facts.phones:
+        # Parsing a phone costs more than the rest of the decision: only with phones listed.
+        for raw in facts.phones if self._phones else ():
             number = normalize_phone(raw, self.phone_region)
             if number is not None and number in self._phones:
                 return f"ignore list: phone {_masked(number)}"

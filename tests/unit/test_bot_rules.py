@@ -817,3 +817,24 @@ def test_the_documented_example_is_valid_rules() -> None:
     example_rules = BotRules.model_validate_json(body.group(1))
     assert example_rules.account.trigger == "keyword"
     assert example_rules.ignore.phones == ["+5511987654321"]
+
+
+def test_phones_are_parsed_only_when_the_ignore_list_has_phones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parsed: list[str] = []
+    real = rules.normalize_phone
+
+    def counting(raw: str, region: str = "BR") -> str | None:
+        parsed.append(raw)
+        return real(raw, region)
+
+    monkeypatch.setattr(rules, "normalize_phone", counting)
+    assert decide(bot_rules(ignore={"contact_ids": [4400009]}), facts(), DEFAULTS).action == (
+        "answer"
+    )
+    assert parsed == []
+    listed = bot_rules(ignore={"phones": ["+55 11 91234-5678"]})
+    parsed.clear()  # the list's own entry, when the rules were read
+    assert decide(listed, facts(), DEFAULTS).action == "ignore"
+    assert parsed == ["+55 11 91234-5678"]  # the customer's
