@@ -18,6 +18,8 @@ from tests.e2e.conftest import chat, customer_writes, isolated_stack, lead_snaps
 
 DEBOUNCE = 0.8
 QUIET = 3.0
+# The sandbox's user 10000002, who writes in the chats below (user_writes).
+PERSON = "Bruno Henrique Oliveira"
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +167,18 @@ def test_a_reply_after_a_takeover_is_refused(
         )
         user_writes(http, stack, lead, "deixa comigo")
         wait_for(lambda: bot_state(api, lead) == "paused", what="the takeover")
+        # Paused by the person who wrote, not by the silence handoff (BOT_HANDOFF_AFTER
+        # would pause it too, QUIET seconds after the envelope, as "assistente").
+        status = api.post("/bot-control", json={"action": "status", "lead_id": lead}).json()
+        assert status["paused_by"] == PERSON, status
+        assert status["paused_reason"] == "uma pessoa respondeu no chat"
         late = api.post(
             "/send-response",
             json={"reply_token": envelope["callback"]["reply_token"], "text": "tarde demais"},
         )
         assert late.status_code == 409
         assert "taken over" in late.json()["error"]
+        assert PERSON in late.json()["error"]
     finally:
         standin(http, stack, auto_reply=True)
     assert "tarde demais" not in bot_replies(http, stack, lead)
