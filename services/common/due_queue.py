@@ -34,10 +34,19 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# Claims up to ARGV[2] items due by ARGV[1] (leased until ARGV[3]) and returns them with
+# the queue's lowest score after the claim: when its next item is due, or a lease (ours or
+# another replica's) runs out. The claimer sleeps until then instead of polling. Nothing
+# due costs one ZRANGE.
 _CLAIM_DUE = """
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #first == 0 or tonumber(first[2]) > tonumber(ARGV[1]) then
+  return {{}, first[2] or false}
+end
 local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, m in ipairs(items) do redis.call('ZADD', KEYS[1], ARGV[3], m) end
-return items
+first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {items, first[2] or false}
 """
 
 _CLAIM_ONE = """
@@ -97,11 +106,25 @@ class DueQueue:
     async def schedule(self, member: str, due_ms: int) -> None:
         await self._redis.zadd(self.key, {member: due_ms})
 
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
     async def claim(self, limit: int, lease_ms: int) -> list[Claim]:
+        claimed, _ = await self.claim_next(limit, lease_ms)
+        return claimed
+
+    async def claim_next(self, limit: int, lease_ms: int) -> tuple[list[Claim], int | None]:
+        """Claims up to `limit` due items; and the queue's lowest score after the claim
+        (ms: its next item due, or the end of a lease), None when it is empty."""
         now = now_ms()
         lease = now + lease_ms
-        items = await self._claim(keys=[self.key], args=[now, limit, lease])
-        return [Claim(m.decode(), lease) for m in cast(list[bytes], items)]
+        items, first = cast(
+            tuple[list[bytes], bytes | None],
+            await self._claim(keys=[self.key], args=[now, max(limit, 0), lease]),
+        )
+        claimed = [Claim(m.decode(), lease) for m in items]
+        return claimed, None if first is None else int(float(first))
 
     async def claim_member(self, member: str, lease_ms: int) -> Claim | None:
         now = now_ms()

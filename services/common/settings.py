@@ -190,7 +190,14 @@ class N8nSettings(BaseSettings):
         le=512,
         description="envelopes a replica has at n8n at once (each waits for n8n's answer)",
     )
-    poll_interval_seconds: float = Field(default=0.1, gt=0)
+    poll_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="the slow poll (±20 %): an idle work pool claims when its next item is due, "
+        "when a lease runs out, when the process or Redis (keyspace notifications) says its "
+        "queue changed, and otherwise only this often (a notification missed while Redis "
+        "was unreachable, a Redis refusing keyspace notifications)",
+    )
 
     @field_validator("n8n_signing_secret")
     @classmethod

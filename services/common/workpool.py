@@ -14,6 +14,19 @@ again one lease after its last heartbeat, and a live replica claims it.
 
 Each kind of work has its own pool, so a slow kind (n8n answering in seconds) never
 holds up another (a reply waiting for Kommo), and a flood of one never starves another.
+
+When to claim (issue 22: event-driven, not polled). A claimer does not poll its queue:
+
+- the claim returns, with the items, the queue's lowest score after it: when its next
+  item is due or a lease (of any replica) runs out. The claimer sleeps until then, so a
+  turn due after the debounce starts on time, and the work of a replica that died is
+  claimed when its lease ends;
+- a kick (`WorkPool.kick`, this process) or a change of the queue's key in Redis (any
+  replica, any script: keyspace notifications, `QueueWatch`) wakes it at once;
+- a finishing task wakes it (a slot is free);
+- only a slow poll is left (POLL_INTERVAL_SECONDS, ±20 % jitter so replicas spread out),
+  for what none of these told it: a notification lost while Redis was unreachable, or
+  a Redis where keyspace notifications cannot be enabled.
 """
 
 from __future__ import annotations
@@ -21,17 +34,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import ClassVar
 
-from redis.exceptions import RedisError
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
 
-from services.common.due_queue import Claim, DueQueue
+from services.common.due_queue import Claim, DueQueue, now_ms
 from services.common.grpc_server import BackgroundTask
 
 log = logging.getLogger(__name__)
 
 # After a Redis error the claimer waits this long before claiming again.
 _REDIS_PAUSE_SECONDS = 1.0
+# The slow poll is spread this much either way, so replicas do not poll together.
+_POLL_JITTER = 0.2
+# A change seen in Redis (notifications) makes a claim at most this often per pool: a
+# busy queue changes at every claim, renewal and release of every replica.
+_NOTICE_SPACING_SECONDS = 0.01
+# What the keyspace notifications must include: K (keyspace channel), z (sorted sets).
+_NOTIFY_FLAGS = "Kz"
 
 Work = Callable[[Claim], Awaitable[None]]
 
@@ -79,6 +103,7 @@ class WorkPool(BackgroundTask):
         slots: int,
         lease_ms: int,
         poll_seconds: float,
+        watch: bool = True,
     ) -> None:
         if slots < 1:
             raise ValueError("a work pool needs at least one slot")
@@ -89,8 +114,12 @@ class WorkPool(BackgroundTask):
         self._work = work
         self._lease_ms = lease_ms
         self._poll_seconds = poll_seconds
+        self._watch = watch
         self._running: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._last_claim = 0.0
+        self._notice_timer: asyncio.TimerHandle | None = None
+        self.claims = 0  # claims made (for tests and the curious)
 
     @property
     def busy(self) -> int:
@@ -101,28 +130,62 @@ class WorkPool(BackgroundTask):
         """New work is due now: claim without waiting for the next poll."""
         self._wake.set()
 
+    def notice(self) -> None:
+        """The queue changed in Redis (any replica): claim again soon."""
+        if self._wake.is_set() or self._notice_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last_claim + _NOTICE_SPACING_SECONDS - loop.time()
+        if wait <= 0:
+            self._wake.set()
+        else:
+            self._notice_timer = loop.call_later(wait, self._noticed)
+
+    def _noticed(self) -> None:
+        self._notice_timer = None
+        self._wake.set()
+
+    def _slow_poll(self) -> float:
+        return self._poll_seconds * random.uniform(1 - _POLL_JITTER, 1 + _POLL_JITTER)  # noqa: S311
+
     async def run(self, stopping: asyncio.Event) -> None:
+        watch = QueueWatch.of(self.queue.redis) if self._watch else None
+        if watch is not None:
+            watch.add(self)
         try:
             while not stopping.is_set():
                 self._wake.clear()
                 free = self.slots - len(self._running)
-                claimed: list[Claim] = []
+                wait = self._slow_poll()
                 if free > 0:
                     try:
-                        claimed = await self.queue.claim(free, self._lease_ms)
+                        claimed, next_ms = await self.queue.claim_next(free, self._lease_ms)
                     except RedisError as exc:
                         log.warning("%s: redis error, claiming again soon: %s", self.name, exc)
                         await self._pause(stopping, _REDIS_PAUSE_SECONDS)
                         continue
+                    finally:
+                        self._last_claim = asyncio.get_running_loop().time()
+                        self.claims += 1
                     for claim in claimed:
                         self._start(claim)
-                # Full: a finishing task wakes the claimer. Drained: a kick or the poll.
-                await self._pause(stopping, self._poll_seconds)
+                    if next_ms is not None and len(claimed) < free:
+                        # Asleep until the next item is due or a lease runs out (a
+                        # millisecond late rather than early: scores are whole ms).
+                        wait = min(wait, max(next_ms - now_ms() + 1, 0) / 1000)
+                # Full: a finishing task wakes the claimer. Drained: the next due score,
+                # a kick, a change in Redis, or the slow poll.
+                await self._pause(stopping, wait)
             # Stopping: take nothing more, finish what is held (the server cancels what
             # is left after its grace period; the leases then run out).
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
         finally:
+            if watch is not None:
+                watch.remove(self)
+            if self._notice_timer is not None:
+                self._notice_timer.cancel()
+                self._notice_timer = None
             for task in self._running:
                 task.cancel()
 
@@ -166,3 +229,108 @@ async def wait_any(event: asyncio.Event, stopping: asyncio.Event, seconds: float
     finally:
         for waiting in waits:
             waiting.cancel()
+
+
+class QueueWatch:
+    """Wakes the pools of this process when their queue's key changes in Redis: whoever
+    changed it (another replica, a script, this process), without polling. One pub/sub
+    connection per Redis client, subscribed to the keyspace channel of each pool's key.
+
+    Keyspace notifications are a server setting: the watch turns on the flags it needs
+    (`notify-keyspace-events` + "Kz") when they are off. A Redis that refuses CONFIG
+    (some managed ones) may have them set by its operator; without them the pools still
+    wake at their due scores and kicks, and find other replicas' new work at the slow
+    poll. After a Redis error the watch subscribes again and wakes every pool (a change
+    may have been missed meanwhile)."""
+
+    _watches: ClassVar[weakref.WeakKeyDictionary[aioredis.Redis, QueueWatch]] = (
+        weakref.WeakKeyDictionary()
+    )
+    # How long one wait for a notification lasts (new pools are subscribed in between).
+    _LISTEN_SECONDS = 1.0
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._pools: dict[str, set[WorkPool]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._prefix = f"__keyspace@{redis.connection_pool.connection_kwargs.get('db', 0)}__:"
+        self.enabled = False  # notifications known to be on (CONFIG said so or took it)
+
+    @classmethod
+    def of(cls, redis: aioredis.Redis) -> QueueWatch:
+        watch = cls._watches.get(redis)
+        if watch is None:
+            watch = cls._watches[redis] = cls(redis)
+        return watch
+
+    def add(self, pool: WorkPool) -> None:
+        self._pools.setdefault(pool.queue.key, set()).add(pool)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._listen(), name="due-queue-watch")
+
+    def remove(self, pool: WorkPool) -> None:
+        pools = self._pools.get(pool.queue.key, set())
+        pools.discard(pool)
+        if not pools:
+            self._pools.pop(pool.queue.key, None)
+        if not self._pools and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def _wake(self, keys: set[str] | None = None) -> None:
+        for key, pools in list(self._pools.items()):
+            if keys is None or key in keys:
+                for pool in list(pools):
+                    pool.kick()
+
+    async def _enable(self) -> None:
+        try:
+            raw = await self._redis.config_get("notify-keyspace-events")
+            flags = str(raw.get("notify-keyspace-events", ""))
+            if "A" in flags:  # "A" stands for every class, z included
+                wanted = flags if "K" in flags else flags + "K"
+            else:
+                wanted = flags + "".join(f for f in _NOTIFY_FLAGS if f not in flags)
+            if wanted != flags:
+                await self._redis.config_set("notify-keyspace-events", wanted)
+            self.enabled = True
+        except ResponseError as exc:
+            log.warning(
+                "keyspace notifications not verified (%s): if they are off, work pools find "
+                "other replicas' new work only at their slow poll (POLL_INTERVAL_SECONDS); "
+                "set notify-keyspace-events to include 'Kz' in Redis's configuration",
+                exc,
+            )
+
+    async def _listen(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        subscribed: set[str] = set()
+        try:
+            while True:
+                try:
+                    if not self.enabled:
+                        await self._enable()
+                    new = set(self._pools) - subscribed
+                    if new:
+                        await pubsub.subscribe(*(self._prefix + key for key in new))
+                        subscribed |= new
+                        # Changed before the subscription: claim once more.
+                        self._wake(new)
+                    message = await pubsub.get_message(timeout=self._LISTEN_SECONDS)
+                    while message is not None:
+                        channel = message.get("channel", b"")
+                        channel = channel.decode() if isinstance(channel, bytes) else channel
+                        for pool in list(self._pools.get(channel[len(self._prefix) :], ())):
+                            pool.notice()
+                        message = await pubsub.get_message(timeout=0)
+                except RedisError as exc:
+                    log.warning("work pools' queue watch: redis error, again soon: %s", exc)
+                    await pubsub.reset()
+                    pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                    subscribed.clear()
+                    self.enabled = False  # a restarted Redis forgot the setting
+                    await asyncio.sleep(_REDIS_PAUSE_SECONDS)
+                    self._wake()
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
