@@ -10,7 +10,10 @@ partition taken over (its owner died: its lease ran out after WORK_LEASE_SECONDS
 read only after the entries its last owner left pending are claimed (XAUTOCLAIM from
 idle 0: the lease proves the old owner no longer reads them), so they keep their order.
 XREADGROUP reads only as many entries as this replica has room for (WORKER_BATCH held at
-once). work: each entry goes to a lane by the hash of the same key modulo EVENT_LANES; a
+once), blocking until entries come; when the partitions it reads change (or it stops)
+the read is cancelled, and what Redis may have delivered to it is read again from this
+consumer's pending entries before anything newer. work: each entry goes to a lane by the
+hash of the same key modulo EVENT_LANES; a
 lane is one task, so one conversation's events are applied in stream order while other
 conversations' events are applied side by side. Before an entry is applied its lane checks
 that the lease is still held, and the apply script checks it again atomically (fencing: a
@@ -30,6 +33,7 @@ wakes the turn pool (stages/turns.py); the lane goes on with the next event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -51,10 +55,12 @@ from services.conversation import bot, envelope
 from services.conversation.events import LeadEvent, MessageEvent
 from services.conversation.stages import Stage
 from services.conversation.store import (
+    EVENT_REPLICAS,
     EVENTS_STREAM,
     WORKERS_GROUP,
     Applied,
     EventLeases,
+    event_owner_key,
     event_stream,
     routing_key,
 )
@@ -68,6 +74,37 @@ log = logging.getLogger(__name__)
 # left): a partition given back is taken by another replica within about this long.
 # Settled, the leases are renewed every third of WORK_LEASE_SECONDS.
 _REBALANCE_TICK_SECONDS = 0.5
+
+# The keeper's round in one call (issue 22: was a transaction, one script per lease held
+# and an XLEN, every third of the lease): this replica's heartbeat and the count of live
+# replicas (EventLeases.beat), each lease it holds renewed if still its own (EventLeases'
+# renewal, the same compare-and-expire), and the length of the stream of earlier versions.
+# KEYS: the replicas' set, that stream, then the owner key of each stream held.
+# ARGV: replica, now (ms), lease (ms). Returns {live, legacy length, {1|0 per lease}}.
+_KEEP_ROUND = """
+local lease = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]) - lease)
+local live = redis.call('ZCARD', KEYS[1])
+local kept = {}
+for i = 3, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], lease)
+    kept[#kept + 1] = 1
+  else
+    kept[#kept + 1] = 0
+  end
+end
+return {live, redis.call('XLEN', KEYS[2]), kept}
+"""
+
+# Entries left pending by this replica (an apply that failed, or a read whose answer was
+# lost) are looked for at least this often even when none is known (a safety net).
+_RECLAIM_SAFETY_SECONDS = 300.0
+
+# How long a read of the streams blocks at a time (below the Redis socket timeout): a
+# newly taken stream or stopping cancels it sooner.
+_READ_BLOCK_MS = 4000
 
 # A chat's origin is a short channel name (waba, instagram_business...): kept bounded.
 _ORIGIN_CHARS = 64
@@ -269,6 +306,7 @@ class PartitionOwnership:
         self.streams = streams
         self.lease_ms = lease_ms
         self._until: dict[str, float] = {}  # stream → monotonic end of the lease
+        self._keep_round = leases.redis.register_script(_KEEP_ROUND)
         self.giving_back: set[str] = set()
         # False while this replica still gives back or still wants partitions: the keeper
         # then ticks often, so a partition changing hands is unread for a moment only.
@@ -281,15 +319,26 @@ class PartitionOwnership:
         return [s for s in [*self.streams, EVENTS_STREAM] if self.holds(s)]
 
     async def tick(
-        self, busy: Callable[[str], bool], legacy_waiting: bool, taking: bool = True
+        self, busy: Callable[[str], bool], legacy_waiting: bool | None = None, taking: bool = True
     ) -> list[str]:
         """One round of ownership; the streams newly taken (their pending entries are
-        claimed before they are read)."""
+        claimed before they are read). `legacy_waiting` None: whether the stream of
+        earlier versions holds entries is read in the same call as the renewals."""
         began = time.monotonic()
         until = began + self.lease_ms / 1000
-        live = await self.leases.beat(self.replica, self.lease_ms)
-        for stream in list(self._until):
-            if await self.leases.renew(stream, self.replica, self.lease_ms):
+        held = list(self._until)
+        live, legacy_length, kept = cast(
+            tuple[int, int, list[int]],
+            await self._keep_round(
+                keys=[EVENT_REPLICAS, EVENTS_STREAM, *(event_owner_key(s) for s in held)],
+                args=[self.replica, now_ms(), self.lease_ms],
+            ),
+        )
+        live = max(int(live), 1)
+        if legacy_waiting is None:
+            legacy_waiting = bool(legacy_length)
+        for stream, ok in zip(held, kept, strict=True):
+            if ok:
                 self._until[stream] = until
             else:
                 self._drop(stream)
@@ -368,6 +417,15 @@ class EventConsumer(BackgroundTask):
         self._groups: set[str] = set()
         self._room = asyncio.Event()
         self._taken = asyncio.Event()
+        self._owned_changed = asyncio.Event()
+        # Entries this replica left pending (an apply that failed) → when they are tried
+        # again (XAUTOCLAIM after the visibility timeout); not dispatched before that.
+        # Streams with none are not reclaimed (issue 22: was XAUTOCLAIM × partitions
+        # every VISIBILITY_TIMEOUT_SECONDS / 3), except by a rare safety net.
+        self._waiting_retry: dict[tuple[str, str], float] = {}
+        # A read was cancelled or failed: what Redis delivered to it may be pending for
+        # this consumer without being dispatched; read our own pending entries first.
+        self._reread_own = False
 
     async def ensure_group(self, stream: str = EVENTS_STREAM) -> None:
         if stream in self._groups:
@@ -402,12 +460,14 @@ class EventConsumer(BackgroundTask):
         so that other replicas take them over at once."""
         while not drained.is_set():
             try:
-                legacy_waiting = bool(await self.redis.xlen(EVENTS_STREAM))
+                before = self._reading()
                 taken = await self.ownership.tick(
                     lambda stream: self._held_by_stream[stream] > 0,
-                    legacy_waiting,
                     taking=not stopping.is_set(),
                 )
+                if self._reading() != before or taken:
+                    # The reader is blocked on the streams it had: read the new set.
+                    self._owned_changed.set()
                 for stream in taken:
                     await self.ensure_group(stream)
                     self._catching_up[stream] = "0-0"
@@ -428,8 +488,11 @@ class EventConsumer(BackgroundTask):
         except RedisError as exc:
             log.warning("event partitions not released (they expire): %s", exc)
 
+    def _reading(self) -> set[str]:
+        return set(self.ownership.owned()) - self.ownership.giving_back
+
     async def _read(self, stopping: asyncio.Event) -> None:
-        last_reclaim = 0.0
+        safety_at = time.monotonic() + _RECLAIM_SAFETY_SECONDS
         while not stopping.is_set():
             try:
                 while not stopping.is_set():
@@ -442,6 +505,8 @@ class EventConsumer(BackgroundTask):
                     if self._catching_up:
                         await self._take_over(room)
                         continue
+                    # Cleared before the streams are read: a change after it cancels the read.
+                    self._owned_changed.clear()
                     streams = [
                         s for s in self.ownership.owned() if s not in self.ownership.giving_back
                     ]
@@ -449,26 +514,79 @@ class EventConsumer(BackgroundTask):
                         self._taken.clear()
                         await wait_any(self._taken, stopping, 0.5)
                         continue
-                    if (
-                        time.monotonic() - last_reclaim
-                        > self.settings.visibility_timeout_seconds / 3
-                    ):
-                        last_reclaim = time.monotonic()
+                    now = time.monotonic()
+                    if now >= safety_at:
+                        # Nothing known to be left pending: looked at anyway, seldom.
+                        safety_at = now + _RECLAIM_SAFETY_SECONDS
                         for stream in streams:
                             await self._reclaim(stream, room)
                         continue
-                    entries = await self.redis.xreadgroup(
-                        WORKERS_GROUP,
-                        self.engine.consumer,
-                        dict.fromkeys(streams, ">"),
-                        count=room,
-                        block=500,
-                    )
+                    due = self._reclaim_due_streams(streams, now)
+                    if due:
+                        for stream in due:
+                            await self._reclaim(stream, room)
+                        continue
+                    if self._reread_own:
+                        self._reread_own = False
+                        await self._read_own(streams)
+                        continue
+                    entries = await self._read_new(streams, room, stopping)
                     for raw_stream, items in cast(list[tuple[bytes, Any]], entries or []):
                         self._dispatch(raw_stream.decode(), items)
             except RedisError as exc:
                 log.warning("event consumer: redis error, retrying: %s", exc)
+                self._reread_own = True
                 await asyncio.sleep(1.0)
+
+    async def _read_new(self, streams: list[str], room: int, stopping: asyncio.Event) -> Any:
+        """New entries of `streams`, blocking until some come; None when the streams
+        this replica reads changed meanwhile (or it is stopping): the read is cancelled,
+        and what Redis may have delivered to it is read again from our pending entries."""
+        read = asyncio.ensure_future(
+            self.redis.xreadgroup(
+                WORKERS_GROUP,
+                self.engine.consumer,
+                dict.fromkeys(streams, ">"),
+                count=room,
+                block=_READ_BLOCK_MS,
+            )
+        )
+        changed = asyncio.ensure_future(self._owned_changed.wait())
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait([read, changed, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            stop.cancel()
+            if not read.done():
+                read.cancel()
+                self._reread_own = True
+                with contextlib.suppress(asyncio.CancelledError, RedisError):
+                    await read
+        return read.result() if not read.cancelled() else None
+
+    async def _read_own(self, streams: list[str]) -> None:
+        """Entries delivered to this consumer and not acknowledged, that no lane holds
+        and none waits to be retried: delivered to a read that was cancelled or whose
+        answer was lost. Dispatched before anything newer, so they keep their order."""
+        for stream in streams:
+            start = "0-0"
+            while True:
+                entries = await self.redis.xreadgroup(
+                    WORKERS_GROUP, self.engine.consumer, {stream: start}, count=100
+                )
+                items = cast(list[tuple[bytes, Any]], entries or [])
+                found = items[0][1] if items else []
+                if not found:
+                    break
+                self._dispatch(stream, found)
+                start = found[-1][0].decode()
+
+    def _reclaim_due_streams(self, streams: list[str], now: float) -> list[str]:
+        if not self._waiting_retry:
+            return []
+        due = {s for (s, _), at in self._waiting_retry.items() if at <= now}
+        return [s for s in streams if s in due]
 
     async def _take_over(self, room: int) -> None:
         """Claims what the previous owner of a newly taken stream left pending, oldest
@@ -482,7 +600,7 @@ class EventConsumer(BackgroundTask):
             )
             if items:
                 log.info("took over %d pending events of %s", len(items), stream)
-                self._dispatch(stream, items)
+                self._dispatch(stream, items, retry=True)
             if following == "0-0":
                 del self._catching_up[stream]
             else:
@@ -492,18 +610,40 @@ class EventConsumer(BackgroundTask):
     async def _reclaim(self, stream: str, room: int) -> None:
         """Entries of this stream left pending after a failure: tried again."""
         idle_ms = int(self.settings.visibility_timeout_seconds * 1000)
-        _, items = await claim_pending(
+        following, items = await claim_pending(
             self.redis, stream, self.engine.consumer, idle_ms, "0-0", room
         )
+        now = time.monotonic()
+        for key, at in list(self._waiting_retry.items()):
+            if key[0] == stream and at <= now:
+                if following == "0-0":
+                    # Claimed just now (dispatched below), or no longer pending (parked,
+                    # or applied by another replica): no longer waiting here.
+                    del self._waiting_retry[key]
+                else:
+                    # More pending than this replica has room for: again shortly.
+                    self._waiting_retry[key] = now + 1.0
         if items:
             log.info("reclaimed %d pending events of %s", len(items), stream)
-            self._dispatch(stream, items)
+            self._dispatch(stream, items, retry=True)
 
-    def _dispatch(self, stream: str, items: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    def _left_pending(self, stream: str, stream_id: str) -> None:
+        """Not applied, still pending for this consumer: tried again after the
+        visibility timeout (XAUTOCLAIM by idle time)."""
+        at = time.monotonic() + self.settings.visibility_timeout_seconds
+        self._waiting_retry[(stream, stream_id)] = at
+
+    def _dispatch(
+        self, stream: str, items: list[tuple[bytes, dict[bytes, bytes]]], retry: bool = False
+    ) -> None:
         for raw_id, fields in items:
             stream_id = raw_id.decode()
             if (stream, stream_id) in self._held:
-                continue  # one of ours, still in its lane (or failed, to be reclaimed)
+                continue  # one of ours, still in its lane
+            if retry:
+                self._waiting_retry.pop((stream, stream_id), None)
+            elif (stream, stream_id) in self._waiting_retry:
+                continue  # failed: tried again after the visibility timeout
             self._held.add((stream, stream_id))
             self._held_by_stream[stream] += 1
             key = ""
@@ -521,22 +661,27 @@ class EventConsumer(BackgroundTask):
             stream, stream_id, fields = await queue.get()
             try:
                 if self.ownership.holds(stream):
-                    await self._handle(stream, stream_id, fields)
+                    if not await self._handle(stream, stream_id, fields):
+                        self._left_pending(stream, stream_id)
                 # Else the partition was lost: the entry stays pending for its new owner.
             except PartitionLost:
                 log.warning("event %s of %s left to the partition's new owner", stream_id, stream)
             except RedisError as exc:
                 # Left pending: reclaimed after the visibility timeout.
                 log.warning("event %s not applied (redis error): %s", stream_id, exc)
+                self._left_pending(stream, stream_id)
             except Exception:
                 log.exception("event %s: unexpected failure", stream_id)
+                self._left_pending(stream, stream_id)
             finally:
                 self._held.discard((stream, stream_id))
                 self._held_by_stream[stream] -= 1
                 self._room.set()
                 queue.task_done()
 
-    async def _handle(self, stream: str, stream_id: str, fields: dict[bytes, bytes]) -> None:
+    async def _handle(self, stream: str, stream_id: str, fields: dict[bytes, bytes]) -> bool:
+        """Applies and acknowledges the entry; False when it failed (left pending, or
+        parked: then no longer pending, and the reclaim finds nothing)."""
         if fields:
             try:
                 data = json.loads(fields[b"e"])
@@ -554,7 +699,7 @@ class EventConsumer(BackgroundTask):
                 raise
             except Exception as exc:
                 await self._failed(stream, stream_id, fields, exc)
-                return
+                return False
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(stream, WORKERS_GROUP, stream_id)
             pipe.xdel(stream, stream_id)
@@ -563,6 +708,7 @@ class EventConsumer(BackgroundTask):
                 WorkFailures.item_id("event", failure_member(stream, stream_id)),
             )
             await pipe.execute()
+        return True
 
     async def _failed(
         self, stream: str, stream_id: str, fields: dict[bytes, bytes], exc: Exception
