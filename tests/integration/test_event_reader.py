@@ -57,7 +57,7 @@ class Stage:
         self.applied.append(event.changed_at)
 
 
-def lead_event(lead_id: int, n: int) -> dict[str, str]:
+def lead_event(lead_id: int, n: int) -> dict[Any, Any]:
     event = LeadEvent("status", lead_id, 1, 0, 1, 1, n).to_dict()
     return {"e": json.dumps(event)}
 
