@@ -324,7 +324,7 @@ class AccountActivity:
             lead_id=lead.id,
             direction=message.direction,
             author_id=message.author_id,
-            author_type=message.author_type,
+            author_type=self._echo_author_type(message),
             author_name=message.author_name,
             author_avatar_url=f"https://amojo.kommo.com/avatars/{message.author_id}.jpg",
             message_type=message.message_type,
@@ -336,6 +336,13 @@ class AccountActivity:
             MESSAGE_SETTING, self.webhook_targets(MESSAGE_SETTING), body
         )
         return Notified(body, deliveries)
+
+    def _echo_author_type(self, message: ChatMessage) -> str:
+        """A Salesbot's message echoes as the bot, or as a user with
+        SANDBOX_SALESBOT_ECHO_AUTHOR=user (the chat keeps it as the bot's either way)."""
+        if message.via in ("salesbot", "template") and message.author_type == "bot":
+            return self._config.salesbot_echo_author
+        return message.author_type
 
     async def lead_event(self, kind: str, lead: Lead, old_status_id: int | None) -> Notified:
         """POST ``leads[add]`` or ``leads[status]`` for ``lead`` as it is now."""

@@ -43,6 +43,8 @@ DEFAULT_WINDOW_SECONDS = 86400.0
 ReviewStatus = Literal["draft", "review", "approved", "paused", "rejected"]
 REVIEW_STATUSES: tuple[str, ...] = get_args(ReviewStatus)
 TEMPLATE_TYPES = ("waba", "amocrm")
+# SANDBOX_SALESBOT_ECHO_AUTHOR: how a Salesbot's message is tagged in its echo webhook.
+ECHO_AUTHORS = ("bot", "user")
 
 
 class ConfigError(ValueError):
@@ -123,6 +125,9 @@ class SandboxConfig:
     block_after_429s: int = 0
     # Time a Salesbot run or a Chats API send takes to reach the chat and echo back.
     echo_delay: float = 0.2
+    # The author type a Salesbot's message carries in its echo webhook: "bot", or "user" so
+    # that a test sees the bridge recognise its own reply by its text alone.
+    salesbot_echo_author: str = "bot"
     salesbot_id: int = REPLY_BOT
     reply_field_id: int = REPLY_FIELD_ID
     channel_secret: str = "sandbox-channel-secret"  # noqa: S105
@@ -157,6 +162,12 @@ def _seconds(raw: str) -> float:
     if value < 0:
         raise ValueError("must not be negative")
     return value
+
+
+def _echo_author(raw: str) -> str:
+    if raw not in ECHO_AUTHORS:
+        raise ValueError(f"must be one of {', '.join(ECHO_AUTHORS)}")
+    return raw
 
 
 def _origins(raw: str) -> tuple[str, ...]:
@@ -221,6 +232,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("SANDBOX_RATE_LIMIT_RPS", "rate_limit_rps", _count),
     ("SANDBOX_BLOCK_AFTER_429S", "block_after_429s", _count),
     ("SANDBOX_ECHO_DELAY", "echo_delay", _seconds),
+    ("SANDBOX_SALESBOT_ECHO_AUTHOR", "salesbot_echo_author", _echo_author),
     ("SANDBOX_SALESBOT_ID", "salesbot_id", _count),
     ("SANDBOX_REPLY_FIELD_ID", "reply_field_id", _count),
     ("SANDBOX_CHANNEL_SECRET", "channel_secret", _text),

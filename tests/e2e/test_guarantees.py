@@ -1,6 +1,8 @@
 """Guarantees no other test pins down alone (issue 22; each kills a mutation named in
 tests/mutants/mutations.toml): one webhook carrying several messages of one conversation,
-interleaved with others', is recorded in the webhook's order."""
+interleaved with others', is recorded in the webhook's order; the bridge's own reply,
+echoed by a sandbox that tags Salesbot echoes as a user
+(SANDBOX_SALESBOT_ECHO_AUTHOR=user), is recognised by its text alone — no takeover."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tmp_path_factory,
         "guarantees",
         env={"EVENT_LANES": str(EVENT_LANES)},
-        sandbox_env={"SANDBOX_ECHO_DELAY": "0.1"},
+        sandbox_env={"SANDBOX_ECHO_DELAY": "0.1", "SANDBOX_SALESBOT_ECHO_AUTHOR": "user"},
     ) as running:
         yield running
 
@@ -134,3 +136,46 @@ def test_several_messages_of_one_conversation_in_one_webhook_keep_the_webhooks_o
             what=f"the envelopes of {lead}",
         )
         assert to_n8n == expected
+
+
+def counters(api: httpx.Client) -> dict[str, int]:
+    return dict(api.get("/stats").json()["counters"])
+
+
+def echoes_as_user(http: httpx.Client, stack: Stack, lead: int, text: str) -> bool:
+    """Whether the sandbox sent the echo of the bot's `text` tagged as a user's."""
+    for sent in http.get(f"{stack.sandbox_url}/_sandbox/webhooks-sent").json():
+        item = dict(urllib.parse.parse_qsl(sent["body"]))
+        if (
+            item.get("message[add][0][entity_id]") == str(lead)
+            and item.get("message[add][0][text]") == text
+            and item.get("message[add][0][type]") == "outgoing"
+            and item.get("message[add][0][author][type]") == "user"
+        ):
+            return True
+    return False
+
+
+def test_a_salesbot_echo_tagged_as_a_user_is_recognised_by_its_text(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    lead = 9100010
+    before = counters(api)
+    converse(http, stack, lead, "olá, quero saber do meu processo")
+    reply = bot_replies(http, stack, lead)[-1]
+    wait_for(lambda: echoes_as_user(http, stack, lead, reply), what="the echo, as a user's")
+    # The echo is applied as the bridge's own message (or, were it not recognised, as a
+    # person's: a takeover).
+    wait_for(
+        lambda: (
+            (c := counters(api)).get("messages_bot", 0) > before.get("messages_bot", 0)
+            or c.get("messages_human", 0) > before.get("messages_human", 0)
+        ),
+        what="the echo applied",
+    )
+    after = counters(api)
+    assert after.get("messages_human", 0) == before.get("messages_human", 0)
+    assert after.get("takeovers_auto", 0) == before.get("takeovers_auto", 0)
+    status = api.post("/bot-control", json={"action": "status", "lead_id": lead}).json()
+    assert status["bot_state"] == "active", status
+    converse(http, stack, lead, "e quanto tempo demora?")  # still answered
