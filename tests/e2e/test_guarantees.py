@@ -2,7 +2,8 @@
 tests/mutants/mutations.toml): one webhook carrying several messages of one conversation,
 interleaved with others', is recorded in the webhook's order; the bridge's own reply,
 echoed by a sandbox that tags Salesbot echoes as a user
-(SANDBOX_SALESBOT_ECHO_AUTHOR=user), is recognised by its text alone — no takeover."""
+(SANDBOX_SALESBOT_ECHO_AUTHOR=user), is recognised by its text alone — no takeover; an
+envelope n8n does not take in time is POSTed again with the same id until it does."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import pytest
 from devstack.stack import Stack
 from tests.e2e.conftest import chat, customer_writes, envelopes, isolated_stack, wait_for
 
+# n8n gets this long to take an envelope (N8N_TIMEOUT_SECONDS).
+N8N_TIMEOUT = 1.0
 # Few lanes: a batch of twenty entries queues several deep in each, so entries of one
 # conversation spread over lanes (the wrong key) would be applied out of order.
 EVENT_LANES = 3
@@ -29,7 +32,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with isolated_stack(
         tmp_path_factory,
         "guarantees",
-        env={"EVENT_LANES": str(EVENT_LANES)},
+        env={"EVENT_LANES": str(EVENT_LANES), "N8N_TIMEOUT_SECONDS": str(N8N_TIMEOUT)},
         sandbox_env={"SANDBOX_ECHO_DELAY": "0.1", "SANDBOX_SALESBOT_ECHO_AUTHOR": "user"},
     ) as running:
         yield running
@@ -179,3 +182,34 @@ def test_a_salesbot_echo_tagged_as_a_user_is_recognised_by_its_text(
     status = api.post("/bot-control", json={"action": "status", "lead_id": lead}).json()
     assert status["bot_state"] == "active", status
     converse(http, stack, lead, "e quanto tempo demora?")  # still answered
+
+
+def standin(http: httpx.Client, stack: Stack, **config: Any) -> None:
+    http.post(f"{stack.standin_url}/_standin/config", json=config).raise_for_status()
+
+
+def posts_with(http: httpx.Client, stack: Stack, text: str) -> list[dict[str, Any]]:
+    """Every POST of an envelope carrying `text` that reached n8n, taken or not."""
+    received = http.get(f"{stack.standin_url}/_standin/received").json()["received"]
+    return [
+        r for r in received if any(m.get("text") == text for m in r["body"].get("messages") or [])
+    ]
+
+
+def test_an_envelope_goes_with_the_same_id_until_n8n_takes_it(
+    stack: Stack, http: httpx.Client
+) -> None:
+    lead, text = 9100011, "o n8n está lento hoje"
+    # n8n holds each POST past the bridge's timeout, and answers none: not taken.
+    standin(http, stack, auto_reply=False, delay_seconds=N8N_TIMEOUT + 0.5)
+    try:
+        customer_writes(http, stack, lead, text)
+        wait_for(lambda: len(posts_with(http, stack, text)) >= 3, 20, "three POSTs of it")
+    finally:
+        standin(http, stack, auto_reply=True, delay_seconds=0)
+    wait_for(lambda: bot_replies(http, stack, lead), 20, "the reply once n8n took it")
+    posts = posts_with(http, stack, text)
+    event_id = posts[0]["body"]["event_id"]
+    assert {p["body"]["event_id"] for p in posts} == {event_id}
+    # n8n (or a proxy in front of it) deduplicates on the Standard Webhooks id.
+    assert [p["headers"]["webhook-id"] for p in posts] == [event_id] * len(posts)
