@@ -79,6 +79,12 @@ log = logging.getLogger(__name__)
 _LEASE_SECONDS = 3.0
 # How long a reader of the answers blocks at a time (below the Redis socket timeout).
 _FOLLOW_BLOCK_MS = 1000
+# A replica whose batched calls have been idle this long rests (issue 22: idle, the lease
+# renewal, the wait for hand-overs and the answers' reader sent Redis ~3 commands a second
+# forever after the first call): the holder gives the lease back, the loops stop, and
+# the next call starts them again (`Handoff.ready`). Never with an item queued, in
+# flight, handed over or awaiting its answer.
+_REST_AFTER_SECONDS = 30.0
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -208,6 +214,11 @@ class Coalescer(Generic[T, R]):
             raise Unavailable(f"no answer from Kommo in time for a {self.kind}: outcome unknown")
         finally:
             handoff.forget(item_id)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued nor in flight."""
+        return not self._queue and not self._in_flight
 
     def _own_departure(self, priority: Priority) -> int:
         """1 when this item needs a departure of its own, 0 when it fits in a batch that
@@ -437,6 +448,8 @@ class Handoff:
         self._starting = asyncio.Lock()
         self._loops: list[asyncio.Task[None]] = []
         self._closed = False
+        self._last_use = 0.0  # monotonic: the last call, hand-over or answer
+        self._generation = 0  # the loops of an earlier start stop when it changes
         self._last_answer = b"0-0"
         self._take_lease = redis.register_script(_TAKE_LEASE)
         self._renew_lease = redis.register_script(_RENEW_LEASE)
@@ -455,7 +468,9 @@ class Handoff:
         self._coalescers[coalescer.kind] = coalescer
 
     async def ready(self) -> None:
-        """Started on the first call: the lease tried once, the answers followed from now."""
+        """Started on the first call (and again on the first after a rest): the lease
+        tried once, the answers followed from now."""
+        self._last_use = time.monotonic()
         if self._loops:
             return
         async with self._starting:
@@ -465,10 +480,39 @@ class Handoff:
             if last:
                 self._last_answer = last[0][0]
             await self._hold()
+            self._generation += 1
+            generation = self._generation
             self._loops = [
-                asyncio.create_task(self._keep_lease(), name="kommo-batch-lease"),
-                asyncio.create_task(self._follow_answers(), name="kommo-batch-answers"),
+                asyncio.create_task(self._keep_lease(generation), name="kommo-batch-lease"),
+                asyncio.create_task(self._follow_answers(generation), name="kommo-batch-answers"),
             ]
+
+    def _idle(self) -> bool:
+        return (
+            time.monotonic() - self._last_use >= _REST_AFTER_SECONDS
+            and not self._waiting
+            and not self._answers
+            and (self._writing is None or self._writing.done())
+            and all(c.idle for c in self._coalescers.values())
+        )
+
+    async def _rest(self) -> bool:
+        """Idle: give the lease back and stop the loops (under the start lock, so a call
+        meanwhile starts them afresh). False when a call came meanwhile."""
+        async with self._starting:
+            if not self._idle() or self._closed:
+                return False
+            held, self._held_until = self._held_until, 0.0
+            try:
+                if held:
+                    await self._release_lease(keys=[BATCH_LEASE], args=[self._token])
+                    log.info("batched Kommo calls idle: dispatch lease given back")
+            except RedisError as exc:
+                log.warning("batched Kommo calls: lease not given back (it expires): %s", exc)
+            finally:
+                self._generation += 1
+                self._loops = []
+            return True
 
     # A replica without the lease: handing items over.
 
@@ -497,8 +541,8 @@ class Handoff:
         """Remove an item no holder has pulled yet; False when it was pulled."""
         return bool(await self._redis.lrem(BATCH_QUEUE, 1, queued))
 
-    async def _follow_answers(self) -> None:
-        while not self._closed:
+    async def _follow_answers(self, generation: int) -> None:
+        while not self._closed and generation == self._generation:
             try:
                 streams = await self._redis.xread(
                     {BATCH_RESULTS: self._last_answer}, block=_FOLLOW_BLOCK_MS
@@ -517,11 +561,13 @@ class Handoff:
 
     # The lease, and the holder's side: pulling items, writing their answers.
 
-    async def _keep_lease(self) -> None:
+    async def _keep_lease(self, generation: int) -> None:
         """Renew the lease (or try to take it) at a third of its life; holding it, pull
-        what the other replicas hand over meanwhile."""
+        what the other replicas hand over meanwhile. Idle long enough, rest."""
         interval = self._lease_seconds / 3
-        while not self._closed:
+        while not self._closed and generation == self._generation:
+            if self._idle() and await self._rest():
+                return
             renew_at = time.monotonic() + interval
             try:
                 await self._hold()
@@ -569,6 +615,7 @@ class Handoff:
         )
         if not pulled:
             return
+        self._last_use = time.monotonic()
         now_ms, items = int(pulled[0]), pulled[1]
         loop = asyncio.get_running_loop()
         pulled_at = time.monotonic()
