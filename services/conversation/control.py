@@ -18,7 +18,8 @@ from services.common.errors import InvalidInput, NotFound, is_transient_code
 from services.common.grpc_server import client_metadata
 from services.conversation import bot, envelope
 from services.conversation.settings import ConversationSettings
-from services.conversation.store import BotStore, ConversationStore
+from services.conversation.store.bot_state import BotStore
+from services.conversation.store.conversations import ConversationStore
 
 if TYPE_CHECKING:
     from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayAsyncStub

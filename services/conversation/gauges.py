@@ -11,7 +11,8 @@ from services.common.due_queue import now_ms
 from services.common.grpc_server import BackgroundTask
 from services.common.metrics import BOT_STATES, QUEUE_DEPTH
 from services.conversation.engine import Engine
-from services.conversation.store import Operations, event_streams
+from services.conversation.store.keys import event_streams
+from services.conversation.store.operations import Operations
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from services.common.settings import ConfigurationError
 from services.conversation.rules import BotRules
 
 if TYPE_CHECKING:
-    from services.conversation.store import RulesStore
+    from services.conversation.store.rules import RulesStore
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.grpc_server import client_metadata
 from services.common.n8n import new_event_id
 from services.conversation import envelope, proactive, templates
-from services.conversation.store import ProactiveStore
+from services.conversation.store.proactive import ProactiveStore
 
 if TYPE_CHECKING:
     from services.conversation.engine import Engine

@@ -17,7 +17,7 @@ import redis
 
 from devstack.stack import Stack
 from services.conversation.settings import ConversationSettings
-from services.conversation.store import event_streams
+from services.conversation.store.keys import event_streams
 from tests.e2e.conftest import (
     chat,
     customer_writes,

@@ -20,7 +20,7 @@ import redis
 
 from devstack.stack import Stack
 from services.conversation.events import MessageEvent
-from services.conversation.store import EVENTS_STREAM
+from services.conversation.store.keys import EVENTS_STREAM
 from tests.e2e.conftest import chat, customer_writes, isolated_stack, wait_for
 
 HUGE_LEAD = 10**30

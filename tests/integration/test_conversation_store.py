@@ -9,12 +9,11 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.common.due_queue import DueQueue, now_ms
-from services.conversation.store import (
+from services.conversation.store.conversations import Applied, ConversationStore
+from services.conversation.store.keys import (
     SEEN_TTL_SECONDS,
     TURNS_DUE,
     WEBHOOKS_TOTAL,
-    Applied,
-    ConversationStore,
     event_streams,
     seen_key,
 )

@@ -14,11 +14,9 @@ import redis.asyncio as aioredis
 
 from services.common.due_queue import now_ms
 from services.conversation.stages.events import PartitionOwnership, claim_pending
-from services.conversation.store import (
+from services.conversation.store.conversations import Applied, ConversationStore
+from services.conversation.store.keys import (
     WORKERS_GROUP,
-    Applied,
-    ConversationStore,
-    EventLeases,
     conversation_key,
     event_partition,
     event_stream,
@@ -26,6 +24,7 @@ from services.conversation.store import (
     routing_key,
     seen_key,
 )
+from services.conversation.store.leases import EventLeases
 
 PARTITIONS = 8
 LEASE_MS = 400

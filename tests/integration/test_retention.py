@@ -13,16 +13,12 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from services.common.due_queue import Claim, now_ms, text
-from services.conversation.store import (
-    EVENTS_STREAM,
-    WORKERS_GROUP,
-    Applied,
-    BotStore,
-    ConversationStore,
-    Operations,
-    Privacy,
-    ProactiveStore,
-)
+from services.conversation.store.bot_state import BotStore
+from services.conversation.store.conversations import Applied, ConversationStore
+from services.conversation.store.keys import EVENTS_STREAM, WORKERS_GROUP
+from services.conversation.store.operations import Operations
+from services.conversation.store.privacy import Privacy
+from services.conversation.store.proactive import ProactiveStore
 from services.scheduling.store import SchedulingStore
 
 CONVERSATION, LEAD, CONTACT, CHAT = "conv-4f1e", 9100777, 8100777, "chat-5a2b"

@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 from services.common.errors import Conflict, InvalidInput
 from services.common.settings import ConfigurationError
 from services.conversation.rulebook import RuleBook, load_file
-from services.conversation.store import BOT_RULES, RulesStore
+from services.conversation.store.keys import BOT_RULES
+from services.conversation.store.rules import RulesStore
 
 
 class Clock:

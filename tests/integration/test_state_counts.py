@@ -11,20 +11,19 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from services.common.due_queue import Claim, now_ms, text, text_map
-from services.conversation.store import (
+from services.conversation.store.bot_state import BotStore
+from services.conversation.store.conversations import Applied, ConversationStore
+from services.conversation.store.keys import (
     BOT_STATES,
     BOT_STATES_SINCE,
     CONVERSATIONS,
-    Applied,
-    BotStore,
-    ConversationStore,
-    Operations,
-    Privacy,
-    ProactiveStore,
     conversation_key,
     history_key,
     inbox_key,
 )
+from services.conversation.store.operations import Operations
+from services.conversation.store.privacy import Privacy
+from services.conversation.store.proactive import ProactiveStore
 
 LEAD = 9100500
 

@@ -19,7 +19,7 @@ from services.common.metrics import N8N_DELIVERIES
 from services.common.n8n import next_delay
 from services.common.workpool import WorkPool
 from services.conversation.stages import Stage
-from services.conversation.store import N8N_FAILING, OUTBOX_DUE
+from services.conversation.store.keys import N8N_FAILING, OUTBOX_DUE
 
 if TYPE_CHECKING:
     from services.conversation.engine import Engine

@@ -33,7 +33,7 @@ from services.common.n8n import next_delay
 from services.common.workpool import WorkPool, leased
 from services.conversation import envelope, rules, templates
 from services.conversation.stages import Stage, is_transient
-from services.conversation.store import REPLIES_DUE
+from services.conversation.store.keys import REPLIES_DUE
 from services.conversation.template_sends import TemplateUnavailable
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from services.common.grpc_server import BackgroundTask
-from services.conversation.store import Privacy
+from services.conversation.store.privacy import Privacy
 
 if TYPE_CHECKING:
     from services.conversation.engine import Engine

@@ -1,0 +1,63 @@
+-- The library of the scripts that write a conversation's data: the loader
+-- (store/scripts.py) puts it in front of every script that calls one of its functions,
+-- and replaces its @NAME@ placeholders with the key names of store/keys.py (@CONV@
+-- CONVERSATION_PREFIX, @INDEX@ CONVERSATIONS, @STATES@ BOT_STATES, @LEAD@/@CONTACT@/@CHAT@
+-- the by-lead/by-contact/by-chat prefixes, @PAUSED@/@AWAITING@ the BOT_STATES scores).
+-- R is the retention in ms (0 = kept until erased).
+--   life(own_ms, conv, R): how long a key of conversation `conv` (its hash's key) may
+--     live — its own lifetime (0 = none), never past R nor past the conversation itself;
+--   expire(key, ms): PEXPIRE unless ms is 0 (no lifetime);
+--   own(conv, key, ms, now, R): list `key` in the conversation's key index (expiring
+--     at now + ms, or never), so that an erase finds it;
+--   touch(id, now, R): a message — the conversation's keys live R from now, and it
+--     moves to `now` in CONVERSATIONS;
+--   recount(id): the conversation is filed in BOT_STATES by what its hash says now (or
+--     taken out, when it is gone): the last step of every script that creates one,
+--     changes its bot state or its turn at n8n, or deletes it.
+local function life(own_ms, conv, R)
+  if R <= 0 then return own_ms end
+  local ms = R
+  if own_ms > 0 and own_ms < ms then ms = own_ms end
+  local left = redis.call('PTTL', conv)
+  if left > 0 and left < ms then ms = left end
+  return ms
+end
+local function expire(key, ms)
+  if ms > 0 then redis.call('PEXPIRE', key, ms) end
+end
+local function own(conv, key, ms, now, R)
+  local index = conv .. ':keys'
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+  if ms > 0 then
+    redis.call('ZADD', index, now + ms, key)
+  else
+    redis.call('ZADD', index, '+inf', key)
+  end
+  if R > 0 and redis.call('PTTL', index) < ms then redis.call('PEXPIRE', index, ms) end
+end
+local function touch(id, now, R)
+  local c = '@CONV@' .. id
+  redis.call('ZADD', '@INDEX@', now, id)
+  if R <= 0 then return end
+  for _, k in ipairs({c, c .. ':inbox', c .. ':history', c .. ':bot-log', c .. ':keys'}) do
+    redis.call('PEXPIRE', k, R)
+  end
+  local f = redis.call('HMGET', c, 'lead_id', 'contact_id', 'chat_id')
+  if f[1] and f[1] ~= '0' then redis.call('PEXPIRE', '@LEAD@' .. f[1], R) end
+  if f[2] and f[2] ~= '0' then redis.call('PEXPIRE', '@CONTACT@' .. f[2], R) end
+  if f[3] and f[3] ~= '' and redis.call('GET', '@CHAT@' .. f[3]) == id then
+    redis.call('PEXPIRE', '@CHAT@' .. f[3], R)
+  end
+end
+local function recount(id)
+  local c = '@CONV@' .. id
+  if redis.call('EXISTS', c) == 0 then
+    redis.call('ZREM', '@STATES@', id)
+    return
+  end
+  local f = redis.call('HMGET', c, 'bot_state', 'inflight_token')
+  local score = 0
+  if f[1] == 'paused' then score = @PAUSED@ end
+  if f[2] then score = score + @AWAITING@ end
+  redis.call('ZADD', '@STATES@', score, id)
+end

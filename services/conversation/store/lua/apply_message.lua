@@ -1,0 +1,102 @@
+-- apply_message: record a message in its conversation, once.
+-- A conversation is its lead's: a message of another lead never joins it nor changes its
+-- lead id (-1: the caller applies it to that lead's own conversation). A chat shared by
+-- conversations keeps pointing at its first one; 2 says so the first time, for one
+-- warning. An empty history entry (the echo of the bridge's own send) is applied but not
+-- recorded. An event whose stream entry is gone was erased meanwhile (3): it must not
+-- bring its conversation back. A replica that no longer holds the stream's lease applies
+-- nothing (4): the new owner does, in order (a fencing check). Applying the same message
+-- twice records it once (the applied set). A customer's message moves `customer_at`
+-- forward, never back, and puts back the replies kept for it (keep_reply.lua).
+-- KEYS[1]   the conversation (hash)
+-- KEYS[2]   its applied set (message ids)
+-- KEYS[3]   its inbox
+-- KEYS[4]   its history
+-- KEYS[5]   TURNS_DUE
+-- KEYS[6]   the lead's by-lead pointer
+-- KEYS[7]   CONVERSATIONS
+-- KEYS[8]   the contact's by-contact pointer
+-- KEYS[9]   the chat's by-chat pointer
+-- KEYS[10]  the event's stream
+-- KEYS[11]  that stream's owner lease
+-- KEYS[12]  REPLIES_DUE
+-- ARGV[1]   conversation id
+-- ARGV[2]   message id
+-- ARGV[3]   inbox entry (JSON)
+-- ARGV[4]   history entry (JSON; '' = not recorded)
+-- ARGV[5]   the message's time (ms)
+-- ARGV[6]   when the turn is due (ms)
+-- ARGV[7]   lead id (0 = none)
+-- ARGV[8]   contact id (0 = none)
+-- ARGV[9]   chat id ('' = none)
+-- ARGV[10]  talk id (0 = none)
+-- ARGV[11]  '1' when the message goes to the inbox (starts a turn)
+-- ARGV[12]  history entries kept
+-- ARGV[13]  the applied set's TTL (s)
+-- ARGV[14]  the event's stream entry id ('' = not checked)
+-- ARGV[15]  R (ms)
+-- ARGV[16]  this replica's name ('' = lease not checked)
+-- ARGV[17]  inbox entries kept
+-- ARGV[18]  the customer's time of a customer's message (ms; 0 = not the customer's)
+-- ARGV[19]  the chat's origin ('' = unchanged)
+-- Returns   1 applied, 0 a duplicate, 2 applied in a chat shared with another
+--           conversation, -1 another lead's conversation, 3 erased, 4 not the owner.
+if ARGV[16] ~= '' and redis.call('GET', KEYS[11]) ~= ARGV[16] then return 4 end
+local lead = redis.call('HGET', KEYS[1], 'lead_id')
+if ARGV[7] ~= '0' and lead and lead ~= '0' and lead ~= ARGV[7] then return -1 end
+if ARGV[14] ~= '' and #redis.call('XRANGE', KEYS[10], ARGV[14], ARGV[14]) == 0 then return 3 end
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
+redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[5])
+redis.call('HSETNX', KEYS[1], 'bot_state', 'active')
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[5])
+if ARGV[7] ~= '0' then
+  redis.call('HSET', KEYS[1], 'lead_id', ARGV[7])
+  redis.call('SET', KEYS[6], ARGV[1])
+end
+if ARGV[8] ~= '0' then
+  redis.call('HSET', KEYS[1], 'contact_id', ARGV[8])
+  redis.call('SET', KEYS[8], ARGV[1])
+end
+redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
+local outcome = 1
+if ARGV[9] ~= '' then
+  redis.call('HSET', KEYS[1], 'chat_id', ARGV[9])
+  local owner = redis.call('GET', KEYS[9])
+  if not owner then
+    redis.call('SET', KEYS[9], ARGV[1])
+  elseif owner ~= ARGV[1] and redis.call('HSETNX', KEYS[1], 'shared_chat_with', owner) == 1 then
+    outcome = 2
+  end
+end
+if ARGV[10] ~= '0' then redis.call('HSET', KEYS[1], 'talk_id', ARGV[10]) end
+if ARGV[4] ~= '' then
+  redis.call('RPUSH', KEYS[4], ARGV[4])
+  redis.call('LTRIM', KEYS[4], -tonumber(ARGV[12]), -1)
+end
+if ARGV[11] == '1' then
+  redis.call('RPUSH', KEYS[3], ARGV[3])
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[17]), -1)
+  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
+end
+if ARGV[18] ~= '0' and tonumber(ARGV[18]) > tonumber(redis.call('HGET', KEYS[1], 'customer_at') or '0') then
+  redis.call('HSET', KEYS[1], 'customer_at', ARGV[18])
+end
+if ARGV[19] ~= '' then redis.call('HSET', KEYS[1], 'origin', ARGV[19]) end
+if ARGV[18] ~= '0' then
+  local kept = redis.call('HGET', KEYS[1], 'kept_reply')
+  if kept then
+    local at = tonumber(ARGV[5])
+    for job in string.gmatch(kept, '[^,]+') do
+      redis.call('ZADD', KEYS[12], at, job)
+      -- Half a second apart: each is claimed after the one before holds its lead's turn.
+      at = at + 500
+    end
+    redis.call('HDEL', KEYS[1], 'kept_reply')
+  end
+end
+local R = tonumber(ARGV[15])
+touch(ARGV[1], tonumber(ARGV[5]), R)
+expire(KEYS[2], life(tonumber(ARGV[13]) * 1000, KEYS[1], R))
+recount(ARGV[1])
+return outcome

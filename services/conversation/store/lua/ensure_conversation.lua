@@ -1,0 +1,24 @@
+-- ensure_conversation: the lead's conversation, opened if needed (a proactive start is a
+-- message of it).
+-- KEYS[1]   the conversation (hash)
+-- KEYS[2]   the lead's by-lead pointer
+-- KEYS[3]   the contact's by-contact pointer
+-- ARGV[1]   conversation id
+-- ARGV[2]   now (ms)
+-- ARGV[3]   lead id
+-- ARGV[4]   contact id (0 = none)
+-- ARGV[5]   R (ms)
+-- Returns   the conversation's hash (HGETALL: field, value...).
+redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'bot_state', 'active')
+redis.call('HSETNX', KEYS[1], 'lead_id', ARGV[3])
+if ARGV[4] ~= '0' then
+  redis.call('HSETNX', KEYS[1], 'contact_id', ARGV[4])
+  redis.call('SET', KEYS[3], ARGV[1], 'NX')
+end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+touch(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5]))
+recount(ARGV[1])
+return redis.call('HGETALL', KEYS[1])

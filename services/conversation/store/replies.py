@@ -1,0 +1,156 @@
+"""Replies: n8n's reply stored once per idempotency key as a job, delivered to Kommo part
+by part into the history, kept for the customer while WhatsApp's window is closed, done
+or failed; the bridge's own sends remembered to recognise their echo. Part of
+ConversationStore."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from services.common.due_queue import Claim, now_ms, text, text_map
+from services.common.errors import NotFound
+from services.conversation.store.keys import (
+    REPLIES_DUE,
+    REPLY_TOKEN_TTL_SECONDS,
+    SENT_TTL_SECONDS,
+    conversation_key,
+    history_key,
+    reply_idempotency_key,
+    reply_job_key,
+    sent_key,
+)
+from services.conversation.store.scripts import register
+
+
+class Replies:
+    """ConversationStore's replies (a part of it: see conversations.py)."""
+
+    redis: aioredis.Redis
+    _r_ms: int
+
+    def _register_reply_scripts(self, redis: aioredis.Redis) -> None:
+        self._begin_reply = register(redis, "begin_reply")
+        self._reply_delivered = register(redis, "reply_delivered")
+        self._remember_sent = register(redis, "remember_sent")
+        self._keep_reply = register(redis, "keep_reply")
+        self._hset_if_exists = register(redis, "hset_if_exists")
+        self._reply_item_done = register(redis, "item_done")
+
+    async def reply_delivered(
+        self,
+        job_id: str,
+        conversation_id: str,
+        entry: dict[str, Any],
+        cap: int,
+        *,
+        parts_sent: int = 1,
+        last: bool = True,
+    ) -> None:
+        """Kommo took (a part of) the reply: count it on the job and add its text to the
+        history together, so a retry after a crash neither sends it again nor records it
+        twice; `last`: the whole reply is out. Nothing is written for a conversation
+        erased meanwhile."""
+        await self._reply_delivered(
+            keys=[
+                reply_job_key(job_id),
+                history_key(conversation_id),
+                conversation_key(conversation_id),
+            ],
+            args=[
+                json.dumps(entry, ensure_ascii=False),
+                max(cap, 1),
+                conversation_id,
+                now_ms(),
+                self._r_ms,
+                parts_sent,
+                "1" if last else "0",
+            ],
+        )
+
+    async def remember_sent(self, conversation_id: str, text_hash: str) -> None:
+        await self._remember_sent(
+            keys=[sent_key(conversation_id), conversation_key(conversation_id)],
+            args=[text_hash, SENT_TTL_SECONDS * 1000, self._r_ms],
+        )
+
+    async def was_sent_by_bridge(self, conversation_id: str, text_hash: str) -> bool:
+        return bool(await self.redis.sismember(sent_key(conversation_id), text_hash))
+
+    async def begin_reply(
+        self,
+        idempotency_key: str,
+        job_id: str,
+        job: dict[str, str],
+        lease_ms: int,
+        *,
+        leased_until: int | None = None,
+    ) -> str | None:
+        """Store a reply job unless the key was seen; returns the existing job id if so.
+        NotFound when the conversation (job["conversation_id"]) is gone."""
+        flat: list[str] = []
+        for field, value in job.items():
+            flat.extend((field, value))
+        conversation_id = job["conversation_id"]
+        now = now_ms()
+        existing = await self._begin_reply(
+            keys=[
+                reply_idempotency_key(idempotency_key),
+                reply_job_key(job_id),
+                REPLIES_DUE,
+                conversation_key(conversation_id),
+            ],
+            args=[
+                job_id,
+                REPLY_TOKEN_TTL_SECONDS,
+                json.dumps(flat),
+                now + lease_ms if leased_until is None else leased_until,
+                self._r_ms,
+                now,
+                conversation_id,
+            ],
+        )
+        if existing == b"":
+            raise NotFound(f"conversation {conversation_id} not found")
+        return cast(bytes, existing).decode() if existing else None
+
+    async def reply_for_key(self, key: str) -> str | None:
+        value = await self.redis.get(reply_idempotency_key(key))
+        return text(value) if value else None
+
+    async def reply_job(self, job_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(reply_job_key(job_id))
+        return text_map(raw)
+
+    async def update_reply_job(self, job_id: str, **fields: str | int | float) -> None:
+        await self.hset_if_exists(reply_job_key(job_id), fields)
+
+    async def hset_if_exists(self, key: str, fields: dict[str, str | int | float]) -> bool:
+        """Set fields of a work item unless it is gone (erased or expired)."""
+        flat: list[str | int | float] = []
+        for field, value in fields.items():
+            flat.extend((field, value))
+        return bool(await self._hset_if_exists(keys=[key], args=flat))
+
+    async def keep_reply(self, claim: Claim, conversation_id: str, customer_at: str) -> bool:
+        """The reply waits for the customer's next message (see lua/keep_reply.lua); False when
+        the customer already wrote after `customer_at` (it is due again now)."""
+        kept = await self._keep_reply(
+            keys=[reply_job_key(claim.member), REPLIES_DUE, conversation_key(conversation_id)],
+            args=[claim.member, customer_at or "0", now_ms()],
+        )
+        return int(cast(int, kept)) == 1
+
+    async def reply_failed(self, job_id: str, error: str) -> None:
+        await self._reply_item_done(
+            keys=[reply_job_key(job_id), REPLIES_DUE],
+            args=[job_id, 0, self._r_ms, "state", "failed", "error", error[:500]],
+        )
+
+    async def reply_done(self, claim: Claim) -> None:
+        await self._reply_item_done(
+            keys=[reply_job_key(claim.member), REPLIES_DUE],
+            args=[claim.member, REPLY_TOKEN_TTL_SECONDS * 1000, self._r_ms, "state", "delivered"],
+        )

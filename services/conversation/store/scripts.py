@@ -1,0 +1,85 @@
+"""The one loader of the store's Lua scripts (store/lua/*.lua).
+
+Every script file is read once, at import: the library (`_lib.lua`: life, expire, own,
+touch, recount) is put in front of each script that calls one of its functions, and the
+@NAME@ placeholders are replaced with the key names of keys.py. Each class registers the
+scripts it runs on its own client with `register`, so every class gets its scripts the
+same way. Each file starts with a header naming its KEYS and ARGV, and what it returns.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from services.conversation.store.keys import (
+    BOT_STATE_AWAITING,
+    BOT_STATE_PAUSED,
+    BOT_STATES,
+    BY_CHAT_PREFIX,
+    BY_CONTACT_PREFIX,
+    BY_LEAD_PREFIX,
+    CONVERSATION_PREFIX,
+    CONVERSATIONS,
+)
+
+LUA_DIR = Path(__file__).with_name("lua")
+LIBRARY = "_lib"
+
+# What the scripts' @NAME@ placeholders stand for.
+_PLACEHOLDERS = {
+    "@CONV@": CONVERSATION_PREFIX,
+    "@STATES@": BOT_STATES,
+    "@PAUSED@": str(BOT_STATE_PAUSED),
+    "@AWAITING@": str(BOT_STATE_AWAITING),
+    "@INDEX@": CONVERSATIONS,
+    "@LEAD@": BY_LEAD_PREFIX,
+    "@CONTACT@": BY_CONTACT_PREFIX,
+    "@CHAT@": BY_CHAT_PREFIX,
+}
+
+
+def _fill(source: str) -> str:
+    for placeholder, value in _PLACEHOLDERS.items():
+        source = source.replace(placeholder, value)
+    return source
+
+
+def _code(source: str) -> str:
+    """The source without its comments (to see which functions it calls)."""
+    return re.sub(r"--[^\n]*", "", source)
+
+
+def _load() -> dict[str, str]:
+    files = {path.stem: path.read_text(encoding="utf-8") for path in LUA_DIR.glob("*.lua")}
+    library = files.pop(LIBRARY)
+    functions = re.findall(r"^local function (\w+)\(", library, flags=re.MULTILINE)
+    calls = re.compile(r"\b(?:%s)\(" % "|".join(functions))  # noqa: UP031
+    return {
+        name: _fill(library + "\n" + source if calls.search(_code(source)) else source)
+        for name, source in files.items()
+    }
+
+
+SOURCES = _load()
+
+
+def source(name: str) -> str:
+    """The script `name` (lua/<name>.lua) as Redis runs it."""
+    return SOURCES[name]
+
+
+def register(redis: aioredis.Redis, name: str) -> AsyncScript:
+    """The script `name` (lua/<name>.lua) registered on this client."""
+    return redis.register_script(SOURCES[name])
+
+
+def flat(mapping: dict[str, str]) -> list[str]:
+    """Field/value pairs as a script's ARGV takes them."""
+    out: list[str] = []
+    for field, value in mapping.items():
+        out.extend((field, value))
+    return out
