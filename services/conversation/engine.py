@@ -41,7 +41,10 @@ from services.conversation.stages.replies import ReplyStage
 from services.conversation.stages.timers import TimerStage
 from services.conversation.stages.turns import TurnStage
 from services.conversation.starter import ProactiveStarter
-from services.conversation.store import WORK_FAILURES, BotStore, ConversationStore, RulesStore
+from services.conversation.store.bot_state import BotStore
+from services.conversation.store.conversations import ConversationStore
+from services.conversation.store.keys import WORK_FAILURES
+from services.conversation.store.rules import RulesStore
 from services.conversation.template_sends import TemplateSender
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from services.conversation.gauges import GaugeUpdater
 from services.conversation.servicer import ConversationServicer
 from services.conversation.settings import ConversationSettings
 from services.conversation.stages.retention import RetentionSweep
-from services.conversation.store import ConversationStore
+from services.conversation.store.conversations import ConversationStore
 
 SERVICE_NAME = "bridge.conversation.v1.ConversationService"
 

@@ -30,7 +30,9 @@ from services.conversation.events import (
 )
 from services.conversation.kommo_form import nest, parse_form
 from services.conversation.rulebook import InForce, parse_rules
-from services.conversation.store import Operations, Privacy, seen_key
+from services.conversation.store.keys import seen_key
+from services.conversation.store.operations import Operations
+from services.conversation.store.privacy import Privacy
 from services.conversation.template_sends import APPROVED, TemplateCheck
 from services.conversation.templates import TemplateRef
 

@@ -9,7 +9,8 @@ import asyncio
 import redis.asyncio as aioredis
 
 from services.conversation.stages.events import PartitionOwnership
-from services.conversation.store import EVENTS_STREAM, EventLeases, event_owner_key, event_stream
+from services.conversation.store.keys import EVENTS_STREAM, event_owner_key, event_stream
+from services.conversation.store.leases import EventLeases
 
 PARTITIONS = 16
 LEASE_MS = 2000

@@ -13,7 +13,10 @@ import redis.asyncio as aioredis
 from services.common.errors import TRANSIENT_CODES
 from services.conversation.control import BotController
 from services.conversation.settings import ConversationSettings
-from services.conversation.store import NOTIFY_DUE, BotStore, ConversationStore, ProactiveStore
+from services.conversation.store.bot_state import BotStore
+from services.conversation.store.conversations import ConversationStore
+from services.conversation.store.keys import NOTIFY_DUE
+from services.conversation.store.proactive import ProactiveStore
 from tests.unit.test_production_settings import WIRING
 
 CONVERSATION, LEAD, CONTACT = "c-notify", 9100001, 4400001

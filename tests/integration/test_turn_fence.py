@@ -12,7 +12,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.common.due_queue import now_ms
-from services.conversation.store import OUTBOX_DUE, ConversationStore
+from services.conversation.store.conversations import ConversationStore
+from services.conversation.store.keys import OUTBOX_DUE
 
 
 def _message(message_id: str) -> dict[str, Any]:

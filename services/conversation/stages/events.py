@@ -54,16 +54,16 @@ from services.common.workpool import wait_any
 from services.conversation import bot, envelope
 from services.conversation.events import LeadEvent, MessageEvent
 from services.conversation.stages import Stage
-from services.conversation.store import (
+from services.conversation.store.conversations import Applied
+from services.conversation.store.keys import (
     EVENT_REPLICAS,
     EVENTS_STREAM,
     WORKERS_GROUP,
-    Applied,
-    EventLeases,
     event_owner_key,
     event_stream,
     routing_key,
 )
+from services.conversation.store.leases import EventLeases
 
 if TYPE_CHECKING:
     from services.conversation.engine import Engine
