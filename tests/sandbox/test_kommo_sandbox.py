@@ -337,7 +337,12 @@ async def test_injected_5xx_without_effect_sends_nothing(kommo: Kommo) -> None:
 # --- Salesbot ----------------------------------------------------------------------------
 
 
-async def test_salesbot_sends_the_field_value_it_reads_when_it_runs(kommo: Kommo) -> None:
+async def test_salesbot_sends_the_field_value_it_reads_when_it_runs(
+    open_kommo: OpenKommo,
+) -> None:
+    # The second reply must be written before the run reads the field: a delay far above
+    # what one request takes on a loaded machine (30 ms was not, in CI).
+    kommo = await open_kommo(echo_delay=1.0)
     headers = await kommo.auth()
     events_query = {
         "filter[entity]": "lead",

@@ -4,10 +4,9 @@ the top-level `window`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
