@@ -38,6 +38,7 @@ class BotStore:
         self.handoffs = DueQueue(redis, HANDOFFS_DUE)
         self.notifications = DueQueue(redis, NOTIFY_DUE)
         self._set_state = register(redis, "set_state")
+        self._count = register(redis, "count")
         self._push_resume = register(redis, "push_resume")
         self._add_job = register(redis, "add_job")
         self._hset_if_exists = register(redis, "hset_if_exists")
@@ -83,35 +84,35 @@ class BotStore:
 
     async def count(self, counter: str, n: int = 1) -> None:
         """A counter for the life of the data, and the same in the current time bucket."""
-        key = series.bucket_key(series.bucket_start(time.time()))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hincrby(STATS, counter, n)
-            pipe.hincrby(key, counter, n)
-            pipe.expire(key, series.KEPT_SECONDS)
-            await pipe.execute()
+        await self.count_many({counter: n})
 
     async def count_many(self, counters: Mapping[str, int]) -> None:
-        """Several counters at once, as `count` adds one."""
+        """Several counters at once, as `count` adds one: one call to Redis."""
+        await self._add_counts(True, counters)
+
+    async def _add_counts(self, to_stats: bool, counters: Mapping[str, int]) -> None:
+        if not counters:
+            return
         key = series.bucket_key(series.bucket_start(time.time()))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for counter, n in counters.items():
-                pipe.hincrby(STATS, counter, n)
-                pipe.hincrby(key, counter, n)
-            pipe.expire(key, series.KEPT_SECONDS)
-            await pipe.execute()
+        args: list[str | int] = [series.KEPT_SECONDS, "1" if to_stats else "0"]
+        for counter, n in counters.items():
+            args += [counter, n]
+        await self._count(keys=[STATS, key], args=args)
 
     async def counters(self) -> dict[str, int]:
         raw = await self.redis.hgetall(STATS)
         return {text(k): int(v) for k, v in raw.items()}
 
     async def record_reply_seconds(self, seconds: float) -> None:
-        key = series.bucket_key(series.bucket_start(time.time()))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hincrby(key, series.REPLIES, 1)
-            pipe.hincrby(key, series.REPLY_MS_SUM, round(seconds * 1000))
-            pipe.hincrby(key, series.latency_field(seconds), 1)
-            pipe.expire(key, series.KEPT_SECONDS)
-            await pipe.execute()
+        """A reply's time, in the current bucket's histogram (series.py)."""
+        await self._add_counts(
+            False,
+            {
+                series.REPLIES: 1,
+                series.REPLY_MS_SUM: round(seconds * 1000),
+                series.latency_field(seconds): 1,
+            },
+        )
 
     async def time_series(self, hours: int) -> series.Series:
         """The counters and reply latencies of the last `hours` (at most a day), in time
