@@ -261,3 +261,27 @@ async def test_a_turn_deferred_just_after_the_reply_settled_is_due_at_once(
     await store.finish_turn("c1", "tok")  # ...the reply settles before it defers the turn
     assert not await store.defer_turn("c1", now_ms() + 180_000)
     assert (await redis.zscore(TURNS_DUE, "c1") or 0) <= now_ms()
+
+
+async def test_a_turn_reads_its_record_messages_and_history_in_one_call(
+    redis: aioredis.Redis,
+) -> None:
+    from services.conversation.store import (
+        ConversationStore,
+        conversation_key,
+        history_key,
+        inbox_key,
+    )
+
+    store = ConversationStore(redis)
+    await redis.hset(
+        conversation_key("turn-view"), mapping={"id": "turn-view", "lead_id": "9100001"}
+    )
+    await redis.rpush(inbox_key("turn-view"), '{"id": "m1", "text": "oi"}')
+    await redis.rpush(history_key("turn-view"), *[f'{{"n": {i}}}' for i in range(5)])
+    conversation, pending, history = await store.turn_view("turn-view", 3)
+    assert conversation == {"id": "turn-view", "lead_id": "9100001"}
+    assert pending == [{"id": "m1", "text": "oi"}]
+    assert history == [{"n": 2}, {"n": 3}, {"n": 4}]  # the newest, oldest first
+    assert (await store.turn_view("turn-view", 0))[2] == []
+    assert await store.turn_view("nobody", 3) == ({}, [], [])

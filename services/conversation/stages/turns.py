@@ -89,8 +89,9 @@ class TurnStage(Stage):
 
     async def _run_turn(self, claim: Claim) -> None:
         conversation_id = claim.member
-        conversation = await self.store.conversation(conversation_id)
-        pending = await self.store.inbox(conversation_id)
+        conversation, pending, history = await self.store.turn_view(
+            conversation_id, self.settings.history_turns * 2
+        )
         if not conversation or not pending:
             await self.store.turns.release(claim)
             return
@@ -113,7 +114,7 @@ class TurnStage(Stage):
             )
             return
         try:
-            context = await self._context(conversation)
+            context = await self._context(conversation, history)
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -172,16 +173,14 @@ class TurnStage(Stage):
                 conversation_id, now_ms() + turn_timeout_ms if turn_timeout_ms else 0
             )
 
-    async def _context(self, conversation: dict[str, str]) -> TurnContext:
+    async def _context(
+        self, conversation: dict[str, str], history: list[dict[str, Any]]
+    ) -> TurnContext:
         lead_id = int(conversation.get("lead_id") or 0)
         contact_id = int(conversation.get("contact_id") or 0)
         # Side by side where one read does not need another's answer: the lead names the
         # vendedor (and the contact, when the conversation does not know it yet).
-        lead, contact, history = await asyncio.gather(
-            self._lead(lead_id),
-            self._contact(contact_id),
-            self.store.history(conversation["id"], self.settings.history_turns * 2),
-        )
+        lead, contact = await asyncio.gather(self._lead(lead_id), self._contact(contact_id))
         if lead is not None and not contact_id:
             contact_id = lead.main_contact_id
             contact, vendedor = await asyncio.gather(

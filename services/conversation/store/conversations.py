@@ -88,6 +88,7 @@ class ConversationStore(Turns, Replies):
         self._record_history = register(redis, "record_history")
         self._bind_lead = register(redis, "bind_lead")
         self._recount = register(redis, "recount")
+        self._read_turn = register(redis, "read_turn")
         self._register_turn_scripts(redis)
         self._register_reply_scripts(redis)
 
@@ -286,6 +287,25 @@ class ConversationStore(Turns, Replies):
     async def inbox(self, conversation_id: str) -> list[dict[str, Any]]:
         raw = await self.redis.lrange(inbox_key(conversation_id), 0, -1)
         return [json.loads(x) for x in raw]
+
+    async def turn_view(
+        self, conversation_id: str, history_entries: int
+    ) -> tuple[dict[str, str], list[dict[str, Any]], list[dict[str, Any]]]:
+        """What a turn reads before it decides, in one call: the conversation's record,
+        its waiting messages and its newest `history_entries` entries."""
+        record, inbox, history = cast(
+            list[list[bytes]],
+            await self._read_turn(
+                keys=[
+                    conversation_key(conversation_id),
+                    inbox_key(conversation_id),
+                    history_key(conversation_id),
+                ],
+                args=[max(history_entries, 0)],
+            ),
+        )
+        conversation = {text(record[i]): text(record[i + 1]) for i in range(0, len(record), 2)}
+        return conversation, [json.loads(x) for x in inbox], [json.loads(x) for x in history]
 
     async def history(self, conversation_id: str, turns: int) -> list[dict[str, Any]]:
         if turns <= 0:
