@@ -44,3 +44,19 @@ async def test_a_bucket_gets_its_lifetime_once(redis: aioredis.Redis) -> None:
     await redis.expire(bucket, 100)
     await bots.count("messages_out")
     assert 0 < await redis.ttl(bucket) <= 100 or not await redis.exists(bucket)
+
+
+async def test_a_delivered_envelope_is_counted_and_takes_n8ns_failing_flag_down(
+    redis: aioredis.Redis,
+) -> None:
+    from services.common.due_queue import Claim
+    from services.conversation.store import N8N_FAILING, OUTBOX_DUE, ConversationStore
+
+    store = ConversationStore(redis)
+    await redis.zadd(OUTBOX_DUE, {"ev-1": 1, "ev-2": 1})
+    assert await store.outbox_delivered(Claim("ev-1", 1)) is False
+    await redis.set(N8N_FAILING, "1")
+    assert await store.outbox_delivered(Claim("ev-2", 1)) is True
+    assert not await redis.exists(N8N_FAILING)
+    assert await redis.zcard(OUTBOX_DUE) == 0
+    assert (await BotStore(redis).counters())["forwarded"] == 2

@@ -53,12 +53,11 @@ class OutboxStage(Stage):
         N8N_DELIVERIES.labels("ok" if attempt.ok else "retry" if attempt.retry else "refused").inc()
         failed_before = int(item.get("attempts") or 0) > 0
         if attempt.ok:
-            await self.store.outbox_delivered(claim)
+            n8n_was_failing = await self.store.outbox_delivered(claim)
             if failed_before:
                 await self.failures.succeeded("n8n_delivery", claim.member)
-            if await self.store.redis.getdel(N8N_FAILING):
+            if n8n_was_failing:
                 await self._n8n_is_back()
-            await self.bots.count("forwarded")
             log.info("envelope delivered to n8n", extra={"event_id": claim.member})
             return
         attempts = int(item.get("attempts") or 0) + 1

@@ -4,16 +4,22 @@ envelope delivered, failed, parked or sent again. Part of ConversationStore."""
 
 from __future__ import annotations
 
+import time
+from typing import cast
+
 import redis.asyncio as aioredis
 
 from services.common.due_queue import Claim, now_ms, text_map
+from services.conversation import series
 from services.conversation.store.keys import (
     BOT_STATES,
     DELIVERED_KEPT_SECONDS,
     HANDOFFS_DUE,
+    N8N_FAILING,
     OUTBOX_DEAD,
     OUTBOX_DUE,
     REPLY_TOKEN_TTL_SECONDS,
+    STATS,
     TURNS_DUE,
     conversation_key,
     inbox_key,
@@ -35,6 +41,7 @@ class Turns:
         self._defer_turn = register(redis, "defer_turn")
         self._resend = register(redis, "resend")
         self._item_done = register(redis, "item_done")
+        self._outbox_delivered = register(redis, "outbox_delivered")
         self._outbox_failed = register(redis, "outbox_failed")
         self._clear_inflight = register(redis, "clear_inflight")
 
@@ -133,21 +140,30 @@ class Turns:
         raw = await self.redis.hgetall(outbox_item_key(event_id))
         return text_map(raw)
 
-    async def outbox_delivered(self, claim: Claim) -> None:
+    async def outbox_delivered(self, claim: Claim) -> bool:
         """n8n took it. The item stays while its reply may still come, so the envelope
-        can be sent again if that reply never arrives (`resend`)."""
-        await self._item_done(
-            keys=[outbox_item_key(claim.member), OUTBOX_DUE],
-            args=[
-                claim.member,
-                DELIVERED_KEPT_SECONDS * 1000,
-                self._r_ms,
-                "delivered_at",
-                now_ms(),
-                "attempts",
-                0,
-            ],
+        can be sent again if that reply never arrives (`resend`); it is counted as
+        forwarded. True when n8n had been failing (the flag is down now)."""
+        _, was_failing = cast(
+            list[int],
+            await self._outbox_delivered(
+                keys=[
+                    outbox_item_key(claim.member),
+                    OUTBOX_DUE,
+                    N8N_FAILING,
+                    STATS,
+                    series.bucket_key(series.bucket_start(time.time())),
+                ],
+                args=[
+                    claim.member,
+                    DELIVERED_KEPT_SECONDS * 1000,
+                    self._r_ms,
+                    now_ms(),
+                    series.KEPT_SECONDS,
+                ],
+            ),
         )
+        return bool(was_failing)
 
     async def resend(self, event_id: str) -> bool:
         """Send a delivered envelope to n8n again (its reply never came); False when the
