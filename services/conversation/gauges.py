@@ -7,19 +7,28 @@ import logging
 
 from redis.exceptions import RedisError
 
-from services.common.due_queue import now_ms
 from services.common.grpc_server import BackgroundTask
-from services.common.metrics import BOT_STATES, QUEUE_DEPTH
+from services.common.metrics import BOT_STATES as BOT_STATES_GAUGE
+from services.common.metrics import QUEUE_DEPTH
 from services.conversation.engine import Engine
-from services.conversation.store.keys import event_streams
-from services.conversation.store.operations import Operations
+from services.conversation.store.keys import (
+    BOT_STATE_AWAITING,
+    BOT_STATE_PAUSED,
+    BOT_STATES,
+    BOT_STATES_SINCE,
+    OUTBOX_DEAD,
+    OUTBOX_DUE,
+    event_streams,
+)
+from services.conversation.store.scripts import register
 
 log = logging.getLogger(__name__)
 
 
 class GaugeUpdater(BackgroundTask):
-    """Queue depths and conversations by bot state, for Prometheus, every few seconds; each
-    read costs the same whatever the number of conversations."""
+    """Queue depths and conversations by bot state, for Prometheus, every few seconds: one
+    Redis call (store/lua/gauge_readings.lua), whatever the number of conversations —
+    this is most of what an idle stack asks Redis."""
 
     name = "gauges"
     _INTERVAL_SECONDS = 5.0
@@ -28,33 +37,43 @@ class GaugeUpdater(BackgroundTask):
         self.engine = engine
 
     async def run(self, stopping: asyncio.Event) -> None:
-        redis = self.engine.store.redis
-        ops = Operations(redis, self.engine.store.retention_seconds)
+        store, failures = self.engine.store, self.engine.failures
+        readings = register(store.redis, "gauge_readings")
+        keys = [
+            store.turns.key,
+            store.replies.key,
+            OUTBOX_DUE,
+            OUTBOX_DEAD,
+            failures.failing_key,
+            failures.dead_key,
+            BOT_STATES,
+            BOT_STATES_SINCE,
+            *event_streams(store.event_partitions),
+        ]
         while not stopping.is_set():
             try:
-                async with redis.pipeline(transaction=False) as pipe:
-                    pipe.zcard(self.engine.store.turns.key)
-                    pipe.zcard(self.engine.store.replies.key)
-                    for stream in event_streams(self.engine.store.event_partitions):
-                        pipe.xlen(stream)
-                    turns, replies, *streams = await pipe.execute()
-                events = sum(streams)
-                outbox, dead = await ops.queue_sizes()
-                work = await self.engine.failures.counts(now_ms())
+                answer = await readings(keys=keys, args=[BOT_STATE_PAUSED, BOT_STATE_AWAITING])
+                turns, replies, outbox, dead, failing, work_dead, events, filed, *states = [
+                    int(x) for x in answer
+                ]
                 for queue, depth in (
                     ("events", events),
                     ("turns", turns),
                     ("replies", replies),
                     ("n8n_outbox", outbox),
                     ("dead_letters", dead),
-                    ("work_failing", work.failing),
-                    ("work_dead_letters", work.dead),
+                    ("work_failing", failing),
+                    ("work_dead_letters", work_dead),
                 ):
                     QUEUE_DEPTH.labels(queue).set(depth)
-                # Kept as states change (store.state_counts): no conversation is read.
-                counts = await self.engine.store.state_counts()
-                for state in ("active", "paused"):
-                    BOT_STATES.labels(state).set(counts[state])
+                if filed:
+                    active, paused = states[0], states[1]
+                else:
+                    # Data from before BOT_STATES: filed once (store.state_counts).
+                    counts = await store.state_counts()
+                    active, paused = counts["active"], counts["paused"]
+                BOT_STATES_GAUGE.labels("active").set(active)
+                BOT_STATES_GAUGE.labels("paused").set(paused)
             except RedisError as exc:
                 log.debug("gauges not updated: %s", exc)
             try:
