@@ -11,7 +11,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 PROTO_SRC := $(shell find protos -name '*.proto')
 PROTO_STAMP := bridge/.generated
 
-.PHONY: run run-clean test lint protos bench lock clean venv kommo-webhook n8n-check
+.PHONY: run run-clean test lint protos bench lock clean venv kommo-webhook n8n-check mutants
 
 venv: $(STAMP)
 
@@ -45,6 +45,12 @@ run-clean: $(PROTO_STAMP)
 
 test: $(PROTO_STAMP) $(DEV_STAMP)
 	$(PY) -m pytest
+
+# One-line mutations of the code that carries a guarantee, each of which the tests it names
+# must catch (tests/README.md): not part of `make test` (minutes, not seconds). Run on a
+# copy of the project, never on this tree. ARGS: mutation names, --list, --baseline, -v.
+mutants: $(PROTO_STAMP) $(DEV_STAMP)
+	$(PY) tests/mutants/run.py $(ARGS)
 
 lint: $(PROTO_STAMP) $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
