@@ -115,6 +115,8 @@ class ContextChanges(BackgroundTask):
 
     async def run(self, stopping: asyncio.Event) -> None:
         if self.cache.seconds <= 0:
+            # Nothing kept, nothing to drop; a background task that ends stops the service.
+            await stopping.wait()
             return
         while not stopping.is_set():
             try:

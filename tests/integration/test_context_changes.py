@@ -58,3 +58,14 @@ async def test_a_replica_trusts_no_copy_from_before_it_subscribed(redis: aioredi
     finally:
         stopping.set()
         await task
+
+
+async def test_switched_off_it_listens_to_nothing_and_runs_until_stopped(
+    redis: aioredis.Redis,
+) -> None:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(ContextChanges(redis, ContextCache(0)).run(stopping))
+    await asyncio.sleep(0.2)
+    assert not task.done(), "a background task that ends stops the service"
+    stopping.set()
+    await asyncio.wait_for(task, 5)
