@@ -36,12 +36,13 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import httpx
 import redis
 
-from bench import profiling
+from bench import profiling, work_counter
 from bench.kommo_body import body, lead_template
 from devstack.processes import ROOT
 from devstack.stack import Stack, StackConfig, start_stack
@@ -61,6 +62,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=7,
         help="Kommo's rate limit, in the sandbox and the bridge alike (Kommo's: 7)",
+    )
+    parser.add_argument(
+        "--count-work",
+        action="store_true",
+        help="count the Redis commands the stack sends (MONITOR) and the gRPC calls it "
+        "serves per message, over the whole loop until the stack is quiet again "
+        "(bench/work_counter.py; MONITOR slows Redis, so the latency of such a run is not "
+        "the one to quote)",
+    )
+    parser.add_argument(
+        "--inbound-only",
+        action="store_true",
+        help="the stand-in takes the envelopes without replying: webhook → envelope alone "
+        "(use --leads ≥ rate × duration, one message per conversation)",
     )
     parser.add_argument(
         "--profile",
@@ -114,13 +129,16 @@ def envelopes(stack: Stack) -> list[dict[str, Any]]:
     return [r for r in answer.json()["received"] if r["body"].get("event") == "message.received"]
 
 
-def settle(stack: Stack, expected: int, timeout: float = 120.0) -> None:
-    """Until the stand-in has `expected` envelopes and every turn is answered."""
+def settle(stack: Stack, expected: int, timeout: float = 120.0, answered: bool = True) -> None:
+    """Until the stand-in has `expected` envelopes and (`answered`) every turn is
+    answered."""
     deadline = time.monotonic() + timeout
     headers = {"X-API-Key": stack.api_key}
     while time.monotonic() < deadline:
         stats = httpx.get(f"{stack.edge_url}/stats", headers=headers, timeout=10).json()
-        busy = stats["conversations"].get("awaiting_reply", 0) + stats["n8n"]["outbox_pending"]
+        busy = stats["n8n"]["outbox_pending"]
+        if answered:
+            busy += stats["conversations"].get("awaiting_reply", 0)
         if len(envelopes(stack)) >= expected and busy == 0:
             return
         time.sleep(1.0)
@@ -184,6 +202,50 @@ def finish_profiles(spies: dict[str, Any], out: Path) -> dict[str, Any]:
     return report
 
 
+def metrics_ports(stack: Stack) -> list[int]:
+    return [p.metrics_port for ps in stack.services.values() for p in ps if p.metrics_port]
+
+
+def start_counting(stack: Stack, out: Path) -> work_counter.RedisMonitor | None:
+    if not work_counter.RedisMonitor.available():
+        log.warning("redis-cli not found: Redis commands not counted")
+        return None
+    url = urlsplit(stack.redis_url)
+    monitor = work_counter.RedisMonitor(
+        url.port or 6379, unquote(url.password or ""), out / "monitor.txt"
+    )
+    monitor.start()
+    return monitor
+
+
+def finish_counting(
+    stack: Stack, monitor: work_counter.RedisMonitor, grpc_before: dict[str, float], count: int
+) -> dict[str, Any]:
+    """Once the stack is quiet (replies, notes and echoes done): what it sent Redis and
+    the gRPC calls it served, per message."""
+    monitor.quiet()
+    processes = {p.popen.pid: p.name for ps in stack.services.values() for p in ps}
+    sent = monitor.sent(work_counter.socket_owners(processes))
+    monitor.stop()
+    grpc = work_counter.difference(work_counter.grpc_served(metrics_ports(stack)), grpc_before)
+    per = max(1, count)
+    return {
+        "redis_sent": round(sent.total / per, 2),
+        "redis_sent_by_command": {
+            k: round(v / per, 2) for k, v in sorted(sent.by_command.items(), key=lambda kv: -kv[1])
+        },
+        "redis_sent_by_process": {
+            name: round(sum(c.values()) / per, 2) for name, c in sorted(sent.by_process.items())
+        },
+        "redis_run_inside_scripts": round(sent.in_scripts / per, 2),
+        "grpc_calls": round(sum(grpc.values()) / per, 2),
+        "grpc_calls_by_method": {
+            k.rsplit("/", 1)[-1]: round(v / per, 2)
+            for k, v in sorted(grpc.items(), key=lambda kv: -kv[1])
+        },
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -220,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(send(stack, warm, args.warmup_rate))  # answers not kept
         settle(stack, len(warm))
         httpx.post(f"{stack.standin_url}/_standin/reset", timeout=10).raise_for_status()
+        if args.inbound_only:
+            httpx.post(
+                f"{stack.standin_url}/_standin/config", json={"auto_reply": False}, timeout=10
+            ).raise_for_status()
 
         count = int(args.rate * args.duration)
         texts = [(i % args.leads + 1, f"medida {i:06d}") for i in range(count)]
@@ -228,11 +294,16 @@ def main(argv: list[str] | None = None) -> int:
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         calls_before = redis_calls(stack)
         spies = start_profiles(stack, pids, args.duration, out) if args.profile else {}
+        monitor = start_counting(stack, out) if args.count_work else None
+        grpc_before = work_counter.grpc_served(metrics_ports(stack))
         client_cpu = time.process_time()
         started, statuses, acks = asyncio.run(send(stack, texts, args.rate))
         client_cpu = time.process_time() - client_cpu
         profiled = finish_profiles(spies, out)
-        settle(stack, 1)
+        settle(stack, len(texts) if args.inbound_only else 1, answered=not args.inbound_only)
+        work_done: dict[str, Any] = {}
+        if monitor is not None:
+            work_done = finish_counting(stack, monitor, grpc_before, count)
         cpu_ms = {
             name: round(1000 * (cpu_seconds(pid) - cpu_before[name]) / max(1, count), 2)
             for name, pid in pids.items()
@@ -296,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ms": figures,
         "bar": bar,
         "cpu_ms_per_message": cpu_ms | {"total": round(sum(cpu_ms.values()), 2)},
+        "work_per_message": work_done,
         "redis_commands_per_message": dict(sorted(redis_per_message.items(), key=lambda kv: -kv[1]))
         | {"total": round(sum(redis_per_message.values()), 2)},
     }

@@ -21,7 +21,6 @@ when the bar holds (total CPU ≤ 2 % of one core, Redis ≤ 5 commands/s), else
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -36,6 +35,7 @@ from typing import Any
 import httpx
 import redis
 
+from bench.work_counter import socket_owners
 from devstack.processes import GRPC_SERVICES, ROOT, free_port
 from sandbox.kommo.state import FIRST_LEAD_ID
 
@@ -158,30 +158,6 @@ class Monitor(threading.Thread):
             self.ready.set()
 
 
-def socket_owners(pids: list[int], names: dict[int, str]) -> dict[str, str]:
-    """Local TCP port → the stack process that holds the socket."""
-    inodes: dict[str, str] = {}
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes[target[8:-1]] = names.get(pid, f"pid {pid}")
-    owners: dict[str, str] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for row in Path(table).read_text().splitlines()[1:]:
-                fields = row.split()
-                port = str(int(fields[1].rsplit(":", 1)[1], 16))
-                if fields[9] in inodes:
-                    owners[port] = inodes[fields[9]]
-    return owners
-
-
 def one_reply(sandbox: str) -> None:
     """A customer of the sandbox writes; back when the bot's answer is in the chat."""
     text = f"idle-bench {time.time():.0f}"
@@ -302,7 +278,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             elapsed = time.monotonic() - began
             after_cpu = {pid: cpu_ticks(pid) for pid in pids}
             restarted = sorted(set(descendants(runner.pid)) - set(pids))
-            owners = socket_owners(pids, names)
+            owners = socket_owners({pid: names.get(pid, f"pid {pid}") for pid in pids})
             seen = list(monitor.seen) if monitor else []
             client.close()
         finally:

@@ -37,16 +37,28 @@ def now_ms() -> int:
 # Claims up to ARGV[2] items due by ARGV[1] (leased until ARGV[3]) and returns them with
 # the queue's lowest score after the claim: when its next item is due, or a lease (ours or
 # another replica's) runs out. The claimer sleeps until then instead of polling. Nothing
-# due costs one ZRANGE.
+# due costs one ZRANGE. With the work failures' keys (KEYS[2] failing, KEYS[3] dead,
+# ARGV[4] the kind's id prefix), each item says whether a failure of it is on record, so
+# the work that goes through clears it only then (no call after every item).
 _CLAIM_DUE = """
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #first == 0 or tonumber(first[2]) > tonumber(ARGV[1]) then
-  return {{}, first[2] or false}
+  return {{}, first[2] or false, {}}
 end
 local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, m in ipairs(items) do redis.call('ZADD', KEYS[1], ARGV[3], m) end
+local failing = {}
+for i, m in ipairs(items) do
+  redis.call('ZADD', KEYS[1], ARGV[3], m)
+  if #KEYS >= 3 then
+    local id = ARGV[4] .. m
+    local known = redis.call('HEXISTS', KEYS[2], id) == 1 or redis.call('ZSCORE', KEYS[3], id)
+    failing[i] = known and 1 or 0
+  else
+    failing[i] = 1
+  end
+end
 first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {items, first[2] or false}
+return {items, first[2] or false, failing}
 """
 
 _CLAIM_ONE = """
@@ -85,11 +97,27 @@ class Claim:
     is the lease's identity in the compare-and-set scripts).
 
     A heartbeat moves `lease` forward; every script that compares it runs under
-    `pinned`, so a renewal never lands between reading `lease` and using it."""
+    `pinned`, so a renewal never lands between reading `lease` and using it.
+
+    `failing`: a failure of the item may be on record (True unless its claim said
+    otherwise), so work that goes through clears it. `settled`: the work already took
+    the item off the queue or gave it a new score; the pool does not release it after."""
 
     member: str
     lease: int
     pinned: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
+    failing: bool = True
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FailureKeys:
+    """Where a kind of work's failures are kept (WorkFailures), for its claims to say
+    which of their items have one on record."""
+
+    failing: str
+    dead: str
+    kind: str
 
 
 class DueQueue:
@@ -114,16 +142,26 @@ class DueQueue:
         claimed, _ = await self.claim_next(limit, lease_ms)
         return claimed
 
-    async def claim_next(self, limit: int, lease_ms: int) -> tuple[list[Claim], int | None]:
+    async def claim_next(
+        self, limit: int, lease_ms: int, failures: FailureKeys | None = None
+    ) -> tuple[list[Claim], int | None]:
         """Claims up to `limit` due items; and the queue's lowest score after the claim
-        (ms: its next item due, or the end of a lease), None when it is empty."""
+        (ms: its next item due, or the end of a lease), None when it is empty. With
+        `failures`, each claim says whether a failure of its item is on record."""
         now = now_ms()
         lease = now + lease_ms
-        items, first = cast(
-            tuple[list[bytes], bytes | None],
-            await self._claim(keys=[self.key], args=[now, max(limit, 0), lease]),
+        keys: list[str] = [self.key]
+        args: list[str | int] = [now, max(limit, 0), lease]
+        if failures is not None:
+            keys += [failures.failing, failures.dead]
+            args.append(f"{failures.kind}:")
+        items, first, failing = cast(
+            tuple[list[bytes], bytes | None, list[int]],
+            await self._claim(keys=keys, args=args),
         )
-        claimed = [Claim(m.decode(), lease) for m in items]
+        claimed = [
+            Claim(m.decode(), lease, failing=bool(f)) for m, f in zip(items, failing, strict=True)
+        ]
         return claimed, None if first is None else int(float(first))
 
     async def claim_member(self, member: str, lease_ms: int) -> Claim | None:
@@ -135,6 +173,7 @@ class DueQueue:
     async def release(self, claim: Claim) -> bool:
         """Done with it: off the queue, unless new work re-scored it meanwhile."""
         async with claim.pinned:
+            claim.settled = True
             return bool(await self._release(keys=[self.key], args=[claim.lease, claim.member]))
 
     async def renew(self, claim: Claim, lease_ms: int) -> bool:
@@ -151,6 +190,7 @@ class DueQueue:
 
     async def reschedule(self, claim: Claim, due_ms: int) -> None:
         """Move a claimed item to a later time (the lease is then over)."""
+        claim.settled = True
         await self._redis.zadd(self.key, {claim.member: due_ms})
 
 
@@ -376,6 +416,10 @@ class WorkFailures:
     @staticmethod
     def item_id(kind: str, member: str) -> str:
         return f"{kind}:{member}"
+
+    def keys(self, kind: str) -> FailureKeys:
+        """What a pool of `kind` passes its claims (DueQueue.claim_next)."""
+        return FailureKeys(self.failing_key, self.dead_key, kind)
 
     def _fields(self, kind: str, member: str, queue: str, error: str, **extra: str) -> str:
         fields = {"id": self.item_id(kind, member), "kind": kind, "member": member}

@@ -42,7 +42,7 @@ from typing import ClassVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from services.common.due_queue import Claim, DueQueue, now_ms
+from services.common.due_queue import Claim, DueQueue, FailureKeys, now_ms
 from services.common.grpc_server import BackgroundTask
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class WorkPool(BackgroundTask):
         lease_ms: int,
         poll_seconds: float,
         watch: bool = True,
+        failures: FailureKeys | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("a work pool needs at least one slot")
@@ -117,6 +118,7 @@ class WorkPool(BackgroundTask):
         self._lease_ms = lease_ms
         self._poll_seconds = poll_seconds
         self._watch = watch
+        self._failures = failures
         self._running: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._last_claim = 0.0
@@ -161,7 +163,9 @@ class WorkPool(BackgroundTask):
                 wait = self._slow_poll()
                 if free > 0:
                     try:
-                        claimed, next_ms = await self.queue.claim_next(free, self._lease_ms)
+                        claimed, next_ms = await self.queue.claim_next(
+                            free, self._lease_ms, self._failures
+                        )
                     except RedisError as exc:
                         log.warning("%s: redis error, claiming again soon: %s", self.name, exc)
                         await self._pause(stopping, _REDIS_PAUSE_SECONDS)
@@ -215,8 +219,10 @@ class WorkPool(BackgroundTask):
                 # Work reports its own failures (due_queue.WorkFailures); this is a bug.
                 log.exception("%s %s failed unexpectedly", self.kind, claim.member)
                 return
-        # Done. Work that rescheduled or settled its item re-scored it already, so this
-        # removes only an item still held at our lease.
+        # Done. Work that rescheduled or settled its item re-scored it already (and says
+        # so: nothing to do); otherwise this removes the item if still held at our lease.
+        if claim.settled:
+            return
         try:
             await self.queue.release(claim)
         except RedisError as exc:

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "conv:context:changed"
 LEAD, CONTACT, VENDEDOR = "lead", "contact", "vendedor"
+# A lead's conversation id (the by-lead pointer, once one exists): dropped with the lead.
+CONVERSATION = "conversation"
+# Published when conversations were deleted wholesale (a reset): every copy goes.
+EVERYTHING = "*"
 MAX_ENTRIES = 20_000
 _RECONNECT_SECONDS = 1.0
 
@@ -84,22 +88,34 @@ def change(kind: str, entity_id: int) -> str:
 
 
 async def publish_changes(
-    redis: aioredis.Redis, lead_ids: Iterable[int] = (), contact_ids: Iterable[int] = ()
+    redis: aioredis.Redis,
+    lead_ids: Iterable[int] = (),
+    contact_ids: Iterable[int] = (),
+    everything: bool = False,
 ) -> None:
-    """Tell every replica to drop its copies of these leads and contacts."""
+    """Tell every replica to drop its copies of these leads and contacts (`everything`:
+    all it holds)."""
     changes = [change(LEAD, i) for i in lead_ids if i] + [
         change(CONTACT, i) for i in contact_ids if i
     ]
+    if everything:
+        changes = [EVERYTHING]
     if changes:
         await redis.publish(CHANNEL, " ".join(changes))
 
 
 def apply_change(cache: ContextCache, message: str) -> None:
-    """One published message: space-separated `kind:id` entries."""
+    """One published message: space-separated `kind:id` entries, or `*` for all. A lead's
+    change drops its conversation id too."""
     for item in message.split():
+        if item == EVERYTHING:
+            cache.clear()
+            return
         kind, _, raw = item.partition(":")
         if kind in (LEAD, CONTACT, VENDEDOR) and raw.isdigit():
             cache.forget(kind, int(raw))
+            if kind == LEAD:
+                cache.forget(CONVERSATION, int(raw))
 
 
 class ContextChanges(BackgroundTask):

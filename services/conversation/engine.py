@@ -107,6 +107,7 @@ class Engine:
             slots=slots,
             lease_ms=self.settings.lease_ms,
             poll_seconds=self.settings.poll_interval_seconds,
+            failures=self.failures.keys(kind),
         )
 
     def workers(self) -> list[BackgroundTask]:
@@ -175,5 +176,6 @@ class Engine:
                     exc_info=first,
                 )
             return
-        if await self.failures.succeeded(kind, claim.member, began):
+        # Cleared only when its claim said a failure may be on record: no call otherwise.
+        if claim.failing and await self.failures.succeeded(kind, claim.member, began):
             log.info("%s %s went through after failing", kind, claim.member)

@@ -341,6 +341,10 @@ class ConversationServicer(ConversationServiceServicer):
             ids = await self.ops.conversation_ids(limit=1_000_000)
         deleted, keys = await self.ops.reset(ids)
         log.warning("conversations reset", extra={"conversations": deleted, "keys": keys})
+        try:
+            await publish_changes(self.store.redis, everything=True)
+        except RedisError as exc:
+            log.warning("copies not dropped after the reset (they age out): %s", exc)
         return pb.ResetConversationsResponse(conversations=deleted, keys=keys)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.Stats:

@@ -41,6 +41,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
@@ -52,6 +53,7 @@ from services.common.grpc_server import BackgroundTask
 from services.common.logs import flow, request_id
 from services.common.workpool import wait_any
 from services.conversation import bot, envelope
+from services.conversation.context import CONVERSATION
 from services.conversation.events import LeadEvent, MessageEvent
 from services.conversation.stages import Stage
 from services.conversation.store.conversations import Applied
@@ -113,6 +115,16 @@ _ORIGIN_CHARS = 64
 Entry = tuple[str, str, dict[bytes, bytes]]
 
 
+@dataclass(slots=True)
+class Ack:
+    """An entry the apply script acknowledges (and deletes) itself, in the same call:
+    its consumer group and its id in the failure records; `done` once it did."""
+
+    group: str
+    failure_id: str
+    done: bool = False
+
+
 class PartitionLost(Exception):
     """This replica no longer holds the lease of the entry's stream: its new owner applies it."""
 
@@ -131,7 +143,14 @@ class EventStage(Stage):
         if not event.lead_id:
             known = await self.store.conversation_by_chat(event.chat_id)
             return known or envelope.conversation_id_for(event)
-        known = await self.store.conversation_by_lead(event.lead_id)
+        known = self.engine.context.get(CONVERSATION, event.lead_id)
+        if known is None:
+            known = await self.store.conversation_by_lead(event.lead_id)
+            if known:
+                # A lead keeps its conversation; an erasure or a reset drops the copy
+                # (services/conversation/context.py), and the apply script still refuses
+                # a conversation that went to another lead meanwhile.
+                self.engine.context.put(CONVERSATION, event.lead_id, known)
         if known:
             return known
         by_chat = await self.store.conversation_by_chat(event.chat_id) if event.chat_id else None
@@ -161,7 +180,13 @@ class EventStage(Stage):
         return "human" if command is None else "command"
 
     async def _apply(
-        self, conversation_id: str, stream_id: str, event: MessageEvent, stream: str, owner: str
+        self,
+        conversation_id: str,
+        stream_id: str,
+        event: MessageEvent,
+        stream: str,
+        owner: str,
+        ack: Ack | None,
     ) -> tuple[Applied, str]:
         """Record the message in the conversation; what that did, and who wrote it."""
         role = await self._role(conversation_id, event)
@@ -213,9 +238,14 @@ class EventStage(Stage):
             stream_id=stream_id,
             stream=stream,
             owner=owner,
+            group=ack.group if ack else "",
+            failure_id=ack.failure_id if ack else "",
+            counter=f"messages_{role}",
         )
         if applied == Applied.NOT_OWNER:
             raise PartitionLost(stream)
+        if ack is not None and applied != Applied.OTHER_LEAD:
+            ack.done = True
         if too_old and applied in (Applied.APPLIED, Applied.SHARED_CHAT):
             log.info(
                 "customer message older than MESSAGE_MAX_AGE_SECONDS: recorded, not answered",
@@ -225,17 +255,23 @@ class EventStage(Stage):
         return applied, role
 
     async def apply_event(
-        self, stream_id: str, event: MessageEvent, stream: str = EVENTS_STREAM, owner: str = ""
+        self,
+        stream_id: str,
+        event: MessageEvent,
+        stream: str = EVENTS_STREAM,
+        owner: str = "",
+        ack: Ack | None = None,
     ) -> None:
         """Apply a message read from `stream`; with `owner`, only while that replica holds
-        the stream's lease (else PartitionLost)."""
+        the stream's lease (else PartitionLost); with `ack`, the entry is acknowledged in
+        the same call (`ack.done`). The message is counted by who wrote it."""
         conversation_id = await self.conversation_for(event)
-        applied, role = await self._apply(conversation_id, stream_id, event, stream, owner)
+        applied, role = await self._apply(conversation_id, stream_id, event, stream, owner, ack)
         if applied == Applied.OTHER_LEAD:
             # The conversation found went to another lead meanwhile (or before this
             # version kept leads apart): the lead gets its own.
             conversation_id = envelope.conversation_id_for(event)
-            applied, role = await self._apply(conversation_id, stream_id, event, stream, owner)
+            applied, role = await self._apply(conversation_id, stream_id, event, stream, owner, ack)
         if applied == Applied.OTHER_LEAD:
             raise Conflict(f"conversation {conversation_id} belongs to another lead")
         if applied == Applied.SHARED_CHAT:
@@ -245,7 +281,6 @@ class EventStage(Stage):
             )
         elif applied != Applied.APPLIED:
             return
-        await self.bots.count(f"messages_{role}")
         author = event.author_name or f"usuário {event.author_id}"
         if role == "command":
             try:
@@ -681,7 +716,10 @@ class EventConsumer(BackgroundTask):
 
     async def _handle(self, stream: str, stream_id: str, fields: dict[bytes, bytes]) -> bool:
         """Applies and acknowledges the entry; False when it failed (left pending, or
-        parked: then no longer pending, and the reclaim finds nothing)."""
+        parked: then no longer pending, and the reclaim finds nothing). A message's apply
+        script acknowledges it itself; other entries are acknowledged here."""
+        failure_id = WorkFailures.item_id("event", failure_member(stream, stream_id))
+        ack = Ack(WORKERS_GROUP, failure_id)
         if fields:
             try:
                 data = json.loads(fields[b"e"])
@@ -694,19 +732,28 @@ class EventConsumer(BackgroundTask):
                             MessageEvent.from_dict(data),
                             stream=stream,
                             owner=self.engine.consumer,
+                            ack=ack,
                         )
-            except (RedisError, PartitionLost):
+            except (RedisError, PartitionLost) as exc:
+                if ack.done:
+                    # Recorded and acknowledged: what followed the apply is not tried again.
+                    log.warning("event %s: failed after it was applied: %s", stream_id, exc)
+                    return True
                 raise
             except Exception as exc:
+                if ack.done:
+                    # Recorded and acknowledged: a retry would find it a duplicate and do
+                    # nothing more, as before the apply acknowledged it itself.
+                    log.exception("event %s: failed after it was applied", stream_id)
+                    return True
                 await self._failed(stream, stream_id, fields, exc)
                 return False
+        if ack.done:
+            return True
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(stream, WORKERS_GROUP, stream_id)
             pipe.xdel(stream, stream_id)
-            pipe.hdel(
-                self.engine.failures.failing_key,
-                WorkFailures.item_id("event", failure_member(stream, stream_id)),
-            )
+            pipe.hdel(self.engine.failures.failing_key, failure_id)
             await pipe.execute()
         return True
 

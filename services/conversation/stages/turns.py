@@ -112,6 +112,7 @@ class TurnStage(Stage):
             await self.store.defer_turn(
                 conversation_id, inflight_since + turn_timeout_ms if turn_timeout_ms else 0
             )
+            claim.settled = True  # re-scored
             return
         try:
             context = await self._context(conversation, history)
@@ -135,7 +136,12 @@ class TurnStage(Stage):
             await self.bots.count("messages_without_lead", len(pending))
             return
         in_force = await self.engine.rules.current()
-        decision = await self._decide(conversation, pending, context, in_force)
+        decision, recorded = self._decide(conversation, pending, context, in_force)
+        counted = {f"decision_{decision.action}": len(pending)}
+        if decision.action != "answer" or decision.out_of_hours_reply:
+            # Recorded now; an answered turn's decision rides in its commit below.
+            await self.store.record_decision(conversation_id, recorded)
+            await self.bots.count_many(counted)
         if decision.out_of_hours_reply:
             await self._out_of_hours(conversation, decision)
         if decision.action != "answer":
@@ -148,6 +154,7 @@ class TurnStage(Stage):
             "turn for n8n",
             extra={"conversation_id": conversation_id, "event_id": event_id, "requests": rids},
         )
+        answered_in_commit = not decision.out_of_hours_reply
         committed = await self.store.commit_turn(
             request_id=request_id.get(),
             conversation_id=conversation_id,
@@ -163,6 +170,8 @@ class TurnStage(Stage):
             check_after_ms=self.settings.turn_check_after_ms,
             turn_started_ms=min((received_ms(m) for m in pending), default=0) or now_ms(),
             inflight_token=conversation.get("inflight_token", ""),
+            fields=recorded if answered_in_commit else None,
+            counters=counted if answered_in_commit else None,
         )
         if committed:
             self.engine.envelope_due()
@@ -172,6 +181,7 @@ class TurnStage(Stage):
             await self.store.defer_turn(
                 conversation_id, now_ms() + turn_timeout_ms if turn_timeout_ms else 0
             )
+            claim.settled = True  # re-scored
 
     async def _context(
         self, conversation: dict[str, str], history: list[dict[str, Any]]
@@ -214,15 +224,16 @@ class TurnStage(Stage):
         vendedor = await self._vendedor(lead.responsible_user_id)
         return TurnContext(lead.id, context.contact_id, lead, contact, vendedor, context.history)
 
-    async def _decide(
+    def _decide(
         self,
         conversation: dict[str, str],
         pending: list[dict[str, Any]],
         context: TurnContext,
         in_force: InForce,
-    ) -> rules.Decision:
-        """What the bot rules say about this turn, recorded on the conversation (its
-        status and debug view show it) and counted per message on the dashboard."""
+    ) -> tuple[rules.Decision, dict[str, str | int | float]]:
+        """What the bot rules say about this turn, and what to record on the conversation
+        (its status and debug view show it); the caller records it and counts it per
+        message for the dashboard (in the turn's commit when it is answered)."""
         now = datetime.now(UTC)
         session_at = int(conversation.get("session_at") or 0)
         bot_at = max(
@@ -267,8 +278,6 @@ class TurnStage(Stage):
                 min((int(float(m.get("created_at") or 0) * 1000) for m in pending), default=at)
                 or at
             )
-        await self.store.record_decision(conversation["id"], fields)
-        await self.bots.count(f"decision_{decision.action}", len(pending))
         log.info(
             "bot rules: %s (%s)",
             decision.action,
@@ -277,7 +286,7 @@ class TurnStage(Stage):
         )
         if decision.expired:
             conversation["history_since"] = str(fields["history_since"])
-        return decision
+        return decision, fields
 
     async def _out_of_hours(self, conversation: dict[str, str], decision: rules.Decision) -> None:
         """The out-of-hours message, once per conversation per closed period (the key

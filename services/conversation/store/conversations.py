@@ -34,6 +34,7 @@ from services.conversation.store.keys import (
     TURNS_DUE,
     WEBHOOKS_LAST,
     WEBHOOKS_TOTAL,
+    WORK_FAILING,
     applied_key,
     by_chat_key,
     by_contact_key,
@@ -158,13 +159,19 @@ class ConversationStore(Turns, Replies):
         stream_id: str = "",
         stream: str = EVENTS_STREAM,
         owner: str = "",
+        group: str = "",
+        failure_id: str = "",
+        counter: str = "",
     ) -> Applied:
         """Record a message in its conversation once; `history_entry` '' keeps it out of
         the history. With `stream_id`, only while that event is still in `stream`; with
         `owner`, only while that replica holds the stream's lease. The inbox keeps the
         newest `inbox_max` messages. A customer's message (`customer_at_ms`, Kommo's time
         of it) moves `customer_at` forward, never back: it opens WhatsApp's window; the
-        chat's `origin` is kept as the last message names it."""
+        chat's `origin` is kept as the last message names it. With `group` the entry is
+        acknowledged and deleted in the same call (its failure record `failure_id`
+        dropped), unless the outcome is NOT_OWNER or OTHER_LEAD; `counter` is counted
+        when the message is recorded."""
         applied = await self._apply(
             keys=[
                 conversation_key(conversation_id),
@@ -179,6 +186,9 @@ class ConversationStore(Turns, Replies):
                 stream,
                 event_owner_key(stream),
                 REPLIES_DUE,
+                STATS,
+                series.bucket_key(series.bucket_start(time.time())),
+                WORK_FAILING,
             ],
             args=[
                 conversation_id,
@@ -200,6 +210,10 @@ class ConversationStore(Turns, Replies):
                 max(inbox_max, 1),
                 customer_at_ms,
                 origin,
+                group,
+                failure_id,
+                counter,
+                series.KEPT_SECONDS,
             ],
         )
         return Applied(int(cast(int, applied)))

@@ -4,7 +4,9 @@ envelope delivered, failed, parked or sent again. Part of ConversationStore."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -71,11 +73,14 @@ class Turns:
         turn_started_ms: int,
         inflight_token: str | None = None,
         purpose: str = "",
+        fields: Mapping[str, str | int | float] | None = None,
+        counters: Mapping[str, int] | None = None,
     ) -> bool:
         """Store the envelope (due at `outbox_lease_ms` from now) and the turn in flight,
         and take the turn off the queue if the claim still holds it. Only if the turn at
         n8n is still `inflight_token` ('' = none; None = whatever it is). `purpose`: the
-        WhatsApp template its answer becomes if the window is closed (a proactive start's)."""
+        WhatsApp template its answer becomes if the window is closed (a proactive start's).
+        `fields` are set on the conversation and `counters` added, only if it commits."""
         token = "*" if inflight_token is None else inflight_token
         async with claim.pinned:
             now = now_ms()
@@ -88,6 +93,8 @@ class Turns:
                     OUTBOX_DUE,
                     TURNS_DUE,
                     HANDOFFS_DUE,
+                    STATS,
+                    series.bucket_key(series.bucket_start(time.time())),
                 ],
                 args=[
                     consumed,
@@ -106,8 +113,14 @@ class Turns:
                     self._r_ms,
                     token,
                     purpose,
+                    # Strings: Lua would write a large number in exponent form.
+                    json.dumps({k: str(v) for k, v in (fields or {}).items()}),
+                    json.dumps(dict(counters or {})),
+                    series.KEPT_SECONDS,
                 ],
             )
+            # Committed, the turn is off the queue (or re-scored by newer work): settled.
+            claim.settled = claim.settled or bool(ok)
             return bool(ok)
 
     async def finish_turn(self, conversation_id: str, reply_token: str, event_id: str = "") -> None:
@@ -144,6 +157,7 @@ class Turns:
         """n8n took it. The item stays while its reply may still come, so the envelope
         can be sent again if that reply never arrives (`resend`); it is counted as
         forwarded. True when n8n had been failing (the flag is down now)."""
+        claim.settled = True  # off the queue
         _, was_failing = cast(
             list[int],
             await self._outbox_delivered(
@@ -175,6 +189,7 @@ class Turns:
     async def outbox_failed(self, claim: Claim, error: str, next_due_ms: int | None) -> None:
         """Record a failed attempt; `next_due_ms` None parks the item as a dead letter.
         An item erased meanwhile is only taken off the queue."""
+        claim.settled = True  # re-scored for its next try, or off the queue
         await self._outbox_failed(
             keys=[outbox_item_key(claim.member), OUTBOX_DUE, OUTBOX_DEAD],
             args=[

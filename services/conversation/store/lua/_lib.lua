@@ -13,7 +13,11 @@
 --     moves to `now` in CONVERSATIONS;
 --   recount(id): the conversation is filed in BOT_STATES by what its hash says now (or
 --     taken out, when it is gone): the last step of every script that creates one,
---     changes its bot state or its turn at n8n, or deletes it.
+--     changes its bot state or its turn at n8n, or deletes it;
+--   bump(stats, bucket, ttl, field, n): a counter for the operator, in the stats hash
+--     (`stats` '' = the bucket only) and in the current five-minute bucket of the time
+--     series (series.py), whose lifetime (`ttl` seconds) is set when it is made: the
+--     count rides in the script that changes what it counts (no round trip of its own).
 local function life(own_ms, conv, R)
   if R <= 0 then return own_ms end
   local ms = R
@@ -60,4 +64,11 @@ local function recount(id)
   if f[1] == 'paused' then score = @PAUSED@ end
   if f[2] then score = score + @AWAITING@ end
   redis.call('ZADD', '@STATES@', score, id)
+end
+local function bump(stats, bucket, ttl, field, n)
+  if stats ~= '' then redis.call('HINCRBY', stats, field, n) end
+  -- A field new in the bucket may be the bucket's first: its lifetime is set then.
+  if redis.call('HINCRBY', bucket, field, n) == n and redis.call('TTL', bucket) < 0 then
+    redis.call('EXPIRE', bucket, ttl)
+  end
 end

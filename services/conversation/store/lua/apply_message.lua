@@ -8,6 +8,10 @@
 -- nothing (4): the new owner does, in order (a fencing check). Applying the same message
 -- twice records it once (the applied set). A customer's message moves `customer_at`
 -- forward, never back, and puts back the replies kept for it (keep_reply.lua).
+-- With a consumer group (ARGV[20]) the stream entry is acknowledged and deleted here, its
+-- failure record dropped, and the message counted (ARGV[22]) when it is recorded: the
+-- event's whole bookkeeping in one call. Not for 4 (the new owner applies it) nor -1 (the
+-- caller applies it to the lead's own conversation, which acknowledges it).
 -- KEYS[1]   the conversation (hash)
 -- KEYS[2]   its applied set (message ids)
 -- KEYS[3]   its inbox
@@ -20,6 +24,9 @@
 -- KEYS[10]  the event's stream
 -- KEYS[11]  that stream's owner lease
 -- KEYS[12]  REPLIES_DUE
+-- KEYS[13]  the stats hash
+-- KEYS[14]  the current bucket of the time series
+-- KEYS[15]  the work failures' hash (failing records)
 -- ARGV[1]   conversation id
 -- ARGV[2]   message id
 -- ARGV[3]   inbox entry (JSON)
@@ -39,13 +46,28 @@
 -- ARGV[17]  inbox entries kept
 -- ARGV[18]  the customer's time of a customer's message (ms; 0 = not the customer's)
 -- ARGV[19]  the chat's origin ('' = unchanged)
+-- ARGV[20]  the stream's consumer group ('' = not acknowledged here)
+-- ARGV[21]  the entry's id in the failure records ('' = none)
+-- ARGV[22]  the counter of a recorded message ('' = none)
+-- ARGV[23]  the bucket's lifetime (s)
 -- Returns   1 applied, 0 a duplicate, 2 applied in a chat shared with another
 --           conversation, -1 another lead's conversation, 3 erased, 4 not the owner.
 if ARGV[16] ~= '' and redis.call('GET', KEYS[11]) ~= ARGV[16] then return 4 end
 local lead = redis.call('HGET', KEYS[1], 'lead_id')
 if ARGV[7] ~= '0' and lead and lead ~= '0' and lead ~= ARGV[7] then return -1 end
-if ARGV[14] ~= '' and #redis.call('XRANGE', KEYS[10], ARGV[14], ARGV[14]) == 0 then return 3 end
-if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
+local function done(outcome)
+  if ARGV[20] ~= '' then
+    redis.call('XACK', KEYS[10], ARGV[20], ARGV[14])
+    redis.call('XDEL', KEYS[10], ARGV[14])
+    if ARGV[21] ~= '' then redis.call('HDEL', KEYS[15], ARGV[21]) end
+  end
+  if ARGV[22] ~= '' and (outcome == 1 or outcome == 2) then
+    bump(KEYS[13], KEYS[14], tonumber(ARGV[23]), ARGV[22], 1)
+  end
+  return outcome
+end
+if ARGV[14] ~= '' and #redis.call('XRANGE', KEYS[10], ARGV[14], ARGV[14]) == 0 then return done(3) end
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return done(0) end
 redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[5])
 redis.call('HSETNX', KEYS[1], 'bot_state', 'active')
@@ -99,4 +121,4 @@ local R = tonumber(ARGV[15])
 touch(ARGV[1], tonumber(ARGV[5]), R)
 expire(KEYS[2], life(tonumber(ARGV[13]) * 1000, KEYS[1], R))
 recount(ARGV[1])
-return outcome
+return done(outcome)

@@ -2,6 +2,8 @@
 -- outbox and its reply token is issued. Only for a conversation that still exists (an
 -- erase may have come meanwhile), and only if the turn at n8n is still the one the
 -- caller saw: two turns of one conversation built side by side never both go to n8n.
+-- What the bot rules decided for the turn is recorded on the conversation and counted in
+-- the same call, so a turn tried again is never counted twice.
 -- KEYS[1]   the conversation's inbox
 -- KEYS[2]   the conversation (hash)
 -- KEYS[3]   the reply token (hash)
@@ -9,6 +11,8 @@
 -- KEYS[5]   OUTBOX_DUE
 -- KEYS[6]   TURNS_DUE
 -- KEYS[7]   HANDOFFS_DUE
+-- KEYS[8]   the stats hash
+-- KEYS[9]   the current bucket of the time series
 -- ARGV[1]   inbox messages the turn consumed
 -- ARGV[2]   reply token
 -- ARGV[3]   the envelope's event id
@@ -25,6 +29,9 @@
 -- ARGV[14]  R (ms)
 -- ARGV[15]  the turn at n8n the caller saw ('' = none, '*' = any)
 -- ARGV[16]  purpose: the template the answer becomes if the window is closed ('' = none)
+-- ARGV[17]  fields set on the conversation (JSON object: the decision; '{}' = none)
+-- ARGV[18]  counters to add (JSON object: name -> n; '{}' = none)
+-- ARGV[19]  the bucket's lifetime (s)
 -- Returns   1 committed, 0 not.
 local n = tonumber(ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
@@ -51,6 +58,12 @@ own(KEYS[2], KEYS[4], item_ms, now, R)
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
 if redis.call('ZSCORE', KEYS[6], ARGV[8]) == ARGV[7] then redis.call('ZREM', KEYS[6], ARGV[8]) end
 redis.call('HSET', KEYS[2], 'turn_started', ARGV[12])
+for field, value in pairs(cjson.decode(ARGV[17])) do
+  redis.call('HSET', KEYS[2], field, tostring(value))
+end
+for name, n in pairs(cjson.decode(ARGV[18])) do
+  bump(KEYS[8], KEYS[9], tonumber(ARGV[19]), name, n)
+end
 if ARGV[11] ~= '0' then redis.call('ZADD', KEYS[7], ARGV[11], ARGV[8]) end
 recount(ARGV[8])
 return 1

@@ -7,13 +7,9 @@
 -- ARGV[2]   '1' to add to the stats hash as well, '0' for the bucket only
 -- ARGV[3..] field, increment, field, increment, ...
 -- Returns   0.
-local to_stats = ARGV[2] == '1'
+local stats = ARGV[2] == '1' and KEYS[1] or ''
+local ttl = tonumber(ARGV[1])
 for i = 3, #ARGV, 2 do
-  local n = tonumber(ARGV[i + 1])
-  if to_stats then redis.call('HINCRBY', KEYS[1], ARGV[i], n) end
-  redis.call('HINCRBY', KEYS[2], ARGV[i], n)
-end
-if redis.call('TTL', KEYS[2]) < 0 then
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
+  bump(stats, KEYS[2], ttl, ARGV[i], tonumber(ARGV[i + 1]))
 end
 return 0
