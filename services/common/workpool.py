@@ -23,7 +23,11 @@ When to claim (issue 22: event-driven, not polled). A claimer does not poll its 
   claimed when its lease ends;
 - a kick (`WorkPool.kick`, this process) or a change of the queue's key in Redis (any
   replica, any script: keyspace notifications, `QueueWatch`) wakes it at once;
-- a finishing task wakes it (a slot is free);
+- a finishing task wakes it (a slot is free) when its last claim took as many items as
+  it had slots for, so more may be due;
+- work this process claims in passing (a script that queues an item and leases it to
+  the caller in the same call) runs in a slot kept for it (`reserve`, `adopt`): no
+  claim at all;
 - only a slow poll is left (POLL_INTERVAL_SECONDS, ±20 % jitter so replicas spread out),
   for what none of these told it: a notification lost while Redis was unreachable, or
   a Redis where keyspace notifications cannot be enabled.
@@ -120,6 +124,12 @@ class WorkPool(BackgroundTask):
         self._watch = watch
         self._failures = failures
         self._running: set[asyncio.Task[None]] = set()
+        # Slots kept for work this process claims outside the pool (`reserve`, `adopt`).
+        self._reserved = 0
+        # The last claim took as many items as it had slots for (more may be due), or a
+        # wake-up came while every slot was taken: a slot freed claims again. Otherwise
+        # a finishing task costs no claim (issue 22: was one empty claim after each item).
+        self._more = True
         self._wake = asyncio.Event()
         self._last_claim = 0.0
         self._notice_timer: asyncio.TimerHandle | None = None
@@ -129,6 +139,32 @@ class WorkPool(BackgroundTask):
     def busy(self) -> int:
         """Items being worked on now."""
         return len(self._running)
+
+    @property
+    def free(self) -> int:
+        """Slots neither working nor kept."""
+        return self.slots - len(self._running) - self._reserved
+
+    def reserve(self) -> bool:
+        """Keep a slot for an item this process is about to claim itself (a script that
+        claims it in passing, e.g. the commit that queues an envelope); False when none
+        is free. Then `adopt` the claim, or `unreserve` when the script did not claim."""
+        if self.free <= 0:
+            return False
+        self._reserved += 1
+        return True
+
+    def unreserve(self) -> None:
+        self._reserved -= 1
+        if self._more:
+            self._wake.set()
+
+    def adopt(self, claim: Claim, work: Work | None = None) -> None:
+        """Run an item claimed outside the pool in the slot `reserve` kept, leased and
+        released as the pool's own; `work` instead of the pool's (it holds what the
+        claim returned)."""
+        self._reserved -= 1
+        self._start(claim, work)
 
     def kick(self) -> None:
         """New work is due now: claim without waiting for the next poll."""
@@ -159,9 +195,11 @@ class WorkPool(BackgroundTask):
         try:
             while not stopping.is_set():
                 self._wake.clear()
-                free = self.slots - len(self._running)
+                free = self.free
                 wait = self._slow_poll()
-                if free > 0:
+                if free <= 0:
+                    self._more = True  # whatever woke it is looked at when a slot frees
+                else:
                     try:
                         claimed, next_ms = await self.queue.claim_next(
                             free, self._lease_ms, self._failures
@@ -173,6 +211,7 @@ class WorkPool(BackgroundTask):
                     finally:
                         self._last_claim = asyncio.get_running_loop().time()
                         self.claims += 1
+                    self._more = len(claimed) >= free
                     for claim in claimed:
                         self._start(claim)
                     if next_ms is not None and len(claimed) < free:
@@ -195,22 +234,25 @@ class WorkPool(BackgroundTask):
             for task in self._running:
                 task.cancel()
 
-    def _start(self, claim: Claim) -> None:
-        task = asyncio.create_task(self._run_one(claim), name=f"{self.kind}:{claim.member}")
+    def _start(self, claim: Claim, work: Work | None = None) -> None:
+        task = asyncio.create_task(
+            self._run_one(claim, work or self._work), name=f"{self.kind}:{claim.member}"
+        )
         self._running.add(task)
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
-        self._wake.set()  # a slot is free
+        if self._more:
+            self._wake.set()  # a slot is free, and more may be due
 
     async def _pause(self, stopping: asyncio.Event, seconds: float) -> None:
         await wait_any(self._wake, stopping, seconds)
 
-    async def _run_one(self, claim: Claim) -> None:
+    async def _run_one(self, claim: Claim, work: Work) -> None:
         async with leased(self.queue, claim, self._lease_ms):
             try:
-                await self._work(claim)
+                await work(claim)
             except RedisError as exc:
                 # Left leased: due again when the lease runs out.
                 log.warning("%s %s: redis error: %s", self.kind, claim.member, exc)

@@ -17,7 +17,7 @@ from services.common.due_queue import Claim, now_ms
 from services.common.logs import flow, request_id
 from services.common.metrics import N8N_DELIVERIES
 from services.common.n8n import next_delay
-from services.common.workpool import WorkPool
+from services.common.workpool import Work, WorkPool
 from services.conversation.stages import Stage
 from services.conversation.store.keys import N8N_FAILING, OUTBOX_DUE
 
@@ -39,11 +39,25 @@ class OutboxStage(Stage):
     async def work(self, claim: Claim) -> None:
         await self.engine.attempt("n8n_delivery", self.store.outbox, claim, self.deliver(claim))
 
+    def held(self, item: dict[str, str]) -> Work:
+        """The work of an envelope its turn's commit leased to this process: the payload
+        is in hand, nothing is read back (run in the pool's slot: `WorkPool.adopt`)."""
+
+        async def work(claim: Claim) -> None:
+            await self.engine.attempt(
+                "n8n_delivery", self.store.outbox, claim, self._deliver_in_flow(claim, item)
+            )
+
+        return work
+
     async def deliver(self, claim: Claim) -> None:
         item = await self.store.outbox_item(claim.member)
         if not item:
             await self.store.outbox.release(claim)
             return
+        await self._deliver_in_flow(claim, item)
+
+    async def _deliver_in_flow(self, claim: Claim, item: dict[str, str]) -> None:
         with flow(item.get("request_id") or request_id.get()):
             await self._deliver(claim, item)
 

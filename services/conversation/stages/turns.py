@@ -155,26 +155,53 @@ class TurnStage(Stage):
             extra={"conversation_id": conversation_id, "event_id": event_id, "requests": rids},
         )
         answered_in_commit = not decision.out_of_hours_reply
-        committed = await self.store.commit_turn(
-            request_id=request_id.get(),
-            conversation_id=conversation_id,
-            claim=claim,
-            consumed=len(pending),
-            reply_token=reply_token,
-            event_id=event_id,
-            payload=payload,
-            url=self.settings.reply_webhook_url,
-            # Due now, for the outbox pool: n8n's answer time is the outbox's, not the
-            # turn's (a slow n8n holds no turn slot).
-            outbox_lease_ms=0,
-            check_after_ms=self.settings.turn_check_after_ms,
-            turn_started_ms=min((received_ms(m) for m in pending), default=0) or now_ms(),
-            inflight_token=conversation.get("inflight_token", ""),
-            fields=recorded if answered_in_commit else None,
-            counters=counted if answered_in_commit else None,
+        # With a slot free in the outbox pool, the commit leases the envelope to this
+        # process and the pool POSTs the payload in hand (no claim, no read); else it is
+        # due now and the pool claims it.
+        outbox = self.engine.outbox
+        held = (
+            Claim(event_id, now_ms() + self.settings.lease_ms, failing=False)
+            if outbox.pool.reserve()
+            else None
         )
+        try:
+            committed = await self.store.commit_turn(
+                request_id=request_id.get(),
+                conversation_id=conversation_id,
+                claim=claim,
+                consumed=len(pending),
+                reply_token=reply_token,
+                event_id=event_id,
+                payload=payload,
+                url=self.settings.reply_webhook_url,
+                # n8n's answer time is the outbox's, not the turn's (a slow n8n holds no
+                # turn slot).
+                outbox_lease_ms=0,
+                outbox_claim=held,
+                check_after_ms=self.settings.turn_check_after_ms,
+                turn_started_ms=min((received_ms(m) for m in pending), default=0) or now_ms(),
+                inflight_token=conversation.get("inflight_token", ""),
+                fields=recorded if answered_in_commit else None,
+                counters=counted if answered_in_commit else None,
+            )
+        except BaseException:
+            if held is not None:
+                outbox.pool.unreserve()
+            raise
+        if committed and held is not None:
+            item = {
+                "url": self.settings.reply_webhook_url,
+                "payload": payload,
+                "attempts": "0",
+                "conversation_id": conversation_id,
+                "request_id": request_id.get(),
+            }
+            outbox.pool.adopt(held, outbox.held(item))
+        elif held is not None:
+            outbox.pool.unreserve()
         if committed:
-            self.engine.envelope_due()
+            if held is None:
+                self.engine.envelope_due()
         else:
             # Another turn of this conversation went to n8n meanwhile (or its messages
             # were taken, or it was erased): wait for that reply, as above.

@@ -75,12 +75,15 @@ class Turns:
         purpose: str = "",
         fields: Mapping[str, str | int | float] | None = None,
         counters: Mapping[str, int] | None = None,
+        outbox_claim: Claim | None = None,
     ) -> bool:
         """Store the envelope (due at `outbox_lease_ms` from now) and the turn in flight,
         and take the turn off the queue if the claim still holds it. Only if the turn at
         n8n is still `inflight_token` ('' = none; None = whatever it is). `purpose`: the
         WhatsApp template its answer becomes if the window is closed (a proactive start's).
-        `fields` are set on the conversation and `counters` added, only if it commits."""
+        `fields` are set on the conversation and `counters` added, only if it commits.
+        With `outbox_claim` the envelope is queued leased to the caller (its score is the
+        claim's lease): the caller POSTs it, with no claim of the outbox."""
         token = "*" if inflight_token is None else inflight_token
         async with claim.pinned:
             now = now_ms()
@@ -102,7 +105,7 @@ class Turns:
                     event_id,
                     payload,
                     now,
-                    now + outbox_lease_ms,
+                    outbox_claim.lease if outbox_claim else now + outbox_lease_ms,
                     claim.lease,
                     conversation_id,
                     REPLY_TOKEN_TTL_SECONDS,
