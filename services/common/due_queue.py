@@ -5,6 +5,10 @@ Claiming re-scores an item to the end of a lease instead of removing it, so the 
 a replica that dies is due again when the lease ends; an item is removed only by the
 holder of that exact lease. Shared by every service that schedules work.
 
+A lease is taken and renewed with ZINCRBY, never ZADD, so that Redis's keyspace
+notifications tell the two apart: `zadd` is work queued or rescheduled (the work pools
+wake for it), `zincr` a lease taken or moved and `zrem` work done (nothing to claim).
+
 `WorkFailures` keeps what went wrong: an item whose handler raised is tried again after
 a growing delay and, after a bounded number of tries, parked as a dead letter with its
 reason, so one poison item never loops forever nor blocks the others.
@@ -45,16 +49,18 @@ local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #first == 0 or tonumber(first[2]) > tonumber(ARGV[1]) then
   return {{}, first[2] or false, {}}
 end
-local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-local failing = {}
-for i, m in ipairs(items) do
-  redis.call('ZADD', KEYS[1], ARGV[3], m)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+local items, failing = {}, {}
+for i = 1, #due, 2 do
+  local m = due[i]
+  items[#items + 1] = m
+  redis.call('ZINCRBY', KEYS[1], tonumber(ARGV[3]) - tonumber(due[i + 1]), m)
   if #KEYS >= 3 then
     local id = ARGV[4] .. m
     local known = redis.call('HEXISTS', KEYS[2], id) == 1 or redis.call('ZSCORE', KEYS[3], id)
-    failing[i] = known and 1 or 0
+    failing[#items] = known and 1 or 0
   else
-    failing[i] = 1
+    failing[#items] = 1
   end
 end
 first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -64,7 +70,7 @@ return {items, first[2] or false, failing}
 _CLAIM_ONE = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
 if score and tonumber(score) <= tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('ZINCRBY', KEYS[1], tonumber(ARGV[2]) - tonumber(score), ARGV[3])
   return 1
 end
 return 0
@@ -84,7 +90,7 @@ return 0
 # meanwhile (new work, a reschedule) is no longer held: that schedule stands.
 _RENEW = """
 if redis.call('ZSCORE', KEYS[1], ARGV[2]) == ARGV[1] then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  redis.call('ZINCRBY', KEYS[1], tonumber(ARGV[3]) - tonumber(ARGV[1]), ARGV[2])
   return 1
 end
 return 0

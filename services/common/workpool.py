@@ -281,6 +281,18 @@ async def wait_any(event: asyncio.Event, stopping: asyncio.Event, seconds: float
             waiting.cancel()
 
 
+# Keyspace events of a queue that never make work due: a lease taken or renewed (the
+# due queues move leases with ZINCRBY), work done or the queue deleted. Anything else
+# (`zadd`: work queued or rescheduled) wakes the queue's pools.
+_NOT_NEW_WORK = frozenset({b"zincr", b"zrem", b"del", b"expired", b"zremrangebyscore"})
+
+
+def _new_work(event: object) -> bool:
+    if isinstance(event, str):
+        event = event.encode()
+    return event not in _NOT_NEW_WORK
+
+
 class QueueWatch:
     """Wakes the pools of this process when their queue's key changes in Redis: whoever
     changed it (another replica, a script, this process), without polling. One pub/sub
@@ -370,8 +382,9 @@ class QueueWatch:
                     while message is not None:
                         channel = message.get("channel", b"")
                         channel = channel.decode() if isinstance(channel, bytes) else channel
-                        for pool in list(self._pools.get(channel[len(self._prefix) :], ())):
-                            pool.notice()
+                        if _new_work(message.get("data")):
+                            for pool in list(self._pools.get(channel[len(self._prefix) :], ())):
+                                pool.notice()
                         message = await pubsub.get_message(timeout=0)
                 except RedisError as exc:
                     log.warning("work pools' queue watch: redis error, again soon: %s", exc)

@@ -56,7 +56,7 @@ from services.conversation import bot, envelope
 from services.conversation.context import CONVERSATION
 from services.conversation.events import LeadEvent, MessageEvent
 from services.conversation.stages import Stage
-from services.conversation.store.conversations import Applied
+from services.conversation.store.conversations import Applied, TurnOffer
 from services.conversation.store.keys import (
     EVENT_REPLICAS,
     EVENTS_STREAM,
@@ -187,8 +187,9 @@ class EventStage(Stage):
         stream: str,
         owner: str,
         ack: Ack | None,
-    ) -> tuple[Applied, str]:
-        """Record the message in the conversation; what that did, and who wrote it."""
+    ) -> tuple[Applied, str, bool]:
+        """Record the message in the conversation; what that did, who wrote it, and
+        whether its turn started in this process (claimed by the apply)."""
         role = await self._role(conversation_id, event)
         at = float(event.created_at) if event.created_at else time.time()
         # The bot's replies enter the history when Kommo takes them (run_reply), so their
@@ -215,33 +216,53 @@ class EventStage(Stage):
             and event.created_at
             and time.time() - event.created_at > max_age
         )
-        applied = await self.store.apply_message(
-            conversation_id=conversation_id,
-            message_id=event.message_id,
-            inbox_entry=json.dumps(
-                {**envelope.inbox_entry(event, stream_id), "request_id": request_id.get()},
-                ensure_ascii=False,
-            ),
-            history_entry=history,
-            at_ms=now_ms(),
-            due_ms=now_ms() + int(self.settings.message_debounce_seconds * 1000),
-            lead_id=event.lead_id,
-            contact_id=event.contact_id,
-            chat_id=event.chat_id,
-            talk_id=event.talk_id,
-            to_inbox=event.from_customer and not too_old,
-            inbox_max=self.settings.inbox_max_messages,
-            # WhatsApp's window opens at the customer's message as Kommo dates it.
-            customer_at_ms=int(min(at, time.time()) * 1000) if event.from_customer else 0,
-            origin=event.origin[:_ORIGIN_CHARS],
-            history_max=max(self.settings.history_turns * 2, 10),
-            stream_id=stream_id,
-            stream=stream,
-            owner=owner,
-            group=ack.group if ack else "",
-            failure_id=ack.failure_id if ack else "",
-            counter=f"messages_{role}",
+        to_inbox = event.from_customer and not too_old
+        # No debounce: the turn can start now, so the apply claims it for this process
+        # when a turn slot is free (and nobody holds it): no claim, no read after it.
+        turns = self.engine.turns
+        offer = (
+            TurnOffer(now_ms() + self.settings.lease_ms, turns.history_read)
+            if to_inbox and self.settings.message_debounce_seconds == 0 and turns.pool.reserve()
+            else None
         )
+        try:
+            applied = await self.store.apply_message(
+                conversation_id=conversation_id,
+                message_id=event.message_id,
+                inbox_entry=json.dumps(
+                    {**envelope.inbox_entry(event, stream_id), "request_id": request_id.get()},
+                    ensure_ascii=False,
+                ),
+                history_entry=history,
+                at_ms=now_ms(),
+                due_ms=now_ms() + int(self.settings.message_debounce_seconds * 1000),
+                lead_id=event.lead_id,
+                contact_id=event.contact_id,
+                chat_id=event.chat_id,
+                talk_id=event.talk_id,
+                to_inbox=to_inbox,
+                inbox_max=self.settings.inbox_max_messages,
+                # WhatsApp's window opens at the customer's message as Kommo dates it.
+                customer_at_ms=int(min(at, time.time()) * 1000) if event.from_customer else 0,
+                origin=event.origin[:_ORIGIN_CHARS],
+                history_max=max(self.settings.history_turns * 2, 10),
+                stream_id=stream_id,
+                stream=stream,
+                owner=owner,
+                group=ack.group if ack else "",
+                failure_id=ack.failure_id if ack else "",
+                counter=f"messages_{role}",
+                turn=offer,
+            )
+        except BaseException:
+            if offer is not None:
+                turns.pool.unreserve()
+            raise
+        if offer is not None:
+            if offer.claim is not None:
+                turns.pool.adopt(offer.claim, turns.held(offer))
+            else:
+                turns.pool.unreserve()
         if applied == Applied.NOT_OWNER:
             raise PartitionLost(stream)
         if ack is not None and applied != Applied.OTHER_LEAD:
@@ -252,7 +273,7 @@ class EventStage(Stage):
                 extra={"conversation_id": conversation_id},
             )
             await self.bots.count("messages_too_old")
-        return applied, role
+        return applied, role, offer is not None and offer.claim is not None
 
     async def apply_event(
         self,
@@ -266,12 +287,16 @@ class EventStage(Stage):
         the stream's lease (else PartitionLost); with `ack`, the entry is acknowledged in
         the same call (`ack.done`). The message is counted by who wrote it."""
         conversation_id = await self.conversation_for(event)
-        applied, role = await self._apply(conversation_id, stream_id, event, stream, owner, ack)
+        applied, role, started = await self._apply(
+            conversation_id, stream_id, event, stream, owner, ack
+        )
         if applied == Applied.OTHER_LEAD:
             # The conversation found went to another lead meanwhile (or before this
             # version kept leads apart): the lead gets its own.
             conversation_id = envelope.conversation_id_for(event)
-            applied, role = await self._apply(conversation_id, stream_id, event, stream, owner, ack)
+            applied, role, started = await self._apply(
+                conversation_id, stream_id, event, stream, owner, ack
+            )
         if applied == Applied.OTHER_LEAD:
             raise Conflict(f"conversation {conversation_id} belongs to another lead")
         if applied == Applied.SHARED_CHAT:
@@ -289,9 +314,10 @@ class EventStage(Stage):
                 log.info("command from the chat not applied: %s", exc)
         elif role == "human":
             await self.bot.on_person_wrote(conversation_id, author)
-        elif event.from_customer and self.settings.message_debounce_seconds == 0:
-            # No burst window: the turn is due now and the turn pool claims it at once
-            # (a lane never waits for a turn: its next conversation's events go on).
+        elif event.from_customer and self.settings.message_debounce_seconds == 0 and not started:
+            # No burst window, and the apply could not claim the turn (no slot free, or
+            # someone holds it): it is due now and the turn pool claims it when it can (a
+            # lane never waits for a turn: its next conversation's events go on).
             self.engine.turns.pool.kick()
 
     async def apply_lead_event(self, event: LeadEvent) -> None:

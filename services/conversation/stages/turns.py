@@ -33,11 +33,12 @@ from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.grpc_server import client_metadata
 from services.common.logs import flow, request_id
 from services.common.n8n import new_event_id
-from services.common.workpool import WorkPool
+from services.common.workpool import Work, WorkPool
 from services.conversation import envelope, rules
 from services.conversation.context import CONTACT, LEAD, VENDEDOR
 from services.conversation.rulebook import InForce
 from services.conversation.stages import Stage, is_transient
+from services.conversation.store import TurnOffer
 from services.conversation.templates import TemplateRef
 
 if TYPE_CHECKING:
@@ -50,6 +51,10 @@ _CONTEXT_RETRY_MS = 2_000
 _CONTACT_LEADS_READ = 5
 # Kommo's won and lost statuses: a closed lead is the last choice.
 _CLOSED_STATUSES = frozenset({142, 143})
+
+
+# What a turn reads: the conversation's record, its waiting messages, its recent history.
+TurnView = tuple[dict[str, str], list[dict[str, Any]], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +88,31 @@ class TurnStage(Stage):
             "turn", self.store.turns, claim, self.run_turn(claim), claim.member
         )
 
-    async def run_turn(self, claim: Claim) -> None:
-        with flow(request_id.get()):
-            await self._run_turn(claim)
+    @property
+    def history_read(self) -> int:
+        """History entries a turn reads (the newest)."""
+        return self.settings.history_turns * 2
 
-    async def _run_turn(self, claim: Claim) -> None:
+    def held(self, offer: TurnOffer) -> Work:
+        """The work of a turn its message's apply claimed for this process, with what the
+        turn reads in hand (run in the pool's slot: `WorkPool.adopt`)."""
+        view = (offer.conversation, offer.pending, offer.history)
+
+        async def work(claim: Claim) -> None:
+            await self.engine.attempt(
+                "turn", self.store.turns, claim, self.run_turn(claim, view), claim.member
+            )
+
+        return work
+
+    async def run_turn(self, claim: Claim, view: TurnView | None = None) -> None:
+        with flow(request_id.get()):
+            await self._run_turn(claim, view)
+
+    async def _run_turn(self, claim: Claim, view: TurnView | None) -> None:
         conversation_id = claim.member
-        conversation, pending, history = await self.store.turn_view(
-            conversation_id, self.settings.history_turns * 2
+        conversation, pending, history = view or await self.store.turn_view(
+            conversation_id, self.history_read
         )
         if not conversation or not pending:
             await self.store.turns.release(claim)

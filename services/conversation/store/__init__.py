@@ -59,6 +59,7 @@ from services.conversation.store.bot_state import (
 from services.conversation.store.conversations import (
     Applied,
     ConversationStore,
+    TurnOffer,
 )
 from services.conversation.store.keys import (
     BOT_LOG_KEPT,
@@ -201,6 +202,7 @@ __all__ = [
     "ProactiveStore",
     "RulesStore",
     "StoredRules",
+    "TurnOffer",
     "applied_key",
     "bot_log_key",
     "by_chat_key",

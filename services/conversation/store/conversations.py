@@ -10,11 +10,12 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from services.common.due_queue import DueQueue, now_ms, text, text_map
+from services.common.due_queue import Claim, DueQueue, now_ms, text, text_map
 from services.conversation import series
 from services.conversation.store.keys import (
     BOT_STATE_AWAITING,
@@ -34,6 +35,7 @@ from services.conversation.store.keys import (
     TURNS_DUE,
     WEBHOOKS_LAST,
     WEBHOOKS_TOTAL,
+    WORK_DEAD,
     WORK_FAILING,
     applied_key,
     by_chat_key,
@@ -62,6 +64,20 @@ class Applied(enum.IntEnum):
     OTHER_LEAD = -1  # not applied: the conversation belongs to another lead
     ERASED = 3  # not applied: its event was erased meanwhile (with its conversation)
     NOT_OWNER = 4  # not applied: this replica lost its partition's lease (fencing)
+
+
+@dataclass(slots=True)
+class TurnOffer:
+    """The caller of `apply_message` offers to run the message's turn at once: claimed in
+    the same call when it can start now (`claim`: leased until `lease`), with what the
+    turn reads (as `turn_view`)."""
+
+    lease: int
+    history_entries: int
+    claim: Claim | None = None
+    conversation: dict[str, str] = field(default_factory=dict)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ConversationStore(Turns, Replies):
@@ -162,6 +178,7 @@ class ConversationStore(Turns, Replies):
         group: str = "",
         failure_id: str = "",
         counter: str = "",
+        turn: TurnOffer | None = None,
     ) -> Applied:
         """Record a message in its conversation once; `history_entry` '' keeps it out of
         the history. With `stream_id`, only while that event is still in `stream`; with
@@ -171,7 +188,8 @@ class ConversationStore(Turns, Replies):
         chat's `origin` is kept as the last message names it. With `group` the entry is
         acknowledged and deleted in the same call (its failure record `failure_id`
         dropped), unless the outcome is NOT_OWNER or OTHER_LEAD; `counter` is counted
-        when the message is recorded."""
+        when the message is recorded. With `turn` the message's turn is claimed for the
+        caller when it can start now (`turn.claim`, and what the turn reads)."""
         applied = await self._apply(
             keys=[
                 conversation_key(conversation_id),
@@ -189,6 +207,7 @@ class ConversationStore(Turns, Replies):
                 STATS,
                 series.bucket_key(series.bucket_start(time.time())),
                 WORK_FAILING,
+                WORK_DEAD,
             ],
             args=[
                 conversation_id,
@@ -214,9 +233,22 @@ class ConversationStore(Turns, Replies):
                 failure_id,
                 counter,
                 series.KEPT_SECONDS,
+                turn.lease if turn else 0,
+                max(turn.history_entries, 0) if turn else 0,
+                f"turn:{conversation_id}",
             ],
         )
-        return Applied(int(cast(int, applied)))
+        if not isinstance(applied, list):
+            return Applied(int(applied))
+        outcome, record, inbox, history, failing = cast(
+            tuple[int, list[bytes], list[bytes], list[bytes], int], applied
+        )
+        assert turn is not None
+        turn.claim = Claim(conversation_id, turn.lease, failing=bool(failing))
+        turn.conversation = {text(record[i]): text(record[i + 1]) for i in range(0, len(record), 2)}
+        turn.pending = [json.loads(x) for x in inbox]
+        turn.history = [json.loads(x) for x in history]
+        return Applied(int(outcome))
 
     async def conversation(self, conversation_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(conversation_key(conversation_id))

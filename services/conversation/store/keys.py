@@ -56,6 +56,7 @@ def event_partition(key: str, partitions: int) -> int:
 # sweep once older than R.
 WORK_FAILURES = "conv:work"
 WORK_FAILING = f"{WORK_FAILURES}:failing"  # WorkFailures.failing_key of that prefix
+WORK_DEAD = f"{WORK_FAILURES}:dead"  # and its dead_key
 WEBHOOKS_LAST = "conv:webhooks:last"  # when the last webhook came (Unix s), for /health
 WEBHOOKS_TOTAL = "conv:webhooks:total"  # webhooks received, ever (counter)
 # Due queues (sorted sets, no TTL: they live with the service). Their members are ids:

@@ -120,6 +120,7 @@ class Turns:
                     json.dumps({k: str(v) for k, v in (fields or {}).items()}),
                     json.dumps(dict(counters or {})),
                     series.KEPT_SECONDS,
+                    "1" if outbox_claim else "0",
                 ],
             )
             # Committed, the turn is off the queue (or re-scored by newer work): settled.

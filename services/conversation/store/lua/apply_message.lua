@@ -12,6 +12,10 @@
 -- failure record dropped, and the message counted (ARGV[22]) when it is recorded: the
 -- event's whole bookkeeping in one call. Not for 4 (the new owner applies it) nor -1 (the
 -- caller applies it to the lead's own conversation, which acknowledges it).
+-- With a lease (ARGV[24]) the caller offers to run the turn at once: a customer's
+-- message due now (no debounce) of an active conversation with no turn at n8n, whose
+-- turn nobody holds, is claimed for it here (ZINCRBY: a lease, which wakes no pool) and
+-- the script returns what the turn reads (as read_turn.lua): no claim, no read after.
 -- KEYS[1]   the conversation (hash)
 -- KEYS[2]   its applied set (message ids)
 -- KEYS[3]   its inbox
@@ -27,6 +31,7 @@
 -- KEYS[13]  the stats hash
 -- KEYS[14]  the current bucket of the time series
 -- KEYS[15]  the work failures' hash (failing records)
+-- KEYS[16]  the work failures' dead letters (sorted set)
 -- ARGV[1]   conversation id
 -- ARGV[2]   message id
 -- ARGV[3]   inbox entry (JSON)
@@ -50,8 +55,13 @@
 -- ARGV[21]  the entry's id in the failure records ('' = none)
 -- ARGV[22]  the counter of a recorded message ('' = none)
 -- ARGV[23]  the bucket's lifetime (s)
+-- ARGV[24]  the end of the lease of a turn claimed for the caller (ms; '0' = no offer)
+-- ARGV[25]  history entries the turn reads (the newest)
+-- ARGV[26]  the turn's id in the failure records
 -- Returns   1 applied, 0 a duplicate, 2 applied in a chat shared with another
---           conversation, -1 another lead's conversation, 3 erased, 4 not the owner.
+--           conversation, -1 another lead's conversation, 3 erased, 4 not the owner;
+--           when the turn was claimed for the caller, {outcome, the record as field,
+--           value, ...; the inbox; the history; 1 when a failure of the turn is on record}.
 if ARGV[16] ~= '' and redis.call('GET', KEYS[11]) ~= ARGV[16] then return 4 end
 local lead = redis.call('HGET', KEYS[1], 'lead_id')
 if ARGV[7] ~= '0' and lead and lead ~= '0' and lead ~= ARGV[7] then return -1 end
@@ -96,10 +106,20 @@ if ARGV[4] ~= '' then
   redis.call('RPUSH', KEYS[4], ARGV[4])
   redis.call('LTRIM', KEYS[4], -tonumber(ARGV[12]), -1)
 end
+local claimed = false
 if ARGV[11] == '1' then
   redis.call('RPUSH', KEYS[3], ARGV[3])
   redis.call('LTRIM', KEYS[3], -tonumber(ARGV[17]), -1)
-  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
+  local now = tonumber(ARGV[5])
+  local held = redis.call('ZSCORE', KEYS[5], ARGV[1])
+  if ARGV[24] ~= '0' and tonumber(ARGV[6]) <= now and (not held or tonumber(held) <= now)
+      and redis.call('HGET', KEYS[1], 'bot_state') == 'active'
+      and redis.call('HEXISTS', KEYS[1], 'inflight_token') == 0 then
+    redis.call('ZINCRBY', KEYS[5], tonumber(ARGV[24]) - tonumber(held or '0'), ARGV[1])
+    claimed = true
+  else
+    redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
+  end
 end
 if ARGV[18] ~= '0' and tonumber(ARGV[18]) > tonumber(redis.call('HGET', KEYS[1], 'customer_at') or '0') then
   redis.call('HSET', KEYS[1], 'customer_at', ARGV[18])
@@ -121,4 +141,12 @@ local R = tonumber(ARGV[15])
 touch(ARGV[1], tonumber(ARGV[5]), R)
 expire(KEYS[2], life(tonumber(ARGV[13]) * 1000, KEYS[1], R))
 recount(ARGV[1])
-return done(outcome)
+done(outcome)
+if not claimed then return outcome end
+local wanted = tonumber(ARGV[25])
+local history = {}
+if wanted > 0 then history = redis.call('LRANGE', KEYS[4], -wanted, -1) end
+local failing = redis.call('HEXISTS', KEYS[15], ARGV[26]) == 1
+  or redis.call('ZSCORE', KEYS[16], ARGV[26]) ~= false
+return {outcome, redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -1), history,
+  failing and 1 or 0}

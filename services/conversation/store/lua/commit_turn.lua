@@ -32,6 +32,8 @@
 -- ARGV[17]  fields set on the conversation (JSON object: the decision; '{}' = none)
 -- ARGV[18]  counters to add (JSON object: name -> n; '{}' = none)
 -- ARGV[19]  the bucket's lifetime (s)
+-- ARGV[20]  '1' when the envelope is leased to the caller (ARGV[6] the lease's end): queued
+--           with ZINCRBY, a lease taken, which wakes no work pool (due_queue.py)
 -- Returns   1 committed, 0 not.
 local n = tonumber(ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
@@ -55,7 +57,11 @@ own(KEYS[2], KEYS[3], token_ms, now, R)
 local item_ms = life(0, KEYS[2], R)
 expire(KEYS[4], item_ms)
 own(KEYS[2], KEYS[4], item_ms, now, R)
-redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
+if ARGV[20] == '1' and not redis.call('ZSCORE', KEYS[5], ARGV[3]) then
+  redis.call('ZINCRBY', KEYS[5], ARGV[6], ARGV[3])
+else
+  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
+end
 if redis.call('ZSCORE', KEYS[6], ARGV[8]) == ARGV[7] then redis.call('ZREM', KEYS[6], ARGV[8]) end
 redis.call('HSET', KEYS[2], 'turn_started', ARGV[12])
 for field, value in pairs(cjson.decode(ARGV[17])) do
