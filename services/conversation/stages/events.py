@@ -56,7 +56,7 @@ from services.conversation import bot, envelope
 from services.conversation.context import CONVERSATION
 from services.conversation.events import LeadEvent, MessageEvent
 from services.conversation.stages import Stage
-from services.conversation.store.conversations import Applied, TurnOffer
+from services.conversation.store.conversations import Applied, EchoCheck, TurnOffer
 from services.conversation.store.keys import (
     EVENT_REPLICAS,
     EVENTS_STREAM,
@@ -158,15 +158,12 @@ class EventStage(Stage):
             return by_chat
         return envelope.conversation_id_for(event)
 
-    async def _role(self, conversation_id: str, event: MessageEvent) -> str:
-        """Who wrote it: customer, bot (the bridge's own send, echoed), automation, human,
-        or command (a person's /assumir or /liberar)."""
+    def _role(self, event: MessageEvent) -> str:
+        """Who wrote it, unless it is the echo of the bridge's own send ("bot", which the
+        apply recognises): customer, automation, human, or command (a person's /assumir
+        or /liberar)."""
         if event.from_customer:
             return "customer"
-        if await self.store.was_sent_by_bridge(
-            conversation_id, envelope.text_fingerprint(event.text)
-        ):
-            return "bot"
         if not bot.written_by_a_person(event.author_type):
             return "automation"
         try:
@@ -190,22 +187,25 @@ class EventStage(Stage):
     ) -> tuple[Applied, str, bool]:
         """Record the message in the conversation; what that did, who wrote it, and
         whether its turn started in this process (claimed by the apply)."""
-        role = await self._role(conversation_id, event)
+        role = self._role(event)
+        # Not the customer: perhaps the echo of the bridge's own send, which the apply
+        # recognises by its text (then counted as the bot's, kept out of the history).
+        echo = (
+            None
+            if event.from_customer
+            else EchoCheck(envelope.text_fingerprint(event.text), "messages_bot")
+        )
         at = float(event.created_at) if event.created_at else time.time()
         # The bot's replies enter the history when Kommo takes them (run_reply), so their
         # echo is not recorded again: one entry per message even when the echo is lost,
         # late or delivered twice. Everything else — the customer, a person of the team,
         # another automation — is known only from its webhook and recorded here, once per
         # message id.
-        history = (
-            ""
-            if role == "bot"
-            else json.dumps(
-                envelope.history_entry(
-                    role, event.text, at, message_id=event.message_id, type=event.message_type
-                ),
-                ensure_ascii=False,
-            )
+        history = json.dumps(
+            envelope.history_entry(
+                role, event.text, at, message_id=event.message_id, type=event.message_type
+            ),
+            ensure_ascii=False,
         )
         # A message Kommo redelivered long after it was written is history, not a
         # question to answer now.
@@ -253,6 +253,7 @@ class EventStage(Stage):
                 failure_id=ack.failure_id if ack else "",
                 counter=f"messages_{role}",
                 turn=offer,
+                echo=echo,
             )
         except BaseException:
             if offer is not None:
@@ -267,6 +268,8 @@ class EventStage(Stage):
             raise PartitionLost(stream)
         if ack is not None and applied != Applied.OTHER_LEAD:
             ack.done = True
+        if echo is not None and echo.was_sent:
+            role = "bot"
         if too_old and applied in (Applied.APPLIED, Applied.SHARED_CHAT):
             log.info(
                 "customer message older than MESSAGE_MAX_AGE_SECONDS: recorded, not answered",

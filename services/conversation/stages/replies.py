@@ -204,7 +204,7 @@ class ReplyStage(Stage):
             previous = await self.store.reply_job(existing)
             return "duplicate", conversation_id, existing, int(previous.get("lead_id") or lead)
         async with leased(self.store.replies, claim, self.settings.lease_ms):
-            outcome = await self.run_reply(claim, job)
+            outcome = await self.run_reply(claim, job, conversation)
         return outcome, conversation_id, job_id, lead
 
     async def _pace(
@@ -225,7 +225,9 @@ class ReplyStage(Stage):
         pauses = [0.0] + [rules.typing_pause(part, split) for part in parts[1:]]
         return parts, pauses
 
-    async def run_reply(self, claim: Claim, job: dict[str, str]) -> str:
+    async def run_reply(
+        self, claim: Claim, job: dict[str, str], fresh: dict[str, str] | None = None
+    ) -> str:
         """Deliver, note, settle the turn. Each step is recorded so a retry skips it.
         Replies to one lead go one after another, in the order they were taken.
 
@@ -233,18 +235,22 @@ class ReplyStage(Stage):
         goes back to the queue due then ("delivering"), and whichever replica claims it
         sends the next part — unless a person took the conversation over meanwhile, which
         stops the rest. "delivered" once every part is out (or stopped), "queued" when
-        Kommo failed and the job is retried."""
+        Kommo failed and the job is retried. `fresh`: the conversation as the request that
+        took the reply just read it (not read again for the first part)."""
         lead = job.get("lead_id") or job.get("conversation_id", "")
         with flow(job.get("request_id") or request_id.get()):
             async with self._in_order.hold(lead):
-                return await self._run_reply(claim, job)
+                return await self._run_reply(claim, job, fresh)
 
-    async def _run_reply(self, claim: Claim, job: dict[str, str]) -> str:
+    async def _run_reply(
+        self, claim: Claim, job: dict[str, str], fresh: dict[str, str] | None
+    ) -> str:
         conversation_id = job["conversation_id"]
         lead_id = int(job.get("lead_id") or 0)
         metadata = client_metadata()
         parts = job_parts(job)
         pauses = json.loads(job.get("pauses") or "[]")
+        last: dict[str, str] | None = None  # the conversation as the last part found it
         try:
             sent = len(parts) if job.get("delivered") == "1" else int(job.get("parts_sent") or 0)
             while sent < len(parts):
@@ -254,9 +260,12 @@ class ReplyStage(Stage):
                     if now_ms() < due:
                         await self.store.replies.reschedule(claim, due)
                         return "delivering"
-                conversation = await self.store.conversation(conversation_id)
                 # Every part, the first included: a kept reply goes back to the queue
                 # long after it was accepted, and a person may have taken over since.
+                # Only a reply being taken now has it in hand.
+                conversation = fresh or await self.store.conversation(conversation_id)
+                fresh = None
+                last = conversation
                 if conversation and conversation.get("bot_state", "active") != "active":
                     log.info(
                         "a person took the conversation over: %d of %d parts not sent",
@@ -292,7 +301,7 @@ class ReplyStage(Stage):
                     if is_transient(exc):
                         raise
                     log.warning("note on lead failed: %s", exc.details())
-                await self.store.update_reply_job(claim.member, noted=1)
+                # Marked noted by reply_finished below, in the same call as the rest.
         except TemplateUnavailable as exc:
             # Kept, never sent as free text: failing work with the reason, retried (the
             # template may be approved meanwhile), then a dead letter to replay.
@@ -327,17 +336,22 @@ class ReplyStage(Stage):
             )
             log.warning("reply delivery failed, retrying", extra={"job": claim.member})
             return "queued"
-        await self.store.reply_done(claim)
+        conversation = await self.store.conversation(conversation_id) if last is None else last
+        started = int(conversation.get("turn_started") or 0)
+        token = job.get("reply_token", "")
+        await self.store.reply_finished(
+            claim,
+            conversation_id,
+            token,
+            job.get("event_id", ""),
+            # Counted only if the token is still the turn's in flight (the script checks).
+            (now_ms() - started) / 1000
+            if started and token and token == conversation.get("inflight_token")
+            else None,
+        )
         if int(job.get("attempts") or 0):
             await self.failures.succeeded("reply", claim.member)
         log.info("reply delivered to Kommo", extra={"conversation_id": conversation_id})
-        conversation = await self.store.conversation(conversation_id)
-        started = int(conversation.get("turn_started") or 0)
-        if started and job.get("reply_token") == conversation.get("inflight_token"):
-            await self.bots.record_reply_seconds((now_ms() - started) / 1000)
-        await self.store.finish_turn(
-            conversation_id, job.get("reply_token", ""), job.get("event_id", "")
-        )
         if job.get("handoff") == "1":
             reason = job.get("handoff_reason") or "o assistente pediu uma pessoa"
             await self.bot.handoff(conversation_id, "assistente", reason, "handoffs_ai")
@@ -377,8 +391,8 @@ class ReplyStage(Stage):
             max(self.settings.history_turns * 2, 10),
             parts_sent=index + 1,
             last=index + 1 == count,
+            counter="messages_out",
         )
-        await self.bots.count("messages_out")
 
     async def _window_closed(
         self,

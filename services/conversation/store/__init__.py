@@ -59,6 +59,7 @@ from services.conversation.store.bot_state import (
 from services.conversation.store.conversations import (
     Applied,
     ConversationStore,
+    EchoCheck,
     TurnOffer,
 )
 from services.conversation.store.keys import (
@@ -195,6 +196,7 @@ __all__ = [
     "Applied",
     "BotStore",
     "ConversationStore",
+    "EchoCheck",
     "Erasure",
     "EventLeases",
     "Operations",

@@ -49,6 +49,7 @@ from services.conversation.store.keys import (
     inbox_key,
     retention_ms,
     routing_key,
+    sent_key,
 )
 from services.conversation.store.replies import Replies
 from services.conversation.store.scripts import register
@@ -78,6 +79,17 @@ class TurnOffer:
     conversation: dict[str, str] = field(default_factory=dict)
     pending: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class EchoCheck:
+    """A message not from the customer may be the echo of the bridge's own send: the
+    apply recognises it by its text's `fingerprint` (then `was_sent`: counted as
+    `counter`, kept out of the history)."""
+
+    fingerprint: str
+    counter: str
+    was_sent: bool = False
 
 
 class ConversationStore(Turns, Replies):
@@ -179,6 +191,7 @@ class ConversationStore(Turns, Replies):
         failure_id: str = "",
         counter: str = "",
         turn: TurnOffer | None = None,
+        echo: EchoCheck | None = None,
     ) -> Applied:
         """Record a message in its conversation once; `history_entry` '' keeps it out of
         the history. With `stream_id`, only while that event is still in `stream`; with
@@ -189,7 +202,8 @@ class ConversationStore(Turns, Replies):
         acknowledged and deleted in the same call (its failure record `failure_id`
         dropped), unless the outcome is NOT_OWNER or OTHER_LEAD; `counter` is counted
         when the message is recorded. With `turn` the message's turn is claimed for the
-        caller when it can start now (`turn.claim`, and what the turn reads)."""
+        caller when it can start now (`turn.claim`, and what the turn reads). With `echo`
+        it says whether the message is the echo of the bridge's own send."""
         applied = await self._apply(
             keys=[
                 conversation_key(conversation_id),
@@ -208,6 +222,7 @@ class ConversationStore(Turns, Replies):
                 series.bucket_key(series.bucket_start(time.time())),
                 WORK_FAILING,
                 WORK_DEAD,
+                sent_key(conversation_id),
             ],
             args=[
                 conversation_id,
@@ -236,10 +251,16 @@ class ConversationStore(Turns, Replies):
                 turn.lease if turn else 0,
                 max(turn.history_entries, 0) if turn else 0,
                 f"turn:{conversation_id}",
+                echo.fingerprint if echo else "",
+                echo.counter if echo else "",
             ],
         )
         if not isinstance(applied, list):
             return Applied(int(applied))
+        if len(applied) == 2:  # the echo looked for
+            assert echo is not None
+            echo.was_sent = bool(applied[1])
+            return Applied(int(applied[0]))
         outcome, record, inbox, history, failing = cast(
             tuple[int, list[bytes], list[bytes], list[bytes], int], applied
         )

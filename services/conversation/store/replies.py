@@ -6,18 +6,25 @@ ConversationStore."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from services.common.due_queue import Claim, now_ms, text, text_map
 from services.common.errors import NotFound
+from services.conversation import series
 from services.conversation.store.keys import (
+    HANDOFFS_DUE,
     REPLIES_DUE,
     REPLY_TOKEN_TTL_SECONDS,
     SENT_TTL_SECONDS,
+    STATS,
+    TURNS_DUE,
     conversation_key,
     history_key,
+    inbox_key,
+    outbox_item_key,
     reply_idempotency_key,
     reply_job_key,
     sent_key,
@@ -38,6 +45,7 @@ class Replies:
         self._keep_reply = register(redis, "keep_reply")
         self._hset_if_exists = register(redis, "hset_if_exists")
         self._reply_item_done = register(redis, "item_done")
+        self._reply_finished = register(redis, "reply_finished")
 
     async def reply_delivered(
         self,
@@ -48,16 +56,19 @@ class Replies:
         *,
         parts_sent: int = 1,
         last: bool = True,
+        counter: str = "",
     ) -> None:
         """Kommo took (a part of) the reply: count it on the job and add its text to the
         history together, so a retry after a crash neither sends it again nor records it
-        twice; `last`: the whole reply is out. Nothing is written for a conversation
-        erased meanwhile."""
+        twice; `last`: the whole reply is out; `counter` counted with it. Nothing is
+        written for a conversation erased meanwhile."""
         await self._reply_delivered(
             keys=[
                 reply_job_key(job_id),
                 history_key(conversation_id),
                 conversation_key(conversation_id),
+                STATS,
+                series.bucket_key(series.bucket_start(time.time())),
             ],
             args=[
                 json.dumps(entry, ensure_ascii=False),
@@ -67,6 +78,8 @@ class Replies:
                 self._r_ms,
                 parts_sent,
                 "1" if last else "0",
+                counter,
+                series.KEPT_SECONDS,
             ],
         )
 
@@ -75,9 +88,6 @@ class Replies:
             keys=[sent_key(conversation_id), conversation_key(conversation_id)],
             args=[text_hash, SENT_TTL_SECONDS * 1000, self._r_ms],
         )
-
-    async def was_sent_by_bridge(self, conversation_id: str, text_hash: str) -> bool:
-        return bool(await self.redis.sismember(sent_key(conversation_id), text_hash))
 
     async def begin_reply(
         self,
@@ -147,6 +157,50 @@ class Replies:
         await self._reply_item_done(
             keys=[reply_job_key(job_id), REPLIES_DUE],
             args=[job_id, 0, self._r_ms, "state", "failed", "error", error[:500]],
+        )
+
+    async def reply_finished(
+        self,
+        claim: Claim,
+        conversation_id: str,
+        reply_token: str,
+        event_id: str,
+        reply_seconds: float | None,
+    ) -> None:
+        """Every part out and the note added: the job noted and delivered, off its queue;
+        the turn it answers settled (as `finish_turn`); the reply's time counted when it
+        still answers the turn in flight. One call."""
+        counts = (
+            {}
+            if reply_seconds is None
+            else {
+                series.REPLIES: 1,
+                series.REPLY_MS_SUM: round(reply_seconds * 1000),
+                series.latency_field(reply_seconds): 1,
+            }
+        )
+        claim.settled = True  # off the queue
+        await self._reply_finished(
+            keys=[
+                reply_job_key(claim.member),
+                REPLIES_DUE,
+                conversation_key(conversation_id),
+                inbox_key(conversation_id),
+                TURNS_DUE,
+                HANDOFFS_DUE,
+                outbox_item_key(event_id),
+                series.bucket_key(series.bucket_start(time.time())),
+            ],
+            args=[
+                claim.member,
+                REPLY_TOKEN_TTL_SECONDS * 1000,
+                self._r_ms,
+                reply_token,
+                now_ms(),
+                conversation_id,
+                json.dumps(counts),
+                series.KEPT_SECONDS,
+            ],
         )
 
     async def reply_done(self, claim: Claim) -> None:

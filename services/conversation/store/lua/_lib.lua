@@ -14,6 +14,9 @@
 --   recount(id): the conversation is filed in BOT_STATES by what its hash says now (or
 --     taken out, when it is gone): the last step of every script that creates one,
 --     changes its bot state or its turn at n8n, or deletes it;
+--   settle(conv, inbox, turns, handoffs, item, token, now, id): the reply `token` settles
+--     the turn it answers (its envelope, the outbox `item` kept for a resend, goes), and
+--     messages waiting in the inbox start the next turn (finish_turn.lua);
 --   bump(stats, bucket, ttl, field, n): a counter for the operator, in the stats hash
 --     (`stats` '' = the bucket only) and in the current five-minute bucket of the time
 --     series (series.py), whose lifetime (`ttl` seconds) is set when it is made: the
@@ -71,4 +74,20 @@ local function bump(stats, bucket, ttl, field, n)
   if redis.call('HINCRBY', bucket, field, n) == n and redis.call('TTL', bucket) < 0 then
     redis.call('EXPIRE', bucket, ttl)
   end
+end
+local function settle(conv, inbox, turns, handoffs, item, token, now, id)
+  if redis.call('HGET', conv, 'inflight_token') == token then
+    redis.call('HDEL', conv, 'inflight_token', 'inflight_event', 'inflight_since')
+    redis.call('ZREM', handoffs, id)
+    redis.call('DEL', item)
+  end
+  if redis.call('LLEN', inbox) > 0 then
+    if redis.call('HEXISTS', conv, 'inflight_token') == 0
+        and redis.call('HDEL', conv, 'turn_waiting') == 1 then
+      redis.call('ZADD', turns, now, id)
+    else
+      redis.call('ZADD', turns, 'NX', now, id)
+    end
+  end
+  recount(id)
 end

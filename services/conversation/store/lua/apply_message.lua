@@ -32,6 +32,7 @@
 -- KEYS[14]  the current bucket of the time series
 -- KEYS[15]  the work failures' hash (failing records)
 -- KEYS[16]  the work failures' dead letters (sorted set)
+-- KEYS[17]  the conversation's sent set (fingerprints of the bridge's own sends)
 -- ARGV[1]   conversation id
 -- ARGV[2]   message id
 -- ARGV[3]   inbox entry (JSON)
@@ -58,22 +59,31 @@
 -- ARGV[24]  the end of the lease of a turn claimed for the caller (ms; '0' = no offer)
 -- ARGV[25]  history entries the turn reads (the newest)
 -- ARGV[26]  the turn's id in the failure records
+-- ARGV[27]  the text's fingerprint, to recognise the echo of the bridge's own send ('' =
+--           not looked for: a customer's message)
+-- ARGV[28]  the counter of such an echo (instead of ARGV[22]; its history entry, ARGV[4],
+--           is then not recorded: the reply was, when Kommo took it)
 -- Returns   1 applied, 0 a duplicate, 2 applied in a chat shared with another
 --           conversation, -1 another lead's conversation, 3 erased, 4 not the owner;
 --           when the turn was claimed for the caller, {outcome, the record as field,
---           value, ...; the inbox; the history; 1 when a failure of the turn is on record}.
+--           value, ...; the inbox; the history; 1 when a failure of the turn is on record};
+--           when an echo was looked for, {outcome, 1 if it is the bridge's own send}.
 if ARGV[16] ~= '' and redis.call('GET', KEYS[11]) ~= ARGV[16] then return 4 end
 local lead = redis.call('HGET', KEYS[1], 'lead_id')
 if ARGV[7] ~= '0' and lead and lead ~= '0' and lead ~= ARGV[7] then return -1 end
+local echo = ARGV[27] ~= '' and redis.call('SISMEMBER', KEYS[17], ARGV[27]) == 1
+local entry, counter = ARGV[4], ARGV[22]
+if echo then entry, counter = '', ARGV[28] end
 local function done(outcome)
   if ARGV[20] ~= '' then
     redis.call('XACK', KEYS[10], ARGV[20], ARGV[14])
     redis.call('XDEL', KEYS[10], ARGV[14])
     if ARGV[21] ~= '' then redis.call('HDEL', KEYS[15], ARGV[21]) end
   end
-  if ARGV[22] ~= '' and (outcome == 1 or outcome == 2) then
-    bump(KEYS[13], KEYS[14], tonumber(ARGV[23]), ARGV[22], 1)
+  if counter ~= '' and (outcome == 1 or outcome == 2) then
+    bump(KEYS[13], KEYS[14], tonumber(ARGV[23]), counter, 1)
   end
+  if ARGV[27] ~= '' then return {outcome, echo and 1 or 0} end
   return outcome
 end
 if ARGV[14] ~= '' and #redis.call('XRANGE', KEYS[10], ARGV[14], ARGV[14]) == 0 then return done(3) end
@@ -102,8 +112,8 @@ if ARGV[9] ~= '' then
   end
 end
 if ARGV[10] ~= '0' then redis.call('HSET', KEYS[1], 'talk_id', ARGV[10]) end
-if ARGV[4] ~= '' then
-  redis.call('RPUSH', KEYS[4], ARGV[4])
+if entry ~= '' then
+  redis.call('RPUSH', KEYS[4], entry)
   redis.call('LTRIM', KEYS[4], -tonumber(ARGV[12]), -1)
 end
 local claimed = false
@@ -141,8 +151,8 @@ local R = tonumber(ARGV[15])
 touch(ARGV[1], tonumber(ARGV[5]), R)
 expire(KEYS[2], life(tonumber(ARGV[13]) * 1000, KEYS[1], R))
 recount(ARGV[1])
-done(outcome)
-if not claimed then return outcome end
+local result = done(outcome)
+if not claimed then return result end
 local wanted = tonumber(ARGV[25])
 local history = {}
 if wanted > 0 then history = redis.call('LRANGE', KEYS[4], -wanted, -1) end

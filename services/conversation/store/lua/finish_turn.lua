@@ -9,18 +9,5 @@
 -- ARGV[2]   now (ms)
 -- ARGV[3]   conversation id
 -- Returns   1.
-if redis.call('HGET', KEYS[1], 'inflight_token') == ARGV[1] then
-  redis.call('HDEL', KEYS[1], 'inflight_token', 'inflight_event', 'inflight_since')
-  redis.call('ZREM', KEYS[4], ARGV[3])
-  redis.call('DEL', KEYS[5])
-end
-if redis.call('LLEN', KEYS[2]) > 0 then
-  if redis.call('HEXISTS', KEYS[1], 'inflight_token') == 0
-      and redis.call('HDEL', KEYS[1], 'turn_waiting') == 1 then
-    redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
-  else
-    redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
-  end
-end
-recount(ARGV[3])
+settle(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3])
 return 1

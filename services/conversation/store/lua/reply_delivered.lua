@@ -4,6 +4,8 @@
 -- KEYS[1]   the reply job (hash)
 -- KEYS[2]   the conversation's history
 -- KEYS[3]   the conversation (hash)
+-- KEYS[4]   the stats hash
+-- KEYS[5]   the current bucket of the time series
 -- ARGV[1]   history entry (JSON)
 -- ARGV[2]   history entries kept
 -- ARGV[3]   conversation id
@@ -11,6 +13,8 @@
 -- ARGV[5]   R (ms)
 -- ARGV[6]   parts of the reply sent so far
 -- ARGV[7]   '1' when the whole reply is out
+-- ARGV[8]   the counter of a recorded message ('' = none)
+-- ARGV[9]   the bucket's lifetime (s)
 -- Returns   1 recorded, 0 not (the job or the conversation is gone).
 if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'parts_sent', ARGV[6], 'last_part_at', ARGV[4])
@@ -18,4 +22,5 @@ if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'delivered', 1) end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 touch(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+if ARGV[8] ~= '' then bump(KEYS[4], KEYS[5], tonumber(ARGV[9]), ARGV[8], 1) end
 return 1

@@ -1,0 +1,35 @@
+-- reply_finished: a reply is out (every part delivered, its note added): the job is marked
+-- noted and delivered and leaves its queue (as item_done.lua), the turn it answers is
+-- settled (as finish_turn.lua), and it is counted — the reply's time only when it still
+-- answers the turn in flight. One call where there were five.
+-- KEYS[1]   the reply job (hash)
+-- KEYS[2]   REPLIES_DUE
+-- KEYS[3]   the conversation (hash)
+-- KEYS[4]   its inbox
+-- KEYS[5]   TURNS_DUE
+-- KEYS[6]   HANDOFFS_DUE
+-- KEYS[7]   the envelope's outbox item
+-- KEYS[8]   the current bucket of the time series
+-- ARGV[1]   the job's id (its member in REPLIES_DUE)
+-- ARGV[2]   the job's own lifetime from now (ms)
+-- ARGV[3]   R (ms)
+-- ARGV[4]   the reply token answered ('' = none)
+-- ARGV[5]   now (ms)
+-- ARGV[6]   conversation id
+-- ARGV[7]   the reply's time, as counters of the bucket (JSON object: name -> n; '{}' =
+--           none), added only when the token is the turn's in flight
+-- ARGV[8]   the bucket's lifetime (s)
+-- Returns   1.
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'noted', 1, 'state', 'delivered')
+  local conv = '@CONV@' .. (redis.call('HGET', KEYS[1], 'conversation_id') or '')
+  expire(KEYS[1], life(tonumber(ARGV[2]), conv, tonumber(ARGV[3])))
+end
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[3], 'inflight_token') == ARGV[4] then
+  for name, n in pairs(cjson.decode(ARGV[7])) do
+    bump('', KEYS[8], tonumber(ARGV[8]), name, n)
+  end
+end
+settle(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[4], ARGV[5], ARGV[6])
+return 1
