@@ -71,6 +71,38 @@ end
 return 0
 """
 
+# A delivery begins (issue 22: one call where there were three): a key already sent is
+# not sent again; otherwise one attempt per key at a time holds its lock. KEYS: the
+# delivery's state, its attempt lock. ARGV: owner, the lock's hold (ms). Returns {1} sent
+# before, {2} another attempt holds the lock, {0, state or false} the lock is ours.
+_BEGIN = """
+local state = redis.call('GET', KEYS[1])
+if state and cjson.decode(state).status == 'sent' then return {1} end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {0, state or false}
+"""
+
+# Before the bot runs: the lead's slot, if still ours, held for the whole grace period,
+# and the run recorded as of unknown outcome. KEYS: the slot, the delivery's state. ARGV:
+# owner, hold (ms), state (JSON), its lifetime (s). Returns 0 when the slot is not ours.
+_BEFORE_RUN = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+return 1
+"""
+
+# The bot ran: the delivery is sent (the record that makes it once per key), the lead's
+# slot waits the spacing from now and the attempt lock is released, each only if still
+# ours. KEYS: the state, the slot, the lock. ARGV: state (JSON), its lifetime (s), slot
+# owner, spacing (ms), lock owner.
+_SENT = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+if redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('PEXPIRE', KEYS[3], 1) end
+return 1
+"""
+
 
 def chats_api_headers(secret: str, method: str, path: str, body: bytes) -> dict[str, str]:
     content_type = "application/json"
@@ -115,6 +147,9 @@ class Delivery:
         self._kommo = kommo
         self._http = http
         self._expire_if_owner = redis.register_script(_EXPIRE_IF_OWNER)
+        self._begin = redis.register_script(_BEGIN)
+        self._before_run = redis.register_script(_BEFORE_RUN)
+        self._sent = redis.register_script(_SENT)
 
     def method(self, out: Outgoing) -> str:
         """How `out` goes: "salesbot" or "chats_api" (when configured). A template, or a
@@ -127,28 +162,31 @@ class Delivery:
         """Returns (status, method): status "sent" or "already_sent"."""
         method = self.method(out)
         key = out.key
-        state = await self._state(key)
-        if state.get("status") == "sent":
-            return "already_sent", method
         # One attempt per key at a time, across replicas: a caller that gave up on a slow
         # attempt and retried must not start a second one beside it.
         owner = uuid.uuid4().hex
         attempt_lock = delivery_attempt_key(key)
-        if not await self._redis.set(attempt_lock, owner, nx=True, px=_SLOT_HOLD_MS):
+        begun = await self._begin(
+            keys=[delivery_key(key), attempt_lock], args=[owner, _SLOT_HOLD_MS]
+        )
+        if int(begun[0]) == 1:
+            return "already_sent", method
+        if int(begun[0]) == 2:
             raise Unavailable("this reply is being delivered right now; ask again shortly")
+        state: dict[str, Any] = json.loads(begun[1]) if len(begun) > 1 and begun[1] else {}
+        recorded = False
         try:
-            state = await self._state(key)
-            if state.get("status") == "sent":
-                return "already_sent", method
             if method == "chats_api":
                 if out.lead_fields:
                     await self._write_fields(out, list(out.lead_fields))
                 await self._send_chats_api(out.chat_id or str(out.lead_id), out.text, key)
             else:
-                await self._send_salesbot(out, state)
-            await self._set_state(key, {"status": "sent", "at": time.time()})
+                recorded = await self._send_salesbot(out, state, owner)
+            if not recorded:
+                await self._set_state(key, {"status": "sent", "at": time.time()})
         finally:
-            await self._expire_if_owner(keys=[attempt_lock], args=[owner, 1])
+            if not recorded:
+                await self._expire_if_owner(keys=[attempt_lock], args=[owner, 1])
         return "sent", method
 
     async def _state(self, key: str) -> dict[str, Any]:
@@ -166,7 +204,10 @@ class Delivery:
             # is never read from it).
             await self._redis.delete(cache_key("lead", out.lead_id))
 
-    async def _send_salesbot(self, out: Outgoing, state: dict[str, Any]) -> None:
+    async def _send_salesbot(self, out: Outgoing, state: dict[str, Any], attempt: str) -> bool:
+        """Runs the bot (once, unless its outcome is unknown); True when the run that went
+        out also recorded the delivery as sent and let go of the slot and of the attempt
+        lock `attempt` (one call), False when the caller records it."""
         s = self._settings
         lead_id, key = out.lead_id, out.key
         bot_id = out.salesbot_id or s.kommo_salesbot_id
@@ -179,39 +220,64 @@ class Delivery:
         owner = await self._take_lead_slot(lead_id)
         spacing_ms = max(int(s.kommo_reply_spacing_seconds * 1000), 1)
         window: tuple[float, float] | None = None
+        released = False
         try:
             if state.get("status") == "unknown" and await self._went_out_earlier(lead_id, state):
-                return
+                return False
             for run in range(1, _MAX_RUNS + 1):
                 if writes:
                     await self._write_fields(out, writes)
                 # Renewed so that the whole grace period falls inside our hold.
-                if not await self._expire_if_owner(keys=[slot], args=[owner, _SLOT_HOLD_MS]):
-                    raise Unavailable(f"lead {lead_id}: the reply slot expired before the run")
                 since = time.time()
-                window = (since, since + _SLOT_HOLD_SECONDS)
-                await self._set_state(key, _unknown(window))
+                run_window = (since, since + _SLOT_HOLD_SECONDS)
+                if not await self._before_run(
+                    keys=[slot, delivery_key(key)],
+                    args=[
+                        owner,
+                        _SLOT_HOLD_MS,
+                        json.dumps(_unknown(run_window)),
+                        DELIVERY_TTL_SECONDS,
+                    ],
+                ):
+                    raise Unavailable(f"lead {lead_id}: the reply slot expired before the run")
+                window = run_window
                 try:
                     await self._kommo.run_salesbot(bot_id, lead_id)
-                    return
                 except Unavailable as exc:
                     # The bot may have sent it anyway: look before running it again.
                     log.warning("salesbot run of unknown outcome (%s); checking", exc)
                     await asyncio.sleep(s.kommo_delivery_grace_seconds)
                     if await self._went_out(lead_id, since, min(window[1], time.time())):
-                        return
+                        return False
                     if run == _MAX_RUNS:
                         raise
+                    continue
+                # Sent: recorded, and the next reply to this lead waits the spacing from
+                # now (the bot reads the field some time after it was started).
+                await self._sent(
+                    keys=[delivery_key(key), slot, delivery_attempt_key(key)],
+                    args=[
+                        json.dumps({"status": "sent", "at": time.time()}),
+                        DELIVERY_TTL_SECONDS,
+                        owner,
+                        spacing_ms,
+                        attempt,
+                    ],
+                )
+                released = True
+                return True
+            return False
         except BaseException:
-            if window is not None:
+            if window is not None and not released:
                 # Left unknown: a later attempt may count only what a bot sent before the
                 # slot could pass to another reply of ours.
                 await self._set_state(key, _unknown((window[0], min(window[1], time.time()))))
             raise
         finally:
-            # The bot reads the field some time after it was started: the next reply
-            # to this lead waits the spacing from now, not from when we took the slot.
-            await self._expire_if_owner(keys=[slot], args=[owner, spacing_ms])
+            if not released:
+                # The bot reads the field some time after it was started: the next reply
+                # to this lead waits the spacing from now, not from when we took the slot.
+                await self._expire_if_owner(keys=[slot], args=[owner, spacing_ms])
 
     async def _went_out_earlier(self, lead_id: int, state: dict[str, Any]) -> bool:
         """Whether the run of an earlier attempt that ended unknown did send the reply."""
