@@ -179,10 +179,7 @@ class KommoClient:
         refreshed = False
         attempt = 0
         while True:
-            blocked = await self.tokens.blocked()
-            if blocked:
-                raise Unavailable(blocked)
-            tokens = await self.tokens.current()
+            tokens = await self.tokens.for_a_call()
             if not self.breaker.allow():
                 raise Unavailable(
                     f"Kommo is failing: calls paused for {self.breaker.retry_in():.0f} s "

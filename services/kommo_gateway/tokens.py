@@ -201,12 +201,26 @@ class TokenManager:
 
     # --- using and refreshing -------------------------------------------------------------
 
-    async def current(self) -> Tokens:
-        """A usable access token, refreshed ahead of its expiry when needed."""
-        problem = await self.problem()
+    async def for_a_call(self) -> Tokens:
+        """What a call to Kommo needs, read in one command (issue 22: was three): a usable
+        access token, unless the account is blocked (Unavailable) or the tokens have a
+        problem (Unauthenticated)."""
+        blocked, problem, raw = await self._redis.mget(BLOCKED, TOKEN_PROBLEM, TOKENS)
+        if blocked:
+            raise Unavailable(_text(blocked))
+        return await self.current(problem=_text(problem), raw=raw)
+
+    async def current(
+        self, *, problem: str | None = None, raw: bytes | str | None = None
+    ) -> Tokens:
+        """A usable access token, refreshed ahead of its expiry when needed (`problem`
+        and `raw`, the stored pair, when the caller read them already)."""
+        if problem is None:
+            problem = await self.problem()
+            raw = await self._redis.get(TOKENS)
         if problem:
             raise Unauthenticated(problem)
-        tokens = await self.load()
+        tokens = Tokens(**json.loads(raw)) if raw else None
         if tokens is None or not (tokens.access_token or tokens.refresh_token):
             raise Unauthenticated("the bridge has no Kommo token: authorise it at /oauth/authorize")
         if tokens.refresh_token and tokens.expires_at - time.time() < (
