@@ -334,7 +334,9 @@ class ReplyStage(Stage):
                 now_ms() + int(delay * 1000),
                 conversation_id,
             )
-            log.warning("reply delivery failed, retrying", extra={"job": claim.member})
+            log.warning(
+                "reply delivery failed, retrying: %s", describe(exc), extra={"job": claim.member}
+            )
             return "queued"
         conversation = await self.store.conversation(conversation_id) if last is None else last
         started = int(conversation.get("turn_started") or 0)
