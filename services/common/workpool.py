@@ -130,6 +130,10 @@ class WorkPool(BackgroundTask):
         # wake-up came while every slot was taken: a slot freed claims again. Otherwise
         # a finishing task costs no claim (issue 22: was one empty claim after each item).
         self._more = True
+        # Items this process queued for later without waking anyone (`expect`): member →
+        # due (ms). The claimer wakes at the earliest; `forget` drops one settled meanwhile.
+        self._expected: dict[str, int] = {}
+        self._expect_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._last_claim = 0.0
         self._notice_timer: asyncio.TimerHandle | None = None
@@ -169,6 +173,35 @@ class WorkPool(BackgroundTask):
     def kick(self) -> None:
         """New work is due now: claim without waiting for the next poll."""
         self._wake.set()
+
+    def expect(self, member: str, due_ms: int) -> None:
+        """This process queued `member` due at `due_ms` without a notification (a timer
+        only this replica needs to hear of: if it dies, another finds the item at its
+        slow poll): wake then."""
+        self._expected[member] = due_ms
+        self._arm()
+
+    def forget(self, member: str) -> None:
+        """An expected item was settled before it was due: no wake-up for it."""
+        if self._expected.pop(member, None) is not None:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._expect_timer is not None:
+            self._expect_timer.cancel()
+            self._expect_timer = None
+        if self._expected:
+            wait = max(min(self._expected.values()) - now_ms() + 1, 0) / 1000
+            self._expect_timer = asyncio.get_running_loop().call_later(wait, self._due)
+
+    def _due(self) -> None:
+        self._expect_timer = None
+        now = now_ms()
+        for member, due in list(self._expected.items()):
+            if due <= now:
+                del self._expected[member]
+        self._wake.set()
+        self._arm()
 
     def notice(self) -> None:
         """The queue changed in Redis (any replica): claim again soon."""
@@ -231,6 +264,9 @@ class WorkPool(BackgroundTask):
             if self._notice_timer is not None:
                 self._notice_timer.cancel()
                 self._notice_timer = None
+            if self._expect_timer is not None:
+                self._expect_timer.cancel()
+                self._expect_timer = None
             for task in self._running:
                 task.cancel()
 

@@ -154,3 +154,62 @@ async def test_an_idle_pool_does_not_poll(redis: aioredis.Redis) -> None:
         await asyncio.sleep(1.5)
     # The first claim and the one after subscribing; was 15 at one claim every 0.1 s.
     assert pool.claims <= 3
+
+
+async def test_leases_taken_and_renewed_wake_no_pool(redis: aioredis.Redis) -> None:
+    """Another replica's lease taken (ZINCRBY: a `zincr` notification), renewed and its
+    work done (`zrem`) is no new work: the pool stays asleep; work queued (`zadd`) wakes
+    it (test_work_another_replica_adds_wakes_the_pool)."""
+    queue = DueQueue(redis, QUEUE)
+    starts = Starts()
+    pool = pool_of(queue, starts, watch=True)
+    other = DueQueue(aioredis.Redis(connection_pool=redis.connection_pool), QUEUE)
+    async with running(pool):
+        await asyncio.sleep(0.5)  # subscribed, claimed an empty queue, asleep
+        claims = pool.claims
+        lease = now_ms() + 60_000
+        await redis.zincrby(QUEUE, lease, "theirs")  # taken as a lease, as a claim does
+        claim = Claim("theirs", lease)
+        for n in range(5):
+            assert await other.renew(claim, 61_000 + n * 1_000)
+        await other.release(claim)
+        await asyncio.sleep(0.5)
+        assert pool.claims == claims, "a lease taken, renewed or released woke the pool"
+        await other.schedule("queued", now_ms())  # new work does wake it
+        await starts.wait_for("queued", 2)
+
+
+async def test_an_expected_item_starts_at_its_due_time_without_a_notification(
+    redis: aioredis.Redis,
+) -> None:
+    queue = DueQueue(redis, QUEUE)
+    starts = Starts()
+    pool = pool_of(queue, starts, watch=False)
+    async with running(pool):
+        await asyncio.sleep(0.2)  # claimed an empty queue: asleep until the slow poll
+        due = now_ms() + 300
+        await redis.zincrby(QUEUE, due, "expected")  # as commit_turn queues a handoff
+        await redis.zincrby(QUEUE, due, "forgotten")
+        pool.expect("expected", due)
+        pool.expect("forgotten", due - 200)
+        pool.forget("forgotten")  # settled: its wake-up goes, not the other's
+        started = await starts.wait_for("expected", 5)
+    assert due <= started < due + 500
+
+
+async def test_a_finished_task_claims_again_only_when_more_may_be_due(
+    redis: aioredis.Redis,
+) -> None:
+    queue = DueQueue(redis, QUEUE)
+    starts = Starts()
+    pool = pool_of(queue, starts, watch=False)
+    async with running(pool):
+        await asyncio.sleep(0.2)
+        claims = pool.claims
+        for n in range(3):  # fewer than its 4 slots: the claim took all that was due
+            await queue.schedule(f"item-{n}", now_ms())
+        pool.kick()
+        for n in range(3):
+            await starts.wait_for(f"item-{n}", 2)
+        await asyncio.sleep(0.3)
+    assert pool.claims - claims == 1, "a finished task made an empty claim"

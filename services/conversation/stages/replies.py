@@ -341,16 +341,17 @@ class ReplyStage(Stage):
         conversation = await self.store.conversation(conversation_id) if last is None else last
         started = int(conversation.get("turn_started") or 0)
         token = job.get("reply_token", "")
+        answers_turn = bool(token) and token == conversation.get("inflight_token")
         await self.store.reply_finished(
             claim,
             conversation_id,
             token,
             job.get("event_id", ""),
             # Counted only if the token is still the turn's in flight (the script checks).
-            (now_ms() - started) / 1000
-            if started and token and token == conversation.get("inflight_token")
-            else None,
+            (now_ms() - started) / 1000 if started and answers_turn else None,
         )
+        if answers_turn:
+            self.engine.timers.handoff_pool.forget(conversation_id)  # settled: no handoff
         if int(job.get("attempts") or 0):
             await self.failures.succeeded("reply", claim.member)
         log.info("reply delivered to Kommo", extra={"conversation_id": conversation_id})

@@ -22,9 +22,12 @@ class TimerStage(Stage):
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
         slots = self.settings.timer_concurrency
+        # The handoff of a turn n8n leaves unanswered: queued by the turn's commit for this
+        # process alone (WorkPool.expect), forgotten when the reply settles the turn.
+        self.handoff_pool = engine.pool("handoff", self.bots.handoffs, self.handoff, slots)
         self.pools: list[WorkPool] = [
             engine.pool("resume", self.bots.resumes, self.resume, slots),
-            engine.pool("handoff", self.bots.handoffs, self.handoff, slots),
+            self.handoff_pool,
             engine.pool("notification", self.bots.notifications, self.notification, slots),
         ]
 

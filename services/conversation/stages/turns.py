@@ -224,6 +224,12 @@ class TurnStage(Stage):
         if committed:
             if held is None:
                 self.engine.envelope_due()
+            if self.settings.turn_check_after_ms:
+                # n8n's silence hands the turn off then: this process's handoff pool
+                # wakes for it (the commit queued it without waking anyone).
+                self.engine.timers.handoff_pool.expect(
+                    conversation_id, now_ms() + self.settings.turn_check_after_ms
+                )
         else:
             # Another turn of this conversation went to n8n meanwhile (or its messages
             # were taken, or it was erased): wait for that reply, as above.

@@ -25,5 +25,11 @@ redis.call('HSET', KEYS[2], unpack(cjson.decode(ARGV[3])))
 local job_ms = life(0, KEYS[4], R)
 expire(KEYS[2], job_ms)
 own(KEYS[4], KEYS[2], job_ms, now, R)
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+-- Leased to the caller, who delivers it now: queued as a lease is (ZINCRBY for a new
+-- job), which wakes no reply pool.
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+else
+  redis.call('ZINCRBY', KEYS[3], ARGV[4], ARGV[1])
+end
 return false

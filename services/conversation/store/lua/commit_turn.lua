@@ -70,6 +70,14 @@ end
 for name, n in pairs(cjson.decode(ARGV[18])) do
   bump(KEYS[8], KEYS[9], tonumber(ARGV[19]), name, n)
 end
-if ARGV[11] ~= '0' then redis.call('ZADD', KEYS[7], ARGV[11], ARGV[8]) end
+if ARGV[11] ~= '0' then
+  -- A timer the committing process expects itself (WorkPool.expect): queued as a lease
+  -- is (ZINCRBY when new), which wakes no pool of any replica.
+  if redis.call('ZSCORE', KEYS[7], ARGV[8]) then
+    redis.call('ZADD', KEYS[7], ARGV[11], ARGV[8])
+  else
+    redis.call('ZINCRBY', KEYS[7], ARGV[11], ARGV[8])
+  end
+end
 recount(ARGV[8])
 return 1
