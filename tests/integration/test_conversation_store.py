@@ -9,11 +9,14 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.common.due_queue import DueQueue, now_ms
-from services.conversation.store.conversations import Applied, ConversationStore
+from services.conversation.store.conversations import Applied, ConversationStore, TurnOffer
 from services.conversation.store.keys import (
     SEEN_TTL_SECONDS,
+    STATS,
     TURNS_DUE,
     WEBHOOKS_TOTAL,
+    WORK_FAILING,
+    WORKERS_GROUP,
     event_streams,
     seen_key,
 )
@@ -285,3 +288,78 @@ async def test_a_turn_reads_its_record_messages_and_history_in_one_call(
     assert history == [{"n": 2}, {"n": 3}, {"n": 4}]  # the newest, oldest first
     assert (await store.turn_view("turn-view", 0))[2] == []
     assert await store.turn_view("nobody", 3) == ({}, [], [])
+
+
+async def test_the_apply_claims_a_turn_that_can_start_now_and_returns_what_it_reads(
+    redis: aioredis.Redis,
+) -> None:
+    """Issue 22: no claim and no read after the apply. Only a turn due now, of an active
+    conversation with no turn at n8n, that nobody holds."""
+    store = ConversationStore(redis)
+    offer = TurnOffer(now_ms() + 5_000, history_entries=4)
+    assert (
+        await store.apply_message(**_message("c-turn", "m1", 9, chat_id="chat-c-turn"), turn=offer)
+        == Applied.APPLIED
+    )
+    assert offer.claim is not None and offer.claim.member == "c-turn"
+    assert offer.claim.lease == offer.lease and not offer.claim.failing
+    assert offer.conversation["lead_id"] == "9"
+    assert [m["id"] for m in offer.pending] == ["m1"]
+    assert [h["text"] for h in offer.history] == ["m1"]
+    assert await redis.zscore(TURNS_DUE, "c-turn") == offer.lease  # leased, not due
+    # Held (this claim): the next message's apply does not claim it, it makes it due.
+    second = TurnOffer(now_ms() + 5_000, history_entries=4)
+    assert (
+        await store.apply_message(**_message("c-turn", "m2", 9, chat_id="chat-c-turn"), turn=second)
+        == Applied.APPLIED
+    )
+    assert second.claim is None
+    # A debounce (due later) and a turn at n8n are left to the pool as well.
+    later = TurnOffer(now_ms() + 5_000, history_entries=4)
+    message = _message("c-later", "m1", 10, chat_id="chat-c-later", due_ms=now_ms() + 2_000)
+    assert await store.apply_message(**message, turn=later) == Applied.APPLIED
+    assert later.claim is None
+    await redis.hset("conv:c:c-busy", mapping={"bot_state": "active", "inflight_token": "t"})
+    busy = TurnOffer(now_ms() + 5_000, history_entries=4)
+    assert (
+        await store.apply_message(**_message("c-busy", "m1", 11, chat_id="chat-c-busy"), turn=busy)
+        == Applied.APPLIED
+    )
+    assert busy.claim is None
+    # A failure of the turn on record: the claim says so (cleared when it goes through).
+    await redis.hset(WORK_FAILING, "turn:c-fail", "{}")
+    failing = TurnOffer(now_ms() + 5_000, history_entries=4)
+    await store.apply_message(**_message("c-fail", "m1", 12, chat_id="chat-c-fail"), turn=failing)
+    assert failing.claim is not None and failing.claim.failing
+
+
+async def test_the_apply_acknowledges_its_entry_and_counts_the_message(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis)
+    stream = event_streams(store.event_partitions)[0]
+    await redis.xgroup_create(stream, WORKERS_GROUP, id="0", mkstream=True)
+    entry = await redis.xadd(stream, {"e": "{}"})
+    await redis.xreadgroup(WORKERS_GROUP, "me", {stream: ">"})
+    await redis.hset(WORK_FAILING, "event:x", "{}")
+    message = _message(
+        "c-ack", "m1", 9, chat_id="chat-c-ack", stream_id=entry.decode(), stream=stream
+    )
+    applied = await store.apply_message(
+        **message, group=WORKERS_GROUP, failure_id="event:x", counter="messages_customer"
+    )
+    assert applied == Applied.APPLIED
+    assert await redis.xlen(stream) == 0  # acknowledged and deleted in the same call
+    assert (await redis.xpending(stream, WORKERS_GROUP))["pending"] == 0
+    assert not await redis.hexists(WORK_FAILING, "event:x")
+    assert await redis.hget(STATS, "messages_customer") == b"1"
+    # A duplicate is acknowledged too, and not counted again.
+    again = await redis.xadd(stream, {"e": "{}"})
+    await redis.xreadgroup(WORKERS_GROUP, "me", {stream: ">"})
+    duplicate = {**message, "stream_id": again.decode()}
+    assert (
+        await store.apply_message(**duplicate, group=WORKERS_GROUP, counter="messages_customer")
+        == Applied.DUPLICATE
+    )
+    assert await redis.xlen(stream) == 0
+    assert await redis.hget(STATS, "messages_customer") == b"1"
