@@ -4,10 +4,10 @@ The pipeline, one module per stage under `stages/`, each reading claim → work 
 
     webhook events (stream, per-conversation lanes)      stages/events.py
       → turns (one at a time per conversation)           stages/turns.py
-      → n8n outbox (envelopes, retries, dead letters)    stages/outbox.py
+      → envelopes POSTed to n8n (retries, dead letters)  stages/n8n_delivery.py
     n8n's replies → Kommo (in order per lead)            stages/replies.py
     bot timers: resumes, handoffs, Kommo notes/tasks     stages/timers.py
-    proactive starts and their fallbacks                 stages/proactive.py
+    proactive starts and their fallbacks                 stages/proactive_starts.py
 
 Every due-queue stage is a `WorkPool` (services/common/workpool.py) with its own slots,
 so different conversations never wait for each other and one kind of work never holds
@@ -35,8 +35,8 @@ from services.conversation.rulebook import RuleBook
 from services.conversation.settings import ConversationSettings
 from services.conversation.stages import is_transient
 from services.conversation.stages.events import EventStage
-from services.conversation.stages.outbox import OutboxStage
-from services.conversation.stages.proactive import ProactiveStage
+from services.conversation.stages.n8n_delivery import OutboxStage
+from services.conversation.stages.proactive_starts import ProactiveStage
 from services.conversation.stages.replies import ReplyStage
 from services.conversation.stages.timers import TimerStage
 from services.conversation.stages.turns import TurnStage

@@ -14,8 +14,8 @@ from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.envelopes import MESSAGE_RECEIVED, n8n_envelope
 from services.common.privacy import ContactDisclosure
 from services.conversation import window
-from services.conversation.events import MessageEvent
 from services.conversation.templates import TemplateRef
+from services.conversation.webhook_events import MessageEvent
 
 CONVERSATION_NAMESPACE = uuid.UUID("6b2f7a4e-8f1d-4c1e-9a57-3c0d5e2b9f10")
 _SPACES = re.compile(r"\s+")

@@ -35,7 +35,7 @@ from services.conversation.patterns import (
     MAX_PATTERN_CHARS,
     compile_pattern,
 )
-from services.conversation.proactive import WorkingHours
+from services.conversation.proactive_policy import WorkingHours
 from services.conversation.templates import TemplateRef, check_purposes
 
 # Bounds on one document, so that a PUT cannot make every turn (or the service's memory) pay

@@ -21,13 +21,6 @@ from services.conversation import envelope, series
 from services.conversation.context import publish_changes
 from services.conversation.engine import Engine
 from services.conversation.envelope import templates_json
-from services.conversation.events import (
-    LeadEvent,
-    MessageEvent,
-    Refusal,
-    Skipped,
-    parse_webhook,
-)
 from services.conversation.kommo_form import nest, parse_form
 from services.conversation.rulebook import InForce, parse_rules
 from services.conversation.store.keys import seen_key
@@ -35,6 +28,13 @@ from services.conversation.store.operations import Operations
 from services.conversation.store.privacy import Privacy
 from services.conversation.template_sends import APPROVED, TemplateCheck
 from services.conversation.templates import TemplateRef
+from services.conversation.webhook_events import (
+    LeadEvent,
+    MessageEvent,
+    Refusal,
+    Skipped,
+    parse_webhook,
+)
 
 log = logging.getLogger(__name__)
 

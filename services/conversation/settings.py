@@ -17,7 +17,7 @@ from services.common.settings import (
     check_timezone,
 )
 from services.conversation import rulebook, window
-from services.conversation.proactive import WorkingHours
+from services.conversation.proactive_policy import WorkingHours
 
 # Kommo's won (142) and lost (143) statuses: the same ids in every pipeline.
 _EVERY_PIPELINE_STATUSES = frozenset({142, 143})

@@ -21,7 +21,7 @@ from services.common.envelopes import CONVERSATION_PROACTIVE
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.grpc_server import client_metadata
 from services.common.n8n import new_event_id
-from services.conversation import envelope, proactive, templates
+from services.conversation import envelope, proactive_policy, templates
 from services.conversation.store.proactive import ProactiveStore
 
 if TYPE_CHECKING:
@@ -43,12 +43,12 @@ class ProactiveStarter:
         self.engine = engine
         self.settings = engine.settings
         self.store = ProactiveStore(engine.store.redis, engine.store.retention_seconds)
-        self._file_templates = dict(proactive.DEFAULT_TEMPLATES)
+        self._file_templates = dict(proactive_policy.DEFAULT_TEMPLATES)
         if self.settings.proactive_templates_file:
             loaded = json.loads(Path(self.settings.proactive_templates_file).read_text())
             for trigger, text in loaded.items():
-                self._file_templates[proactive.check_trigger(trigger)] = proactive.check_template(
-                    text
+                self._file_templates[proactive_policy.check_trigger(trigger)] = (
+                    proactive_policy.check_template(text)
                 )
 
     async def templates(self) -> dict[str, str]:
@@ -70,14 +70,14 @@ class ProactiveStarter:
 
     async def set_template(self, trigger: str, text: str) -> None:
         await self.store.set_template(
-            proactive.check_trigger(trigger), proactive.check_template(text)
+            proactive_policy.check_trigger(trigger), proactive_policy.check_template(text)
         )
 
     async def start(self, lead_id: int, trigger: str, *, only_if_silent: bool = False) -> Started:
         """Start a proactive conversation. `only_if_silent` (a lead Kommo just created)
         waits PROACTIVE_LEAD_ADD_DELAY_SECONDS and goes only if the customer has not
         written meanwhile."""
-        proactive.check_trigger(trigger)
+        proactive_policy.check_trigger(trigger)
         if lead_id <= 0:
             raise InvalidInput("lead_id must be a positive integer")
         await self.template(trigger)
@@ -136,8 +136,10 @@ class ProactiveStarter:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise Conflict(f"no vendedor for lead {lead_id}: {exc.details()}") from exc
             raise
-        area = proactive.lead_area(list(lead.custom_fields), self.settings.proactive_area_field)
-        proactive.check_eligible(area, vendedor.name, list(vendedor.areas))
+        area = proactive_policy.lead_area(
+            list(lead.custom_fields), self.settings.proactive_area_field
+        )
+        proactive_policy.check_eligible(area, vendedor.name, list(vendedor.areas))
         conversation = await self.store.ensure_conversation(
             conversation_id, lead_id, lead.main_contact_id
         )
@@ -189,7 +191,7 @@ class ProactiveStarter:
             contact = await engine.gateway.GetContact(
                 gw.GetContactRequest(contact_id=lead.main_contact_id), metadata=metadata
             )
-        text = proactive.render(
+        text = proactive_policy.render(
             await self.template(trigger),
             contact.name if contact else "",
             lead.name,

@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from devstack.stack import Stack
-from services.conversation.events import MessageEvent
 from services.conversation.store.keys import EVENTS_STREAM
+from services.conversation.webhook_events import MessageEvent
 from tests.e2e.conftest import chat, customer_writes, isolated_stack, wait_for
 
 HUGE_LEAD = 10**30

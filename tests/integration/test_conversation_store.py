@@ -8,7 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.common.due_queue import DueQueue, now_ms
+from services.common.due_queue import DueQueue, now_ms, text
 from services.conversation.store.conversations import Applied, ConversationStore, TurnOffer
 from services.conversation.store.keys import (
     SEEN_TTL_SECONDS,
@@ -342,9 +342,7 @@ async def test_the_apply_acknowledges_its_entry_and_counts_the_message(
     entry = await redis.xadd(stream, {"e": "{}"})
     await redis.xreadgroup(WORKERS_GROUP, "me", {stream: ">"})
     await redis.hset(WORK_FAILING, "event:x", "{}")
-    message = _message(
-        "c-ack", "m1", 9, chat_id="chat-c-ack", stream_id=entry.decode(), stream=stream
-    )
+    message = _message("c-ack", "m1", 9, chat_id="chat-c-ack", stream_id=text(entry), stream=stream)
     applied = await store.apply_message(
         **message, group=WORKERS_GROUP, failure_id="event:x", counter="messages_customer"
     )
@@ -356,7 +354,7 @@ async def test_the_apply_acknowledges_its_entry_and_counts_the_message(
     # A duplicate is acknowledged too, and not counted again.
     again = await redis.xadd(stream, {"e": "{}"})
     await redis.xreadgroup(WORKERS_GROUP, "me", {stream: ">"})
-    duplicate = {**message, "stream_id": again.decode()}
+    duplicate = {**message, "stream_id": text(again)}
     assert (
         await store.apply_message(**duplicate, group=WORKERS_GROUP, counter="messages_customer")
         == Applied.DUPLICATE

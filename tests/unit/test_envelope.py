@@ -15,7 +15,7 @@ from services.common.privacy import (
     mask_phone,
 )
 from services.conversation import envelope
-from services.conversation.events import MessageEvent
+from services.conversation.webhook_events import MessageEvent
 from services.scheduling import domain
 
 REPLY_FIELD = 900001

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidInput
-from services.conversation.events import MessageEvent, parse_webhook
 from services.conversation.kommo_form import nest, parse_form
+from services.conversation.webhook_events import MessageEvent, parse_webhook
 
 KOMMO_MESSAGE = {
     "account[subdomain]": "previdas",

@@ -10,8 +10,8 @@ import pytest
 from services.common.errors import InvalidInput
 from services.common.kommo_ids import KOMMO_ID_MAX, is_kommo_id, parse_kommo_id
 from services.conversation.bot import parse_command
-from services.conversation.events import parse_webhook
 from services.conversation.kommo_form import nest, parse_form
+from services.conversation.webhook_events import parse_webhook
 
 OUT_OF_RANGE = ["0", "-5", str(KOMMO_ID_MAX + 1), "1" + "0" * 30, "9" * 5000]
 NOT_NUMBERS = ["", "12a", "²", "١٢", "1.5", " 7", "0x10"]

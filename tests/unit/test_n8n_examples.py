@@ -29,7 +29,7 @@ from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from bridge.vendedor.v1 import vendedor_pb2 as vd
 from services.common.privacy import ContactDisclosure
 from services.conversation import envelope
-from services.conversation.events import Attachment, MessageEvent
+from services.conversation.webhook_events import Attachment, MessageEvent
 from services.scheduling import domain
 from services.scheduling.servicer import window_fields
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from services.common.errors import Conflict, InvalidInput
-from services.conversation import proactive
-from services.conversation.proactive import WorkingHours
+from services.conversation import proactive_policy
+from services.conversation.proactive_policy import WorkingHours
 
 
 def test_inside_working_hours_a_message_goes_now() -> None:
@@ -44,25 +44,27 @@ class Field:
 
 def test_the_area_comes_from_the_configured_field_by_name_or_id() -> None:
     fields = [Field(1, "Outro", ["x"]), Field(900002, "Área", ["Previdenciário"])]
-    assert proactive.lead_area(fields, "Área") == "previdenciario"
-    assert proactive.lead_area(fields, "area") == "previdenciario"
-    assert proactive.lead_area(fields, "900002") == "previdenciario"
-    assert proactive.lead_area(fields, "Setor") == ""
+    assert proactive_policy.lead_area(fields, "Área") == "previdenciario"
+    assert proactive_policy.lead_area(fields, "area") == "previdenciario"
+    assert proactive_policy.lead_area(fields, "900002") == "previdenciario"
+    assert proactive_policy.lead_area(fields, "Setor") == ""
 
 
 def test_eligibility_by_area() -> None:
-    proactive.check_eligible("previdenciario", "Ana", [])  # no areas = every area
-    proactive.check_eligible("previdenciario", "Ana", ["previdenciario", "trabalhista"])
+    proactive_policy.check_eligible("previdenciario", "Ana", [])  # no areas = every area
+    proactive_policy.check_eligible("previdenciario", "Ana", ["previdenciario", "trabalhista"])
     with pytest.raises(Conflict, match="Ana serves only trabalhista"):
-        proactive.check_eligible("previdenciario", "Ana", ["trabalhista"])
+        proactive_policy.check_eligible("previdenciario", "Ana", ["trabalhista"])
     with pytest.raises(Conflict, match="no area"):
-        proactive.check_eligible("", "Ana", ["trabalhista"])
+        proactive_policy.check_eligible("", "Ana", ["trabalhista"])
 
 
 def test_templates_are_checked_and_filled_in() -> None:
-    text = proactive.render(proactive.DEFAULT_TEMPLATES["form"], "Maria Souza", "L", "Bruno")
+    text = proactive_policy.render(
+        proactive_policy.DEFAULT_TEMPLATES["form"], "Maria Souza", "L", "Bruno"
+    )
     assert text.startswith("Olá, Maria! Aqui é Bruno")
     with pytest.raises(InvalidInput, match="unknown placeholder"):
-        proactive.check_template("Olá {cliente}")
+        proactive_policy.check_template("Olá {cliente}")
     with pytest.raises(InvalidInput, match="trigger"):
-        proactive.check_trigger("Formulário Novo")
+        proactive_policy.check_trigger("Formulário Novo")

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidInput
-from services.conversation import proactive
+from services.conversation import proactive_policy
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ from services.conversation import proactive
 )
 def test_only_bare_known_placeholders_are_accepted(template: str, why: str) -> None:
     with pytest.raises(InvalidInput) as refused:
-        proactive.check_template(template)
+        proactive_policy.check_template(template)
     message = str(refused.value)
     assert why in message
     assert "{nome}, {lead}, {vendedor}" in message
@@ -42,7 +42,7 @@ def test_only_bare_known_placeholders_are_accepted(template: str, why: str) -> N
 @pytest.mark.parametrize(
     "template",
     [
-        *proactive.DEFAULT_TEMPLATES.values(),
+        *proactive_policy.DEFAULT_TEMPLATES.values(),
         "Oi {nome}, {vendedor} aqui sobre {lead}",
         "Chaves: {{assim}} e }} e {{",
         "{{{nome}}}",
@@ -50,26 +50,29 @@ def test_only_bare_known_placeholders_are_accepted(template: str, why: str) -> N
     ],
 )
 def test_templates_with_bare_placeholders_and_doubled_braces_are_accepted(template: str) -> None:
-    assert proactive.check_template(template) == template
+    assert proactive_policy.check_template(template) == template
 
 
 def test_rendering_fills_placeholders_and_braces_as_str_format_did() -> None:
-    text = proactive.render("{{{nome}}} de {lead}, {vendedor}", "Maria Souza", "L1", "")
+    text = proactive_policy.render("{{{nome}}} de {lead}, {vendedor}", "Maria Souza", "L1", "")
     assert text == "{Maria} de L1, a equipe"
 
 
 def test_templates_stored_before_the_check_render_without_str_format() -> None:
     # Accepted by the old check (a known name), stored in Redis: the spec is ignored.
-    assert proactive.render("Oi {nome:>999999999}", "Ana", "L", "B") == "Oi Ana"
-    assert proactive.render("Oi {nome!r}, {vendedor:^9000000000}", "Ana", "L", "B") == "Oi Ana, B"
+    assert proactive_policy.render("Oi {nome:>999999999}", "Ana", "L", "B") == "Oi Ana"
+    assert (
+        proactive_policy.render("Oi {nome!r}, {vendedor:^9000000000}", "Ana", "L", "B")
+        == "Oi Ana, B"
+    )
     # Anything else in braces stays as written instead of failing the start.
-    assert proactive.render("Oi {cliente} {0} {nome.x} {", "Ana", "L", "B") == (
+    assert proactive_policy.render("Oi {cliente} {0} {nome.x} {", "Ana", "L", "B") == (
         "Oi {cliente} {0} {nome.x} {"
     )
 
 
 def test_values_are_not_read_as_templates() -> None:
-    assert proactive.render("Oi {nome}", "{lead}", "L", "B") == "Oi {lead}"
+    assert proactive_policy.render("Oi {nome}", "{lead}", "L", "B") == "Oi {lead}"
 
 
 PIECES = ["{", "}", "{{", "}}", "nome", "lead", "vendedor", "x", " ", ":", "!r", ".", "[0]", "0"]
@@ -78,8 +81,8 @@ PIECES = ["{", "}", "{{", "}}", "nome", "lead", "vendedor", "x", " ", ":", "!r",
 @given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
 def test_an_accepted_template_renders_as_str_format_would(template: str) -> None:
     try:
-        proactive.check_template(template)
+        proactive_policy.check_template(template)
     except InvalidInput:
         return
     values = {"nome": "Ana", "lead": "L", "vendedor": "B"}
-    assert proactive.render(template, "Ana Souza", "L", "B") == template.format(**values)
+    assert proactive_policy.render(template, "Ana Souza", "L", "B") == template.format(**values)

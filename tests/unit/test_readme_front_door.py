@@ -73,3 +73,23 @@ def test_the_api_at_a_glance_links_to_the_api_reference() -> None:
     start = text.index("## The HTTP API")
     section = text[start : text.index("\n## ", start + 1)]
     assert "(docs/api.md)" in section
+
+
+def test_the_layout_table_names_one_existing_file_for_each_step() -> None:
+    """Issue 22: from file names alone a newcomer finds where a webhook is acked, a message
+    applied, a rule decided, the envelope POSTed, a reply sent and the bot paused on a
+    person's message — one hop each. Every file the table names exists (a relative name is
+    under the directory of the path before it in its cell, or one of its parents)."""
+    text = README.read_text()
+    section = text.split("## Where things happen in the code", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    steps = {row.split("|")[1].strip(): row.split("|")[2] for row in rows[1:]}
+    for wanted in ("acked", "applied", "decides", "POSTed", "reply is sent", "paused"):
+        assert any(wanted in step for step in steps), f"no row says where {wanted!r} happens"
+    for step, cell in steps.items():
+        base = ROOT
+        for name in re.findall(r"`([\w./]+\.(?:py|lua))`", cell):
+            candidates = [ROOT / name] + [d / name for d in (base, *base.parents)]
+            found = [c for c in candidates if c.is_file()]
+            assert found, f"{step}: {name} does not exist"
+            base = found[0].parent if name.startswith("services/") else base

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from services.common.errors import InvalidInput
 from services.conversation import kommo_form
-from services.conversation.events import (
+from services.conversation.kommo_form import nest, parse_form
+from services.conversation.webhook_events import (
     MAX_TEXT_CHARS,
     TRUNCATION_MARK,
     ParsedWebhook,
     parse_webhook,
 )
-from services.conversation.kommo_form import nest, parse_form
 from tests.unit.test_kommo_form import KOMMO_MESSAGE
 
 

@@ -54,7 +54,6 @@ from services.common.logs import flow, request_id
 from services.common.workpool import wait_any
 from services.conversation import bot, envelope
 from services.conversation.context import CONVERSATION
-from services.conversation.events import LeadEvent, MessageEvent
 from services.conversation.stages import Stage
 from services.conversation.store.conversations import Applied, EchoCheck, TurnOffer
 from services.conversation.store.keys import (
@@ -66,6 +65,7 @@ from services.conversation.store.keys import (
     routing_key,
 )
 from services.conversation.store.leases import EventLeases
+from services.conversation.webhook_events import LeadEvent, MessageEvent
 
 if TYPE_CHECKING:
     from services.conversation.engine import Engine

@@ -4,7 +4,7 @@ claim: the turn pool (TURN_CONCURRENCY slots) claims due conversations from
 `conv:turns:due` — a conversation is one member, so one replica works on its turn at a
 time. work: read the conversation and its pending messages, fetch the lead, contact and
 vendedor, build the envelope. release: `commit_turn` stores the envelope (due now for
-the outbox, stages/outbox.py) and takes the turn off the queue in one script.
+the outbox, stages/n8n_delivery.py) and takes the turn off the queue in one script.
 
 One turn at a time per conversation: a conversation with an envelope at n8n awaiting its
 reply (`inflight_token`) defers its next turn until that reply settles it (or until the

@@ -1,8 +1,9 @@
-"""Stage 3, the n8n outbox: envelopes POSTed to n8n, retried on n8n's schedule
+"""Stage 3, the n8n outbox: where envelopes are POSTed to n8n, retried on n8n's schedule
 (N8N_RETRY_SCHEDULE), parked as dead letters after the last try.
 
-claim: the outbox pool (N8N_DELIVERY_CONCURRENCY slots) claims due envelopes from
-`conv:outbox:due`; a turn that commits one wakes it (`Engine.envelope_due`). work: one
+claim: a turn's commit leases its envelope to this process and the pool POSTs the payload
+in hand (`held`); otherwise the outbox pool (N8N_DELIVERY_CONCURRENCY slots) claims due
+envelopes from `conv:outbox:due` (retries, resends, a replica that died). work: one
 POST, however long n8n takes to answer (the lease is renewed meanwhile). release: the
 envelope is marked delivered (kept for a resend until its reply comes), due again at its
 next try, or parked.
