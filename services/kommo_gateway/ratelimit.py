@@ -36,14 +36,28 @@ _WINDOW_MS = 1000
 # apart can arrive closer. 25 ms absorbs that jitter for under 2.5 % of the budget.
 _MARGIN_MS = 25
 
-# The next free departure time, in microseconds; every caller reserves its own.
+# The next free departure time, in microseconds; every caller reserves its own. A
+# reservation due at once is confirmed in the same call (issue 22: was two calls), as
+# _CONFIRM below would. KEYS: the next slot, the departures. ARGV: interval (µs), the
+# next slot's lifetime (ms), limit, window (µs), member. Returns > 0: wait that long (µs),
+# then confirm; 0: confirmed; < 0: reserved now but the window is full: wait -n µs, then
+# confirm.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local next_slot = tonumber(redis.call('GET', KEYS[1]) or '0')
 local slot = math.max(now, next_slot)
 redis.call('SET', KEYS[1], tostring(slot + tonumber(ARGV[1])), 'PX', ARGV[2])
-return slot - now
+if slot > now then return slot - now end
+local window = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+if redis.call('ZCARD', KEYS[2]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[2], now, ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], math.ceil(window / 1000) + 1000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+return -(tonumber(oldest[2]) + window - now + 1)
 """
 
 
@@ -68,14 +82,22 @@ return tonumber(oldest[2]) + window - now + 1
 # write may lie a new connection (a TLS handshake to Kommo); counted from its
 # confirmation, that request would arrive late and squeeze the next `limit` into one
 # second. (A departure already gone from the window is not brought back.)
+# Only when the write came late: over a new connection, or longer than _WRITE_PROMPT_US
+# after the confirmation (a request written at once counts from its confirmation: no
+# call; issue 22).
 _WRITING = """
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])
 return 1
 """
 
-# httpcore's trace events for the moment a request starts to be written (HTTP/1.1, 2).
+# httpcore's trace events for the moment a request starts to be written (HTTP/1.1, 2),
+# and for a new connection being made first.
 _SENDING = ("http11.send_request_headers.started", "http2.send_request_headers.started")
+_CONNECTING = ("connection.connect_tcp.started", "connection.start_tls.started")
+# A request written within this long of its confirmation, over a connection it did not
+# have to open, counts from its confirmation (well inside the 25 ms margin).
+_WRITE_PROMPT_US = 2_000
 
 
 class Departure:
@@ -91,10 +113,17 @@ class Departure:
         self._member = member
         self._written = False
         self._settled = False
+        self._confirmed_at = time.monotonic()
+        self._connected = False  # a new connection was made before the write
 
     async def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event in _CONNECTING:
+            self._connected = True
         if not self._written and event in _SENDING:
             self._written = True
+            late = (time.monotonic() - self._confirmed_at) * 1_000_000 > _WRITE_PROMPT_US
+            if not (self._connected or late):
+                return  # written at once: its confirmation is its departure
             try:
                 await self._limiter.writing(self._member)
             except RedisError as exc:
@@ -130,10 +159,16 @@ class RateLimiter:
 
     async def acquire(self) -> Departure:
         """Wait for this request's turn to go to Kommo."""
-        wait_us = int(await self._reserve(keys=[RATE_NEXT_SLOT], args=[self._interval_us, 60_000]))
-        if wait_us > 0:
-            await _sleep_us(wait_us)
         member = uuid.uuid4().hex
+        wait_us = int(
+            await self._reserve(
+                keys=[RATE_NEXT_SLOT, RATE_DEPARTURES],
+                args=[self._interval_us, 60_000, self._limit, self._window_us, member],
+            )
+        )
+        if wait_us == 0:
+            return Departure(self, member)  # due at once, and confirmed
+        await _sleep_us(abs(wait_us))
         while True:
             wait_us = int(
                 await self._confirm(
