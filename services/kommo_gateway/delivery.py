@@ -71,15 +71,19 @@ end
 return 0
 """
 
-# A delivery begins (issue 22: one call where there were three): a key already sent is
-# not sent again; otherwise one attempt per key at a time holds its lock. KEYS: the
-# delivery's state, its attempt lock. ARGV: owner, the lock's hold (ms). Returns {1} sent
-# before, {2} another attempt holds the lock, {0, state or false} the lock is ours.
+# A delivery begins (issue 22: one call where there were four): a key already sent is
+# not sent again; otherwise one attempt per key at a time holds its lock, and a Salesbot
+# delivery takes its lead's slot when it is free (KEYS[3]; else it waits for it). KEYS:
+# the delivery's state, its attempt lock[, the lead's slot]. ARGV: owner, hold (ms).
+# Returns {1} sent before, {2} another attempt holds the lock, {0, state or false, 1 if
+# the slot was taken}: the lock is ours.
 _BEGIN = """
 local state = redis.call('GET', KEYS[1])
 if state and cjson.decode(state).status == 'sent' then return {1} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-return {0, state or false}
+local slot = 0
+if #KEYS >= 3 and redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then slot = 1 end
+return {0, state or false, slot}
 """
 
 # Before the bot runs: the lead's slot, if still ours, held for the whole grace period,
@@ -166,9 +170,10 @@ class Delivery:
         # attempt and retried must not start a second one beside it.
         owner = uuid.uuid4().hex
         attempt_lock = delivery_attempt_key(key)
-        begun = await self._begin(
-            keys=[delivery_key(key), attempt_lock], args=[owner, _SLOT_HOLD_MS]
-        )
+        keys = [delivery_key(key), attempt_lock]
+        if method == "salesbot":
+            keys.append(lead_slot_key(out.lead_id))
+        begun = await self._begin(keys=keys, args=[owner, _SLOT_HOLD_MS])
         if int(begun[0]) == 1:
             return "already_sent", method
         if int(begun[0]) == 2:
@@ -181,7 +186,8 @@ class Delivery:
                     await self._write_fields(out, list(out.lead_fields))
                 await self._send_chats_api(out.chat_id or str(out.lead_id), out.text, key)
             else:
-                recorded = await self._send_salesbot(out, state, owner)
+                slot_taken = len(begun) > 2 and int(begun[2]) == 1
+                recorded = await self._send_salesbot(out, state, owner, slot_taken)
             if not recorded:
                 await self._set_state(key, {"status": "sent", "at": time.time()})
         finally:
@@ -204,10 +210,13 @@ class Delivery:
             # is never read from it).
             await self._redis.delete(cache_key("lead", out.lead_id))
 
-    async def _send_salesbot(self, out: Outgoing, state: dict[str, Any], attempt: str) -> bool:
+    async def _send_salesbot(
+        self, out: Outgoing, state: dict[str, Any], attempt: str, slot_taken: bool
+    ) -> bool:
         """Runs the bot (once, unless its outcome is unknown); True when the run that went
         out also recorded the delivery as sent and let go of the slot and of the attempt
-        lock `attempt` (one call), False when the caller records it."""
+        lock `attempt` (one call), False when the caller records it. `slot_taken`: the
+        lead's slot is ours already (taken by the begin, with `attempt` as its owner)."""
         s = self._settings
         lead_id, key = out.lead_id, out.key
         bot_id = out.salesbot_id or s.kommo_salesbot_id
@@ -217,7 +226,7 @@ class Delivery:
         if not out.template:
             writes.insert(0, (s.kommo_reply_field_id, out.text))
         slot = lead_slot_key(lead_id)
-        owner = await self._take_lead_slot(lead_id)
+        owner = attempt if slot_taken else await self._take_lead_slot(lead_id)
         spacing_ms = max(int(s.kommo_reply_spacing_seconds * 1000), 1)
         window: tuple[float, float] | None = None
         released = False

@@ -33,13 +33,17 @@ from services.common.n8n import next_delay
 from services.common.workpool import WorkPool, leased
 from services.conversation import envelope, rules, templates
 from services.conversation.stages import Stage, is_transient
-from services.conversation.store.keys import REPLIES_DUE
+from services.conversation.store.keys import REPLIES_DUE, SENT_TTL_SECONDS
 from services.conversation.template_sends import TemplateUnavailable
 
 if TYPE_CHECKING:
     from services.conversation.engine import Engine
 
 log = logging.getLogger(__name__)
+
+# A part sent within this long of its reply's begin_reply is remembered by it (the sent
+# set lives SENT_TTL_SECONDS from then); later, it is remembered again as it goes.
+_REMEMBERED_BY_BEGIN_MS = SENT_TTL_SECONDS * 1000 // 2
 
 # A delivery waits for the lead's reply slot and for Kommo's rate limit.
 _DELIVERY_DEADLINE_SECONDS = 25.0
@@ -198,7 +202,13 @@ class ReplyStage(Stage):
         # the reply pool of a live one takes it when the lease runs out.
         claim = Claim(job_id, now_ms() + self.settings.lease_ms)
         existing = await self.store.begin_reply(
-            key, job_id, job, self.settings.lease_ms, leased_until=claim.lease
+            key,
+            job_id,
+            job,
+            self.settings.lease_ms,
+            leased_until=claim.lease,
+            # Remembered now, to recognise their echo (a template's is not echoed as text).
+            fingerprints=[] if template else [envelope.text_fingerprint(p) for p in parts],
         )
         if existing is not None:
             previous = await self.store.reply_job(existing)
@@ -370,7 +380,10 @@ class ReplyStage(Stage):
         metadata: tuple[tuple[str, str], ...],
     ) -> None:
         conversation_id = job["conversation_id"]
-        await self.store.remember_sent(conversation_id, envelope.text_fingerprint(part))
+        if now_ms() - int(job.get("created_at") or 0) > _REMEMBERED_BY_BEGIN_MS:
+            # begin_reply remembered every part; a reply kept this long (WhatsApp's window
+            # closed) is remembered again, its echo may come after that memory ends.
+            await self.store.remember_sent(conversation_id, envelope.text_fingerprint(part))
         # The first part keeps the reply's own key: a reply queued before replies were
         # split is recognised by the gateway as the same delivery.
         key = job["idempotency_key"] if index == 0 else f"{job['idempotency_key']}#{index + 1}"

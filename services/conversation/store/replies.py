@@ -97,9 +97,11 @@ class Replies:
         lease_ms: int,
         *,
         leased_until: int | None = None,
+        fingerprints: list[str] | None = None,
     ) -> str | None:
         """Store a reply job unless the key was seen; returns the existing job id if so.
-        NotFound when the conversation (job["conversation_id"]) is gone."""
+        NotFound when the conversation (job["conversation_id"]) is gone. `fingerprints`
+        of the texts it will send are remembered in the same call (as `remember_sent`)."""
         flat: list[str] = []
         for field, value in job.items():
             flat.extend((field, value))
@@ -111,6 +113,7 @@ class Replies:
                 reply_job_key(job_id),
                 REPLIES_DUE,
                 conversation_key(conversation_id),
+                sent_key(conversation_id),
             ],
             args=[
                 job_id,
@@ -120,6 +123,8 @@ class Replies:
                 self._r_ms,
                 now,
                 conversation_id,
+                SENT_TTL_SECONDS * 1000,
+                *(fingerprints or []),
             ],
         )
         if existing == b"":
