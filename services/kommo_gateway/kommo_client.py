@@ -179,7 +179,6 @@ class KommoClient:
         refreshed = False
         attempt = 0
         while True:
-            tokens = await self.tokens.for_a_call()
             if not self.breaker.allow():
                 raise Unavailable(
                     f"Kommo is failing: calls paused for {self.breaker.retry_in():.0f} s "
@@ -187,6 +186,12 @@ class KommoClient:
                 )
             if departure is None:
                 departure = await self._limiter.acquire()
+            # Read with the departure's confirmation when it could be (no call of its own).
+            try:
+                tokens = await self.tokens.for_a_call(departure.take_read())
+            except BaseException:
+                await departure.settle()  # not sent: its place goes back
+                raise
             try:
                 response = await self._limiter.request(
                     self._http,

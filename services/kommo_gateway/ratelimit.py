@@ -39,29 +39,33 @@ _MARGIN_MS = 25
 # The next free departure time, in microseconds; every caller reserves its own. A
 # reservation due at once is confirmed in the same call (issue 22: was two calls), as
 # _CONFIRM below would. KEYS: the next slot, the departures. ARGV: interval (µs), the
-# next slot's lifetime (ms), limit, window (µs), member. Returns > 0: wait that long (µs),
-# then confirm; 0: confirmed; < 0: reserved now but the window is full: wait -n µs, then
-# confirm.
+# next slot's lifetime (ms), limit, window (µs), member; then the keys of what a request
+# needs read with it (KEYS[3..]: the account blocked? a token problem? the token pair).
+# Returns {w}: w > 0, wait that long (µs), then confirm; w < 0: reserved now but the window
+# is full: wait -w µs, then confirm. {0, values of KEYS[3..]}: confirmed.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local next_slot = tonumber(redis.call('GET', KEYS[1]) or '0')
 local slot = math.max(now, next_slot)
 redis.call('SET', KEYS[1], tostring(slot + tonumber(ARGV[1])), 'PX', ARGV[2])
-if slot > now then return slot - now end
+if slot > now then return {slot - now} end
 local window = tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
 if redis.call('ZCARD', KEYS[2]) < tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[2], now, ARGV[5])
   redis.call('PEXPIRE', KEYS[2], math.ceil(window / 1000) + 1000)
-  return 0
+  local read = {0}
+  for i = 3, #KEYS do read[#read + 1] = redis.call('GET', KEYS[i]) end
+  return read
 end
 local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-return -(tonumber(oldest[2]) + window - now + 1)
+return {-(tonumber(oldest[2]) + window - now + 1)}
 """
 
 
-# Right before sending: no more than `limit` departures in the last window. A process
+# Right before sending: no more than `limit` departures in the last window (and, once
+# confirmed, the values of KEYS[2..], read in the same call: {0, values...}; else {wait}). A process
 # whose event loop woke late may reach this after its reserved time; without this check
 # its late request and a punctual one `limit` places later could land in one second.
 _CONFIRM = """
@@ -72,10 +76,12 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
-  return 0
+  local read = {0}
+  for i = 2, #KEYS do read[#read + 1] = redis.call('GET', KEYS[i]) end
+  return read
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return tonumber(oldest[2]) + window - now + 1
+return {tonumber(oldest[2]) + window - now + 1}
 """
 
 # The request is being written now: it counts from now. Between confirmation and the
@@ -108,13 +114,20 @@ class Departure:
     ended frees the place of a request that never went out.
     """
 
-    def __init__(self, limiter: RateLimiter, member: str) -> None:
+    def __init__(self, limiter: RateLimiter, member: str, read: list[Any] | None = None) -> None:
         self._limiter = limiter
         self._member = member
+        # What the confirmation read with it (RateLimiter's `read_with` keys), once.
+        self._read = read
         self._written = False
         self._settled = False
         self._confirmed_at = time.monotonic()
         self._connected = False  # a new connection was made before the write
+
+    def take_read(self) -> list[Any] | None:
+        """The values read with the confirmation (None: none, or taken already)."""
+        read, self._read = self._read, None
+        return read
 
     async def trace(self, event: str, info: dict[str, Any]) -> None:
         if event in _CONNECTING:
@@ -142,9 +155,14 @@ class Departure:
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis, per_second: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, per_second: int, read_with: tuple[str, ...] = ()
+    ) -> None:
+        """`read_with`: keys every request needs read just before it goes (the tokens'),
+        read by the confirmation itself (`Departure.take_read`): no call of their own."""
         self._redis = redis
         self._limit = per_second
+        self._read_with = list(read_with)
         self._window_us = (_WINDOW_MS + _MARGIN_MS) * 1000
         # Rounded up: `limit` reserved slots span a whole window, so a punctual request
         # always finds its place at the confirmation.
@@ -160,23 +178,22 @@ class RateLimiter:
     async def acquire(self) -> Departure:
         """Wait for this request's turn to go to Kommo."""
         member = uuid.uuid4().hex
-        wait_us = int(
-            await self._reserve(
-                keys=[RATE_NEXT_SLOT, RATE_DEPARTURES],
-                args=[self._interval_us, 60_000, self._limit, self._window_us, member],
-            )
+        answer = await self._reserve(
+            keys=[RATE_NEXT_SLOT, RATE_DEPARTURES, *self._read_with],
+            args=[self._interval_us, 60_000, self._limit, self._window_us, member],
         )
+        wait_us = int(answer[0])
         if wait_us == 0:
-            return Departure(self, member)  # due at once, and confirmed
+            return Departure(self, member, list(answer[1:]))  # due at once, and confirmed
         await _sleep_us(abs(wait_us))
         while True:
-            wait_us = int(
-                await self._confirm(
-                    keys=[RATE_DEPARTURES], args=[self._limit, self._window_us, member]
-                )
+            answer = await self._confirm(
+                keys=[RATE_DEPARTURES, *self._read_with],
+                args=[self._limit, self._window_us, member],
             )
+            wait_us = int(answer[0])
             if wait_us <= 0:
-                return Departure(self, member)
+                return Departure(self, member, list(answer[1:]))
             await _sleep_us(wait_us)
 
     async def writing(self, member: str) -> None:

@@ -19,7 +19,7 @@ from services.kommo_gateway.kommo_client import KommoClient
 from services.kommo_gateway.ratelimit import Budget, RateLimiter
 from services.kommo_gateway.servicer import GatewayServicer
 from services.kommo_gateway.settings import GatewaySettings
-from services.kommo_gateway.tokens import TokenKeeper, TokenManager
+from services.kommo_gateway.tokens import TOKEN_STATE, TokenKeeper, TokenManager
 
 SERVICE_NAME = "bridge.kommo_gateway.v1.KommoGateway"
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def create_server(settings: GatewaySettings) -> tuple[GrpcService, TokenManager]:
     redis = create_redis(settings.redis_url)
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=50))
-    limiter = RateLimiter(redis, settings.kommo_rate_limit_rps)
+    limiter = RateLimiter(redis, settings.kommo_rate_limit_rps, read_with=TOKEN_STATE)
     budget = Budget(limiter, settings.kommo_priority_aging_seconds, settings.kommo_call_seconds)
     tokens = TokenManager(settings, redis, http, limiter)
     handoff = Handoff(redis)

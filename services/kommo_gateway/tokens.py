@@ -57,6 +57,10 @@ from services.kommo_gateway.store import (
 
 log = logging.getLogger(__name__)
 
+# What every call to Kommo reads just before it goes: the account blocked, a token
+# problem, the token pair (the rate limiter's confirmation reads them with it).
+TOKEN_STATE = (BLOCKED, TOKEN_PROBLEM, TOKENS)
+
 _WAIT_STEP_SECONDS = 0.05
 _LONG_LIVED_WARNING_SECONDS = 14 * 24 * 3600
 
@@ -201,11 +205,14 @@ class TokenManager:
 
     # --- using and refreshing -------------------------------------------------------------
 
-    async def for_a_call(self) -> Tokens:
-        """What a call to Kommo needs, read in one command (issue 22: was three): a usable
-        access token, unless the account is blocked (Unavailable) or the tokens have a
-        problem (Unauthenticated)."""
-        blocked, problem, raw = await self._redis.mget(BLOCKED, TOKEN_PROBLEM, TOKENS)
+    async def for_a_call(self, read: list[Any] | None = None) -> Tokens:
+        """What a call to Kommo needs (TOKEN_STATE's values: `read` with its departure's
+        confirmation, else read now in one command; issue 22: was three): a usable access
+        token, unless the account is blocked (Unavailable) or the tokens have a problem
+        (Unauthenticated)."""
+        if read is None or len(read) != len(TOKEN_STATE):
+            read = list(await self._redis.mget(*TOKEN_STATE))
+        blocked, problem, raw = read
         if blocked:
             raise Unavailable(_text(blocked))
         return await self.current(problem=_text(problem), raw=raw)
