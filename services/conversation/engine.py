@@ -2,7 +2,8 @@
 
 The pipeline, one module per stage under `stages/`, each reading claim → work → release:
 
-    webhook events (stream, per-conversation lanes)      stages/events.py
+    webhook events read (streams, per-conversation lanes) stages/event_reader.py
+      → applied to their conversations                  stages/events.py
       → turns (one at a time per conversation)           stages/turns.py
       → envelopes POSTed to n8n (retries, dead letters)  stages/n8n_delivery.py
     n8n's replies → Kommo (in order per lead)            stages/replies.py
@@ -34,6 +35,7 @@ from services.conversation.control import BotController
 from services.conversation.rulebook import RuleBook
 from services.conversation.settings import ConversationSettings
 from services.conversation.stages import is_transient
+from services.conversation.stages.event_reader import EventConsumer
 from services.conversation.stages.events import EventStage
 from services.conversation.stages.n8n_delivery import OutboxStage
 from services.conversation.stages.proactive_starts import ProactiveStage
@@ -93,6 +95,7 @@ class Engine:
             ),
         )
         self.events = EventStage(self)
+        self.event_reader = EventConsumer(self.events, store.redis)
         self.turns = TurnStage(self)
         self.outbox = OutboxStage(self)
         self.replies = ReplyStage(self)
@@ -113,7 +116,7 @@ class Engine:
     def workers(self) -> list[BackgroundTask]:
         """The replica's background work: the event consumer and one pool per kind."""
         return [
-            self.events.consumer,
+            self.event_reader,
             self.turns.pool,
             self.outbox.pool,
             self.replies.pool,

@@ -13,7 +13,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from services.common.due_queue import now_ms
-from services.conversation.stages.events import PartitionOwnership, claim_pending
+from services.conversation.stages.event_reader import PartitionOwnership, claim_pending
 from services.conversation.store.conversations import Applied, ConversationStore
 from services.conversation.store.keys import (
     WORKERS_GROUP,

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.common.due_queue import RetryPolicy, WorkFailures
-from services.conversation.stages.events import EventConsumer
+from services.conversation.stages.event_reader import EventConsumer
 from services.conversation.store.keys import event_partition, event_stream, routing_key
 from services.conversation.webhook_events import LeadEvent
 

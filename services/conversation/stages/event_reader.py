@@ -1,0 +1,590 @@
+"""Stage 1, webhook events, read: partitioned streams, each read by one replica at a time,
+each entry applied to its conversation (stages/events.py), then acknowledged.
+
+claim: webhook events are spread over EVENT_PARTITIONS streams by their conversation
+(store.routing_key: its lead, or its chat before a lead exists). A replica reads only the
+partitions whose lease it holds (`PartitionOwnership`): it takes free ones up to its fair
+share — ceil(partitions / live replicas) — and gives back what exceeds it once more
+replicas are alive, so two replicas never read one conversation's events side by side. A
+partition taken over (its owner died: its lease ran out after WORK_LEASE_SECONDS) is
+read only after the entries its last owner left pending are claimed (XAUTOCLAIM from
+idle 0: the lease proves the old owner no longer reads them), so they keep their order.
+XREADGROUP reads only as many entries as this replica has room for (WORKER_BATCH held at
+once), blocking until entries come; when the partitions it reads change (or it stops)
+the read is cancelled, and what Redis may have delivered to it is read again from this
+consumer's pending entries before anything newer. work: each entry goes to a lane by the
+hash of the same key modulo EVENT_LANES; a
+lane is one task, so one conversation's events are applied in stream order while other
+conversations' events are applied side by side. Before an entry is applied its lane checks
+that the lease is still held, and the apply script checks it again atomically (fencing: a
+replica frozen past its lease applies nothing; one caught mid-apply may apply an entry its
+successor applies too, which records the message once). release: an entry is
+acknowledged (and deleted) only after its lane applied it; one that fails stays pending
+and is tried again after VISIBILITY_TIMEOUT_SECONDS, then parked after
+MAX_EVENT_ATTEMPTS. On shutdown the leases are released once the lanes are empty.
+
+The stream of earlier versions (store.EVENTS_STREAM) is drained the same way, under a
+lease of its own, while it holds entries.
+
+Applying a message is quick (Redis, no n8n): a customer's message makes its turn due and
+wakes the turn pool (stages/turns.py); the lane goes on with the next event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from services.common.due_queue import WorkFailures, describe, now_ms
+from services.common.grpc_server import BackgroundTask
+from services.common.logs import flow
+from services.common.workpool import wait_any
+from services.conversation.stages.events import Ack, EventStage, PartitionLost
+from services.conversation.store.keys import (
+    EVENT_REPLICAS,
+    EVENTS_STREAM,
+    WORKERS_GROUP,
+    event_owner_key,
+    event_stream,
+    routing_key,
+)
+from services.conversation.store.leases import EventLeases
+from services.conversation.webhook_events import LeadEvent, MessageEvent
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+# How often ownership is looked at while partitions change hands (a replica joined or
+# left): a partition given back is taken by another replica within about this long.
+# Settled, the leases are renewed every third of WORK_LEASE_SECONDS.
+_REBALANCE_TICK_SECONDS = 0.5
+
+# The keeper's round in one call (issue 22: was a transaction, one script per lease held
+# and an XLEN, every third of the lease): this replica's heartbeat and the count of live
+# replicas (EventLeases.beat), each lease it holds renewed if still its own (EventLeases'
+# renewal, the same compare-and-expire), and the length of the stream of earlier versions.
+# KEYS: the replicas' set, that stream, then the owner key of each stream held.
+# ARGV: replica, now (ms), lease (ms). Returns {live, legacy length, {1|0 per lease}}.
+_KEEP_ROUND = """
+local lease = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]) - lease)
+local live = redis.call('ZCARD', KEYS[1])
+local kept = {}
+for i = 3, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], lease)
+    kept[#kept + 1] = 1
+  else
+    kept[#kept + 1] = 0
+  end
+end
+return {live, redis.call('XLEN', KEYS[2]), kept}
+"""
+
+# Entries left pending by this replica (an apply that failed, or a read whose answer was
+# lost) are looked for at least this often even when none is known (a safety net).
+_RECLAIM_SAFETY_SECONDS = 300.0
+
+# How long a read of the streams blocks at a time (below the Redis socket timeout): a
+# newly taken stream or stopping cancels it sooner.
+_READ_BLOCK_MS = 4000
+
+# An entry read from a stream: (stream, entry id, fields).
+Entry = tuple[str, str, dict[bytes, bytes]]
+
+
+class PartitionOwnership:
+    """The event streams this replica reads, each under a lease in Redis.
+
+    `tick` (every third of the lease) renews what it holds, gives back what exceeds its
+    fair share once the lanes hold none of that stream's entries, and takes free
+    partitions up to its share. A stream is held only while its lease is known to run:
+    the deadline is counted from before the renewal was sent, so this replica stops
+    applying before Redis lets another take over.
+    """
+
+    def __init__(
+        self, leases: EventLeases, replica: str, streams: list[str], lease_ms: int
+    ) -> None:
+        self.leases = leases
+        self.replica = replica
+        self.streams = streams
+        self.lease_ms = lease_ms
+        self._until: dict[str, float] = {}  # stream → monotonic end of the lease
+        self._keep_round = leases.redis.register_script(_KEEP_ROUND)
+        self.giving_back: set[str] = set()
+        # False while this replica still gives back or still wants partitions: the keeper
+        # then ticks often, so a partition changing hands is unread for a moment only.
+        self.settled = True
+
+    def holds(self, stream: str) -> bool:
+        return time.monotonic() < self._until.get(stream, 0.0)
+
+    def owned(self) -> list[str]:
+        return [s for s in [*self.streams, EVENTS_STREAM] if self.holds(s)]
+
+    async def tick(
+        self, busy: Callable[[str], bool], legacy_waiting: bool | None = None, taking: bool = True
+    ) -> list[str]:
+        """One round of ownership; the streams newly taken (their pending entries are
+        claimed before they are read). `legacy_waiting` None: whether the stream of
+        earlier versions holds entries is read in the same call as the renewals."""
+        began = time.monotonic()
+        until = began + self.lease_ms / 1000
+        held = list(self._until)
+        live, legacy_length, kept = cast(
+            tuple[int, int, list[int]],
+            await self._keep_round(
+                keys=[EVENT_REPLICAS, EVENTS_STREAM, *(event_owner_key(s) for s in held)],
+                args=[self.replica, now_ms(), self.lease_ms],
+            ),
+        )
+        live = max(int(live), 1)
+        if legacy_waiting is None:
+            legacy_waiting = bool(legacy_length)
+        for stream, ok in zip(held, kept, strict=True):
+            if ok:
+                self._until[stream] = until
+            else:
+                self._drop(stream)
+                log.warning("event partition %s lost (its lease ran out)", stream)
+        share = math.ceil(len(self.streams) / live)
+        mine = [s for s in self.streams if s in self._until]
+        self.giving_back = set(mine[share:])
+        for stream in sorted(self.giving_back):
+            if not busy(stream):
+                await self._release(stream)
+        taken: list[str] = []
+        wanted = share - len(mine) if taking else 0
+        # Each replica starts looking at its own place, so they rarely race for one.
+        start = zlib.crc32(self.replica.encode()) % len(self.streams)
+        for stream in self.streams[start:] + self.streams[:start]:
+            if len(taken) >= wanted:
+                break
+            if stream not in self._until and await self.leases.take(
+                stream, self.replica, self.lease_ms
+            ):
+                self._until[stream] = until
+                taken.append(stream)
+        if EVENTS_STREAM not in self._until:
+            if legacy_waiting and taking:
+                if await self.leases.take(EVENTS_STREAM, self.replica, self.lease_ms):
+                    self._until[EVENTS_STREAM] = until
+                    taken.append(EVENTS_STREAM)
+        elif not legacy_waiting and not busy(EVENTS_STREAM):
+            await self._release(EVENTS_STREAM)
+        if taken:
+            log.info("event partitions taken: %s", ", ".join(taken))
+        self.settled = not self.giving_back and len(taken) >= wanted
+        return taken
+
+    async def release_all(self) -> None:
+        for stream in list(self._until):
+            await self._release(stream)
+        await self.leases.leave(self.replica)
+
+    async def _release(self, stream: str) -> None:
+        self._drop(stream)
+        await self.leases.release(stream, self.replica)
+
+    def _drop(self, stream: str) -> None:
+        self._until.pop(stream, None)
+        self.giving_back.discard(stream)
+
+
+class EventConsumer(BackgroundTask):
+    """Reads the webhook events of the partitions this replica owns (consumer group)
+    into per-conversation lanes; each lane applies its entries in order and acknowledges
+    each once applied."""
+
+    name = "event-consumer"
+
+    def __init__(self, stage: EventStage, redis: aioredis.Redis) -> None:
+        self.stage = stage
+        self.engine = stage.engine
+        self.redis = redis
+        self.settings = stage.settings
+        self.ownership = PartitionOwnership(
+            EventLeases(redis),
+            self.engine.consumer,
+            [event_stream(p) for p in range(self.settings.event_partitions)],
+            self.settings.lease_ms,
+        )
+        self._lanes: list[asyncio.Queue[Entry]] = [
+            asyncio.Queue() for _ in range(self.settings.event_lanes)
+        ]
+        # Entries read and not yet acknowledged (or left pending after a failure), by
+        # (stream, id): ids repeat across streams.
+        self._held: set[tuple[str, str]] = set()
+        self._held_by_stream: Counter[str] = Counter()
+        # Streams taken over → where their claim of pending entries goes on from.
+        self._catching_up: dict[str, str] = {}
+        self._groups: set[str] = set()
+        self._room = asyncio.Event()
+        self._taken = asyncio.Event()
+        self._owned_changed = asyncio.Event()
+        # Entries this replica left pending (an apply that failed) → when they are tried
+        # again (XAUTOCLAIM after the visibility timeout); not dispatched before that.
+        # Streams with none are not reclaimed (issue 22: was XAUTOCLAIM × partitions
+        # every VISIBILITY_TIMEOUT_SECONDS / 3), except by a rare safety net.
+        self._waiting_retry: dict[tuple[str, str], float] = {}
+        # A read was cancelled or failed: what Redis delivered to it may be pending for
+        # this consumer without being dispatched; read our own pending entries first.
+        self._reread_own = False
+
+    async def ensure_group(self, stream: str = EVENTS_STREAM) -> None:
+        if stream in self._groups:
+            return
+        try:
+            await self.redis.xgroup_create(stream, WORKERS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(stream)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        lanes = [
+            asyncio.create_task(self._lane(queue), name=f"event-lane-{n}")
+            for n, queue in enumerate(self._lanes)
+        ]
+        drained = asyncio.Event()
+        keeper = asyncio.create_task(self._keep(stopping, drained), name="event-partitions")
+        try:
+            await self._read(stopping)
+            # Stopping: read nothing more, apply what the lanes hold (still owned).
+            await asyncio.gather(*(queue.join() for queue in self._lanes))
+        finally:
+            drained.set()
+            await keeper
+            for lane in lanes:
+                lane.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+
+    async def _keep(self, stopping: asyncio.Event, drained: asyncio.Event) -> None:
+        """Keeps the partitions' leases until the lanes are drained, then gives them back
+        so that other replicas take them over at once."""
+        while not drained.is_set():
+            try:
+                before = self._reading()
+                taken = await self.ownership.tick(
+                    lambda stream: self._held_by_stream[stream] > 0,
+                    taking=not stopping.is_set(),
+                )
+                if self._reading() != before or taken:
+                    # The reader is blocked on the streams it had: read the new set.
+                    self._owned_changed.set()
+                for stream in taken:
+                    await self.ensure_group(stream)
+                    self._catching_up[stream] = "0-0"
+                if taken:
+                    self._taken.set()
+            except RedisError as exc:
+                log.warning("event partitions: redis error, retrying: %s", exc)
+            renew_every = self.settings.lease_ms / 3000
+            await wait_any(
+                drained,
+                drained,
+                renew_every
+                if self.ownership.settled
+                else min(renew_every, _REBALANCE_TICK_SECONDS),
+            )
+        try:
+            await self.ownership.release_all()
+        except RedisError as exc:
+            log.warning("event partitions not released (they expire): %s", exc)
+
+    def _reading(self) -> set[str]:
+        return set(self.ownership.owned()) - self.ownership.giving_back
+
+    async def _read(self, stopping: asyncio.Event) -> None:
+        safety_at = time.monotonic() + _RECLAIM_SAFETY_SECONDS
+        while not stopping.is_set():
+            try:
+                while not stopping.is_set():
+                    room = self.settings.worker_batch - len(self._held)
+                    if room <= 0:
+                        # Full: wait for a lane to finish an entry.
+                        self._room.clear()
+                        await wait_any(self._room, stopping, 0.5)
+                        continue
+                    if self._catching_up:
+                        await self._take_over(room)
+                        continue
+                    # Cleared before the streams are read: a change after it cancels the read.
+                    self._owned_changed.clear()
+                    streams = [
+                        s for s in self.ownership.owned() if s not in self.ownership.giving_back
+                    ]
+                    if not streams:
+                        self._taken.clear()
+                        await wait_any(self._taken, stopping, 0.5)
+                        continue
+                    now = time.monotonic()
+                    if now >= safety_at:
+                        # Nothing known to be left pending: looked at anyway, seldom.
+                        safety_at = now + _RECLAIM_SAFETY_SECONDS
+                        for stream in streams:
+                            await self._reclaim(stream, room)
+                        continue
+                    due = self._reclaim_due_streams(streams, now)
+                    if due:
+                        for stream in due:
+                            await self._reclaim(stream, room)
+                        continue
+                    if self._reread_own:
+                        self._reread_own = False
+                        await self._read_own(streams)
+                        continue
+                    entries = await self._read_new(streams, room, stopping)
+                    for raw_stream, items in cast(list[tuple[bytes, Any]], entries or []):
+                        self._dispatch(raw_stream.decode(), items)
+            except RedisError as exc:
+                log.warning("event consumer: redis error, retrying: %s", exc)
+                self._reread_own = True
+                await asyncio.sleep(1.0)
+
+    async def _read_new(self, streams: list[str], room: int, stopping: asyncio.Event) -> Any:
+        """New entries of `streams`, blocking until some come; None when the streams
+        this replica reads changed meanwhile (or it is stopping): the read is cancelled,
+        and what Redis may have delivered to it is read again from our pending entries."""
+        read = asyncio.ensure_future(
+            self.redis.xreadgroup(
+                WORKERS_GROUP,
+                self.engine.consumer,
+                dict.fromkeys(streams, ">"),
+                count=room,
+                block=_READ_BLOCK_MS,
+            )
+        )
+        changed = asyncio.ensure_future(self._owned_changed.wait())
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait([read, changed, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            stop.cancel()
+            if not read.done():
+                read.cancel()
+                self._reread_own = True
+                with contextlib.suppress(asyncio.CancelledError, RedisError):
+                    await read
+        return read.result() if not read.cancelled() else None
+
+    async def _read_own(self, streams: list[str]) -> None:
+        """Entries delivered to this consumer and not acknowledged, that no lane holds
+        and none waits to be retried: delivered to a read that was cancelled or whose
+        answer was lost. Dispatched before anything newer, so they keep their order."""
+        for stream in streams:
+            start = "0-0"
+            while True:
+                entries = await self.redis.xreadgroup(
+                    WORKERS_GROUP, self.engine.consumer, {stream: start}, count=100
+                )
+                items = cast(list[tuple[bytes, Any]], entries or [])
+                found = items[0][1] if items else []
+                if not found:
+                    break
+                self._dispatch(stream, found)
+                start = found[-1][0].decode()
+
+    def _reclaim_due_streams(self, streams: list[str], now: float) -> list[str]:
+        if not self._waiting_retry:
+            return []
+        due = {s for (s, _), at in self._waiting_retry.items() if at <= now}
+        return [s for s in streams if s in due]
+
+    async def _take_over(self, room: int) -> None:
+        """Claims what the previous owner of a newly taken stream left pending, oldest
+        first, before anything newer of that stream is read."""
+        for stream, start in list(self._catching_up.items()):
+            if not self.ownership.holds(stream):
+                del self._catching_up[stream]
+                continue
+            following, items = await claim_pending(
+                self.redis, stream, self.engine.consumer, 0, start, room
+            )
+            if items:
+                log.info("took over %d pending events of %s", len(items), stream)
+                self._dispatch(stream, items, retry=True)
+            if following == "0-0":
+                del self._catching_up[stream]
+            else:
+                self._catching_up[stream] = following
+            return
+
+    async def _reclaim(self, stream: str, room: int) -> None:
+        """Entries of this stream left pending after a failure: tried again."""
+        idle_ms = int(self.settings.visibility_timeout_seconds * 1000)
+        following, items = await claim_pending(
+            self.redis, stream, self.engine.consumer, idle_ms, "0-0", room
+        )
+        now = time.monotonic()
+        for key, at in list(self._waiting_retry.items()):
+            if key[0] == stream and at <= now:
+                if following == "0-0":
+                    # Claimed just now (dispatched below), or no longer pending (parked,
+                    # or applied by another replica): no longer waiting here.
+                    del self._waiting_retry[key]
+                else:
+                    # More pending than this replica has room for: again shortly.
+                    self._waiting_retry[key] = now + 1.0
+        if items:
+            log.info("reclaimed %d pending events of %s", len(items), stream)
+            self._dispatch(stream, items, retry=True)
+
+    def _left_pending(self, stream: str, stream_id: str) -> None:
+        """Not applied, still pending for this consumer: tried again after the
+        visibility timeout (XAUTOCLAIM by idle time)."""
+        at = time.monotonic() + self.settings.visibility_timeout_seconds
+        self._waiting_retry[(stream, stream_id)] = at
+
+    def _dispatch(
+        self, stream: str, items: list[tuple[bytes, dict[bytes, bytes]]], retry: bool = False
+    ) -> None:
+        for raw_id, fields in items:
+            stream_id = raw_id.decode()
+            if (stream, stream_id) in self._held:
+                continue  # one of ours, still in its lane
+            if retry:
+                self._waiting_retry.pop((stream, stream_id), None)
+            elif (stream, stream_id) in self._waiting_retry:
+                continue  # failed: tried again after the visibility timeout
+            self._held.add((stream, stream_id))
+            self._held_by_stream[stream] += 1
+            key = ""
+            if fields:  # empty: deleted meanwhile, acknowledged by its lane
+                try:
+                    # Events with one key are applied in stream order (one partition).
+                    key = routing_key(json.loads(fields[b"e"]))
+                except (ValueError, KeyError):
+                    key = stream_id  # unreadable: its own lane fails and parks it
+            lane = zlib.crc32(key.encode()) % len(self._lanes)
+            self._lanes[lane].put_nowait((stream, stream_id, fields))
+
+    async def _lane(self, queue: asyncio.Queue[Entry]) -> None:
+        while True:
+            stream, stream_id, fields = await queue.get()
+            try:
+                if self.ownership.holds(stream):
+                    if not await self._handle(stream, stream_id, fields):
+                        self._left_pending(stream, stream_id)
+                # Else the partition was lost: the entry stays pending for its new owner.
+            except PartitionLost:
+                log.warning("event %s of %s left to the partition's new owner", stream_id, stream)
+            except RedisError as exc:
+                # Left pending: reclaimed after the visibility timeout.
+                log.warning("event %s not applied (redis error): %s", stream_id, exc)
+                self._left_pending(stream, stream_id)
+            except Exception:
+                log.exception("event %s: unexpected failure", stream_id)
+                self._left_pending(stream, stream_id)
+            finally:
+                self._held.discard((stream, stream_id))
+                self._held_by_stream[stream] -= 1
+                self._room.set()
+                queue.task_done()
+
+    async def _handle(self, stream: str, stream_id: str, fields: dict[bytes, bytes]) -> bool:
+        """Applies and acknowledges the entry; False when it failed (left pending, or
+        parked: then no longer pending, and the reclaim finds nothing). A message's apply
+        script acknowledges it itself; other entries are acknowledged here."""
+        failure_id = WorkFailures.item_id("event", failure_member(stream, stream_id))
+        ack = Ack(WORKERS_GROUP, failure_id)
+        if fields:
+            try:
+                data = json.loads(fields[b"e"])
+                with flow(data.pop("request_id", "")):
+                    if data.get("kind") == "lead":
+                        await self.stage.apply_lead_event(LeadEvent.from_dict(data))
+                    else:
+                        await self.stage.apply_event(
+                            stream_id,
+                            MessageEvent.from_dict(data),
+                            stream=stream,
+                            owner=self.engine.consumer,
+                            ack=ack,
+                        )
+            except (RedisError, PartitionLost) as exc:
+                if ack.done:
+                    # Recorded and acknowledged: what followed the apply is not tried again.
+                    log.warning("event %s: failed after it was applied: %s", stream_id, exc)
+                    return True
+                raise
+            except Exception as exc:
+                if ack.done:
+                    # Recorded and acknowledged: a retry would find it a duplicate and do
+                    # nothing more, as before the apply acknowledged it itself.
+                    log.exception("event %s: failed after it was applied", stream_id)
+                    return True
+                await self._failed(stream, stream_id, fields, exc)
+                return False
+        if ack.done:
+            return True
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, WORKERS_GROUP, stream_id)
+            pipe.xdel(stream, stream_id)
+            pipe.hdel(self.engine.failures.failing_key, failure_id)
+            await pipe.execute()
+        return True
+
+    async def _failed(
+        self, stream: str, stream_id: str, fields: dict[bytes, bytes], exc: Exception
+    ) -> None:
+        """Left pending, the entry is reclaimed after the visibility timeout; parked
+        after MAX_EVENT_ATTEMPTS. One ERROR line per failure; the traceback once."""
+        reason = describe(exc)
+        visibility_ms = int(self.settings.visibility_timeout_seconds * 1000)
+        outcome = await self.engine.failures.entry_failed(
+            "event",
+            stream,
+            WORKERS_GROUP,
+            stream_id,
+            fields[b"e"].decode(),
+            reason,
+            self.settings.max_event_attempts,
+            visibility_ms,
+            member=failure_member(stream, stream_id),
+        )
+        extra = {"work": "event", "item": stream_id, "attempt": outcome.attempts}
+        if outcome.parked:
+            await self.engine.bots.count("work_dead_lettered")
+            message = f"event {stream_id} parked as a dead letter after {outcome.attempts} tries"
+        else:
+            message = (
+                f"event {stream_id} failed (try {outcome.attempts}), tried again in about "
+                f"{visibility_ms / 1000:.0f} s"
+            )
+        log.error("%s: %s", message, reason, extra=extra, exc_info=outcome.attempts == 1)
+
+
+def failure_member(stream: str, stream_id: str) -> str:
+    """An event's name in the failure records: entry ids repeat across streams."""
+    return stream_id if stream == EVENTS_STREAM else f"{stream}/{stream_id}"
+
+
+async def claim_pending(
+    redis: aioredis.Redis, stream: str, consumer: str, idle_ms: int, start: str, count: int
+) -> tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]:
+    """Entries of `stream` pending for at least `idle_ms`, from `start`, now this
+    consumer's; and where the next claim goes on from ('0-0': none left)."""
+    result = await redis.xautoclaim(
+        stream, WORKERS_GROUP, consumer, min_idle_time=idle_ms, start_id=start, count=count
+    )
+    if not result:
+        return "0-0", []
+    following = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
+    return following, cast(list[tuple[bytes, dict[bytes, bytes]]], result[1])
