@@ -36,53 +36,60 @@ _WINDOW_MS = 1000
 # apart can arrive closer. 25 ms absorbs that jitter for under 2.5 % of the budget.
 _MARGIN_MS = 25
 
-# The next free departure time, in microseconds; every caller reserves its own. A
-# reservation due at once is confirmed in the same call (issue 22: was two calls), as
-# _CONFIRM below would. KEYS: the next slot, the departures. ARGV: interval (µs), the
-# next slot's lifetime (ms), limit, window (µs), member; then the keys of what a request
-# needs read with it (KEYS[3..]: the account blocked? a token problem? the token pair).
-# Returns {w}: w > 0, wait that long (µs), then confirm; w < 0: reserved now but the window
-# is full: wait -w µs, then confirm. {0, values of KEYS[3..]}: confirmed.
-_RESERVE = """
+# What both scripts below share: the clock (µs), and the confirmation — no more than
+# `limit` departures in the last `window` (µs): the member is added, and the values of
+# KEYS[first_read..] (what a request needs read with it: the account blocked? a token
+# problem? the token pair) are returned as {0, values...}; or nil and how long to wait.
+_CONFIRMATION = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function confirm(departures, limit, window, member, first_read)
+  redis.call('ZREMRANGEBYSCORE', departures, '-inf', now - window)
+  if redis.call('ZCARD', departures) < limit then
+    redis.call('ZADD', departures, now, member)
+    redis.call('PEXPIRE', departures, math.ceil(window / 1000) + 1000)
+    local read = {0}
+    for i = first_read, #KEYS do read[#read + 1] = redis.call('GET', KEYS[i]) end
+    return read, 0
+  end
+  local oldest = redis.call('ZRANGE', departures, 0, 0, 'WITHSCORES')
+  return nil, tonumber(oldest[2]) + window - now + 1
+end
+"""
+
+# The next free departure time, in microseconds; every caller reserves its own. A
+# reservation due at once is confirmed in the same call (issue 22: was two calls). KEYS:
+# the next slot, the departures, then what is read with a confirmation. ARGV: interval
+# (µs), the next slot's lifetime (ms), limit, window (µs), member. Returns {w}: w > 0,
+# wait that long (µs), then confirm; w < 0: reserved now but the window is full: wait -w
+# µs, then confirm. {0, values...}: confirmed.
+_RESERVE = (
+    _CONFIRMATION
+    + """
 local next_slot = tonumber(redis.call('GET', KEYS[1]) or '0')
 local slot = math.max(now, next_slot)
 redis.call('SET', KEYS[1], tostring(slot + tonumber(ARGV[1])), 'PX', ARGV[2])
 if slot > now then return {slot - now} end
-local window = tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
-if redis.call('ZCARD', KEYS[2]) < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[2], now, ARGV[5])
-  redis.call('PEXPIRE', KEYS[2], math.ceil(window / 1000) + 1000)
-  local read = {0}
-  for i = 3, #KEYS do read[#read + 1] = redis.call('GET', KEYS[i]) end
-  return read
-end
-local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-return {-(tonumber(oldest[2]) + window - now + 1)}
+local read, wait = confirm(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], 3)
+if read then return read end
+return {-wait}
 """
+)
 
 
-# Right before sending: no more than `limit` departures in the last window (and, once
-# confirmed, the values of KEYS[2..], read in the same call: {0, values...}; else {wait}). A process
+# Right before sending: no more than `limit` departures in the last window. A process
 # whose event loop woke late may reach this after its reserved time; without this check
 # its late request and a punctual one `limit` places later could land in one second.
-_CONFIRM = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
-  local read = {0}
-  for i = 2, #KEYS do read[#read + 1] = redis.call('GET', KEYS[i]) end
-  return read
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {tonumber(oldest[2]) + window - now + 1}
+# KEYS: the departures, then what is read with it. ARGV: limit, window (µs), member.
+# Returns {0, values...} confirmed, or {wait (µs)}.
+_CONFIRM = (
+    _CONFIRMATION
+    + """
+local read, wait = confirm(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], 2)
+if read then return read end
+return {wait}
 """
+)
 
 # The request is being written now: it counts from now. Between confirmation and the
 # write may lie a new connection (a TLS handshake to Kommo); counted from its
