@@ -163,6 +163,14 @@ class WorkPool(BackgroundTask):
         if self._more:
             self._wake.set()
 
+    def take(self, claim: Claim | None, work: Work) -> None:
+        """End a reservation: run `claim` in the slot it kept (`adopt`), or free the slot
+        when the script did not claim (None)."""
+        if claim is None:
+            self.unreserve()
+        else:
+            self.adopt(claim, work)
+
     def adopt(self, claim: Claim, work: Work | None = None) -> None:
         """Run an item claimed outside the pool in the slot `reserve` kept, leased and
         released as the pool's own; `work` instead of the pool's (it holds what the

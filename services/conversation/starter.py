@@ -245,7 +245,6 @@ class ProactiveStarter:
             event_id=event_id,
             payload=json.dumps(body, ensure_ascii=False),
             url=url,
-            outbox_lease_ms=0,  # due now: the outbox pool sends it
             check_after_ms=0,
             turn_started_ms=now_ms(),
             purpose=templates.proactive_purpose(trigger),

@@ -139,7 +139,6 @@ async def test_committing_a_turn_consumes_exactly_the_messages_it_read(
         event_id="ev",
         payload="{}",
         url="http://n8n",
-        outbox_lease_ms=1000,
         check_after_ms=60_000,
         turn_started_ms=now_ms(),
     )
@@ -233,7 +232,6 @@ async def _turn_at_n8n(store: ConversationStore) -> None:
         event_id="ev",
         payload="{}",
         url="http://n8n",
-        outbox_lease_ms=1000,
         check_after_ms=0,
         turn_started_ms=now_ms(),
     )

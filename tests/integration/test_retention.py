@@ -93,7 +93,6 @@ async def _a_whole_conversation(redis: aioredis.Redis, retention_seconds: int) -
         event_id="ev-1",
         payload=json.dumps({"contact": {"phone": PHONE}, "messages": [{"text": TEXT}]}),
         url="http://n8n",
-        outbox_lease_ms=60_000,
         check_after_ms=60_000,
         turn_started_ms=now_ms(),
     )

@@ -70,7 +70,6 @@ async def turn_at_n8n(store: ConversationStore, n: int) -> None:
         event_id=f"ev-{n}",
         payload="{}",
         url="http://n8n",
-        outbox_lease_ms=60_000,
         check_after_ms=60_000,
         turn_started_ms=now_ms(),
     )

@@ -45,7 +45,6 @@ async def test_a_second_turn_built_beside_the_first_never_commits(redis: aioredi
         "consumed": 1,
         "payload": "{}",
         "url": "http://n8n",
-        "outbox_lease_ms": 1000,
         "check_after_ms": 0,
         "turn_started_ms": now_ms(),
         "inflight_token": seen.get("inflight_token", ""),

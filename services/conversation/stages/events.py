@@ -181,10 +181,7 @@ class EventStage(Stage):
                 turns.pool.unreserve()
             raise
         if offer is not None:
-            if offer.claim is not None:
-                turns.pool.adopt(offer.claim, turns.held(offer))
-            else:
-                turns.pool.unreserve()
+            turns.pool.take(offer.claim, turns.held(offer))
         if applied == Applied.NOT_OWNER:
             raise PartitionLost(stream)
         if ack is not None and applied != Applied.OTHER_LEAD:

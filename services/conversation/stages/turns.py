@@ -197,8 +197,7 @@ class TurnStage(Stage):
                 payload=payload,
                 url=self.settings.reply_webhook_url,
                 # n8n's answer time is the outbox's, not the turn's (a slow n8n holds no
-                # turn slot).
-                outbox_lease_ms=0,
+                # turn slot): leased to this process's outbox pool, or due now for it.
                 outbox_claim=held,
                 check_after_ms=self.settings.turn_check_after_ms,
                 turn_started_ms=min((received_ms(m) for m in pending), default=0) or now_ms(),
@@ -210,7 +209,7 @@ class TurnStage(Stage):
             if held is not None:
                 outbox.pool.unreserve()
             raise
-        if committed and held is not None:
+        if held is not None:
             item = {
                 "url": self.settings.reply_webhook_url,
                 "payload": payload,
@@ -218,9 +217,7 @@ class TurnStage(Stage):
                 "conversation_id": conversation_id,
                 "request_id": request_id.get(),
             }
-            outbox.pool.adopt(held, outbox.held(item))
-        elif held is not None:
-            outbox.pool.unreserve()
+            outbox.pool.take(held if committed else None, outbox.held(item))
         if committed:
             if held is None:
                 self.engine.envelope_due()

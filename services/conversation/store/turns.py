@@ -68,7 +68,6 @@ class Turns:
         event_id: str,
         payload: str,
         url: str,
-        outbox_lease_ms: int,
         check_after_ms: int,
         turn_started_ms: int,
         inflight_token: str | None = None,
@@ -77,7 +76,7 @@ class Turns:
         counters: Mapping[str, int] | None = None,
         outbox_claim: Claim | None = None,
     ) -> bool:
-        """Store the envelope (due at `outbox_lease_ms` from now) and the turn in flight,
+        """Store the envelope (due now for the outbox pool) and the turn in flight,
         and take the turn off the queue if the claim still holds it. Only if the turn at
         n8n is still `inflight_token` ('' = none; None = whatever it is). `purpose`: the
         WhatsApp template its answer becomes if the window is closed (a proactive start's).
@@ -105,7 +104,7 @@ class Turns:
                     event_id,
                     payload,
                     now,
-                    outbox_claim.lease if outbox_claim else now + outbox_lease_ms,
+                    outbox_claim.lease if outbox_claim else now,
                     claim.lease,
                     conversation_id,
                     REPLY_TOKEN_TTL_SECONDS,
