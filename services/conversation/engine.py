@@ -12,7 +12,9 @@ The pipeline, one module per stage under `stages/`, each reading claim → work 
 
 Every due-queue stage is a `WorkPool` (services/common/workpool.py) with its own slots,
 so different conversations never wait for each other and one kind of work never holds
-up another. The servicer and the server use the `Engine`; nothing else is global.
+up another. Each stage gets the parts it works with (`stages.StageContext`) and the
+stages it hands work to; the `Engine` wires them together once, for the servicer and
+the server. Nothing else is global.
 """
 
 from __future__ import annotations
@@ -21,20 +23,16 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
-from services.common.due_queue import Claim, DueQueue, RetryPolicy, WorkFailures, describe, now_ms
+from services.common.due_queue import RetryPolicy, WorkFailures
 from services.common.grpc_server import BackgroundTask
 from services.common.n8n import N8nClient
-from services.common.workpool import Work, WorkPool
 from services.conversation.context import ContextCache
 from services.conversation.control import BotController
 from services.conversation.rulebook import RuleBook
 from services.conversation.settings import ConversationSettings
-from services.conversation.stages import is_transient
+from services.conversation.stages import StageContext
 from services.conversation.stages.event_reader import EventConsumer
 from services.conversation.stages.events import EventStage
 from services.conversation.stages.n8n_delivery import OutboxStage
@@ -46,6 +44,7 @@ from services.conversation.starter import ProactiveStarter
 from services.conversation.store.bot_state import BotStore
 from services.conversation.store.conversations import ConversationStore
 from services.conversation.store.keys import WORK_FAILURES
+from services.conversation.store.proactive import ProactiveStore
 from services.conversation.store.rules import RulesStore
 from services.conversation.template_sends import TemplateSender
 
@@ -61,7 +60,8 @@ def consumer_name() -> str:
 
 
 class Engine:
-    """Everything a conversation replica does, shared by the servicer and the stages."""
+    """A conversation replica: its shared parts (`StageContext`) and its stages, wired
+    together once here; the servicer and the server use it."""
 
     def __init__(
         self,
@@ -75,43 +75,52 @@ class Engine:
         self.store = store
         self.gateway = gateway
         self.vendedores = vendedores
-        self.n8n = n8n
-        self.consumer = consumer_name()
-        self.context = ContextCache(settings.context_cache_seconds)
-        self.bots = BotStore(store.redis, store.retention_seconds)
-        self.bot = BotController(settings, store, self.bots, gateway)
-        self.templates = TemplateSender(self)
-        self.proactive = ProactiveStarter(self)
-        self.rules = RuleBook(
+        bots = BotStore(store.redis, store.retention_seconds)
+        rules = RuleBook(
             RulesStore(store.redis), settings.bot_rules_file, settings.bot_rules_refresh_seconds
         )
-        self.failures = WorkFailures(
-            store.redis,
-            WORK_FAILURES,
-            RetryPolicy(
-                settings.work_max_attempts,
-                settings.work_retry_base_seconds,
-                settings.work_retry_max_seconds,
+        self.ctx = StageContext(
+            settings=settings,
+            store=store,
+            gateway=gateway,
+            vendedores=vendedores,
+            n8n=n8n,
+            consumer=consumer_name(),
+            context=ContextCache(settings.context_cache_seconds),
+            bots=bots,
+            bot=BotController(settings, store, bots, gateway),
+            rules=rules,
+            templates=TemplateSender(settings, store, gateway, vendedores, rules, bots),
+            failures=WorkFailures(
+                store.redis,
+                WORK_FAILURES,
+                RetryPolicy(
+                    settings.work_max_attempts,
+                    settings.work_retry_base_seconds,
+                    settings.work_retry_max_seconds,
+                ),
             ),
         )
-        self.events = EventStage(self)
-        self.event_reader = EventConsumer(self.events, store.redis)
-        self.turns = TurnStage(self)
-        self.outbox = OutboxStage(self)
-        self.replies = ReplyStage(self)
-        self.timers = TimerStage(self)
-        self.proactive_work = ProactiveStage(self)
-
-    def pool(self, kind: str, queue: DueQueue, work: Work, slots: int) -> WorkPool:
-        return WorkPool(
-            kind,
-            queue,
-            work,
-            slots=slots,
-            lease_ms=self.settings.lease_ms,
-            poll_seconds=self.settings.poll_interval_seconds,
-            failures=self.failures.keys(kind),
+        self.context = self.ctx.context
+        self.bots = self.ctx.bots
+        self.bot = self.ctx.bot
+        self.rules = self.ctx.rules
+        self.templates = self.ctx.templates
+        self.failures = self.ctx.failures
+        # Each stage is handed the stages it passes work to.
+        self.timers = TimerStage(self.ctx)
+        starts = ProactiveStore(store.redis, store.retention_seconds)
+        self.replies = ReplyStage(self.ctx, handoffs=self.timers.handoff_pool, proactive=starts)
+        self.outbox = OutboxStage(self.ctx)
+        self.proactive = ProactiveStarter(
+            self.ctx, starts, replies=self.replies, envelope_due=self.outbox.pool.kick
         )
+        self.turns = TurnStage(
+            self.ctx, outbox=self.outbox, replies=self.replies, handoffs=self.timers.handoff_pool
+        )
+        self.events = EventStage(self.ctx, turns=self.turns, starter=self.proactive)
+        self.event_reader = EventConsumer(self.events, store.redis)
+        self.proactive_work = ProactiveStage(self.ctx, self.proactive)
 
     def workers(self) -> list[BackgroundTask]:
         """The replica's background work: the event consumer and one pool per kind."""
@@ -123,62 +132,3 @@ class Engine:
             *self.timers.pools,
             *self.proactive_work.pools,
         ]
-
-    def envelope_due(self) -> None:
-        """An envelope was queued due now: the outbox claims it at once."""
-        self.outbox.pool.kick()
-
-    async def attempt(
-        self,
-        kind: str,
-        queue: DueQueue,
-        claim: Claim,
-        work: Awaitable[object],
-        conversation_id: str = "",
-    ) -> None:
-        """Run one claimed work item. When it fails it is tried again after a growing
-        delay and, after WORK_MAX_ATTEMPTS failures (a dependency being unavailable does
-        not count), parked as a dead letter with its reason: one bad item never loops
-        forever nor stops the others. One ERROR line per failure; the traceback once."""
-        began = now_ms()
-        try:
-            await work
-        except RedisError:
-            raise
-        except Exception as exc:
-            transient = is_transient(exc)
-            reason = describe(exc)
-            outcome = await self.failures.failed(
-                kind, queue, claim, reason, counts=not transient, conversation_id=conversation_id
-            )
-            extra = {"work": kind, "item": claim.member, "attempt": outcome.attempts}
-            if conversation_id:
-                extra["conversation_id"] = conversation_id
-            first = outcome.attempts == 1 and not transient
-            if outcome.parked:
-                await self.bots.count("work_dead_lettered")
-                log.error(
-                    "%s %s parked as a dead letter after %d tries: %s",
-                    kind,
-                    claim.member,
-                    outcome.attempts,
-                    reason,
-                    extra=extra,
-                    exc_info=first,
-                )
-            else:
-                log.log(
-                    logging.WARNING if transient else logging.ERROR,
-                    "%s %s failed (try %d), tried again in %.1f s: %s",
-                    kind,
-                    claim.member,
-                    outcome.attempts,
-                    max(outcome.next_at_ms - now_ms(), 0) / 1000,
-                    reason,
-                    extra=extra,
-                    exc_info=first,
-                )
-            return
-        # Cleared only when its claim said a failure may be on record: no call otherwise.
-        if claim.failing and await self.failures.succeeded(kind, claim.member, began):
-            log.info("%s %s went through after failing", kind, claim.member)

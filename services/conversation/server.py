@@ -63,7 +63,7 @@ def create_server(settings: ConversationSettings) -> GrpcService:
         background=[
             *engine.workers(),
             GaugeUpdater(engine),
-            RetentionSweep(engine),
+            RetentionSweep(engine.ctx),
             ContextChanges(engine.store.redis, engine.context),
         ],
         on_stop=close,

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +26,9 @@ from services.conversation import envelope, proactive_policy, templates
 from services.conversation.store.proactive import ProactiveStore
 
 if TYPE_CHECKING:
-    from services.conversation.engine import Engine
+    from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayAsyncStub
+    from services.conversation.stages import StageContext
+    from services.conversation.stages.replies import ReplyStage
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,21 @@ class Started:
 
 
 class ProactiveStarter:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.settings = engine.settings
-        self.store = ProactiveStore(engine.store.redis, engine.store.retention_seconds)
+    def __init__(
+        self,
+        ctx: StageContext,
+        store: ProactiveStore,
+        *,
+        replies: ReplyStage,
+        envelope_due: Callable[[], None],
+    ) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.conversations = ctx.store
+        # The template goes out as a reply; n8n's first message as an envelope due now.
+        self.replies = replies
+        self.envelope_due = envelope_due
+        self.store = store
         self._file_templates = dict(proactive_policy.DEFAULT_TEMPLATES)
         if self.settings.proactive_templates_file:
             loaded = json.loads(Path(self.settings.proactive_templates_file).read_text())
@@ -81,8 +95,7 @@ class ProactiveStarter:
         if lead_id <= 0:
             raise InvalidInput("lead_id must be a positive integer")
         await self.template(trigger)
-        store = self.engine.store
-        conversation_id = await store.conversation_by_lead(
+        conversation_id = await self.conversations.conversation_by_lead(
             lead_id
         ) or envelope.conversation_for_lead(lead_id)
         ttl = int(self.settings.proactive_dedupe_seconds)
@@ -99,37 +112,13 @@ class ProactiveStarter:
             await self.store.forget_start(lead_id, trigger)
             raise
 
-    async def _lead(self, lead_id: int) -> gw.Lead:
-        try:
-            return await self.engine.gateway.GetLead(
-                gw.GetLeadRequest(lead_id=lead_id), metadata=client_metadata()
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(f"lead {lead_id} not found in Kommo") from exc
-            raise
-
-    async def open_for_lead(self, lead_id: int) -> str:
-        """The conversation of a lead that has none yet, opened with the lead's main
-        contact as Kommo knows it — for a message the bridge sends first (a confirmation
-        sent through /send-response with lead_id). Its id is the lead's deterministic
-        one, so two replicas opening it at once open the same conversation."""
-        lead = await self._lead(lead_id)
-        conversation_id = envelope.conversation_for_lead(lead_id)
-        await self.store.ensure_conversation(conversation_id, lead_id, lead.main_contact_id)
-        log.info(
-            "conversation opened for a message to a new lead",
-            extra={"conversation_id": conversation_id, "lead_id": lead_id},
-        )
-        return conversation_id
-
     async def _start(
         self, lead_id: int, trigger: str, conversation_id: str, only_if_silent: bool
     ) -> Started:
         metadata = client_metadata()
-        lead = await self._lead(lead_id)
+        lead = await read_lead(self.ctx.gateway, lead_id)
         try:
-            vendedor = await self.engine.vendedores.GetVendedorForLead(
+            vendedor = await self.ctx.vendedores.GetVendedorForLead(
                 vd.GetVendedorForLeadRequest(lead_id=lead_id), metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
@@ -173,22 +162,24 @@ class ProactiveStarter:
         self, conversation_id: str, lead_id: int, trigger: str, only_if_silent: bool = False
     ) -> str:
         """The first message: n8n's, or the template when n8n is not used or silent."""
-        engine = self.engine
-        if only_if_silent and _customer_wrote(await engine.store.conversation(conversation_id)):
+        ctx = self.ctx
+        if only_if_silent and _customer_wrote(
+            await self.conversations.conversation(conversation_id)
+        ):
             log.info(
                 "the customer wrote first: no proactive start",
                 extra={"conversation_id": conversation_id, "trigger": trigger},
             )
-            await engine.bots.count("proactive_skipped_customer_wrote")
+            await ctx.bots.count("proactive_skipped_customer_wrote")
             return "customer_wrote"
         metadata = client_metadata()
-        lead = await engine.gateway.GetLead(gw.GetLeadRequest(lead_id=lead_id), metadata=metadata)
-        vendedor = await engine.vendedores.GetVendedorForLead(
+        lead = await ctx.gateway.GetLead(gw.GetLeadRequest(lead_id=lead_id), metadata=metadata)
+        vendedor = await ctx.vendedores.GetVendedorForLead(
             vd.GetVendedorForLeadRequest(lead_id=lead_id), metadata=metadata
         )
         contact = None
         if lead.main_contact_id:
-            contact = await engine.gateway.GetContact(
+            contact = await ctx.gateway.GetContact(
                 gw.GetContactRequest(contact_id=lead.main_contact_id), metadata=metadata
             )
         text = proactive_policy.render(
@@ -197,10 +188,10 @@ class ProactiveStarter:
             lead.name,
             vendedor.name,
         )
-        conversation = await engine.store.conversation(conversation_id)
+        conversation = await self.conversations.conversation(conversation_id)
         # The envelope says whether free text can reach this customer (Kommo is asked
         # when the bridge has not seen them write).
-        await engine.templates.window(conversation, time.time())
+        await ctx.templates.window(conversation, time.time())
         url = self.settings.proactive_webhook_url
         if not (self.settings.proactive_via_n8n and url) or conversation.get("inflight_token"):
             await self._send_template(conversation_id, trigger, text, reply_token="")
@@ -233,11 +224,11 @@ class ProactiveStarter:
             callback_url=self.settings.callback_url,
             reply_token=reply_token,
             occurred_at=time.time(),
-            templates=envelope.templates_json((await engine.rules.current()).rules.templates),
+            templates=envelope.templates_json((await ctx.rules.current()).rules.templates),
             event=CONVERSATION_PROACTIVE,
             trigger=trigger,
         )
-        committed = await engine.store.commit_turn(
+        committed = await self.conversations.commit_turn(
             conversation_id=conversation_id,
             claim=Claim(conversation_id, -1),
             consumed=0,
@@ -258,13 +249,13 @@ class ProactiveStarter:
             {"conversation_id": conversation_id, "trigger": trigger, "text": text},
             due,
         )
-        engine.envelope_due()
+        self.envelope_due()
         return "awaiting_n8n"
 
     async def _send_template(
         self, conversation_id: str, trigger: str, text: str, reply_token: str
     ) -> None:
-        await self.engine.replies.send(
+        await self.replies.send(
             reply_token=reply_token,
             conversation_id="" if reply_token else conversation_id,
             lead_id=0,
@@ -284,7 +275,7 @@ class ProactiveStarter:
                     job["trigger"],
                     job.get("only_if_silent") == "1",
                 )
-            # Kommo or the vendedor service failing: Engine.attempt retries it with
+            # Kommo or the vendedor service failing: StageContext.attempt retries it with
             # backoff, and parks it as a dead letter if it keeps failing.
             except (InvalidInput, NotFound, Conflict) as exc:
                 # Trying again cannot help (e.g. its template is gone since it was
@@ -302,7 +293,7 @@ class ProactiveStarter:
         reply token is the idempotency key, so a late answer from n8n is a duplicate."""
         job = await self.store.job(claim.member)
         if job:
-            conversation = await self.engine.store.conversation(job["conversation_id"])
+            conversation = await self.conversations.conversation(job["conversation_id"])
             if conversation.get("inflight_token") == claim.member:
                 log.info("n8n silent on a proactive start: sending the template")
                 await self._send_template(
@@ -314,3 +305,28 @@ class ProactiveStarter:
 def _customer_wrote(conversation: dict[str, str]) -> bool:
     """The customer has written in this conversation (the apply script stamps it)."""
     return bool(conversation.get("customer_at"))
+
+
+async def read_lead(gateway: KommoGatewayAsyncStub, lead_id: int) -> gw.Lead:
+    """The lead as Kommo has it (through the gateway); NotFound when Kommo has none."""
+    try:
+        return await gateway.GetLead(gw.GetLeadRequest(lead_id=lead_id), metadata=client_metadata())
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(f"lead {lead_id} not found in Kommo") from exc
+        raise
+
+
+async def open_for_lead(gateway: KommoGatewayAsyncStub, store: ProactiveStore, lead_id: int) -> str:
+    """The conversation of a lead that has none yet, opened with the lead's main
+    contact as Kommo knows it — for a message the bridge sends first (a confirmation
+    sent through /send-response with lead_id). Its id is the lead's deterministic
+    one, so two replicas opening it at once open the same conversation."""
+    lead = await read_lead(gateway, lead_id)
+    conversation_id = envelope.conversation_for_lead(lead_id)
+    await store.ensure_conversation(conversation_id, lead_id, lead.main_contact_id)
+    log.info(
+        "conversation opened for a message to a new lead",
+        extra={"conversation_id": conversation_id, "lead_id": lead_id},
+    )
+    return conversation_id

@@ -26,7 +26,12 @@ from services.conversation import envelope, templates, window
 from services.conversation.templates import TemplateRef
 
 if TYPE_CHECKING:
-    from services.conversation.engine import Engine
+    from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayAsyncStub
+    from bridge.vendedor.v1.vendedor_pb2_grpc import VendedorServiceAsyncStub
+    from services.conversation.rulebook import RuleBook
+    from services.conversation.settings import ConversationSettings
+    from services.conversation.store.bot_state import BotStore
+    from services.conversation.store.conversations import ConversationStore
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +73,27 @@ class TemplateCheck:
 
 
 class TemplateSender:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(
+        self,
+        settings: ConversationSettings,
+        store: ConversationStore,
+        gateway: KommoGatewayAsyncStub,
+        vendedores: VendedorServiceAsyncStub,
+        rules: RuleBook,
+        bots: BotStore,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.gateway = gateway
+        self.vendedores = vendedores
+        self.rules = rules
+        self.bots = bots
 
     async def window(self, conversation: dict[str, str], now: float) -> window.WindowState:
         """The conversation's window now. When the bridge has not seen its customer write
         (a lead opened for a proactive start or a confirmation), Kommo's events say when
         they last did (one lookup, remembered on the conversation for a while)."""
-        policy = self.engine.settings.window_policy
+        policy = self.settings.window_policy
         lead_id = int(conversation.get("lead_id") or 0)
         looked_up = int(conversation.get("window_looked_up") or 0)
         if (
@@ -83,7 +101,7 @@ class TemplateSender:
             and lead_id
             and now * 1000 - looked_up > _LOOKUP_AGAIN_MS
         ):
-            answer = await self.engine.gateway.GetLastCustomerMessage(
+            answer = await self.gateway.GetLastCustomerMessage(
                 gw.GetLastCustomerMessageRequest(lead_id=lead_id), metadata=client_metadata()
             )
             fields: dict[str, str | int | float] = {"window_looked_up": int(now * 1000)}
@@ -92,20 +110,20 @@ class TemplateSender:
                 if answer.origin and not conversation.get("origin"):
                     fields["origin"] = answer.origin
             if conversation.get("id"):
-                await self.engine.store.record_decision(conversation["id"], fields)
+                await self.store.record_decision(conversation["id"], fields)
             conversation.update({k: str(v) for k, v in fields.items()})
         return envelope.conversation_window(policy, conversation, now)
 
     async def statuses(self, fresh: bool = False) -> dict[int, str]:
         """Kommo's templates by id → review status ({} when Kommo cannot say)."""
-        answer = await self.engine.gateway.ListTemplates(
+        answer = await self.gateway.ListTemplates(
             gw.ListTemplatesRequest(fresh=fresh), metadata=client_metadata()
         )
         return {t.id: t.review_status or "unknown" for t in answer.templates}
 
     async def check_all(self, fresh: bool = False) -> list[TemplateCheck]:
         """Every configured template with its review status."""
-        configured = (await self.engine.rules.current()).rules.templates
+        configured = (await self.rules.current()).rules.templates
         if not configured:
             return []
         statuses = await self.statuses(fresh)
@@ -120,7 +138,7 @@ class TemplateSender:
 
     async def usable(self, purpose: str) -> TemplateRef:
         """The template to send for `purpose`, or TemplateUnavailable saying why not."""
-        configured = (await self.engine.rules.current()).rules.templates
+        configured = (await self.rules.current()).rules.templates
         ref = templates.for_purpose(configured, purpose)
         if ref is None:
             raise TemplateUnavailable(
@@ -145,19 +163,17 @@ class TemplateSender:
         lead_id = int(conversation.get("lead_id") or 0)
         metadata = client_metadata()
         if wanted & {"lead", "vendedor", "nome"} and lead_id:
-            lead = await self.engine.gateway.GetLead(
-                gw.GetLeadRequest(lead_id=lead_id), metadata=metadata
-            )
+            lead = await self.gateway.GetLead(gw.GetLeadRequest(lead_id=lead_id), metadata=metadata)
             values.setdefault("lead", lead.name)
             contact_id = int(conversation.get("contact_id") or 0) or lead.main_contact_id
             if "nome" in wanted and contact_id:
-                contact = await self.engine.gateway.GetContact(
+                contact = await self.gateway.GetContact(
                     gw.GetContactRequest(contact_id=contact_id), metadata=metadata
                 )
                 values.setdefault("nome", contact.name)
             if "vendedor" in wanted and lead.responsible_user_id:
                 try:
-                    vendedor = await self.engine.vendedores.GetVendedor(
+                    vendedor = await self.vendedores.GetVendedor(
                         vd.GetVendedorRequest(vendedor_id=lead.responsible_user_id),
                         metadata=metadata,
                     )
@@ -184,7 +200,7 @@ class TemplateSender:
         values = await self.variables(conversation, ref, given or {})
         if purpose.startswith(templates.PROACTIVE + ":"):
             values.setdefault("trigger", purpose.partition(":")[2])
-        await self.engine.gateway.DeliverMessage(
+        await self.gateway.DeliverMessage(
             gw.DeliverMessageRequest(
                 lead_id=lead_id,
                 idempotency_key=idempotency_key,
@@ -197,14 +213,14 @@ class TemplateSender:
             metadata=client_metadata(),
         )
         conversation_id = conversation.get("id", "")
-        await self.engine.store.record_history(
+        await self.store.record_history(
             conversation_id,
             envelope.history_entry(
                 "bot", f"[modelo do WhatsApp: {purpose}]", time.time(), template=purpose
             ),
-            max(self.engine.settings.history_turns * 2, 10),
+            max(self.settings.history_turns * 2, 10),
         )
-        await self.engine.bots.count("template_sends")
+        await self.bots.count("template_sends")
         log.info(
             "WhatsApp template sent",
             extra={"conversation_id": conversation_id, "purpose": purpose},

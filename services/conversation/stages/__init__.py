@@ -1,16 +1,37 @@
-"""The conversation pipeline, one module per stage (see services/conversation/engine.py)."""
+"""The conversation pipeline, one module per stage (see services/conversation/engine.py).
+
+A stage is given a `StageContext` — the settings, the stores, the clients and caches it
+works with, and how a claimed item is run — and, by name in its constructor, the other
+stages it hands work to. It never reaches through an engine to find them.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 from redis.exceptions import RedisError
 
+from services.common.due_queue import Claim, DueQueue, WorkFailures, describe, now_ms
 from services.common.errors import Unavailable, is_transient_code
+from services.common.n8n import N8nClient
+from services.common.workpool import Work, WorkPool
+from services.conversation.context import ContextCache
+from services.conversation.control import BotController
+from services.conversation.rulebook import RuleBook
+from services.conversation.settings import ConversationSettings
+from services.conversation.store.bot_state import BotStore
+from services.conversation.store.conversations import ConversationStore
 
 if TYPE_CHECKING:
-    from services.conversation.engine import Engine
+    from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayAsyncStub
+    from bridge.vendedor.v1.vendedor_pb2_grpc import VendedorServiceAsyncStub
+    from services.conversation.template_sends import TemplateSender
+
+log = logging.getLogger(__name__)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -20,17 +41,102 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, RedisError | Unavailable | OSError)
 
 
-class Stage:
-    """A stage of the pipeline: the engine's parts it works with, by their names."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageContext:
+    """What every stage of a replica shares."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.settings = engine.settings
-        self.store = engine.store
-        self.gateway = engine.gateway
-        self.vendedores = engine.vendedores
-        self.n8n = engine.n8n
-        self.bots = engine.bots
-        self.bot = engine.bot
-        self.proactive = engine.proactive
-        self.failures = engine.failures
+    settings: ConversationSettings
+    store: ConversationStore
+    gateway: KommoGatewayAsyncStub
+    vendedores: VendedorServiceAsyncStub
+    n8n: N8nClient
+    # This replica's name in the event streams' consumer group.
+    consumer: str
+    # This replica's copies of leads, contacts and vendedores (context.py).
+    context: ContextCache
+    bots: BotStore
+    bot: BotController
+    rules: RuleBook
+    templates: TemplateSender
+    failures: WorkFailures
+
+    def pool(self, kind: str, queue: DueQueue, work: Work, slots: int) -> WorkPool:
+        return WorkPool(
+            kind,
+            queue,
+            work,
+            slots=slots,
+            lease_ms=self.settings.lease_ms,
+            poll_seconds=self.settings.poll_interval_seconds,
+            failures=self.failures.keys(kind),
+        )
+
+    async def attempt(
+        self,
+        kind: str,
+        queue: DueQueue,
+        claim: Claim,
+        work: Awaitable[object],
+        conversation_id: str = "",
+    ) -> None:
+        """Run one claimed work item. When it fails it is tried again after a growing
+        delay and, after WORK_MAX_ATTEMPTS failures (a dependency being unavailable does
+        not count), parked as a dead letter with its reason: one bad item never loops
+        forever nor stops the others. One ERROR line per failure; the traceback once."""
+        began = now_ms()
+        try:
+            await work
+        except RedisError:
+            raise
+        except Exception as exc:
+            transient = is_transient(exc)
+            reason = describe(exc)
+            outcome = await self.failures.failed(
+                kind, queue, claim, reason, counts=not transient, conversation_id=conversation_id
+            )
+            extra = {"work": kind, "item": claim.member, "attempt": outcome.attempts}
+            if conversation_id:
+                extra["conversation_id"] = conversation_id
+            first = outcome.attempts == 1 and not transient
+            if outcome.parked:
+                await self.bots.count("work_dead_lettered")
+                log.error(
+                    "%s %s parked as a dead letter after %d tries: %s",
+                    kind,
+                    claim.member,
+                    outcome.attempts,
+                    reason,
+                    extra=extra,
+                    exc_info=first,
+                )
+            else:
+                log.log(
+                    logging.WARNING if transient else logging.ERROR,
+                    "%s %s failed (try %d), tried again in %.1f s: %s",
+                    kind,
+                    claim.member,
+                    outcome.attempts,
+                    max(outcome.next_at_ms - now_ms(), 0) / 1000,
+                    reason,
+                    extra=extra,
+                    exc_info=first,
+                )
+            return
+        # Cleared only when its claim said a failure may be on record: no call otherwise.
+        if claim.failing and await self.failures.succeeded(kind, claim.member, began):
+            log.info("%s %s went through after failing", kind, claim.member)
+
+
+class Stage:
+    """A stage of the pipeline: the context's parts it works with, by their names."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.store = ctx.store
+        self.gateway = ctx.gateway
+        self.vendedores = ctx.vendedores
+        self.n8n = ctx.n8n
+        self.bots = ctx.bots
+        self.bot = ctx.bot
+        self.failures = ctx.failures

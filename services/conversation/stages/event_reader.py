@@ -215,12 +215,12 @@ class EventConsumer(BackgroundTask):
 
     def __init__(self, stage: EventStage, redis: aioredis.Redis) -> None:
         self.stage = stage
-        self.engine = stage.engine
+        self.ctx = stage.ctx
         self.redis = redis
         self.settings = stage.settings
         self.ownership = PartitionOwnership(
             EventLeases(redis),
-            self.engine.consumer,
+            self.ctx.consumer,
             [event_stream(p) for p in range(self.settings.event_partitions)],
             self.settings.lease_ms,
         )
@@ -364,7 +364,7 @@ class EventConsumer(BackgroundTask):
         read = asyncio.ensure_future(
             self.redis.xreadgroup(
                 WORKERS_GROUP,
-                self.engine.consumer,
+                self.ctx.consumer,
                 dict.fromkeys(streams, ">"),
                 count=room,
                 block=_READ_BLOCK_MS,
@@ -392,7 +392,7 @@ class EventConsumer(BackgroundTask):
             start = "0-0"
             while True:
                 entries = await self.redis.xreadgroup(
-                    WORKERS_GROUP, self.engine.consumer, {stream: start}, count=100
+                    WORKERS_GROUP, self.ctx.consumer, {stream: start}, count=100
                 )
                 items = cast(list[tuple[bytes, Any]], entries or [])
                 found = items[0][1] if items else []
@@ -415,7 +415,7 @@ class EventConsumer(BackgroundTask):
                 del self._catching_up[stream]
                 continue
             following, items = await claim_pending(
-                self.redis, stream, self.engine.consumer, 0, start, room
+                self.redis, stream, self.ctx.consumer, 0, start, room
             )
             if items:
                 log.info("took over %d pending events of %s", len(items), stream)
@@ -430,7 +430,7 @@ class EventConsumer(BackgroundTask):
         """Entries of this stream left pending after a failure: tried again."""
         idle_ms = int(self.settings.visibility_timeout_seconds * 1000)
         following, items = await claim_pending(
-            self.redis, stream, self.engine.consumer, idle_ms, "0-0", room
+            self.redis, stream, self.ctx.consumer, idle_ms, "0-0", room
         )
         now = time.monotonic()
         for key, at in list(self._waiting_retry.items()):
@@ -515,7 +515,7 @@ class EventConsumer(BackgroundTask):
                             stream_id,
                             MessageEvent.from_dict(data),
                             stream=stream,
-                            owner=self.engine.consumer,
+                            owner=self.ctx.consumer,
                             ack=ack,
                         )
             except (RedisError, PartitionLost) as exc:
@@ -537,7 +537,7 @@ class EventConsumer(BackgroundTask):
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(stream, WORKERS_GROUP, stream_id)
             pipe.xdel(stream, stream_id)
-            pipe.hdel(self.engine.failures.failing_key, failure_id)
+            pipe.hdel(self.ctx.failures.failing_key, failure_id)
             await pipe.execute()
         return True
 
@@ -548,7 +548,7 @@ class EventConsumer(BackgroundTask):
         after MAX_EVENT_ATTEMPTS. One ERROR line per failure; the traceback once."""
         reason = describe(exc)
         visibility_ms = int(self.settings.visibility_timeout_seconds * 1000)
-        outcome = await self.engine.failures.entry_failed(
+        outcome = await self.ctx.failures.entry_failed(
             "event",
             stream,
             WORKERS_GROUP,
@@ -561,7 +561,7 @@ class EventConsumer(BackgroundTask):
         )
         extra = {"work": "event", "item": stream_id, "attempt": outcome.attempts}
         if outcome.parked:
-            await self.engine.bots.count("work_dead_lettered")
+            await self.ctx.bots.count("work_dead_lettered")
             message = f"event {stream_id} parked as a dead letter after {outcome.attempts} tries"
         else:
             message = (

@@ -24,7 +24,7 @@ from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.logs import request_id
 from services.conversation import bot, envelope
 from services.conversation.context import CONVERSATION
-from services.conversation.stages import Stage
+from services.conversation.stages import Stage, StageContext
 from services.conversation.store.conversations import Applied, EchoCheck, TurnOffer
 from services.conversation.store.keys import (
     EVENTS_STREAM,
@@ -32,7 +32,8 @@ from services.conversation.store.keys import (
 from services.conversation.webhook_events import LeadEvent, MessageEvent
 
 if TYPE_CHECKING:
-    pass
+    from services.conversation.stages.turns import TurnStage
+    from services.conversation.starter import ProactiveStarter
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,13 @@ class PartitionLost(Exception):
 class EventStage(Stage):
     """What an event does to its conversation."""
 
+    def __init__(self, ctx: StageContext, *, turns: TurnStage, starter: ProactiveStarter) -> None:
+        super().__init__(ctx)
+        # A customer's message makes its turn due (or hands it the turn its apply claimed).
+        self.turns = turns
+        # A lead created or moved may start a proactive conversation.
+        self.starter = starter
+
     async def conversation_for(self, event: MessageEvent) -> str:
         """A conversation is identified by its lead. A chat seen before its lead (a message
         without one) is taken over by the lead that shows up in it; a chat already held by
@@ -64,14 +72,14 @@ class EventStage(Stage):
         if not event.lead_id:
             known = await self.store.conversation_by_chat(event.chat_id)
             return known or envelope.conversation_id_for(event)
-        known = self.engine.context.get(CONVERSATION, event.lead_id)
+        known = self.ctx.context.get(CONVERSATION, event.lead_id)
         if known is None:
             known = await self.store.conversation_by_lead(event.lead_id)
             if known:
                 # A lead keeps its conversation; an erasure or a reset drops the copy
                 # (services/conversation/context.py), and the apply script still refuses
                 # a conversation that went to another lead meanwhile.
-                self.engine.context.put(CONVERSATION, event.lead_id, known)
+                self.ctx.context.put(CONVERSATION, event.lead_id, known)
         if known:
             return known
         by_chat = await self.store.conversation_by_chat(event.chat_id) if event.chat_id else None
@@ -140,7 +148,7 @@ class EventStage(Stage):
         to_inbox = event.from_customer and not too_old
         # No debounce: the turn can start now, so the apply claims it for this process
         # when a turn slot is free (and nobody holds it): no claim, no read after it.
-        turns = self.engine.turns
+        turns = self.turns
         offer = (
             TurnOffer(now_ms() + self.settings.lease_ms, turns.history_read)
             if to_inbox and self.settings.message_debounce_seconds == 0 and turns.pool.reserve()
@@ -239,7 +247,7 @@ class EventStage(Stage):
             # No burst window, and the apply could not claim the turn (no slot free, or
             # someone holds it): it is due now and the turn pool claims it when it can (a
             # lane never waits for a turn: its next conversation's events go on).
-            self.engine.turns.pool.kick()
+            self.turns.pool.kick()
 
     async def apply_lead_event(self, event: LeadEvent) -> None:
         """A lead created or moved in Kommo may start a proactive conversation."""
@@ -255,7 +263,7 @@ class EventStage(Stage):
             log.info("lead %s already has a conversation: no proactive start", event.lead_id)
             return
         try:
-            started = await self.proactive.start(
+            started = await self.starter.start(
                 event.lead_id,
                 trigger,
                 only_if_silent=event.kind == "add",

@@ -12,18 +12,14 @@ next try, or parked.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from services.common.due_queue import Claim, now_ms
 from services.common.logs import flow, request_id
 from services.common.metrics import N8N_DELIVERIES
 from services.common.n8n import next_delay
 from services.common.workpool import Work, WorkPool
-from services.conversation.stages import Stage
+from services.conversation.stages import Stage, StageContext
 from services.conversation.store.keys import N8N_FAILING, OUTBOX_DUE
-
-if TYPE_CHECKING:
-    from services.conversation.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +27,21 @@ log = logging.getLogger(__name__)
 class OutboxStage(Stage):
     """Envelopes on their way to n8n, many at once."""
 
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
-        self.pool: WorkPool = engine.pool(
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.pool: WorkPool = ctx.pool(
             "n8n_delivery", self.store.outbox, self.work, self.settings.n8n_delivery_concurrency
         )
 
     async def work(self, claim: Claim) -> None:
-        await self.engine.attempt("n8n_delivery", self.store.outbox, claim, self.deliver(claim))
+        await self.ctx.attempt("n8n_delivery", self.store.outbox, claim, self.deliver(claim))
 
     def held(self, item: dict[str, str]) -> Work:
         """The work of an envelope its turn's commit leased to this process: the payload
         is in hand, nothing is read back (run in the pool's slot: `WorkPool.adopt`)."""
 
         async def work(claim: Claim) -> None:
-            await self.engine.attempt(
+            await self.ctx.attempt(
                 "n8n_delivery", self.store.outbox, claim, self._deliver_in_flow(claim, item)
             )
 
@@ -110,7 +106,7 @@ class OutboxStage(Stage):
         pulled = await self.failures.pull_forward("n8n_delivery", OUTBOX_DUE)
         if pulled:
             log.info("n8n is back: %d waiting envelopes due now", pulled)
-            self.engine.envelope_due()
+            self.pool.kick()
 
     def _longest_wait_ms(self) -> int:
         return int(max(self.settings.retry_schedule, default=0) * 1000) + 1

@@ -12,30 +12,29 @@ from typing import TYPE_CHECKING
 
 from services.common.due_queue import Claim
 from services.common.workpool import WorkPool
-from services.conversation.stages import Stage
+from services.conversation.stages import Stage, StageContext
 
 if TYPE_CHECKING:
-    from services.conversation.engine import Engine
+    from services.conversation.starter import ProactiveStarter
 
 
 class ProactiveStage(Stage):
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
+    def __init__(self, ctx: StageContext, starter: ProactiveStarter) -> None:
+        super().__init__(ctx)
+        self.proactive = starter
         slots = self.settings.proactive_concurrency
         starts = self.proactive.store
         self.pools: list[WorkPool] = [
-            engine.pool("proactive_start", starts.waiting, self.start, slots),
-            engine.pool("proactive_fallback", starts.fallbacks, self.fallback, slots),
+            ctx.pool("proactive_start", starts.waiting, self.start, slots),
+            ctx.pool("proactive_fallback", starts.fallbacks, self.fallback, slots),
         ]
 
     async def start(self, claim: Claim) -> None:
         waiting = self.proactive.store.waiting
-        await self.engine.attempt(
-            "proactive_start", waiting, claim, self.proactive.run_waiting(claim)
-        )
+        await self.ctx.attempt("proactive_start", waiting, claim, self.proactive.run_waiting(claim))
 
     async def fallback(self, claim: Claim) -> None:
         fallbacks = self.proactive.store.fallbacks
-        await self.engine.attempt(
+        await self.ctx.attempt(
             "proactive_fallback", fallbacks, claim, self.proactive.run_fallback(claim)
         )

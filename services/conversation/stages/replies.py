@@ -20,7 +20,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 import grpc
 
@@ -32,12 +31,11 @@ from services.common.logs import flow, request_id
 from services.common.n8n import next_delay
 from services.common.workpool import WorkPool, leased
 from services.conversation import envelope, rules, templates
-from services.conversation.stages import Stage, is_transient
+from services.conversation.stages import Stage, StageContext, is_transient
+from services.conversation.starter import open_for_lead
 from services.conversation.store.keys import REPLIES_DUE, SENT_TTL_SECONDS
+from services.conversation.store.proactive import ProactiveStore
 from services.conversation.template_sends import TemplateUnavailable
-
-if TYPE_CHECKING:
-    from services.conversation.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +71,14 @@ class KeyedLocks:
 class ReplyStage(Stage):
     """Replies on their way to the customer."""
 
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
+    def __init__(self, ctx: StageContext, *, handoffs: WorkPool, proactive: ProactiveStore) -> None:
+        super().__init__(ctx)
+        # Where a conversation is opened for a message to a lead nobody talked to yet.
+        self.proactive = proactive
+        # A turn's handoff-on-silence timer, forgotten when its reply settles the turn.
+        self.handoffs = handoffs
         self._in_order = KeyedLocks()
-        self.pool: WorkPool = engine.pool(
+        self.pool: WorkPool = ctx.pool(
             "reply", self.store.replies, self.work, self.settings.reply_concurrency
         )
 
@@ -85,7 +87,7 @@ class ReplyStage(Stage):
         if not job:
             await self.store.replies.release(claim)
             return
-        await self.engine.attempt(
+        await self.ctx.attempt(
             "reply",
             self.store.replies,
             claim,
@@ -109,7 +111,7 @@ class ReplyStage(Stage):
             if found is None:
                 # A message to a lead nobody has talked to yet (e.g. confirming an
                 # agendamento): its conversation is opened, as a proactive start does.
-                found = await self.proactive.open_for_lead(lead_id)
+                found = await open_for_lead(self.gateway, self.proactive, lead_id)
             return found, {}
         raise InvalidInput("reply_token, conversation_id or lead_id is required")
 
@@ -223,7 +225,7 @@ class ReplyStage(Stage):
         """The messages a reply goes as, and the pause before each: a long reply is split
         (at paragraphs, then at a maximum length) when the conversation's rules say so,
         and every message after the first waits as long as typing it would take."""
-        in_force = await self.engine.rules.current()
+        in_force = await self.ctx.rules.current()
         style, _ = rules.effective(
             in_force.rules,
             int(conversation.get("pipeline_id") or 0),
@@ -291,7 +293,7 @@ class ReplyStage(Stage):
                     await self._deliver_template(job, conversation, claim)
                     sent = len(parts)
                     break
-                window_state = await self.engine.templates.window(conversation, time.time())
+                window_state = await self.ctx.templates.window(conversation, time.time())
                 if conversation and not window_state.open:
                     # Free text would not reach the customer (WhatsApp's 24-hour window):
                     # checked at the moment each part leaves.
@@ -361,7 +363,7 @@ class ReplyStage(Stage):
             (now_ms() - started) / 1000 if started and answers_turn else None,
         )
         if answers_turn:
-            self.engine.timers.handoff_pool.forget(conversation_id)  # settled: no handoff
+            self.handoffs.forget(conversation_id)  # settled: no handoff
         if int(job.get("attempts") or 0):
             await self.failures.succeeded("reply", claim.member)
         log.info("reply delivered to Kommo", extra={"conversation_id": conversation_id})
@@ -427,7 +429,7 @@ class ReplyStage(Stage):
         if job.get("closed_window_purpose"):
             # A first message (a proactive start): its template is what the customer gets.
             purpose = job["closed_window_purpose"]
-            await self.engine.templates.send(
+            await self.ctx.templates.send(
                 conversation, purpose, f"{job['idempotency_key']}:template", {"texto": text}
             )
             await self.store.reply_done(claim)
@@ -449,7 +451,7 @@ class ReplyStage(Stage):
             )
             return "handed_to_vendedor"
         customer_at = conversation.get("customer_at", "")
-        await self.engine.templates.send(
+        await self.ctx.templates.send(
             conversation,
             templates.REOPEN,
             # One reopen per closed window, however many replies wait behind it.
@@ -472,7 +474,7 @@ class ReplyStage(Stage):
     ) -> None:
         """n8n's answer was a template (and its variables) rather than text."""
         purpose = job["template_purpose"]
-        await self.engine.templates.send(
+        await self.ctx.templates.send(
             conversation,
             purpose,
             job["idempotency_key"],

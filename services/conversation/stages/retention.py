@@ -12,7 +12,7 @@ from services.common.grpc_server import BackgroundTask
 from services.conversation.store.privacy import Privacy
 
 if TYPE_CHECKING:
-    from services.conversation.engine import Engine
+    from services.conversation.stages import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +25,16 @@ class RetentionSweep(BackgroundTask):
 
     name = "retention-sweep"
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, ctx: StageContext) -> None:
+        self.store = ctx.store
+        self.interval = ctx.settings.data_retention_sweep_seconds
         self.privacy = Privacy(
-            engine.store.redis, engine.store.retention_seconds, engine.store.event_partitions
+            ctx.store.redis, ctx.store.retention_seconds, ctx.store.event_partitions
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
-        interval = self.engine.settings.data_retention_sweep_seconds
-        while not stopping.is_set() and self.engine.store.retention_seconds:
+        interval = self.interval
+        while not stopping.is_set() and self.store.retention_seconds:
             try:
                 counts = await self.privacy.sweep()
                 if any(counts.values()):

@@ -8,36 +8,31 @@ releases, reschedules or settles its item.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from services.common.due_queue import Claim
 from services.common.workpool import WorkPool
-from services.conversation.stages import Stage
-
-if TYPE_CHECKING:
-    from services.conversation.engine import Engine
+from services.conversation.stages import Stage, StageContext
 
 
 class TimerStage(Stage):
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
         slots = self.settings.timer_concurrency
         # The handoff of a turn n8n leaves unanswered: queued by the turn's commit for this
         # process alone (WorkPool.expect), forgotten when the reply settles the turn.
-        self.handoff_pool = engine.pool("handoff", self.bots.handoffs, self.handoff, slots)
+        self.handoff_pool = ctx.pool("handoff", self.bots.handoffs, self.handoff, slots)
         self.pools: list[WorkPool] = [
-            engine.pool("resume", self.bots.resumes, self.resume, slots),
+            ctx.pool("resume", self.bots.resumes, self.resume, slots),
             self.handoff_pool,
-            engine.pool("notification", self.bots.notifications, self.notification, slots),
+            ctx.pool("notification", self.bots.notifications, self.notification, slots),
         ]
 
     async def resume(self, claim: Claim) -> None:
-        await self.engine.attempt(
+        await self.ctx.attempt(
             "resume", self.bots.resumes, claim, self.bot.run_resume(claim), claim.member
         )
 
     async def handoff(self, claim: Claim) -> None:
-        await self.engine.attempt(
+        await self.ctx.attempt(
             "handoff", self.bots.handoffs, claim, self.bot.run_handoff(claim), claim.member
         )
 
@@ -46,6 +41,6 @@ class TimerStage(Stage):
         if not job:
             await self.bots.notification_done(claim.member)
             return
-        await self.engine.attempt(
+        await self.ctx.attempt(
             "notification", self.bots.notifications, claim, self.bot.run_notification(claim, job)
         )

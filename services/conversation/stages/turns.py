@@ -37,12 +37,13 @@ from services.common.workpool import Work, WorkPool
 from services.conversation import envelope, rules
 from services.conversation.context import CONTACT, LEAD, VENDEDOR
 from services.conversation.rulebook import InForce
-from services.conversation.stages import Stage, is_transient
+from services.conversation.stages import Stage, StageContext, is_transient
 from services.conversation.store import TurnOffer
 from services.conversation.templates import TemplateRef
 
 if TYPE_CHECKING:
-    from services.conversation.engine import Engine
+    from services.conversation.stages.n8n_delivery import OutboxStage
+    from services.conversation.stages.replies import ReplyStage
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,14 @@ class TurnContext:
 class TurnStage(Stage):
     """Turns of conversations, many side by side, one at a time per conversation."""
 
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
-        self.pool: WorkPool = engine.pool(
+    def __init__(
+        self, ctx: StageContext, *, outbox: OutboxStage, replies: ReplyStage, handoffs: WorkPool
+    ) -> None:
+        super().__init__(ctx)
+        self.outbox = outbox
+        self.replies = replies
+        self.handoffs = handoffs
+        self.pool: WorkPool = ctx.pool(
             "turn", self.store.turns, self.work, self.settings.turn_concurrency
         )
         self._hours = rules.HoursDefaults(
@@ -84,9 +90,7 @@ class TurnStage(Stage):
         )
 
     async def work(self, claim: Claim) -> None:
-        await self.engine.attempt(
-            "turn", self.store.turns, claim, self.run_turn(claim), claim.member
-        )
+        await self.ctx.attempt("turn", self.store.turns, claim, self.run_turn(claim), claim.member)
 
     @property
     def history_read(self) -> int:
@@ -99,7 +103,7 @@ class TurnStage(Stage):
         view = (offer.conversation, offer.pending, offer.history)
 
         async def work(claim: Claim) -> None:
-            await self.engine.attempt(
+            await self.ctx.attempt(
                 "turn", self.store.turns, claim, self.run_turn(claim, view), claim.member
             )
 
@@ -157,7 +161,7 @@ class TurnStage(Stage):
             await self.store.turns.release(claim)
             await self.bots.count("messages_without_lead", len(pending))
             return
-        in_force = await self.engine.rules.current()
+        in_force = await self.ctx.rules.current()
         decision, recorded = self._decide(conversation, pending, context, in_force)
         counted = {f"decision_{decision.action}": len(pending)}
         if decision.action != "answer" or decision.out_of_hours_reply:
@@ -180,7 +184,7 @@ class TurnStage(Stage):
         # With a slot free in the outbox pool, the commit leases the envelope to this
         # process and the pool POSTs the payload in hand (no claim, no read); else it is
         # due now and the pool claims it.
-        outbox = self.engine.outbox
+        outbox = self.outbox
         held = (
             Claim(event_id, now_ms() + self.settings.lease_ms, failing=False)
             if outbox.pool.reserve()
@@ -220,13 +224,11 @@ class TurnStage(Stage):
             outbox.pool.take(held if committed else None, outbox.held(item))
         if committed:
             if held is None:
-                self.engine.envelope_due()
+                self.outbox.pool.kick()
             if self.settings.turn_check_after_ms:
                 # n8n's silence hands the turn off then: this process's handoff pool
                 # wakes for it (the commit queued it without waking anyone).
-                self.engine.timers.handoff_pool.expect(
-                    conversation_id, now_ms() + self.settings.turn_check_after_ms
-                )
+                self.handoffs.expect(conversation_id, now_ms() + self.settings.turn_check_after_ms)
         else:
             # Another turn of this conversation went to n8n meanwhile (or its messages
             # were taken, or it was erased): wait for that reply, as above.
@@ -346,7 +348,7 @@ class TurnStage(Stage):
         assert decision.out_of_hours_reply is not None
         conversation_id = conversation["id"]
         try:
-            await self.engine.replies.send(
+            await self.replies.send(
                 reply_token="",
                 conversation_id=conversation_id,
                 lead_id=int(conversation.get("lead_id") or 0),
@@ -433,7 +435,7 @@ class TurnStage(Stage):
     async def _lead(self, lead_id: int) -> gw.Lead | None:
         if not lead_id:
             return None
-        cached: gw.Lead | None = self.engine.context.get(LEAD, lead_id)
+        cached: gw.Lead | None = self.ctx.context.get(LEAD, lead_id)
         if cached is not None:
             return cached
         try:
@@ -444,13 +446,13 @@ class TurnStage(Stage):
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
-        self.engine.context.put(LEAD, lead_id, lead)
+        self.ctx.context.put(LEAD, lead_id, lead)
         return lead
 
     async def _contact(self, contact_id: int) -> gw.Contact | None:
         if not contact_id:
             return None
-        cached: gw.Contact | None = self.engine.context.get(CONTACT, contact_id)
+        cached: gw.Contact | None = self.ctx.context.get(CONTACT, contact_id)
         if cached is not None:
             return cached
         try:
@@ -461,13 +463,13 @@ class TurnStage(Stage):
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
-        self.engine.context.put(CONTACT, contact_id, contact)
+        self.ctx.context.put(CONTACT, contact_id, contact)
         return contact
 
     async def _vendedor(self, user_id: int) -> vd.Vendedor | None:
         if not user_id:
             return None
-        cached: vd.Vendedor | None = self.engine.context.get(VENDEDOR, user_id)
+        cached: vd.Vendedor | None = self.ctx.context.get(VENDEDOR, user_id)
         if cached is not None:
             return cached
         try:
@@ -478,7 +480,7 @@ class TurnStage(Stage):
             # The envelope is still worth sending without the vendedor.
             log.info("no vendedor for user %s: %s", user_id, exc.code().name)
             return None
-        self.engine.context.put(VENDEDOR, user_id, vendedor)
+        self.ctx.context.put(VENDEDOR, user_id, vendedor)
         return vendedor
 
 
