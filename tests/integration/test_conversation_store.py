@@ -359,3 +359,41 @@ async def test_the_apply_acknowledges_its_entry_and_counts_the_message(
     )
     assert await redis.xlen(stream) == 0
     assert await redis.hget(STATS, "messages_customer") == b"1"
+
+
+async def test_a_reply_reads_its_turn_conversation_and_idempotency_key_in_one_call(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis)
+    await store.apply_message(**_message("c1", "m1", 9))
+    [claim] = await store.turns.claim(10, 5000)
+    assert await store.commit_turn(
+        conversation_id="c1",
+        claim=claim,
+        consumed=1,
+        reply_token="tok",
+        event_id="ev",
+        payload="{}",
+        url="http://n8n",
+        check_after_ms=60_000,
+        turn_started_ms=now_ms(),
+    )
+    found = await store.reply_context("tok", "", "key-1")
+    assert found.turn["conversation_id"] == "c1" and found.turn["event_id"] == "ev"
+    assert found.conversation_id == "c1"
+    assert found.conversation["lead_id"] == "9" and found.conversation["inflight_token"] == "tok"
+    assert found.seen is None
+    await store.begin_reply("key-1", "job-1", {"conversation_id": "c1", "text": "oi"}, 5000)
+    assert (await store.reply_context("tok", "", "key-1")).seen == "job-1"
+    by_id = await store.reply_context("", "c1", "key-1")
+    assert (by_id.turn, by_id.conversation_id, by_id.seen) == ({}, "c1", "job-1")
+    assert by_id.conversation == found.conversation
+    unknown = await store.reply_context("no-such-token", "", "key-2")
+    assert (unknown.turn, unknown.conversation_id, unknown.conversation, unknown.seen) == (
+        {},
+        "",
+        {},
+        None,
+    )
+    gone = await store.reply_context("", "c-gone", "key-2")
+    assert (gone.conversation_id, gone.conversation) == ("c-gone", {})

@@ -95,25 +95,16 @@ class ReplyStage(Stage):
             job.get("conversation_id", ""),
         )
 
-    async def resolve_conversation(
-        self, reply_token: str, conversation_id: str, lead_id: int
-    ) -> tuple[str, dict[str, str]]:
-        """The conversation a reply is for, and the turn its token answers (if any)."""
-        if reply_token:
-            turn = await self.store.reply_token(reply_token)
-            if not turn:
-                raise NotFound("unknown or expired reply_token")
-            return turn["conversation_id"], turn
-        if conversation_id:
-            return conversation_id, {}
-        if lead_id:
-            found = await self.store.conversation_by_lead(lead_id)
-            if found is None:
-                # A message to a lead nobody has talked to yet (e.g. confirming an
-                # agendamento): its conversation is opened, as a proactive start does.
-                found = await open_for_lead(self.gateway, self.proactive, lead_id)
-            return found, {}
-        raise InvalidInput("reply_token, conversation_id or lead_id is required")
+    async def conversation_of_lead(self, lead_id: int) -> str:
+        """The conversation of a reply sent by lead, opened when the lead has none."""
+        if not lead_id:
+            raise InvalidInput("reply_token, conversation_id or lead_id is required")
+        found = await self.store.conversation_by_lead(lead_id)
+        if found is None:
+            # A message to a lead nobody has talked to yet (e.g. confirming an
+            # agendamento): its conversation is opened, as a proactive start does.
+            found = await open_for_lead(self.gateway, self.proactive, lead_id)
+        return found
 
     async def send(
         self,
@@ -149,17 +140,19 @@ class ReplyStage(Stage):
             parts = [f"[modelo do WhatsApp: {template}]"]
         if not text.strip() and not parts and not handoff:
             raise InvalidInput("text is empty")
-        conversation_id, turn = await self.resolve_conversation(
-            reply_token, conversation_id, lead_id
-        )
-        conversation = await self.store.conversation(conversation_id)
+        key = idempotency_key or reply_token or uuid.uuid4().hex
+        if not reply_token and not conversation_id:
+            conversation_id = await self.conversation_of_lead(lead_id)
+        found = await self.store.reply_context(reply_token, conversation_id, key)
+        if reply_token and not found.turn:
+            raise NotFound("unknown or expired reply_token")
+        conversation_id, turn, conversation = found.conversation_id, found.turn, found.conversation
         if not conversation:
             raise NotFound(f"conversation {conversation_id} not found")
         if turn.get("request_id") and turn["request_id"] != request_id.get():
             log.info("reply to the turn of request %s", turn["request_id"])
         lead = int(conversation.get("lead_id") or 0)
-        key = idempotency_key or reply_token or uuid.uuid4().hex
-        seen = await self.store.reply_for_key(key)
+        seen = found.seen
         if seen is not None:
             previous = await self.store.reply_job(seen)
             return "duplicate", conversation_id, seen, int(previous.get("lead_id") or lead)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -27,9 +28,23 @@ from services.conversation.store.keys import (
     outbox_item_key,
     reply_idempotency_key,
     reply_job_key,
+    reply_token_key,
     sent_key,
 )
 from services.conversation.store.scripts import register
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyContext:
+    """What a reply from n8n is checked against (`Replies.reply_context`)."""
+
+    # The turn its reply token answers ({} without a token, or for an unknown token).
+    turn: dict[str, str]
+    # Its conversation ('' for an unknown token) and that conversation's record ({} if gone).
+    conversation_id: str
+    conversation: dict[str, str]
+    # The job its idempotency key already took.
+    seen: str | None
 
 
 class Replies:
@@ -46,6 +61,7 @@ class Replies:
         self._hset_if_exists = register(redis, "hset_if_exists")
         self._reply_item_done = register(redis, "item_done")
         self._reply_finished = register(redis, "reply_finished")
+        self._reply_context = register(redis, "reply_context")
 
     async def reply_delivered(
         self,
@@ -130,6 +146,27 @@ class Replies:
         if existing == b"":
             raise NotFound(f"conversation {conversation_id} not found")
         return cast(bytes, existing).decode() if existing else None
+
+    async def reply_context(
+        self, reply_token: str, conversation_id: str, idempotency_key: str
+    ) -> ReplyContext:
+        """What a reply is checked against, in one call: the turn `reply_token` answers
+        (when it has one; else the reply is for `conversation_id`), the conversation's
+        record, and the job `idempotency_key` already took."""
+        first = reply_token_key(reply_token) if reply_token else conversation_key(conversation_id)
+        turn, found, record, seen = cast(
+            list[Any],
+            await self._reply_context(
+                keys=[first, reply_idempotency_key(idempotency_key)],
+                args=["token" if reply_token else "conversation"],
+            ),
+        )
+        return ReplyContext(
+            turn={text(turn[i]): text(turn[i + 1]) for i in range(0, len(turn), 2)},
+            conversation_id=text(found) if reply_token else conversation_id,
+            conversation={text(record[i]): text(record[i + 1]) for i in range(0, len(record), 2)},
+            seen=text(seen) or None,
+        )
 
     async def reply_for_key(self, key: str) -> str | None:
         value = await self.redis.get(reply_idempotency_key(key))
