@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from services.common.errors import InvalidInput
 from services.common.settings import ConfigurationError
-from services.conversation.rules import BotRules
+from services.conversation.rules_document import BotRules
 
 if TYPE_CHECKING:
     from services.conversation.store.rules import RulesStore

@@ -14,7 +14,8 @@ its answer, else the bridge's own — `nome` (the contact's name), `lead` (the l
 name), `vendedor` (the responsible vendedor's name), `trigger`, `texto` (the text that could
 not go as free text).
 
-Pure: no I/O. Kept in the bot rules document (rules.py), validated and versioned with it.
+Pure: no I/O. Kept in the bot rules document (rules_document.py), validated and versioned
+with it.
 """
 
 from __future__ import annotations

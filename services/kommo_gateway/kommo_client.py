@@ -23,7 +23,8 @@ from services.common.errors import (
 )
 from services.common.metrics import KOMMO_REQUESTS
 from services.kommo_gateway.breaker import CircuitBreaker
-from services.kommo_gateway.coalescer import REQUEUE, Coalescer, Handoff, Outcome
+from services.kommo_gateway.coalescer import REQUEUE, Coalescer, Outcome
+from services.kommo_gateway.handoff import Handoff
 from services.kommo_gateway.ratelimit import Budget, Departure, Priority, RateLimiter, call_priority
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.tokens import TokenManager
@@ -65,7 +66,7 @@ class KommoClient:
         budget: Budget,
         handoff: Handoff | None = None,
     ) -> None:
-        """`handoff`: batch with the other gateway replicas (coalescer.py)."""
+        """`handoff`: batch with the other gateway replicas (handoff.py)."""
         self._settings = settings
         self._http = http
         self.tokens = tokens

@@ -13,8 +13,8 @@ from services.common.grpc_server import GrpcService, run
 from services.common.logs import configure_logging
 from services.common.redis import create_redis
 from services.common.settings import load_settings
-from services.kommo_gateway.coalescer import Handoff
 from services.kommo_gateway.delivery import Delivery
+from services.kommo_gateway.handoff import Handoff
 from services.kommo_gateway.kommo_client import KommoClient
 from services.kommo_gateway.ratelimit import Budget, RateLimiter
 from services.kommo_gateway.servicer import GatewayServicer

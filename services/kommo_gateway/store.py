@@ -65,7 +65,7 @@ def cache_keep_seconds(retention_seconds: int) -> int:
     return min(CACHE_KEEP_SECONDS, retention_seconds) if retention_seconds else CACHE_KEEP_SECONDS
 
 
-# Batched calls across replicas (coalescer.py): one replica holds the dispatch lease and
+# Batched calls across replicas (handoff.py): one replica holds the dispatch lease and
 # sends every replica's list calls. The lease: the holder's token, renewed at a third of
 # its life, so a dead holder is replaced within seconds.
 BATCH_LEASE = "gw:batch-lease"

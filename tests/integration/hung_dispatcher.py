@@ -14,7 +14,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.kommo_gateway.coalescer import Coalescer, Handoff, Outcome
+from services.kommo_gateway.coalescer import Coalescer, Outcome
+from services.kommo_gateway.handoff import Handoff
 from services.kommo_gateway.ratelimit import Budget, Departure, Priority, RateLimiter
 
 

@@ -21,7 +21,8 @@ from devstack.processes import ROOT
 from sandbox.kommo import sandbox_of
 from sandbox.kommo.runtime import Sandbox
 from services.common.errors import NotFound, Unavailable
-from services.kommo_gateway.coalescer import Coalescer, Handoff, Outcome
+from services.kommo_gateway.coalescer import Coalescer, Outcome
+from services.kommo_gateway.handoff import Handoff
 from services.kommo_gateway.kommo_client import KommoClient
 from services.kommo_gateway.ratelimit import (
     Budget,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from services.kommo_gateway import coalescer as coalescer_module
+from services.kommo_gateway import handoff as handoff_module
 from services.kommo_gateway.ratelimit import Priority
 from services.kommo_gateway.store import BATCH_LEASE
 from tests.integration.test_coalescer_replicas import _eventually, _recorder, _replicas
@@ -27,7 +27,7 @@ async def calls(redis: aioredis.Redis) -> int:
 async def test_idle_replicas_rest_and_wake_on_the_next_call(
     redis: aioredis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(coalescer_module, "_REST_AFTER_SECONDS", REST_AFTER)
+    monkeypatch.setattr(handoff_module, "_REST_AFTER_SECONDS", REST_AFTER)
     sent: list[tuple[str, list[Any]]] = []
     async with _replicas(redis_url, 2) as (first, second):
         reads = [

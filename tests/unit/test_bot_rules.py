@@ -15,20 +15,19 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.common.kommo_ids import KOMMO_ID_MAX
-from services.conversation import patterns, rules
+from services.conversation import pattern_check, rules_document, rules_matching
 from services.conversation.patterns import compile_pattern
 from services.conversation.rules import (
-    BotRules,
     Decision,
     HoursDefaults,
-    SplitReplies,
     TurnFacts,
     decide,
     effective,
-    normalize_phone,
     split_reply,
     typing_pause,
 )
+from services.conversation.rules_document import BotRules, SplitReplies
+from services.conversation.rules_matching import normalize_phone
 
 SP = ZoneInfo("America/Sao_Paulo")
 DEFAULTS = HoursDefaults("America/Sao_Paulo", "08:00-20:00", "mon-sat")
@@ -203,17 +202,17 @@ def test_the_decision_names_the_scope_of_the_rule_that_decided() -> None:
 
 
 def test_keywords_ignore_accents_and_case() -> None:
-    assert rules.matched_keyword(["preço"], ["Qual o PRECO?"]) == "preço"
-    assert rules.matched_keyword(["orcamento"], ["quero um orçamento"]) == "orcamento"
-    assert rules.matched_keyword(["Atendente"], ["ATENDENTE!"]) == "Atendente"
+    assert rules_matching.matched_keyword(["preço"], ["Qual o PRECO?"]) == "preço"
+    assert rules_matching.matched_keyword(["orcamento"], ["quero um orçamento"]) == "orcamento"
+    assert rules_matching.matched_keyword(["Atendente"], ["ATENDENTE!"]) == "Atendente"
 
 
 def test_keywords_match_whole_words_and_phrases_only() -> None:
-    assert rules.matched_keyword(["preço"], ["preçoxyz"]) is None
-    assert rules.matched_keyword(["preço"], ["superpreço"]) is None
-    assert rules.matched_keyword(["quanto custa"], ["e quanto   custa?"]) == "quanto custa"
-    assert rules.matched_keyword(["quanto custa"], ["quantocusta"]) is None
-    assert rules.matched_keyword(["oi", "preço"], ["nada", "o preço."]) == "preço"
+    assert rules_matching.matched_keyword(["preço"], ["preçoxyz"]) is None
+    assert rules_matching.matched_keyword(["preço"], ["superpreço"]) is None
+    assert rules_matching.matched_keyword(["quanto custa"], ["e quanto   custa?"]) == "quanto custa"
+    assert rules_matching.matched_keyword(["quanto custa"], ["quantocusta"]) is None
+    assert rules_matching.matched_keyword(["oi", "preço"], ["nada", "o preço."]) == "preço"
 
 
 def test_a_keyword_needs_a_letter_or_a_digit() -> None:
@@ -225,20 +224,20 @@ def test_a_keyword_needs_a_letter_or_a_digit() -> None:
 # -- regular expressions -------------------------------------------------------------------
 
 CATASTROPHIC = [
-    (r"(a+)+", patterns.NESTED_QUANTIFIER),
-    (r"(a*)*", patterns.NESTED_QUANTIFIER),
-    (r"(.*a){20}", patterns.NESTED_QUANTIFIER),
-    (r"(\w+\s?)*$", patterns.NESTED_QUANTIFIER),
-    (r"(\d{1,3})+", patterns.NESTED_QUANTIFIER),
-    (r"(a|aa)+", patterns.OVERLAPPING_ALTERNATIVES),
-    (r"(a|a)*", patterns.OVERLAPPING_ALTERNATIVES),
-    (r"(ab?b?)+", patterns.OVERLAPPING_ALTERNATIVES),
-    (r"(?:ab|\wb)+", patterns.OVERLAPPING_ALTERNATIVES),
-    (r"(a?)*", patterns.EMPTY_REPEAT),
-    (r".*a.*b", patterns.COMPETING_QUANTIFIERS),
-    (r"\w+\s*\w+x", patterns.COMPETING_QUANTIFIERS),
-    (r"(\w+)?\w+x", patterns.COMPETING_QUANTIFIERS),
-    (r"[a-z]{0,50}[a-z]{0,50}x", patterns.COMPETING_QUANTIFIERS),
+    (r"(a+)+", pattern_check.NESTED_QUANTIFIER),
+    (r"(a*)*", pattern_check.NESTED_QUANTIFIER),
+    (r"(.*a){20}", pattern_check.NESTED_QUANTIFIER),
+    (r"(\w+\s?)*$", pattern_check.NESTED_QUANTIFIER),
+    (r"(\d{1,3})+", pattern_check.NESTED_QUANTIFIER),
+    (r"(a|aa)+", pattern_check.OVERLAPPING_ALTERNATIVES),
+    (r"(a|a)*", pattern_check.OVERLAPPING_ALTERNATIVES),
+    (r"(ab?b?)+", pattern_check.OVERLAPPING_ALTERNATIVES),
+    (r"(?:ab|\wb)+", pattern_check.OVERLAPPING_ALTERNATIVES),
+    (r"(a?)*", pattern_check.EMPTY_REPEAT),
+    (r".*a.*b", pattern_check.COMPETING_QUANTIFIERS),
+    (r"\w+\s*\w+x", pattern_check.COMPETING_QUANTIFIERS),
+    (r"(\w+)?\w+x", pattern_check.COMPETING_QUANTIFIERS),
+    (r"[a-z]{0,50}[a-z]{0,50}x", pattern_check.COMPETING_QUANTIFIERS),
 ]
 
 
@@ -320,7 +319,7 @@ def test_only_the_first_4096_characters_of_a_message_are_matched() -> None:
     assert decide(regex, facts(texts=[late]), DEFAULTS).action == "not_triggered"
     early = "valor " + "x" * 5000
     assert decide(regex, facts(texts=[early]), DEFAULTS).action == "answer"
-    assert rules.matched_keyword(["valor"], [late]) is None
+    assert rules_matching.matched_keyword(["valor"], [late]) is None
 
 
 # -- phones and the ignore list ------------------------------------------------------------
@@ -823,13 +822,13 @@ def test_phones_are_parsed_only_when_the_ignore_list_has_phones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     parsed: list[str] = []
-    real = rules.normalize_phone
+    real = rules_matching.normalize_phone
 
     def counting(raw: str, region: str = "BR") -> str | None:
         parsed.append(raw)
         return real(raw, region)
 
-    monkeypatch.setattr(rules, "normalize_phone", counting)
+    monkeypatch.setattr(rules_document, "normalize_phone", counting)
     assert decide(bot_rules(ignore={"contact_ids": [4400009]}), facts(), DEFAULTS).action == (
         "answer"
     )

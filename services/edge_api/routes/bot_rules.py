@@ -1,5 +1,5 @@
 """Bot rules: when the bot answers, for whom, and how its replies read (one versioned
-document; services/conversation/rules.py says what each field does).
+document; services/conversation/rules_document.py says what each field does).
 
 The conversation service validates a new document (one place, the same for the API and
 BOT_RULES_FILE): a document that is not valid rules — an unknown field, a bad id or phone,
@@ -17,7 +17,8 @@ from pydantic import BaseModel, Field
 from bridge.conversation.v1 import conversation_pb2 as conv
 from services.common.errors import InvalidInput
 from services.common.grpc_server import client_metadata
-from services.conversation.rules import EXAMPLE_RULES, BotRules, EffectiveRules, resolve
+from services.conversation.rules import resolve
+from services.conversation.rules_document import EXAMPLE_RULES, BotRules, EffectiveRules
 from services.edge_api.deps import API_KEY, ClientsDep
 from services.edge_api.ids import KommoIdQuery
 
