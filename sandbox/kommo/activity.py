@@ -11,6 +11,13 @@ chat). A template Salesbot sends its WhatsApp template, markers filled at run ti
 time — but only when the template is approved (else the run's outcome is
 ``template_not_approved`` and nothing reaches the chat); Kommo's own (``amocrm``) template is
 free text, held to the window. Only a customer's message opens the window. See whatsapp.py.
+
+A lead or contact edited through the API (``PATCH /api/v4/leads``, ``/contacts``) is told as
+Kommo tells it, a moment after the answer: ``leads[update]`` (``update_lead``), and
+``leads[responsible]`` (``responsible_lead``) when its responsible user changed; likewise
+``contacts[update]`` and ``contacts[responsible]``. Those go only to the hooks subscribed to
+them (``POST /api/v4/webhooks``): the configured bridge URL stands for a hook made in Kommo's
+settings with the chat and lead events (``add_message``, ``add_lead``, ``status_lead``).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,16 +39,21 @@ from sandbox.kommo.state import (
     Attachment,
     ChatMessage,
     ChatTemplate,
+    Contact,
+    CustomFieldDef,
+    FieldValues,
     Lead,
     User,
 )
 from sandbox.kommo.webhooks import (
     AccountRef,
+    ContactHook,
     CustomFieldHook,
     LeadHook,
     MessageHook,
     WebhookDelivery,
     WebhookSender,
+    contact_event_body,
     lead_event_body,
     message_add_body,
 )
@@ -50,7 +62,13 @@ from sandbox.kommo.whatsapp import OUTSIDE_WINDOW, chat_window, fill_markers
 logger = logging.getLogger(__name__)
 
 MESSAGE_SETTING = "add_message"
-LEAD_SETTINGS = {"add": "add_lead", "status": "status_lead"}
+LEAD_SETTINGS = {
+    "add": "add_lead",
+    "status": "status_lead",
+    "update": "update_lead",
+    "responsible": "responsible_lead",
+}
+CONTACT_SETTINGS = {"update": "update_contact", "responsible": "responsible_contact"}
 INCOMING_EVENT = INCOMING_CHAT_MESSAGE
 OUTGOING_EVENT = "outgoing_chat_message"
 _BOT_NAMESPACE = uuid.UUID("0b6f3f43-8d4c-4f0e-9d55-7a1c2e9b5d10")
@@ -127,6 +145,11 @@ class AccountActivity:
     def webhook_targets(self, setting: str) -> list[str]:
         """The configured bridge URL, then every enabled API subscription to ``setting``."""
         urls = [self._config.bridge_webhook_url] if self._config.bridge_webhook_url else []
+        return urls + [url for url in self.subscribers(setting) if url not in urls]
+
+    def subscribers(self, setting: str) -> list[str]:
+        """Every enabled API subscription to ``setting``, once each."""
+        urls: list[str] = []
         for subscription in self._state.subscriptions:
             if (
                 not subscription.disabled
@@ -352,16 +375,59 @@ class AccountActivity:
             int(time.time()),
             [{"lead_status": {"id": lead.status_id, "pipeline_id": lead.pipeline_id}}],
         )
-        custom_fields = [
-            CustomFieldHook(
-                id=field_id,
-                name=self._state.lead_fields[field_id].name,
-                values=[value.value for value in values],
-                enum_ids=[value.enum_id for value in values],
-            )
-            for field_id, values in lead.fields.items()
+        hook = self._lead_hook(lead, old_status_id if kind == "status" else None)
+        setting = LEAD_SETTINGS[kind]
+        body = lead_event_body(self.account, kind, [hook])
+        return Notified(
+            body, await self._webhooks.deliver(setting, self.webhook_targets(setting), body)
+        )
+
+    def leads_edited(self, edits: Sequence[tuple[Lead, int]]) -> None:
+        """Leads changed through the API, each with its responsible user before: one
+        ``leads[update]`` body for them all, one ``leads[responsible]`` for those whose
+        responsible user changed, to the hooks subscribed to each."""
+        hooks = [
+            (self._lead_hook(lead), lead.responsible_user_id != before) for lead, before in edits
         ]
-        hook = LeadHook(
+        self._tell_subscribers(
+            LEAD_SETTINGS["update"], lead_event_body(self.account, "update", [h for h, _ in hooks])
+        )
+        if handed_over := [hook for hook, changed in hooks if changed]:
+            self._tell_subscribers(
+                LEAD_SETTINGS["responsible"],
+                lead_event_body(self.account, "responsible", handed_over),
+            )
+
+    def contacts_edited(self, edits: Sequence[tuple[Contact, int]]) -> None:
+        """Contacts changed through the API, as ``leads_edited`` tells leads."""
+        hooks = [
+            (
+                ContactHook(
+                    id=contact.id,
+                    name=contact.name,
+                    responsible_user_id=contact.responsible_user_id,
+                    created_user_id=self._state.admin.id,
+                    date_create=contact.created_at,
+                    last_modified=contact.updated_at,
+                    custom_fields=_custom_fields(self._state.contact_fields, contact.fields),
+                ),
+                contact.responsible_user_id != before,
+            )
+            for contact, before in edits
+        ]
+        self._tell_subscribers(
+            CONTACT_SETTINGS["update"],
+            contact_event_body(self.account, "update", [h for h, _ in hooks]),
+        )
+        if handed_over := [hook for hook, changed in hooks if changed]:
+            self._tell_subscribers(
+                CONTACT_SETTINGS["responsible"],
+                contact_event_body(self.account, "responsible", handed_over),
+            )
+
+    def _lead_hook(self, lead: Lead, old_status_id: int | None = None) -> LeadHook:
+        """``lead`` as it is now; with ``old_status_id``, a move from that status."""
+        return LeadHook(
             id=lead.id,
             name=lead.name,
             status_id=lead.status_id,
@@ -371,15 +437,20 @@ class AccountActivity:
             created_user_id=self._state.admin.id,
             date_create=lead.created_at,
             last_modified=lead.updated_at,
-            custom_fields=custom_fields,
-            old_status_id=old_status_id if kind == "status" else None,
-            old_pipeline_id=lead.pipeline_id if kind == "status" else None,
+            custom_fields=_custom_fields(self._state.lead_fields, lead.fields),
+            old_status_id=old_status_id,
+            old_pipeline_id=lead.pipeline_id if old_status_id is not None else None,
         )
-        setting = LEAD_SETTINGS[kind]
-        body = lead_event_body(self.account, kind, [hook])
-        return Notified(
-            body, await self._webhooks.deliver(setting, self.webhook_targets(setting), body)
-        )
+
+    def _tell_subscribers(self, setting: str, body: str) -> None:
+        """Deliver ``body`` a moment after the change, as Kommo does, to the hooks
+        subscribed to ``setting`` (none subscribed: nothing is sent)."""
+        urls = self.subscribers(setting)
+        if urls:
+            self._spawn(self._deliver(setting, urls, body))
+
+    async def _deliver(self, setting: str, urls: list[str], body: str) -> None:
+        await self._webhooks.deliver(setting, urls, body)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -408,6 +479,20 @@ class AccountActivity:
         for task in self._tasks:
             task.cancel()
         await self.drain()
+
+
+def _custom_fields(
+    definitions: dict[int, CustomFieldDef], fields: FieldValues
+) -> list[CustomFieldHook]:
+    return [
+        CustomFieldHook(
+            id=field_id,
+            name=definitions[field_id].name,
+            values=[value.value for value in values],
+            enum_ids=[value.enum_id for value in values],
+        )
+        for field_id, values in fields.items()
+    ]
 
 
 def _bot_message(

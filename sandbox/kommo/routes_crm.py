@@ -289,7 +289,9 @@ async def patch_lead(
     lead = sandbox.state.leads.get(lead_id)
     if lead is None:
         raise KommoProblem(404, f"Lead {lead_id} not found")
+    responsible = lead.responsible_user_id
     _apply_all([_prepare_lead_patch(sandbox.state, lead, patch, "0")])
+    sandbox.activity.leads_edited([(lead, responsible)])
     return HalResponse(_updated(request, "leads", lead.id, lead.updated_at))
 
 
@@ -319,7 +321,11 @@ async def patch_leads(
             continue
         prepared.append(_prepare_lead_patch(state, lead, item, request_id))
         leads.append((lead, request_id))
+    responsible = [lead.responsible_user_id for lead, _ in leads]
     _apply_all(prepared)
+    sandbox.activity.leads_edited(
+        [(lead, before) for (lead, _), before in zip(leads, responsible, strict=True)]
+    )
     rendered = [
         {**_updated(request, "leads", lead.id, lead.updated_at), "request_id": request_id}
         for lead, request_id in leads
@@ -371,7 +377,9 @@ async def patch_contact(
     contact = sandbox.state.contacts.get(contact_id)
     if contact is None:
         raise KommoProblem(404, f"Contact {contact_id} not found")
+    responsible = contact.responsible_user_id
     _apply_all([_prepare_contact_patch(sandbox.state, contact, patch, "0")])
+    sandbox.activity.contacts_edited([(contact, responsible)])
     return HalResponse(_updated(request, "contacts", contact.id, contact.updated_at))
 
 
@@ -391,7 +399,11 @@ async def patch_contacts(
             continue
         prepared.append(_prepare_contact_patch(state, contact, item, request_id))
         contacts.append((contact, request_id))
+    responsible = [contact.responsible_user_id for contact, _ in contacts]
     _apply_all(prepared)
+    sandbox.activity.contacts_edited(
+        [(contact, before) for (contact, _), before in zip(contacts, responsible, strict=True)]
+    )
     rendered = [
         {**_updated(request, "contacts", c.id, c.updated_at), "request_id": request_id}
         for c, request_id in contacts

@@ -68,7 +68,7 @@ class CustomFieldHook:
 
 @dataclass(frozen=True)
 class LeadHook:
-    """One ``leads[add|status][i]`` item."""
+    """One ``leads[add|status|update|responsible][i]`` item: the lead as it is now."""
 
     id: int
     name: str
@@ -82,6 +82,19 @@ class LeadHook:
     custom_fields: Sequence[CustomFieldHook] = ()
     old_status_id: int | None = None
     old_pipeline_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ContactHook:
+    """One ``contacts[update|responsible][i]`` item: the contact as it is now."""
+
+    id: int
+    name: str
+    responsible_user_id: int
+    created_user_id: int
+    date_create: int
+    last_modified: int
+    custom_fields: Sequence[CustomFieldHook] = ()
 
 
 def _account_pairs(account: AccountRef) -> Pairs:
@@ -126,7 +139,8 @@ def message_add_body(account: AccountRef, messages: Sequence[MessageHook]) -> st
 
 
 def lead_event_body(account: AccountRef, kind: str, leads: Sequence[LeadHook]) -> str:
-    """``kind`` is ``add`` or ``status``; the latter carries the old status and pipeline."""
+    """``kind`` is ``add``, ``status``, ``update`` or ``responsible``; ``status`` carries
+    the old status and pipeline."""
     pairs = _account_pairs(account)
     for index, lead in enumerate(leads):
         prefix = f"leads[{kind}][{index}]"
@@ -149,16 +163,45 @@ def lead_event_body(account: AccountRef, kind: str, leads: Sequence[LeadHook]) -
             item.append(("old_status_id", str(lead.old_status_id)))
         if lead.old_pipeline_id is not None:
             item.append(("old_pipeline_id", str(lead.old_pipeline_id)))
-        for position, custom in enumerate(lead.custom_fields):
-            field_key = f"custom_fields[{position}]"
-            item += [(f"{field_key}[id]", str(custom.id)), (f"{field_key}[name]", custom.name)]
-            for value_index, value in enumerate(custom.values):
-                value_key = f"{field_key}[values][{value_index}]"
-                item.append((f"{value_key}[value]", value))
-                if value_index < len(custom.enum_ids) and custom.enum_ids[value_index] is not None:
-                    item.append((f"{value_key}[enum]", str(custom.enum_ids[value_index])))
+        item += _custom_field_pairs(lead.custom_fields)
         pairs += [(_nested(prefix, key), value) for key, value in item]
     return urllib.parse.urlencode(pairs)
+
+
+def contact_event_body(account: AccountRef, kind: str, contacts: Sequence[ContactHook]) -> str:
+    """``kind`` is ``update`` or ``responsible``: the contact as it is now, lead-like."""
+    pairs = _account_pairs(account)
+    for index, contact in enumerate(contacts):
+        prefix = f"contacts[{kind}][{index}]"
+        item: Pairs = [
+            ("id", str(contact.id)),
+            ("name", contact.name),
+            ("responsible_user_id", str(contact.responsible_user_id)),
+            ("date_create", str(contact.date_create)),
+            ("last_modified", str(contact.last_modified)),
+            ("created_user_id", str(contact.created_user_id)),
+            ("modified_user_id", str(contact.responsible_user_id)),
+            ("account_id", str(account.account_id)),
+            ("created_at", str(contact.date_create)),
+            ("updated_at", str(contact.last_modified)),
+            ("type", "contact"),
+        ]
+        item += _custom_field_pairs(contact.custom_fields)
+        pairs += [(_nested(prefix, key), value) for key, value in item]
+    return urllib.parse.urlencode(pairs)
+
+
+def _custom_field_pairs(custom_fields: Sequence[CustomFieldHook]) -> Pairs:
+    pairs: Pairs = []
+    for position, custom in enumerate(custom_fields):
+        field_key = f"custom_fields[{position}]"
+        pairs += [(f"{field_key}[id]", str(custom.id)), (f"{field_key}[name]", custom.name)]
+        for value_index, value in enumerate(custom.values):
+            value_key = f"{field_key}[values][{value_index}]"
+            pairs.append((f"{value_key}[value]", value))
+            if value_index < len(custom.enum_ids) and custom.enum_ids[value_index] is not None:
+                pairs.append((f"{value_key}[enum]", str(custom.enum_ids[value_index])))
+    return pairs
 
 
 def _nested(prefix: str, key: str) -> str:

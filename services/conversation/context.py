@@ -7,8 +7,9 @@ three gRPC calls and three Redis reads behind them, for the same answers. A copy
 used while it is young; the gateway's own copy (KOMMO_CACHE_TTL_SECONDS) stays the source.
 
 A copy is dropped at once, on every replica, when what it holds changes or must go: the
-erasure of a lead or contact, and a lead Kommo moved to another stage (its rules may
-differ). Those publish on one Redis channel that every replica listens to; a replica that
+erasure of a lead or contact, and a lead or contact Kommo's webhooks say changed (edited,
+given another responsible user, deleted, moved to another stage, where its rules may
+differ: the gateway's copies go first, `ForgetCopies`). Those publish on one Redis channel that every replica listens to; a replica that
 lost the channel for a moment drops every copy it holds when it is back, since it may
 have missed a message. The copies are held in memory only, bounded in number, and never
 written anywhere.

@@ -15,8 +15,10 @@ from redis.exceptions import RedisError
 
 from bridge.conversation.v1 import conversation_pb2 as pb
 from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServicer
+from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from services.common.due_queue import Failure, now_ms
 from services.common.errors import BridgeError, InvalidInput, NotFound
+from services.common.grpc_server import client_metadata
 from services.conversation import envelope, series
 from services.conversation.context import publish_changes
 from services.conversation.engine import Engine
@@ -44,15 +46,19 @@ _DEBUG_ALL_LIMIT = 200
 _FAILING_LISTED = 100
 # What an operator must look at first, most urgent first.
 _ATTENTION_ORDER = ("failing", "dead_letter", "waiting_for_n8n", "taken_over")
+# The webhook's answer waits for the gateway to drop its copies of what Kommo changed:
+# well inside the ~2 s Kommo gives it, and a hung gateway costs no more than this.
+_FORGET_DEADLINE_SECONDS = 0.5
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _parse(
     body: bytes, max_fields: int, subdomain: str, leads_wanted: bool
-) -> tuple[list[MessageEvent | LeadEvent], list[Skipped], list[int]] | pb.IngestResult:
-    """The events to store, the items skipped, and the leads Kommo moved to another
-    stage; or the refusal of the whole body."""
+) -> tuple[list[MessageEvent | LeadEvent], list[Skipped], list[int], list[int]] | pb.IngestResult:
+    """The events to store, the items skipped, and the leads and the contacts Kommo
+    changed (edited, given another responsible user, deleted, moved to another stage);
+    or the refusal of the whole body."""
     try:
         parsed = parse_webhook(nest(parse_form(body, max_fields)), subdomain)
     except Refusal as exc:
@@ -75,7 +81,7 @@ def _parse(
     if leads_wanted:
         # Lead events are stored only when they start proactive conversations.
         events.extend(parsed.leads)
-    return events, parsed.skipped, [lead.lead_id for lead in parsed.leads if lead.kind == "status"]
+    return events, parsed.skipped, parsed.changed_lead_ids, parsed.changed_contact_ids
 
 
 def _refused(reason: str, field: str) -> None:
@@ -110,7 +116,8 @@ class ConversationServicer(ConversationServiceServicer):
         skipped: dict[int, list[str]] = {}
         to_store: list[tuple[str, str]] = []
         owners: list[int] = []
-        moved: list[int] = []
+        changed_leads: list[int] = []
+        changed_contacts: list[int] = []
         prefix = batch.request_id_prefix or f"wh-{uuid.uuid4().hex[:8]}-{batch.seq}."
         for index, body in enumerate(batch.bodies):
             parsed = _parse(
@@ -121,8 +128,9 @@ class ConversationServicer(ConversationServiceServicer):
                 refused[f"webhook_refused_{parsed.reason}"] += 1
                 continue
             results.append(None)
-            events, skipped_items, moved_leads = parsed
-            moved += moved_leads
+            events, skipped_items, lead_ids, contact_ids = parsed
+            changed_leads += lead_ids
+            changed_contacts += contact_ids
             for item in skipped_items:
                 refused[f"webhook_skipped_{item.reason}"] += 1
             if skipped_items:
@@ -155,8 +163,8 @@ class ConversationServicer(ConversationServiceServicer):
             return pb.IngestAck(
                 seq=batch.seq, results=[r if r is not None else unavailable for r in results]
             )
-        if moved:
-            await self._forget_copies(moved)
+        if changed_leads or changed_contacts:
+            await self._forget_copies(changed_leads, changed_contacts)
         counts: dict[int, list[int]] = {}
         for owner, is_new in zip(owners, stored, strict=True):
             counts.setdefault(owner, [0, 0])[0 if is_new else 1] += 1
@@ -173,14 +181,26 @@ class ConversationServicer(ConversationServiceServicer):
             final.append(result)
         return pb.IngestAck(seq=batch.seq, results=final)
 
-    async def _forget_copies(self, lead_ids: list[int]) -> None:
-        """Leads Kommo moved to another stage: their rules may differ there, so no replica
-        answers from its copy (services/conversation/context.py). Best effort, after the
-        batch is stored: the copies' own age bounds what a lost message costs."""
+    async def _forget_copies(self, lead_ids: list[int], contact_ids: list[int]) -> None:
+        """Leads and contacts Kommo changed (edited, given another responsible user,
+        deleted, moved to another stage, where their rules may differ): no copy of them
+        answers a turn. The gateway's copies go first, then every replica's
+        (services/conversation/context.py): a replica that drops its copy never reads the
+        gateway's old one again. Best effort, after the batch is stored: the copies' own
+        age (CONTEXT_CACHE_SECONDS, KOMMO_CACHE_TTL_SECONDS) bounds what a failure costs."""
+        leads, contacts = sorted(set(lead_ids)), sorted(set(contact_ids))
         try:
-            await publish_changes(self.store.redis, lead_ids)
+            await self.engine.gateway.ForgetCopies(
+                gw.ForgetCopiesRequest(lead_ids=leads, contact_ids=contacts),
+                timeout=_FORGET_DEADLINE_SECONDS,
+                metadata=client_metadata(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("the gateway's copies of changed leads not dropped: %s", exc.code().name)
+        try:
+            await publish_changes(self.store.redis, leads, contacts)
         except RedisError as exc:
-            log.warning("moved leads' copies not dropped: %s", exc)
+            log.warning("the replicas' copies of changed leads not dropped: %s", exc)
 
     async def SendReply(
         self, request: pb.SendReplyRequest, context: Context
@@ -645,7 +665,7 @@ def stats_bucket(b: series.Bucket) -> pb.StatsBucket:
 def rules_document(rules: InForce) -> pb.BotRulesDocument:
     return pb.BotRulesDocument(
         # What each scope named, and only that: a field a pipeline or stage left out
-        # keeps merging over the wider scope's (rules.merge_nested).
+        # keeps merging over the wider scope's (rules_document.merge_nested).
         rules_json=rules.rules.model_dump_json(exclude_unset=True),
         version=rules.version,
         source=rules.source,

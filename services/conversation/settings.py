@@ -143,7 +143,8 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
         ge=0,
         le=60,
         description="each replica reuses the lead, contact and vendedor a turn read for this "
-        "long (dropped at once on erasure and on a lead's stage change); 0 reads them every "
+        "long (dropped at once on erasure and when Kommo's webhooks say a lead or contact "
+        "changed: edited, another responsible user, deleted, moved); 0 reads them every "
         "turn. At most 60 s, the gateway's own KOMMO_CACHE_TTL_SECONDS default",
     )
     history_max_chars: int = Field(default=8000, ge=0, description="bound on history text")

@@ -1,9 +1,11 @@
 """Typed events from a parsed Kommo webhook.
 
-Chat messages and lead events (created, moved) are read; other kinds are counted as
-ignored. Every value in a Kommo webhook is a string; conversion errors name the field. A
-body is read item by item: an item that is not valid is skipped (and said why), the rest
-of the body is kept.
+Chat messages and lead events (created, moved) are read; so are the leads and contacts
+Kommo says were changed (edited, given another responsible user, deleted), as the ids whose
+copies must go (services/conversation/context.py, the gateway's cache); other kinds are
+counted as ignored. Every value in a Kommo webhook is a string; conversion errors name the
+field. A body is read item by item: an item that is not valid is skipped (and said why),
+the rest of the body is kept.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from services.conversation.kommo_form import Tree
 # The last second a datetime can show (9999-12-31T23:59:59Z).
 _UNIX_TIME_MAX = 253_402_300_799
 _UNIX_TIME_MAX_DIGITS = len(str(_UNIX_TIME_MAX))
-E = TypeVar("E", "MessageEvent", "LeadEvent")
+E = TypeVar("E", "MessageEvent", "LeadEvent", int)
 
 # From here on a time is in milliseconds: in seconds it would be after the year 5138.
 _MILLISECONDS_FROM = 10**11
@@ -36,6 +38,10 @@ _REFUSALS_SHOWN = 5
 MAX_TEXT_CHARS = 4096
 TRUNCATION_MARK = " […]"
 _EXTERNAL_AUTHOR = "external"
+# Kommo's events that change a lead or a contact without anything for the bridge to do
+# but forget its copies of them (`leads[update][0][id]=…`, settings `update_lead`,
+# `responsible_lead`, `delete_lead` and their contact twins).
+_CHANGE_ACTIONS = ("update", "responsible", "delete")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +164,10 @@ class ParsedWebhook:
     ignored: int
     leads: list[LeadEvent] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    # Leads and contacts Kommo changed (a lead moved to another stage is one), once each:
+    # no copy of them may answer a turn.
+    changed_lead_ids: list[int] = field(default_factory=list)
+    changed_contact_ids: list[int] = field(default_factory=list)
 
 
 class Refusal(InvalidInput):
@@ -304,6 +314,7 @@ def parse_webhook(
         )
     messages: list[MessageEvent] = []
     leads: list[LeadEvent] = []
+    changed: dict[str, list[int]] = {"leads": [], "contacts": []}
     skipped: list[Skipped] = []
     ignored = 0
     for entity, actions in tree.items():
@@ -327,9 +338,21 @@ def parse_webhook(
                 )
             elif entity == "leads" and action in ("add", "status"):
                 _each(items, where, partial(_lead, action=action), leads, skipped)
+            elif entity in changed and action in _CHANGE_ACTIONS:
+                _each(items, where, _changed_id, changed[entity], skipped)
             else:
                 ignored += len(items)
-    if not messages and not leads and not ignored and (skipped or not account):
+    moved = [lead.lead_id for lead in leads if lead.kind == "status"]
+    changed_leads = list(dict.fromkeys([*moved, *changed["leads"]]))
+    changed_contacts = list(dict.fromkeys(changed["contacts"]))
+    if (
+        not messages
+        and not leads
+        and not changed_leads
+        and not changed_contacts
+        and not ignored
+        and (skipped or not account)
+    ):
         reasons = "; ".join(s.detail for s in skipped[:_REFUSALS_SHOWN])
         if not account:
             raise Refusal(
@@ -340,7 +363,16 @@ def parse_webhook(
         raise Refusal(
             "no_valid_event", skipped[0].field, f"no valid Kommo event in the body: {reasons}"
         )
-    return ParsedWebhook(subdomain, _str(account, "id"), messages, ignored, leads, skipped)
+    return ParsedWebhook(
+        subdomain,
+        _str(account, "id"),
+        messages,
+        ignored,
+        leads,
+        skipped,
+        changed_leads,
+        changed_contacts,
+    )
 
 
 def _each(
@@ -373,3 +405,11 @@ def _lead(item: Any, where: str, action: str) -> LeadEvent:
         or _unix_time(item, "last_modified", where)
         or _unix_time(item, "created_at", where),
     )
+
+
+def _changed_id(item: Any, where: str) -> int:
+    """The id of a lead or contact Kommo changed; the rest of the item (the entity as it
+    is now) is not read: the next turn reads it from Kommo."""
+    if not isinstance(item, dict):
+        raise Refusal("not_a_group", where, f"{where} must be a group of fields")
+    return _id(item, "id", where, required=True)

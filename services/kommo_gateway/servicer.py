@@ -139,6 +139,19 @@ class GatewayServicer(KommoGatewayServicer):
         log.warning("Kommo copies erased", extra={"erased": erased})
         return pb.EraseGatewayDataResponse(erased=erased)
 
+    async def ForgetCopies(
+        self, request: pb.ForgetCopiesRequest, context: Context
+    ) -> pb.ForgetCopiesResponse:
+        """Kommo changed these leads and contacts: their copies go, so the next read asks
+        Kommo instead of serving the old one until KOMMO_CACHE_TTL_SECONDS runs out."""
+        if not all(is_kommo_id(x) for x in [*request.lead_ids, *request.contact_ids]):
+            raise InvalidInput(f"lead and contact ids must be Kommo ids (1 to {KOMMO_ID_MAX})")
+        keys = [cache_key("lead", x) for x in request.lead_ids] + [
+            cache_key("contact", x) for x in request.contact_ids
+        ]
+        forgotten = int(await self._redis.delete(*keys)) if keys else 0
+        return pb.ForgetCopiesResponse(forgotten=forgotten)
+
     async def GetLead(self, request: pb.GetLeadRequest, context: Context) -> pb.Lead:
         _on_budget(context)
         if request.lead_id <= 0:

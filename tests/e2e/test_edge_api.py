@@ -161,13 +161,25 @@ def test_the_webhook_is_registered_in_kommo_by_the_bridge(stack: Stack) -> None:
     assert done.returncode == 0, done.stderr
     registered = json.loads(done.stdout)
     assert registered["destination"] == stack.webhook_url
-    assert set(registered["events"]) == {"add_message", "add_lead", "status_lead"}
+    # The work (chat messages, new leads, stage moves), and every change to a lead or a
+    # contact: each drops the bridge's copies of it.
+    events = [
+        "add_message",
+        "add_lead",
+        "status_lead",
+        "update_lead",
+        "responsible_lead",
+        "delete_lead",
+        "update_contact",
+        "responsible_contact",
+        "delete_contact",
+    ]
+    assert registered["events"] == events
     status = httpx.get(
         f"{stack.edge_url}/webhooks/test", headers={"X-API-Key": stack.api_key}
     ).json()
-    assert status["registered_in_kommo"] == [
-        {"events": ["add_message", "add_lead", "status_lead"], "disabled": False}
-    ]
+    assert status["events"] == events
+    assert status["registered_in_kommo"] == [{"events": events, "disabled": False}]
 
 
 def test_assumir_with_an_id_outside_kommos_range_is_400_not_502(

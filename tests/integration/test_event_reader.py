@@ -40,7 +40,7 @@ class Stage:
             visibility_timeout_seconds=visibility,
             max_event_attempts=10,
         )
-        self.engine = SimpleNamespace(
+        self.ctx = SimpleNamespace(
             consumer="reader-test",
             settings=self.settings,
             failures=WorkFailures(redis, "test:reader", RetryPolicy(10, 1, 1)),

@@ -159,6 +159,22 @@ async def work_status(clients: Clients, attention_limit: int = 0) -> conv.WorkSt
         return f"unknown ({exc.code().name})"
 
 
+# Kommo's settings the bridge subscribes to: chat messages, new leads and stage moves (the
+# work), and every other change to a lead or a contact, which drops the copies the bridge
+# keeps of it (services/conversation/context.py, the gateway's cache).
+WEBHOOK_EVENTS = [
+    "add_message",
+    "add_lead",
+    "status_lead",
+    "update_lead",
+    "responsible_lead",
+    "delete_lead",
+    "update_contact",
+    "responsible_contact",
+    "delete_contact",
+]
+
+
 @router.get("/webhooks/test", tags=["test & debug"], dependencies=[*API_KEY, *DEBUG])
 async def webhooks_test(runtime: RuntimeDep, clients: ClientsDep) -> dict[str, Any]:
     """Is the webhook configured, which URL to register in Kommo, when the last arrived.
@@ -183,16 +199,13 @@ async def webhooks_test(runtime: RuntimeDep, clients: ClientsDep) -> dict[str, A
         "configured": True,
         "register_in_kommo": url,
         "registered_in_kommo": registered,
-        "events": ["add_message", "add_lead", "status_lead"],
+        "events": WEBHOOK_EVENTS,
         "last_received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last))
         if last
         else None,
         "seconds_since_last": round(time.time() - last, 1) if last else None,
         "received_total": status.received_total,
     }
-
-
-WEBHOOK_EVENTS = ["add_message", "add_lead", "status_lead"]
 
 
 def webhook_url(runtime: RuntimeDep) -> str:
