@@ -1,12 +1,12 @@
-"""gRPC ⇄ domain for the conversation service."""
+"""gRPC ⇄ domain for the conversation service: each RPC asks the engine, its stages or
+the store, and answers in protobuf (rpc_messages.py). Webhook bodies are read and
+stored by webhook_intake.py."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,28 +15,27 @@ from redis.exceptions import RedisError
 
 from bridge.conversation.v1 import conversation_pb2 as pb
 from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServicer
-from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from services.common.due_queue import Failure, now_ms
-from services.common.errors import BridgeError, InvalidInput, NotFound
-from services.common.grpc_server import client_metadata
+from services.common.errors import InvalidInput, NotFound
 from services.conversation import envelope, series
 from services.conversation.context import publish_changes
 from services.conversation.engine import Engine
 from services.conversation.envelope import templates_json
-from services.conversation.kommo_form import nest, parse_form
-from services.conversation.rulebook import InForce, parse_rules
-from services.conversation.store.keys import seen_key
+from services.conversation.rpc_messages import (
+    conversation_pb,
+    dead_letter_pb,
+    failing_pb,
+    number,
+    readable_conversation,
+    rules_document,
+    stats_bucket,
+)
+from services.conversation.rulebook import parse_rules
 from services.conversation.store.operations import Operations
 from services.conversation.store.privacy import Privacy
 from services.conversation.template_sends import APPROVED, TemplateCheck
 from services.conversation.templates import TemplateRef
-from services.conversation.webhook_events import (
-    LeadEvent,
-    MessageEvent,
-    Refusal,
-    Skipped,
-    parse_webhook,
-)
+from services.conversation.webhook_intake import WebhookIntake
 
 log = logging.getLogger(__name__)
 
@@ -46,48 +45,8 @@ _DEBUG_ALL_LIMIT = 200
 _FAILING_LISTED = 100
 # What an operator must look at first, most urgent first.
 _ATTENTION_ORDER = ("failing", "dead_letter", "waiting_for_n8n", "taken_over")
-# The webhook's answer waits for the gateway to drop its copies of what Kommo changed:
-# well inside the ~2 s Kommo gives it, and a hung gateway costs no more than this.
-_FORGET_DEADLINE_SECONDS = 0.5
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _parse(
-    body: bytes, max_fields: int, subdomain: str, leads_wanted: bool
-) -> tuple[list[MessageEvent | LeadEvent], list[Skipped], list[int], list[int]] | pb.IngestResult:
-    """The events to store, the items skipped, and the leads and the contacts Kommo
-    changed (edited, given another responsible user, deleted, moved to another stage);
-    or the refusal of the whole body."""
-    try:
-        parsed = parse_webhook(nest(parse_form(body, max_fields)), subdomain)
-    except Refusal as exc:
-        _refused(exc.reason, exc.field)
-        return pb.IngestResult(outcome=pb.INGEST_OUTCOME_INVALID, error=str(exc), reason=exc.reason)
-    except BridgeError as exc:  # too many form fields
-        _refused("too_many_fields", "")
-        return pb.IngestResult(
-            outcome=pb.INGEST_OUTCOME_INVALID, error=str(exc), reason="too_many_fields"
-        )
-    if parsed.ignored:
-        log.debug("ignored %d webhook events of kinds not handled", parsed.ignored)
-    for item in parsed.skipped:
-        # The reason and where, never the values: an operator can see why without a
-        # customer's text or phone reaching the log.
-        log.warning(
-            "webhook item skipped (%s): %s", item.reason, item.field, extra={"reason": item.reason}
-        )
-    events: list[MessageEvent | LeadEvent] = list(parsed.messages)
-    if leads_wanted:
-        # Lead events are stored only when they start proactive conversations.
-        events.extend(parsed.leads)
-    return events, parsed.skipped, parsed.changed_lead_ids, parsed.changed_contact_ids
-
-
-def _refused(reason: str, field: str) -> None:
-    log.warning(
-        "webhook refused (%s)%s", reason, f": {field}" if field else "", extra={"reason": reason}
-    )
 
 
 class ConversationServicer(ConversationServiceServicer):
@@ -95,6 +54,7 @@ class ConversationServicer(ConversationServiceServicer):
         self.engine = engine
         self.store = engine.store
         self.settings = engine.settings
+        self.intake = WebhookIntake(engine)
         self.ops = Operations(engine.store.redis, engine.store.retention_seconds)
         self.privacy = Privacy(
             engine.store.redis, engine.store.retention_seconds, engine.store.event_partitions
@@ -104,103 +64,7 @@ class ConversationServicer(ConversationServiceServicer):
         self, request_iterator: AsyncIterator[pb.IngestBatch], context: Context
     ) -> AsyncIterator[pb.IngestAck]:
         async for batch in request_iterator:
-            yield await self.ingest_batch(batch)
-
-    async def ingest_batch(self, batch: pb.IngestBatch) -> pb.IngestAck:
-        leads_wanted = bool(
-            self.settings.proactive_on_lead_add or self.settings.proactive_on_status
-        )
-        results: list[pb.IngestResult | None] = []
-        # Refused bodies and skipped items by reason, for /stats and the dashboard.
-        refused: Counter[str] = Counter()
-        skipped: dict[int, list[str]] = {}
-        to_store: list[tuple[str, str]] = []
-        owners: list[int] = []
-        changed_leads: list[int] = []
-        changed_contacts: list[int] = []
-        prefix = batch.request_id_prefix or f"wh-{uuid.uuid4().hex[:8]}-{batch.seq}."
-        for index, body in enumerate(batch.bodies):
-            parsed = _parse(
-                body, self.settings.webhook_max_fields, self.settings.kommo_subdomain, leads_wanted
-            )
-            if isinstance(parsed, pb.IngestResult):
-                results.append(parsed)
-                refused[f"webhook_refused_{parsed.reason}"] += 1
-                continue
-            results.append(None)
-            events, skipped_items, lead_ids, contact_ids = parsed
-            changed_leads += lead_ids
-            changed_contacts += contact_ids
-            for item in skipped_items:
-                refused[f"webhook_skipped_{item.reason}"] += 1
-            if skipped_items:
-                skipped[index] = [item.reason for item in skipped_items]
-            for event in events:
-                stored_event = event.to_dict()
-                stored_event["request_id"] = f"{prefix}{index}"
-                to_store.append(
-                    (
-                        seen_key(
-                            event.message_id if isinstance(event, MessageEvent) else event.dedupe_id
-                        ),
-                        json.dumps(stored_event, ensure_ascii=False, separators=(",", ":")),
-                    )
-                )
-                owners.append(index)
-        valid = sum(1 for r in results if r is None)
-        try:
-            if valid:
-                stored = await self.store.ingest(valid, to_store, refused)
-            else:
-                stored = []
-                if refused:
-                    await self.engine.bots.count_many(refused)
-        except RedisError as exc:
-            log.error("webhook batch not stored: %s", exc)
-            unavailable = pb.IngestResult(
-                outcome=pb.INGEST_OUTCOME_UNAVAILABLE, error="storage unavailable"
-            )
-            return pb.IngestAck(
-                seq=batch.seq, results=[r if r is not None else unavailable for r in results]
-            )
-        if changed_leads or changed_contacts:
-            await self._forget_copies(changed_leads, changed_contacts)
-        counts: dict[int, list[int]] = {}
-        for owner, is_new in zip(owners, stored, strict=True):
-            counts.setdefault(owner, [0, 0])[0 if is_new else 1] += 1
-        final = []
-        for index, result in enumerate(results):
-            if result is None:
-                new, dup = counts.get(index, [0, 0])
-                result = pb.IngestResult(
-                    outcome=pb.INGEST_OUTCOME_STORED,
-                    stored=new,
-                    duplicates=dup,
-                    skipped=skipped.get(index, ()),
-                )
-            final.append(result)
-        return pb.IngestAck(seq=batch.seq, results=final)
-
-    async def _forget_copies(self, lead_ids: list[int], contact_ids: list[int]) -> None:
-        """Leads and contacts Kommo changed (edited, given another responsible user,
-        deleted, moved to another stage, where their rules may differ): no copy of them
-        answers a turn. The gateway's copies go first, then every replica's
-        (services/conversation/context.py): a replica that drops its copy never reads the
-        gateway's old one again. Best effort, after the batch is stored: the copies' own
-        age (CONTEXT_CACHE_SECONDS, KOMMO_CACHE_TTL_SECONDS) bounds what a failure costs."""
-        leads, contacts = sorted(set(lead_ids)), sorted(set(contact_ids))
-        try:
-            await self.engine.gateway.ForgetCopies(
-                gw.ForgetCopiesRequest(lead_ids=leads, contact_ids=contacts),
-                timeout=_FORGET_DEADLINE_SECONDS,
-                metadata=client_metadata(),
-            )
-        except grpc.aio.AioRpcError as exc:
-            log.warning("the gateway's copies of changed leads not dropped: %s", exc.code().name)
-        try:
-            await publish_changes(self.store.redis, leads, contacts)
-        except RedisError as exc:
-            log.warning("the replicas' copies of changed leads not dropped: %s", exc)
+            yield await self.intake.ingest_batch(batch)
 
     async def SendReply(
         self, request: pb.SendReplyRequest, context: Context
@@ -557,11 +421,11 @@ class ConversationServicer(ConversationServiceServicer):
         }
         for conversation_id, row in rows.items():
             if row.get("inflight_token"):
-                since = _number(row.get("inflight_since")) / 1000
+                since = number(row.get("inflight_since")) / 1000
                 note(conversation_id, "waiting_for_n8n", "", since)
             elif row.get("bot_state", "active") != "active":
                 detail = f"{row.get('paused_by', '')}: {row.get('paused_reason', '')}".strip(": ")
-                note(conversation_id, "taken_over", detail, _number(row.get("paused_at")) / 1000)
+                note(conversation_id, "taken_over", detail, number(row.get("paused_at")) / 1000)
         chosen = sorted(found.items(), key=lambda kv: (_ATTENTION_ORDER.index(kv[1][0]), kv[1][2]))[
             :limit
         ]
@@ -581,93 +445,3 @@ class ConversationServicer(ConversationServiceServicer):
                 )
             )
         return items, skipped
-
-
-def _number(value: str | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
-
-
-def readable_conversation(data: dict[str, str], pending: int) -> pb.Conversation | None:
-    """The conversation as protobuf, or None (logged) when its record cannot be read:
-    a lead id beyond int64, a field that is not a number. One bad record never breaks
-    a listing."""
-    try:
-        return conversation_pb(data, pending)
-    except (KeyError, ValueError, TypeError) as exc:
-        log.warning(
-            "conversation %s left out of a listing, its record is unreadable: %s",
-            data.get("id", "?"),
-            f"{type(exc).__name__}: {str(exc)[:200]}",
-        )
-        return None
-
-
-def failing_pb(f: Failure) -> pb.FailingWork:
-    return pb.FailingWork(
-        id=f.id,
-        kind=f.kind,
-        conversation_id=f.conversation_id,
-        attempts=f.attempts,
-        error=f.error,
-        first_failed_at=f.first_failed_at,
-        last_failed_at=f.last_failed_at,
-        next_attempt_at=f.next_at,
-        parked_at=f.parked_at,
-    )
-
-
-def dead_letter_pb(f: Failure) -> pb.DeadLetter:
-    return pb.DeadLetter(
-        event_id=f.member if f.kind == "n8n_delivery" else "",
-        conversation_id=f.conversation_id,
-        attempts=f.attempts,
-        last_error=f.error,
-        parked_at=f.parked_at,
-        kind=f.kind,
-        id=f.id,
-        first_failed_at=f.first_failed_at,
-    )
-
-
-def conversation_pb(data: dict[str, str], pending: int) -> pb.Conversation:
-    return pb.Conversation(
-        id=data["id"],
-        lead_id=int(data.get("lead_id") or 0),
-        contact_id=int(data.get("contact_id") or 0),
-        chat_id=data.get("chat_id", ""),
-        talk_id=int(data.get("talk_id") or 0),
-        bot_state=data.get("bot_state", "active"),
-        created_at=int(data.get("created_at") or 0) / 1000,
-        updated_at=int(data.get("updated_at") or 0) / 1000,
-        awaiting_reply=bool(data.get("inflight_token")),
-        pending_messages=pending,
-        paused_by=data.get("paused_by", ""),
-        paused_reason=data.get("paused_reason", ""),
-        resumes_at=int(data.get("resumes_at") or 0) / 1000,
-        last_message_at=int(data.get("updated_at") or 0) / 1000,
-    )
-
-
-def stats_bucket(b: series.Bucket) -> pb.StatsBucket:
-    return pb.StatsBucket(
-        start=b.start,
-        counters=b.counters,
-        replies=b.replies,
-        reply_mean_seconds=b.reply_mean_seconds,
-        reply_p50_seconds=b.reply_p50_seconds,
-        reply_p95_seconds=b.reply_p95_seconds,
-    )
-
-
-def rules_document(rules: InForce) -> pb.BotRulesDocument:
-    return pb.BotRulesDocument(
-        # What each scope named, and only that: a field a pipeline or stage left out
-        # keeps merging over the wider scope's (rules_document.merge_nested).
-        rules_json=rules.rules.model_dump_json(exclude_unset=True),
-        version=rules.version,
-        source=rules.source,
-        updated_at=rules.updated_at,
-    )
