@@ -37,7 +37,7 @@ import redis
 
 from bench.work_counter import socket_owners
 from devstack.processes import GRPC_SERVICES, ROOT, free_port
-from sandbox.kommo.state import FIRST_LEAD_ID
+from sandbox.kommo.ids import FIRST_LEAD_ID
 
 BAR_CPU_PERCENT = 2.0
 BAR_REDIS_PER_SECOND = 5.0

@@ -47,13 +47,13 @@ import grpc
 import httpx
 import redis
 
-from bench.webhook_ack import CpuMeter
+from bench.cpu_meter import CpuMeter
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayStub
 from devstack.processes import ROOT
 from devstack.stack import Stack, StackConfig, start_stack
 from sandbox.kommo.gate import RouteKind, classify
-from sandbox.kommo.state import FIRST_LEAD_ID
+from sandbox.kommo.ids import FIRST_LEAD_ID
 
 log = logging.getLogger("bench")
 

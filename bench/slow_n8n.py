@@ -40,7 +40,7 @@ import httpx
 
 from devstack.processes import ROOT
 from devstack.stack import Stack, StackConfig, start_stack
-from sandbox.kommo.state import FIRST_LEAD_ID
+from sandbox.kommo.ids import FIRST_LEAD_ID
 
 log = logging.getLogger("bench")
 RESULTS = ROOT / "bench" / "results"

@@ -14,6 +14,10 @@ and due-loop — so the figures are the ack and only the ack. `--downstream live
 real replica: every stored message is then also applied (and turns go to the n8n
 stand-in) on the same two cores while wrk hammers the edge.
 
+Here: the two sides started, and the whole run in order (`main`). Each run against a side
+is in `webhook_ack_runs.py`, the summary, the bar and the table in `webhook_ack_report.py`;
+wrk's output is read by `wrk.py`, the CPU of each process measured by `cpu_meter.py`.
+
     make bench                       # = bench/run.sh = python -m bench.webhook_ack
     python -m bench.webhook_ack --rounds 3 --duration 10 --downstream paused
 """
@@ -21,160 +25,41 @@ stand-in) on the same two cores while wrk hammers the edge.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import logging
 import os
-import platform
-import re
-import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
 
-from bench import profiling
-from bench.kommo_body import ENV_VAR, body, body_template
+from bench.kommo_body import body, body_template
+from bench.webhook_ack_report import machine_info, markdown, profile_markdown, summarize
+from bench.webhook_ack_runs import (
+    BENCH_DIR,
+    Settings,
+    Side,
+    profile,
+    run_open_loop,
+    run_wrk,
+    settle,
+)
+from bench.wrk import WrkResult
 from devstack.processes import ROOT, Process, free_port, http_up
 from devstack.stack import Stack, StackConfig, start_stack
-from services.conversation.settings import ConversationSettings
-from services.conversation.store import event_streams
 
 log = logging.getLogger("bench")
 
-BENCH_DIR = ROOT / "bench"
-LUA_SCRIPT = BENCH_DIR / "post.lua"
-BAR_RATIO = 1.00  # bridge req/s ≥ 100 % of bare
-BAR_P50_MS = 5.0  # at a steady 300 req/s
-BAR_P99_MS = 15.0
-BAR_MAX_MS = 250.0
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-
-
-# --- wrk ---------------------------------------------------------------------------------
-
-
-@dataclass
-class WrkResult:
-    side: str
-    label: str
-    requests_per_s: float  # every answer, as wrk counts them
-    ok_per_s: float  # 2xx answers only: what the comparison uses
-    requests: int
-    elapsed_s: float
-    p50_ms: float
-    p75_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    non_2xx: int
-    socket_errors: dict[str, int]
-    cpu_percent: dict[str, float] = field(default_factory=dict)
-    raw: str = ""
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
-    if not match:
-        raise ValueError(f"unknown wrk duration {text!r}")
-    return float(match.group(1)) * _UNITS_MS[match.group(2)]
-
-
-def parse_wrk(output: str, side: str, label: str) -> WrkResult:
-    def find(pattern: str) -> re.Match[str]:
-        match = re.search(pattern, output, re.MULTILINE)
-        if match is None:
-            raise ValueError(f"wrk output without {pattern!r}:\n{output}")
-        return match
-
-    percentiles = {
-        int(m.group(1)): _ms(m.group(2))
-        for m in re.finditer(r"^\s+(50|75|90|99)%\s+(\S+)$", output, re.MULTILINE)
-    }
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    done = find(r"^\s+(\d+) requests in ([\d.]+\w+),")
-    requests, elapsed_s = int(done.group(1)), _ms(done.group(2)) / 1000
-    failed = int(non_2xx.group(1)) if non_2xx else 0
-    return WrkResult(
-        side=side,
-        label=label,
-        requests_per_s=float(find(r"^Requests/sec:\s+([\d.]+)").group(1)),
-        ok_per_s=(requests - failed) / elapsed_s,
-        requests=requests,
-        elapsed_s=elapsed_s,
-        p50_ms=percentiles[50],
-        p75_ms=percentiles[75],
-        p90_ms=percentiles[90],
-        p99_ms=percentiles[99],
-        max_ms=_ms(find(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)").group(1)),
-        non_2xx=failed,
-        socket_errors=(
-            dict(
-                zip(("connect", "read", "write", "timeout"), map(int, errors.groups()), strict=True)
-            )
-            if errors
-            else {}
-        ),
-        raw=output,
-    )
-
-
-# --- CPU accounting ----------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-class CpuMeter:
-    """CPU used by each watched process (and by waited-for children, i.e. the load
-    generator) between start() and stop(), as % of one core."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self._start: dict[str, float] = {}
-        self._wall = 0.0
-
-    def start(self) -> None:
-        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        self._start["load generator"] = children_cpu_seconds()
-        self._wall = time.monotonic()
-
-    def stop(self) -> dict[str, float]:
-        wall = time.monotonic() - self._wall
-        now = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        now["load generator"] = children_cpu_seconds()
-        return {name: round(100 * (now[name] - self._start[name]) / wall, 1) for name in now}
-
 
 # --- the two sides -----------------------------------------------------------------------
-
-
-@dataclass
-class Side:
-    name: str  # "bare" or "bridge"
-    url: str
-    pids: dict[str, int]
 
 
 def start_bare(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -229,313 +114,6 @@ def wait_acking(url: str, template: str, timeout: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the edge does not ack: {answer.status_code} {answer.text}")
             time.sleep(0.2)
-
-
-# --- runs --------------------------------------------------------------------------------
-
-
-@dataclass
-class Settings:
-    threads: int
-    connections: int
-    duration: float
-    warmup: float
-    rounds: int
-    rate: float
-    rate_duration: float
-    latency_rounds: int
-    downstream: str
-    profile: bool
-    profile_duration: float
-    appendfsync: str = "everysec"
-
-
-def run_wrk(side: Side, settings: Settings, duration: float, label: str) -> WrkResult:
-    meter = CpuMeter(side.pids)
-    command = [
-        "wrk",
-        f"-t{settings.threads}",
-        f"-c{settings.connections}",
-        f"-d{duration:g}s",
-        "--timeout",
-        "5s",
-        "--latency",
-        "-s",
-        str(LUA_SCRIPT),
-        side.url,
-    ]
-    meter.start()
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, ENV_VAR: body_template()},
-    )
-    cpu = meter.stop()
-    result = parse_wrk(done.stdout, side.name, label)
-    result.cpu_percent = cpu
-    log.info(
-        "%-6s %-8s %8.0f req/s  p50 %6.2f ms  p99 %7.2f ms  non-2xx %d  cpu %s",
-        side.name,
-        label,
-        result.requests_per_s,
-        result.p50_ms,
-        result.p99_ms,
-        result.non_2xx,
-        cpu,
-    )
-    return result
-
-
-def run_open_loop(side: Side, settings: Settings, label: str) -> dict[str, Any]:
-    meter = CpuMeter(side.pids)
-    meter.start()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.openloop",
-            "--url",
-            side.url,
-            "--rate",
-            f"{settings.rate:g}",
-            "--duration",
-            f"{settings.rate_duration:g}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    cpu = meter.stop()
-    result: dict[str, Any] = json.loads(done.stdout)
-    result.update(side=side.name, label=label, cpu_percent=cpu)
-    log.info(
-        "%-6s %-8s %4.0f req/s open loop: p50 %.2f ms  p99 %.2f ms  max %.2f ms  statuses %s",
-        side.name,
-        label,
-        settings.rate,
-        result["p50_ms"],
-        result["p99_ms"],
-        result["max_ms"],
-        result["statuses"],
-    )
-    return result
-
-
-# Every stream webhook events are stored in (partitioned by conversation), at the
-# default partition count the bench's stack runs with.
-_EVENT_STREAMS = event_streams(ConversationSettings.model_fields["event_partitions"].default)
-
-
-def _stored(client: redis.Redis) -> int:
-    """Webhook events stored and not yet applied, over every partition."""
-    return sum(int(client.xlen(stream)) for stream in _EVENT_STREAMS)
-
-
-def settle(stack: Stack, settings: Settings, drain_timeout: float = 300.0) -> None:
-    """Between runs, start the next one from the same state.
-
-    Paused: nothing trims the event stream, so drop what the last run stored (Redis
-    memory stays flat). Live: wait until the consumer has applied the backlog, or it
-    would keep a core busy during the next run — a bare run included.
-    """
-    client = redis.Redis.from_url(stack.redis_url)
-    try:
-        if settings.downstream == "paused":
-            for stream in _EVENT_STREAMS:
-                client.xtrim(stream, maxlen=0, approximate=False)
-        else:
-            started = time.monotonic()
-            backlog = _stored(client)
-            while _stored(client) and time.monotonic() - started < drain_timeout:
-                time.sleep(0.5)
-            if backlog:
-                left = _stored(client)
-                log.info(
-                    "consumer applied %d of %d stored events in %.1f s",
-                    backlog - left,
-                    backlog,
-                    time.monotonic() - started,
-                )
-    finally:
-        client.close()
-    time.sleep(1.0)  # AOF fsync (everysec) and the kernel's socket buffers catch up
-
-
-# --- profiling ---------------------------------------------------------------------------
-
-
-def profile(stack: Stack, bridge: Side, settings: Settings, out_dir: Path) -> dict[str, Any] | None:
-    """py-spy on the edge and the conversation service during one more wrk run."""
-    spy = profiling.py_spy()
-    if spy is None:
-        log.warning("py-spy not found (.venv/bin/pip install py-spy): no profile")
-        return None
-    targets = {
-        "edge_api": stack.services["edge_api"][0].popen.pid,
-        "conversation": stack.services["conversation"][0].popen.pid,
-    }
-    duration = settings.profile_duration
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        # wrk starts first and runs past the sampling window on both sides.
-        load = pool.submit(run_wrk, bridge, settings, duration + 3, "profiled")
-        time.sleep(1.0)
-        spies = {
-            name: profiling.record(spy, pid, duration, out_dir / f"profile-{name}.txt")
-            for name, pid in targets.items()
-        }
-        failures = {}
-        for name, process in spies.items():
-            _, err = process.communicate(timeout=duration + 60)
-            if process.returncode != 0:
-                failures[name] = err.decode(errors="replace")[-2000:]
-        loaded = load.result()
-    report: dict[str, Any] = {
-        "duration_s": duration,
-        "load": {
-            "requests_per_s": loaded.requests_per_s,
-            "non_2xx": loaded.non_2xx,
-            "cpu_percent": loaded.cpu_percent,
-        },
-        "failures": failures,
-    }
-    for name in targets:
-        path = out_dir / f"profile-{name}.txt"
-        if path.exists():
-            report[name] = profiling.summarize(path.read_text())
-    return report
-
-
-def profile_markdown(profiled: dict[str, Any]) -> str:
-    load = profiled["load"]
-    lines = [
-        "",
-        f"### Profile of the bridge under wrk ({load['requests_per_s']:,.0f} req/s while sampled)",
-        "",
-    ]
-    for name in ("edge_api", "conversation"):
-        if name in profiled:
-            lines.append(profiling.markdown(name, profiled[name]))
-        else:
-            lines += [f"{name}: no profile: {profiled['failures'].get(name, '?')[:300]}", ""]
-    return "\n".join(lines)
-
-
-# --- report ------------------------------------------------------------------------------
-
-
-def _median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
-
-
-def summarize(wrk_runs: list[WrkResult], open_runs: list[dict[str, Any]]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for side in ("bare", "bridge"):
-        runs = [r for r in wrk_runs if r.side == side and r.label.startswith("round")]
-        opens = [r for r in open_runs if r["side"] == side]
-        summary[side] = {
-            "requests_per_s": _median([r.requests_per_s for r in runs]),
-            "ok_per_s": _median([r.ok_per_s for r in runs]),
-            "p50_ms": _median([r.p50_ms for r in runs]),
-            "p99_ms": _median([r.p99_ms for r in runs]),
-            "non_2xx": sum(r.non_2xx for r in runs),
-            "cpu_percent": {
-                name: _median([r.cpu_percent[name] for r in runs])
-                for name in (runs[0].cpu_percent if runs else {})
-            },
-            "open_loop": {
-                # The worst of the rounds: the bar is about every run, not a lucky one.
-                "p50_ms": max((r["p50_ms"] for r in opens), default=float("nan")),
-                "p99_ms": max((r["p99_ms"] for r in opens), default=float("nan")),
-                "max_ms": max((r["max_ms"] for r in opens), default=float("nan")),
-                "non_2xx": sum(
-                    n for r in opens for s, n in r["statuses"].items() if not s.startswith("2")
-                ),
-                "errors": sum(sum(r["errors"].values()) for r in opens),
-            },
-        }
-    bare, bridge = summary["bare"], summary["bridge"]
-    # 2xx answers only: a fast 503 must not count as throughput.
-    summary["ratio"] = bridge["ok_per_s"] / bare["ok_per_s"]
-    pairs = [
-        (a.ok_per_s, b.ok_per_s)
-        for a, b in zip(
-            [r for r in wrk_runs if r.side == "bare" and r.label.startswith("round")],
-            [r for r in wrk_runs if r.side == "bridge" and r.label.startswith("round")],
-            strict=True,
-        )
-    ]
-    summary["ratio_per_round"] = [round(b / a, 3) for a, b in pairs]
-    opened = bridge["open_loop"]
-    summary["bar"] = {
-        "throughput >= 100 % of bare": summary["ratio"] >= BAR_RATIO,
-        f"p50 <= {BAR_P50_MS:g} ms at the fixed rate": opened["p50_ms"] <= BAR_P50_MS,
-        f"p99 <= {BAR_P99_MS:g} ms at the fixed rate": opened["p99_ms"] <= BAR_P99_MS,
-        f"max <= {BAR_MAX_MS:g} ms at the fixed rate": opened["max_ms"] <= BAR_MAX_MS,
-        "no non-2xx answers": bridge["non_2xx"] == 0 and opened["non_2xx"] == 0,
-    }
-    return summary
-
-
-def markdown(summary: dict[str, Any], settings: Settings, machine: dict[str, Any]) -> str:
-    bare, bridge = summary["bare"], summary["bridge"]
-    ob, og = bare["open_loop"], bridge["open_loop"]
-    lines = [
-        f"### Webhook ack — {machine['cpus']} CPUs ({machine['cpu_model']}), "
-        f"downstream {settings.downstream}, appendfsync {settings.appendfsync}",
-        "",
-        f"wrk -t{settings.threads} -c{settings.connections} -d{settings.duration:g}s, "
-        f"{settings.rounds} alternating rounds (medians); open loop {settings.rate:g} req/s "
-        f"× {settings.rate_duration:g} s, {settings.latency_rounds} rounds (worst).",
-        "",
-        "| | bare FastAPI + parse_qsl | bridge (durable ack) | bridge / bare |",
-        "|---|---:|---:|---:|",
-        f"| 2xx req/s | {bare['ok_per_s']:,.0f} | {bridge['ok_per_s']:,.0f} "
-        f"| **{100 * summary['ratio']:.0f} %** |",
-        f"| all answers req/s | {bare['requests_per_s']:,.0f} | {bridge['requests_per_s']:,.0f} "
-        f"| {bridge['requests_per_s'] / bare['requests_per_s']:.2f} |",
-        f"| p50 (wrk) | {bare['p50_ms']:.2f} ms | {bridge['p50_ms']:.2f} ms "
-        f"| {bridge['p50_ms'] / bare['p50_ms']:.2f} |",
-        f"| p99 (wrk) | {bare['p99_ms']:.2f} ms | {bridge['p99_ms']:.2f} ms "
-        f"| {bridge['p99_ms'] / bare['p99_ms']:.2f} |",
-        f"| non-2xx (all rounds) | {bare['non_2xx']} | {bridge['non_2xx']} | |",
-        f"| {settings.rate:g} req/s p50 | {ob['p50_ms']:.2f} ms | {og['p50_ms']:.2f} ms | |",
-        f"| {settings.rate:g} req/s p99 | {ob['p99_ms']:.2f} ms | {og['p99_ms']:.2f} ms | |",
-        f"| {settings.rate:g} req/s max | {ob['max_ms']:.2f} ms | {og['max_ms']:.2f} ms | |",
-        f"| {settings.rate:g} req/s non-2xx / errors | {ob['non_2xx']} / {ob['errors']} "
-        f"| {og['non_2xx']} / {og['errors']} | |",
-        "",
-        "Ratio per round: " + ", ".join(f"{100 * r:.0f} %" for r in summary["ratio_per_round"]),
-        "",
-        "CPU under wrk (% of one core, medians): bare "
-        + ", ".join(f"{k} {v:.0f}" for k, v in bare["cpu_percent"].items())
-        + "; bridge "
-        + ", ".join(f"{k} {v:.0f}" for k, v in bridge["cpu_percent"].items()),
-        "",
-        "The bar (bench/README.md):",
-        "",
-    ]
-    lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in summary["bar"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def machine_info() -> dict[str, Any]:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.partition(":")[2].strip()
-            break
-    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "wrk": wrk_version.splitlines()[0] if wrk_version else "",
-    }
 
 
 # --- main --------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from devstack.n8n_check.attacker import Attacker
+from devstack.n8n_check.check import Check, Outcome, describe_calls
 from devstack.n8n_check.install import InstallError, ensure_n8n, use_existing
 from devstack.n8n_check.n8n import N8n, N8nError
-from devstack.n8n_check.paths import PATHS, Check, Outcome, describe_calls
+from devstack.n8n_check.paths import PATHS
 from devstack.n8n_check.privacy import leaks
 from devstack.processes import ROOT, Launcher, StartupError, free_port
 from devstack.stack import Stack, StackConfig, start_stack

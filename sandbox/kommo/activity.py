@@ -32,19 +32,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.kommo.config import SandboxConfig
-from sandbox.kommo.responses import JsonDict
-from sandbox.kommo.state import (
+from sandbox.kommo.custom_fields import CustomFieldDef, FieldValues
+from sandbox.kommo.records import (
     INCOMING_CHAT_MESSAGE,
-    AccountState,
     Attachment,
     ChatMessage,
     ChatTemplate,
     Contact,
-    CustomFieldDef,
-    FieldValues,
     Lead,
     User,
 )
+from sandbox.kommo.responses import JsonDict
+from sandbox.kommo.state import AccountState
 from sandbox.kommo.webhooks import (
     AccountRef,
     ContactHook,

@@ -16,6 +16,8 @@ from sandbox.kommo import (
     routes_chats,
     routes_control,
     routes_crm,
+    routes_events_webhooks,
+    routes_notes_tasks,
     routes_oauth,
     routes_templates,
 )
@@ -84,6 +86,8 @@ def create_app(
     for module in (
         routes_oauth,
         routes_crm,
+        routes_notes_tasks,
+        routes_events_webhooks,
         routes_templates,
         routes_bots,
         routes_chats,

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox.kommo.state import FieldValueInput, FieldWrite
+from sandbox.kommo.custom_fields import FieldValueInput, FieldWrite
 
 
 class _KommoBody(BaseModel):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.kommo.config import SandboxConfig
-from sandbox.kommo.state import FIRST_USER_ID
+from sandbox.kommo.ids import FIRST_USER_ID
 
 OAUTH_PROBLEM_TYPE = "https://developers.kommo.com/docs/oauth/OAuthProblemJson"
 # Kommo: the consent code lives about 20 minutes, a refresh token about 3 months.

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from sandbox.kommo.responses import JsonDict
-from sandbox.kommo.state import (
-    STATUS_LOST,
-    STATUS_WON,
-    AccountState,
+from sandbox.kommo.custom_fields import CustomFieldDef, FieldValues
+from sandbox.kommo.ids import STATUS_LOST, STATUS_WON
+from sandbox.kommo.records import (
     ChatMessage,
     ChatTemplate,
     Contact,
-    CustomFieldDef,
     Event,
-    FieldValues,
     Lead,
     Note,
     Pipeline,
@@ -20,6 +16,8 @@ from sandbox.kommo.state import (
     User,
     WebhookSubscription,
 )
+from sandbox.kommo.responses import JsonDict
+from sandbox.kommo.state import AccountState
 
 TASK_TYPES = (
     {"id": 1, "name": "Follow-up", "color": None, "icon_id": None, "code": "FOLLOW_UP"},

@@ -12,8 +12,8 @@ from starlette.responses import JSONResponse, Response
 
 from sandbox.kommo.deps import SandboxDep
 from sandbox.kommo.models import AmojoEvent
+from sandbox.kommo.records import Attachment
 from sandbox.kommo.responses import KommoProblem
-from sandbox.kommo.state import Attachment
 
 router = APIRouter()
 

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from sandbox.kommo.config import ReviewStatus
 from sandbox.kommo.deps import SandboxDep
+from sandbox.kommo.records import Attachment, ChatTemplate, Lead, User
 from sandbox.kommo.render import (
     render_chat_message,
     render_lead,
@@ -28,7 +29,7 @@ from sandbox.kommo.render import (
 )
 from sandbox.kommo.responses import JsonDict, KommoProblem, base_url
 from sandbox.kommo.runtime import Sandbox
-from sandbox.kommo.state import Attachment, ChatTemplate, Lead, User, mobile_phone
+from sandbox.kommo.seed import mobile_phone
 from sandbox.kommo.traffic import FailRule
 from sandbox.kommo.whatsapp import chat_window
 

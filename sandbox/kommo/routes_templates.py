@@ -20,6 +20,7 @@ from starlette.responses import Response
 from sandbox.kommo.config import TEMPLATE_TYPES
 from sandbox.kommo.deps import SandboxDep
 from sandbox.kommo.models import ChatTemplateIn, ChatTemplatePatchItem
+from sandbox.kommo.records import ChatTemplate
 from sandbox.kommo.render import render_chat_template
 from sandbox.kommo.responses import (
     MAX_WRITE_ITEMS,
@@ -32,7 +33,7 @@ from sandbox.kommo.responses import (
     self_link,
     validation_problem,
 )
-from sandbox.kommo.state import AccountState, ChatTemplate
+from sandbox.kommo.state import AccountState
 
 router = APIRouter(prefix="/api/v4/chats/templates")
 

@@ -8,7 +8,8 @@ from sandbox.kommo.activity import AccountActivity
 from sandbox.kommo.config import SandboxConfig
 from sandbox.kommo.oauth import TokenAuthority
 from sandbox.kommo.responses import JsonDict
-from sandbox.kommo.state import AccountState, seed
+from sandbox.kommo.seed import seed
+from sandbox.kommo.state import AccountState
 from sandbox.kommo.traffic import Faults, SlidingWindowLimiter, TrafficLog
 from sandbox.kommo.webhooks import WebhookSender
 

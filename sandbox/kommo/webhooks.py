@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from sandbox.kommo.records import Attachment
 from sandbox.kommo.responses import JsonDict
-from sandbox.kommo.state import Attachment
 
 logger = logging.getLogger(__name__)
 

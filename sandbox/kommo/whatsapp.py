@@ -17,8 +17,9 @@ import re
 from dataclasses import dataclass
 
 from sandbox.kommo.config import SandboxConfig
+from sandbox.kommo.custom_fields import FieldValues
+from sandbox.kommo.records import Contact, Lead
 from sandbox.kommo.responses import JsonDict
-from sandbox.kommo.state import Contact, FieldValues, Lead
 
 OUTSIDE_WINDOW = "outside_24h_window"
 

@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from devstack.stack import Stack
-from sandbox.kommo.state import FIRST_LEAD_ID, mobile_phone
+from sandbox.kommo.ids import FIRST_LEAD_ID
+from sandbox.kommo.seed import mobile_phone
 from tests.e2e.conftest import chat, customer_writes, envelopes, isolated_stack, wait_for
 
 REPLICAS = 3

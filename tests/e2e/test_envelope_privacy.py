@@ -15,7 +15,7 @@ import pytest
 
 from devstack.stack import SANDBOX_REPLY_FIELD_ID, Stack
 from sandbox.kommo.config import SandboxConfig
-from sandbox.kommo.state import seed
+from sandbox.kommo.seed import seed
 from tests.e2e.conftest import chat, customer_writes, isolated_stack, lead_snapshot, wait_for
 
 REPLY_FIELD_NAME = "Resposta do bot"

@@ -15,7 +15,7 @@ import pytest
 
 from sandbox.kommo import SandboxConfig
 from sandbox.kommo.routes_chats import chats_signature
-from sandbox.kommo.state import seed
+from sandbox.kommo.seed import seed
 from tests.sandbox.kommo_app import (
     BASE_CONFIG,
     BRIDGE_URL,
