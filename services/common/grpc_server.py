@@ -1,7 +1,8 @@
 """The gRPC server bootstrap every service uses.
 
-Standard health (`grpc.health.v1`) and reflection, domain errors mapped to status
-codes in one interceptor, request ids carried in metadata, and graceful shutdown:
+Standard health (`grpc.health.v1`) and reflection, every unary call served the same way
+(`_served`: domain errors mapped to status codes, request ids carried in metadata,
+calls counted and timed), and graceful shutdown:
 SIGTERM/SIGINT → health NOT_SERVING → background work stops taking items → in-flight
 calls get the grace period → exit.
 """
@@ -12,9 +13,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import uvloop
@@ -29,7 +31,7 @@ from services.common.errors import (
     retry_after_trailer,
 )
 from services.common.logs import request_id
-from services.common.metrics import GrpcMetrics, serve_metrics
+from services.common.metrics import GRPC_REQUESTS, GRPC_SECONDS, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -75,59 +77,107 @@ def _error_trailers(exc: BaseException) -> tuple[tuple[str, str], ...]:
     return ()
 
 
-if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:  # the runtime class is not generic
-    _Interceptor = grpc.aio.ServerInterceptor
+def _served(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    """One unary method as every call is served: the caller's request id set for its log
+    lines (a new one when it sent none), an exception mapped to its status code
+    (`context.abort`), and the call counted and timed by method and status."""
+    name = method.rsplit("/", 1)[-1]
+    seconds = GRPC_SECONDS.labels(name)
 
-
-class ErrorsAndRequestIds(_Interceptor):
-    """Maps exceptions to `context.abort` and sets the request id for every log line."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = time.perf_counter()
+        code = "OK"
         rid = ""
-        for key, value in handler_call_details.invocation_metadata or ():
+        for key, value in context.invocation_metadata() or ():
             if key == REQUEST_ID_METADATA:
                 rid = str(value)
+        request_id.set(rid or uuid.uuid4().hex[:16])
+        try:
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            status = context.code()
+            code = status.name if isinstance(status, grpc.StatusCode) else "ABORTED"
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            status, message = _error_status(exc)
+            code = status.name
+            if status == grpc.StatusCode.INTERNAL and not isinstance(exc, BridgeError):
+                log.exception("unhandled error in %s", method)
+            else:
+                log.info("%s failed: %s %s", method, code, message)
+            await context.abort(status, message, _error_trailers(exc))
+            raise  # abort raised already
+        finally:
+            GRPC_REQUESTS.labels(name, code).inc()
+            seconds.observe(time.perf_counter() - started)
+
+    return unary
+
+
+if TYPE_CHECKING:
+    _Handler = grpc.GenericRpcHandler[Any, Any]
+else:  # the runtime class is not generic
+    _Handler = grpc.GenericRpcHandler
+
+
+class _Served(_Handler):
+    """A service's handlers as `_served` serves them: each unary method wrapped once, at
+    its first call. Not a server interceptor: with one, grpc.aio looks every call's
+    handler up through an extra coroutine (issue 22)."""
+
+    def __init__(self, inner: _Handler) -> None:
+        self._inner = inner
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method = handler_call_details.method
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                request_id.set(rid or uuid.uuid4().hex[:16])
-                try:
-                    return await inner(request, context)  # type: ignore[arg-type]
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    await _abort(context, exc, method)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        handler = self._handlers.get(method)
+        if handler is not None:
+            return handler
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None  # not this service's (nothing kept: names come from callers)
+        handler = _serving(handler, method)
+        self._handlers[method] = handler
         return handler
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str) -> None:
-    if isinstance(exc, grpc.aio.AbortError):
-        raise exc
-    code, message = _error_status(exc)
-    if code == grpc.StatusCode.INTERNAL and not isinstance(exc, BridgeError):
-        log.exception("unhandled error in %s", method)
-    else:
-        log.info("%s failed: %s %s", method, code.name, message)
-    await context.abort(code, message, _error_trailers(exc))
+def _serving(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with its unary method served by `_served` (streams as they are)."""
+    if handler.unary_unary is None:
+        return handler
+    return grpc.unary_unary_rpc_method_handler(
+        _served(handler.unary_unary, method),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class _Registering:
+    """The server as `register` sees it: every handler it adds is served by `_served`."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[_Handler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_Served(h) for h in handlers))
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        """The generated code's own registration (looked up first, by method name)."""
+        self._server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in the stubs
+            service, {name: _serving(h, f"/{service}/{name}") for name, h in handlers.items()}
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
@@ -168,8 +218,6 @@ class GrpcService:
         # Metrics are never reachable from further away than the service itself.
         self._metrics_host = metrics_host or host
         self.server = grpc.aio.server(
-            # Metrics outermost: they see the status the error mapping chose.
-            interceptors=[GrpcMetrics(), ErrorsAndRequestIds()],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 16 << 20),
@@ -182,9 +230,10 @@ class GrpcService:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10000),
             ],
         )
-        register(self.server)
+        served = cast(grpc.aio.Server, _Registering(self.server))
+        register(served)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, served)
         reflection.enable_server_reflection(
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )

@@ -7,11 +7,6 @@ Each gRPC service serves them on `METRICS_HOST`:`METRICS_PORT` (0 = off; the hos
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-
-import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 GRPC_REQUESTS = Counter("bridge_grpc_requests_total", "gRPC calls served", ["method", "code"])
@@ -50,48 +45,3 @@ def serve_metrics(port: int, host: str) -> None:
     """
     if port:
         start_http_server(port, addr=host.removeprefix("[").removesuffix("]"))
-
-
-if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:  # the runtime class is not generic
-    _Interceptor = grpc.aio.ServerInterceptor
-
-
-class GrpcMetrics(_Interceptor):
-    """Counts and times every unary call by method and status code."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            code = "OK"
-            try:
-                return await inner(request, context)  # type: ignore[arg-type]
-            except grpc.aio.AbortError:
-                status = context.code()
-                code = status.name if isinstance(status, grpc.StatusCode) else "ABORTED"
-                raise
-            except Exception:
-                code = "INTERNAL"
-                raise
-            finally:
-                GRPC_REQUESTS.labels(method, code).inc()
-                GRPC_SECONDS.labels(method).observe(time.perf_counter() - started)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
