@@ -15,7 +15,6 @@ import redis.asyncio as aioredis
 
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from sandbox.kommo import sandbox_of
-from sandbox.kommo.traffic import FailRule
 from tests.integration.gateway_grpc import served_gateway
 from tests.integration.sandbox_kommo import BASE, CONFIG, gateway_settings, sandbox_app
 
@@ -65,54 +64,3 @@ async def test_a_chats_api_reply_asked_twice_with_one_key_is_sent_once(
     assert counting.paths.count(CHATS_API) == 1, counting.paths
     outgoing = [m.text for m in sandbox.state.chats.get(LEAD, []) if m.direction == "outgoing"]
     assert outgoing.count("Uma vez só.") == 1
-
-
-async def test_a_delivery_adds_its_note_and_says_so_and_a_note_kommo_refuses_is_left_to_the_caller(
-    redis: aioredis.Redis, redis_url: str
-) -> None:
-    app = sandbox_app()
-    settings = gateway_settings(redis_url, 50).model_copy(
-        update={
-            "kommo_channel_id": "sandbox-channel",
-            "kommo_channel_secret": CONFIG.channel_secret,
-            "kommo_scope_id": CONFIG.scope_id,
-            "kommo_amojo_base_url": BASE,
-            "kommo_max_retries": 0,
-        }
-    )
-    sandbox = sandbox_of(app)
-
-    def notes() -> list[object]:
-        return [n.params.get("text") for n in sandbox.state.notes if n.entity_id == LEAD]
-
-    try:
-        async with (
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http,
-            served_gateway(settings, redis, http) as stub,
-        ):
-            first = await stub.DeliverMessage(
-                gw.DeliverMessageRequest(
-                    lead_id=LEAD, text="Com nota.", idempotency_key="n1", note="enviada: Com nota."
-                )
-            )
-            assert (first.status, first.noted) == ("sent", True)
-            assert notes() == ["enviada: Com nota."]
-            plain = await stub.DeliverMessage(
-                gw.DeliverMessageRequest(lead_id=LEAD, text="Sem nota.", idempotency_key="n2")
-            )
-            assert (plain.status, plain.noted) == ("sent", False)
-            assert len(notes()) == 1
-            sandbox.faults.fail_next.append(
-                FailRule(status=400, path_prefix="/api/v4/leads/notes", remaining=1)
-            )
-            refused = await stub.DeliverMessage(
-                gw.DeliverMessageRequest(
-                    lead_id=LEAD, text="Nota recusada.", idempotency_key="n3", note="não vai"
-                )
-            )
-            # The customer has the message; the note is the caller's to add.
-            assert (refused.status, refused.noted) == ("sent", False)
-            assert len(notes()) == 1
-            await sandbox.activity.drain()
-    finally:
-        await sandbox.aclose()
