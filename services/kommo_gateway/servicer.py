@@ -10,11 +10,10 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as pb
 from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayServicer
-from services.common.errors import BridgeError, InvalidInput, Unavailable
+from services.common.errors import InvalidInput, Unavailable
 from services.common.grpc_client import KOMMO_PRIORITY_METADATA
 from services.common.kommo_ids import KOMMO_ID_MAX, is_kommo_id
 from services.kommo_gateway import mapping
@@ -193,7 +192,6 @@ class GatewayServicer(KommoGatewayServicer):
         _on_budget(context)
         out = self._outgoing(request)
         status, method = await self._delivery.deliver(out)
-        noted = bool(request.note.strip()) and await self._note(out.lead_id, request.note)
         log.info(
             "%s for the customer %s",
             "template" if out.template else "message",
@@ -206,19 +204,7 @@ class GatewayServicer(KommoGatewayServicer):
                 "lead_field_ids": [field_id for field_id, _ in out.lead_fields],
             },
         )
-        return pb.DeliverMessageResponse(status=status, method=method, noted=noted)
-
-    async def _note(self, lead_id: int, text: str) -> bool:
-        """A delivery's note: True once Kommo has it. The message is out whatever becomes
-        of its note, so a note that cannot go now is the caller's to add (AddNote)."""
-        if lead_id <= 0:
-            return False
-        try:
-            await self._kommo.add_note(lead_id, text)
-        except (BridgeError, RedisError) as exc:
-            log.warning("the delivery's note was not added: %s", exc, extra={"lead_id": lead_id})
-            return False
-        return True
+        return pb.DeliverMessageResponse(status=status, method=method)
 
     def _outgoing(self, request: pb.DeliverMessageRequest) -> Outgoing:
         """The request, validated: INVALID_ARGUMENT naming what is wrong."""

@@ -291,21 +291,16 @@ class ReplyStage(Stage):
                     # Free text would not reach the customer (WhatsApp's 24-hour window):
                     # checked at the moment each part leaves.
                     return await self._window_closed(claim, job, conversation, parts[sent:])
-                last_part = sent + 1 == len(parts)
-                note = self._note(job, parts) if last_part and job.get("noted") != "1" else ""
-                if await self._deliver_part(
-                    job, parts[sent], sent, len(parts), claim, metadata, note
-                ):
-                    job["noted"] = "1"  # the delivery added it
+                await self._deliver_part(job, parts[sent], sent, len(parts), claim, metadata)
                 sent += 1
                 job["last_part_at"] = str(now_ms())  # as reply_delivered recorded it
             if job.get("noted") != "1" and lead_id and parts:
-                # Its last message's delivery could not add it (or the reply was
-                # stopped before its last part): added on its own.
+                text = "🤖 Resposta do assistente enviada ao cliente:\n" + "\n\n".join(parts)
+                if job.get("note"):
+                    text += f"\n\n{job['note']}"
                 try:
                     await self.gateway.AddNote(
-                        gw.AddNoteRequest(lead_id=lead_id, text=self._note(job, parts)),
-                        metadata=metadata,
+                        gw.AddNoteRequest(lead_id=lead_id, text=text), metadata=metadata
                     )
                 except grpc.aio.AioRpcError as exc:
                     if is_transient(exc):
@@ -378,10 +373,7 @@ class ReplyStage(Stage):
         count: int,
         claim: Claim,
         metadata: tuple[tuple[str, str], ...],
-        note: str = "",
-    ) -> bool:
-        """Deliver one part of a reply and record it; True when its `note` was added to the
-        lead in the same call."""
+    ) -> None:
         conversation_id = job["conversation_id"]
         if now_ms() - int(job.get("created_at") or 0) > _REMEMBERED_BY_BEGIN_MS:
             # begin_reply remembered every part; a reply kept this long (WhatsApp's window
@@ -390,13 +382,12 @@ class ReplyStage(Stage):
         # The first part keeps the reply's own key: a reply queued before replies were
         # split is recognised by the gateway as the same delivery.
         key = job["idempotency_key"] if index == 0 else f"{job['idempotency_key']}#{index + 1}"
-        delivered = await self.gateway.DeliverMessage(
+        await self.gateway.DeliverMessage(
             gw.DeliverMessageRequest(
                 lead_id=int(job.get("lead_id") or 0),
                 text=part,
                 idempotency_key=key,
                 chat_id=job.get("chat_id", ""),
-                note=note,
             ),
             timeout=_DELIVERY_DEADLINE_SECONDS,
             metadata=metadata,
@@ -413,17 +404,6 @@ class ReplyStage(Stage):
             last=index + 1 == count,
             counter="messages_out",
         )
-        return bool(note) and delivered.noted
-
-    @staticmethod
-    def _note(job: dict[str, str], parts: list[str]) -> str:
-        """The note a delivered reply leaves on its lead: what the customer got."""
-        if not int(job.get("lead_id") or 0) or not parts:
-            return ""
-        text = "🤖 Resposta do assistente enviada ao cliente:\n" + "\n\n".join(parts)
-        if job.get("note"):
-            text += f"\n\n{job['note']}"
-        return text
 
     async def _window_closed(
         self,
