@@ -24,8 +24,10 @@ from services.common.errors import BridgeError
 from services.common.grpc_server import client_metadata
 from services.conversation.context import publish_changes
 from services.conversation.engine import Engine
+from services.conversation.envelope import text_fingerprint
 from services.conversation.kommo_form import nest, parse_form
-from services.conversation.store.keys import seen_key
+from services.conversation.store.conversations import Incoming, Ingested
+from services.conversation.store.keys import routing_key, seen_key
 from services.conversation.webhook_events import (
     LeadEvent,
     MessageEvent,
@@ -72,6 +74,24 @@ def _parse(
     return events, parsed.skipped, parsed.changed_lead_ids, parsed.changed_contact_ids
 
 
+def _incoming(event: MessageEvent | LeadEvent, request_id: str) -> Incoming:
+    """An event as it is stored. A message not from the customer may be the echo of the
+    bridge's own send: the ingest looks (its lead's conversation, its text)."""
+    stored = event.to_dict()
+    stored["request_id"] = request_id
+    payload = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(event, LeadEvent):
+        return Incoming(seen_key(event.dedupe_id), payload, routing_key(stored))
+    echo = not event.from_customer and event.lead_id > 0
+    return Incoming(
+        seen_key(event.message_id),
+        payload,
+        routing_key(stored),
+        echo_lead=event.lead_id if echo else 0,
+        fingerprint=text_fingerprint(event.text) if echo else "",
+    )
+
+
 def _refused(reason: str, field: str) -> None:
     log.warning(
         "webhook refused (%s)%s", reason, f": {field}" if field else "", extra={"reason": reason}
@@ -94,7 +114,7 @@ class WebhookIntake:
         # Refused bodies and skipped items by reason, for /stats and the dashboard.
         refused: Counter[str] = Counter()
         skipped: dict[int, list[str]] = {}
-        to_store: list[tuple[str, str]] = []
+        to_store: list[Incoming] = []
         owners: list[int] = []
         changed_leads: list[int] = []
         changed_contacts: list[int] = []
@@ -116,16 +136,7 @@ class WebhookIntake:
             if skipped_items:
                 skipped[index] = [item.reason for item in skipped_items]
             for event in events:
-                stored_event = event.to_dict()
-                stored_event["request_id"] = f"{prefix}{index}"
-                to_store.append(
-                    (
-                        seen_key(
-                            event.message_id if isinstance(event, MessageEvent) else event.dedupe_id
-                        ),
-                        json.dumps(stored_event, ensure_ascii=False, separators=(",", ":")),
-                    )
-                )
+                to_store.append(_incoming(event, f"{prefix}{index}"))
                 owners.append(index)
         valid = sum(1 for r in results if r is None)
         try:
@@ -146,8 +157,8 @@ class WebhookIntake:
         if changed_leads or changed_contacts:
             await self._forget_copies(changed_leads, changed_contacts)
         counts: dict[int, list[int]] = {}
-        for owner, is_new in zip(owners, stored, strict=True):
-            counts.setdefault(owner, [0, 0])[0 if is_new else 1] += 1
+        for owner, outcome in zip(owners, stored, strict=True):
+            counts.setdefault(owner, [0, 0])[1 if outcome == Ingested.DUPLICATE else 0] += 1
         final = []
         for index, result in enumerate(results):
             if result is None:

@@ -76,12 +76,18 @@ def bot_reply_to(http: httpx.Client, stack: Stack, lead: int, text: str) -> dict
 
 
 def wait_applied(stack: Stack, conversation_id: str, message_id: str) -> None:
-    """Wait until the bridge has applied a webhook message (its store's record of it)."""
+    """Wait until the bridge has taken a webhook message in: applied (its store's record
+    of it) or, for the echo of the bridge's own send, recognised as it was ingested (its
+    dedupe marker; such an echo is never applied — anything of its conversation after it
+    is applied after it anyway, in its partition's order)."""
     client = redis.Redis.from_url(stack.redis_url)
     try:
         wait_for(
-            lambda: client.sismember(f"conv:c:{conversation_id}:applied", message_id),
-            what=f"message {message_id} applied",
+            lambda: (
+                client.sismember(f"conv:c:{conversation_id}:applied", message_id)
+                or client.exists(f"conv:seen:{message_id}")
+            ),
+            what=f"message {message_id} taken in",
         )
     finally:
         client.close()

@@ -9,7 +9,16 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.common.due_queue import DueQueue, now_ms, text
-from services.conversation.store.conversations import Applied, ConversationStore, TurnOffer
+from services.conversation import envelope
+from services.conversation.store.conversations import (
+    ECHO_COUNTER,
+    Applied,
+    ConversationStore,
+    EchoCheck,
+    Incoming,
+    Ingested,
+    TurnOffer,
+)
 from services.conversation.store.keys import (
     SEEN_TTL_SECONDS,
     STATS,
@@ -25,11 +34,16 @@ from services.conversation.store.keys import (
 async def test_ingest_stores_new_events_once_and_counts_webhooks(redis: aioredis.Redis) -> None:
     store = ConversationStore(redis)
     first = await store.ingest(
-        2, [(seen_key("a"), "{}"), (seen_key("b"), "{}"), (seen_key("a"), "{}")]
+        2,
+        [
+            Incoming(seen_key("a"), "{}", "lead:1"),
+            Incoming(seen_key("b"), "{}", "lead:2"),
+            Incoming(seen_key("a"), "{}", "lead:1"),
+        ],
     )
-    assert first == [True, True, False]
-    again = await store.ingest(1, [(seen_key("b"), "{}")])
-    assert again == [False]
+    assert first == [Ingested.STORED, Ingested.STORED, Ingested.DUPLICATE]
+    again = await store.ingest(1, [Incoming(seen_key("b"), "{}", "lead:2")])
+    assert again == [Ingested.DUPLICATE]
     assert sum([await redis.xlen(s) for s in event_streams(store.event_partitions)]) == 2
     assert int(await redis.get(WEBHOOKS_TOTAL) or 0) == 3
     ttl = await redis.ttl(seen_key("a"))
@@ -397,3 +411,53 @@ async def test_a_reply_reads_its_turn_conversation_and_idempotency_key_in_one_ca
     )
     gone = await store.reply_context("", "c-gone", "key-2")
     assert (gone.conversation_id, gone.conversation) == ("c-gone", {})
+
+
+async def test_the_ingest_recognises_the_echo_of_the_bridges_own_send_and_stores_nothing(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis)
+    await store.apply_message(**_message("c1", "m1", 9))  # knows its chat
+    await store.apply_message(**_message("c2", "m2", 10, chat_id=""))  # no chat yet
+    sent = envelope.text_fingerprint("Olá! Como posso ajudar?")
+    await store.remember_sent("c1", sent)
+    await store.remember_sent("c2", sent)
+
+    def streamed() -> Any:
+        return asyncio.gather(*(redis.xlen(s) for s in event_streams(store.event_partitions)))
+
+    before = sum(await streamed())
+    bot_before = int(await redis.hget(STATS, ECHO_COUNTER) or 0)
+    echo = Incoming(seen_key("e1"), "{}", "lead:9", echo_lead=9, fingerprint=sent)
+    assert await store.ingest(1, [echo]) == [Ingested.ECHO]
+    assert await store.ingest(1, [echo]) == [Ingested.DUPLICATE]
+    assert sum(await streamed()) == before, "an echo is not stored"
+    assert int(await redis.hget(STATS, ECHO_COUNTER) or 0) == bot_before + 1
+    # A text the bridge did not send, a lead without a conversation, and a conversation
+    # that does not know its chat yet (the echo binds it): through the stream.
+    other = envelope.text_fingerprint("escrito por uma pessoa")
+    assert await store.ingest(
+        1,
+        [
+            Incoming(seen_key("e2"), "{}", "lead:9", echo_lead=9, fingerprint=other),
+            Incoming(seen_key("e3"), "{}", "lead:11", echo_lead=11, fingerprint=sent),
+            Incoming(seen_key("e4"), "{}", "lead:10", echo_lead=10, fingerprint=sent),
+        ],
+    ) == [Ingested.STORED, Ingested.STORED, Ingested.STORED]
+    assert sum(await streamed()) == before + 3
+
+
+async def test_the_apply_recognises_an_echo_the_ingest_could_not(redis: aioredis.Redis) -> None:
+    store = ConversationStore(redis)
+    await store.apply_message(**_message("c1", "m1", 9, chat_id=""))
+    sent = envelope.text_fingerprint("Olá! Como posso ajudar?")
+    await store.remember_sent("c1", sent)
+    echo = EchoCheck(sent, ECHO_COUNTER)
+    applied = await store.apply_message(
+        **_message("c1", "m2", 9, to_inbox=False, history_entry="x"), echo=echo
+    )
+    assert applied == Applied.APPLIED and echo.was_sent
+    assert [e for e in await store.history("c1", 10) if e.get("text") == "x"] == []
+    person = EchoCheck(envelope.text_fingerprint("outra coisa"), ECHO_COUNTER)
+    await store.apply_message(**_message("c1", "m3", 9, to_inbox=False), echo=person)
+    assert not person.was_sent

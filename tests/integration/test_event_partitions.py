@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from services.common.due_queue import now_ms
 from services.conversation.stages.event_reader import PartitionOwnership, claim_pending
-from services.conversation.store.conversations import Applied, ConversationStore
+from services.conversation.store.conversations import Applied, ConversationStore, Incoming
 from services.conversation.store.keys import (
     WORKERS_GROUP,
     conversation_key,
@@ -51,7 +51,10 @@ async def test_a_conversations_events_all_go_to_its_partition_stream(
     store = ConversationStore(redis, event_partitions=PARTITIONS)
     events = [{"lead_id": 7, "chat_id": "c", "text": str(n)} for n in range(5)]
     events.append({"lead_id": 0, "chat_id": "only-a-chat", "text": "x"})
-    await store.ingest(1, [(seen_key(f"m{n}"), json.dumps(e)) for n, e in enumerate(events)])
+    await store.ingest(
+        1,
+        [Incoming(seen_key(f"m{n}"), json.dumps(e), routing_key(e)) for n, e in enumerate(events)],
+    )
     lead_stream = event_stream(event_partition(routing_key(events[0]), PARTITIONS))
     chat_stream = event_stream(event_partition("chat:only-a-chat", PARTITIONS))
 

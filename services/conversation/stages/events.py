@@ -25,7 +25,12 @@ from services.common.logs import request_id
 from services.conversation import bot, envelope
 from services.conversation.context import CONVERSATION
 from services.conversation.stages import Stage, StageContext
-from services.conversation.store.conversations import Applied, EchoCheck, TurnOffer
+from services.conversation.store.conversations import (
+    ECHO_COUNTER,
+    Applied,
+    EchoCheck,
+    TurnOffer,
+)
 from services.conversation.store.keys import (
     EVENTS_STREAM,
 )
@@ -122,7 +127,7 @@ class EventStage(Stage):
         echo = (
             None
             if event.from_customer
-            else EchoCheck(envelope.text_fingerprint(event.text), "messages_bot")
+            else EchoCheck(envelope.text_fingerprint(event.text), ECHO_COUNTER)
         )
         at = float(event.created_at) if event.created_at else time.time()
         # The bot's replies enter the history when Kommo takes them (run_reply), so their

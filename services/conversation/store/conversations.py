@@ -48,7 +48,6 @@ from services.conversation.store.keys import (
     history_key,
     inbox_key,
     retention_ms,
-    routing_key,
     sent_key,
 )
 from services.conversation.store.replies import Replies
@@ -92,6 +91,32 @@ class EchoCheck:
     was_sent: bool = False
 
 
+# The counter of a message the bridge sent itself, told by its echo.
+ECHO_COUNTER = "messages_bot"
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """An event of a webhook to store: its dedupe key, the event (JSON) and its routing
+    key (keys.routing_key: which partition). A message that may be the echo of the
+    bridge's own send names its lead and its text's fingerprint, so that the ingest
+    recognises it (envelope.text_fingerprint)."""
+
+    seen: str
+    payload: str
+    route: str
+    echo_lead: int = 0
+    fingerprint: str = ""
+
+
+class Ingested(enum.IntEnum):
+    """What the ingest did with an event."""
+
+    DUPLICATE = 0
+    STORED = 1
+    ECHO = 2  # the echo of the bridge's own send: counted, not stored
+
+
 class ConversationStore(Turns, Replies):
     """Typed access to the conversation service's Redis state: the conversation record
     (this module), its turns and the n8n outbox (Turns, turns.py) and its replies
@@ -124,12 +149,13 @@ class ConversationStore(Turns, Replies):
     async def ingest(
         self,
         webhooks: int,
-        events: list[tuple[str, str]],
+        events: list[Incoming],
         counters: Mapping[str, int] | None = None,
-    ) -> list[bool]:
-        """Store (dedupe key, payload) events of `webhooks` bodies; True for each new one.
-        `counters` (refused bodies and skipped items of the batch) are added to the stats
-        in the same script.
+    ) -> list[Ingested]:
+        """Store the events of `webhooks` bodies, each once; what became of each. An echo
+        of the bridge's own send is counted as `echo_counter` and not stored. `counters`
+        (refused bodies and skipped items of the batch) are added to the stats in the same
+        script.
 
         One round trip for a whole batch of webhooks: this is the ack path.
         """
@@ -141,15 +167,20 @@ class ConversationStore(Turns, Replies):
             webhooks,
             len(counted),
             series.KEPT_SECONDS,
+            ECHO_COUNTER,
         ]
         for name, n in counted.items():
             args.extend((name, n))
-        for key, payload in events:
-            try:
-                route = routing_key(json.loads(payload))
-            except (ValueError, AttributeError):
-                route = ""  # unreadable: any partition; its consumer parks it
-            args.extend((key, 5 + event_partition(route, self.event_partitions), payload))
+        for event in events:
+            args.extend(
+                (
+                    event.seen,
+                    5 + event_partition(event.route, self.event_partitions),
+                    event.payload,
+                    by_lead_key(event.echo_lead) if event.echo_lead else "",
+                    event.fingerprint,
+                )
+            )
         result = await self._ingest(
             keys=[
                 WEBHOOKS_LAST,
@@ -160,7 +191,7 @@ class ConversationStore(Turns, Replies):
             ],
             args=args,
         )
-        return [bool(x) for x in cast(list[int], result)]
+        return [Ingested(x) for x in cast(list[int], result)]
 
     async def webhook_status(self) -> tuple[float, int]:
         last, total = await self.redis.mget(WEBHOOKS_LAST, WEBHOOKS_TOTAL)
