@@ -44,10 +44,13 @@ def _api(stack: Stack) -> httpx.Client:
     return httpx.Client(base_url=stack.edge_url, headers={"X-API-Key": stack.api_key}, timeout=30)
 
 
-def _settled(client: redis.Redis, conversation_id: str) -> bool:
-    """The customer's message and the bot's echo applied, and no work left queued."""
+def _settled(client: redis.Redis, conversation_id: str, echoes: list[str]) -> bool:
+    """The customer's message applied, the bot's echoes taken in (the ingest recognises
+    the echo of the bridge's own send and keeps nothing of it but its dedupe marker), and
+    no work left queued."""
     return (
-        client.scard(f"conv:c:{conversation_id}:applied") >= 2
+        client.scard(f"conv:c:{conversation_id}:applied") >= 1
+        and all(client.exists(f"conv:seen:{message_id}") for message_id in echoes)
         and not any(client.xlen(s) for s in event_streams(EVENT_PARTITIONS))
         and all(
             client.zcard(q) == 0
@@ -84,7 +87,11 @@ def test_erasing_a_lead_leaves_nothing_of_it_in_redis(own_stack: Stack) -> None:
             "/agendamento/request", json={"lead_id": LEAD, "preference": "terça à tarde"}
         )
         assert agendamento.status_code in (200, 201), agendamento.text
-        wait_for(lambda: _settled(client, conversation_id), timeout=20, what="work settled")
+        wait_for(
+            lambda: _settled(client, conversation_id, [m["id"] for m in replies]),
+            timeout=20,
+            what="work settled",
+        )
         cached = client.get(f"gw:cache:contact:{contact_id}")
         assert cached, "the gateway holds a copy of the contact"
         phone = json.loads(cached)["body"]["custom_fields_values"][0]["values"][0]["value"]

@@ -65,10 +65,13 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
 
 
-def _settled(client: redis.Redis, conversation_id: str, applied: int) -> bool:
-    """The messages and the bot's echoes applied, and no work left queued."""
+def _settled(client: redis.Redis, conversation_id: str, echoes: list[str]) -> bool:
+    """The customer's message applied, the bot's echoes taken in (the ingest recognises
+    the echo of the bridge's own send and keeps nothing of it but its dedupe marker), and
+    no work left queued."""
     return (
-        client.scard(f"conv:c:{conversation_id}:applied") >= applied
+        client.scard(f"conv:c:{conversation_id}:applied") >= 1
+        and all(client.exists(f"conv:seen:{message_id}") for message_id in echoes)
         and not any(client.xlen(s) for s in event_streams(EVENT_PARTITIONS))
         and all(
             client.zcard(q) == 0 for q in ("conv:replies:due", "conv:notify:due", "conv:outbox:due")
@@ -114,7 +117,11 @@ def test_a_reset_leaves_nothing_of_the_conversation_in_redis(own_stack: Stack) -
         assert started.status_code in (200, 201), started.text
         assert started.json()["conversation_id"] == conversation_id
         assert started.json()["status"] == "scheduled", started.json()
-        wait_for(lambda: _settled(client, conversation_id, 2), timeout=20, what="work settled")
+        wait_for(
+            lambda: _settled(client, conversation_id, [m["id"] for m in replies]),
+            timeout=20,
+            what="work settled",
+        )
         assert client.zcard("conv:proactive:due") == 1, "the start waits, queued"
         paused = api.post(
             "/bot-control",
