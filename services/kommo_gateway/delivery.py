@@ -36,10 +36,13 @@ import redis.asyncio as aioredis
 
 from services.common.errors import Unavailable, UpstreamError
 from services.kommo_gateway.kommo_client import KommoClient
+from services.kommo_gateway.notes import Note, Notes
 from services.kommo_gateway.ratelimit import Priority
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.store import (
     DELIVERY_TTL_SECONDS,
+    NOTES,
+    NOTES_DUE,
     cache_key,
     delivery_attempt_key,
     delivery_key,
@@ -75,11 +78,11 @@ return 0
 # not sent again; otherwise one attempt per key at a time holds its lock, and a Salesbot
 # delivery takes its lead's slot when it is free (KEYS[3]; else it waits for it). KEYS:
 # the delivery's state, its attempt lock[, the lead's slot]. ARGV: owner, hold (ms).
-# Returns {1} sent before, {2} another attempt holds the lock, {0, state or false, 1 if
-# the slot was taken}: the lock is ours.
+# Returns {1, state} sent before, {2} another attempt holds the lock, {0, state or false,
+# 1 if the slot was taken}: the lock is ours.
 _BEGIN = """
 local state = redis.call('GET', KEYS[1])
-if state and cjson.decode(state).status == 'sent' then return {1} end
+if state and cjson.decode(state).status == 'sent' then return {1, state} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 local slot = 0
 if #KEYS >= 3 and redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then slot = 1 end
@@ -96,14 +99,27 @@ redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 return 1
 """
 
-# The bot ran: the delivery is sent (the record that makes it once per key), the lead's
-# slot waits the spacing from now and the attempt lock is released, each only if still
-# ours. KEYS: the state, the slot, the lock. ARGV: state (JSON), its lifetime (s), slot
-# owner, spacing (ms), lock owner.
+# The message went out: the delivery is sent (the record that makes it once per key),
+# with its note kept to be added (notes.py); the lead's slot, if any, waits the spacing
+# from now and the attempt lock is released, each only if still ours; and notes already
+# added are taken off (they ride here rather than in a call of their own). KEYS: the
+# state, the lock, the slot (unused when ARGV[3] is ''), NOTES, NOTES_DUE. ARGV: state
+# (JSON), its lifetime (s), slot owner or '', spacing (ms), lock owner, the note (JSON, ''
+# = none), its member, its lease end (ms), then the members of the notes to take off.
 _SENT = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
-if redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('PEXPIRE', KEYS[3], 1) end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('PEXPIRE', KEYS[2], 1) end
+for i = 9, #ARGV do
+  redis.call('HDEL', KEYS[4], ARGV[i])
+  redis.call('ZREM', KEYS[5], ARGV[i])
+end
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[7], ARGV[6])
+  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[7])
+end
 return 1
 """
 
@@ -136,6 +152,8 @@ class Outgoing:
     lead_fields: tuple[tuple[int, str], ...] = ()
     # The bot sends an approved WhatsApp template: the reply field is not written.
     template: bool = False
+    # Added to the lead once the message is out (notes.py); "" = none.
+    note: str = ""
 
 
 class Delivery:
@@ -145,8 +163,12 @@ class Delivery:
         redis: aioredis.Redis,
         kommo: KommoClient,
         http: httpx.AsyncClient,
+        notes: Notes | None = None,
     ) -> None:
         self._settings = settings
+        # Where a delivered message's note goes (None: notes are not kept, the caller
+        # adds them).
+        self._notes = notes
         self._redis = redis
         self._kommo = kommo
         self._http = http
@@ -162,8 +184,9 @@ class Delivery:
             return "salesbot"
         return "chats_api"
 
-    async def deliver(self, out: Outgoing) -> tuple[str, str]:
-        """Returns (status, method): status "sent" or "already_sent"."""
+    async def deliver(self, out: Outgoing) -> tuple[str, str, bool]:
+        """Returns (status, method, note kept): status "sent" or "already_sent"; the note
+        kept when `out.note` was (or, already sent, was then) recorded to be added."""
         method = self.method(out)
         key = out.key
         # One attempt per key at a time, across replicas: a caller that gave up on a slow
@@ -175,7 +198,8 @@ class Delivery:
             keys.append(lead_slot_key(out.lead_id))
         begun = await self._begin(keys=keys, args=[owner, _SLOT_HOLD_MS])
         if int(begun[0]) == 1:
-            return "already_sent", method
+            before = json.loads(begun[1]) if len(begun) > 1 and begun[1] else {}
+            return "already_sent", method, bool(out.note) and bool(before.get("note"))
         if int(begun[0]) == 2:
             raise Unavailable("this reply is being delivered right now; ask again shortly")
         state: dict[str, Any] = json.loads(begun[1]) if len(begun) > 1 and begun[1] else {}
@@ -189,15 +213,57 @@ class Delivery:
                 slot_taken = len(begun) > 2 and int(begun[2]) == 1
                 recorded = await self._send_salesbot(out, state, owner, slot_taken)
             if not recorded:
-                await self._set_state(key, {"status": "sent", "at": time.time()})
+                await self._record_sent(out, owner)
+                recorded = True
         finally:
             if not recorded:
                 await self._expire_if_owner(keys=[attempt_lock], args=[owner, 1])
-        return "sent", method
+        return "sent", method, self._keeps_note(out)
 
-    async def _state(self, key: str) -> dict[str, Any]:
-        raw = await self._redis.get(delivery_key(key))
-        return dict(json.loads(raw)) if raw else {}
+    def _keeps_note(self, out: Outgoing) -> bool:
+        return bool(out.note.strip()) and out.lead_id > 0 and self._notes is not None
+
+    async def _record_sent(
+        self, out: Outgoing, attempt: str, slot_owner: str = "", spacing_ms: int = 0
+    ) -> None:
+        """The delivery recorded as sent, its note kept and added from now on (notes.py),
+        the attempt lock `attempt` released and the lead's slot (held by `slot_owner`)
+        waiting `spacing_ms`, in one call that also takes off the notes added since."""
+        notes = self._notes
+        note: Note | None = None
+        lease = 0
+        record: dict[str, Any] = {"status": "sent", "at": time.time()}
+        if notes is not None and self._keeps_note(out):
+            note, lease = Note(out.lead_id, out.note), notes.lease_end()
+            record["note"] = 1
+        done = notes.take_done() if notes is not None else []
+        try:
+            await self._sent(
+                keys=[
+                    delivery_key(out.key),
+                    delivery_attempt_key(out.key),
+                    lead_slot_key(out.lead_id),
+                    NOTES,
+                    NOTES_DUE,
+                ],
+                args=[
+                    json.dumps(record),
+                    DELIVERY_TTL_SECONDS,
+                    slot_owner,
+                    spacing_ms,
+                    attempt,
+                    "" if note is None else note.encode(),
+                    out.key,
+                    lease,
+                    *done,
+                ],
+            )
+        except BaseException:
+            if notes is not None and done:
+                notes.put_back(done)
+            raise
+        if notes is not None and note is not None:
+            notes.add_soon(out.key, note, lease)
 
     async def _set_state(self, key: str, state: dict[str, Any]) -> None:
         await self._redis.set(delivery_key(key), json.dumps(state), ex=DELIVERY_TTL_SECONDS)
@@ -263,16 +329,7 @@ class Delivery:
                     continue
                 # Sent: recorded, and the next reply to this lead waits the spacing from
                 # now (the bot reads the field some time after it was started).
-                await self._sent(
-                    keys=[delivery_key(key), slot, delivery_attempt_key(key)],
-                    args=[
-                        json.dumps({"status": "sent", "at": time.time()}),
-                        DELIVERY_TTL_SECONDS,
-                        owner,
-                        spacing_ms,
-                        attempt,
-                    ],
-                )
+                await self._record_sent(out, attempt, owner, spacing_ms)
                 released = True
                 return True
             return False

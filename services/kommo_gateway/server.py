@@ -16,6 +16,7 @@ from services.common.settings import load_settings
 from services.kommo_gateway.delivery import Delivery
 from services.kommo_gateway.handoff import Handoff
 from services.kommo_gateway.kommo_client import KommoClient
+from services.kommo_gateway.notes import Notes
 from services.kommo_gateway.ratelimit import Budget, RateLimiter
 from services.kommo_gateway.servicer import GatewayServicer
 from services.kommo_gateway.settings import GatewaySettings
@@ -34,9 +35,12 @@ def create_server(settings: GatewaySettings) -> tuple[GrpcService, TokenManager]
     tokens = TokenManager(settings, redis, http, limiter)
     handoff = Handoff(redis)
     kommo = KommoClient(settings, http, tokens, limiter, budget, handoff)
-    servicer = GatewayServicer(settings, redis, kommo, Delivery(settings, redis, kommo, http))
+    notes = Notes(redis, kommo)
+    delivery = Delivery(settings, redis, kommo, http, notes)
+    servicer = GatewayServicer(settings, redis, kommo, delivery, notes)
 
     async def close() -> None:
+        await notes.aclose()
         await kommo.aclose()
         await handoff.aclose()
         await budget.aclose()
@@ -54,7 +58,7 @@ def create_server(settings: GatewaySettings) -> tuple[GrpcService, TokenManager]
         grace_seconds=settings.shutdown_grace_seconds,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
-        background=[TokenKeeper(tokens)],
+        background=[TokenKeeper(tokens), notes],
         on_stop=close,
     )
     return service, tokens

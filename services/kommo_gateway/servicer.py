@@ -13,15 +13,18 @@ import redis.asyncio as aioredis
 
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as pb
 from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayServicer
+from services.common.due_queue import text
 from services.common.errors import InvalidInput, Unavailable
 from services.common.grpc_client import KOMMO_PRIORITY_METADATA
 from services.common.kommo_ids import KOMMO_ID_MAX, is_kommo_id
 from services.kommo_gateway import mapping
 from services.kommo_gateway.delivery import INCOMING_CHAT_MESSAGE, Delivery, Outgoing
 from services.kommo_gateway.kommo_client import KommoClient
+from services.kommo_gateway.notes import Notes
 from services.kommo_gateway.ratelimit import Priority, call_deadline, call_priority
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.store import (
+    NOTES,
     cache_keep_seconds,
     cache_key,
     delivery_attempt_key,
@@ -65,11 +68,14 @@ class GatewayServicer(KommoGatewayServicer):
         redis: aioredis.Redis,
         kommo: KommoClient,
         delivery: Delivery,
+        notes: Notes | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
         self._kommo = kommo
         self._delivery = delivery
+        # The notes deliveries keep (the same as the delivery's), for their erasure.
+        self._notes = notes
         self._templates = TemplateCache(kommo, settings.kommo_templates_cache_seconds)
 
     async def _cached(
@@ -127,6 +133,15 @@ class GatewayServicer(KommoGatewayServicer):
             + [delivery_attempt_key(k) for k in request.delivery_keys],
         }
         erased: dict[str, int] = {}
+        notes: list[str] = []
+        if self._notes is not None and request.delivery_keys:
+            # A reply's note is kept under its last part's key ("<key>#<n>"): they go
+            # whether added or not (the text is personal data).
+            named = set(request.delivery_keys)
+            kept = [text(m) for m in await self._redis.hkeys(NOTES)]
+            notes = [m for m in kept if m in named or m.split("#", 1)[0] in named]
+            await self._notes.forget(notes)
+        erased["notes"] = len(notes)
         async with self._redis.pipeline(transaction=True) as pipe:
             for keys in groups.values():
                 if keys:
@@ -191,7 +206,7 @@ class GatewayServicer(KommoGatewayServicer):
     ) -> pb.DeliverMessageResponse:
         _on_budget(context)
         out = self._outgoing(request)
-        status, method = await self._delivery.deliver(out)
+        status, method, note_kept = await self._delivery.deliver(out)
         log.info(
             "%s for the customer %s",
             "template" if out.template else "message",
@@ -204,7 +219,7 @@ class GatewayServicer(KommoGatewayServicer):
                 "lead_field_ids": [field_id for field_id, _ in out.lead_fields],
             },
         )
-        return pb.DeliverMessageResponse(status=status, method=method)
+        return pb.DeliverMessageResponse(status=status, method=method, note_kept=note_kept)
 
     def _outgoing(self, request: pb.DeliverMessageRequest) -> Outgoing:
         """The request, validated: INVALID_ARGUMENT naming what is wrong."""
@@ -264,6 +279,7 @@ class GatewayServicer(KommoGatewayServicer):
             salesbot_id=request.salesbot_id,
             lead_fields=tuple(fields),
             template=request.template,
+            note=request.note,
         )
 
     async def ListTemplates(

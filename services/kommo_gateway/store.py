@@ -85,3 +85,10 @@ BATCH_KEEP_SECONDS = 300
 BATCH_RESULTS = "gw:batch-results"
 BATCH_RESULTS_KEEP_SECONDS = 30
 BATCH_RESULTS_KEPT = 200
+
+# Notes of delivered messages waiting to be added to their leads (notes.py): the note
+# (lead id and text: personal data, kept seconds, until Kommo has it; erased with its
+# delivery) by the delivery's idempotency key, and when each is due (the end of the
+# lease of the replica adding it, or its next try).
+NOTES = "gw:notes"
+NOTES_DUE = "gw:notes:due"

@@ -3,7 +3,8 @@ delivery on a real Redis), reaching Kommo through the httpx client a test gives 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from services.common.grpc_client import create_channel
 from services.common.grpc_server import GrpcService
 from services.kommo_gateway.delivery import Delivery
 from services.kommo_gateway.kommo_client import KommoClient
+from services.kommo_gateway.notes import Notes
 from services.kommo_gateway.ratelimit import Budget, RateLimiter
 from services.kommo_gateway.servicer import GatewayServicer
 from services.kommo_gateway.settings import GatewaySettings
@@ -28,14 +30,23 @@ SERVICE = "bridge.kommo_gateway.v1.KommoGateway"
 
 @asynccontextmanager
 async def served_gateway(
-    settings: GatewaySettings, redis: aioredis.Redis, http: httpx.AsyncClient
+    settings: GatewaySettings,
+    redis: aioredis.Redis,
+    http: httpx.AsyncClient,
+    *,
+    note_retry_seconds: Sequence[float] = (5.0,),
 ) -> AsyncIterator[KommoGatewayAsyncStub]:
+    """With its note pool running (notes.py), its retries after `note_retry_seconds`."""
     limiter = RateLimiter(redis, settings.kommo_rate_limit_rps)
     budget = Budget(limiter, aging_seconds=2.0, call_seconds=0.5)
     tokens = TokenManager(settings, redis, http, limiter)
     kommo = KommoClient(settings, http, tokens, limiter, budget)
     await tokens.bootstrap()
-    servicer = GatewayServicer(settings, redis, kommo, Delivery(settings, redis, kommo, http))
+    notes = Notes(redis, kommo, retry_seconds=note_retry_seconds)
+    stopping = asyncio.Event()
+    pool = asyncio.create_task(notes.run(stopping))
+    delivery = Delivery(settings, redis, kommo, http, notes)
+    servicer = GatewayServicer(settings, redis, kommo, delivery, notes)
     service = GrpcService(
         name="kommo_gateway",
         service_names=[SERVICE],
@@ -51,5 +62,8 @@ async def served_gateway(
     finally:
         await channel.close(None)
         await service.shutdown()
+        stopping.set()
+        await pool
+        await notes.aclose()
         await kommo.aclose()
         await budget.aclose()

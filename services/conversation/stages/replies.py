@@ -35,6 +35,7 @@ from services.conversation.stages import Stage, StageContext, is_transient
 from services.conversation.starter import open_for_lead
 from services.conversation.store.keys import REPLIES_DUE, SENT_TTL_SECONDS
 from services.conversation.store.proactive import ProactiveStore
+from services.conversation.store.replies import LastPart
 from services.conversation.template_sends import TemplateUnavailable
 
 log = logging.getLogger(__name__)
@@ -256,6 +257,9 @@ class ReplyStage(Stage):
         parts = job_parts(job)
         pauses = json.loads(job.get("pauses") or "[]")
         last: dict[str, str] | None = None  # the conversation as the last part found it
+        noted = job.get("noted") == "1"
+        # The last message, delivered, recorded with the reply's end (one call).
+        last_part: LastPart | None = None
         try:
             sent = len(parts) if job.get("delivered") == "1" else int(job.get("parts_sent") or 0)
             while sent < len(parts):
@@ -291,13 +295,23 @@ class ReplyStage(Stage):
                     # Free text would not reach the customer (WhatsApp's 24-hour window):
                     # checked at the moment each part leaves.
                     return await self._window_closed(claim, job, conversation, parts[sent:])
-                await self._deliver_part(job, parts[sent], sent, len(parts), claim, metadata)
+                # The note rides with the last message: the gateway keeps it and adds
+                # it after answering.
+                note = (
+                    note_text(parts, job)
+                    if sent + 1 == len(parts) and lead_id and not noted
+                    else ""
+                )
+                kept, last_part = await self._deliver_part(
+                    job, parts[sent], sent, len(parts), claim, metadata, note
+                )
+                noted = noted or kept
                 sent += 1
                 job["last_part_at"] = str(now_ms())  # as reply_delivered recorded it
-            if job.get("noted") != "1" and lead_id and parts:
-                text = "🤖 Resposta do assistente enviada ao cliente:\n" + "\n\n".join(parts)
-                if job.get("note"):
-                    text += f"\n\n{job['note']}"
+            if not noted and lead_id and parts:
+                # A template, a reply stopped by a takeover, or a gateway that does not
+                # keep notes: the note is its own call.
+                text = note_text(parts, job)
                 try:
                     await self.gateway.AddNote(
                         gw.AddNoteRequest(lead_id=lead_id, text=text), metadata=metadata
@@ -354,6 +368,7 @@ class ReplyStage(Stage):
             job.get("event_id", ""),
             # Counted only if the token is still the turn's in flight (the script checks).
             (now_ms() - started) / 1000 if started and answers_turn else None,
+            last=last_part,
         )
         if answers_turn:
             self.handoffs.forget(conversation_id)  # settled: no handoff
@@ -373,7 +388,11 @@ class ReplyStage(Stage):
         count: int,
         claim: Claim,
         metadata: tuple[tuple[str, str], ...],
-    ) -> None:
+        note: str = "",
+    ) -> tuple[bool, LastPart | None]:
+        """Send one message of a reply (the last one with the reply's `note`). Returns
+        whether the gateway kept the note, and, for the last message when nothing is
+        left to do before the reply's end, its record for `reply_finished` to make."""
         conversation_id = job["conversation_id"]
         if now_ms() - int(job.get("created_at") or 0) > _REMEMBERED_BY_BEGIN_MS:
             # begin_reply remembered every part; a reply kept this long (WhatsApp's window
@@ -382,28 +401,35 @@ class ReplyStage(Stage):
         # The first part keeps the reply's own key: a reply queued before replies were
         # split is recognised by the gateway as the same delivery.
         key = job["idempotency_key"] if index == 0 else f"{job['idempotency_key']}#{index + 1}"
-        await self.gateway.DeliverMessage(
+        answer = await self.gateway.DeliverMessage(
             gw.DeliverMessageRequest(
                 lead_id=int(job.get("lead_id") or 0),
                 text=part,
                 idempotency_key=key,
                 chat_id=job.get("chat_id", ""),
+                note=note,
             ),
             timeout=_DELIVERY_DEADLINE_SECONDS,
             metadata=metadata,
         )
+        kept = bool(note) and answer.note_kept
         # Into the history now, when Kommo has it, rather than at its echo: an echo can
         # be lost or late, and then the next turn would not know what the bot said
         # (apply_event keeps the echo out of the history).
+        entry = envelope.history_entry("bot", part, time.time())
+        cap = max(self.settings.history_turns * 2, 10)
+        if index + 1 == count and (kept or not note):
+            return kept, LastPart(entry, cap, index + 1, "messages_out")
         await self.store.reply_delivered(
             claim.member,
             conversation_id,
-            envelope.history_entry("bot", part, time.time()),
-            max(self.settings.history_turns * 2, 10),
+            entry,
+            cap,
             parts_sent=index + 1,
             last=index + 1 == count,
             counter="messages_out",
         )
+        return kept, None
 
     async def _window_closed(
         self,
@@ -474,6 +500,14 @@ class ReplyStage(Stage):
             json.loads(job.get("variables") or "{}"),
         )
         await self.store.update_reply_job(claim.member, delivered=1, parts_sent=1)
+
+
+def note_text(parts: list[str], job: dict[str, str]) -> str:
+    """The note a reply leaves on its lead for the salespeople: what the customer got."""
+    text = "🤖 Resposta do assistente enviada ao cliente:\n" + "\n\n".join(parts)
+    if job.get("note"):
+        text += f"\n\n{job['note']}"
+    return text
 
 
 def job_parts(job: dict[str, str]) -> list[str]:

@@ -47,6 +47,18 @@ class ReplyContext:
     seen: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class LastPart:
+    """A reply's last message, delivered, recorded with the reply's end
+    (`Replies.reply_finished`) rather than in a call of its own."""
+
+    entry: dict[str, Any]
+    # History entries kept, the reply's parts sent with this one, its counter.
+    cap: int
+    parts_sent: int
+    counter: str = ""
+
+
 class Replies:
     """ConversationStore's replies (a part of it: see conversations.py)."""
 
@@ -208,10 +220,13 @@ class Replies:
         reply_token: str,
         event_id: str,
         reply_seconds: float | None,
+        *,
+        last: LastPart | None = None,
     ) -> None:
         """Every part out and the note added: the job noted and delivered, off its queue;
         the turn it answers settled (as `finish_turn`); the reply's time counted when it
-        still answers the turn in flight. One call."""
+        still answers the turn in flight. With `last`, the reply's last message is
+        recorded too (as `reply_delivered`). One call."""
         counts = (
             {}
             if reply_seconds is None
@@ -221,29 +236,37 @@ class Replies:
                 series.latency_field(reply_seconds): 1,
             }
         )
+        bucket = series.bucket_key(series.bucket_start(time.time()))
+        keys = [
+            reply_job_key(claim.member),
+            REPLIES_DUE,
+            conversation_key(conversation_id),
+            inbox_key(conversation_id),
+            TURNS_DUE,
+            HANDOFFS_DUE,
+            outbox_item_key(event_id),
+            bucket,
+        ]
+        args: list[str | int] = [
+            claim.member,
+            REPLY_TOKEN_TTL_SECONDS * 1000,
+            self._r_ms,
+            reply_token,
+            now_ms(),
+            conversation_id,
+            json.dumps(counts),
+            series.KEPT_SECONDS,
+        ]
+        if last is not None:
+            keys += [history_key(conversation_id), STATS]
+            args += [
+                json.dumps(last.entry, ensure_ascii=False),
+                max(last.cap, 1),
+                last.parts_sent,
+                last.counter,
+            ]
         claim.settled = True  # off the queue
-        await self._reply_finished(
-            keys=[
-                reply_job_key(claim.member),
-                REPLIES_DUE,
-                conversation_key(conversation_id),
-                inbox_key(conversation_id),
-                TURNS_DUE,
-                HANDOFFS_DUE,
-                outbox_item_key(event_id),
-                series.bucket_key(series.bucket_start(time.time())),
-            ],
-            args=[
-                claim.member,
-                REPLY_TOKEN_TTL_SECONDS * 1000,
-                self._r_ms,
-                reply_token,
-                now_ms(),
-                conversation_id,
-                json.dumps(counts),
-                series.KEPT_SECONDS,
-            ],
-        )
+        await self._reply_finished(keys=keys, args=args)
 
     async def reply_done(self, claim: Claim) -> None:
         await self._reply_item_done(

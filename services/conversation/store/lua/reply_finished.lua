@@ -1,4 +1,5 @@
--- reply_finished: a reply is out (every part delivered, its note added): the job is marked
+-- reply_finished: a reply is out (every part delivered, its note added or kept by the
+-- gateway): the job is marked
 -- noted and delivered and leaves its queue (as item_done.lua), the turn it answers is
 -- settled (as finish_turn.lua), and it is counted — the reply's time only when it still
 -- answers the turn in flight. One call where there were five.
@@ -19,7 +20,23 @@
 -- ARGV[7]   the reply's time, as counters of the bucket (JSON object: name -> n; '{}' =
 --           none), added only when the token is the turn's in flight
 -- ARGV[8]   the bucket's lifetime (s)
+-- With the reply's last message recorded in the same call (as reply_delivered.lua, when
+-- nothing happens between its delivery and the reply's end):
+-- KEYS[9]   the conversation's history
+-- KEYS[10]  the stats hash
+-- ARGV[9]   its history entry (JSON; '' = recorded already)
+-- ARGV[10]  history entries kept
+-- ARGV[11]  parts of the reply sent
+-- ARGV[12]  the counter of a recorded message ('' = none)
 -- Returns   1.
+if #ARGV >= 9 and ARGV[9] ~= ''
+    and redis.call('EXISTS', KEYS[3]) == 1 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'parts_sent', ARGV[11], 'last_part_at', ARGV[5], 'delivered', 1)
+  redis.call('RPUSH', KEYS[9], ARGV[9])
+  redis.call('LTRIM', KEYS[9], -tonumber(ARGV[10]), -1)
+  touch(ARGV[6], tonumber(ARGV[5]), tonumber(ARGV[3]))
+  if ARGV[12] ~= '' then bump(KEYS[10], KEYS[8], tonumber(ARGV[8]), ARGV[12], 1) end
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'noted', 1, 'state', 'delivered')
