@@ -87,7 +87,7 @@ def _incoming(event: MessageEvent | LeadEvent, request_id: str) -> Incoming:
         seen_key(event.message_id),
         payload,
         routing_key(stored),
-        echo_lead=event.lead_id if echo else 0,
+        lead=max(event.lead_id, 0),
         fingerprint=text_fingerprint(event.text) if echo else "",
     )
 

@@ -114,7 +114,9 @@ return 1
 """
 
 # An item handed over, stamped with Redis' time (its wait counts from then); a wake-up
-# for the holder. Returns the item as queued, so that its caller can take it back.
+# for the holder. Returns the item as queued, so that its caller can take it back, and
+# the id of the answers' last entry then ('0-0': none): its answer comes after it.
+# KEYS: the queue, the wake-up, the answers.
 _PUSH = """
 local t = redis.call('TIME')
 local item = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)) .. ' ' .. ARGV[1]
@@ -123,7 +125,8 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('RPUSH', KEYS[2], 1)
 redis.call('LTRIM', KEYS[2], 0, 0)
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return item
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+return {item, last[1] and last[1][1] or '0-0'}
 """
 
 # Everything handed over, into the holder's hands (recorded in flight), with Redis' time
@@ -192,6 +195,9 @@ class Handoff:
         self._closed = False
         self._last_use = 0.0  # monotonic: the last call, hand-over or answer
         self._generation = 0  # the loops of an earlier start stop when it changes
+        # The answers are followed only while this replica waits for one (issue 22: the
+        # holder, and a replica with nothing handed over, read nothing).
+        self._following: asyncio.Task[None] | None = None
         self._last_answer = b"0-0"
         self._take_lease = redis.register_script(_TAKE_LEASE)
         self._renew_lease = redis.register_script(_RENEW_LEASE)
@@ -218,15 +224,11 @@ class Handoff:
         async with self._starting:
             if self._loops:
                 return
-            last = cast(_Entries, await self._redis.xrevrange(BATCH_RESULTS, count=1))
-            if last:
-                self._last_answer = last[0][0]
             await self._hold()
             self._generation += 1
             generation = self._generation
             self._loops = [
                 asyncio.create_task(self._keep_lease(generation), name="kommo-batch-lease"),
-                asyncio.create_task(self._follow_answers(generation), name="kommo-batch-answers"),
             ]
 
     def _idle(self) -> bool:
@@ -274,17 +276,28 @@ class Handoff:
         body = json.dumps(
             {"kind": kind, "payload": payload, "priority": int(priority), "wait_ms": wait_ms}
         )
-        queued = await self._push(
-            keys=[BATCH_QUEUE, BATCH_WAKE], args=[f"{item_id} {body}", BATCH_KEEP_SECONDS * 1000]
+        queued, last = cast(
+            tuple[bytes, bytes],
+            await self._push(
+                keys=[BATCH_QUEUE, BATCH_WAKE, BATCH_RESULTS],
+                args=[f"{item_id} {body}", BATCH_KEEP_SECONDS * 1000],
+            ),
         )
-        return cast(bytes, queued).decode()
+        if self._following is None or self._following.done():
+            # Nobody reads the answers here: from the last one before this item.
+            self._last_answer = last
+            self._following = asyncio.create_task(
+                self._follow_answers(), name="kommo-batch-answers"
+            )
+        return queued.decode()
 
     async def take_back(self, queued: str) -> bool:
         """Remove an item no holder has pulled yet; False when it was pulled."""
         return bool(await self._redis.lrem(BATCH_QUEUE, 1, queued))
 
-    async def _follow_answers(self, generation: int) -> None:
-        while not self._closed and generation == self._generation:
+    async def _follow_answers(self) -> None:
+        """Read the answers while an item of this replica waits for one."""
+        while not self._closed and any(not f.done() for f in self._waiting.values()):
             try:
                 streams = await self._redis.xread(
                     {BATCH_RESULTS: self._last_answer}, block=_FOLLOW_BLOCK_MS
@@ -408,9 +421,10 @@ class Handoff:
         # redis-py may let a command finish in a cancelled task, which then goes on: the
         # loops also stop on `_closed`.
         self._closed = True
-        for task in self._loops:
+        tasks = [*self._loops, *([self._following] if self._following else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._writing is not None:
             await self._writing
         try:

@@ -54,3 +54,32 @@ async def test_idle_replicas_rest_and_wake_on_the_next_call(
         assert second.handoff.holds
         assert await reads[0].submit(4) == 4  # handed over to the new holder
     assert sorted(item for _, batch in sent for item in batch) == [1, 2, 3, 4]
+
+
+async def test_only_a_replica_waiting_for_an_answer_reads_the_answers(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    """The holder answers its own callers in memory: it never reads the answers' stream;
+    a replica reads it only while an item it handed over waits (issue 22: an XREAD every
+    second on every replica while calls flowed)."""
+    sent: list[tuple[str, list[Any]]] = []
+    async with _replicas(redis_url, 2) as (first, second):
+        reads = [
+            r.coalescer("read", Priority.REPLY, _recorder(sent, "read")) for r in (first, second)
+        ]
+        assert await reads[0].submit(1) == 1
+        assert first.handoff.holds
+        before = (await redis.info("commandstats")).get("cmdstat_xread", {}).get("calls", 0)
+        for n in range(2, 5):
+            assert await reads[0].submit(n) == n
+        await asyncio.sleep(1.2)  # a follower would have read at least once meanwhile
+        after = (await redis.info("commandstats")).get("cmdstat_xread", {}).get("calls", 0)
+        assert after == before, "the holder read the answers"
+        assert await reads[1].submit(5) == 5  # handed over: read until answered
+
+        async def stopped() -> bool:
+            following = second.handoff._following
+            return following is None or following.done()
+
+        await _eventually(stopped, "the follower stops once its answer came")
+    assert sorted(item for _, batch in sent for item in batch) == [1, 2, 3, 4, 5]

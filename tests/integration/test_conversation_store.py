@@ -428,7 +428,7 @@ async def test_the_ingest_recognises_the_echo_of_the_bridges_own_send_and_stores
 
     before = sum(await streamed())
     bot_before = int(await redis.hget(STATS, ECHO_COUNTER) or 0)
-    echo = Incoming(seen_key("e1"), "{}", "lead:9", echo_lead=9, fingerprint=sent)
+    echo = Incoming(seen_key("e1"), "{}", "lead:9", lead=9, fingerprint=sent)
     assert await store.ingest(1, [echo]) == [Ingested.ECHO]
     assert await store.ingest(1, [echo]) == [Ingested.DUPLICATE]
     assert sum(await streamed()) == before, "an echo is not stored"
@@ -439,12 +439,34 @@ async def test_the_ingest_recognises_the_echo_of_the_bridges_own_send_and_stores
     assert await store.ingest(
         1,
         [
-            Incoming(seen_key("e2"), "{}", "lead:9", echo_lead=9, fingerprint=other),
-            Incoming(seen_key("e3"), "{}", "lead:11", echo_lead=11, fingerprint=sent),
-            Incoming(seen_key("e4"), "{}", "lead:10", echo_lead=10, fingerprint=sent),
+            Incoming(seen_key("e2"), "{}", "lead:9", lead=9, fingerprint=other),
+            Incoming(seen_key("e3"), "{}", "lead:11", lead=11, fingerprint=sent),
+            Incoming(seen_key("e4"), "{}", "lead:10", lead=10, fingerprint=sent),
         ],
     ) == [Ingested.STORED, Ingested.STORED, Ingested.STORED]
     assert sum(await streamed()) == before + 3
+
+
+async def test_the_ingest_stores_a_message_with_its_leads_conversation(
+    redis: aioredis.Redis,
+) -> None:
+    """The reader applies a message to the conversation the ingest found for its lead
+    (no lookup of its own); a lead without one yet stores none."""
+    store = ConversationStore(redis)
+    await store.apply_message(**_message("c1", "m1", 9))
+    assert await store.ingest(
+        1,
+        [
+            Incoming(seen_key("n1"), '{"n":1}', "lead:9", lead=9),
+            Incoming(seen_key("n2"), '{"n":2}', "lead:12", lead=12),
+        ],
+    ) == [Ingested.STORED, Ingested.STORED]
+    stored: dict[bytes, dict[bytes, bytes]] = {}
+    for stream in event_streams(store.event_partitions):
+        for _, fields in await redis.xrange(stream):
+            stored[fields[b"e"]] = fields
+    assert stored[b'{"n":1}'].get(b"c") == b"c1"
+    assert b"c" not in stored[b'{"n":2}']
 
 
 async def test_the_apply_recognises_an_echo_the_ingest_could_not(redis: aioredis.Redis) -> None:

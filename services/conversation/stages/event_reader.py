@@ -511,12 +511,14 @@ class EventConsumer(BackgroundTask):
                     if data.get("kind") == "lead":
                         await self.stage.apply_lead_event(LeadEvent.from_dict(data))
                     else:
+                        known = fields.get(b"c")
                         await self.stage.apply_event(
                             stream_id,
                             MessageEvent.from_dict(data),
                             stream=stream,
                             owner=self.ctx.consumer,
                             ack=ack,
+                            known=known.decode() if known else "",
                         )
             except (RedisError, PartitionLost) as exc:
                 if ack.done:

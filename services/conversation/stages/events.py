@@ -70,13 +70,18 @@ class EventStage(Stage):
         # A lead created or moved may start a proactive conversation.
         self.starter = starter
 
-    async def conversation_for(self, event: MessageEvent) -> str:
+    async def conversation_for(self, event: MessageEvent, stored: str = "") -> str:
         """A conversation is identified by its lead. A chat seen before its lead (a message
         without one) is taken over by the lead that shows up in it; a chat already held by
-        another lead's conversation is not: Kommo reuses chats across leads."""
+        another lead's conversation is not: Kommo reuses chats across leads. `stored`:
+        the lead's conversation as the ingest found it (nothing to look up)."""
         if not event.lead_id:
             known = await self.store.conversation_by_chat(event.chat_id)
             return known or envelope.conversation_id_for(event)
+        if stored:
+            # A lead keeps its conversation; the apply script refuses one that went to
+            # another lead meanwhile (then the lead gets its own, as below).
+            return stored
         known = self.ctx.context.get(CONVERSATION, event.lead_id)
         if known is None:
             known = await self.store.conversation_by_lead(event.lead_id)
@@ -216,11 +221,13 @@ class EventStage(Stage):
         stream: str = EVENTS_STREAM,
         owner: str = "",
         ack: Ack | None = None,
+        known: str = "",
     ) -> None:
         """Apply a message read from `stream`; with `owner`, only while that replica holds
         the stream's lease (else PartitionLost); with `ack`, the entry is acknowledged in
-        the same call (`ack.done`). The message is counted by who wrote it."""
-        conversation_id = await self.conversation_for(event)
+        the same call (`ack.done`); `known`: its lead's conversation, as the ingest found
+        it. The message is counted by who wrote it."""
+        conversation_id = await self.conversation_for(event, known)
         applied, role, started = await self._apply(
             conversation_id, stream_id, event, stream, owner, ack
         )

@@ -98,14 +98,15 @@ ECHO_COUNTER = "messages_bot"
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """An event of a webhook to store: its dedupe key, the event (JSON) and its routing
-    key (keys.routing_key: which partition). A message that may be the echo of the
-    bridge's own send names its lead and its text's fingerprint, so that the ingest
-    recognises it (envelope.text_fingerprint)."""
+    key (keys.routing_key: which partition). A message names its lead, whose
+    conversation the ingest finds and stores with it; one that may be the echo of the
+    bridge's own send also its text's fingerprint, so that the ingest recognises it
+    (envelope.text_fingerprint)."""
 
     seen: str
     payload: str
     route: str
-    echo_lead: int = 0
+    lead: int = 0
     fingerprint: str = ""
 
 
@@ -177,7 +178,7 @@ class ConversationStore(Turns, Replies):
                     event.seen,
                     5 + event_partition(event.route, self.event_partitions),
                     event.payload,
-                    by_lead_key(event.echo_lead) if event.echo_lead else "",
+                    by_lead_key(event.lead) if event.lead else "",
                     event.fingerprint,
                 )
             )

@@ -19,8 +19,9 @@
 -- ARGV[6]   the counter of a recognised echo
 -- then      ARGV[4] pairs (counter, n): added to STATS and the bucket
 -- then      per event: its dedupe key, the index into KEYS of its stream, the event
---           (JSON), its lead's conversation pointer ('' = not a possible echo), the
---           fingerprint of its text
+--           (JSON), its lead's conversation pointer ('' = no lead), the fingerprint of
+--           its text ('' = not a possible echo). A stored event of a lead with a
+--           conversation carries its id (field 'c'): the apply needs no lookup of its own.
 -- Returns   per event, 1 when it was new (appended), 0 for a duplicate, 2 for the echo
 --           of the bridge's own send (new, counted, not appended).
 local out = {}
@@ -30,10 +31,8 @@ for i = 7, first - 1, 2 do
   redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
   redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
 end
-local function echo(pointer, fingerprint)
-  if pointer == '' then return false end
-  local id = redis.call('GET', pointer)
-  if not id then return false end
+local function echo(id, fingerprint)
+  if fingerprint == '' or not id then return false end
   local chat = redis.call('HGET', '@CONV@' .. id, 'chat_id')
   return chat and chat ~= ''
     and redis.call('SISMEMBER', '@CONV@' .. id .. ':sent', fingerprint) == 1
@@ -41,16 +40,23 @@ end
 for i = first, #ARGV, 5 do
   if redis.call('EXISTS', ARGV[i]) == 1 then
     out[#out + 1] = 0
-  elseif echo(ARGV[i + 3], ARGV[i + 4]) then
-    redis.call('SET', ARGV[i], '1', 'EX', ARGV[1])
-    redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
-    redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
-    bucketed = true
-    out[#out + 1] = 2
   else
-    redis.call('XADD', KEYS[tonumber(ARGV[i + 1])], '*', 'e', ARGV[i + 2])
-    redis.call('SET', ARGV[i], '1', 'EX', ARGV[1])
-    out[#out + 1] = 1
+    local id = ARGV[i + 3] ~= '' and redis.call('GET', ARGV[i + 3])
+    if echo(id, ARGV[i + 4]) then
+      redis.call('SET', ARGV[i], '1', 'EX', ARGV[1])
+      redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
+      redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
+      bucketed = true
+      out[#out + 1] = 2
+    else
+      if id then
+        redis.call('XADD', KEYS[tonumber(ARGV[i + 1])], '*', 'e', ARGV[i + 2], 'c', id)
+      else
+        redis.call('XADD', KEYS[tonumber(ARGV[i + 1])], '*', 'e', ARGV[i + 2])
+      end
+      redis.call('SET', ARGV[i], '1', 'EX', ARGV[1])
+      out[#out + 1] = 1
+    end
   end
 end
 if bucketed then redis.call('EXPIRE', KEYS[4], ARGV[5]) end
