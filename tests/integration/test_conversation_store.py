@@ -461,9 +461,10 @@ async def test_the_ingest_stores_a_message_with_its_leads_conversation(
             Incoming(seen_key("n2"), '{"n":2}', "lead:12", lead=12),
         ],
     ) == [Ingested.STORED, Ingested.STORED]
-    stored: dict[bytes, dict[bytes, bytes]] = {}
+    stored: dict[Any, Any] = {}
     for stream in event_streams(store.event_partitions):
-        for _, fields in await redis.xrange(stream):
+        entries: Any = await redis.xrange(stream)
+        for _, fields in entries:
             stored[fields[b"e"]] = fields
     assert stored[b'{"n":1}'].get(b"c") == b"c1"
     assert b"c" not in stored[b'{"n":2}']
