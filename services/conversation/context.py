@@ -35,6 +35,9 @@ CHANNEL = "conv:context:changed"
 LEAD, CONTACT, VENDEDOR = "lead", "contact", "vendedor"
 # A lead's conversation id (the by-lead pointer, once one exists): dropped with the lead.
 CONVERSATION = "conversation"
+# The bot rules in force (rulebook.py), one copy, dropped when they are changed.
+RULES = "rules"
+RULES_ID = 1
 # Published when conversations were deleted wholesale (a reset): every copy goes.
 EVERYTHING = "*"
 MAX_ENTRIES = 20_000
@@ -55,6 +58,11 @@ class ContextCache:
         self.max_entries = max_entries
         self._clock = clock
         self._copies: OrderedDict[tuple[str, int], tuple[float, Any]] = OrderedDict()
+        # True while this replica hears every change published (ContextChanges is
+        # subscribed): a copy is then dropped as soon as what it holds changes.
+        self.watched = False
+        # Moves on every drop: a copy read before a drop is not kept after it (`put_if`).
+        self.generation = 0
 
     def get(self, kind: str, entity_id: int) -> Any | None:
         copy = self._copies.get((kind, entity_id))
@@ -74,10 +82,18 @@ class ContextCache:
         while len(self._copies) > self.max_entries:
             self._copies.popitem(last=False)
 
+    def put_if(self, generation: int, kind: str, entity_id: int, value: Any) -> None:
+        """`put`, unless a copy was dropped since `generation` was read (what was read
+        before the drop may be what the drop was for)."""
+        if generation == self.generation:
+            self.put(kind, entity_id, value)
+
     def forget(self, kind: str, entity_id: int) -> None:
+        self.generation += 1
         self._copies.pop((kind, entity_id), None)
 
     def clear(self) -> None:
+        self.generation += 1
         self._copies.clear()
 
     def __len__(self) -> int:
@@ -93,12 +109,15 @@ async def publish_changes(
     lead_ids: Iterable[int] = (),
     contact_ids: Iterable[int] = (),
     everything: bool = False,
+    rules: bool = False,
 ) -> None:
-    """Tell every replica to drop its copies of these leads and contacts (`everything`:
-    all it holds)."""
+    """Tell every replica to drop its copies of these leads and contacts (`rules`: of the
+    bot rules; `everything`: all it holds)."""
     changes = [change(LEAD, i) for i in lead_ids if i] + [
         change(CONTACT, i) for i in contact_ids if i
     ]
+    if rules:
+        changes.append(change(RULES, RULES_ID))
     if everything:
         changes = [EVERYTHING]
     if changes:
@@ -113,7 +132,7 @@ def apply_change(cache: ContextCache, message: str) -> None:
             cache.clear()
             return
         kind, _, raw = item.partition(":")
-        if kind in (LEAD, CONTACT, VENDEDOR) and raw.isdigit():
+        if kind in (LEAD, CONTACT, VENDEDOR, RULES) and raw.isdigit():
             cache.forget(kind, int(raw))
             if kind == LEAD:
                 cache.forget(CONVERSATION, int(raw))
@@ -153,6 +172,7 @@ class ContextChanges(BackgroundTask):
             await pubsub.subscribe(CHANNEL)
             # What changed before this moment may have been missed.
             self.cache.clear()
+            self.cache.watched = True
             self.subscribed.set()
             while not stopping.is_set():
                 message = await pubsub.get_message(timeout=1.0)
@@ -160,4 +180,5 @@ class ContextChanges(BackgroundTask):
                     data = message["data"]
                     apply_change(self.cache, data.decode() if isinstance(data, bytes) else data)
         finally:
+            self.cache.watched = False
             await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -76,8 +76,12 @@ class Engine:
         self.gateway = gateway
         self.vendedores = vendedores
         bots = BotStore(store.redis, store.retention_seconds)
+        copies = ContextCache(settings.context_cache_seconds)
         rules = RuleBook(
-            RulesStore(store.redis), settings.bot_rules_file, settings.bot_rules_refresh_seconds
+            RulesStore(store.redis),
+            settings.bot_rules_file,
+            settings.bot_rules_refresh_seconds,
+            copies=copies,
         )
         self.ctx = StageContext(
             settings=settings,
@@ -86,7 +90,7 @@ class Engine:
             vendedores=vendedores,
             n8n=n8n,
             consumer=consumer_name(),
-            context=ContextCache(settings.context_cache_seconds),
+            context=copies,
             bots=bots,
             bot=BotController(settings, store, bots, gateway),
             rules=rules,

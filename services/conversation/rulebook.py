@@ -1,8 +1,10 @@
 """The bot rules in force: those set through the API (Redis, versioned), else
-BOT_RULES_FILE's, else the defaults (the bot answers everyone at any hour). Every replica
-reads a change made through any of them within BOT_RULES_REFRESH_SECONDS, without a
-restart: a turn asks for the rules, and a cached copy older than that costs one HGET of
-the version."""
+BOT_RULES_FILE's, else the defaults (the bot answers everyone at any hour). A change made
+through any replica reaches every other at once, without a restart: it is published on
+the context changes' channel (context.py), which drops every replica's copy. A replica
+that cannot hear that channel (Redis reconnecting, CONTEXT_CACHE_SECONDS=0) reads a change
+within BOT_RULES_REFRESH_SECONDS instead: a copy older than that costs one HGET of the
+version."""
 
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pydantic import ValidationError
 
 from services.common.errors import InvalidInput
 from services.common.settings import ConfigurationError
+from services.conversation.context import RULES, RULES_ID, ContextCache, publish_changes
 from services.conversation.rules_document import BotRules
 
 if TYPE_CHECKING:
@@ -74,8 +77,13 @@ class RuleBook:
         file_path: str,
         refresh_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        copies: ContextCache | None = None,
     ) -> None:
+        """`copies`: the replica's context copies. While they hear every change
+        (ContextChanges), the rules are kept there, dropped when changed anywhere, and
+        not checked again until then (or the copies' age): no HGET a turn."""
         self._store = store
+        self._copies = copies
         self._base = (
             InForce(load_file(file_path), 0, "file")
             if file_path
@@ -87,14 +95,22 @@ class RuleBook:
         self._checked_at = 0.0
 
     async def current(self) -> InForce:
+        copies = self._copies
+        if copies is not None and copies.watched:
+            kept = copies.get(RULES, RULES_ID)
+            if kept is not None:
+                return cast(InForce, kept)
+        generation = copies.generation if copies is not None else 0
         now = self._clock()
         if self._cached is not None and now - self._checked_at < self._refresh:
             return self._cached
         if self._cached is not None and await self._store.version() == self._cached.version:
             self._checked_at = now
-            return self._cached
-        self._cached = await self._read()
-        self._checked_at = now
+        else:
+            self._cached = await self._read()
+            self._checked_at = now
+        if copies is not None:
+            copies.put_if(generation, RULES, RULES_ID, self._cached)
         return self._cached
 
     async def put(self, rules_json: str, expected_version: int | None) -> InForce:
@@ -105,6 +121,8 @@ class RuleBook:
         version = await self._store.put(stored, expected_version, at)
         self._cached = InForce(rules, version, "api", at)
         self._checked_at = self._clock()
+        # Every replica's copy goes (this one's too: it is read again).
+        await publish_changes(self._store.redis, rules=True)
         log.info("bot rules changed through the API", extra={"version": version})
         return self._cached
 

@@ -108,7 +108,8 @@ class ConversationSettings(CommonSettings, N8nSettings, ContactPrivacySettings):
         default=1.0,
         gt=0,
         le=60,
-        description="each replica applies rules changed through the API within this long",
+        description="a replica that cannot hear the changes published (reconnecting to "
+        "Redis) applies rules changed through the API within this long",
     )
     proactive_on_lead_add: str = Field(
         default="", description="trigger started by Kommo's lead-created webhook ('' = none)"

@@ -13,7 +13,8 @@ answering, at the notes' priority (`Priority.RECORD`: may lag, must not be lost)
                              gw:notes:due by any replica's note pool when due
 
 Kept: `gw:notes` (member → the note as JSON) and `gw:notes:due` (member → when it is due:
-the end of the lease of the replica adding it, or its next try). The member is the
+the end of the lease of the replica adding it, or its next try). Notes kept within
+`_LINGER_SECONDS` of each other go to Kommo in one call. The member is the
 delivery's idempotency key, so a note is kept once per delivery. Taking a note off costs
 no call of its own while deliveries flow: it rides in the next delivery's record script
 (`take_done`), or leaves on its own after `_FLUSH_SECONDS`.
@@ -51,6 +52,8 @@ NOTE_LEASE_MS = 60_000
 # A note taken off Kommo's hands waits at most this long for a delivery to carry its
 # removal, then goes in a call of its own.
 _FLUSH_SECONDS = 2.0
+# Notes kept within this long of the first go to Kommo in one call.
+_LINGER_SECONDS = 1.5
 # The note pool looks for notes left behind this often when it has no due time to wait
 # for (a replica's own notes are added by it; the pool is for the ones it left).
 _POLL_SECONDS = 30.0
@@ -101,6 +104,7 @@ class Notes(BackgroundTask):
         kommo: KommoClient,
         *,
         retry_seconds: Sequence[float] = _RETRY_SECONDS,
+        linger_seconds: float = _LINGER_SECONDS,
     ) -> None:
         self._redis = redis
         self._kommo = kommo
@@ -121,6 +125,10 @@ class Notes(BackgroundTask):
         self._flush: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         self._adding: set[asyncio.Task[None]] = set()
+        # Kept by deliveries, waiting to go to Kommo together.
+        self._lingering: list[tuple[Claim, Note]] = []
+        self._linger: asyncio.TimerHandle | None = None
+        self._linger_seconds = linger_seconds
 
     async def run(self, stopping: asyncio.Event) -> None:
         await self.pool.run(stopping)
@@ -132,6 +140,9 @@ class Notes(BackgroundTask):
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._send_lingering()
         if self._adding:
             _, pending = await asyncio.wait(set(self._adding), timeout=wait_seconds)
             for task in pending:
@@ -162,16 +173,27 @@ class Notes(BackgroundTask):
 
     def add_soon(self, member: str, note: Note, lease: int) -> None:
         """Add a note the delivery just kept (leased to this replica until `lease`), in
-        the background: the delivery's answer does not wait for it."""
+        the background: the delivery's answer does not wait for it. Notes kept within
+        `_LINGER_SECONDS` of each other go to Kommo together (one call for the batch, and
+        one place under the rate limit, which replies need more)."""
+        self._lingering.append((Claim(member, lease), note))
+        if self._linger is None:
+            loop = asyncio.get_running_loop()
+            self._linger = loop.call_later(self._linger_seconds, self._send_lingering)
+
+    def _send_lingering(self) -> None:
+        self._linger = None
+        lingering, self._lingering = self._lingering, []
         context = contextvars.copy_context()
         # Not the delivery's call: no deadline of its caller, the notes' own priority.
         context.run(call_deadline.set, None)
         context.run(call_priority.set, None)
-        task = asyncio.create_task(
-            self._add(Claim(member, lease), note), name=f"note:{member}", context=context
-        )
-        self._adding.add(task)
-        task.add_done_callback(self._adding.discard)
+        for claim, note in lingering:
+            task = asyncio.create_task(
+                self._add(claim, note), name=f"note:{claim.member}", context=context
+            )
+            self._adding.add(task)
+            task.add_done_callback(self._adding.discard)
 
     # Adding.
 

@@ -160,3 +160,38 @@ async def test_an_erasure_takes_a_waiting_note_away(redis: aioredis.Redis, redis
     assert not await redis.hexists(NOTES, "k-erase#2")
     assert await redis.zscore(NOTES_DUE, "k-erase#2") is None
     assert await redis.hexists(NOTES, "k-other")
+
+
+class Counting(httpx.AsyncBaseTransport):
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+        self.paths: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return await self._inner.handle_async_request(request)
+
+
+async def test_notes_kept_close_together_go_to_kommo_in_one_call(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    app = sandbox_app()
+    sandbox = sandbox_of(app)
+    counting = Counting(httpx.ASGITransport(app=app))
+    leads = [9100001, 9100002, 9100003]
+    try:
+        async with (
+            httpx.AsyncClient(transport=counting) as http,
+            served_gateway(gateway_settings(redis_url, 50), redis, http) as stub,
+        ):
+            for lead in leads:
+                answer = await stub.DeliverMessage(
+                    gw.DeliverMessageRequest(
+                        lead_id=lead, text="Oi", idempotency_key=f"k{lead}", note=f"nota {lead}"
+                    )
+                )
+                assert answer.note_kept
+            await until(lambda: all(f"nota {lead}" in notes_on(sandbox, lead) for lead in leads))
+    finally:
+        await sandbox.aclose()
+    assert counting.paths.count(NOTES_PATH) == 1, counting.paths

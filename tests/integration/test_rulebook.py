@@ -4,6 +4,7 @@ stored document that no longer validates never stopping the bot."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import redis.asyncio as aioredis
 
 from services.common.errors import Conflict, InvalidInput
 from services.common.settings import ConfigurationError
+from services.conversation.context import ContextCache, ContextChanges
 from services.conversation.rulebook import RuleBook, load_file
 from services.conversation.store.keys import BOT_RULES
 from services.conversation.store.rules import RulesStore
@@ -88,3 +90,51 @@ def test_a_bad_file_stops_the_start_with_one_line(tmp_path: Path) -> None:
         load_file(str(broken))
     assert refused.value.variables == ("BOT_RULES_FILE",)
     assert "account.keywords" in refused.value.advice
+
+
+async def test_replicas_hearing_the_changes_keep_their_copy_until_one_is_made(
+    redis: aioredis.Redis,
+) -> None:
+    """While a replica hears every change (ContextChanges subscribed), its rules are not
+    checked again a turn (issue 22: one HGET a turn); a change made on any replica is
+    published and every copy is dropped at once."""
+    replicas = []
+    stopping = asyncio.Event()
+    clock = Clock()  # the rules' refresh time; the copies keep their own (15 s)
+    for _ in range(2):
+        copies = ContextCache(15.0)
+        listener = ContextChanges(redis, copies)
+        replicas.append(
+            (
+                RuleBook(RulesStore(redis), "", refresh_seconds=1.0, clock=clock, copies=copies),
+                listener,
+                asyncio.create_task(listener.run(stopping)),
+            )
+        )
+    (first, first_listener, _), (second, second_listener, _) = replicas
+    try:
+        await asyncio.wait_for(first_listener.subscribed.wait(), 5)
+        await asyncio.wait_for(second_listener.subscribed.wait(), 5)
+        assert (await second.current()).version == 0
+
+        async def calls() -> int:
+            stats = await redis.info("commandstats")
+            return sum(int(v["calls"]) for name, v in stats.items() if name != "cmdstat_info")
+
+        before = await calls()
+        for _ in range(5):
+            clock.now += 2.0  # past the refresh time: without the copies, an HGET each
+            assert (await second.current()).version == 0
+        assert await calls() - before == 0, "a kept copy costs nothing"
+
+        await first.put(json.dumps({"account": {"trigger": "always"}}), None)
+        # The refresh time does not pass: only the published change can tell it.
+        for _ in range(100):
+            if (await second.current()).version == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert (await second.current()).version == 1, "the change reached the other replica"
+        assert (await first.current()).version == 1
+    finally:
+        stopping.set()
+        await asyncio.gather(*(task for _, _, task in replicas))
