@@ -58,6 +58,9 @@ _SLOT_WAIT_MAX_SECONDS = 60.0
 _SLOT_HOLD_MS = 60_000
 _SLOT_HOLD_SECONDS = _SLOT_HOLD_MS / 1000
 _MAX_RUNS = 3
+# A first run this soon after the begin took the slot goes on the begin's record of it
+# (the hold, from then, still covers the grace period); later, it is recorded anew.
+_PREPARED_SECONDS = 5.0
 # Kommo serves at most 100 events a page. The evidence window is a few seconds of one
 # lead's outgoing messages, so one page holds them all.
 _EVENTS_PAGE_LIMIT = 100
@@ -77,15 +80,24 @@ return 0
 # A delivery begins (issue 22: one call where there were four): a key already sent is
 # not sent again; otherwise one attempt per key at a time holds its lock, and a Salesbot
 # delivery takes its lead's slot when it is free (KEYS[3]; else it waits for it). KEYS:
-# the delivery's state, its attempt lock[, the lead's slot]. ARGV: owner, hold (ms).
-# Returns {1, state} sent before, {2} another attempt holds the lock, {0, state or false,
-# 1 if the slot was taken}: the lock is ours.
+# the delivery's state, its attempt lock[, the lead's slot]. ARGV: owner, hold (ms)[,
+# the state of a run of unknown outcome (JSON), its lifetime (s)]. Returns {1, state}
+# sent before, {2} another attempt holds the lock, {0, state or false, 1 if the slot was
+# taken}: the lock is ours. With the slot taken and no earlier run of unknown outcome on
+# record, the given state is recorded already (what _BEFORE_RUN records, issue 22: one
+# call fewer when the bot runs soon after): the run may go at once.
 _BEGIN = """
 local state = redis.call('GET', KEYS[1])
-if state and cjson.decode(state).status == 'sent' then return {1, state} end
+local status = state and cjson.decode(state).status
+if status == 'sent' then return {1, state} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 local slot = 0
-if #KEYS >= 3 and redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then slot = 1 end
+if #KEYS >= 3 and redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  slot = 1
+  if ARGV[3] and status ~= 'unknown' then
+    redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
+  end
+end
 return {0, state or false, slot}
 """
 
@@ -194,9 +206,16 @@ class Delivery:
         owner = uuid.uuid4().hex
         attempt_lock = delivery_attempt_key(key)
         keys = [delivery_key(key), attempt_lock]
+        args: list[str | int] = [owner, _SLOT_HOLD_MS]
+        begun_at = time.time()
         if method == "salesbot":
             keys.append(lead_slot_key(out.lead_id))
-        begun = await self._begin(keys=keys, args=[owner, _SLOT_HOLD_MS])
+            # Recorded as a run of unknown outcome from now if the slot is ours now.
+            args += [
+                json.dumps(_unknown((begun_at, begun_at + _SLOT_HOLD_SECONDS))),
+                DELIVERY_TTL_SECONDS,
+            ]
+        begun = await self._begin(keys=keys, args=args)
         if int(begun[0]) == 1:
             before = json.loads(begun[1]) if len(begun) > 1 and begun[1] else {}
             return "already_sent", method, bool(out.note) and bool(before.get("note"))
@@ -211,7 +230,9 @@ class Delivery:
                 await self._send_chats_api(out.chat_id or str(out.lead_id), out.text, key)
             else:
                 slot_taken = len(begun) > 2 and int(begun[2]) == 1
-                recorded = await self._send_salesbot(out, state, owner, slot_taken)
+                # The begin recorded the run's state (see _BEGIN).
+                prerecorded = begun_at if slot_taken and state.get("status") != "unknown" else None
+                recorded = await self._send_salesbot(out, state, owner, slot_taken, prerecorded)
             if not recorded:
                 await self._record_sent(out, owner)
                 recorded = True
@@ -265,6 +286,12 @@ class Delivery:
         if notes is not None and note is not None:
             notes.add_soon(out.key, note, lease)
 
+    async def _put_back(self, key: str, state: dict[str, Any]) -> None:
+        if state:
+            await self._set_state(key, state)
+        else:
+            await self._redis.delete(delivery_key(key))
+
     async def _set_state(self, key: str, state: dict[str, Any]) -> None:
         await self._redis.set(delivery_key(key), json.dumps(state), ex=DELIVERY_TTL_SECONDS)
 
@@ -277,12 +304,20 @@ class Delivery:
             await self._redis.delete(cache_key("lead", out.lead_id))
 
     async def _send_salesbot(
-        self, out: Outgoing, state: dict[str, Any], attempt: str, slot_taken: bool
+        self,
+        out: Outgoing,
+        state: dict[str, Any],
+        attempt: str,
+        slot_taken: bool,
+        prerecorded: float | None = None,
     ) -> bool:
         """Runs the bot (once, unless its outcome is unknown); True when the run that went
         out also recorded the delivery as sent and let go of the slot and of the attempt
         lock `attempt` (one call), False when the caller records it. `slot_taken`: the
-        lead's slot is ours already (taken by the begin, with `attempt` as its owner)."""
+        lead's slot is ours already (taken by the begin, with `attempt` as its owner).
+        `prerecorded`: when the begin took the slot and recorded a run of unknown outcome
+        from then (`state` is what it found before): a first run soon after needs no
+        record of its own, and a failure before any run puts `state` back."""
         s = self._settings
         lead_id, key = out.lead_id, out.key
         bot_id = out.salesbot_id or s.kommo_salesbot_id
@@ -302,20 +337,25 @@ class Delivery:
             for run in range(1, _MAX_RUNS + 1):
                 if writes:
                     await self._write_fields(out, writes)
-                # Renewed so that the whole grace period falls inside our hold.
                 since = time.time()
-                run_window = (since, since + _SLOT_HOLD_SECONDS)
-                if not await self._before_run(
+                if run == 1 and prerecorded is not None and since - prerecorded < _PREPARED_SECONDS:
+                    # The begin's record stands: our hold, from then, still covers the
+                    # whole grace period.
+                    window = (prerecorded, prerecorded + _SLOT_HOLD_SECONDS)
+                    since = prerecorded
+                # Renewed so that the whole grace period falls inside our hold.
+                elif not await self._before_run(
                     keys=[slot, delivery_key(key)],
                     args=[
                         owner,
                         _SLOT_HOLD_MS,
-                        json.dumps(_unknown(run_window)),
+                        json.dumps(_unknown((since, since + _SLOT_HOLD_SECONDS))),
                         DELIVERY_TTL_SECONDS,
                     ],
                 ):
                     raise Unavailable(f"lead {lead_id}: the reply slot expired before the run")
-                window = run_window
+                else:
+                    window = (since, since + _SLOT_HOLD_SECONDS)
                 try:
                     await self._kommo.run_salesbot(bot_id, lead_id)
                 except Unavailable as exc:
@@ -338,6 +378,10 @@ class Delivery:
                 # Left unknown: a later attempt may count only what a bot sent before the
                 # slot could pass to another reply of ours.
                 await self._set_state(key, _unknown((window[0], min(window[1], time.time()))))
+            elif prerecorded is not None and not released:
+                # No bot ran: the begin's record of a run goes (what was there before
+                # stays), so the next attempt runs it without looking for evidence.
+                await self._put_back(key, state)
             raise
         finally:
             if not released:

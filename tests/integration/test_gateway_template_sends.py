@@ -360,3 +360,22 @@ async def test_last_customer_message_comes_from_kommos_incoming_message_events(
     assert not never.found
     reads = [s for s in gateway.recording.sent if s.path == "/api/v4/events"]
     assert len(reads) == 3
+
+
+async def test_a_delivery_whose_field_write_failed_runs_its_bot_at_once_when_asked_again(
+    gateway: Gateway,
+) -> None:
+    """The begin records a run of unknown outcome as it takes the lead's slot (issue 22:
+    one call fewer a reply). When the field write fails, no bot ran: that record goes, so
+    the next attempt runs the bot without waiting its grace period for evidence."""
+    gateway.sandbox.faults.fail_next.append(FailRule(LEADS_PATCH, 503, 1, method="PATCH"))
+    ask = {"lead_id": FIRST_LEAD, "text": "Depois da falha.", "idempotency_key": "k-patch"}
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await gateway.deliver(**ask)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert gateway.sent("POST", BOT_RUN) == []
+    await asyncio.sleep(2.6)  # the lead's slot waits the spacing after a failed attempt
+    again = await gateway.deliver(**ask)
+    assert again.status == "sent"
+    assert gateway.sent("GET", "/api/v4/events") == [], "no evidence looked for: no bot ran"
+    assert [m.text for m in await gateway.outgoing(FIRST_LEAD, 1)] == ["Depois da falha."]
