@@ -16,6 +16,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -114,6 +115,48 @@ def _served(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., 
             seconds.observe(time.perf_counter() - started)
 
     return unary
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a call served over a stream ended (`serve_streamed`): its result, or the
+    status a unary call would have ended with."""
+
+    result: Any = None
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+    retry_after: str = ""
+
+
+async def serve_streamed(
+    name: str, rid: str, deadline_seconds: float, call: Callable[[], Awaitable[Any]]
+) -> Outcome:
+    """One call carried by a message of a long-lived stream, served as `_served` serves a
+    unary one: the caller's request id set for its log lines, `deadline_seconds` from now
+    as its deadline (0: none),
+    an exception mapped to the status code it would end with, counted and timed under
+    `name`."""
+    started = time.perf_counter()
+    request_id.set(rid or uuid.uuid4().hex[:16])
+    outcome: Outcome
+    try:
+        async with asyncio.timeout(deadline_seconds if deadline_seconds > 0 else None):
+            outcome = Outcome(result=await call())
+    except TimeoutError:
+        outcome = Outcome(code=grpc.StatusCode.DEADLINE_EXCEEDED, message="Deadline Exceeded")
+    except Exception as exc:
+        status, message = _error_status(exc)
+        if status == grpc.StatusCode.INTERNAL and not isinstance(exc, BridgeError):
+            log.exception("unhandled error in %s", name)
+        else:
+            log.info("%s failed: %s %s", name, status.name, message)
+        trailers = dict(_error_trailers(exc))
+        outcome = Outcome(
+            code=status, message=message, retry_after=trailers.get(RETRY_AFTER_METADATA, "")
+        )
+    GRPC_REQUESTS.labels(name, outcome.code.name).inc()
+    GRPC_SECONDS.labels(name).observe(time.perf_counter() - started)
+    return outcome
 
 
 if TYPE_CHECKING:

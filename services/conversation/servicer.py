@@ -17,6 +17,8 @@ from bridge.conversation.v1 import conversation_pb2 as pb
 from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServicer
 from services.common.due_queue import Failure, now_ms
 from services.common.errors import InvalidInput, NotFound
+from services.common.grpc_server import serve_streamed
+from services.common.stream_calls import answers, reply_answer
 from services.conversation import envelope, series
 from services.conversation.context import publish_changes
 from services.conversation.engine import Engine
@@ -65,6 +67,22 @@ class ConversationServicer(ConversationServiceServicer):
     ) -> AsyncIterator[pb.IngestAck]:
         async for batch in request_iterator:
             yield await self.intake.ingest_batch(batch)
+
+    async def SendReplies(
+        self, request_iterator: AsyncIterator[pb.SendReplyCall], context: Context
+    ) -> AsyncIterator[pb.SendReplyAnswer]:
+        """SendReply's calls as the edge streams them (services.common.stream_calls)."""
+        async for answer in answers(request_iterator, self._answer_reply):
+            yield answer
+
+    async def _answer_reply(self, call: pb.SendReplyCall) -> pb.SendReplyAnswer:
+        outcome = await serve_streamed(
+            "SendReply",
+            call.request_id,
+            call.timeout_seconds,
+            lambda: self.SendReply(call.request, None),  # type: ignore[arg-type]
+        )
+        return reply_answer(call.id, outcome)
 
     async def SendReply(
         self, request: pb.SendReplyRequest, context: Context

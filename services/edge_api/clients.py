@@ -13,6 +13,7 @@ from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayStub
 from bridge.scheduling.v1.scheduling_pb2_grpc import SchedulingServiceStub
 from bridge.vendedor.v1.vendedor_pb2_grpc import VendedorServiceStub
 from services.common.grpc_client import KOMMO_PRIORITY_METADATA, create_channel
+from services.edge_api.reply_stream import ReplyStreams
 from services.edge_api.settings import EdgeSettings
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ class Clients:
     gateway: KommoGatewayAsyncStub
     vendedor: VendedorServiceAsyncStub
     scheduling: SchedulingServiceAsyncStub
+    # n8n's replies, over long-lived streams to the conversation service.
+    replies: ReplyStreams
 
     @classmethod
     def connect(cls, settings: EdgeSettings) -> Clients:
@@ -50,17 +53,20 @@ class Clients:
             "vendedor": create_channel(settings.vendedor_addr, deadline),
             "scheduling": create_channel(settings.scheduling_addr, deadline),
         }
+        conversation = ConversationServiceStub(channels["conversation"])
         return cls(
             channels=channels,
-            conversation=ConversationServiceStub(channels["conversation"]),
+            conversation=conversation,
             gateway=KommoGatewayStub(channels["kommo_gateway"]),
             vendedor=VendedorServiceStub(channels["vendedor"]),
             scheduling=SchedulingServiceStub(channels["scheduling"]),
+            replies=ReplyStreams(conversation),
         )
 
     def health(self, service: str) -> health_pb2_grpc.HealthStub:
         return health_pb2_grpc.HealthStub(self.channels[service])
 
     async def close(self) -> None:
+        self.replies.close()
         for channel in self.channels.values():
             await channel.close(None)

@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
 from bridge.conversation.v1 import conversation_pb2 as conv
-from services.common.grpc_server import client_metadata
 from services.edge_api.clients import Clients
 from services.edge_api.deps import ANSWER_KEY, ClientsDep
 from services.edge_api.ids import KommoId
@@ -153,13 +152,9 @@ async def send_reply(clients: Clients, request: conv.SendReplyRequest) -> conv.S
     as "duplicate" and is still delivered once."""
     for attempt in range(1, _REPLY_ATTEMPTS):
         try:
-            return await clients.conversation.SendReply(
-                request, timeout=_REPLY_DEADLINE_SECONDS, metadata=client_metadata()
-            )
+            return await clients.replies.send(request, _REPLY_DEADLINE_SECONDS)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
             await asyncio.sleep(_REPLY_RETRY_SECONDS * attempt)
-    return await clients.conversation.SendReply(
-        request, timeout=_REPLY_DEADLINE_SECONDS, metadata=client_metadata()
-    )
+    return await clients.replies.send(request, _REPLY_DEADLINE_SECONDS)
