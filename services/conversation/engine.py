@@ -32,7 +32,7 @@ from services.conversation.context import ContextCache
 from services.conversation.control import BotController
 from services.conversation.rulebook import RuleBook
 from services.conversation.settings import ConversationSettings
-from services.conversation.stages import StageContext
+from services.conversation.stages import StageContext, delivery_streams
 from services.conversation.stages.event_reader import EventConsumer
 from services.conversation.stages.events import EventStage
 from services.conversation.stages.n8n_delivery import OutboxStage
@@ -87,6 +87,7 @@ class Engine:
             settings=settings,
             store=store,
             gateway=gateway,
+            deliveries=delivery_streams(gateway),
             vendedores=vendedores,
             n8n=n8n,
             consumer=consumer_name(),

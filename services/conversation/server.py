@@ -44,6 +44,7 @@ def create_server(settings: ConversationSettings) -> GrpcService:
     servicer = ConversationServicer(engine)
 
     async def close() -> None:
+        engine.ctx.deliveries.close()
         await n8n.aclose()
         await gateway_channel.close(None)
         await vendedor_channel.close(None)

@@ -18,7 +18,7 @@ from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServ
 from services.common.due_queue import Failure, now_ms
 from services.common.errors import InvalidInput, NotFound
 from services.common.grpc_server import serve_streamed
-from services.common.stream_calls import answers, reply_answer
+from services.common.stream_calls import answer_of, answers
 from services.conversation import envelope, series
 from services.conversation.context import publish_changes
 from services.conversation.engine import Engine
@@ -82,7 +82,7 @@ class ConversationServicer(ConversationServiceServicer):
             call.timeout_seconds,
             lambda: self.SendReply(call.request, None),  # type: ignore[arg-type]
         )
-        return reply_answer(call.id, outcome)
+        return answer_of(pb.SendReplyAnswer(), call.id, outcome)
 
     async def SendReply(
         self, request: pb.SendReplyRequest, context: Context

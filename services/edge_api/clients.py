@@ -13,7 +13,7 @@ from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayStub
 from bridge.scheduling.v1.scheduling_pb2_grpc import SchedulingServiceStub
 from bridge.vendedor.v1.vendedor_pb2_grpc import VendedorServiceStub
 from services.common.grpc_client import KOMMO_PRIORITY_METADATA, create_channel
-from services.edge_api.reply_stream import ReplyStreams
+from services.edge_api.reply_stream import ReplyStreams, reply_streams
 from services.edge_api.settings import EdgeSettings
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class Clients:
             gateway=KommoGatewayStub(channels["kommo_gateway"]),
             vendedor=VendedorServiceStub(channels["vendedor"]),
             scheduling=SchedulingServiceStub(channels["scheduling"]),
-            replies=ReplyStreams(conversation),
+            replies=reply_streams(conversation),
         )
 
     def health(self, service: str) -> health_pb2_grpc.HealthStub:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -16,7 +16,9 @@ from bridge.kommo_gateway.v1.kommo_gateway_pb2_grpc import KommoGatewayServicer
 from services.common.due_queue import text
 from services.common.errors import InvalidInput, Unavailable
 from services.common.grpc_client import KOMMO_PRIORITY_METADATA
+from services.common.grpc_server import serve_streamed
 from services.common.kommo_ids import KOMMO_ID_MAX, is_kommo_id
+from services.common.stream_calls import answer_of, answers
 from services.kommo_gateway import mapping
 from services.kommo_gateway.delivery import INCOMING_CHAT_MESSAGE, Delivery, Outgoing
 from services.kommo_gateway.kommo_client import KommoClient
@@ -201,10 +203,35 @@ class GatewayServicer(KommoGatewayServicer):
             raise InvalidInput("a note needs a lead_id and a text")
         return pb.AddNoteResponse(note_id=await self._kommo.add_note(request.lead_id, request.text))
 
+    async def DeliverMessages(
+        self, request_iterator: AsyncIterator[pb.DeliverMessageCall], context: Context
+    ) -> AsyncIterator[pb.DeliverMessageAnswer]:
+        """DeliverMessage's calls as the conversation service streams them
+        (services.common.stream_calls)."""
+        async for answer in answers(request_iterator, self._answer_delivery):
+            yield answer
+
+    async def _answer_delivery(self, call: pb.DeliverMessageCall) -> pb.DeliverMessageAnswer:
+        async def deliver() -> pb.DeliverMessageResponse:
+            # The call's own deadline (a call that could not leave before it is refused
+            # at once), a customer's reply's class.
+            seconds = call.timeout_seconds
+            call_deadline.set(time.monotonic() + seconds if seconds > 0 else None)
+            call_priority.set(None)
+            return await self._deliver(call.request)
+
+        outcome = await serve_streamed(
+            "DeliverMessage", call.request_id, call.timeout_seconds, deliver
+        )
+        return answer_of(pb.DeliverMessageAnswer(), call.id, outcome)
+
     async def DeliverMessage(
         self, request: pb.DeliverMessageRequest, context: Context
     ) -> pb.DeliverMessageResponse:
         _on_budget(context)
+        return await self._deliver(request)
+
+    async def _deliver(self, request: pb.DeliverMessageRequest) -> pb.DeliverMessageResponse:
         out = self._outgoing(request)
         status, method, note_kept = await self._delivery.deliver(out)
         log.info(

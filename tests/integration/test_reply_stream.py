@@ -24,8 +24,8 @@ from services.common.errors import NotFound, RateLimited, retry_after_trailer
 from services.common.grpc_client import create_channel
 from services.common.grpc_server import GrpcService, serve_streamed
 from services.common.logs import request_id
-from services.common.stream_calls import answers, reply_answer
-from services.edge_api.reply_stream import ReplyStreams
+from services.common.stream_calls import answer_of, answers
+from services.edge_api.reply_stream import ReplyStreams, reply_streams
 
 SERVICE = "bridge.conversation.v1.ConversationService"
 
@@ -43,7 +43,7 @@ class Scripted(conversation_pb2_grpc.ConversationServiceServicer):
         outcome = await serve_streamed(
             "SendReply", call.request_id, call.timeout_seconds, lambda: self._reply(call.request)
         )
-        return reply_answer(call.id, outcome)
+        return answer_of(pb.SendReplyAnswer(), call.id, outcome)
 
     async def _reply(self, request: pb.SendReplyRequest) -> pb.SendReplyResponse:
         text = request.text
@@ -73,7 +73,7 @@ async def served() -> AsyncIterator[tuple[GrpcService, ReplyStreams]]:
     )
     await service.start()
     channel = create_channel(f"127.0.0.1:{service.port}", default_deadline_seconds=20.0)
-    streams = ReplyStreams(conversation_pb2_grpc.ConversationServiceStub(channel), lanes=2)
+    streams = reply_streams(conversation_pb2_grpc.ConversationServiceStub(channel), lanes=2)
     try:
         yield service, streams
     finally:

@@ -1,9 +1,10 @@
 """The edge tries a reply again on another conversation replica when the first is gone,
 with the same idempotency key, so a try that reached a dying replica is not delivered
-twice. Real gRPC servers and the edge's own channel."""
+twice. Real gRPC servers and the edge's own channel and reply streams."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -12,9 +13,12 @@ import pytest
 
 from bridge.conversation.v1 import conversation_pb2 as pb
 from bridge.conversation.v1 import conversation_pb2_grpc
+from services.common.errors import Unavailable
 from services.common.grpc_client import create_channel
-from services.common.grpc_server import GrpcService
+from services.common.grpc_server import GrpcService, serve_streamed
+from services.common.stream_calls import answer_of, answers
 from services.edge_api.clients import Clients
+from services.edge_api.reply_stream import reply_streams
 from services.edge_api.routes.conversations import SendResponseBody, send_response
 
 SERVICE = "bridge.conversation.v1.ConversationService"
@@ -22,26 +26,39 @@ SERVICE = "bridge.conversation.v1.ConversationService"
 
 class Conversation:
     """SendReply answering UNAVAILABLE to its first `failures` calls, as a replica dying
-    mid-call (the one method these tests need, served as the real service's)."""
+    mid-call (the one method these tests need, served over the edge's streams as the
+    real service serves it)."""
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.keys: list[str] = []
 
-    async def SendReply(self, request: pb.SendReplyRequest, context: Any) -> pb.SendReplyResponse:
+    async def SendReply(self, request: pb.SendReplyRequest) -> pb.SendReplyResponse:
         self.keys.append(request.idempotency_key or request.reply_token)
         if len(self.keys) <= self.failures:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "Stream removed")
+            raise Unavailable("Stream removed")
         return pb.SendReplyResponse(status="delivered", conversation_id="c1", delivery_id="d1")
+
+    async def _answer(self, call: pb.SendReplyCall) -> pb.SendReplyAnswer:
+        outcome = await serve_streamed(
+            "SendReply", call.request_id, call.timeout_seconds, lambda: self.SendReply(call.request)
+        )
+        return answer_of(pb.SendReplyAnswer(), call.id, outcome)
+
+    async def SendReplies(
+        self, calls: AsyncIterator[pb.SendReplyCall], context: Any
+    ) -> AsyncIterator[pb.SendReplyAnswer]:
+        async for answer in answers(calls, self._answer):
+            yield answer
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                "SendReply": grpc.unary_unary_rpc_method_handler(
-                    self.SendReply,
-                    request_deserializer=pb.SendReplyRequest.FromString,
-                    response_serializer=pb.SendReplyResponse.SerializeToString,
+                "SendReplies": grpc.stream_stream_rpc_method_handler(
+                    self.SendReplies,
+                    request_deserializer=pb.SendReplyCall.FromString,
+                    response_serializer=pb.SendReplyAnswer.SerializeToString,
                 )
             },
         )
@@ -65,8 +82,12 @@ async def _send(servicer: Conversation, body: SendResponseBody) -> Any:
     channel = create_channel(f"127.0.0.1:{service.port}", 5.0)
     try:
         stub = conversation_pb2_grpc.ConversationServiceStub(channel)
-        clients = cast(Clients, SimpleNamespace(conversation=stub))
-        return await send_response(body, clients)
+        replies = reply_streams(stub)
+        clients = cast(Clients, SimpleNamespace(conversation=stub, replies=replies))
+        try:
+            return await send_response(body, clients)
+        finally:
+            replies.close()
     finally:
         await channel.close(None)
         await service.shutdown()

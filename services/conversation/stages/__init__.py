@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING
 import grpc
 from redis.exceptions import RedisError
 
+from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from services.common.due_queue import Claim, DueQueue, WorkFailures, describe, now_ms
 from services.common.errors import Unavailable, is_transient_code
 from services.common.n8n import N8nClient
+from services.common.stream_calls import StreamedCalls
 from services.common.workpool import Work, WorkPool
 from services.conversation.context import ContextCache
 from services.conversation.control import BotController
@@ -32,6 +34,21 @@ if TYPE_CHECKING:
     from services.conversation.template_sends import TemplateSender
 
 log = logging.getLogger(__name__)
+
+Deliveries = StreamedCalls[gw.DeliverMessageRequest, gw.DeliverMessageResponse]
+
+
+def delivery_streams(gateway: KommoGatewayAsyncStub, lanes: int = 4) -> Deliveries:
+    """The gateway's DeliverMessage over `lanes` long-lived streams (a delivery is
+    idempotent by its key: a call a broken stream failed is tried again safely)."""
+    return StreamedCalls(
+        lambda: gateway.DeliverMessages(wait_for_ready=False),  # type: ignore[call-arg]
+        lambda call_id, request, rid, deadline: gw.DeliverMessageCall(
+            id=call_id, request=request, request_id=rid, timeout_seconds=deadline
+        ),
+        name="deliveries",
+        lanes=lanes,
+    )
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -48,6 +65,8 @@ class StageContext:
     settings: ConversationSettings
     store: ConversationStore
     gateway: KommoGatewayAsyncStub
+    # The gateway's DeliverMessage over long-lived streams (the replies' hot path).
+    deliveries: Deliveries
     vendedores: VendedorServiceAsyncStub
     n8n: N8nClient
     # This replica's name in the event streams' consumer group.

@@ -303,7 +303,7 @@ class ReplyStage(Stage):
                     else ""
                 )
                 kept, last_part = await self._deliver_part(
-                    job, parts[sent], sent, len(parts), claim, metadata, note
+                    job, parts[sent], sent, len(parts), claim, note
                 )
                 noted = noted or kept
                 sent += 1
@@ -387,7 +387,6 @@ class ReplyStage(Stage):
         index: int,
         count: int,
         claim: Claim,
-        metadata: tuple[tuple[str, str], ...],
         note: str = "",
     ) -> tuple[bool, LastPart | None]:
         """Send one message of a reply (the last one with the reply's `note`). Returns
@@ -401,7 +400,7 @@ class ReplyStage(Stage):
         # The first part keeps the reply's own key: a reply queued before replies were
         # split is recognised by the gateway as the same delivery.
         key = job["idempotency_key"] if index == 0 else f"{job['idempotency_key']}#{index + 1}"
-        answer = await self.gateway.DeliverMessage(
+        answer = await self.ctx.deliveries.send(
             gw.DeliverMessageRequest(
                 lead_id=int(job.get("lead_id") or 0),
                 text=part,
@@ -409,8 +408,7 @@ class ReplyStage(Stage):
                 chat_id=job.get("chat_id", ""),
                 note=note,
             ),
-            timeout=_DELIVERY_DEADLINE_SECONDS,
-            metadata=metadata,
+            _DELIVERY_DEADLINE_SECONDS,
         )
         kept = bool(note) and answer.note_kept
         # Into the history now, when Kommo has it, rather than at its echo: an echo can
