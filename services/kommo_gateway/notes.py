@@ -64,6 +64,15 @@ _MAX_ATTEMPTS = 30
 # Kommo refused it for good: the lead is gone, or the note is not acceptable.
 _REFUSED = (NotFound, InvalidInput, UpstreamError)
 
+# Tried again later, unless it was erased meanwhile (never written back). KEYS: NOTES,
+# NOTES_DUE. ARGV: member, the note (JSON), when it is due (ms). Returns 1 when kept.
+_AGAIN = """
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"""
+
 # Taken off: the notes and their due times. KEYS: NOTES, NOTES_DUE. ARGV: members.
 _FORGET = """
 for i = 1, #ARGV do
@@ -111,6 +120,7 @@ class Notes(BackgroundTask):
         self._retry_seconds = tuple(retry_seconds)
         self._queue = DueQueue(redis, NOTES_DUE)
         self._forget = redis.register_script(_FORGET)
+        self._again = redis.register_script(_AGAIN)
         self.pool = WorkPool(
             "note",
             self._queue,
@@ -241,11 +251,11 @@ class Notes(BackgroundTask):
                 again = Note(note.lead_id, note.text, attempts)
                 async with claim.pinned:
                     claim.settled = True
-                    async with self._redis.pipeline(transaction=True) as pipe:
-                        pipe.hset(NOTES, claim.member, again.encode())
-                        pipe.zadd(NOTES_DUE, {claim.member: due})
-                        await pipe.execute()
-                self.pool.expect(claim.member, due)
+                    kept = await self._again(
+                        keys=[NOTES, NOTES_DUE], args=[claim.member, again.encode(), due]
+                    )
+                if kept:
+                    self.pool.expect(claim.member, due)
                 return
         claim.settled = True  # taken off below, or by the next delivery
         self._done.add(claim.member)
@@ -278,4 +288,7 @@ class Notes(BackgroundTask):
         """Erase these deliveries' notes (LGPD): added or not, they go."""
         if members:
             self._done.difference_update(members)
+            # Not yet sent to Kommo: they never will be.
+            erased = set(members)
+            self._lingering = [(c, n) for c, n in self._lingering if c.member not in erased]
             await self._forget(keys=[NOTES, NOTES_DUE], args=members)

@@ -229,8 +229,13 @@ def test_the_connection_guide_works_in_the_order_written(
             ]
 
         wait_for(answered, timeout=30, what="the reply in the sandbox chat")
-        lead = http.get(f"{account.sandbox_url}/_sandbox/leads/{LEAD}").json()
-        assert any("Resposta do assistente" in n["params"]["text"] for n in lead["notes"])
+
+        def noted() -> bool:
+            lead = http.get(f"{account.sandbox_url}/_sandbox/leads/{LEAD}").json()
+            return any("Resposta do assistente" in n["params"]["text"] for n in lead["notes"])
+
+        # Added by the gateway once the delivery answered.
+        wait_for(noted, what="the reply's note on the lead")
     finally:
         if runner is not None:
             ctrl_c(runner)

@@ -56,8 +56,13 @@ def test_a_proactive_start_reaches_n8n_and_its_message_the_customer(
     assert envelope["contact"]["name"] and envelope["vendedor"]["name"]
     assert envelope["conversation"]["id"] == started.json()["conversation_id"]
     wait_for(lambda: any("(form)" in t for t in outgoing(http, stack, lead)), what="the message")
-    notes = [n["params"]["text"] for n in lead_snapshot(http, stack, lead)["notes"]]
-    assert any("(form)" in n for n in notes)
+    # Its note is added by the gateway once the delivery answered.
+    wait_for(
+        lambda: any(
+            "(form)" in n["params"]["text"] for n in lead_snapshot(http, stack, lead)["notes"]
+        ),
+        what="the message's note on the lead",
+    )
 
     # The customer answers: the same conversation goes on.
     customer_writes(http, stack, lead, "Oi! Quero saber mais")
