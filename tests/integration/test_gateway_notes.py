@@ -195,3 +195,29 @@ async def test_notes_kept_close_together_go_to_kommo_in_one_call(
     finally:
         await sandbox.aclose()
     assert counting.paths.count(NOTES_PATH) == 1, counting.paths
+
+
+async def test_a_note_erased_before_it_went_is_never_sent(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    app = sandbox_app()
+    sandbox = sandbox_of(app)
+    try:
+        async with (
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http,
+            served_gateway(gateway_settings(redis_url, 50), redis, http) as stub,
+        ):
+            answer = await stub.DeliverMessage(
+                gw.DeliverMessageRequest(
+                    lead_id=LEAD, text="Oi", idempotency_key="k-gone", note="nota apagada"
+                )
+            )
+            assert answer.note_kept
+            # Erased while it waits to go with the others (LGPD): it never goes.
+            erased = await stub.EraseData(gw.EraseGatewayDataRequest(delivery_keys=["k-gone"]))
+            assert erased.erased["notes"] == 1
+            await asyncio.sleep(2.0)  # past the moment it would have gone
+            assert await redis.hlen(NOTES) == 0
+    finally:
+        await sandbox.aclose()
+    assert "nota apagada" not in notes_on(sandbox)
