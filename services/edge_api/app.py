@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from services.common.logs import request_id
 from services.common.metrics import HTTP_REQUESTS, HTTP_SECONDS
-from services.edge_api import webhook
+from services.edge_api import reply_fast_path, webhook
 from services.edge_api.deps import N8N_OPERATIONS
 from services.edge_api.errors import ERROR_HANDLERS, ErrorBody, error_body
 from services.edge_api.routes import (
@@ -134,6 +134,10 @@ def create_app(settings: EdgeSettings) -> Any:
             length = webhook.declared_length(scope)
             if length is not None and length > max_body:
                 await webhook.respond(send_and_note, 413, error_body(413, too_large))
+                return
+            if scope["path"] == reply_fast_path.PATH and scope["method"] == "POST":
+                # n8n's replies: the plain case outside FastAPI, anything else through it.
+                await reply_fast_path.serve(scope, receive_bounded, send_and_note, runtime, api)
                 return
             if scope["path"] == webhook.PATH:
                 # Served outside FastAPI, so FastAPI would call it unknown (404).

@@ -250,3 +250,53 @@ def test_service_metrics_listen_only_where_the_service_does(stack: Stack) -> Non
             # Another loopback address reaches a listener on 0.0.0.0, not one on 127.0.0.1.
             with pytest.raises(httpx.ConnectError):
                 httpx.get(f"http://127.0.0.2:{port}/metrics", timeout=2)
+
+
+def test_send_response_answers_the_same_on_its_fast_path_and_off_it(
+    stack: Stack, http: httpx.Client
+) -> None:
+    """n8n's plain reply is served outside FastAPI (reply_fast_path.py); everything else
+    goes through it with the body already read. Either way the answer is the documented
+    one: the error shape, the request id, the route's metrics label."""
+    url = f"{stack.edge_url}/send-response"
+    key = {"X-API-Key": stack.api_key}
+    # Served on the fast path: a valid body with a valid key; the service's refusal
+    # mapped as the route maps it.
+    unknown = http.post(url, json={"reply_token": "nope", "text": "oi"}, headers=key)
+    assert unknown.status_code == 404
+    assert unknown.json() == {"error": "unknown or expired reply_token", "status": 404}
+    assert unknown.headers["x-request-id"]
+    mine = http.post(
+        url,
+        json={"reply_token": "nope", "text": "oi"},
+        headers={**key, "X-Request-ID": "rid-fast-path"},
+    )
+    assert mine.headers["x-request-id"] == "rid-fast-path"
+    # Handed to FastAPI: a body that is not JSON, one that does not validate, another
+    # content type, no key.
+    broken = http.post(
+        url, content=b'{"reply_token": ', headers={**key, "content-type": "application/json"}
+    )
+    assert broken.status_code == 422
+    assert broken.json()["fields"] == [
+        {"field": "body", "problem": broken.json()["fields"][0]["problem"]}
+    ]
+    invalid = http.post(url, json={"text": "oi"}, headers=key)
+    assert invalid.status_code == 422
+    assert "reply_token, conversation_id or lead_id" in invalid.json()["error"]
+    form = http.post(url, data={"reply_token": "nope", "text": "oi"}, headers=key)
+    assert form.status_code == 422
+    assert http.post(url, json={"reply_token": "nope", "text": "oi"}).json() == {
+        "error": "missing or wrong X-API-Key",
+        "status": 401,
+    }
+    # A body sent in chunks past the limit (no Content-Length to refuse it early).
+    too_big = http.post(
+        url,
+        content=iter([b'{"reply_token": "nope", "text": "', b"a" * 1_100_000, b'"}']),
+        headers={**key, "content-type": "application/json"},
+    )
+    assert too_big.status_code == 413
+    assert too_big.json()["status"] == 413
+    metrics = http.get(f"{stack.edge_url}/metrics").text
+    assert 'route="/send-response",status="404"' in metrics

@@ -119,6 +119,12 @@ class SendResponseResult(BaseModel):
     },
 )
 async def send_response(body: SendResponseBody, clients: ClientsDep) -> JSONResponse:
+    return await answer_reply(body, clients)
+
+
+async def answer_reply(body: SendResponseBody, clients: Clients) -> JSONResponse:
+    """The reply handed to the conversation service, and its answer (also the fast
+    path's: services/edge_api/reply_fast_path.py)."""
     request = conv.SendReplyRequest(
         reply_token=body.reply_token or "",
         conversation_id=body.conversation_id or "",
