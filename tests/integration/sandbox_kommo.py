@@ -31,3 +31,28 @@ def gateway_settings(redis_url: str, rate_limit_rps: int) -> GatewaySettings:
         kommo_reply_field_id=CONFIG.reply_field_id,
         kommo_rate_limit_rps=rate_limit_rps,
     )
+
+
+class Counting(httpx.AsyncBaseTransport):
+    """Passes every request on to the sandbox, keeping its path."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+        self.paths: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return await self._inner.handle_async_request(request)
+
+
+def chats_api_settings(redis_url: str) -> GatewaySettings:
+    """A gateway sending texts through the sandbox's Chats API (no retries)."""
+    return gateway_settings(redis_url, 50).model_copy(
+        update={
+            "kommo_channel_id": "sandbox-channel",
+            "kommo_channel_secret": CONFIG.channel_secret,
+            "kommo_scope_id": CONFIG.scope_id,
+            "kommo_amojo_base_url": BASE,
+            "kommo_max_retries": 0,
+        }
+    )

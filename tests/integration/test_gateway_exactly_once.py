@@ -19,20 +19,10 @@ from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from sandbox.kommo import sandbox_of
 from services.conversation.stages import delivery_streams
 from tests.integration.gateway_grpc import served_gateway
-from tests.integration.sandbox_kommo import BASE, CONFIG, gateway_settings, sandbox_app
+from tests.integration.sandbox_kommo import CONFIG, Counting, chats_api_settings, sandbox_app
 
 CHATS_API = f"/v2/origin/custom/{CONFIG.scope_id}"
 LEAD = 9100001
-
-
-class Counting(httpx.AsyncBaseTransport):
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self._inner = inner
-        self.paths: list[str] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.paths.append(request.url.path)
-        return await self._inner.handle_async_request(request)
 
 
 async def test_a_chats_api_reply_asked_twice_with_one_key_is_sent_once(
@@ -40,15 +30,7 @@ async def test_a_chats_api_reply_asked_twice_with_one_key_is_sent_once(
 ) -> None:
     app = sandbox_app()
     counting = Counting(httpx.ASGITransport(app=app))
-    settings = gateway_settings(redis_url, 50).model_copy(
-        update={
-            "kommo_channel_id": "sandbox-channel",
-            "kommo_channel_secret": CONFIG.channel_secret,
-            "kommo_scope_id": CONFIG.scope_id,
-            "kommo_amojo_base_url": BASE,
-            "kommo_max_retries": 0,
-        }
-    )
+    settings = chats_api_settings(redis_url)
     sandbox = sandbox_of(app)
     try:
         async with (
@@ -76,15 +58,7 @@ async def test_over_the_stream_a_delivery_ends_as_the_unary_call_would(
     goes once; a request the gateway refuses ends with its code and message."""
     app = sandbox_app()
     counting = Counting(httpx.ASGITransport(app=app))
-    settings = gateway_settings(redis_url, 50).model_copy(
-        update={
-            "kommo_channel_id": "sandbox-channel",
-            "kommo_channel_secret": CONFIG.channel_secret,
-            "kommo_scope_id": CONFIG.scope_id,
-            "kommo_amojo_base_url": BASE,
-            "kommo_max_retries": 0,
-        }
-    )
+    settings = chats_api_settings(redis_url)
     sandbox = sandbox_of(app)
     try:
         async with (
