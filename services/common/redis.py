@@ -8,6 +8,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.common.redis_lane import BridgeRedis
+
 # Bounded so a Redis that stops answering fails calls fast instead of piling them up.
 _SOCKET_TIMEOUT_SECONDS = 5.0
 _CONNECT_TIMEOUT_SECONDS = 2.0
@@ -20,7 +22,9 @@ _POOL_WAIT_SECONDS = 5.0
 _RETRIES = 3
 
 
-def create_redis(url: str) -> aioredis.Redis:
+def create_redis(url: str) -> BridgeRedis:
+    """The process's client: commands through a bounded pool, Lua scripts pipelined over
+    one connection of their own (services/common/redis_lane.py)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=_MAX_CONNECTIONS,
@@ -31,4 +35,4 @@ def create_redis(url: str) -> aioredis.Redis:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
-    return aioredis.Redis(connection_pool=pool)
+    return BridgeRedis(connection_pool=pool)
