@@ -66,35 +66,63 @@ _NOTIFY_FLAGS = "Kz"
 Work = Callable[[Claim], Awaitable[None]]
 
 
-async def _heartbeat(queue: DueQueue, claim: Claim, lease_ms: int, done: asyncio.Event) -> None:
-    interval = max(lease_ms / 3, 1) / 1000
-    while not done.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), timeout=interval)
-            return
+class _Heartbeat:
+    """Renews `claim`'s lease every third of it while its work runs. A timer, not a task:
+    most work ends long before the first renewal, and then costs only the timer (issue
+    22: a task and an Event waiter per item were a measurable share of a message's CPU).
+    Renewal stops when the lease is no longer held."""
+
+    def __init__(self, queue: DueQueue, claim: Claim, lease_ms: int) -> None:
+        self._queue = queue
+        self._claim = claim
+        self._lease_ms = lease_ms
+        self._interval = max(lease_ms / 3, 1) / 1000
+        self._loop = asyncio.get_running_loop()
+        self._done = False
+        self._renewal: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(
+            self._interval, self._beat
+        )
+
+    def _beat(self) -> None:
+        self._timer = None
+        if not self._done:
+            self._renewal = self._loop.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        queue, claim = self._queue, self._claim
         try:
-            if not await queue.renew(claim, lease_ms):
+            if not await queue.renew(claim, self._lease_ms):
                 # New work re-scored it (that schedule stands), or the lease ran out
                 # while Redis was unreachable and another replica took it.
                 log.info("lease of %s no longer held", queue.key, extra={"item": claim.member})
                 return
         except RedisError as exc:
             log.warning("lease of %s not renewed: %s", queue.key, exc)
+        if not self._done:
+            self._timer = self._loop.call_later(self._interval, self._beat)
+
+    async def stop(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        renewal = self._renewal
+        if renewal is not None and not renewal.done():
+            # Waited for, never cancelled: a renewal in flight finishes and `claim.lease`
+            # stays the item's score.
+            await asyncio.shield(renewal)
 
 
 @contextlib.asynccontextmanager
 async def leased(queue: DueQueue, claim: Claim, lease_ms: int) -> AsyncIterator[Claim]:
     """Keep `claim` leased while the block runs (for work claimed outside a pool too,
     e.g. a reply delivered inside the request that brought it)."""
-    done = asyncio.Event()
-    beat = asyncio.create_task(_heartbeat(queue, claim, lease_ms, done))
+    beat = _Heartbeat(queue, claim, lease_ms)
     try:
         yield claim
     finally:
-        done.set()
-        # Waited for, never cancelled: a renewal in flight finishes and `claim.lease`
-        # stays the item's score.
-        await asyncio.shield(beat)
+        await beat.stop()
 
 
 class WorkPool(BackgroundTask):
@@ -233,6 +261,7 @@ class WorkPool(BackgroundTask):
         watch = QueueWatch.of(self.queue.redis) if self._watch else None
         if watch is not None:
             watch.add(self)
+        stop_wakes = asyncio.create_task(_set_when(stopping, self._wake))
         try:
             while not stopping.is_set():
                 self._wake.clear()
@@ -267,6 +296,7 @@ class WorkPool(BackgroundTask):
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
         finally:
+            stop_wakes.cancel()
             if watch is not None:
                 watch.remove(self)
             if self._notice_timer is not None:
@@ -291,7 +321,13 @@ class WorkPool(BackgroundTask):
             self._wake.set()  # a slot is free, and more may be due
 
     async def _pause(self, stopping: asyncio.Event, seconds: float) -> None:
-        await wait_any(self._wake, stopping, seconds)
+        """Until a wake-up (stopping sets one too, see `run`) or `seconds` have passed;
+        no task of its own."""
+        if stopping.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def _run_one(self, claim: Claim, work: Work) -> None:
         async with leased(self.queue, claim, self._lease_ms):
@@ -313,6 +349,11 @@ class WorkPool(BackgroundTask):
             await self.queue.release(claim)
         except RedisError as exc:
             log.warning("%s %s: not released (redis error): %s", self.kind, claim.member, exc)
+
+
+async def _set_when(stopping: asyncio.Event, wake: asyncio.Event) -> None:
+    await stopping.wait()
+    wake.set()
 
 
 async def wait_any(event: asyncio.Event, stopping: asyncio.Event, seconds: float) -> None:
