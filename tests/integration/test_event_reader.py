@@ -161,8 +161,12 @@ async def test_a_change_of_partitions_cancels_the_blocking_read(redis: aioredis.
     async with consuming(redis, stage) as consumer:
         await until(lambda: len(consumer.ownership.owned()) == PARTITIONS, "partitions owned")
         await asyncio.sleep(0.3)
-        consumer._owned_changed.set()  # as the keeper does when it took or gave back one
-        await asyncio.sleep(0.3)
+        before = await calls(redis)
+        consumer._streams_changed()  # as the keeper does when it took or gave back one
+        await asyncio.sleep(0.5)
+        # The blocking read (4 s) was cancelled and the new set read at once.
+        after = await calls(redis)
+        assert after.get("xreadgroup", 0) > before.get("xreadgroup", 0)
         for n in (1, 2):
             await redis.xadd(stream_of(7), lead_event(7, n))
         await until(lambda: stage.applied == [1, 2], "both applied", seconds=3)

@@ -237,6 +237,9 @@ class EventConsumer(BackgroundTask):
         self._room = asyncio.Event()
         self._taken = asyncio.Event()
         self._owned_changed = asyncio.Event()
+        # The read of new entries in flight: cancelled when the streams change (or on
+        # stopping) instead of two Event waiters raced against it on every read.
+        self._reading_now: asyncio.Future[Any] | None = None
         # Entries this replica left pending (an apply that failed) → when they are tried
         # again (XAUTOCLAIM after the visibility timeout); not dispatched before that.
         # Streams with none are not reclaimed (issue 22: was XAUTOCLAIM × partitions
@@ -286,7 +289,7 @@ class EventConsumer(BackgroundTask):
                 )
                 if self._reading() != before or taken:
                     # The reader is blocked on the streams it had: read the new set.
-                    self._owned_changed.set()
+                    self._streams_changed()
                 for stream in taken:
                     await self.ensure_group(stream)
                     self._catching_up[stream] = "0-0"
@@ -310,7 +313,25 @@ class EventConsumer(BackgroundTask):
     def _reading(self) -> set[str]:
         return set(self.ownership.owned()) - self.ownership.giving_back
 
+    def _streams_changed(self) -> None:
+        """The reader is blocked on the streams it had: it reads the new set."""
+        self._owned_changed.set()
+        if self._reading_now is not None:
+            self._reading_now.cancel()
+
+    async def _cancel_read_on(self, stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        if self._reading_now is not None:
+            self._reading_now.cancel()
+
     async def _read(self, stopping: asyncio.Event) -> None:
+        stop_watch = asyncio.create_task(self._cancel_read_on(stopping))
+        try:
+            await self._read_until(stopping)
+        finally:
+            stop_watch.cancel()
+
+    async def _read_until(self, stopping: asyncio.Event) -> None:
         safety_at = time.monotonic() + _RECLAIM_SAFETY_SECONDS
         while not stopping.is_set():
             try:
@@ -370,19 +391,22 @@ class EventConsumer(BackgroundTask):
                 block=_READ_BLOCK_MS,
             )
         )
-        changed = asyncio.ensure_future(self._owned_changed.wait())
-        stop = asyncio.ensure_future(stopping.wait())
+        self._reading_now = read
+        if self._owned_changed.is_set() or stopping.is_set():
+            read.cancel()
         try:
-            await asyncio.wait([read, changed, stop], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([read])
         finally:
-            changed.cancel()
-            stop.cancel()
-            if not read.done():
+            self._reading_now = None
+            if not read.done():  # this task itself was cancelled
                 read.cancel()
                 self._reread_own = True
                 with contextlib.suppress(asyncio.CancelledError, RedisError):
                     await read
-        return read.result() if not read.cancelled() else None
+        if read.cancelled():
+            self._reread_own = True
+            return None
+        return read.result()
 
     async def _read_own(self, streams: list[str]) -> None:
         """Entries delivered to this consumer and not acknowledged, that no lane holds
