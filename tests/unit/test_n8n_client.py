@@ -122,3 +122,78 @@ def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert proxy_for("http://n8n.example.com/webhook/x") is None  # no HTTP_PROXY
     assert proxy_for("https://n8n.corp/webhook/x") is None
     assert proxy_for("http://127.0.0.1:5678/webhook/x") is None
+
+
+class SplitAnswers:
+    """An HTTP/1.1 server that sends a 200's headers, then its body in a later write
+    (`body_after` s; None: never), and counts the connections it was given."""
+
+    def __init__(self, body_after: float | None) -> None:
+        self.body_after = body_after
+        self.connections = 0
+        self.url = ""
+        self._server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> SplitAnswers:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/webhook/bridge"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        body = b'{"message":"Workflow was started"}'
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n" % len(body)
+                )
+                await writer.drain()
+                if self.body_after is None:
+                    await reader.read()  # until the client gives up on the connection
+                    return
+                await asyncio.sleep(self.body_after)
+                writer.write(body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_2xx_whose_body_comes_later_keeps_its_connection() -> None:
+    async with SplitAnswers(body_after=0.05) as server:
+        n8n_client = client()
+        try:
+            for n in range(3):
+                attempt = await n8n_client.post(server.url, f"evt-{n}", "{}")
+                assert attempt.ok
+        finally:
+            await n8n_client.aclose()
+        # One connection for the three envelopes: none was closed for an unread body.
+        assert server.connections == 1
+
+
+async def test_a_2xx_whose_body_never_comes_is_still_delivered() -> None:
+    async with SplitAnswers(body_after=None) as server:
+        n8n_client = client()
+        try:
+            started = asyncio.get_running_loop().time()
+            attempt = await n8n_client.post(server.url, "evt-1", "{}")
+            assert attempt.ok and not attempt.retry
+            assert asyncio.get_running_loop().time() - started < 1.5
+        finally:
+            await n8n_client.aclose()
