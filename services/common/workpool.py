@@ -80,9 +80,7 @@ class _Heartbeat:
         self._loop = asyncio.get_running_loop()
         self._done = False
         self._renewal: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = self._loop.call_later(
-            self._interval, self._beat
-        )
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(self._interval, self._beat)
 
     def _beat(self) -> None:
         self._timer = None
