@@ -22,7 +22,7 @@ When to claim (issue 22: event-driven, not polled). A claimer does not poll its 
   turn due after the debounce starts on time, and the work of a replica that died is
   claimed when its lease ends;
 - a kick (`WorkPool.kick`, this process) or a change of the queue's key in Redis (any
-  replica, any script: keyspace notifications, `QueueWatch`) wakes it at once;
+  replica, any script: keyspace notifications, `queue_watch.QueueWatch`) wakes it at once;
 - a finishing task wakes it (a slot is free) when its last claim took as many items as
   it had slots for, so more may be due;
 - work this process claims in passing (a script that queues an item and leases it to
@@ -39,15 +39,13 @@ import asyncio
 import contextlib
 import logging
 import random
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import ClassVar
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from services.common.due_queue import Claim, DueQueue, FailureKeys, now_ms
 from services.common.grpc_server import BackgroundTask
+from services.common.queue_watch import QueueWatch
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +58,6 @@ _POLL_JITTER = 0.2
 # replica queues itself is claimed at once by a kick. Under load this costs at most what
 # the old 0.1 s poll did; idle, nothing.
 _NOTICE_SPACING_SECONDS = 0.1
-# What the keyspace notifications must include: K (keyspace channel), z (sorted sets).
-_NOTIFY_FLAGS = "Kz"
 
 Work = Callable[[Claim], Awaitable[None]]
 
@@ -362,121 +358,3 @@ async def wait_any(event: asyncio.Event, stopping: asyncio.Event, seconds: float
     finally:
         for waiting in waits:
             waiting.cancel()
-
-
-# Keyspace events of a queue that never make work due: a lease taken or renewed (the
-# due queues move leases with ZINCRBY), work done or the queue deleted. Anything else
-# (`zadd`: work queued or rescheduled) wakes the queue's pools.
-_NOT_NEW_WORK = frozenset({b"zincr", b"zrem", b"del", b"expired", b"zremrangebyscore"})
-
-
-def _new_work(event: object) -> bool:
-    if isinstance(event, str):
-        event = event.encode()
-    return event not in _NOT_NEW_WORK
-
-
-class QueueWatch:
-    """Wakes the pools of this process when their queue's key changes in Redis: whoever
-    changed it (another replica, a script, this process), without polling. One pub/sub
-    connection per Redis client, subscribed to the keyspace channel of each pool's key.
-
-    Keyspace notifications are a server setting: the watch turns on the flags it needs
-    (`notify-keyspace-events` + "Kz") when they are off. A Redis that refuses CONFIG
-    (some managed ones) may have them set by its operator; without them the pools still
-    wake at their due scores and kicks, and find other replicas' new work at the slow
-    poll. After a Redis error the watch subscribes again and wakes every pool (a change
-    may have been missed meanwhile)."""
-
-    _watches: ClassVar[weakref.WeakKeyDictionary[aioredis.Redis, QueueWatch]] = (
-        weakref.WeakKeyDictionary()
-    )
-    # How long one wait for a notification lasts (new pools are subscribed in between).
-    _LISTEN_SECONDS = 1.0
-
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._redis = redis
-        self._pools: dict[str, set[WorkPool]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._prefix = f"__keyspace@{redis.connection_pool.connection_kwargs.get('db', 0)}__:"
-        self.enabled = False  # notifications known to be on (CONFIG said so or took it)
-
-    @classmethod
-    def of(cls, redis: aioredis.Redis) -> QueueWatch:
-        watch = cls._watches.get(redis)
-        if watch is None:
-            watch = cls._watches[redis] = cls(redis)
-        return watch
-
-    def add(self, pool: WorkPool) -> None:
-        self._pools.setdefault(pool.queue.key, set()).add(pool)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._listen(), name="due-queue-watch")
-
-    def remove(self, pool: WorkPool) -> None:
-        pools = self._pools.get(pool.queue.key, set())
-        pools.discard(pool)
-        if not pools:
-            self._pools.pop(pool.queue.key, None)
-        if not self._pools and self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    def _wake(self, keys: set[str] | None = None) -> None:
-        for key, pools in list(self._pools.items()):
-            if keys is None or key in keys:
-                for pool in list(pools):
-                    pool.kick()
-
-    async def _enable(self) -> None:
-        try:
-            raw = await self._redis.config_get("notify-keyspace-events")
-            flags = str(raw.get("notify-keyspace-events", ""))
-            if "A" in flags:  # "A" stands for every class, z included
-                wanted = flags if "K" in flags else flags + "K"
-            else:
-                wanted = flags + "".join(f for f in _NOTIFY_FLAGS if f not in flags)
-            if wanted != flags:
-                await self._redis.config_set("notify-keyspace-events", wanted)
-            self.enabled = True
-        except ResponseError as exc:
-            log.warning(
-                "keyspace notifications not verified (%s): if they are off, work pools find "
-                "other replicas' new work only at their slow poll (POLL_INTERVAL_SECONDS); "
-                "set notify-keyspace-events to include 'Kz' in Redis's configuration",
-                exc,
-            )
-
-    async def _listen(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        subscribed: set[str] = set()
-        try:
-            while True:
-                try:
-                    if not self.enabled:
-                        await self._enable()
-                    new = set(self._pools) - subscribed
-                    if new:
-                        await pubsub.subscribe(*(self._prefix + key for key in new))
-                        subscribed |= new
-                        # Changed before the subscription: claim once more.
-                        self._wake(new)
-                    message = await pubsub.get_message(timeout=self._LISTEN_SECONDS)
-                    while message is not None:
-                        channel = message.get("channel", b"")
-                        channel = channel.decode() if isinstance(channel, bytes) else channel
-                        if _new_work(message.get("data")):
-                            for pool in list(self._pools.get(channel[len(self._prefix) :], ())):
-                                pool.notice()
-                        message = await pubsub.get_message(timeout=0)
-                except RedisError as exc:
-                    log.warning("work pools' queue watch: redis error, again soon: %s", exc)
-                    await pubsub.reset()
-                    pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                    subscribed.clear()
-                    self.enabled = False  # a restarted Redis forgot the setting
-                    await asyncio.sleep(_REDIS_PAUSE_SECONDS)
-                    self._wake()
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
