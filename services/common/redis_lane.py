@@ -37,25 +37,21 @@ from redis._parsers.base import BaseParser
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError
+from redis.exceptions import DataError, InvalidResponse, NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _READ_SIZE = 65536
 
 
-def _encode(value: Any) -> Any:
-    """What hiredis packs as redis-py's encoder would: bytes and str as they are, numbers
-    by their repr; anything else (None, bool, a list) is refused as redis-py refuses it."""
-    if isinstance(value, (bytes, str, memoryview)):
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        from redis.exceptions import DataError
-
-        raise DataError(
-            f"Invalid input of type: '{type(value).__name__}'. "
-            "Convert to a bytes, string, int or float first."
-        )
-    return repr(value)
+def _pack(args: tuple[Any, ...]) -> bytes:
+    """The command in Redis' protocol, packed by hiredis exactly as redis-py's encoder
+    would (str as UTF-8, numbers by their repr); anything else (None, bool, a list) is
+    refused as redis-py refuses it."""
+    try:
+        packed: bytes = hiredis.pack_command(args)
+        return packed
+    except TypeError as exc:
+        raise DataError(f"Invalid input: {exc} Convert it first.") from None
 
 
 class _Wire:
@@ -198,7 +194,7 @@ class RedisLane:
 
     async def execute(self, *args: Any) -> Any:
         """Run one command on the lane, tried again on a broken connection."""
-        packed = hiredis.pack_command(tuple(_encode(a) for a in args))
+        packed = _pack(args)
         attempt = 0
         while True:
             try:
