@@ -22,7 +22,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -30,11 +30,16 @@ from redis.exceptions import RedisError
 from services.common.grpc_server import BackgroundTask
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHANNEL = "conv:context:changed"
 LEAD, CONTACT, VENDEDOR = "lead", "contact", "vendedor"
 # A lead's conversation id (the by-lead pointer, once one exists): dropped with the lead.
 CONVERSATION = "conversation"
+# A contact as the envelopes carry it (its phone and e-mail masked as configured: the
+# phone's parsing was a twentieth of a turn's CPU), with the copy it was made from;
+# dropped with the contact.
+CONTACT_JSON = "contact-json"
 # The bot rules in force (rulebook.py), one copy, dropped when they are changed.
 RULES = "rules"
 RULES_ID = 1
@@ -88,6 +93,17 @@ class ContextCache:
         if generation == self.generation:
             self.put(kind, entity_id, value)
 
+    def made_from(self, kind: str, entity_id: int, source: object, make: Callable[[], T]) -> T:
+        """A value made from the copy `source` (e.g. the contact as envelopes carry it),
+        made once and kept under `kind` while `source` is the copy in use: a new copy of
+        the entity makes it again."""
+        kept = self.get(kind, entity_id)
+        if kept is not None and kept[0] is source:
+            return cast(T, kept[1])
+        value = make()
+        self.put(kind, entity_id, (source, value))
+        return value
+
     def forget(self, kind: str, entity_id: int) -> None:
         self.generation += 1
         self._copies.pop((kind, entity_id), None)
@@ -126,7 +142,7 @@ async def publish_changes(
 
 def apply_change(cache: ContextCache, message: str) -> None:
     """One published message: space-separated `kind:id` entries, or `*` for all. A lead's
-    change drops its conversation id too."""
+    change drops its conversation id too, a contact's its envelope form."""
     for item in message.split():
         if item == EVERYTHING:
             cache.clear()
@@ -136,6 +152,8 @@ def apply_change(cache: ContextCache, message: str) -> None:
             cache.forget(kind, int(raw))
             if kind == LEAD:
                 cache.forget(CONVERSATION, int(raw))
+            elif kind == CONTACT:
+                cache.forget(CONTACT_JSON, int(raw))
 
 
 class ContextChanges(BackgroundTask):

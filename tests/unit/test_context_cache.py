@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from services.conversation.context import (
     CONTACT,
+    CONTACT_JSON,
     LEAD,
     VENDEDOR,
     ContextCache,
@@ -60,3 +61,30 @@ def test_a_change_drops_the_copies_it_names_and_ignores_the_rest() -> None:
     assert cache.get(LEAD, 9100001) is None
     assert cache.get(CONTACT, 4400001) is None
     assert cache.get(VENDEDOR, 5) == "vendedor"
+
+
+def test_a_contacts_envelope_form_goes_with_the_contact() -> None:
+    cache = ContextCache(15)
+    cache.put(CONTACT, 4400001, "contact")
+    cache.put(CONTACT_JSON, 4400001, ("contact", {"phone": "+55 11 9****-**21"}))
+    cache.put(CONTACT_JSON, 4400002, ("other", {"phone": "+55 21 9****-**00"}))
+    apply_change(cache, "contact:4400001")
+    assert cache.get(CONTACT_JSON, 4400001) is None
+    assert cache.get(CONTACT_JSON, 4400002) is not None
+
+
+def test_what_is_made_from_a_copy_is_made_again_for_a_new_copy() -> None:
+    cache = ContextCache(15)
+    made: list[str] = []
+
+    def make(name: str) -> dict[str, str]:
+        made.append(name)
+        return {"name": name}
+
+    first, second = object(), object()
+    assert cache.made_from(CONTACT_JSON, 4400001, first, lambda: make("a")) == {"name": "a"}
+    assert cache.made_from(CONTACT_JSON, 4400001, first, lambda: make("b")) == {"name": "a"}
+    assert made == ["a"]
+    # Another copy of the contact (read again after a change): made again.
+    assert cache.made_from(CONTACT_JSON, 4400001, second, lambda: make("c")) == {"name": "c"}
+    assert made == ["a", "c"]

@@ -35,7 +35,7 @@ from services.common.logs import flow, request_id
 from services.common.n8n import new_event_id
 from services.common.workpool import Work, WorkPool
 from services.conversation import envelope, rules
-from services.conversation.context import CONTACT, LEAD, VENDEDOR
+from services.conversation.context import CONTACT, CONTACT_JSON, LEAD, VENDEDOR
 from services.conversation.rulebook import InForce
 from services.conversation.stages import Stage, StageContext, is_transient
 from services.conversation.store import TurnOffer
@@ -412,7 +412,7 @@ class TurnStage(Stage):
                 reply_field_id=self.settings.kommo_reply_field_id,
                 lead_fields=self.settings.lead_fields,
             ),
-            contact=envelope.contact_json(contact, contact_id, self.settings.contact_disclosure),
+            contact=self._contact_json(contact, contact_id),
             vendedor=envelope.vendedor_json(vendedor),
             messages=messages,
             history=envelope.bounded_history(
@@ -428,6 +428,18 @@ class TurnStage(Stage):
             templates=envelope.templates_json(configured),
         )
         return json.dumps(body, ensure_ascii=False), reply_token, event_id
+
+    def _contact_json(self, contact: gw.Contact | None, contact_id: int) -> dict[str, Any] | None:
+        """The contact as the envelope carries it, made once per copy of the contact."""
+        disclosure = self.settings.contact_disclosure
+        if contact is None:
+            return envelope.contact_json(None, contact_id, disclosure)
+        return self.ctx.context.made_from(
+            CONTACT_JSON,
+            contact.id,
+            contact,
+            lambda: envelope.contact_json(contact, contact_id, disclosure),
+        )
 
     # The lead, contact and vendedor: this replica's young copy (services/conversation/
     # context.py), else asked for and kept. What was not found is asked again next time.
