@@ -88,6 +88,10 @@ class Coalescer(Generic[T, R]):
         self._exclusive = exclusive
         self._handoff = handoff
         self._queue: list[_Item[T, R]] = []
+        # An item's future finished while it may still be queued (its caller gave up):
+        # `_live` then drops the finished ones. Not looked for on every call: the budget
+        # asks every source how much is queued on every call it admits (issue 22).
+        self._settled = False
         self._in_flight: set[asyncio.Task[None]] = set()
         budget.attach(self)
         if handoff is not None:
@@ -178,6 +182,7 @@ class Coalescer(Generic[T, R]):
 
     def _enqueue(self, item: _Item[T, R]) -> None:
         self._queue.append(item)
+        item.future.add_done_callback(self._one_settled)
         if item.give_up is not None:
             delay = max(0.0, item.give_up - time.monotonic())
             item.timer = asyncio.get_running_loop().call_later(delay, self._expire, item)
@@ -194,8 +199,13 @@ class Coalescer(Generic[T, R]):
             if not item.future.done():
                 item.future.set_exception(BudgetBusy(self._budget.estimate(item.priority)))
 
+    def _one_settled(self, _: asyncio.Future[R]) -> None:
+        self._settled = True
+
     def _live(self) -> list[_Item[T, R]]:
-        self._queue = [i for i in self._queue if not i.future.done()]
+        if self._settled:
+            self._settled = False
+            self._queue = [i for i in self._queue if not i.future.done()]
         return self._queue
 
     # Source (ratelimit.Budget)
@@ -217,6 +227,8 @@ class Coalescer(Generic[T, R]):
         for item in sorted(self._live(), key=lambda i: (i.priority, i.since)):
             if len(batch) == self._maximum:
                 break
+            if item.future.done():  # given up on in this turn of the loop: not sent
+                continue
             if self._exclusive is not None:
                 key = self._exclusive(item.payload)
                 if key in keys:
