@@ -85,7 +85,7 @@ CARRIED = (
     "EDGE_METRICS_REQUIRE_KEY",
     "BOT_RULES_FILE",
     "PROACTIVE_TEMPLATES_FILE",
-    "45 messages a second",
+    "100 messages a second",
     "7 requests a second",
 )
 # Variables the guide may name that no service reads: Docker Compose's own, redis-cli's,
