@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -59,3 +60,14 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, to restart, stop or freeze (the shared one is
+    for everyone)."""
+    server = RedisServer(free_port(), tmp_path / "own-redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -9,14 +9,11 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from devstack.processes import free_port
 from devstack.redis_server import RedisServer
 from services.common import queue_watch
 from services.common.queue_watch import QueueWatch
@@ -44,15 +41,6 @@ class Pool:
         self.notices += 1
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    redis = RedisServer(free_port(), tmp_path / "data").start()
-    try:
-        yield redis
-    finally:
-        redis.stop()
-
-
 async def until(check: object, what: str, seconds: float = 5) -> None:
     deadline = time.monotonic() + seconds
     while not check():  # type: ignore[operator]
@@ -60,7 +48,20 @@ async def until(check: object, what: str, seconds: float = 5) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_new_work_is_noticed_and_leases_are_not(server: RedisServer) -> None:
+async def noticed_again(server: RedisServer, pool: Pool, kicks: int) -> None:
+    """The pool is woken after the broken connection and again once subscribed anew,
+    then notices new work another client queues."""
+    await until(lambda: pool.kicks >= kicks + 2, "subscribed again", 10)
+    other = aioredis.Redis.from_url(server.url)
+    try:
+        await other.zadd("test:queue", {"a": 1})
+        await until(lambda: pool.notices >= 1, "work noticed on the new connection")
+    finally:
+        await other.aclose()
+
+
+async def test_new_work_is_noticed_and_leases_are_not(own_redis_server: RedisServer) -> None:
+    server = own_redis_server
     redis = create_redis(server.url)
     other = aioredis.Redis.from_url(server.url)  # another replica
     watch = QueueWatch.of(redis)
@@ -86,7 +87,8 @@ async def test_new_work_is_noticed_and_leases_are_not(server: RedisServer) -> No
         await redis.aclose()
 
 
-async def test_a_restarted_redis_is_subscribed_to_again(server: RedisServer) -> None:
+async def test_a_restarted_redis_is_subscribed_to_again(own_redis_server: RedisServer) -> None:
+    server = own_redis_server
     redis = create_redis(server.url)
     watch = QueueWatch.of(redis)
     pool = Pool(Queue("test:queue"))
@@ -95,23 +97,17 @@ async def test_a_restarted_redis_is_subscribed_to_again(server: RedisServer) -> 
         await until(lambda: pool.kicks >= 1, "subscribed")
         server.stop()
         server.start()  # forgets the notification flags and every subscriber
-        kicks = pool.kicks
         # Woken after the error, then again once subscribed anew (flags turned on again).
-        await until(lambda: pool.kicks >= kicks + 2, "subscribed again", 10)
-        other = aioredis.Redis.from_url(server.url)
-        try:
-            await other.zadd("test:queue", {"a": 1})
-            await until(lambda: pool.notices >= 1, "work noticed after the restart")
-        finally:
-            await other.aclose()
+        await noticed_again(server, pool, pool.kicks)
     finally:
         watch.remove(pool)
         await redis.aclose()
 
 
 async def test_a_silent_connection_is_found_by_its_ping(
-    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    own_redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    server = own_redis_server
     monkeypatch.setattr(queue_watch, "_PING_SECONDS", 0.3)
     monkeypatch.setattr(queue_watch, "_REDIS_PAUSE_SECONDS", 0.1)
     pool_of_connections = aioredis.BlockingConnectionPool.from_url(
@@ -133,14 +129,7 @@ async def test_a_silent_connection_is_found_by_its_ping(
             await until(lambda: pool.kicks > kicks, "woken after the silent connection", 5)
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
-        # Then subscribed anew.
-        await until(lambda: pool.kicks >= kicks + 2, "subscribed again", 10)
-        other = aioredis.Redis.from_url(server.url)
-        try:
-            await other.zadd("test:queue", {"a": 1})
-            await until(lambda: pool.notices >= 1, "work noticed on the new connection")
-        finally:
-            await other.aclose()
+        await noticed_again(server, pool, kicks)
     finally:
         watch.remove(pool)
         await redis.aclose()

@@ -9,7 +9,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,16 +33,8 @@ return ARGV[1]
 """
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    redis = RedisServer(free_port(), tmp_path / "data").start()
-    try:
-        yield redis
-    finally:
-        redis.stop()
-
-
-async def test_many_calls_at_once_each_get_their_own_reply(server: RedisServer) -> None:
+async def test_many_calls_at_once_each_get_their_own_reply(own_redis_server: RedisServer) -> None:
+    server = own_redis_server
     redis = create_redis(server.url)
     echo = redis.register_script(ECHO)
     try:
@@ -58,7 +49,8 @@ async def test_many_calls_at_once_each_get_their_own_reply(server: RedisServer) 
         await redis.aclose()
 
 
-async def test_an_error_stays_with_its_call(server: RedisServer) -> None:
+async def test_an_error_stays_with_its_call(own_redis_server: RedisServer) -> None:
+    server = own_redis_server
     redis = create_redis(server.url)
     failing = redis.register_script("return redis.error_reply('NOPE ' .. ARGV[1])")
     echo = redis.register_script(ECHO)
@@ -79,7 +71,10 @@ async def test_an_error_stays_with_its_call(server: RedisServer) -> None:
         await redis.aclose()
 
 
-async def test_a_caller_that_gives_up_does_not_shift_the_replies(server: RedisServer) -> None:
+async def test_a_caller_that_gives_up_does_not_shift_the_replies(
+    own_redis_server: RedisServer,
+) -> None:
+    server = own_redis_server
     redis = create_redis(server.url)
     slow = redis.register_script(SLOW)
     echo = redis.register_script(ECHO)
@@ -98,7 +93,10 @@ async def test_a_caller_that_gives_up_does_not_shift_the_replies(server: RedisSe
         await redis.aclose()
 
 
-async def test_scripts_are_loaded_again_after_redis_forgets_them(server: RedisServer) -> None:
+async def test_scripts_are_loaded_again_after_redis_forgets_them(
+    own_redis_server: RedisServer,
+) -> None:
+    server = own_redis_server
     redis = create_redis(server.url)
     incr = redis.register_script(INCR)
     try:
@@ -109,7 +107,8 @@ async def test_scripts_are_loaded_again_after_redis_forgets_them(server: RedisSe
         await redis.aclose()
 
 
-async def test_a_restarted_redis_is_reconnected_to(server: RedisServer) -> None:
+async def test_a_restarted_redis_is_reconnected_to(own_redis_server: RedisServer) -> None:
+    server = own_redis_server
     redis = create_redis(server.url)
     incr = redis.register_script(INCR)
     try:
@@ -123,7 +122,10 @@ async def test_a_restarted_redis_is_reconnected_to(server: RedisServer) -> None:
         await redis.aclose()
 
 
-async def test_a_redis_that_stops_answering_times_the_call_out(server: RedisServer) -> None:
+async def test_a_redis_that_stops_answering_times_the_call_out(
+    own_redis_server: RedisServer,
+) -> None:
+    server = own_redis_server
     lane_timeout = 0.3
     pool = aioredis.BlockingConnectionPool.from_url(
         server.url, socket_timeout=lane_timeout, socket_connect_timeout=lane_timeout
