@@ -73,6 +73,7 @@ class _Wire:
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self.broken: BaseException | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._reader = self._loop.create_task(self._read(), name="redis-lane-reader")
 
     def call(self, packed: bytes) -> asyncio.Future[Any]:
@@ -147,7 +148,7 @@ class _Wire:
         self._out = []
         if asyncio.current_task() is not self._reader:
             self._reader.cancel()
-        self._loop.create_task(self._close(), name="redis-lane-close")
+        self._closing = self._loop.create_task(self._close(), name="redis-lane-close")
 
     async def _close(self) -> None:
         with contextlib.suppress(Exception):  # the connection is being dropped anyway
