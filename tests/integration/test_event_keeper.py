@@ -8,7 +8,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from services.conversation.stages.event_reader import PartitionOwnership
+from services.conversation.stages.event_partitions import PartitionOwnership
 from services.conversation.store.keys import EVENTS_STREAM, event_owner_key, event_stream
 from services.conversation.store.leases import EventLeases
 

@@ -13,7 +13,8 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from services.common.due_queue import now_ms
-from services.conversation.stages.event_reader import PartitionOwnership, claim_pending
+from services.conversation.stages.event_partitions import PartitionOwnership
+from services.conversation.stages.event_reader import claim_pending
 from services.conversation.store.conversations import Applied, ConversationStore, Incoming
 from services.conversation.store.keys import (
     WORKERS_GROUP,

@@ -26,7 +26,7 @@ its partition, `conv:events:{pN}` with N = crc32 of its routing key (`routing_ke
 lead, else the chat — the same key the consumer's lanes use) modulo EVENT_PARTITIONS. The
 `{pN}` hash tag keeps a partition's stream and its owner lease in one Cluster slot. Each
 partition is read by at most one replica at a time, the holder of its lease
-(`conv:events:{pN}:owner`, stages/events.PartitionOwnership), so one conversation's events
+(`conv:events:{pN}:owner`, stages/event_partitions.PartitionOwnership), so one conversation's events
 are applied in order whichever replica reads them. The single stream of earlier versions
 (EVENTS_STREAM) is still drained, under a lease of its own, until it is empty.
 
