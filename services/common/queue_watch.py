@@ -8,25 +8,24 @@ renewed, released: several a message), and redis-py's pub/sub spent about 90 µs
 is read directly and parsed by hiredis, a few µs a notification (issue 22).
 
 The connection is made by redis-py (URL, TLS, AUTH are as for every other command), then
-read here. A PING every `_PING_SECONDS` of silence finds a connection that died without
+read here (`redis_lane.open_raw`). A PING every `_PING_SECONDS` of silence finds a connection that died without
 a word; a broken one is made again, and every pool woken (a change may have been missed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from typing import Any, ClassVar, Protocol
 
 import hiredis
 import redis.asyncio as aioredis
-from redis._parsers.base import BaseParser
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.common.redis_lane import open_raw
 
 log = logging.getLogger(__name__)
 
@@ -165,16 +164,10 @@ class QueueWatch:
     async def _serve(self) -> None:
         """Subscribe and read notifications until the connection breaks (raises)."""
         pool = self._redis.connection_pool
-        connection: AbstractConnection = pool.make_connection()  # type: ignore[no-untyped-call]
         answer_seconds = float(pool.connection_kwargs.get("socket_timeout") or 5.0)
+        raw = await open_raw(pool)
+        stream, writer, parser = raw.stream, raw.writer, raw.parser
         try:
-            await connection.connect()  # type: ignore[no-untyped-call]
-            stream, writer = connection._reader, connection._writer
-            if stream is None or writer is None:
-                raise RedisConnectionError("Redis connection not open")
-            parser = hiredis.Reader(
-                protocolError=InvalidResponse, replyError=BaseParser.parse_error
-            )
             self._writer, self._subscribed = writer, set()
             self._subscribe(set(self._pools))
             pinged = False
@@ -198,8 +191,7 @@ class QueueWatch:
                     self._handle(message)
         finally:
             self._writer = None
-            with contextlib.suppress(Exception):
-                await connection.disconnect(nowait=True)
+            await raw.close()
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, Exception):  # SUBSCRIBE refused (an ACL, say)

@@ -13,8 +13,8 @@ received them, so one connection can carry every script call of a process at onc
   what they are for every other command) and then read and written here;
 - a connection that breaks, or that has not answered its oldest call within the
   socket timeout, fails every call it carries with redis-py's `ConnectionError` /
-  `TimeoutError`, and the next call makes a new one. A failed call is tried again as
-  the pool's other commands are (up to `retries` times, backing off): every script of
+  `TimeoutError`, and the next call makes a new one. A failed call is tried again by
+  the pool's own `Retry`, as its other commands are: every script of
   the bridge is safe to repeat (dedupe keys, applied-sets, leases, owner checks);
 - a `NOSCRIPT` (a Redis restarted, failed over or flushed) loads the script and runs it
   again, as redis-py does.
@@ -29,12 +29,15 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
 from redis._parsers.base import BaseParser
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, InvalidResponse, NoScriptError
@@ -54,20 +57,44 @@ def _pack(args: tuple[Any, ...]) -> bytes:
         raise DataError(f"Invalid input: {exc} Convert it first.") from None
 
 
+@dataclass
+class RawConnection:
+    """A connection redis-py made (URL, TLS, AUTH and SELECT as for every command), read
+    and written directly, its replies parsed by hiredis (also services/common/queue_watch.py)."""
+
+    connection: AbstractConnection
+    stream: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    parser: Any
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):  # the connection is being dropped anyway
+            await self.connection.disconnect(nowait=True)
+
+
+async def open_raw(pool: aioredis.ConnectionPool) -> RawConnection:
+    connection: AbstractConnection = pool.make_connection()  # type: ignore[no-untyped-call]
+    try:
+        await connection.connect()  # type: ignore[no-untyped-call]
+        stream, writer = connection._reader, connection._writer
+        if stream is None or writer is None:
+            raise RedisConnectionError("Redis connection not open")
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
+    parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
+    return RawConnection(connection, stream, writer, parser)
+
+
 class _Wire:
     """One connection and the calls waiting on it, oldest first."""
 
-    def __init__(self, connection: AbstractConnection, timeout: float | None) -> None:
-        self.connection = connection
+    def __init__(self, raw: RawConnection, timeout: float | None) -> None:
+        self.raw = raw
         self._timeout = timeout
-        writer, stream = connection._writer, connection._reader
-        if writer is None or stream is None:
-            raise RedisConnectionError("Redis connection not open")
-        self._writer: asyncio.StreamWriter = writer
-        self._stream: asyncio.StreamReader = stream
-        self._parser = hiredis.Reader(
-            protocolError=InvalidResponse, replyError=BaseParser.parse_error
-        )
+        self._writer = raw.writer
+        self._stream = raw.stream
+        self._parser = raw.parser
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._out: list[bytes] = []
         self._loop = asyncio.get_running_loop()
@@ -151,8 +178,7 @@ class _Wire:
         self._closing = self._loop.create_task(self._close(), name="redis-lane-close")
 
     async def _close(self) -> None:
-        with contextlib.suppress(Exception):  # the connection is being dropped anyway
-            await self.connection.disconnect(nowait=True)
+        await self.raw.close()
 
     async def aclose(self) -> None:
         self.fail(RedisConnectionError("Redis lane closed"))
@@ -164,9 +190,11 @@ class _Wire:
 class RedisLane:
     """A process's script calls, pipelined over one connection of `pool`'s kind."""
 
-    def __init__(self, pool: aioredis.ConnectionPool, retries: int = 3) -> None:
+    def __init__(self, pool: aioredis.ConnectionPool) -> None:
         self._pool = pool
-        self._retries = retries
+        # The pool's own retry (services/common/redis.py): a call is tried again as any
+        # other command of the process is.
+        self._retry: Retry = pool.connection_kwargs.get("retry") or Retry(NoBackoff(), 0)
         self._wire: _Wire | None = None
         self._connecting: asyncio.Lock | None = None
         self._closed = False
@@ -183,29 +211,25 @@ class RedisLane:
                 return wire
             if self._closed:
                 raise RedisConnectionError("Redis lane closed")
-            connection: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
-            try:
-                await connection.connect()  # type: ignore[no-untyped-call]
-            except BaseException:
-                await connection.disconnect(nowait=True)
-                raise
+            raw = await open_raw(self._pool)
             timeout = self._pool.connection_kwargs.get("socket_timeout")
-            self._wire = wire = _Wire(connection, timeout)
+            self._wire = wire = _Wire(raw, timeout)
             return wire
 
     async def execute(self, *args: Any) -> Any:
         """Run one command on the lane, tried again on a broken connection."""
         packed = _pack(args)
-        attempt = 0
-        while True:
-            try:
-                wire = await self._connected()
-                return await wire.call(packed)
-            except (RedisConnectionError, RedisTimeoutError):
-                attempt += 1
-                if attempt > self._retries or self._closed:
-                    raise
-                await asyncio.sleep(min(0.5, 0.05 * 2 ** (attempt - 1)))
+        return await self._retry.call_with_retry(
+            lambda: self._once(packed), self._give_up_if_closed
+        )
+
+    async def _once(self, packed: bytes) -> Any:
+        wire = await self._connected()
+        return await wire.call(packed)
+
+    async def _give_up_if_closed(self, error: Exception) -> None:
+        if self._closed:
+            raise error
 
     async def aclose(self) -> None:
         self._closed = True
