@@ -75,7 +75,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--inbound-only",
         action="store_true",
         help="the stand-in takes the envelopes without replying: webhook → envelope alone "
-        "(use --leads ≥ rate × duration, one message per conversation)",
+        "(use --leads ≥ rate × duration, one message per conversation). The gateway keeps "
+        "its copies of the leads for 10 minutes: the warm-up's answers go out at Kommo's "
+        "7 a second, past the default 60 s, and the run would measure Kommo re-reading "
+        "them (kommo-burst's subject) instead of the bridge's own capacity",
     )
     parser.add_argument(
         "--profile",
@@ -278,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Kommo's own budget by default (7 a second), as a user runs it: the
                 # replies' calls are batched as they would be, and cost what they would.
                 "KOMMO_RATE_LIMIT_RPS": str(args.kommo_rps),
+                **({"KOMMO_CACHE_TTL_SECONDS": "600"} if args.inbound_only else {}),
             },
             sandbox_env={
                 "SANDBOX_LEADS": str(args.leads),

@@ -50,6 +50,11 @@ from sandbox.kommo.records import (
 _CHAT_NAMESPACE = uuid.UUID("6f0c7a52-3c1e-4c53-9a53-2b8f5d1a0b01")
 
 
+def chat_id_of(lead_id: int) -> str:
+    """The chat of a lead the sandbox made (seeded or added): a UUID derived from its id."""
+    return str(uuid.uuid5(_CHAT_NAMESPACE, f"chat-{lead_id}"))
+
+
 @dataclass
 class IdSequence:
     next_id: int
@@ -249,7 +254,7 @@ class AccountState:
             fields=lead_fields,
             contact_ids=[contact.id],
             tags=tags,
-            chat_id=str(uuid.uuid5(_CHAT_NAMESPACE, f"chat-{lead_id}")),
+            chat_id=chat_id_of(lead_id),
             talk_id=self.talk_ids.take(),
         )
         self.leads[lead.id] = lead

@@ -2,7 +2,10 @@
 
 The edge streams batches of raw Kommo webhook bodies (IngestWebhooks); each body is
 parsed (kommo_form.py, webhook_events.py) and its events stored once, for the whole
-batch in one script (`ConversationStore.ingest`), before the edge answers Kommo. A body
+batch in one script (`ConversationStore.ingest`), before the edge answers Kommo. A
+customer's message whose partition holds nothing waiting is applied in that same script
+instead of being stored (stages/events.py, `EventStage.apply_here`), its turn started
+here when it can start now. A body
 that is not a Kommo webhook is refused with its reason; an item that is not valid is
 skipped, the rest of its body kept. Leads and contacts Kommo says changed drop their
 cached copies (the gateway's, then every replica's) after the batch is stored.
@@ -26,7 +29,7 @@ from services.conversation.context import publish_changes
 from services.conversation.engine import Engine
 from services.conversation.envelope import text_fingerprint
 from services.conversation.kommo_form import nest, parse_form
-from services.conversation.store.conversations import Incoming, Ingested
+from services.conversation.store.conversations import ApplyHere, Incoming, Ingested
 from services.conversation.store.keys import routing_key, seen_key
 from services.conversation.webhook_events import (
     LeadEvent,
@@ -37,6 +40,12 @@ from services.conversation.webhook_events import (
 )
 
 log = logging.getLogger(__name__)
+
+# A batch of more webhooks than this is a flood: its messages go through the streams and
+# are applied after the ack, so the ack keeps its share of the CPU (the apply of each
+# message in the ack's own call is for the usual trickle, where it saves a read and a
+# call a message).
+_APPLY_HERE_MAX_WEBHOOKS = 8
 
 # The webhook's answer waits for the gateway to drop its copies of what Kommo changed:
 # well inside the ~2 s Kommo gives it, and a hung gateway costs no more than this.
@@ -74,9 +83,12 @@ def _parse(
     return events, parsed.skipped, parsed.changed_lead_ids, parsed.changed_contact_ids
 
 
-def _incoming(event: MessageEvent | LeadEvent, request_id: str) -> Incoming:
+def _incoming(
+    event: MessageEvent | LeadEvent, request_id: str, here: ApplyHere | None = None
+) -> Incoming:
     """An event as it is stored. A message not from the customer may be the echo of the
-    bridge's own send: the ingest looks (its lead's conversation, its text)."""
+    bridge's own send: the ingest looks (its lead's conversation, its text). A
+    customer's message may be applied by the ingest itself (`here`)."""
     stored = event.to_dict()
     stored["request_id"] = request_id
     payload = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
@@ -89,6 +101,7 @@ def _incoming(event: MessageEvent | LeadEvent, request_id: str) -> Incoming:
         routing_key(stored),
         lead=max(event.lead_id, 0),
         fingerprint=text_fingerprint(event.text) if echo else "",
+        here=here,
     )
 
 
@@ -119,6 +132,7 @@ class WebhookIntake:
         changed_leads: list[int] = []
         changed_contacts: list[int] = []
         prefix = batch.request_id_prefix or f"wh-{uuid.uuid4().hex[:8]}-{batch.seq}."
+        events_stage = self.engine.events if len(batch.bodies) <= _APPLY_HERE_MAX_WEBHOOKS else None
         for index, body in enumerate(batch.bodies):
             parsed = _parse(
                 body, self.settings.webhook_max_fields, self.settings.kommo_subdomain, leads_wanted
@@ -136,7 +150,13 @@ class WebhookIntake:
             if skipped_items:
                 skipped[index] = [item.reason for item in skipped_items]
             for event in events:
-                to_store.append(_incoming(event, f"{prefix}{index}"))
+                request = f"{prefix}{index}"
+                here = (
+                    events_stage.apply_here(event, request)
+                    if events_stage is not None and isinstance(event, MessageEvent)
+                    else None
+                )
+                to_store.append(_incoming(event, request, here))
                 owners.append(index)
         valid = sum(1 for r in results if r is None)
         try:
@@ -146,7 +166,13 @@ class WebhookIntake:
                 stored = []
                 if refused:
                     await self.engine.bots.count_many(refused)
-        except RedisError as exc:
+        except BaseException as exc:
+            # The turns offered with the messages are not taken.
+            for incoming in to_store:
+                if incoming.here is not None:
+                    self.engine.events.release_offer(incoming.here)
+            if not isinstance(exc, RedisError):
+                raise
             log.error("webhook batch not stored: %s", exc)
             unavailable = pb.IngestResult(
                 outcome=pb.INGEST_OUTCOME_UNAVAILABLE, error="storage unavailable"
@@ -154,6 +180,9 @@ class WebhookIntake:
             return pb.IngestAck(
                 seq=batch.seq, results=[r if r is not None else unavailable for r in results]
             )
+        for incoming in to_store:
+            if incoming.here is not None:
+                self.engine.events.applied_here(incoming.here)
         if changed_leads or changed_contacts:
             await self._forget_copies(changed_leads, changed_contacts)
         counts: dict[int, list[int]] = {}

@@ -14,10 +14,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+import redis
 
+from bridge.conversation.v1 import conversation_pb2, conversation_pb2_grpc
 from devstack.stack import Stack
+from sandbox.kommo.state import chat_id_of
 from tests.e2e.conftest import chat, customer_writes, envelopes, isolated_stack, wait_for
 
 # n8n gets this long to take an envelope (N8N_TIMEOUT_SECONDS).
@@ -89,11 +93,49 @@ def one_webhook(templates: dict[int, str], messages: list[tuple[int, str]]) -> s
 def test_several_messages_of_one_conversation_in_one_webhook_keep_the_webhooks_order(
     stack: Stack, http: httpx.Client, api: httpx.Client
 ) -> None:
+    """Leads the bridge knows: nothing waits in their partitions, so the ingest applies
+    each message in the same call as its ack, in the webhook's order."""
     leads = [9100001, 9100002, 9100003, 9100004]
-    per_lead = 5
     templates = {lead: converse(http, stack, lead, f"início {lead}")["body"] for lead in leads}
-    # Each lead's messages in order, the leads interleaved (a fixed shuffle), and the
-    # first lead's first three side by side.
+    _webhook_order_kept(stack, http, api, templates)
+
+
+def test_a_first_webhook_of_several_new_leads_keeps_each_ones_order(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    """Leads with no conversation yet: their messages go through the partitions' streams
+    and the consumer's lanes, which apply them in the webhook's order too."""
+    known = converse(http, stack, 9100005, "início 9100005")["body"]
+    leads = [9100011, 9100012, 9100013, 9100014]
+    assert not any(history(api, lead) for lead in leads)
+    _webhook_order_kept(stack, http, api, {lead: first_contact(known, lead) for lead in leads})
+
+
+def first_contact(template: str, lead: int) -> str:
+    """The sandbox's webhook `template` of one lead made into seeded lead `lead`'s (its
+    chat, contact and talk), as the sandbox would send it."""
+    n = lead - 9100000
+    ids = {
+        "[element_id]": str(lead),
+        "[entity_id]": str(lead),
+        "[contact_id]": str(4400000 + n),
+        "[talk_id]": str(5200 + n),
+        "[chat_id]": chat_id_of(lead),
+    }
+    pairs = urllib.parse.parse_qsl(template, keep_blank_values=True)
+    return urllib.parse.urlencode(
+        [(k, ids.get(k.removeprefix("message[add][0]"), v)) for k, v in pairs]
+    )
+
+
+def _webhook_order_kept(
+    stack: Stack, http: httpx.Client, api: httpx.Client, templates: dict[int, str]
+) -> None:
+    """One webhook with five messages of each lead, the leads interleaved (a fixed
+    shuffle) and the first lead's first three side by side: each lead's history and
+    envelopes hold its messages in the webhook's order."""
+    leads = list(templates)
+    per_lead = 5
     queue = {lead: [f"{lead}-{n}" for n in range(per_lead)] for lead in leads}
     order: list[tuple[int, str]] = [(leads[0], queue[leads[0]].pop(0)) for _ in range(3)]
     pick = random.Random(22)
@@ -139,6 +181,46 @@ def test_several_messages_of_one_conversation_in_one_webhook_keep_the_webhooks_o
             what=f"the envelopes of {lead}",
         )
         assert to_n8n == expected
+
+
+def xadds(stack: Stack) -> int:
+    """Stream entries Redis has made (scripts' own commands included)."""
+    stats = redis.Redis.from_url(stack.redis_url).info("commandstats")
+    return int(stats.get("cmdstat_xadd", {}).get("calls", 0))
+
+
+def ingest(stack: Stack, bodies: list[bytes]) -> conversation_pb2.IngestAck:
+    """One batch of webhook bodies, straight to a conversation replica's ingest stream."""
+    address = stack.services["conversation"][0].address
+    with grpc.insecure_channel(address) as channel:
+        stub = conversation_pb2_grpc.ConversationServiceStub(channel)
+        batch = conversation_pb2.IngestBatch(seq=1, bodies=bodies, request_id_prefix="t-")
+        return next(iter(stub.IngestWebhooks(iter([batch]), timeout=10)))
+
+
+def test_a_trickle_is_applied_with_its_ack_and_a_flood_after_it(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    """A customer's message of a known conversation, in a batch of a few webhooks, is
+    applied in its ack's own call: no stream entry. A batch of more (a flood) goes
+    through the streams, applied after the ack; both reach the history, in order."""
+    lead = 9100006
+    template = converse(http, stack, lead, "início 9100006")["body"]
+    before = xadds(stack)
+    ack = ingest(stack, [one_webhook({lead: template}, [(lead, "trickle")]).encode()])
+    assert [r.stored for r in ack.results] == [1]
+    assert xadds(stack) == before, "a trickle skips the stream"
+    flood = [one_webhook({lead: template}, [(lead, f"flood {n}")]).encode() for n in range(9)]
+    ack = ingest(stack, flood)
+    assert [r.stored for r in ack.results] == [1] * 9
+    assert xadds(stack) == before + 9, "a flood is applied after its ack"
+    wanted = ["trickle", *[f"flood {n}" for n in range(9)]]
+
+    def recorded() -> list[str] | None:
+        texts = [h["text"] for h in history(api, lead) if h["role"] == "customer"]
+        return texts[1:] if len(texts) == 1 + len(wanted) else None
+
+    assert wait_for(recorded, timeout=20, what="the trickle and the flood") == wanted
 
 
 def counters(api: httpx.Client) -> dict[str, int]:

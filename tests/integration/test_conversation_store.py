@@ -13,6 +13,7 @@ from services.conversation import envelope
 from services.conversation.store.conversations import (
     ECHO_COUNTER,
     Applied,
+    ApplyHere,
     ConversationStore,
     EchoCheck,
     Incoming,
@@ -484,3 +485,76 @@ async def test_the_apply_recognises_an_echo_the_ingest_could_not(redis: aioredis
     person = EchoCheck(envelope.text_fingerprint("outra coisa"), ECHO_COUNTER)
     await store.apply_message(**_message("c1", "m3", 9, to_inbox=False), echo=person)
     assert not person.was_sent
+
+
+def _here(store: ConversationStore, message_id: str, lead_id: int, **overrides: Any) -> ApplyHere:
+    """A customer's message offered to the ingest to apply (as EventStage.apply_here)."""
+    fields = _message("", message_id, lead_id, **overrides)
+    inbox = json.dumps({"id": message_id, "created_at": 1})[:-1]  # the ingest adds "seq"
+    turn = overrides.pop("turn", None)
+    return ApplyHere(
+        store.apply_args(**{**fields, "inbox_entry": inbox, "counter": "messages_customer"}),
+        turn,
+    )
+
+
+async def test_the_ingest_applies_a_customers_message_when_its_partition_holds_nothing(
+    redis: aioredis.Redis,
+) -> None:
+    """Nothing of its partition waits in the stream: the message is applied in the same
+    call as its ack (no entry, no read, no apply of its own), its "seq" made of Redis'
+    clock; a second delivery is a duplicate; the turn offered with it is claimed."""
+    store = ConversationStore(redis)
+    await store.apply_message(**_message("c1", "m1", 9))
+    await redis.zrem(TURNS_DUE, "c1")  # m1 waits in the inbox; nobody holds its turn
+    counted = int(await redis.hget(STATS, "messages_customer") or 0)
+    before_ms = now_ms()
+    offer = TurnOffer(now_ms() + 5000, 10)
+    here = _here(store, "m2", 9, turn=offer)
+    incoming = Incoming(seen_key("m2"), '{"n":2}', "lead:9", lead=9, here=here)
+    assert await store.ingest(1, [incoming]) == [Ingested.APPLIED]
+    assert (here.outcome, here.conversation_id) == (Applied.APPLIED, "c1")
+    assert sum([await redis.xlen(s) for s in event_streams(store.event_partitions)]) == 0
+    assert [h["text"] for h in await store.history("c1", 10)] == ["m1", "m2"]
+    assert int(await redis.hget(STATS, "messages_customer") or 0) == counted + 1
+    # The turn was claimed for the caller, with what it reads.
+    assert offer.claim is not None and offer.claim.member == "c1"
+    assert [m["id"] for m in offer.pending] == ["m1", "m2"]
+    stamp, dash, n = offer.pending[-1]["seq"].partition("-")
+    assert dash and before_ms <= int(stamp) <= now_ms() and n == "0"
+    again = _here(store, "m2", 9)
+    assert await store.ingest(
+        1, [Incoming(seen_key("m2"), '{"n":2}', "lead:9", lead=9, here=again)]
+    ) == [Ingested.DUPLICATE]
+    assert again.outcome is None
+
+
+async def test_the_ingest_leaves_a_message_to_the_stream_when_its_partition_has_one_waiting(
+    redis: aioredis.Redis,
+) -> None:
+    """An event of the partition waits (read or not, not applied yet): the message goes
+    after it, through the stream, so its conversation's order holds; so does a message
+    whose lead's conversation went to another lead."""
+    store = ConversationStore(redis)
+    await store.apply_message(**_message("c1", "m1", 9))
+    waiting = Incoming(seen_key("w1"), '{"n":1}', "lead:9", lead=9)
+    assert await store.ingest(1, [waiting]) == [Ingested.STORED]
+    here = _here(store, "m2", 9)
+    assert await store.ingest(
+        1, [Incoming(seen_key("m2"), '{"n":2}', "lead:9", lead=9, here=here)]
+    ) == [Ingested.STORED]
+    assert here.outcome is None
+    assert sum([await redis.xlen(s) for s in event_streams(store.event_partitions)]) == 2
+    assert [h["text"] for h in await store.history("c1", 10)] == ["m1"]
+    # Another lead's conversation (its pointer left behind): through the stream.
+    store2 = ConversationStore(redis, event_partitions=1)
+    for stream in event_streams(1):
+        await redis.delete(stream)
+    await store2.apply_message(**_message("c3", "m3", 30))
+    await redis.set("conv:by-lead:31", "c3")
+    other = _here(store2, "m4", 31)
+    assert await store2.ingest(
+        1, [Incoming(seen_key("m4"), '{"n":4}', "lead:31", lead=31, here=other)]
+    ) == [Ingested.STORED]
+    assert other.outcome is None
+    assert [h["text"] for h in await store2.history("c3", 10)] == ["m3"]

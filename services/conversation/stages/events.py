@@ -5,7 +5,9 @@ control, a lead created or moved starting a proactive conversation.
 
 The events are read from their partitioned streams, one replica per partition, into
 per-conversation lanes by stages/event_reader.py, which calls `EventStage.apply_event`
-and `apply_lead_event` for each entry in stream order.
+and `apply_lead_event` for each entry in stream order. A customer's message whose
+partition holds nothing waiting skips the stream: the ingest applies it with its ack
+(`apply_here`, webhook_intake.py), with the same arguments.
 
 Applying a message is quick (Redis, no n8n): a customer's message makes its turn due (or
 runs it at once, claimed by the apply) and the lane goes on with the next event.
@@ -28,6 +30,7 @@ from services.conversation.stages import Stage, StageContext
 from services.conversation.store.conversations import (
     ECHO_COUNTER,
     Applied,
+    ApplyHere,
     EchoCheck,
     TurnOffer,
 )
@@ -140,12 +143,7 @@ class EventStage(Stage):
         # late or delivered twice. Everything else — the customer, a person of the team,
         # another automation — is known only from its webhook and recorded here, once per
         # message id.
-        history = json.dumps(
-            envelope.history_entry(
-                role, event.text, at, message_id=event.message_id, type=event.message_type
-            ),
-            ensure_ascii=False,
-        )
+        history = self._history(role, event, at)
         # A message Kommo redelivered long after it was written is history, not a
         # question to answer now.
         max_age = self.settings.message_max_age_seconds
@@ -156,14 +154,8 @@ class EventStage(Stage):
             and time.time() - event.created_at > max_age
         )
         to_inbox = event.from_customer and not too_old
-        # No debounce: the turn can start now, so the apply claims it for this process
-        # when a turn slot is free (and nobody holds it): no claim, no read after it.
         turns = self.turns
-        offer = (
-            TurnOffer(now_ms() + self.settings.lease_ms, turns.history_read)
-            if to_inbox and self.settings.message_debounce_seconds == 0 and turns.pool.reserve()
-            else None
-        )
+        offer = self._offer(to_inbox=to_inbox)
         try:
             applied = await self.store.apply_message(
                 conversation_id=conversation_id,
@@ -213,6 +205,86 @@ class EventStage(Stage):
             )
             await self.bots.count("messages_too_old")
         return applied, role, offer is not None and offer.claim is not None
+
+    def apply_here(self, event: MessageEvent, request: str) -> ApplyHere | None:
+        """A customer's message of a lead, offered to the ingest to apply in the same call
+        as its ack when nothing waits in its partition (store/lua/ingest.lua): what its
+        apply from the stream would get, and its turn offered to this process as that
+        apply offers it. None when it must go through the stream (no lead; a message
+        too old to answer, which is also logged and counted there)."""
+        if not event.from_customer or event.lead_id <= 0:
+            return None
+        max_age = self.settings.message_max_age_seconds
+        if max_age and event.created_at and time.time() - event.created_at > max_age:
+            return None
+        at = float(event.created_at) if event.created_at else time.time()
+        inbox = envelope.inbox_entry(event, "")
+        del inbox["seq"]  # the ingest adds it: Redis' clock, as a stream id would be
+        inbox["request_id"] = request
+        offer = self._offer(to_inbox=True)
+        return ApplyHere(
+            self.store.apply_args(
+                conversation_id="",
+                message_id=event.message_id,
+                inbox_entry=json.dumps(inbox, ensure_ascii=False)[:-1],
+                history_entry=self._history("customer", event, at),
+                at_ms=now_ms(),
+                due_ms=now_ms() + int(self.settings.message_debounce_seconds * 1000),
+                lead_id=event.lead_id,
+                contact_id=event.contact_id,
+                chat_id=event.chat_id,
+                talk_id=event.talk_id,
+                to_inbox=True,
+                inbox_max=self.settings.inbox_max_messages,
+                customer_at_ms=int(min(at, time.time()) * 1000),
+                origin=event.origin[:_ORIGIN_CHARS],
+                history_max=max(self.settings.history_turns * 2, 10),
+                counter="messages_customer",
+                turn=offer,
+            ),
+            offer,
+        )
+
+    def applied_here(self, here: ApplyHere) -> None:
+        """After the ingest: the turn it claimed runs in this process; an offer it did not
+        take frees its slot (the message went through the stream, or its turn could not
+        start now); a turn due now that the apply could not claim is claimed by the pool."""
+        offer = here.turn
+        if offer is not None:
+            self.turns.pool.take(offer.claim, self.turns.held(offer))
+        if here.outcome == Applied.SHARED_CHAT:
+            log.warning(
+                "a Kommo chat is shared by two leads; each keeps its own conversation",
+                extra={"conversation_id": here.conversation_id},
+            )
+        if (
+            here.outcome in (Applied.APPLIED, Applied.SHARED_CHAT)
+            and self.settings.message_debounce_seconds == 0
+            and (offer is None or offer.claim is None)
+        ):
+            self.turns.pool.kick()
+
+    def release_offer(self, here: ApplyHere) -> None:
+        """The ingest failed: the turn offered with the message is not taken."""
+        if here.turn is not None and here.turn.claim is None:
+            self.turns.pool.unreserve()
+            here.turn = None
+
+    def _offer(self, *, to_inbox: bool) -> TurnOffer | None:
+        """No debounce: the turn can start now, so the apply claims it for this process
+        when a turn slot is free (and nobody holds it): no claim, no read after it."""
+        turns = self.turns
+        if to_inbox and self.settings.message_debounce_seconds == 0 and turns.pool.reserve():
+            return TurnOffer(now_ms() + self.settings.lease_ms, turns.history_read)
+        return None
+
+    def _history(self, role: str, event: MessageEvent, at: float) -> str:
+        return json.dumps(
+            envelope.history_entry(
+                role, event.text, at, message_id=event.message_id, type=event.message_type
+            ),
+            ensure_ascii=False,
+        )
 
     async def apply_event(
         self,

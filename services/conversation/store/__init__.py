@@ -28,7 +28,12 @@ lead, else the chat — the same key the consumer's lanes use) modulo EVENT_PART
 partition is read by at most one replica at a time, the holder of its lease
 (`conv:events:{pN}:owner`, stages/event_partitions.PartitionOwnership), so one conversation's events
 are applied in order whichever replica reads them. The single stream of earlier versions
-(EVENTS_STREAM) is still drained, under a lease of its own, until it is empty.
+(EVENTS_STREAM) is still drained, under a lease of its own, until it is empty. A
+customer's message of a lead with a conversation skips its stream when the stream holds
+nothing: the ingest applies it in the same call as its ack (lua/ingest.lua runs
+`apply_message` of lua/_apply.lua), since no event of its partition, so none of its
+conversation, can be older (issue 22). That call touches the conversation's keys beside
+the partition's stream: on a Redis Cluster such a message would go through the stream.
 
 Personal data has an end (LGPD). With DATA_RETENTION_DAYS (R below; 0 = kept until
 erased) every key holding a conversation's data expires R after its last message: each

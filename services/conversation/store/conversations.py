@@ -95,19 +95,35 @@ class EchoCheck:
 ECHO_COUNTER = "messages_bot"
 
 
+@dataclass(slots=True)
+class ApplyHere:
+    """A customer's message the ingest may apply in the same call as its ack, when
+    nothing waits in its partition (ingest.lua): its apply's arguments (as
+    `ConversationStore.apply_args` makes them, the conversation id left to the script),
+    the turn offered with it, and — once ingested — what the apply did (`outcome`, None
+    when the message went through the stream) and the conversation it found."""
+
+    args: list[str | int]
+    turn: TurnOffer | None = None
+    outcome: Applied | None = None
+    conversation_id: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """An event of a webhook to store: its dedupe key, the event (JSON) and its routing
     key (keys.routing_key: which partition). A message names its lead, whose
     conversation the ingest finds and stores with it; one that may be the echo of the
     bridge's own send also its text's fingerprint, so that the ingest recognises it
-    (envelope.text_fingerprint)."""
+    (envelope.text_fingerprint); a customer's message may be applied by the ingest
+    itself (`here`)."""
 
     seen: str
     payload: str
     route: str
     lead: int = 0
     fingerprint: str = ""
+    here: ApplyHere | None = None
 
 
 class Ingested(enum.IntEnum):
@@ -116,6 +132,7 @@ class Ingested(enum.IntEnum):
     DUPLICATE = 0
     STORED = 1
     ECHO = 2  # the echo of the bridge's own send: counted, not stored
+    APPLIED = 3  # applied in the same call (Incoming.here says how), not stored
 
 
 class ConversationStore(Turns, Replies):
@@ -173,13 +190,16 @@ class ConversationStore(Turns, Replies):
         for name, n in counted.items():
             args.extend((name, n))
         for event in events:
+            here = event.here.args if event.here is not None and event.lead else []
             args.extend(
                 (
                     event.seen,
-                    5 + event_partition(event.route, self.event_partitions),
+                    9 + event_partition(event.route, self.event_partitions),
                     event.payload,
                     by_lead_key(event.lead) if event.lead else "",
                     event.fingerprint,
+                    len(here),
+                    *here,
                 )
             )
         result = await self._ingest(
@@ -188,11 +208,25 @@ class ConversationStore(Turns, Replies):
                 WEBHOOKS_TOTAL,
                 STATS,
                 series.bucket_key(series.bucket_start(now)),
+                TURNS_DUE,
+                REPLIES_DUE,
+                WORK_FAILING,
+                WORK_DEAD,
                 *self._partition_streams,
             ],
             args=args,
         )
-        return [Ingested(x) for x in cast(list[int], result)]
+        outcomes = []
+        for event, raw in zip(events, cast(list[Any], result), strict=True):
+            if isinstance(raw, list):
+                assert event.here is not None
+                _, found, applied = raw
+                event.here.conversation_id = text(found)
+                event.here.outcome = self._applied(applied, event.here.turn, text(found))
+                outcomes.append(Ingested.APPLIED)
+            else:
+                outcomes.append(Ingested(int(raw)))
+        return outcomes
 
     async def webhook_status(self) -> tuple[float, int]:
         last, total = await self.redis.mget(WEBHOOKS_LAST, WEBHOOKS_TOTAL)
@@ -256,37 +290,100 @@ class ConversationStore(Turns, Replies):
                 WORK_DEAD,
                 sent_key(conversation_id),
             ],
-            args=[
-                conversation_id,
-                message_id,
-                inbox_entry,
-                history_entry,
-                at_ms,
-                due_ms,
-                lead_id,
-                contact_id,
-                chat_id,
-                talk_id,
-                "1" if to_inbox else "0",
-                max(history_max, 1),
-                SEEN_TTL_SECONDS,
-                stream_id,
-                self._r_ms,
-                owner,
-                max(inbox_max, 1),
-                customer_at_ms,
-                origin,
-                group,
-                failure_id,
-                counter,
-                series.KEPT_SECONDS,
-                turn.lease if turn else 0,
-                max(turn.history_entries, 0) if turn else 0,
-                f"turn:{conversation_id}",
-                echo.fingerprint if echo else "",
-                echo.counter if echo else "",
-            ],
+            args=self.apply_args(
+                conversation_id=conversation_id,
+                message_id=message_id,
+                inbox_entry=inbox_entry,
+                history_entry=history_entry,
+                at_ms=at_ms,
+                due_ms=due_ms,
+                lead_id=lead_id,
+                contact_id=contact_id,
+                chat_id=chat_id,
+                talk_id=talk_id,
+                to_inbox=to_inbox,
+                history_max=history_max,
+                inbox_max=inbox_max,
+                customer_at_ms=customer_at_ms,
+                origin=origin,
+                stream_id=stream_id,
+                owner=owner,
+                group=group,
+                failure_id=failure_id,
+                counter=counter,
+                turn=turn,
+                echo=echo,
+            ),
         )
+        return self._applied(applied, turn, conversation_id, echo)
+
+    def apply_args(
+        self,
+        *,
+        conversation_id: str,
+        message_id: str,
+        inbox_entry: str,
+        history_entry: str,
+        at_ms: int,
+        due_ms: int,
+        lead_id: int,
+        contact_id: int,
+        chat_id: str,
+        talk_id: int,
+        to_inbox: bool,
+        history_max: int,
+        inbox_max: int = 100,
+        customer_at_ms: int = 0,
+        origin: str = "",
+        stream_id: str = "",
+        owner: str = "",
+        group: str = "",
+        failure_id: str = "",
+        counter: str = "",
+        turn: TurnOffer | None = None,
+        echo: EchoCheck | None = None,
+    ) -> list[str | int]:
+        """apply_message.lua's ARGV (the same arguments as `apply_message`);
+        `conversation_id` '' for the ingest to fill in (ingest.lua)."""
+        return [
+            conversation_id,
+            message_id,
+            inbox_entry,
+            history_entry,
+            at_ms,
+            due_ms,
+            lead_id,
+            contact_id,
+            chat_id,
+            talk_id,
+            "1" if to_inbox else "0",
+            max(history_max, 1),
+            SEEN_TTL_SECONDS,
+            stream_id,
+            self._r_ms,
+            owner,
+            max(inbox_max, 1),
+            customer_at_ms,
+            origin,
+            group,
+            failure_id,
+            counter,
+            series.KEPT_SECONDS,
+            turn.lease if turn else 0,
+            max(turn.history_entries, 0) if turn else 0,
+            f"turn:{conversation_id}",
+            echo.fingerprint if echo else "",
+            echo.counter if echo else "",
+        ]
+
+    @staticmethod
+    def _applied(
+        applied: Any,
+        turn: TurnOffer | None,
+        conversation_id: str,
+        echo: EchoCheck | None = None,
+    ) -> Applied:
+        """What apply_message.lua returned, as an outcome; a claimed turn filled in."""
         if not isinstance(applied, list):
             return Applied(int(applied))
         if len(applied) == 2:  # the echo looked for

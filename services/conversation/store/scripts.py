@@ -1,7 +1,8 @@
 """The one loader of the store's Lua scripts (store/lua/*.lua).
 
-Every script file is read once, at import: the library (`_lib.lua`: life, expire, own,
-touch, recount) is put in front of each script that calls one of its functions, and the
+Every script file is read once, at import: the libraries (`_lib.lua`: life, expire, own,
+touch, recount, bump, settle; `_apply.lua`: apply_message, which calls `_lib`'s) are put
+in front of each script that calls one of their functions (`_lib` first), and the
 @NAME@ placeholders are replaced with the key names of keys.py. Each class registers the
 scripts it runs on its own client with `register`, so every class gets its scripts the
 same way. Each file starts with a header naming its KEYS and ARGV, and what it returns.
@@ -27,7 +28,9 @@ from services.conversation.store.keys import (
 )
 
 LUA_DIR = Path(__file__).with_name("lua")
-LIBRARY = "_lib"
+# The libraries, in the order they go in front of a script: a later one may call an
+# earlier one's functions.
+LIBRARIES = ("_lib", "_apply")
 
 # What the scripts' @NAME@ placeholders stand for.
 _PLACEHOLDERS = {
@@ -53,15 +56,26 @@ def _code(source: str) -> str:
     return re.sub(r"--[^\n]*", "", source)
 
 
+def _calls(library: str) -> re.Pattern[str]:
+    """What a call of one of `library`'s functions looks like."""
+    functions = re.findall(r"^local function (\w+)\(", library, flags=re.MULTILINE)
+    return re.compile(r"\b(?:%s)\(" % "|".join(functions))  # noqa: UP031
+
+
 def _load() -> dict[str, str]:
     files = {path.stem: path.read_text(encoding="utf-8") for path in LUA_DIR.glob("*.lua")}
-    library = files.pop(LIBRARY)
-    functions = re.findall(r"^local function (\w+)\(", library, flags=re.MULTILINE)
-    calls = re.compile(r"\b(?:%s)\(" % "|".join(functions))  # noqa: UP031
-    return {
-        name: _fill(library + "\n" + source if calls.search(_code(source)) else source)
-        for name, source in files.items()
-    }
+    libraries = [files.pop(name) for name in LIBRARIES]
+    patterns = [_calls(library) for library in libraries]
+    loaded = {}
+    for name, source in files.items():
+        code = _code(source)
+        wanted: list[str] = []
+        # The last library first: what it calls brings in the ones before it.
+        for library, calls in reversed(list(zip(libraries, patterns, strict=True))):
+            if calls.search(code) or any(calls.search(_code(w)) for w in wanted):
+                wanted.insert(0, library)
+        loaded[name] = _fill("\n".join([*wanted, source]))
+    return loaded
 
 
 SOURCES = _load()
