@@ -306,6 +306,15 @@ def split_reply(text: str, max_chars: int) -> list[str]:
     return parts
 
 
+def shortest_split(rules: BotRules) -> int:
+    """The shortest `split.max_chars` any pipeline or stage may have: a reply no longer,
+    in one paragraph, goes as one message whatever the lead's pipeline and stage."""
+    scopes = [rules.account, *rules.pipelines.values(), *rules.stages.values()]
+    lengths = [SplitReplies().max_chars]
+    lengths += [scope.split.max_chars for scope in scopes if scope.split is not None]
+    return min(lengths)
+
+
 def _cut(text: str, limit: int) -> int:
     """Where to cut `text` (no leading space, longer than `limit`): at a space, so that the
     head fits in `limit` when a space allows it."""

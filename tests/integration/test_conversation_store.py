@@ -558,3 +558,56 @@ async def test_the_ingest_leaves_a_message_to_the_stream_when_its_partition_has_
     ) == [Ingested.STORED]
     assert other.outcome is None
     assert [h["text"] for h in await store2.history("c3", 10)] == ["m3"]
+
+
+async def test_take_reply_checks_a_reply_and_starts_its_job_in_one_call(
+    redis: aioredis.Redis,
+) -> None:
+    """take_reply answers as reply_context's checks would, and begun, the job holds the
+    conversation's lead and chat and the turn's envelope, leased to the caller, with its
+    texts remembered for their echo; the same key again is a duplicate."""
+    store = ConversationStore(redis)
+    await store.apply_message(**_message("c1", "m1", 9))
+    [claim] = await store.turns.claim(10, 5000)
+    assert await store.commit_turn(
+        conversation_id="c1",
+        claim=claim,
+        consumed=1,
+        reply_token="tok",
+        event_id="ev",
+        payload="{}",
+        url="http://n8n",
+        check_after_ms=60_000,
+        turn_started_ms=now_ms(),
+    )
+    unknown = await store.take_reply("no-such", "", "k0", "j0", {"text": "oi"}, now_ms())
+    assert (unknown.outcome, unknown.conversation_id) == ("unknown_token", "")
+    gone = await store.take_reply("", "c-gone", "k0", "j0", {"text": "oi"}, now_ms())
+    assert (gone.outcome, gone.conversation_id) == ("gone", "c-gone")
+    lease = now_ms() + 5000
+    sent = envelope.text_fingerprint("oi")
+    taken = await store.take_reply(
+        "tok", "", "k1", "j1", {"text": "oi", "state": "pending"}, lease, fingerprints=[sent]
+    )
+    assert (taken.outcome, taken.conversation_id) == ("begun", "c1")
+    assert taken.conversation["lead_id"] == "9" and taken.turn["event_id"] == "ev"
+    job = await store.reply_job("j1")
+    assert {k: job[k] for k in ("conversation_id", "lead_id", "chat_id", "event_id", "text")} == {
+        "conversation_id": "c1",
+        "lead_id": "9",
+        "chat_id": "chat",
+        "event_id": "ev",
+        "text": "oi",
+    }
+    assert await redis.zscore("conv:replies:due", "j1") == lease
+    assert await redis.sismember("conv:c:c1:sent", sent)
+    again = await store.take_reply("tok", "", "k1", "j2", {"text": "oi"}, now_ms())
+    assert (again.outcome, again.seen) == ("duplicate", "j1")
+    assert await store.reply_job("j2") == {}
+    await redis.hset("conv:c:c1", "bot_state", "paused")
+    paused = await store.take_reply("", "c1", "k3", "j3", {"text": "oi"}, now_ms())
+    assert (paused.outcome, paused.conversation["bot_state"]) == ("paused", "paused")
+    await redis.hset("conv:c:c1", mapping={"bot_state": "active", "lead_id": "0", "chat_id": ""})
+    nowhere = await store.take_reply("", "c1", "k4", "j4", {"text": "oi"}, now_ms())
+    assert nowhere.outcome == "no_address"
+    assert await store.reply_job("j3") == {} and await store.reply_job("j4") == {}

@@ -23,6 +23,7 @@ from services.conversation.rules import (
     TurnFacts,
     decide,
     effective,
+    shortest_split,
     split_reply,
     typing_pause,
 )
@@ -837,3 +838,20 @@ def test_phones_are_parsed_only_when_the_ignore_list_has_phones(
     parsed.clear()  # the list's own entry, when the rules were read
     assert decide(listed, facts(), DEFAULTS).action == "ignore"
     assert parsed == ["+55 11 91234-5678"]  # the customer's
+
+
+def test_the_shortest_split_is_the_least_max_chars_of_any_scope() -> None:
+    """A reply no longer than it, in one paragraph, is one message whatever the lead's
+    pipeline and stage: the reply path then needs no look at the conversation first."""
+    assert shortest_split(BotRules()) == SplitReplies().max_chars
+    layered = BotRules.model_validate(
+        {
+            "account": {"split": {"max_chars": 900}},
+            "pipelines": {str(PIPELINE): {"split": {"max_chars": 300}}},
+            "stages": {str(STAGE): {"split": {"enabled": False, "max_chars": 200}}},
+        }
+    )
+    assert shortest_split(layered) == 200
+    wide = BotRules.model_validate({"account": {"split": {"max_chars": 900}}})
+    # The built-in length counts too: short of the merge, the safe side.
+    assert shortest_split(wide) == SplitReplies().max_chars

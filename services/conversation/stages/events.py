@@ -166,7 +166,7 @@ class EventStage(Stage):
                 ),
                 history_entry=history,
                 at_ms=now_ms(),
-                due_ms=now_ms() + int(self.settings.message_debounce_seconds * 1000),
+                due_ms=self._due_ms(),
                 lead_id=event.lead_id,
                 contact_id=event.contact_id,
                 chat_id=event.chat_id,
@@ -229,7 +229,7 @@ class EventStage(Stage):
                 inbox_entry=json.dumps(inbox, ensure_ascii=False)[:-1],
                 history_entry=self._history("customer", event, at),
                 at_ms=now_ms(),
-                due_ms=now_ms() + int(self.settings.message_debounce_seconds * 1000),
+                due_ms=self._due_ms(),
                 lead_id=event.lead_id,
                 contact_id=event.contact_id,
                 chat_id=event.chat_id,
@@ -277,6 +277,10 @@ class EventStage(Stage):
         if to_inbox and self.settings.message_debounce_seconds == 0 and turns.pool.reserve():
             return TurnOffer(now_ms() + self.settings.lease_ms, turns.history_read)
         return None
+
+    def _due_ms(self) -> int:
+        """When a message's turn is due: a burst within the debounce is one turn."""
+        return now_ms() + int(self.settings.message_debounce_seconds * 1000)
 
     def _history(self, role: str, event: MessageEvent, at: float) -> str:
         return json.dumps(

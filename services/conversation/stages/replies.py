@@ -144,6 +144,28 @@ class ReplyStage(Stage):
         key = idempotency_key or reply_token or uuid.uuid4().hex
         if not reply_token and not conversation_id:
             conversation_id = await self.conversation_of_lead(lead_id)
+        job = {
+            "text": "",
+            "parts": "",
+            "pauses": "",
+            "note": note,
+            "reply_token": reply_token,
+            "idempotency_key": key,
+            "state": "pending",
+            "attempts": "0",
+            "created_at": str(now_ms()),
+            "handoff": "1" if handoff else "0",
+            "handoff_reason": handoff_reason,
+            "request_id": request_id.get(),
+            "template_purpose": template,
+            "variables": json.dumps(variables or {}, ensure_ascii=False),
+        }
+        alone = parts if template else await self._unsplittable(parts or [text])
+        if alone is not None:
+            # Its messages do not depend on the conversation: checked and taken in one call.
+            return await self._take(
+                reply_token, conversation_id, key, job, alone, closed_window_purpose, template
+            )
         found = await self.store.reply_context(reply_token, conversation_id, key)
         if reply_token and not found.turn:
             raise NotFound("unknown or expired reply_token")
@@ -173,26 +195,16 @@ class ReplyStage(Stage):
             )
         job_id = uuid.uuid4().hex
         job = {
+            **job,
             "conversation_id": conversation_id,
             "lead_id": str(lead),
             "chat_id": conversation.get("chat_id", ""),
             "text": "\n\n".join(parts),
             "parts": json.dumps(parts, ensure_ascii=False),
             "pauses": json.dumps(pauses),
-            "note": note,
-            "reply_token": reply_token,
             # The envelope this answers, kept for a resend until the reply settles it.
             "event_id": turn.get("event_id", ""),
-            "idempotency_key": key,
-            "state": "pending",
-            "attempts": "0",
-            "created_at": str(now_ms()),
-            "handoff": "1" if handoff else "0",
-            "handoff_reason": handoff_reason,
-            "request_id": request_id.get(),
-            "template_purpose": template,
             "closed_window_purpose": closed_window_purpose or turn.get("purpose", ""),
-            "variables": json.dumps(variables or {}, ensure_ascii=False),
         }
         # Queued leased to this request, which delivers it now; if this replica dies,
         # the reply pool of a live one takes it when the lease runs out.
@@ -209,6 +221,84 @@ class ReplyStage(Stage):
         if existing is not None:
             previous = await self.store.reply_job(existing)
             return "duplicate", conversation_id, existing, int(previous.get("lead_id") or lead)
+        async with leased(self.store.replies, claim, self.settings.lease_ms):
+            outcome = await self.run_reply(claim, job, conversation)
+        return outcome, conversation_id, job_id, lead
+
+    async def _unsplittable(self, parts: list[str]) -> list[str] | None:
+        """The messages of a reply when no bot rule can split it, whatever its conversation's
+        pipeline and stage: no text (a handoff), or one text without a paragraph break,
+        without spaces at its ends and no longer than any scope's `split.max_chars`; else
+        None (its conversation decides, `_pace`)."""
+        texts = [part for part in parts if part.strip()]
+        if not texts:
+            return []
+        if len(texts) > 1:
+            return None
+        (one,) = texts
+        in_force = await self.ctx.rules.current()
+        if one != one.strip() or len(one) > rules.shortest_split(in_force.rules):
+            return None
+        return [one] if rules.split_reply(one, len(one)) == [one] else None
+
+    async def _take(
+        self,
+        reply_token: str,
+        conversation_id: str,
+        key: str,
+        job: dict[str, str],
+        parts: list[str],
+        closed_window_purpose: str,
+        template: str,
+    ) -> tuple[str, str, str, int]:
+        """A reply whose messages are known: checked and its job started in one call
+        (`take_reply`), as `send` does in two otherwise; then delivered."""
+        job_id = uuid.uuid4().hex
+        job = {
+            **job,
+            "text": "\n\n".join(parts),
+            "parts": json.dumps(parts, ensure_ascii=False),
+            "pauses": json.dumps([0.0]),
+        }
+        claim = Claim(job_id, now_ms() + self.settings.lease_ms)
+        taken = await self.store.take_reply(
+            reply_token,
+            conversation_id,
+            key,
+            job_id,
+            job,
+            claim.lease,
+            closed_window_purpose=closed_window_purpose,
+            # Remembered now, to recognise their echo (a template's is not echoed as text).
+            fingerprints=[] if template else [envelope.text_fingerprint(p) for p in parts],
+        )
+        conversation_id, conversation = taken.conversation_id, taken.conversation
+        lead = int(conversation.get("lead_id") or 0)
+        if taken.outcome == "unknown_token":
+            raise NotFound("unknown or expired reply_token")
+        if taken.outcome == "gone":
+            raise NotFound(f"conversation {conversation_id} not found")
+        if taken.turn.get("request_id") and taken.turn["request_id"] != request_id.get():
+            log.info("reply to the turn of request %s", taken.turn["request_id"])
+        if taken.outcome == "duplicate":
+            previous = await self.store.reply_job(taken.seen)
+            return "duplicate", conversation_id, taken.seen, int(previous.get("lead_id") or lead)
+        if taken.outcome == "paused":
+            by = conversation.get("paused_by", "a person")
+            raise Conflict(
+                f"the conversation was taken over ({by}: {conversation.get('paused_reason', '')}); "
+                "the bot's reply was not sent"
+            )
+        if taken.outcome == "no_address":
+            raise InvalidInput("conversation has no lead or chat to deliver to")
+        job = {
+            **job,
+            "conversation_id": conversation_id,
+            "lead_id": str(lead),
+            "chat_id": conversation.get("chat_id", ""),
+            "event_id": taken.turn.get("event_id", ""),
+            "closed_window_purpose": closed_window_purpose or taken.turn.get("purpose", ""),
+        }
         async with leased(self.store.replies, claim, self.settings.lease_ms):
             outcome = await self.run_reply(claim, job, conversation)
         return outcome, conversation_id, job_id, lead

@@ -48,6 +48,19 @@ class ReplyContext:
 
 
 @dataclass(frozen=True, slots=True)
+class TakenReply:
+    """What `Replies.take_reply` found, and did: `outcome` one of "unknown_token", "gone"
+    (no conversation), "duplicate" (`seen`: the job the key took), "paused" (the bot is
+    not active), "no_address" (no lead, no chat), "begun" (the job stored and leased)."""
+
+    outcome: str
+    conversation_id: str
+    conversation: dict[str, str]
+    turn: dict[str, str]
+    seen: str
+
+
+@dataclass(frozen=True, slots=True)
 class LastPart:
     """A reply's last message, delivered, recorded with the reply's end
     (`Replies.reply_finished`) rather than in a call of its own."""
@@ -74,6 +87,7 @@ class Replies:
         self._reply_item_done = register(redis, "item_done")
         self._reply_finished = register(redis, "reply_finished")
         self._reply_context = register(redis, "reply_context")
+        self._take_reply = register(redis, "take_reply")
 
     async def reply_delivered(
         self,
@@ -178,6 +192,59 @@ class Replies:
             conversation_id=text(found) if reply_token else conversation_id,
             conversation={text(record[i]): text(record[i + 1]) for i in range(0, len(record), 2)},
             seen=text(seen) or None,
+        )
+
+    async def take_reply(
+        self,
+        reply_token: str,
+        conversation_id: str,
+        idempotency_key: str,
+        job_id: str,
+        job: dict[str, str],
+        leased_until: int,
+        *,
+        closed_window_purpose: str = "",
+        fingerprints: list[str] | None = None,
+    ) -> TakenReply:
+        """`reply_context`, its checks and `begin_reply` in one call (take_reply.lua), for
+        a reply whose messages do not depend on its conversation. `job` without the
+        fields the conversation and its turn give (conversation_id, lead_id, chat_id,
+        event_id, closed_window_purpose: '' = the turn's purpose), which the script adds;
+        begun, the job is leased to the caller until `leased_until`."""
+        first = reply_token_key(reply_token) if reply_token else conversation_key(conversation_id)
+        flat: list[str] = []
+        for field, value in job.items():
+            flat.extend((field, value))
+        outcome, found, record, turn, seen = cast(
+            list[Any],
+            await self._take_reply(
+                keys=[
+                    first,
+                    reply_idempotency_key(idempotency_key),
+                    reply_job_key(job_id),
+                    REPLIES_DUE,
+                ],
+                args=[
+                    "token" if reply_token else "conversation",
+                    job_id,
+                    REPLY_TOKEN_TTL_SECONDS,
+                    json.dumps(flat),
+                    leased_until,
+                    self._r_ms,
+                    now_ms(),
+                    conversation_id,
+                    SENT_TTL_SECONDS * 1000,
+                    closed_window_purpose,
+                    *(fingerprints or []),
+                ],
+            ),
+        )
+        return TakenReply(
+            outcome=text(outcome),
+            conversation_id=text(found),
+            conversation={text(record[i]): text(record[i + 1]) for i in range(0, len(record), 2)},
+            turn={text(turn[i]): text(turn[i + 1]) for i in range(0, len(turn), 2)},
+            seen=text(seen),
         )
 
     async def reply_for_key(self, key: str) -> str | None:

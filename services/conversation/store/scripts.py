@@ -1,9 +1,9 @@
 """The one loader of the store's Lua scripts (store/lua/*.lua).
 
 Every script file is read once, at import: the libraries (`_lib.lua`: life, expire, own,
-touch, recount, bump, settle; `_apply.lua`: apply_message, which calls `_lib`'s) are put
-in front of each script that calls one of their functions (`_lib` first), and the
-@NAME@ placeholders are replaced with the key names of keys.py. Each class registers the
+touch, recount, bump, settle; `_apply.lua`: apply_message; `_reply.lua`: begin_reply;
+the last two call `_lib`'s) are put in front of each script that calls one of their
+functions (`_lib` first), and the @NAME@ placeholders are replaced with the key names of keys.py. Each class registers the
 scripts it runs on its own client with `register`, so every class gets its scripts the
 same way. Each file starts with a header naming its KEYS and ARGV, and what it returns.
 """
@@ -30,7 +30,7 @@ from services.conversation.store.keys import (
 LUA_DIR = Path(__file__).with_name("lua")
 # The libraries, in the order they go in front of a script: a later one may call an
 # earlier one's functions.
-LIBRARIES = ("_lib", "_apply")
+LIBRARIES = ("_lib", "_apply", "_reply")
 
 # What the scripts' @NAME@ placeholders stand for.
 _PLACEHOLDERS = {
