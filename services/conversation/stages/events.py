@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.common.due_queue import now_ms
 from services.common.errors import Conflict, InvalidInput, NotFound
@@ -159,24 +159,13 @@ class EventStage(Stage):
         try:
             applied = await self.store.apply_message(
                 conversation_id=conversation_id,
-                message_id=event.message_id,
                 inbox_entry=json.dumps(
                     {**envelope.inbox_entry(event, stream_id), "request_id": request_id.get()},
                     ensure_ascii=False,
                 ),
                 history_entry=history,
-                at_ms=now_ms(),
-                due_ms=self._due_ms(),
-                lead_id=event.lead_id,
-                contact_id=event.contact_id,
-                chat_id=event.chat_id,
-                talk_id=event.talk_id,
                 to_inbox=to_inbox,
-                inbox_max=self.settings.inbox_max_messages,
-                # WhatsApp's window opens at the customer's message as Kommo dates it.
-                customer_at_ms=int(min(at, time.time()) * 1000) if event.from_customer else 0,
-                origin=event.origin[:_ORIGIN_CHARS],
-                history_max=max(self.settings.history_turns * 2, 10),
+                **self._fields(event, at),
                 stream_id=stream_id,
                 stream=stream,
                 owner=owner,
@@ -225,20 +214,10 @@ class EventStage(Stage):
         return ApplyHere(
             self.store.apply_args(
                 conversation_id="",
-                message_id=event.message_id,
                 inbox_entry=json.dumps(inbox, ensure_ascii=False)[:-1],
                 history_entry=self._history("customer", event, at),
-                at_ms=now_ms(),
-                due_ms=self._due_ms(),
-                lead_id=event.lead_id,
-                contact_id=event.contact_id,
-                chat_id=event.chat_id,
-                talk_id=event.talk_id,
                 to_inbox=True,
-                inbox_max=self.settings.inbox_max_messages,
-                customer_at_ms=int(min(at, time.time()) * 1000),
-                origin=event.origin[:_ORIGIN_CHARS],
-                history_max=max(self.settings.history_turns * 2, 10),
+                **self._fields(event, at),
                 counter="messages_customer",
                 turn=offer,
             ),
@@ -277,6 +256,23 @@ class EventStage(Stage):
         if to_inbox and self.settings.message_debounce_seconds == 0 and turns.pool.reserve():
             return TurnOffer(now_ms() + self.settings.lease_ms, turns.history_read)
         return None
+
+    def _fields(self, event: MessageEvent, at: float) -> dict[str, Any]:
+        """What every apply of `event` (written at `at`) is given, however it is applied."""
+        return {
+            "message_id": event.message_id,
+            "at_ms": now_ms(),
+            "due_ms": self._due_ms(),
+            "lead_id": event.lead_id,
+            "contact_id": event.contact_id,
+            "chat_id": event.chat_id,
+            "talk_id": event.talk_id,
+            "inbox_max": self.settings.inbox_max_messages,
+            # WhatsApp's window opens at the customer's message as Kommo dates it.
+            "customer_at_ms": int(min(at, time.time()) * 1000) if event.from_customer else 0,
+            "origin": event.origin[:_ORIGIN_CHARS],
+            "history_max": max(self.settings.history_turns * 2, 10),
+        }
 
     def _due_ms(self) -> int:
         """When a message's turn is due: a burst within the debounce is one turn."""

@@ -13,13 +13,10 @@ slot.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import grpc
 
@@ -27,6 +24,7 @@ from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
 from services.common.due_queue import Claim, describe, now_ms
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.grpc_server import client_metadata
+from services.common.keyed_locks import KeyedLocks
 from services.common.logs import flow, request_id
 from services.common.n8n import next_delay
 from services.common.workpool import WorkPool, leased
@@ -46,27 +44,6 @@ _REMEMBERED_BY_BEGIN_MS = SENT_TTL_SECONDS * 1000 // 2
 
 # A delivery waits for the lead's reply slot and for Kommo's rate limit.
 _DELIVERY_DEADLINE_SECONDS = 25.0
-
-
-class KeyedLocks:
-    """One FIFO lock per key, kept only while someone holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class ReplyStage(Stage):
