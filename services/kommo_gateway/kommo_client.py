@@ -14,17 +14,23 @@ from typing import Any
 import httpx
 
 from services.common.errors import (
-    InvalidInput,
     NotFound,
     RateLimited,
-    Unauthenticated,
     Unavailable,
     UpstreamError,
 )
 from services.common.metrics import KOMMO_REQUESTS
 from services.kommo_gateway.breaker import CircuitBreaker
-from services.kommo_gateway.coalescer import REQUEUE, Coalescer, Outcome
+from services.kommo_gateway.coalescer import Coalescer, Outcome
 from services.kommo_gateway.handoff import Handoff
+from services.kommo_gateway.kommo_answers import (
+    body_of,
+    checked,
+    new_ids,
+    problem_detail,
+    refusals,
+    with_linked,
+)
 from services.kommo_gateway.ratelimit import Budget, Departure, Priority, RateLimiter, call_priority
 from services.kommo_gateway.settings import GatewaySettings
 from services.kommo_gateway.tokens import TokenManager
@@ -244,14 +250,14 @@ class KommoClient:
                 continue
             if status in accept:
                 return response
-            return _checked(response, path)
+            return checked(response, path)
 
     async def get_json(
         self, path: str, params: Params | None = None, priority: Priority = Priority.BACKGROUND
     ) -> Any:
         """The decoded body, or None for Kommo's 204 (an empty list or an unknown id)."""
         response = await self.request("GET", path, params=params, priority=priority)
-        return _body(response)
+        return body_of(response)
 
     async def lead(self, lead_id: int) -> dict[str, Any]:
         return await self._lead_reads.submit(lead_id)
@@ -286,8 +292,8 @@ class KommoClient:
             if response.status_code in TEMPLATES_REFUSED:
                 if page > 1:  # past the last page, not a refusal of the list
                     return templates, ""
-                return [], f"Kommo answered {response.status_code}: {_detail(response)}"
-            body = _body(response)
+                return [], f"Kommo answered {response.status_code}: {problem_detail(response)}"
+            body = body_of(response)
             batch = (body or {}).get("_embedded", {}).get("chat_templates") or []
             templates.extend(t for t in batch if isinstance(t, dict))
             # 204 or an empty page: the end. Otherwise a next page when Kommo links one,
@@ -359,9 +365,9 @@ class KommoClient:
         response = await self.request(
             "GET", f"/api/v4/{entity}", params=params, departure=departure
         )
-        embedded = (_body(response) or {}).get("_embedded", {}).get(entity, [])
+        embedded = (body_of(response) or {}).get("_embedded", {}).get(entity, [])
         found = {
-            int(e["id"]): _with_linked(e, linked)
+            int(e["id"]): with_linked(e, linked)
             for e in embedded
             if isinstance(e, dict) and "id" in e
         }
@@ -396,7 +402,7 @@ class KommoClient:
         ]
         path = f"/api/v4/{entity}"
         response = await self.request("PATCH", path, json=body, departure=departure, accept=(400,))
-        refused = _refusals(response, len(batch), path, [f"{entity[:-1]} {i}" for i, _ in batch])
+        refused = refusals(response, len(batch), path, [f"{entity[:-1]} {i}" for i, _ in batch])
         return refused or [None] * len(batch)
 
     async def _run_bots(
@@ -414,7 +420,7 @@ class KommoClient:
             idempotent=False,
             accept=(400,),
         )
-        refused = _refusals(response, len(batch), path, [f"lead {i}" for _, i in batch])
+        refused = refusals(response, len(batch), path, [f"lead {i}" for _, i in batch])
         # Kommo answers 202 with an HTML "Accepted": nothing per item to read.
         return refused or [None] * len(batch)
 
@@ -433,10 +439,10 @@ class KommoClient:
             idempotent=False,
             accept=(400,),
         )
-        refused = _refusals(
+        refused = refusals(
             response, len(batch), path, [f"lead {i}" for i, _ in batch], "no note written"
         )
-        return refused or _new_ids(response, "notes", len(batch))
+        return refused or new_ids(response, "notes", len(batch))
 
     async def _add_tasks(
         self, batch: list[dict[str, Any]], departure: Departure
@@ -445,76 +451,10 @@ class KommoClient:
         response = await self.request(
             "POST", path, json=batch, departure=departure, idempotent=False, accept=(400,)
         )
-        refused = _refusals(
+        refused = refusals(
             response, len(batch), path, [f"lead {t['entity_id']}" for t in batch], "no task added"
         )
-        return refused or _new_ids(response, "tasks", len(batch))
-
-
-def _refusals(
-    response: httpx.Response, count: int, path: str, names: list[str], consequence: str = ""
-) -> list[Outcome[Any]]:
-    """Per item, for a list call Kommo answered 400: the items its `validation-errors`
-    name fail (NOT_FOUND when every error is NotFound), the others were not applied and
-    go again (REQUEUE). [] when the call succeeded."""
-    if response.status_code != 400:
-        return []
-    named = _validation_errors(response)
-    suffix = f": {consequence}" if consequence else ""
-    if not any(str(i) in named for i in range(count)):
-        _checked(response, path)  # names none of our items: the request itself failed
-    outcomes: list[Outcome[Any]] = []
-    for index in range(count):
-        codes = named.get(str(index))
-        if codes is None or all(code == "TooManyEntities" for code in codes):
-            outcomes.append(REQUEUE)
-        elif all(code == "NotFound" for code in codes):
-            outcomes.append(NotFound(f"{names[index]} not found in Kommo{suffix}"))
-        else:
-            outcomes.append(
-                InvalidInput(f"Kommo refused {names[index]}: {', '.join(codes)}{suffix}")
-            )
-    return outcomes
-
-
-def _validation_errors(response: httpx.Response) -> dict[str, list[str]]:
-    """`validation-errors` as request_id → the codes of its errors (the item's index as a
-    string: we set no request_id of our own)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    errors = body.get("validation-errors") if isinstance(body, dict) else None
-    named: dict[str, list[str]] = {}
-    for item in errors or []:
-        if isinstance(item, dict) and "request_id" in item:
-            codes = [
-                str(e.get("code") or "InvalidValue")
-                for e in item.get("errors") or []
-                if isinstance(e, dict)
-            ]
-            named.setdefault(str(item["request_id"]), []).extend(codes or ["InvalidValue"])
-    return named
-
-
-def _new_ids(response: httpx.Response, entity: str, count: int) -> list[Outcome[int]]:
-    """The new entities' ids in the order sent: by `request_id` (the index), else by
-    position."""
-    embedded = (_body(response) or {}).get("_embedded", {}).get(entity, [])
-    by_request = {
-        str(e["request_id"]): int(e["id"])
-        for e in embedded
-        if isinstance(e, dict) and "request_id" in e and "id" in e
-    }
-    ids: list[Outcome[int]] = []
-    for index in range(count):
-        if str(index) in by_request:
-            ids.append(by_request[str(index)])
-        elif index < len(embedded) and isinstance(embedded[index], dict):
-            ids.append(int(embedded[index].get("id") or 0))
-        else:
-            ids.append(0)
-    return ids
+        return refused or new_ids(response, "tasks", len(batch))
 
 
 def _backoff(attempt: int) -> float:
@@ -528,74 +468,3 @@ def _retry_after(response: httpx.Response) -> float:
         return min(float(value), _BACKOFF_MAX_SECONDS * 4)
     except ValueError:
         return 0.0
-
-
-def _with_linked(entity: dict[str, Any], linked: str) -> dict[str, Any]:
-    """The entity with its `_embedded[linked]` list always there (empty when Kommo names
-    none): read `with=<linked>`, a missing list means none, and a copy holding the list is
-    known to have been read with it (servicer.py reads an older copy again)."""
-    embedded = entity.get("_embedded")
-    if not isinstance(embedded, dict):
-        embedded = entity["_embedded"] = {}
-    if embedded.get(linked) is None:
-        embedded[linked] = []
-    return entity
-
-
-def _body(response: httpx.Response) -> Any:
-    if response.status_code == 204 or not response.content:
-        return None
-    try:
-        return response.json()
-    except ValueError as exc:
-        if 200 <= response.status_code < 300:
-            # Some Kommo endpoints (bots/run) answer text: "Accepted".
-            return None
-        raise UpstreamError(f"Kommo answered {response.status_code} without JSON") from exc
-
-
-def _checked(response: httpx.Response, path: str) -> httpx.Response:
-    status = response.status_code
-    if status < 400:
-        return response
-    detail = _detail(response)
-    if status == 404 or (status == 400 and _only_not_found(response)):
-        raise NotFound(f"Kommo: not found ({path})")
-    if status in (400, 422):
-        raise InvalidInput(f"Kommo refused the request to {path}: {detail}")
-    if status == 401:
-        raise Unauthenticated(f"Kommo refused the token: {detail}; re-authorise the bridge")
-    if status in (402, 403):
-        raise UpstreamError(f"Kommo forbids {path} ({status}): {detail}")
-    if status >= 500:
-        raise Unavailable(f"Kommo answered {status} for {path}")
-    raise UpstreamError(f"Kommo answered {status} for {path}: {detail}")
-
-
-def _only_not_found(response: httpx.Response) -> bool:
-    """A 400 whose every validation error is NotFound: Kommo's answer to a write on an
-    entity that does not exist (a note on an unknown lead), which means 404."""
-    try:
-        body = response.json()
-    except ValueError:
-        return False
-    errors = body.get("validation-errors") if isinstance(body, dict) else None
-    codes = [
-        e.get("code")
-        for item in errors or []
-        if isinstance(item, dict)
-        for e in item.get("errors") or []
-        if isinstance(e, dict)
-    ]
-    return bool(codes) and all(code == "NotFound" for code in codes)
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200]
-    if isinstance(body, dict):
-        errors = body.get("validation-errors")
-        return str(body.get("detail") or body.get("title") or "") + (f" {errors}" if errors else "")
-    return str(body)[:200]
