@@ -15,7 +15,15 @@ import redis.asyncio as aioredis
 from services.common.due_queue import Claim, now_ms, text
 from services.conversation.store.bot_state import BotStore
 from services.conversation.store.conversations import Applied, ConversationStore
-from services.conversation.store.keys import EVENTS_STREAM, WORKERS_GROUP
+from services.conversation.store.keys import (
+    EVENTS_STREAM,
+    WORKERS_GROUP,
+    by_chat_key,
+    by_lead_key,
+    conversation_key,
+    history_key,
+    inbox_key,
+)
 from services.conversation.store.operations import Operations
 from services.conversation.store.privacy import Privacy
 from services.conversation.store.proactive import ProactiveStore
@@ -240,3 +248,65 @@ async def test_scheduling_requests_are_erased_by_lead_or_contact_and_live_at_mos
     assert await store.get("req-1") == {}
     await SchedulingStore(redis).erase([LEAD], [])
     assert leftovers(client, str(LEAD), str(CONTACT), PHONE, "req-1") == {}
+
+
+async def _a_message(store: ConversationStore, message_id: str, *, lead_id: int = LEAD) -> None:
+    entry_id = await store.redis.xadd(EVENTS_STREAM, {"e": json.dumps({"lead_id": lead_id})})
+    applied = await store.apply_message(
+        conversation_id=CONVERSATION,
+        message_id=message_id,
+        inbox_entry=json.dumps({"id": message_id, "text": TEXT}),
+        history_entry=json.dumps({"role": "customer", "text": TEXT}),
+        at_ms=now_ms(),
+        due_ms=now_ms() + 60_000,
+        lead_id=lead_id,
+        contact_id=CONTACT,
+        chat_id=CHAT,
+        talk_id=7,
+        to_inbox=True,
+        history_max=10,
+        stream_id=text(entry_id),
+    )
+    assert applied == Applied.APPLIED
+
+
+async def test_a_conversation_re_expires_its_keys_about_once_a_day_not_on_every_message(
+    redis: aioredis.Redis,
+) -> None:
+    """Issue 22: re-expiring every key of a conversation on every message was ~40
+    PEXPIREs a message. Its keys are re-expired once the conversation has lived a
+    ninetieth of R (a day of 90) since the last time; a key made in between gets its
+    lifetime where it is made, never past the conversation's."""
+    retention = 9000  # R/90 = 100 s
+    store = ConversationStore(redis, retention)
+    conv, inbox, history = (
+        conversation_key(CONVERSATION),
+        inbox_key(CONVERSATION),
+        history_key(CONVERSATION),
+    )
+    await _a_message(store, "m-1")
+    assert await redis.pttl(conv) > retention * 1000 - 5_000
+
+    # 50 s later (less than R/90): nothing is re-expired, and a list made meanwhile (the
+    # inbox, emptied by a turn) lives as long as the conversation, no longer.
+    for key in (conv, history, by_lead_key(LEAD), by_chat_key(CHAT)):
+        await redis.pexpire(key, (retention - 50) * 1000)
+    await redis.delete(inbox)
+    await _a_message(store, "m-2")
+    assert await redis.pttl(conv) <= (retention - 50) * 1000
+    assert await redis.pttl(history) <= (retention - 50) * 1000
+    assert 0 < await redis.pttl(inbox) <= (retention - 50) * 1000
+
+    # A pointer made meanwhile (the lead changed its by-lead key) lives as its
+    # conversation does, and one kept keeps its lifetime.
+    await redis.delete(by_lead_key(LEAD))
+    await _a_message(store, "m-3")
+    assert 0 < await redis.pttl(by_lead_key(LEAD)) <= (retention - 50) * 1000
+    assert 0 < await redis.pttl(by_chat_key(CHAT)) <= (retention - 50) * 1000
+
+    # 150 s later (past R/90): the next message gives every key R again.
+    for key in (conv, inbox, history, by_lead_key(LEAD), by_chat_key(CHAT)):
+        await redis.pexpire(key, (retention - 150) * 1000)
+    await _a_message(store, "m-4")
+    for key in (conv, inbox, history, by_lead_key(LEAD), by_chat_key(CHAT)):
+        assert await redis.pttl(key) > retention * 1000 - 5_000, key

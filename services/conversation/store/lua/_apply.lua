@@ -23,17 +23,18 @@ local function apply_message(KEYS, ARGV)
   end
   if ARGV[14] ~= '' and #redis.call('XRANGE', KEYS[10], ARGV[14], ARGV[14]) == 0 then return done(3) end
   if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return done(0) end
+  local R = tonumber(ARGV[15])
   redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
   redis.call('HSETNX', KEYS[1], 'created_at', ARGV[5])
   redis.call('HSETNX', KEYS[1], 'bot_state', 'active')
   redis.call('HSET', KEYS[1], 'updated_at', ARGV[5])
   if ARGV[7] ~= '0' then
     redis.call('HSET', KEYS[1], 'lead_id', ARGV[7])
-    redis.call('SET', KEYS[6], ARGV[1])
+    point(KEYS[6], ARGV[1], KEYS[1], R)
   end
   if ARGV[8] ~= '0' then
     redis.call('HSET', KEYS[1], 'contact_id', ARGV[8])
-    redis.call('SET', KEYS[8], ARGV[1])
+    point(KEYS[8], ARGV[1], KEYS[1], R)
   end
   redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
   local outcome = 1
@@ -41,20 +42,18 @@ local function apply_message(KEYS, ARGV)
     redis.call('HSET', KEYS[1], 'chat_id', ARGV[9])
     local owner = redis.call('GET', KEYS[9])
     if not owner then
-      redis.call('SET', KEYS[9], ARGV[1])
+      point(KEYS[9], ARGV[1], KEYS[1], R)
     elseif owner ~= ARGV[1] and redis.call('HSETNX', KEYS[1], 'shared_chat_with', owner) == 1 then
       outcome = 2
     end
   end
   if ARGV[10] ~= '0' then redis.call('HSET', KEYS[1], 'talk_id', ARGV[10]) end
   if entry ~= '' then
-    redis.call('RPUSH', KEYS[4], entry)
-    redis.call('LTRIM', KEYS[4], -tonumber(ARGV[12]), -1)
+    push(KEYS[4], entry, tonumber(ARGV[12]), KEYS[1], R)
   end
   local claimed = false
   if ARGV[11] == '1' then
-    redis.call('RPUSH', KEYS[3], ARGV[3])
-    redis.call('LTRIM', KEYS[3], -tonumber(ARGV[17]), -1)
+    push(KEYS[3], ARGV[3], tonumber(ARGV[17]), KEYS[1], R)
     local now = tonumber(ARGV[5])
     local held = redis.call('ZSCORE', KEYS[5], ARGV[1])
     if ARGV[24] ~= '0' and tonumber(ARGV[6]) <= now and (not held or tonumber(held) <= now)
@@ -82,7 +81,6 @@ local function apply_message(KEYS, ARGV)
       redis.call('HDEL', KEYS[1], 'kept_reply')
     end
   end
-  local R = tonumber(ARGV[15])
   touch(ARGV[1], tonumber(ARGV[5]), R)
   expire(KEYS[2], life(tonumber(ARGV[13]) * 1000, KEYS[1], R))
   recount(ARGV[1])

@@ -9,8 +9,16 @@
 --   expire(key, ms): PEXPIRE unless ms is 0 (no lifetime);
 --   own(conv, key, ms, now, R): list `key` in the conversation's key index (expiring
 --     at now + ms, or never), so that an erase finds it;
---   touch(id, now, R): a message — the conversation's keys live R from now, and it
---     moves to `now` in CONVERSATIONS;
+--   touch(id, now, R): a message — the conversation moves to `now` in CONVERSATIONS, and
+--     its keys live R from now. Not re-expired on every message (issue 22: that was ~40
+--     PEXPIREs a message): only once the conversation's hash has lived `refresh(R)` (a
+--     day, or R/90 when R is shorter than 90 days) of its R, so they go between
+--     R - refresh(R) and R after the last message, never later. A key made in between
+--     gets its lifetime where it is made (`push`, `point`, `own`, `expire`);
+--   push(list, value, max, conv, R): `value` at the end of one of the conversation's
+--     lists, which keeps its last `max`; a list made now lives as long as `conv`;
+--   point(key, id, conv, R): a by-lead/contact/chat pointer set to conversation `id`,
+--     its lifetime kept; one made now lives as long as `conv`;
 --   recount(id): the conversation is filed in BOT_STATES by what its hash says now (or
 --     taken out, when it is gone): the last step of every script that creates one,
 --     changes its bot state or its turn at n8n, or deletes it;
@@ -34,7 +42,6 @@ local function expire(key, ms)
 end
 local function own(conv, key, ms, now, R)
   local index = conv .. ':keys'
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
   if ms > 0 then
     redis.call('ZADD', index, now + ms, key)
   else
@@ -46,6 +53,10 @@ local function touch(id, now, R)
   local c = '@CONV@' .. id
   redis.call('ZADD', '@INDEX@', now, id)
   if R <= 0 then return end
+  local left = redis.call('PTTL', c)
+  if left <= R and left > R - math.min(86400000, math.floor(R / 90)) then return end
+  -- What the key index lists past its time is gone: dropped from it here, as often.
+  redis.call('ZREMRANGEBYSCORE', c .. ':keys', '-inf', now)
   for _, k in ipairs({c, c .. ':inbox', c .. ':history', c .. ':bot-log', c .. ':keys'}) do
     redis.call('PEXPIRE', k, R)
   end
@@ -54,6 +65,18 @@ local function touch(id, now, R)
   if f[2] and f[2] ~= '0' then redis.call('PEXPIRE', '@CONTACT@' .. f[2], R) end
   if f[3] and f[3] ~= '' and redis.call('GET', '@CHAT@' .. f[3]) == id then
     redis.call('PEXPIRE', '@CHAT@' .. f[3], R)
+  end
+end
+local function push(list, value, max, conv, R)
+  if redis.call('RPUSH', list, value) == 1 then
+    if R > 0 then expire(list, life(0, conv, R)) end
+  else
+    redis.call('LTRIM', list, -max, -1)
+  end
+end
+local function point(key, id, conv, R)
+  if not redis.call('SET', key, id, 'KEEPTTL', 'GET') and R > 0 then
+    expire(key, life(0, conv, R))
   end
 end
 local function recount(id)

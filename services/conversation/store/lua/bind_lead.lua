@@ -11,6 +11,8 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if (redis.call('HGET', KEYS[1], 'lead_id') or '0') ~= '0' then return 0 end
 redis.call('HSET', KEYS[1], 'lead_id', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[1], 'NX')
+if redis.call('SET', KEYS[2], ARGV[1], 'NX') then
+  expire(KEYS[2], life(0, KEYS[1], tonumber(ARGV[4])))
+end
 touch(ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
 return 1

@@ -15,10 +15,14 @@ redis.call('HSETNX', KEYS[1], 'bot_state', 'active')
 redis.call('HSETNX', KEYS[1], 'lead_id', ARGV[3])
 if ARGV[4] ~= '0' then
   redis.call('HSETNX', KEYS[1], 'contact_id', ARGV[4])
-  redis.call('SET', KEYS[3], ARGV[1], 'NX')
+  if redis.call('SET', KEYS[3], ARGV[1], 'NX') then
+    expire(KEYS[3], life(0, KEYS[1], tonumber(ARGV[5])))
+  end
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[1], 'NX')
+if redis.call('SET', KEYS[2], ARGV[1], 'NX') then
+  expire(KEYS[2], life(0, KEYS[1], tonumber(ARGV[5])))
+end
 touch(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5]))
 recount(ARGV[1])
 return redis.call('HGETALL', KEYS[1])

@@ -9,7 +9,6 @@
 -- ARGV[5]   R (ms)
 -- Returns   1 recorded, 0 the conversation is gone.
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+push(KEYS[1], ARGV[1], tonumber(ARGV[2]), KEYS[2], tonumber(ARGV[5]))
 touch(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
 return 1

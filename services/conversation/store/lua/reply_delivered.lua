@@ -19,8 +19,7 @@
 if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'parts_sent', ARGV[6], 'last_part_at', ARGV[4])
 if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'delivered', 1) end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+push(KEYS[2], ARGV[1], tonumber(ARGV[2]), KEYS[3], tonumber(ARGV[5]))
 touch(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
 if ARGV[8] ~= '' then bump(KEYS[4], KEYS[5], tonumber(ARGV[9]), ARGV[8], 1) end
 return 1

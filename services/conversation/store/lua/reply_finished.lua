@@ -32,8 +32,7 @@
 if #ARGV >= 9 and ARGV[9] ~= ''
     and redis.call('EXISTS', KEYS[3]) == 1 and redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'parts_sent', ARGV[11], 'last_part_at', ARGV[5], 'delivered', 1)
-  redis.call('RPUSH', KEYS[9], ARGV[9])
-  redis.call('LTRIM', KEYS[9], -tonumber(ARGV[10]), -1)
+  push(KEYS[9], ARGV[9], tonumber(ARGV[10]), KEYS[3], tonumber(ARGV[3]))
   touch(ARGV[6], tonumber(ARGV[5]), tonumber(ARGV[3]))
   if ARGV[12] ~= '' then bump(KEYS[10], KEYS[8], tonumber(ARGV[8]), ARGV[12], 1) end
 end
