@@ -108,7 +108,7 @@ class BotController:
             return _ERASED
         if previous == bot.PAUSED:
             return "unchanged"
-        await self.bots.count(counter)
+        await self.bots.count(counter, conversation_id=conversation_id)
         when = (
             time.strftime("%d/%m %H:%M UTC", time.gmtime(resumes_at / 1000))
             if resumes_at
@@ -127,7 +127,7 @@ class BotController:
             return _ERASED
         if previous == bot.ACTIVE:
             return "unchanged"
-        await self.bots.count(counter)
+        await self.bots.count(counter, conversation_id=conversation_id)
         await self.notify(
             conversation_id, f"▶️ Assistente reativado nesta conversa por {by}: {reason}."
         )
@@ -143,7 +143,7 @@ class BotController:
             log.info("handoff skipped: the conversation was erased")
             return
         await self.store.clear_inflight(conversation_id)
-        await self.bots.count(counter)
+        await self.bots.count(counter, conversation_id=conversation_id)
         await self.notify(
             conversation_id,
             f"🙋 O cliente está aguardando atendimento humano ({reason}). "

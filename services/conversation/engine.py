@@ -75,7 +75,7 @@ class Engine:
         self.store = store
         self.gateway = gateway
         self.vendedores = vendedores
-        bots = BotStore(store.redis, store.retention_seconds)
+        bots = BotStore(store.redis, store.retention_seconds, store.report_days.timezone)
         copies = ContextCache(settings.context_cache_seconds)
         rules = RuleBook(
             RulesStore(store.redis),
@@ -114,7 +114,7 @@ class Engine:
         self.failures = self.ctx.failures
         # Each stage is handed the stages it passes work to.
         self.timers = TimerStage(self.ctx)
-        starts = ProactiveStore(store.redis, store.retention_seconds)
+        starts = ProactiveStore(store.redis, store.retention_seconds, store.report_days.timezone)
         self.replies = ReplyStage(self.ctx, handoffs=self.timers.handoff_pool, proactive=starts)
         self.outbox = OutboxStage(self.ctx)
         self.proactive = ProactiveStarter(

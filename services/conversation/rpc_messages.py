@@ -6,7 +6,7 @@ import logging
 
 from bridge.conversation.v1 import conversation_pb2 as pb
 from services.common.due_queue import Failure
-from services.conversation import series
+from services.conversation import reports, series
 from services.conversation.rulebook import InForce
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,19 @@ def conversation_pb(data: dict[str, str], pending: int) -> pb.Conversation:
         paused_reason=data.get("paused_reason", ""),
         resumes_at=int(data.get("resumes_at") or 0) / 1000,
         last_message_at=int(data.get("updated_at") or 0) / 1000,
+    )
+
+
+def report_pb(report: reports.Report, timezone: str) -> pb.Report:
+    query = report.query
+    return pb.Report(
+        timezone=timezone,
+        from_day=query.first.isoformat(),
+        to_day=query.last.isoformat(),
+        group_by=query.group_by,
+        metrics=list(reports.METRIC_NAMES),
+        rows=[pb.ReportRow(group=r.group, values=r.values) for r in report.rows],
+        total=pb.ReportRow(group=report.total.group, values=report.total.values),
     )
 
 

@@ -26,7 +26,9 @@ SERVICE_NAME = "bridge.conversation.v1.ConversationService"
 
 def create_server(settings: ConversationSettings) -> GrpcService:
     redis = create_redis(settings.redis_url)
-    store = ConversationStore(redis, settings.retention_seconds, settings.event_partitions)
+    store = ConversationStore(
+        redis, settings.retention_seconds, settings.event_partitions, settings.bridge_timezone
+    )
     gateway_channel = create_channel(settings.kommo_gateway_addr, settings.grpc_deadline_seconds)
     vendedor_channel = create_channel(settings.vendedor_addr, settings.grpc_deadline_seconds)
     n8n = N8nClient(

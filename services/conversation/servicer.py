@@ -19,7 +19,7 @@ from services.common.due_queue import Failure, now_ms
 from services.common.errors import InvalidInput, NotFound
 from services.common.grpc_server import serve_streamed
 from services.common.stream_calls import answer_of, answers
-from services.conversation import envelope, series
+from services.conversation import envelope, reports, series
 from services.conversation.context import publish_changes
 from services.conversation.engine import Engine
 from services.conversation.envelope import templates_json
@@ -29,12 +29,14 @@ from services.conversation.rpc_messages import (
     failing_pb,
     number,
     readable_conversation,
+    report_pb,
     rules_document,
     stats_bucket,
 )
 from services.conversation.rulebook import parse_rules
 from services.conversation.store.operations import Operations
 from services.conversation.store.privacy import Privacy
+from services.conversation.store.report_days import read_days
 from services.conversation.template_sends import APPROVED, TemplateCheck
 from services.conversation.templates import TemplateRef
 from services.conversation.webhook_intake import WebhookIntake
@@ -248,6 +250,18 @@ class ConversationServicer(ConversationServiceServicer):
         except RedisError as exc:
             log.warning("copies not dropped after the reset (they age out): %s", exc)
         return pb.ResetConversationsResponse(conversations=deleted, keys=keys)
+
+    async def GetReport(self, request: pb.GetReportRequest, context: Context) -> pb.Report:
+        days = self.store.report_days
+        query = reports.Query.parse(
+            days.today(),
+            request.from_day,
+            request.to_day,
+            request.group_by,
+            {name: getattr(request, name) for name in reports.DIMENSIONS},
+        )
+        report = reports.Report.of(query, await read_days(self.store.redis, query.days()))
+        return report_pb(report, days.timezone)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.Stats:
         by_state = await self.store.state_counts()

@@ -130,7 +130,11 @@ class ProactiveStarter:
         )
         proactive_policy.check_eligible(area, vendedor.name, list(vendedor.areas))
         conversation = await self.store.ensure_conversation(
-            conversation_id, lead_id, lead.main_contact_id
+            conversation_id,
+            lead_id,
+            lead.main_contact_id,
+            trigger,
+            (lead.responsible_user_id, lead.pipeline_id, lead.status_id),
         )
         if conversation.get("bot_state", "active") != "active":
             raise Conflict("a person is handling this conversation: no proactive message")

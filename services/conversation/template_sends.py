@@ -220,7 +220,7 @@ class TemplateSender:
             ),
             max(self.settings.history_turns * 2, 10),
         )
-        await self.bots.count("template_sends")
+        await self.bots.count("template_sends", conversation_id=conversation_id)
         log.info(
             "WhatsApp template sent",
             extra={"conversation_id": conversation_id, "purpose": purpose},

@@ -77,7 +77,10 @@ class OutboxStage(Stage):
         await self.store.outbox_failed(claim, attempt.detail, next_due)
         if next_due is not None:
             await self.store.redis.set(N8N_FAILING, "1", px=self._longest_wait_ms())
-        await self.bots.count("dead_lettered" if next_due is None else "retried")
+        await self.bots.count(
+            "dead_lettered" if next_due is None else "retried",
+            conversation_id=item.get("conversation_id", ""),
+        )
         if next_due is None:
             await self.failures.given_up("n8n_delivery", claim.member)
         else:

@@ -159,7 +159,7 @@ class TurnStage(Stage):
             )
             await self.store.clear_inbox(conversation_id, len(pending))
             await self.store.turns.release(claim)
-            await self.bots.count("messages_without_lead", len(pending))
+            await self.bots.count("messages_without_lead", len(pending), conversation_id)
             return
         in_force = await self.ctx.rules.current()
         decision, recorded = self._decide(conversation, pending, context, in_force)
@@ -167,7 +167,7 @@ class TurnStage(Stage):
         if decision.action != "answer" or decision.out_of_hours_reply:
             # Recorded now; an answered turn's decision rides in its commit below.
             await self.store.record_decision(conversation_id, recorded)
-            await self.bots.count_many(counted)
+            await self.bots.count_many(counted, conversation_id)
         if decision.out_of_hours_reply:
             await self._out_of_hours(conversation, decision)
         if decision.action != "answer":
@@ -321,6 +321,8 @@ class TurnStage(Stage):
             "decision_rules_version": in_force.version,
             "pipeline_id": facts.pipeline_id,
             "stage_id": facts.stage_id,
+            # Whose the conversation is, for the reports (reports.py).
+            "vendedor_id": lead.responsible_user_id if lead else 0,
         }
         if decision.engaged is not None and (decision.expired or engaged == ""):
             # A session's verdict is taken once, on its first messages.

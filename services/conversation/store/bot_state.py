@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from services.common.due_queue import DueQueue, now_ms, text, text_map
 from services.conversation import series
+from services.conversation.reports import ReportDays
 from services.conversation.store.keys import (
     BOT_LOG_KEPT,
     HANDOFFS_DUE,
@@ -31,8 +32,12 @@ from services.conversation.store.scripts import flat, register
 class BotStore:
     """The bot's state per conversation, its history, and the Kommo notifications."""
 
-    def __init__(self, redis: aioredis.Redis, retention_seconds: int = 0) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, retention_seconds: int = 0, timezone: str = "UTC"
+    ) -> None:
+        """`timezone`: BRIDGE_TIMEZONE, whose days the reports count in."""
         self.redis = redis
+        self.report_days = ReportDays(timezone)
         self._r_ms = retention_ms(retention_seconds)
         self.resumes = DueQueue(redis, RESUMES_DUE)
         self.handoffs = DueQueue(redis, HANDOFFS_DUE)
@@ -82,22 +87,29 @@ class BotStore:
         raw = await self.redis.lrange(bot_log_key(conversation_id), 0, -1)
         return [json.loads(x) for x in raw]
 
-    async def count(self, counter: str, n: int = 1) -> None:
-        """A counter for the life of the data, and the same in the current time bucket."""
-        await self.count_many({counter: n})
+    async def count(self, counter: str, n: int = 1, conversation_id: str = "") -> None:
+        """A counter for the life of the data, and the same in the current time bucket;
+        with `conversation_id`, in the day's report too, under its vendedor, pipeline,
+        stage, origin and trigger (reports.py)."""
+        await self.count_many({counter: n}, conversation_id)
 
-    async def count_many(self, counters: Mapping[str, int]) -> None:
+    async def count_many(self, counters: Mapping[str, int], conversation_id: str = "") -> None:
         """Several counters at once, as `count` adds one: one call to Redis."""
-        await self._add_counts(True, counters)
+        await self._add_counts(True, counters, conversation_id)
 
-    async def _add_counts(self, to_stats: bool, counters: Mapping[str, int]) -> None:
+    async def _add_counts(
+        self, to_stats: bool, counters: Mapping[str, int], conversation_id: str = ""
+    ) -> None:
         if not counters:
             return
         key = series.bucket_key(series.bucket_start(time.time()))
         args: list[str | int] = [series.KEPT_SECONDS, "1" if to_stats else "0"]
         for counter, n in counters.items():
             args += [counter, n]
-        await self._count(keys=[STATS, key], args=args)
+        keys = [STATS, key]
+        if conversation_id:
+            keys += [conversation_key(conversation_id), self.report_days.key()]
+        await self._count(keys=keys, args=args)
 
     async def counters(self) -> dict[str, int]:
         raw = await self.redis.hgetall(STATS)

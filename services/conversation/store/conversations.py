@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from services.common.due_queue import Claim, DueQueue, now_ms, text, text_map
 from services.conversation import series
+from services.conversation.reports import ReportDays
 from services.conversation.store.keys import (
     BOT_STATE_AWAITING,
     BOT_STATE_PAUSED,
@@ -145,9 +146,12 @@ class ConversationStore(Turns, Replies):
         redis: aioredis.Redis,
         retention_seconds: int = 0,
         event_partitions: int = DEFAULT_EVENT_PARTITIONS,
+        timezone: str = "UTC",
     ) -> None:
-        """`retention_seconds`: DATA_RETENTION_DAYS in seconds (0 = kept until erased)."""
+        """`retention_seconds`: DATA_RETENTION_DAYS in seconds (0 = kept until erased);
+        `timezone`: BRIDGE_TIMEZONE, whose days the reports count in (reports.py)."""
         self.redis = redis
+        self.report_days = ReportDays(timezone)
         self.retention_seconds = retention_seconds
         self.event_partitions = event_partitions
         self._partition_streams = [event_stream(p) for p in range(event_partitions)]
@@ -194,7 +198,7 @@ class ConversationStore(Turns, Replies):
             args.extend(
                 (
                     event.seen,
-                    9 + event_partition(event.route, self.event_partitions),
+                    10 + event_partition(event.route, self.event_partitions),
                     event.payload,
                     by_lead_key(event.lead) if event.lead else "",
                     event.fingerprint,
@@ -212,6 +216,7 @@ class ConversationStore(Turns, Replies):
                 REPLIES_DUE,
                 WORK_FAILING,
                 WORK_DEAD,
+                self.report_days.key(now),
                 *self._partition_streams,
             ],
             args=args,
@@ -289,6 +294,7 @@ class ConversationStore(Turns, Replies):
                 WORK_FAILING,
                 WORK_DEAD,
                 sent_key(conversation_id),
+                self.report_days.key(),
             ],
             args=self.apply_args(
                 conversation_id=conversation_id,

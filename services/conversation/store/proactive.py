@@ -9,6 +9,7 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from services.common.due_queue import DueQueue, now_ms, text, text_map
+from services.conversation.reports import ReportDays
 from services.conversation.store.keys import (
     FALLBACKS_DUE,
     JOB_KEPT_SECONDS,
@@ -25,8 +26,11 @@ from services.conversation.store.scripts import flat, register
 
 
 class ProactiveStore:
-    def __init__(self, redis: aioredis.Redis, retention_seconds: int = 0) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, retention_seconds: int = 0, timezone: str = "UTC"
+    ) -> None:
         self.redis = redis
+        self.report_days = ReportDays(timezone)
         self._r_ms = retention_ms(retention_seconds)
         self.waiting = DueQueue(redis, PROACTIVE_DUE)
         self.fallbacks = DueQueue(redis, FALLBACKS_DUE)
@@ -60,16 +64,25 @@ class ProactiveStore:
         await self.redis.delete(proactive_key(lead_id, trigger))
 
     async def ensure_conversation(
-        self, conversation_id: str, lead_id: int, contact_id: int
+        self,
+        conversation_id: str,
+        lead_id: int,
+        contact_id: int,
+        trigger: str = "",
+        owner: tuple[int, int, int] | None = None,
     ) -> dict[str, str]:
-        """The lead's conversation, opened if needed: a proactive start is a message."""
+        """The lead's conversation, opened if needed: a proactive start is a message.
+        One it opens is started by `trigger` (counted in the day's report); `owner` is
+        the lead's (responsible user, pipeline, stage), recorded for the reports."""
+        whose = [str(x) for x in owner] if owner else ["", "", ""]
         flat = await self._ensure(
             keys=[
                 conversation_key(conversation_id),
                 by_lead_key(lead_id),
                 by_contact_key(contact_id),
+                self.report_days.key(),
             ],
-            args=[conversation_id, now_ms(), lead_id, contact_id, self._r_ms],
+            args=[conversation_id, now_ms(), lead_id, contact_id, self._r_ms, trigger, *whose],
         )
         pairs = cast(list[bytes], flat)
         return {text(pairs[i]): text(pairs[i + 1]) for i in range(0, len(pairs), 2)}

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from services.common.due_queue import Claim, now_ms, text, text_map
 from services.common.errors import NotFound
 from services.conversation import series
+from services.conversation.reports import ReportDays
 from services.conversation.store.keys import (
     HANDOFFS_DUE,
     REPLIES_DUE,
@@ -77,6 +78,7 @@ class Replies:
 
     redis: aioredis.Redis
     _r_ms: int
+    report_days: ReportDays
 
     def _register_reply_scripts(self, redis: aioredis.Redis) -> None:
         self._begin_reply = register(redis, "begin_reply")
@@ -111,6 +113,7 @@ class Replies:
                 conversation_key(conversation_id),
                 STATS,
                 series.bucket_key(series.bucket_start(time.time())),
+                self.report_days.key(),
             ],
             args=[
                 json.dumps(entry, ensure_ascii=False),
@@ -332,6 +335,7 @@ class Replies:
                 last.parts_sent,
                 last.counter,
             ]
+        keys.append(self.report_days.key())
         claim.settled = True  # off the queue
         await self._reply_finished(keys=keys, args=args)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from services.conversation.reports import REPORT_SECONDS
 from services.conversation.store.keys import (
     BOT_STATE_AWAITING,
     BOT_STATE_PAUSED,
@@ -42,6 +43,7 @@ _PLACEHOLDERS = {
     "@LEAD@": BY_LEAD_PREFIX,
     "@CONTACT@": BY_CONTACT_PREFIX,
     "@CHAT@": BY_CHAT_PREFIX,
+    "@REPORT_SECONDS@": str(REPORT_SECONDS),
 }
 
 

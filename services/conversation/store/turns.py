@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from services.common.due_queue import Claim, now_ms, text_map
 from services.conversation import series
+from services.conversation.reports import ReportDays
 from services.conversation.store.keys import (
     BOT_STATES,
     DELIVERED_KEPT_SECONDS,
@@ -36,6 +37,7 @@ class Turns:
 
     redis: aioredis.Redis
     _r_ms: int
+    report_days: ReportDays
 
     def _register_turn_scripts(self, redis: aioredis.Redis) -> None:
         self._commit_turn = register(redis, "commit_turn")
@@ -97,6 +99,7 @@ class Turns:
                     HANDOFFS_DUE,
                     STATS,
                     series.bucket_key(series.bucket_start(time.time())),
+                    self.report_days.key(),
                 ],
                 args=[
                     consumed,

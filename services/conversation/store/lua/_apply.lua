@@ -17,6 +17,7 @@ local function apply_message(KEYS, ARGV)
     end
     if counter ~= '' and (outcome == 1 or outcome == 2) then
       bump(KEYS[13], KEYS[14], tonumber(ARGV[23]), counter, 1)
+      report(KEYS[18] or '', KEYS[1], counter, 1)
     end
     if ARGV[27] ~= '' then return {outcome, echo and 1 or 0} end
     return outcome

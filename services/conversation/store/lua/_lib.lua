@@ -28,7 +28,13 @@
 --   bump(stats, bucket, ttl, field, n): a counter for the operator, in the stats hash
 --     (`stats` '' = the bucket only) and in the current five-minute bucket of the time
 --     series (series.py), whose lifetime (`ttl` seconds) is set when it is made: the
---     count rides in the script that changes what it counts (no round trip of its own).
+--     count rides in the script that changes what it counts (no round trip of its own);
+--   report(day, conv, field, n): the same counter in the day's report (reports.py; day
+--     '' = none), under the vendedor, pipeline, stage, origin and proactive trigger the
+--     conversation's hash `conv` holds ('-' where unknown). The day's hash lives
+--     @REPORT_SECONDS@ s from its first count. A customer's message of a conversation
+--     whose lead no turn has read yet waits on the conversation (`unreported`) and is
+--     reported with the conversation's next count (its turn's, which knows the lead);
 local function life(own_ms, conv, R)
   if R <= 0 then return own_ms end
   local ms = R
@@ -96,6 +102,27 @@ local function bump(stats, bucket, ttl, field, n)
   -- A field new in the bucket may be the bucket's first: its lifetime is set then.
   if redis.call('HINCRBY', bucket, field, n) == n and redis.call('TTL', bucket) < 0 then
     redis.call('EXPIRE', bucket, ttl)
+  end
+end
+local function tally(day, field, n)
+  if redis.call('HINCRBY', day, field, n) == n and redis.call('TTL', day) < 0 then
+    redis.call('EXPIRE', day, @REPORT_SECONDS@)
+  end
+end
+local function report(day, conv, field, n)
+  if day == '' or n == 0 then return end
+  local f = redis.call('HMGET', conv, 'id', 'vendedor_id', 'pipeline_id', 'stage_id',
+    'origin', 'trigger', 'unreported')
+  if f[1] and not f[2] and field == 'messages_customer' then
+    redis.call('HINCRBY', conv, 'unreported', n)
+    return
+  end
+  local dims = '|' .. table.concat({f[2] or '-', f[3] or '-', f[4] or '-', f[5] or '-',
+    f[6] or '-'}, '|')
+  tally(day, field .. dims, n)
+  if f[7] then
+    tally(day, 'messages_customer' .. dims, tonumber(f[7]))
+    redis.call('HDEL', conv, 'unreported')
   end
 end
 local function settle(conv, inbox, turns, handoffs, item, token, now, id)

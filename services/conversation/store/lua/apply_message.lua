@@ -34,6 +34,7 @@
 -- KEYS[15]  the work failures' hash (failing records)
 -- KEYS[16]  the work failures' dead letters (sorted set)
 -- KEYS[17]  the conversation's sent set (fingerprints of the bridge's own sends)
+-- KEYS[18]  the day's report (reports.py; absent = not reported)
 -- ARGV[1]   conversation id
 -- ARGV[2]   message id
 -- ARGV[3]   inbox entry (JSON)

@@ -13,6 +13,7 @@
 -- KEYS[7]   HANDOFFS_DUE
 -- KEYS[8]   the stats hash
 -- KEYS[9]   the current bucket of the time series
+-- KEYS[10]  the day's report (reports.py; absent = not reported)
 -- ARGV[1]   inbox messages the turn consumed
 -- ARGV[2]   reply token
 -- ARGV[3]   the envelope's event id
@@ -67,8 +68,15 @@ redis.call('HSET', KEYS[2], 'turn_started', ARGV[12])
 for field, value in pairs(cjson.decode(ARGV[17])) do
   redis.call('HSET', KEYS[2], field, tostring(value))
 end
+local day = KEYS[10] or ''
 for name, n in pairs(cjson.decode(ARGV[18])) do
   bump(KEYS[8], KEYS[9], tonumber(ARGV[19]), name, n)
+  report(day, KEYS[2], name, n)
+end
+-- A conversation's first turn starts it, for the reports (a proactive start is counted
+-- when it opens the conversation: ensure_conversation.lua).
+if redis.call('HSETNX', KEYS[2], 'reported_start', ARGV[5]) == 1 then
+  report(day, KEYS[2], 'conversations_started', 1)
 end
 if ARGV[11] ~= '0' then
   -- A timer the committing process expects itself (WorkPool.expect): queued as a lease

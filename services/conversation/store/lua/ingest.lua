@@ -22,7 +22,8 @@
 -- KEYS[6]   REPLIES_DUE
 -- KEYS[7]   the work failures' hash (failing records)
 -- KEYS[8]   the work failures' dead letters (sorted set)
--- KEYS[9..] the partition streams, partition 0 first
+-- KEYS[9]   the day's report (reports.py)
+-- KEYS[10..] the partition streams, partition 0 first
 -- ARGV[1]   the dedupe markers' TTL (s)
 -- ARGV[2]   now (Unix s)
 -- ARGV[3]   webhooks in the batch
@@ -69,7 +70,7 @@ local function apply_here(id, stream, at, n)
   local c = '@CONV@' .. id
   local K = {c, c .. ':applied', c .. ':inbox', c .. ':history', KEYS[5], '@LEAD@' .. A[7],
     '@INDEX@', '@CONTACT@' .. A[8], '@CHAT@' .. A[9], stream, stream .. ':owner', KEYS[6],
-    KEYS[3], KEYS[4], KEYS[7], KEYS[8], c .. ':sent'}
+    KEYS[3], KEYS[4], KEYS[7], KEYS[8], c .. ':sent', KEYS[9]}
   local result = apply_message(K, A)
   if result == -1 then return nil end
   applied_here = applied_here + 1

@@ -6,6 +6,7 @@
 -- KEYS[3]   the conversation (hash)
 -- KEYS[4]   the stats hash
 -- KEYS[5]   the current bucket of the time series
+-- KEYS[6]   the day's report (reports.py; absent = not reported)
 -- ARGV[1]   history entry (JSON)
 -- ARGV[2]   history entries kept
 -- ARGV[3]   conversation id
@@ -21,5 +22,8 @@ redis.call('HSET', KEYS[1], 'parts_sent', ARGV[6], 'last_part_at', ARGV[4])
 if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'delivered', 1) end
 push(KEYS[2], ARGV[1], tonumber(ARGV[2]), KEYS[3], tonumber(ARGV[5]))
 touch(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
-if ARGV[8] ~= '' then bump(KEYS[4], KEYS[5], tonumber(ARGV[9]), ARGV[8], 1) end
+if ARGV[8] ~= '' then
+  bump(KEYS[4], KEYS[5], tonumber(ARGV[9]), ARGV[8], 1)
+  report(KEYS[6] or '', KEYS[3], ARGV[8], 1)
+end
 return 1

@@ -24,17 +24,23 @@
 -- nothing happens between its delivery and the reply's end):
 -- KEYS[9]   the conversation's history
 -- KEYS[10]  the stats hash
+-- The last KEYS (KEYS[9] without the last message, KEYS[11] with it): the day's report
+-- (reports.py).
 -- ARGV[9]   its history entry (JSON; '' = recorded already)
 -- ARGV[10]  history entries kept
 -- ARGV[11]  parts of the reply sent
 -- ARGV[12]  the counter of a recorded message ('' = none)
 -- Returns   1.
+local day = (#KEYS == 9 or #KEYS == 11) and KEYS[#KEYS] or ''
 if #ARGV >= 9 and ARGV[9] ~= ''
     and redis.call('EXISTS', KEYS[3]) == 1 and redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'parts_sent', ARGV[11], 'last_part_at', ARGV[5], 'delivered', 1)
   push(KEYS[9], ARGV[9], tonumber(ARGV[10]), KEYS[3], tonumber(ARGV[3]))
   touch(ARGV[6], tonumber(ARGV[5]), tonumber(ARGV[3]))
-  if ARGV[12] ~= '' then bump(KEYS[10], KEYS[8], tonumber(ARGV[8]), ARGV[12], 1) end
+  if ARGV[12] ~= '' then
+    bump(KEYS[10], KEYS[8], tonumber(ARGV[8]), ARGV[12], 1)
+    report(day, KEYS[3], ARGV[12], 1)
+  end
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -45,6 +51,7 @@ end
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[3], 'inflight_token') == ARGV[4] then
   for name, n in pairs(cjson.decode(ARGV[7])) do
     bump('', KEYS[8], tonumber(ARGV[8]), name, n)
+    report(day, KEYS[3], name, n)
   end
 end
 settle(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[4], ARGV[5], ARGV[6])
