@@ -103,12 +103,13 @@ class BotController:
         pause_seconds: float = 0.0,
     ) -> str:
         resumes_at = self._resumes_at(pause_seconds)
-        previous = await self.bots.set_state(conversation_id, bot.PAUSED, by, reason, resumes_at)
+        previous = await self.bots.set_state(
+            conversation_id, bot.PAUSED, by, reason, resumes_at, counter
+        )
         if previous is None:
             return _ERASED
         if previous == bot.PAUSED:
             return "unchanged"
-        await self.bots.count(counter, conversation_id=conversation_id)
         when = (
             time.strftime("%d/%m %H:%M UTC", time.gmtime(resumes_at / 1000))
             if resumes_at
@@ -122,12 +123,11 @@ class BotController:
         return "paused"
 
     async def resume(self, conversation_id: str, by: str, reason: str, counter: str) -> str:
-        previous = await self.bots.set_state(conversation_id, bot.ACTIVE, by, reason, 0)
+        previous = await self.bots.set_state(conversation_id, bot.ACTIVE, by, reason, 0, counter)
         if previous is None:
             return _ERASED
         if previous == bot.ACTIVE:
             return "unchanged"
-        await self.bots.count(counter, conversation_id=conversation_id)
         await self.notify(
             conversation_id, f"▶️ Assistente reativado nesta conversa por {by}: {reason}."
         )
@@ -136,14 +136,13 @@ class BotController:
 
     async def handoff(self, conversation_id: str, by: str, reason: str, counter: str) -> None:
         """The customer needs a person: pause, settle the turn, tell the vendedor."""
-        if (
-            await self.bots.set_state(conversation_id, bot.PAUSED, by, reason, self._resumes_at())
-            is None
-        ):
+        paused = await self.bots.set_state(
+            conversation_id, bot.PAUSED, by, reason, self._resumes_at(), counter, count_always=True
+        )
+        if paused is None:
             log.info("handoff skipped: the conversation was erased")
             return
         await self.store.clear_inflight(conversation_id)
-        await self.bots.count(counter, conversation_id=conversation_id)
         await self.notify(
             conversation_id,
             f"🙋 O cliente está aguardando atendimento humano ({reason}). "

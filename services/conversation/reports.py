@@ -63,9 +63,22 @@ METRICS: dict[str, tuple[str, ...]] = {
     "dead_letters": ("dead_lettered",),
     "replies": (series.REPLIES,),
 }
-# The reply time (a customer's message to the bot's reply delivered), from the bins.
-QUANTILES = {"reply_p50_seconds": 0.5, "reply_p90_seconds": 0.9}
+# The reply time (a customer's message to the bot's reply delivered: the first response
+# to it) and n8n's answer time (the turn's envelope ready for n8n to n8n's reply at the
+# bridge), from their bins: the figure, the bins' prefix, the quantile.
+N8N_PREFIX = "n8n:"
+QUANTILES = {
+    "reply_p50_seconds": (series.LATENCY_PREFIX, 0.5),
+    "reply_p90_seconds": (series.LATENCY_PREFIX, 0.9),
+    "n8n_answer_p50_seconds": (N8N_PREFIX, 0.5),
+    "n8n_answer_p90_seconds": (N8N_PREFIX, 0.9),
+}
 METRIC_NAMES = (*METRICS, *QUANTILES)
+
+
+def n8n_answer_field(seconds: float) -> str:
+    """The bin of one n8n answer time (the reply time's bins, under their own prefix)."""
+    return N8N_PREFIX + series.latency_field(max(seconds, 0.0)).removeprefix(series.LATENCY_PREFIX)
 
 
 def day_key(day: date) -> str:
@@ -242,8 +255,13 @@ def figures(counts: Mapping[str, int]) -> dict[str, float]:
     values: dict[str, float] = {
         name: float(sum(counts.get(c, 0) for c in counters)) for name, counters in METRICS.items()
     }
-    bins = {k: v for k, v in counts.items() if k.startswith(series.LATENCY_PREFIX)}
-    for name, q in QUANTILES.items():
+    for name, (prefix, q) in QUANTILES.items():
+        # Read as the reply time's bins are (series.quantile), whatever their prefix.
+        bins = {
+            series.LATENCY_PREFIX + k.removeprefix(prefix): v
+            for k, v in counts.items()
+            if k.startswith(prefix)
+        }
         value = series.quantile(bins, q) if bins else 0.0
         values[name] = round(value, 3) if math.isfinite(value) else 0.0
     return values

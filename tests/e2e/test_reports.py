@@ -104,6 +104,8 @@ def test_a_day_of_conversations_is_reported_by_vendedor_pipeline_stage_and_day(
     assert carla["bot_messages"] == 1 and carla["takeovers_api"] == 1
     assert carla["takeovers_human"] == 0
     assert 0 < bruno["reply_p50_seconds"] <= bruno["reply_p90_seconds"] < 10
+    # n8n (the stand-in) answers within the reply's time.
+    assert 0 < bruno["n8n_answer_p50_seconds"] <= bruno["reply_p50_seconds"]
     assert rows(by_vendedor)["10000005"]["conversations_started"] == 1
     assert set(rows(by_vendedor)) == {"10000002", "10000003", "10000005"}
     by_trigger = api.get("/reports", params={"group_by": "trigger"}).json()

@@ -89,6 +89,8 @@ def test_a_report_sums_counters_into_figures_by_group_and_filter() -> None:
         f"{slow}|{ana}|81|71|waba|-": 1,
         "not a count": 5,
     }
+    monday[f"{reports.n8n_answer_field(0.5)}|{ana}|81|71|waba|-"] = 2
+    monday[f"{reports.n8n_answer_field(0.0)}|{bia}|82|72|waba|form"] = 1
     sunday = {f"messages_customer|{ana}|81|71|waba|-": 2}
     days = [(date(2026, 11, 30), monday), (date(2026, 12, 6), sunday)]
 
@@ -103,6 +105,8 @@ def test_a_report_sums_counters_into_figures_by_group_and_filter() -> None:
     assert first["replies"] == 2
     assert first["reply_p50_seconds"] == pytest.approx(1.0, rel=0.03)
     assert first["reply_p90_seconds"] == pytest.approx(30.0, rel=0.03)
+    assert first["n8n_answer_p50_seconds"] == pytest.approx(0.5, rel=0.03)
+    assert by_vendedor.rows[1].values["n8n_answer_p90_seconds"] == 0.0
     assert by_vendedor.total.values["customer_messages"] == 6
     assert set(by_vendedor.total.values) == set(reports.METRIC_NAMES)
 

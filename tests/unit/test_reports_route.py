@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from bridge.conversation.v1 import conversation_pb2 as conv
+from services.conversation import reports
 from services.edge_api.app import create_api
 from services.edge_api.clients import Clients
 from services.edge_api.errors import HttpError
@@ -114,11 +115,13 @@ def test_without_names_from_the_service_the_edge_s_list_is_used() -> None:
     assert body["total"]["conversations_started"] == 0
 
 
-def test_the_documented_metrics_are_counts_and_two_reply_times() -> None:
-    assert len(METRICS) == 20
+def test_the_documented_metrics_are_the_conversation_services_in_its_order() -> None:
+    assert list(METRICS) == list(reports.METRIC_NAMES)
     assert [name for name in METRICS if name.endswith("_seconds")] == [
         "reply_p50_seconds",
         "reply_p90_seconds",
+        "n8n_answer_p50_seconds",
+        "n8n_answer_p90_seconds",
     ]
     assert all(meaning for meaning in METRICS.values())
 

@@ -428,6 +428,9 @@ class ReplyStage(Stage):
         started = int(conversation.get("turn_started") or 0)
         token = job.get("reply_token", "")
         answers_turn = bool(token) and token == conversation.get("inflight_token")
+        # n8n's answer time: from the turn's envelope ready for n8n to its reply here.
+        sent_to_n8n = int(conversation.get("inflight_since") or 0)
+        answered = int(job.get("created_at") or 0)
         await self.store.reply_finished(
             claim,
             conversation_id,
@@ -436,6 +439,7 @@ class ReplyStage(Stage):
             # Counted only if the token is still the turn's in flight (the script checks).
             (now_ms() - started) / 1000 if started and answers_turn else None,
             last=last_part,
+            n8n_seconds=(answered - sent_to_n8n) / 1000 if sent_to_n8n and answered else None,
         )
         if answers_turn:
             self.handoffs.forget(conversation_id)  # settled: no handoff

@@ -55,25 +55,34 @@ class BotStore:
         by: str,
         reason: str,
         resumes_at_ms: int,
+        counter: str = "",
+        count_always: bool = False,
     ) -> str | None:
         """Set the bot's state; returns the state it had before, None (and nothing set)
-        when the conversation is gone."""
+        when the conversation is gone. `counter` (the takeover, handoff or release) is
+        counted in the same call, when the state changes or, with `count_always`, anyway."""
         now = now_ms()
         entry = json.dumps({"state": state, "by": by, "reason": reason, "at": now / 1000})
-        previous = await self._set_state(
-            keys=[conversation_key(conversation_id), bot_log_key(conversation_id), RESUMES_DUE],
-            args=[
-                conversation_id,
-                state,
-                by,
-                reason,
-                resumes_at_ms,
-                now,
-                entry,
-                self._r_ms,
-                BOT_LOG_KEPT,
-            ],
-        )
+        keys = [conversation_key(conversation_id), bot_log_key(conversation_id), RESUMES_DUE]
+        args: list[str | int] = [
+            conversation_id,
+            state,
+            by,
+            reason,
+            resumes_at_ms,
+            now,
+            entry,
+            self._r_ms,
+            BOT_LOG_KEPT,
+        ]
+        if counter:
+            keys += [
+                STATS,
+                series.bucket_key(series.bucket_start(now / 1000)),
+                self.report_days.key(now / 1000),
+            ]
+            args += [counter, "always" if count_always else "changed", series.KEPT_SECONDS]
+        previous = await self._set_state(keys=keys, args=args)
         return text(cast(bytes, previous)) if previous else None
 
     async def push_resume(self, conversation_id: str, resumes_at_ms: int) -> None:

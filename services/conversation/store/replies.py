@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from services.common.due_queue import Claim, now_ms, text, text_map
 from services.common.errors import NotFound
-from services.conversation import series
+from services.conversation import reports, series
 from services.conversation.reports import ReportDays
 from services.conversation.store.keys import (
     HANDOFFS_DUE,
@@ -292,10 +292,11 @@ class Replies:
         reply_seconds: float | None,
         *,
         last: LastPart | None = None,
+        n8n_seconds: float | None = None,
     ) -> None:
         """Every part out and the note added: the job noted and delivered, off its queue;
-        the turn it answers settled (as `finish_turn`); the reply's time counted when it
-        still answers the turn in flight. With `last`, the reply's last message is
+        the turn it answers settled (as `finish_turn`); the reply's time (and n8n's answer
+        time, for the reports only) counted when it still answers the turn in flight. With `last`, the reply's last message is
         recorded too (as `reply_delivered`). One call."""
         counts = (
             {}
@@ -306,6 +307,8 @@ class Replies:
                 series.latency_field(reply_seconds): 1,
             }
         )
+        if counts and n8n_seconds is not None:
+            counts[reports.n8n_answer_field(n8n_seconds)] = 1
         bucket = series.bucket_key(series.bucket_start(time.time()))
         keys = [
             reply_job_key(claim.member),

@@ -53,6 +53,8 @@ METRICS: dict[str, str] = {
     "replies": "bot replies timed (customer message to reply delivered)",
     "reply_p50_seconds": "median seconds from a customer's message to the bot's reply",
     "reply_p90_seconds": "90th percentile of the same",
+    "n8n_answer_p50_seconds": "median seconds n8n took to answer a turn's envelope",
+    "n8n_answer_p90_seconds": "90th percentile of the same",
 }
 SECONDS_SUFFIX = "_seconds"
 

@@ -12,6 +12,14 @@
 -- ARGV[7]   the log entry (JSON)
 -- ARGV[8]   R (ms)
 -- ARGV[9]   log entries kept
+-- With a counter (the takeover, handoff or release it is), counted in the same call — in
+-- the stats, the time series and the day's report — never twice for one change:
+-- KEYS[4]   the stats hash
+-- KEYS[5]   the current bucket of the time series
+-- KEYS[6]   the day's report (reports.py)
+-- ARGV[10]  the counter
+-- ARGV[11]  'changed': counted only when the state changes; 'always': counted anyway
+-- ARGV[12]  the bucket's lifetime (s)
 -- Returns   the state it had before; nil when the conversation is gone.
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local previous = redis.call('HGET', KEYS[1], 'bot_state') or 'active'
@@ -32,4 +40,8 @@ redis.call('RPUSH', KEYS[2], ARGV[7])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
 expire(KEYS[2], life(0, KEYS[1], tonumber(ARGV[8])))
 recount(ARGV[1])
+if ARGV[10] and ARGV[10] ~= '' and (ARGV[11] == 'always' or previous ~= ARGV[2]) then
+  bump(KEYS[4], KEYS[5], tonumber(ARGV[12]), ARGV[10], 1)
+  report(KEYS[6], KEYS[1], ARGV[10], 1)
+end
 return previous

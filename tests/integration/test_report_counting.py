@@ -1,0 +1,124 @@
+"""The reports' counts (issue 23), against a real Redis: each in the script of the change
+it counts, never twice for one change or one message, under the conversation's vendedor,
+pipeline, stage, origin and trigger, in the day of BRIDGE_TIMEZONE, kept 13 months."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import redis.asyncio as aioredis
+
+from services.common.due_queue import now_ms
+from services.conversation import reports
+from services.conversation.store.bot_state import BotStore
+from services.conversation.store.conversations import Applied, ConversationStore
+from services.conversation.store.proactive import ProactiveStore
+from services.conversation.store.report_days import read_days
+from tests.integration.test_conversation_store import _message
+
+TIMEZONE = "America/Sao_Paulo"
+
+
+async def _today(redis: aioredis.Redis, store: ConversationStore) -> dict[str, int]:
+    [(_, counts)] = await read_days(redis, [store.report_days.today()])
+    return counts
+
+
+async def test_a_new_conversations_first_message_is_counted_once_with_whose_it_is(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis, timezone=TIMEZONE)
+    first = _message("c1", "m1", 9, counter="messages_customer", origin="waba")
+    assert await store.apply_message(**first) == Applied.APPLIED
+    # Kommo redelivers it: applied once, counted once.
+    assert await store.apply_message(**first) == Applied.DUPLICATE
+    # Nobody knows whose the conversation is yet: nothing reported, the count waits.
+    assert await _today(redis, store) == {}
+    [claim] = await store.turns.claim(10, 5000)
+    assert await store.commit_turn(
+        conversation_id="c1",
+        claim=claim,
+        consumed=1,
+        reply_token="tok",
+        event_id="ev",
+        payload="{}",
+        url="http://n8n",
+        check_after_ms=0,
+        turn_started_ms=now_ms(),
+        fields={"vendedor_id": 10000002, "pipeline_id": 8100001, "stage_id": 71000001},
+        counters={"decision_answer": 1},
+    )
+    whose = "|10000002|8100001|71000001|waba|-"
+    assert await _today(redis, store) == {
+        f"messages_customer{whose}": 1,
+        f"decision_answer{whose}": 1,
+        f"conversations_started{whose}": 1,
+    }
+    # The next message knows whose the conversation is: counted with its apply.
+    second = _message("c1", "m2", 9, counter="messages_customer", to_inbox=False)
+    assert await store.apply_message(**second) == Applied.APPLIED
+    counts = await _today(redis, store)
+    assert counts[f"messages_customer{whose}"] == 2
+    assert counts[f"conversations_started{whose}"] == 1
+    # Kept 13 months and a margin, counts only.
+    day_key = store.report_days.key()
+    assert 399 * 86400 < await redis.ttl(day_key) <= reports.REPORT_SECONDS
+
+
+async def test_a_takeover_is_counted_in_its_state_change_once(redis: aioredis.Redis) -> None:
+    store = ConversationStore(redis, timezone=TIMEZONE)
+    bots = BotStore(redis, timezone=TIMEZONE)
+    await store.apply_message(**_message("c2", "m1", 9))
+    await store.record_decision("c2", {"vendedor_id": 7, "pipeline_id": 81, "stage_id": 71})
+    for _ in range(2):  # tried again: the state did not change the second time
+        await bots.set_state("c2", "paused", "Ana", "/assumir", 0, "takeovers_command")
+    await bots.set_state("c2", "active", "Ana", "/liberar", 0, "resumes_command")
+    # A handoff is counted each time one happens.
+    for _ in range(2):
+        await bots.set_state("c2", "paused", "n8n", "pediu", 0, "handoffs_ai", count_always=True)
+    counts = await _today(redis, store)
+    assert counts["takeovers_command|7|81|71|-|-"] == 1
+    assert counts["resumes_command|7|81|71|-|-"] == 1
+    assert counts["handoffs_ai|7|81|71|-|-"] == 2
+    assert (await bots.counters())["takeovers_command"] == 1
+    # An erased conversation changes nothing and counts nothing.
+    assert await bots.set_state("gone", "paused", "Ana", "x", 0, "takeovers_command") is None
+    assert (await bots.counters())["takeovers_command"] == 1
+
+
+async def test_a_proactive_start_counts_the_conversation_it_opens_under_its_trigger(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis, timezone=TIMEZONE)
+    starts = ProactiveStore(redis, timezone=TIMEZONE)
+    for _ in range(2):  # a second start of the same lead opens nothing
+        await starts.ensure_conversation("c3", 9, 8, "form", (10000004, 8100001, 71000002))
+    assert await _today(redis, store) == {
+        "conversations_started|10000004|8100001|71000002|-|form": 1
+    }
+    # Its first turn does not count it again.
+    await store.apply_message(**_message("c3", "m1", 9, counter="messages_customer"))
+    [claim] = await store.turns.claim(10, 5000)
+    assert await store.commit_turn(
+        conversation_id="c3",
+        claim=claim,
+        consumed=1,
+        reply_token="tok3",
+        event_id="ev3",
+        payload="{}",
+        url="http://n8n",
+        check_after_ms=0,
+        turn_started_ms=now_ms(),
+    )
+    counts = await _today(redis, store)
+    assert counts["conversations_started|10000004|8100001|71000002|-|form"] == 1
+    assert counts["messages_customer|10000004|8100001|71000002|-|form"] == 1
+
+
+async def test_the_report_reads_a_range_of_days_in_one_round_trip(redis: aioredis.Redis) -> None:
+    await redis.hset(reports.day_key(date(2026, 12, 1)), "messages_customer|1|2|3|waba|-", 4)
+    days = await read_days(redis, [date(2026, 11, 30), date(2026, 12, 1)])
+    assert days == [
+        (date(2026, 11, 30), {}),
+        (date(2026, 12, 1), {"messages_customer|1|2|3|waba|-": 4}),
+    ]
