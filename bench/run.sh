@@ -9,6 +9,7 @@
 #   bench/run.sh slow-n8n [opts]   50 customers at once, n8n answering after 2 / 5 s: bench/slow_n8n.py
 #   bench/run.sh kommo-burst [opts] 20 and 200 customers at once, Kommo at 7 req/s: bench/kommo_burst.py
 #   bench/run.sh idle [opts]       the stack with no traffic for 60 s: CPU and Redis commands/s: bench/idle.py
+#   bench/run.sh reports [opts]    GET /reports over 13 months × 50 vendedores: bench/reports_query.py
 #   bench/run.sh --rounds 5 …      options without a name go to the ack, as they always did
 #
 # The ack needs wrk, which is installed from Debian's packages when missing.
@@ -89,6 +90,11 @@ idle() {
     .venv/bin/python -m bench.idle "$@"
 }
 
+reports_query() {
+    need_venv
+    .venv/bin/python -m bench.reports_query "$@"
+}
+
 case "${1-}" in
     "")
         ack
@@ -121,6 +127,10 @@ case "${1-}" in
     idle)
         shift
         idle "$@"
+        ;;
+    reports)
+        shift
+        reports_query "$@"
         ;;
     *)
         ack "$@"

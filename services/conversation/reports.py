@@ -38,6 +38,7 @@ REPORT_SECONDS = KEPT_DAYS * 86400
 MAX_MONTHS = 13
 DEFAULT_DAYS = 30
 UNKNOWN = "-"
+_SETTLING_MINUTES = 10
 
 GROUPS = ("day", "week", "month", "vendedor", "pipeline", "stage", "origin", "trigger")
 DIMENSIONS = ("vendedor", "pipeline", "stage", "origin", "trigger")
@@ -99,6 +100,14 @@ class ReportDays:
     def key(self, now: float | None = None) -> str:
         return day_key(self.today(now))
 
+    def settled(self, now: float | None = None) -> date:
+        """The last day whose counts are final: yesterday, once a few minutes of today
+        have passed (a count begun just before midnight may land just after it)."""
+        moment = datetime.now(UTC) if now is None else datetime.fromtimestamp(now, UTC)
+        local = moment.astimezone(self._zone)
+        back = 1 if local.hour or local.minute >= _SETTLING_MINUTES else 2
+        return local.date() - timedelta(days=back)
+
 
 @dataclass(frozen=True, slots=True)
 class Query:
@@ -123,7 +132,7 @@ class Query:
         first = _day("from", from_day) if from_day else _days_before(last, DEFAULT_DAYS - 1)
         if first > last:
             raise InvalidInput("from is after to")
-        limit = _add_months(first, MAX_MONTHS)
+        limit = add_months(first, MAX_MONTHS)
         if limit is not None and limit <= last:
             raise InvalidInput(f"a report spans at most {MAX_MONTHS} months")
         if first < _days_before(today, KEPT_DAYS):
@@ -152,7 +161,7 @@ def _days_before(day: date, days: int) -> date:
     return day - timedelta(days=days) if day.toordinal() > days else date.min
 
 
-def _add_months(day: date, months: int) -> date | None:
+def add_months(day: date, months: int) -> date | None:
     """The same day `months` later (or that month's last); None past the calendar."""
     month = day.month - 1 + months
     year, month = day.year + month // 12, month % 12 + 1
@@ -209,6 +218,77 @@ class Row:
     values: dict[str, float]
 
 
+# One period's counters summed by the query's dimension: its value ("total" when the
+# query groups by time) -> counter -> count.
+Sums = dict[str, Counter[str]]
+
+
+def dimension_of(group_by: str) -> str:
+    """What a period's counts are summed by for a query grouped by `group_by`."""
+    return group_by if group_by in DIMENSIONS else "total"
+
+
+def summed(counts: Mapping[str, int], dimension: str, filters: Mapping[str, str]) -> Sums:
+    """A day's hash (counter fields -> counts) summed by `dimension`, only what matches
+    `filters`."""
+    sums: Sums = {}
+    for raw, n in counts.items():
+        parsed = Field.parse(raw)
+        if parsed is None or not _matches(parsed, filters):
+            continue
+        group = "total" if dimension == "total" else parsed.dimensions[dimension]
+        sums.setdefault(group, Counter())[parsed.counter] += n
+    return sums
+
+
+def add(into: Sums, more: Sums) -> Sums:
+    for group, counters in more.items():
+        into.setdefault(group, Counter()).update(counters)
+    return into
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """A part of a report's range read as one: a day, or a whole month; `settled` when
+    its counts are final (its sums can be kept and read again)."""
+
+    kind: str  # "day" | "month"
+    start: date
+    settled: bool
+
+    def days(self) -> list[date]:
+        if self.kind == "day":
+            return [self.start]
+        return [self.start + timedelta(days=i) for i in range(_month_length(self.start))]
+
+
+def _month_length(first: date) -> int:
+    following = add_months(first, 1)
+    return (following - first).days if following else 31
+
+
+def periods(query: Query, settled: date) -> list[Period]:
+    """The periods a report reads: every day when it is grouped by day or week; else
+    each month wholly in the range and settled, and the days of the rest."""
+    days = query.days()
+    if query.group_by in ("day", "week"):
+        return [Period("day", d, d <= settled) for d in days]
+    out: list[Period] = []
+    i = 0
+    while i < len(days):
+        day = days[i]
+        first = day.replace(day=1)
+        length = _month_length(first)
+        last = first + timedelta(days=length - 1)
+        if day == first and last <= query.last and last <= settled:
+            out.append(Period("month", first, True))
+            i += length
+        else:
+            out.append(Period("day", day, day <= settled))
+            i += 1
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     query: Query
@@ -218,16 +298,21 @@ class Report:
     @classmethod
     def of(cls, query: Query, days: Iterable[tuple[date, Mapping[str, int]]]) -> Report:
         """The report of `query` from each day's hash (counter fields -> counts)."""
+        dimension = dimension_of(query.group_by)
+        return cls.of_sums(
+            query, [(day, summed(counts, dimension, query.filters)) for day, counts in days]
+        )
+
+    @classmethod
+    def of_sums(cls, query: Query, parts: Iterable[tuple[date, Sums]]) -> Report:
+        """The report of `query` from its periods' sums (each with its first day)."""
         groups: dict[str, Counter[str]] = {}
         total: Counter[str] = Counter()
-        for day, counts in days:
-            for raw, n in counts.items():
-                parsed = Field.parse(raw)
-                if parsed is None or not _matches(parsed, query.filters):
-                    continue
-                group = _group(query.group_by, day, parsed)
-                groups.setdefault(group, Counter())[parsed.counter] += n
-                total[parsed.counter] += n
+        for start, sums in parts:
+            for value, counters in sums.items():
+                group = value if query.group_by in DIMENSIONS else _when(query.group_by, start)
+                groups.setdefault(group, Counter()).update(counters)
+                total.update(counters)
         rows = [Row(group, figures(counts)) for group, counts in groups.items()]
         if query.group_by in ("day", "week", "month"):
             rows.sort(key=lambda r: r.group)
@@ -240,14 +325,12 @@ def _matches(parsed: Field, filters: Mapping[str, str]) -> bool:
     return all(parsed.dimensions[name] == value for name, value in filters.items())
 
 
-def _group(group_by: str, day: date, parsed: Field) -> str:
+def _when(group_by: str, day: date) -> str:
     if group_by == "day":
         return day.isoformat()
     if group_by == "week":
         return (day - timedelta(days=day.weekday())).isoformat()
-    if group_by == "month":
-        return day.isoformat()[:7]
-    return parsed.dimensions[group_by]
+    return day.isoformat()[:7]
 
 
 def figures(counts: Mapping[str, int]) -> dict[str, float]:

@@ -36,7 +36,7 @@ from services.conversation.rpc_messages import (
 from services.conversation.rulebook import parse_rules
 from services.conversation.store.operations import Operations
 from services.conversation.store.privacy import Privacy
-from services.conversation.store.report_days import read_days
+from services.conversation.store.report_days import report
 from services.conversation.template_sends import APPROVED, TemplateCheck
 from services.conversation.templates import TemplateRef
 from services.conversation.webhook_intake import WebhookIntake
@@ -260,8 +260,7 @@ class ConversationServicer(ConversationServiceServicer):
             request.group_by,
             {name: getattr(request, name) for name in reports.DIMENSIONS},
         )
-        report = reports.Report.of(query, await read_days(self.store.redis, query.days()))
-        return report_pb(report, days.timezone)
+        return report_pb(await report(self.store.redis, query, days.settled()), days.timezone)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.Stats:
         by_state = await self.store.state_counts()

@@ -10,10 +10,11 @@ import redis.asyncio as aioredis
 
 from services.common.due_queue import now_ms
 from services.conversation import reports
+from services.conversation.reports import Query
 from services.conversation.store.bot_state import BotStore
 from services.conversation.store.conversations import Applied, ConversationStore
 from services.conversation.store.proactive import ProactiveStore
-from services.conversation.store.report_days import read_days
+from services.conversation.store.report_days import SUMS_PREFIX, read_days, report
 from tests.integration.test_conversation_store import _message
 
 TIMEZONE = "America/Sao_Paulo"
@@ -122,3 +123,26 @@ async def test_the_report_reads_a_range_of_days_in_one_round_trip(redis: aioredi
         (date(2026, 11, 30), {}),
         (date(2026, 12, 1), {"messages_customer|1|2|3|waba|-": 4}),
     ]
+
+
+async def test_settled_periods_are_summed_once_and_today_is_read_as_it_is(
+    redis: aioredis.Redis,
+) -> None:
+    today, settled = date(2026, 12, 6), date(2026, 12, 5)
+    for day, n in ((date(2026, 11, 3), 2), (date(2026, 12, 5), 3), (today, 4)):
+        await redis.hset(reports.day_key(day), "messages_customer|7|81|71|waba|-", n)
+    query = Query.parse(today, "2026-11-01", "2026-12-06", "vendedor", {})
+    first = await report(redis, query, settled)
+    assert first.rows[0].group == "7" and first.rows[0].values["customer_messages"] == 9
+    # November (a whole settled month) and Dec 1-5 are kept; today is not.
+    kept = sorted(k.decode() for k in await redis.keys(f"{SUMS_PREFIX}*"))
+    assert len(kept) == 6 and all(":vendedor:-" in k for k in kept)
+    assert not any("2026-12-06" in k for k in kept)
+    # What changes after: a settled day's sums stay as kept, today's are read anew.
+    await redis.hset(reports.day_key(date(2026, 11, 3)), "messages_customer|7|81|71|waba|-", 99)
+    await redis.hset(reports.day_key(today), "messages_customer|7|81|71|waba|-", 5)
+    again = await report(redis, query, settled)
+    assert again.rows[0].values["customer_messages"] == 10
+    # Another grouping or filter has sums of its own.
+    filtered = Query.parse(today, "2026-11-01", "2026-12-06", "day", {"vendedor": "8"})
+    assert (await report(redis, filtered, settled)).rows == []

@@ -120,3 +120,29 @@ def test_a_report_sums_counters_into_figures_by_group_and_filter() -> None:
     assert form.total.values["customer_messages"] == 1
     assert report("pipeline", vendedor=bia).rows[0].group == "82"
     assert report("day", vendedor="nobody").rows == []
+
+
+def test_a_long_report_reads_whole_settled_months_and_the_days_of_the_rest() -> None:
+    query = Query.parse(TODAY, "2025-12-01", "2026-12-06", "vendedor", {})
+    settled = date(2026, 12, 5)
+    periods = reports.periods(query, settled)
+    months = [p.start.isoformat()[:7] for p in periods if p.kind == "month"]
+    assert months == ["2025-12", *(f"2026-{m:02d}" for m in range(1, 12))]
+    days = [p for p in periods if p.kind == "day"]
+    assert [p.start.day for p in days] == [1, 2, 3, 4, 5, 6]
+    assert [p.settled for p in days] == [True] * 5 + [False]  # today is not final
+    assert sum(len(p.days()) for p in periods) == len(query.days())
+    # Grouped by day or week, every day is its own period.
+    by_week = reports.periods(Query.parse(TODAY, "2026-11-01", "2026-12-06", "week", {}), settled)
+    assert {p.kind for p in by_week} == {"day"} and len(by_week) == 36
+    # A range that starts mid-month reads that month's days.
+    mid = reports.periods(Query.parse(TODAY, "2026-10-15", "2026-12-06", "month", {}), settled)
+    assert [p.kind for p in mid].count("month") == 1  # November only
+
+
+def test_a_day_is_final_a_few_minutes_after_midnight_in_bridge_timezone() -> None:
+    days = ReportDays("America/Sao_Paulo")
+    just_after = datetime(2026, 12, 7, 3, 5, tzinfo=UTC).timestamp()  # 00:05 in São Paulo
+    later = datetime(2026, 12, 7, 3, 30, tzinfo=UTC).timestamp()  # 00:30
+    assert days.settled(just_after) == date(2026, 12, 5)
+    assert days.settled(later) == date(2026, 12, 6)
