@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from services.common.errors import InvalidInput
@@ -228,17 +229,44 @@ def dimension_of(group_by: str) -> str:
     return group_by if group_by in DIMENSIONS else "total"
 
 
-def summed(counts: Mapping[str, int], dimension: str, filters: Mapping[str, str]) -> Sums:
-    """A day's hash (counter fields -> counts) summed by `dimension`, only what matches
-    `filters`."""
+def summed(
+    counts: Mapping[str, int] | Mapping[bytes, bytes],
+    dimension: str,
+    filters: Mapping[str, str],
+    where: dict[Any, tuple[str, str] | None] | None = None,
+) -> Sums:
+    """A day's hash (counter fields -> counts, as text or as Redis gives them) summed by
+    `dimension`, only what matches `filters`. A day has thousands of fields, the same
+    ones day after day: `where` (one per query, shared by its days) remembers where each
+    goes, or that it goes nowhere, so each is judged once."""
     sums: Sums = {}
+    if where is None:
+        where = {}
     for raw, n in counts.items():
-        parsed = Field.parse(raw)
-        if parsed is None or not _matches(parsed, filters):
+        target = where.get(raw, _UNSEEN)
+        if target is _UNSEEN:
+            target = where[raw] = _target(raw, dimension, filters)
+        if target is None:
             continue
-        group = "total" if dimension == "total" else parsed.dimensions[dimension]
-        sums.setdefault(group, Counter())[parsed.counter] += n
+        group, counter = target
+        counters = sums.get(group)
+        if counters is None:
+            counters = sums[group] = Counter()
+        counters[counter] += int(n)
     return sums
+
+
+_UNSEEN: Any = object()
+
+
+def _target(
+    raw: str | bytes, dimension: str, filters: Mapping[str, str]
+) -> tuple[str, str] | None:
+    """Where a field's count goes: (its group, its counter), or None."""
+    parsed = Field.parse(raw.decode() if isinstance(raw, bytes) else raw)
+    if parsed is None or not _matches(parsed, filters):
+        return None
+    return ("total" if dimension == "total" else parsed.dimensions[dimension]), parsed.counter
 
 
 def add(into: Sums, more: Sums) -> Sums:
