@@ -219,17 +219,22 @@ class Row:
     values: dict[str, float]
 
 
-# One period's counters summed by the query's dimension: its value ("total" when the
-# query groups by time) -> counter -> count.
+# A period's counters summed by what the query groups by: the dimension's value, the day
+# (YYYY-MM-DD) for a query grouped by time, or "total" -> counter -> count.
 Sums = dict[str, Counter[str]]
 
 
 def dimension_of(group_by: str) -> str:
-    """What a period's counts are summed by for a query grouped by `group_by`."""
-    return group_by if group_by in DIMENSIONS else "total"
+    """What a period's counts are summed by for a query grouped by `group_by`: the
+    dimension; the day for a day or week (a period spans days of one month); the
+    whole period for a month."""
+    if group_by in DIMENSIONS:
+        return group_by
+    return "total" if group_by == "month" else "day"
 
 
 def summed(
+    day: date,
     counts: Mapping[str, int] | Mapping[bytes, bytes],
     dimension: str,
     filters: Mapping[str, str],
@@ -242,6 +247,7 @@ def summed(
     sums: Sums = {}
     if where is None:
         where = {}
+    label = day.isoformat()
     for raw, n in counts.items():
         target = where.get(raw, _UNSEEN)
         if target is _UNSEEN:
@@ -249,6 +255,8 @@ def summed(
         if target is None:
             continue
         group, counter = target
+        if group == "day":
+            group = label
         counters = sums.get(group)
         if counters is None:
             counters = sums[group] = Counter()
@@ -259,61 +267,59 @@ def summed(
 _UNSEEN: Any = object()
 
 
-def _target(
-    raw: str | bytes, dimension: str, filters: Mapping[str, str]
-) -> tuple[str, str] | None:
+def _target(raw: str | bytes, dimension: str, filters: Mapping[str, str]) -> tuple[str, str] | None:
     """Where a field's count goes: (its group, its counter), or None."""
     parsed = Field.parse(raw.decode() if isinstance(raw, bytes) else raw)
     if parsed is None or not _matches(parsed, filters):
         return None
-    return ("total" if dimension == "total" else parsed.dimensions[dimension]), parsed.counter
+    group = parsed.dimensions[dimension] if dimension in DIMENSIONS else dimension
+    return group, parsed.counter
 
 
 def add(into: Sums, more: Sums) -> Sums:
     for group, counters in more.items():
-        into.setdefault(group, Counter()).update(counters)
+        mine = into.get(group)
+        if mine is None:
+            into[group] = Counter(counters)
+        else:
+            mine.update(counters)
     return into
 
 
 @dataclass(frozen=True, slots=True)
 class Period:
-    """A part of a report's range read as one: a day, or a whole month; `settled` when
-    its counts are final (its sums can be kept and read again)."""
+    """Days of one month a report reads as one (`first` to `last`, both included);
+    `settled` when their counts are final, so their sums can be kept and read again."""
 
-    kind: str  # "day" | "month"
-    start: date
+    first: date
+    last: date
     settled: bool
 
     def days(self) -> list[date]:
-        if self.kind == "day":
-            return [self.start]
-        return [self.start + timedelta(days=i) for i in range(_month_length(self.start))]
+        return [self.first + timedelta(days=i) for i in range((self.last - self.first).days + 1)]
 
 
-def _month_length(first: date) -> int:
-    following = add_months(first, 1)
-    return (following - first).days if following else 31
+def _month_end(day: date) -> date:
+    following = add_months(day.replace(day=1), 1)
+    return following - timedelta(days=1) if following else date.max
 
 
 def periods(query: Query, settled: date) -> list[Period]:
-    """The periods a report reads: every day when it is grouped by day or week; else
-    each month wholly in the range and settled, and the days of the rest."""
-    days = query.days()
-    if query.group_by in ("day", "week"):
-        return [Period("day", d, d <= settled) for d in days]
+    """The periods a report reads: for each month of its range, the days of it that are
+    settled as one period, and each day after them (today) as one of its own."""
     out: list[Period] = []
-    i = 0
-    while i < len(days):
-        day = days[i]
-        first = day.replace(day=1)
-        length = _month_length(first)
-        last = first + timedelta(days=length - 1)
-        if day == first and last <= query.last and last <= settled:
-            out.append(Period("month", first, True))
-            i += length
-        else:
-            out.append(Period("day", day, day <= settled))
-            i += 1
+    day = query.first
+    while day <= query.last:
+        end = min(_month_end(day), query.last)
+        if day <= settled:
+            out.append(Period(day, min(end, settled), True))
+            if end <= settled:
+                day = end + timedelta(days=1)
+                continue
+            day = settled + timedelta(days=1)
+        while day <= end:
+            out.append(Period(day, day, False))
+            day += timedelta(days=1)
     return out
 
 
@@ -328,19 +334,24 @@ class Report:
         """The report of `query` from each day's hash (counter fields -> counts)."""
         dimension = dimension_of(query.group_by)
         return cls.of_sums(
-            query, [(day, summed(counts, dimension, query.filters)) for day, counts in days]
+            query,
+            [(day, summed(day, counts, dimension, query.filters)) for day, counts in days],
         )
 
     @classmethod
     def of_sums(cls, query: Query, parts: Iterable[tuple[date, Sums]]) -> Report:
         """The report of `query` from its periods' sums (each with its first day)."""
-        groups: dict[str, Counter[str]] = {}
-        total: Counter[str] = Counter()
+        groups: Sums = {}
         for start, sums in parts:
+            if query.group_by in DIMENSIONS:
+                add(groups, sums)
+                continue
             for value, counters in sums.items():
-                group = value if query.group_by in DIMENSIONS else _when(query.group_by, start)
-                groups.setdefault(group, Counter()).update(counters)
-                total.update(counters)
+                day = start if value == "total" else date.fromisoformat(value)
+                add(groups, {_when(query.group_by, day): counters})
+        total: Counter[str] = Counter()
+        for counters in groups.values():
+            total.update(counters)
         rows = [Row(group, figures(counts)) for group, counts in groups.items()]
         if query.group_by in ("day", "week", "month"):
             rows.sort(key=lambda r: r.group)
@@ -366,13 +377,13 @@ def figures(counts: Mapping[str, int]) -> dict[str, float]:
     values: dict[str, float] = {
         name: float(sum(counts.get(c, 0) for c in counters)) for name, counters in METRICS.items()
     }
-    for name, (prefix, q) in QUANTILES.items():
-        # Read as the reply time's bins are (series.quantile), whatever their prefix.
-        bins = {
-            series.LATENCY_PREFIX + k.removeprefix(prefix): v
-            for k, v in counts.items()
-            if k.startswith(prefix)
-        }
-        value = series.quantile(bins, q) if bins else 0.0
-        values[name] = round(value, 3) if math.isfinite(value) else 0.0
+    # Each prefix's bins read once, as the reply time's are (series.quantile).
+    bins: dict[str, dict[str, int]] = {prefix: {} for prefix, _ in QUANTILES.values()}
+    for name, n in counts.items():
+        for prefix, found in bins.items():
+            if name.startswith(prefix):
+                found[series.LATENCY_PREFIX + name[len(prefix) :]] = n
+    for figure, (prefix, q) in QUANTILES.items():
+        value = series.quantile(bins[prefix], q) if bins[prefix] else 0.0
+        values[figure] = round(value, 3) if math.isfinite(value) else 0.0
     return values

@@ -122,22 +122,24 @@ def test_a_report_sums_counters_into_figures_by_group_and_filter() -> None:
     assert report("day", vendedor="nobody").rows == []
 
 
-def test_a_long_report_reads_whole_settled_months_and_the_days_of_the_rest() -> None:
-    query = Query.parse(TODAY, "2025-12-01", "2026-12-06", "vendedor", {})
+def test_a_long_report_reads_each_months_settled_days_as_one_and_today_raw() -> None:
+    query = Query.parse(TODAY, "2025-11-20", "2026-12-06", "vendedor", {})
     settled = date(2026, 12, 5)
     periods = reports.periods(query, settled)
-    months = [p.start.isoformat()[:7] for p in periods if p.kind == "month"]
-    assert months == ["2025-12", *(f"2026-{m:02d}" for m in range(1, 12))]
-    days = [p for p in periods if p.kind == "day"]
-    assert [p.start.day for p in days] == [1, 2, 3, 4, 5, 6]
-    assert [p.settled for p in days] == [True] * 5 + [False]  # today is not final
+    spans = [(p.first.isoformat(), p.last.isoformat(), p.settled) for p in periods]
+    assert spans[0] == ("2025-11-20", "2025-11-30", True)
+    assert spans[1] == ("2025-12-01", "2025-12-31", True)
+    assert spans[-2:] == [("2026-12-01", "2026-12-05", True), ("2026-12-06", "2026-12-06", False)]
+    assert len(periods) == 15
     assert sum(len(p.days()) for p in periods) == len(query.days())
-    # Grouped by day or week, every day is its own period.
-    by_week = reports.periods(Query.parse(TODAY, "2026-11-01", "2026-12-06", "week", {}), settled)
-    assert {p.kind for p in by_week} == {"day"} and len(by_week) == 36
-    # A range that starts mid-month reads that month's days.
-    mid = reports.periods(Query.parse(TODAY, "2026-10-15", "2026-12-06", "month", {}), settled)
-    assert [p.kind for p in mid].count("month") == 1  # November only
+    # Days after the settled ones (today, and any later) are each read as they are.
+    ahead = reports.periods(Query.parse(TODAY, "2026-12-01", "2026-12-08", "day", {}), settled)
+    assert [(p.first.day, p.last.day, p.settled) for p in ahead] == [
+        (1, 5, True),
+        (6, 6, False),
+        (7, 7, False),
+        (8, 8, False),
+    ]
 
 
 def test_a_day_is_final_a_few_minutes_after_midnight_in_bridge_timezone() -> None:

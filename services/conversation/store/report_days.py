@@ -61,7 +61,8 @@ def sums_key(period: Period, query: Query) -> str:
     filters = urlencode(sorted(query.filters.items()))
     wanted = hashlib.sha256(filters.encode()).hexdigest()[:24] if filters else "-"
     dimension = reports.dimension_of(query.group_by)
-    return f"{SUMS_PREFIX}{period.kind}:{period.start.isoformat()}:{dimension}:{wanted}"
+    days = f"{period.first.isoformat()}:{period.last.isoformat()}"
+    return f"{SUMS_PREFIX}{days}:{dimension}:{wanted}"
 
 
 async def report(redis: aioredis.Redis, query: Query, settled: date) -> Report:
@@ -86,7 +87,7 @@ async def report(redis: aioredis.Redis, query: Query, settled: date) -> Report:
         sums: Sums = {}
         for day in period.days():
             reports.add(
-                sums, reports.summed(counts.get(day, {}), dimension, query.filters, where)
+                sums, reports.summed(day, counts.get(day, {}), dimension, query.filters, where)
             )
         made[period] = sums
     to_keep = {p: s for p, s in made.items() if p.settled}
@@ -96,7 +97,7 @@ async def report(redis: aioredis.Redis, query: Query, settled: date) -> Report:
                 pipe.set(sums_key(period, query), json.dumps(sums), ex=SUMS_KEPT_SECONDS)
             await pipe.execute()
     every = {**kept, **made}
-    return Report.of_sums(query, [(p.start, every[p]) for p in periods])
+    return Report.of_sums(query, [(p.first, every[p]) for p in periods])
 
 
 def _loaded(raw: bytes | str) -> Sums:
