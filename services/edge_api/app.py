@@ -67,7 +67,8 @@ invalid field with what is wrong (the values sent are never echoed back). A 405 
 **What needs the key.** Every endpoint needs the `X-API-Key` header except: `GET /health`
 (without the key it says only `{"status": "ok"|"degraded"}`; the details need it),
 `GET /version`, the documentation (`/docs`, `/redoc`, `/openapi.json`), the dashboard's
-page and its script and style (its figures, `GET /dashboard/data`, need the key), `GET /metrics`
+pages (`/dashboard`, `/dashboard/reports`) and their scripts and styles (their figures,
+`GET /dashboard/data` and `GET /reports`, need the key), `GET /metrics`
 (public unless `EDGE_METRICS_REQUIRE_KEY=true`; it holds counts and latencies by route
 template and status, never an id, a phone or a secret), `GET /oauth/callback` (checks its
 own one-time `state`) and `POST /webhooks/kommo` (checks the `secret` in its URL).

@@ -7,7 +7,6 @@ installed; `.ci/run` installs it. The screenshot goes to pytest's temporary fold
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,24 +22,11 @@ from sandbox.kommo.config import (
     TEMPLATE_SCHEDULING_BOT,
     TEMPLATE_SCHEDULING_ID,
 )
+from tests.e2e.browser_helpers import chromium, needs_chromium, watched_page
 from tests.e2e.conftest import customer_writes, isolated_stack, wait_for
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = needs_chromium
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"
-)
-
-# Chromium as root, with no network beyond localhost: no sandbox, no background calls.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PERSON = 10000002  # a user of the sandbox account
 # Approved WhatsApp templates of the sandbox, for the "WhatsApp window" card.
 TEMPLATES = {
@@ -65,31 +51,15 @@ def dash_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    opened = browser.new_page(viewport={"width": 1280, "height": 1100})
-    problems: list[str] = []
-    opened.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-
-    def console(message: Any) -> None:
-        # Chromium logs every 4xx fetch; the wrong-key test earns its 401 on purpose.
-        if message.type == "error" and "status of 401" not in message.text:
-            problems.append(f"console {message.type}: {message.text}")
-
-    opened.on("console", console)
-    yield opened
-    opened.close()
-    assert not problems, problems
+    # The wrong-key test earns its 401 on purpose.
+    with watched_page(browser, expected_statuses=(401,)) as opened:
+        yield opened
 
 
 def api(http: httpx.Client, stack: Stack, path: str) -> dict[str, Any]:

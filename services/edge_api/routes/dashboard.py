@@ -1,8 +1,10 @@
-"""The operator's page: `GET /dashboard`, one HTML page with no build step.
+"""The operator's pages: `GET /dashboard` and `GET /dashboard/reports`, HTML with no build
+step.
 
-The page itself holds no data and needs no key; it asks `GET /dashboard/data` (API key)
-every few seconds. Each part of the data comes from its own service and fails on its
-own: with the vendedor service down the page still shows conversations and Kommo.
+The pages themselves hold no data and need no key. The dashboard asks `GET /dashboard/data`
+(API key) every few seconds; each part of the data comes from its own service and fails on
+its own: with the vendedor service down the page still shows conversations and Kommo. The
+reports page asks `GET /reports` (API key) when it opens and when its controls change.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ _FILES = {
     "dashboard.html": "text/html; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    "reports.html": "text/html; charset=utf-8",
+    "reports.js": "text/javascript; charset=utf-8",
+    "reports.css": "text/css; charset=utf-8",
 }
 _CONTENT = {name: (_STATIC / name).read_bytes() for name in _FILES}
 # Nothing inline, nothing from elsewhere; the page cannot be framed.
@@ -68,6 +73,22 @@ async def dashboard_js() -> Response:
 @router.get("/dashboard/dashboard.css", include_in_schema=False)
 async def dashboard_css() -> Response:
     return _file("dashboard.css")
+
+
+@router.get("/dashboard/reports", include_in_schema=False)
+async def reports_page() -> Response:
+    """Charts and tables of GET /reports; the key as the dashboard's (fragment or typed)."""
+    return _file("reports.html")
+
+
+@router.get("/dashboard/reports.js", include_in_schema=False)
+async def reports_js() -> Response:
+    return _file("reports.js")
+
+
+@router.get("/dashboard/reports.css", include_in_schema=False)
+async def reports_css() -> Response:
+    return _file("reports.css")
 
 
 def _unavailable(exc: BaseException) -> dict[str, str]:
