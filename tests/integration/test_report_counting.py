@@ -8,7 +8,7 @@ from datetime import date
 
 import redis.asyncio as aioredis
 
-from services.common.due_queue import now_ms
+from services.common.due_queue import now_ms, text
 from services.conversation import reports
 from services.conversation.reports import Query
 from services.conversation.store.bot_state import BotStore
@@ -135,7 +135,7 @@ async def test_settled_periods_are_summed_once_and_today_is_read_as_it_is(
     first = await report(redis, query, settled)
     assert first.rows[0].group == "7" and first.rows[0].values["customer_messages"] == 9
     # November (a whole settled month) and Dec 1-5 are kept; today is not.
-    kept = sorted(k.decode() for k in await redis.keys(f"{SUMS_PREFIX}*"))
+    kept = sorted(text(k) for k in await redis.keys(f"{SUMS_PREFIX}*"))
     assert kept == [
         f"{SUMS_PREFIX}2026-11-01:2026-11-30:vendedor:-",
         f"{SUMS_PREFIX}2026-12-01:2026-12-05:vendedor:-",
