@@ -40,10 +40,12 @@ EVENT_PARTITIONS = ConversationSettings.model_fields["event_partitions"].default
 
 LEAD = 9100001
 REASON = "Ana atende o Sr. Joaquim pessoalmente"
-# The conversation service's keys that may stay after a reset: none holds personal data.
+# The conversation service's keys that may stay after a reset: none holds personal data
+# (the reports' day hashes and kept sums are counts, as the stats are).
 KEPT = re.compile(
     r"conv:(stats|series:\d+|webhooks:(last|total)|bot-states:since"
-    r"|events(:\{p\d+\})?(:owner)?|events:replicas)$"
+    r"|events(:\{p\d+\})?(:owner)?|events:replicas"
+    r"|report:\d{4}-\d{2}-\d{2}|report:sums:[\d:-]+:\w+:[-0-9a-f]+)$"
 )
 
 
