@@ -21,7 +21,6 @@ percentiles from the latency bins the dashboard's series uses (series.py).
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -221,7 +220,7 @@ class Row:
 
 # A period's counters summed by what the query groups by: the dimension's value, the day
 # (YYYY-MM-DD) for a query grouped by time, or "total" -> counter -> count.
-Sums = dict[str, Counter[str]]
+Sums = dict[str, dict[str, int]]
 
 
 def dimension_of(group_by: str) -> str:
@@ -259,8 +258,8 @@ def summed(
             group = label
         counters = sums.get(group)
         if counters is None:
-            counters = sums[group] = Counter()
-        counters[counter] += int(n)
+            counters = sums[group] = {}
+        counters[counter] = counters.get(counter, 0) + int(n)
     return sums
 
 
@@ -277,12 +276,16 @@ def _target(raw: str | bytes, dimension: str, filters: Mapping[str, str]) -> tup
 
 
 def add(into: Sums, more: Sums) -> Sums:
+    """`more` added into `into`; a group new to `into` is taken as it is, not copied
+    (sums are read or made for one report, and added once)."""
     for group, counters in more.items():
         mine = into.get(group)
         if mine is None:
-            into[group] = Counter(counters)
-        else:
-            mine.update(counters)
+            into[group] = counters
+            continue
+        get = mine.get
+        for counter, n in counters.items():
+            mine[counter] = get(counter, 0) + n
     return into
 
 
@@ -349,15 +352,15 @@ class Report:
             for value, counters in sums.items():
                 day = start if value == "total" else date.fromisoformat(value)
                 add(groups, {_when(query.group_by, day): counters})
-        total: Counter[str] = Counter()
+        total: Sums = {}
         for counters in groups.values():
-            total.update(counters)
+            add(total, {"total": dict(counters)})
         rows = [Row(group, figures(counts)) for group, counts in groups.items()]
         if query.group_by in ("day", "week", "month"):
             rows.sort(key=lambda r: r.group)
         else:
             rows.sort(key=lambda r: (-r.values["customer_messages"], r.group))
-        return cls(query, rows, Row("total", figures(total)))
+        return cls(query, rows, Row("total", figures(total.get("total", {}))))
 
 
 def _matches(parsed: Field, filters: Mapping[str, str]) -> bool:
@@ -377,13 +380,32 @@ def figures(counts: Mapping[str, int]) -> dict[str, float]:
     values: dict[str, float] = {
         name: float(sum(counts.get(c, 0) for c in counters)) for name, counters in METRICS.items()
     }
-    # Each prefix's bins read once, as the reply time's are (series.quantile).
-    bins: dict[str, dict[str, int]] = {prefix: {} for prefix, _ in QUANTILES.values()}
+    # Each prefix's bins read once and sorted once, read as the reply time's are
+    # (series.quantile: the nearest rank's bin, at its middle).
+    bins: dict[str, list[tuple[float, int]]] = {prefix: [] for prefix, _ in QUANTILES.values()}
     for name, n in counts.items():
         for prefix, found in bins.items():
-            if name.startswith(prefix):
-                found[series.LATENCY_PREFIX + name[len(prefix) :]] = n
+            if n > 0 and name.startswith(prefix):
+                value = series.bin_value(series.LATENCY_PREFIX + name[len(prefix) :])
+                if value is not None:
+                    found.append((value, n))
+    for found in bins.values():
+        found.sort()
     for figure, (prefix, q) in QUANTILES.items():
-        value = series.quantile(bins[prefix], q) if bins[prefix] else 0.0
+        value = _quantile(bins[prefix], q)
         values[figure] = round(value, 3) if math.isfinite(value) else 0.0
     return values
+
+
+def _quantile(ordered: list[tuple[float, int]], q: float) -> float:
+    """As series.quantile, from bins already read and sorted."""
+    total = sum(n for _, n in ordered)
+    if total == 0:
+        return 0.0
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for value, n in ordered:
+        seen += n
+        if seen >= rank:
+            return value
+    return ordered[-1][0]
