@@ -99,7 +99,7 @@ def seed(stack: Stack, args: argparse.Namespace, today: date) -> tuple[int, int]
     pipe = client.pipeline(transaction=False)
     for i in range(days):
         values = day_fields(rng, args.vendedores, args.owners)
-        key = reports.day_key(first + timedelta(days=i))
+        key = reports.day_key(reports.DAY_PREFIX, first + timedelta(days=i))
         pipe.hset(key, mapping=values)  # type: ignore[arg-type]
         pipe.expire(key, reports.REPORT_SECONDS)
         fields += len(values)

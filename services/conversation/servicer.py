@@ -18,6 +18,7 @@ from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServ
 from services.common.due_queue import Failure, now_ms
 from services.common.errors import InvalidInput, NotFound
 from services.common.grpc_server import serve_streamed
+from services.common.report_store import ReportStore
 from services.common.stream_calls import answer_of, answers
 from services.conversation import envelope, reports, series
 from services.conversation.context import publish_changes
@@ -36,7 +37,6 @@ from services.conversation.rpc_messages import (
 from services.conversation.rulebook import parse_rules
 from services.conversation.store.operations import Operations
 from services.conversation.store.privacy import Privacy
-from services.conversation.store.report_days import report
 from services.conversation.template_sends import APPROVED, TemplateCheck
 from services.conversation.templates import TemplateRef
 from services.conversation.webhook_intake import WebhookIntake
@@ -260,7 +260,8 @@ class ConversationServicer(ConversationServiceServicer):
             request.group_by,
             {name: getattr(request, name) for name in reports.DIMENSIONS},
         )
-        return report_pb(await report(self.store.redis, query, days.settled()), days.timezone)
+        reported = await ReportStore(self.store.redis, days, reports.FIGURES).report(query)
+        return report_pb(reported, days.timezone)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.Stats:
         by_state = await self.store.state_counts()

@@ -9,19 +9,20 @@ from datetime import date
 import redis.asyncio as aioredis
 
 from services.common.due_queue import now_ms, text
+from services.common.report_store import ReportStore
+from services.common.reports import Query, day_key
 from services.conversation import reports
-from services.conversation.reports import Query
 from services.conversation.store.bot_state import BotStore
 from services.conversation.store.conversations import Applied, ConversationStore
 from services.conversation.store.proactive import ProactiveStore
-from services.conversation.store.report_days import SUMS_PREFIX, read_days, report
 from tests.integration.test_conversation_store import _message
 
 TIMEZONE = "America/Sao_Paulo"
 
 
 async def _today(redis: aioredis.Redis, store: ConversationStore) -> dict[str, int]:
-    [(_, counts)] = await read_days(redis, [store.report_days.today()])
+    reader = ReportStore(redis, store.report_days, reports.FIGURES)
+    [(_, counts)] = await reader.read_days([store.report_days.today()])
     return counts
 
 
@@ -117,8 +118,11 @@ async def test_a_proactive_start_counts_the_conversation_it_opens_under_its_trig
 
 
 async def test_the_report_reads_a_range_of_days_in_one_round_trip(redis: aioredis.Redis) -> None:
-    await redis.hset(reports.day_key(date(2026, 12, 1)), "messages_customer|1|2|3|waba|-", 4)
-    days = await read_days(redis, [date(2026, 11, 30), date(2026, 12, 1)])
+    await redis.hset(
+        day_key(reports.DAY_PREFIX, date(2026, 12, 1)), "messages_customer|1|2|3|waba|-", 4
+    )
+    reader = ReportStore(redis, reports.report_days(TIMEZONE), reports.FIGURES)
+    days = await reader.read_days([date(2026, 11, 30), date(2026, 12, 1)])
     assert days == [
         (date(2026, 11, 30), {}),
         (date(2026, 12, 1), {"messages_customer|1|2|3|waba|-": 4}),
@@ -130,31 +134,34 @@ async def test_settled_periods_are_summed_once_and_today_is_read_as_it_is(
 ) -> None:
     today, settled = date(2026, 12, 6), date(2026, 12, 5)
     for day, n in ((date(2026, 11, 3), 2), (date(2026, 12, 5), 3), (today, 4)):
-        await redis.hset(reports.day_key(day), "messages_customer|7|81|71|waba|-", n)
+        await redis.hset(day_key(reports.DAY_PREFIX, day), "messages_customer|7|81|71|waba|-", n)
     query = Query.parse(today, "2026-11-01", "2026-12-06", "vendedor", {})
-    first = await report(redis, query, settled)
+    reader = ReportStore(redis, reports.report_days(TIMEZONE), reports.FIGURES)
+    first = await reader.report(query, settled)
     assert first.rows[0].group == "7" and first.rows[0].values["customer_messages"] == 9
     # November (a whole settled month) and Dec 1-5 are kept; today is not.
-    kept = sorted(text(k) for k in await redis.keys(f"{SUMS_PREFIX}*"))
+    kept = sorted(text(k) for k in await redis.keys(f"{reader.sums_prefix}*"))
     assert kept == [
-        f"{SUMS_PREFIX}2026-11-01:2026-11-30:vendedor:-",
-        f"{SUMS_PREFIX}2026-12-01:2026-12-05:vendedor:-",
+        f"{reader.sums_prefix}2026-11-01:2026-11-30:vendedor:-",
+        f"{reader.sums_prefix}2026-12-01:2026-12-05:vendedor:-",
     ]
     # What changes after: a settled day's sums stay as kept, today's are read anew.
-    await redis.hset(reports.day_key(date(2026, 11, 3)), "messages_customer|7|81|71|waba|-", 99)
-    await redis.hset(reports.day_key(today), "messages_customer|7|81|71|waba|-", 5)
-    again = await report(redis, query, settled)
+    await redis.hset(
+        day_key(reports.DAY_PREFIX, date(2026, 11, 3)), "messages_customer|7|81|71|waba|-", 99
+    )
+    await redis.hset(day_key(reports.DAY_PREFIX, today), "messages_customer|7|81|71|waba|-", 5)
+    again = await reader.report(query, settled)
     assert again.rows[0].values["customer_messages"] == 10
     # Another grouping or filter has sums of its own.
     filtered = Query.parse(today, "2026-11-01", "2026-12-06", "day", {"vendedor": "8"})
-    assert (await report(redis, filtered, settled)).rows == []
-    by_day = await report(redis, Query.parse(today, "2026-11-01", "2026-12-06", "day", {}), settled)
+    assert (await reader.report(filtered, settled)).rows == []
+    by_day = await reader.report(Query.parse(today, "2026-11-01", "2026-12-06", "day", {}), settled)
     assert [(r.group, r.values["customer_messages"]) for r in by_day.rows] == [
         ("2026-11-03", 99),  # summed anew: a day grouping keeps sums of its own
         ("2026-12-05", 3),
         ("2026-12-06", 5),
     ]
-    by_week = await report(
-        redis, Query.parse(today, "2026-11-01", "2026-12-06", "week", {}), settled
+    by_week = await reader.report(
+        Query.parse(today, "2026-11-01", "2026-12-06", "week", {}), settled
     )
     assert [r.group for r in by_week.rows] == ["2026-11-02", "2026-11-30"]

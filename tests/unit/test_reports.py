@@ -1,4 +1,4 @@
-"""The reports' pure logic (services/conversation/reports.py): which day a count goes to
+"""The reports' pure logic (services/common/reports.py, services/conversation/reports.py): which day a count goes to
 in BRIDGE_TIMEZONE, what a request may ask, and how a day's counters become figures."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from datetime import UTC, date, datetime
 import pytest
 
 from services.common.errors import InvalidInput
+from services.common.reports import Field, Query, Report, ReportDays, periods
 from services.conversation import reports, series
-from services.conversation.reports import Field, Query, Report, ReportDays
 
 TODAY = date(2026, 12, 6)
 
@@ -17,9 +17,9 @@ TODAY = date(2026, 12, 6)
 def test_a_count_goes_to_the_day_of_bridge_timezone_not_utcs() -> None:
     # 02:30 UTC on the 7th is still the 6th in São Paulo (UTC-3), the 7th in UTC.
     moment = datetime(2026, 12, 7, 2, 30, tzinfo=UTC).timestamp()
-    assert ReportDays("America/Sao_Paulo").key(moment) == "conv:report:2026-12-06"
-    assert ReportDays("UTC").key(moment) == "conv:report:2026-12-07"
-    assert ReportDays("Asia/Tokyo").today(moment) == date(2026, 12, 7)
+    assert reports.report_days("America/Sao_Paulo").key(moment) == "conv:report:2026-12-06"
+    assert reports.report_days("UTC").key(moment) == "conv:report:2026-12-07"
+    assert ReportDays("x:", "Asia/Tokyo").today(moment) == date(2026, 12, 7)
 
 
 def test_a_query_defaults_to_the_last_30_days_and_refuses_what_it_cannot_answer() -> None:
@@ -96,7 +96,7 @@ def test_a_report_sums_counters_into_figures_by_group_and_filter() -> None:
 
     def report(group_by: str, **filters: str) -> Report:
         query = Query.parse(TODAY, "2026-11-30", "2026-12-06", group_by, filters)
-        return Report.of(query, days)
+        return Report.of(query, days, reports.FIGURES)
 
     by_vendedor = report("vendedor")
     assert [r.group for r in by_vendedor.rows] == [ana, bia]  # most messages first
@@ -125,15 +125,14 @@ def test_a_report_sums_counters_into_figures_by_group_and_filter() -> None:
 def test_a_long_report_reads_each_months_settled_days_as_one_and_today_raw() -> None:
     query = Query.parse(TODAY, "2025-11-20", "2026-12-06", "vendedor", {})
     settled = date(2026, 12, 5)
-    periods = reports.periods(query, settled)
-    spans = [(p.first.isoformat(), p.last.isoformat(), p.settled) for p in periods]
+    spans = [(p.first.isoformat(), p.last.isoformat(), p.settled) for p in periods(query, settled)]
     assert spans[0] == ("2025-11-20", "2025-11-30", True)
     assert spans[1] == ("2025-12-01", "2025-12-31", True)
     assert spans[-2:] == [("2026-12-01", "2026-12-05", True), ("2026-12-06", "2026-12-06", False)]
-    assert len(periods) == 15
-    assert sum(len(p.days()) for p in periods) == len(query.days())
+    assert len(spans) == 15
+    assert sum(len(p.days()) for p in periods(query, settled)) == len(query.days())
     # Days after the settled ones (today, and any later) are each read as they are.
-    ahead = reports.periods(Query.parse(TODAY, "2026-12-01", "2026-12-08", "day", {}), settled)
+    ahead = periods(Query.parse(TODAY, "2026-12-01", "2026-12-08", "day", {}), settled)
     assert [(p.first.day, p.last.day, p.settled) for p in ahead] == [
         (1, 5, True),
         (6, 6, False),
@@ -143,7 +142,7 @@ def test_a_long_report_reads_each_months_settled_days_as_one_and_today_raw() -> 
 
 
 def test_a_day_is_final_a_few_minutes_after_midnight_in_bridge_timezone() -> None:
-    days = ReportDays("America/Sao_Paulo")
+    days = reports.report_days("America/Sao_Paulo")
     just_after = datetime(2026, 12, 7, 3, 5, tzinfo=UTC).timestamp()  # 00:05 in São Paulo
     later = datetime(2026, 12, 7, 3, 30, tzinfo=UTC).timestamp()  # 00:30
     assert days.settled(just_after) == date(2026, 12, 5)

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from services.common.due_queue import DueQueue, now_ms, text, text_map
 from services.conversation import series
-from services.conversation.reports import ReportDays
+from services.conversation.reports import report_days
 from services.conversation.store.keys import (
     BOT_LOG_KEPT,
     HANDOFFS_DUE,
@@ -37,7 +37,7 @@ class BotStore:
     ) -> None:
         """`timezone`: BRIDGE_TIMEZONE, whose days the reports count in."""
         self.redis = redis
-        self.report_days = ReportDays(timezone)
+        self.report_days = report_days(timezone)
         self._r_ms = retention_ms(retention_seconds)
         self.resumes = DueQueue(redis, RESUMES_DUE)
         self.handoffs = DueQueue(redis, HANDOFFS_DUE)

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from services.common.due_queue import Claim, DueQueue, now_ms, text, text_map
 from services.conversation import series
-from services.conversation.reports import ReportDays
+from services.conversation.reports import report_days
 from services.conversation.store.keys import (
     BOT_STATE_AWAITING,
     BOT_STATE_PAUSED,
@@ -151,7 +151,7 @@ class ConversationStore(Turns, Replies):
         """`retention_seconds`: DATA_RETENTION_DAYS in seconds (0 = kept until erased);
         `timezone`: BRIDGE_TIMEZONE, whose days the reports count in (reports.py)."""
         self.redis = redis
-        self.report_days = ReportDays(timezone)
+        self.report_days = report_days(timezone)
         self.retention_seconds = retention_seconds
         self.event_partitions = event_partitions
         self._partition_streams = [event_stream(p) for p in range(event_partitions)]

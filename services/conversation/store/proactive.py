@@ -9,7 +9,7 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from services.common.due_queue import DueQueue, now_ms, text, text_map
-from services.conversation.reports import ReportDays
+from services.conversation.reports import report_days
 from services.conversation.store.keys import (
     FALLBACKS_DUE,
     JOB_KEPT_SECONDS,
@@ -30,7 +30,7 @@ class ProactiveStore:
         self, redis: aioredis.Redis, retention_seconds: int = 0, timezone: str = "UTC"
     ) -> None:
         self.redis = redis
-        self.report_days = ReportDays(timezone)
+        self.report_days = report_days(timezone)
         self._r_ms = retention_ms(retention_seconds)
         self.waiting = DueQueue(redis, PROACTIVE_DUE)
         self.fallbacks = DueQueue(redis, FALLBACKS_DUE)

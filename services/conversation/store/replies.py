@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 
 from services.common.due_queue import Claim, now_ms, text, text_map
 from services.common.errors import NotFound
+from services.common.reports import ReportDays
 from services.conversation import reports, series
-from services.conversation.reports import ReportDays
 from services.conversation.store.keys import (
     HANDOFFS_DUE,
     REPLIES_DUE,

@@ -12,8 +12,8 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from services.common.due_queue import Claim, now_ms, text_map
+from services.common.reports import ReportDays
 from services.conversation import series
-from services.conversation.reports import ReportDays
 from services.conversation.store.keys import (
     BOT_STATES,
     DELIVERED_KEPT_SECONDS,
