@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from bridge.conversation.v1 import conversation_pb2 as pb
+from bridge.reports.v1 import reports_pb2 as rpt
 from services.common.due_queue import Failure
 from services.conversation import reports, series
 from services.conversation.rulebook import InForce
@@ -81,16 +82,16 @@ def conversation_pb(data: dict[str, str], pending: int) -> pb.Conversation:
     )
 
 
-def report_pb(report: reports.Report, timezone: str) -> pb.Report:
+def report_pb(report: reports.Report, timezone: str) -> rpt.Report:
     query = report.query
-    return pb.Report(
+    return rpt.Report(
         timezone=timezone,
         from_day=query.first.isoformat(),
         to_day=query.last.isoformat(),
         group_by=query.group_by,
         metrics=list(reports.METRIC_NAMES),
-        rows=[pb.ReportRow(group=r.group, values=r.values) for r in report.rows],
-        total=pb.ReportRow(group=report.total.group, values=report.total.values),
+        rows=[rpt.ReportRow(group=r.group, values=r.values) for r in report.rows],
+        total=rpt.ReportRow(group=report.total.group, values=report.total.values),
     )
 
 

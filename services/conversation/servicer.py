@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from bridge.conversation.v1 import conversation_pb2 as pb
 from bridge.conversation.v1.conversation_pb2_grpc import ConversationServiceServicer
+from bridge.reports.v1 import reports_pb2 as rpt
 from services.common.due_queue import Failure, now_ms
 from services.common.errors import InvalidInput, NotFound
 from services.common.grpc_server import serve_streamed
@@ -251,7 +252,7 @@ class ConversationServicer(ConversationServiceServicer):
             log.warning("copies not dropped after the reset (they age out): %s", exc)
         return pb.ResetConversationsResponse(conversations=deleted, keys=keys)
 
-    async def GetReport(self, request: pb.GetReportRequest, context: Context) -> pb.Report:
+    async def GetReport(self, request: rpt.GetReportRequest, context: Context) -> rpt.Report:
         days = self.store.report_days
         query = reports.Query.parse(
             days.today(),

@@ -34,7 +34,7 @@ def create_server(settings: SchedulingSettings) -> GrpcService:
     )
     agendamentos = Agendamentos(
         settings,
-        SchedulingStore(redis, settings.retention_seconds),
+        SchedulingStore(redis, settings.retention_seconds, settings.bridge_timezone),
         KommoGatewayStub(channels[0]),
         VendedorServiceStub(channels[1]),
         ConversationServiceStub(channels[2]),

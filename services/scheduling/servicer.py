@@ -13,6 +13,7 @@ import grpc
 
 from bridge.conversation.v1 import conversation_pb2 as conv
 from bridge.kommo_gateway.v1 import kommo_gateway_pb2 as gw
+from bridge.reports.v1 import reports_pb2 as rpt
 from bridge.scheduling.v1 import scheduling_pb2 as pb
 from bridge.scheduling.v1.scheduling_pb2_grpc import SchedulingServiceServicer
 from bridge.vendedor.v1 import vendedor_pb2 as vd
@@ -22,8 +23,10 @@ from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.grpc_server import client_metadata
 from services.common.kommo_ids import KOMMO_ID_MAX, is_kommo_id
 from services.common.n8n import N8nClient, next_delay
+from services.common.report_store import ReportStore
+from services.common.reports import DIMENSIONS, Query
 from services.common.workpool import WorkPool, leased
-from services.scheduling import domain
+from services.scheduling import domain, reports
 from services.scheduling.settings import SchedulingSettings
 from services.scheduling.store import SchedulingStore
 
@@ -219,7 +222,8 @@ class Agendamentos:
         # Queued leased to this request, which delivers it now; if this replica dies,
         # the delivery pool of a live one takes it when the lease runs out.
         claim = Claim(request_id, now_ms() + s.lease_ms)
-        await self.store.create(request_id, record, claim.lease, contact_id)
+        owner = reports.owner(lead.responsible_user_id, lead.pipeline_id, lead.status_id)
+        await self.store.create(request_id, record, claim.lease, contact_id, owner)
         log.info("agendamento requested", extra={"agendamento": request_id, "lead_id": lead_id})
         async with leased(self.store.outbox, claim, s.lease_ms):
             await self.deliver(claim)
@@ -291,6 +295,26 @@ class SchedulingServicer(SchedulingServiceServicer):
                 # n8n answered before our delivery was marked: nothing left to send.
                 await self._store.delivered(request.id)
         return to_pb(await self._store.get(request.id))
+
+    async def GetReport(self, request: rpt.GetReportRequest, context: Context) -> rpt.Report:
+        days = self._store.report_days
+        query = Query.parse(
+            days.today(),
+            request.from_day,
+            request.to_day,
+            request.group_by,
+            {name: getattr(request, name) for name in DIMENSIONS},
+        )
+        report = await ReportStore(self._store.redis, days, reports.FIGURES).report(query)
+        return rpt.Report(
+            timezone=days.timezone,
+            from_day=query.first.isoformat(),
+            to_day=query.last.isoformat(),
+            group_by=query.group_by,
+            metrics=list(reports.FIGURES.names),
+            rows=[rpt.ReportRow(group=r.group, values=r.values) for r in report.rows],
+            total=rpt.ReportRow(group="total", values=report.total.values),
+        )
 
     async def EraseData(
         self, request: pb.EraseSchedulingDataRequest, context: Context

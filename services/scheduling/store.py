@@ -15,6 +15,8 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from services.common.due_queue import DueQueue, text, text_map
+from services.common.reports import REPORT_SECONDS
+from services.scheduling import reports
 
 # Requests to deliver to n8n, by next attempt (a sorted set of request ids, no TTL: it
 # lives with the service; an erased request is taken off it, a request that expired is
@@ -69,25 +71,56 @@ return false
 """
 )
 
-# KEYS: request, outbox, indexes. ARGV: lifetime (ms), request id, due at, field/values.
-_CREATE = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+# A count in the day's report (services/scheduling/reports.py), whose hash lives ARGV[2]
+# seconds from its first count: KEYS[2] the day's hash, FIELD the counter and owner.
+_TALLY = """
+if redis.call('HINCRBY', KEYS[2], FIELD, 1) == 1 and redis.call('TTL', KEYS[2]) < 0 then
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+"""
+
+# KEYS: request, the day's report, outbox, indexes. ARGV: lifetime (ms), the report
+# hash's lifetime (s), request id, due at, the request's owner for the report, then
+# field/values. Counted as requested in the same call.
+_CREATE = (
+    """
+redis.call('HSET', KEYS[1], 'report_owner', ARGV[5], unpack(ARGV, 6))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-""" + _LIST.replace("for i = 2,", "for i = 3,")
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+"""
+    + _TALLY.replace("FIELD", "'@REQUESTED@|' .. ARGV[5]")
+    + _LIST.replace("for i = 2,", "for i = 4,")
+).replace("@REQUESTED@", reports.REQUESTED)
 
 # A request erased (or expired) meanwhile is never written again by its delivery.
-_UPDATE = """
+# KEYS: request, the day's report. ARGV: its new status ('' = unchanged), the report
+# hash's lifetime (s), then field/values. A status that changes to confirmed or failed is
+# counted in the same call: once, however often it is set.
+_UPDATE = (
+    """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+local before = redis.call('HGET', KEYS[1], 'status')
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[1]) end
+if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
+local owner = redis.call('HGET', KEYS[1], 'report_owner')
+if owner and ARGV[1] ~= before and (ARGV[1] == 'confirmed' or ARGV[1] == 'failed') then
+"""
+    + _TALLY.replace("FIELD", "'agendamentos_' .. ARGV[1] .. '|' .. owner")
+    + """
+end
 return 1
 """
+)
 
 
 class SchedulingStore:
-    def __init__(self, redis: aioredis.Redis, retention_seconds: int = 0) -> None:
-        """`retention_seconds`: DATA_RETENTION_DAYS in seconds (0 = no limit)."""
+    def __init__(
+        self, redis: aioredis.Redis, retention_seconds: int = 0, timezone: str = "UTC"
+    ) -> None:
+        """`retention_seconds`: DATA_RETENTION_DAYS in seconds (0 = no limit);
+        `timezone`: BRIDGE_TIMEZONE, whose days the reports count in."""
         self.redis = redis
+        self.report_days = reports.report_days(timezone)
         self.outbox = DueQueue(redis, OUTBOX_DUE)
         self._retention_ms = max(retention_seconds, 0) * 1000
         self._claim_slot = redis.register_script(_CLAIM_SLOT)
@@ -110,9 +143,15 @@ class SchedulingStore:
         await self.redis.delete(dedupe_key(lead_id, slot))
 
     async def create(
-        self, request_id: str, record: dict[str, Any], due_ms: int, contact_id: int = 0
+        self,
+        request_id: str,
+        record: dict[str, Any],
+        due_ms: int,
+        contact_id: int = 0,
+        owner: str = "-|-|-|-|-",
     ) -> None:
-        """Store a request of record["lead_id"] (and of `contact_id`) and queue it."""
+        """Store a request of record["lead_id"] (and of `contact_id`) and queue it;
+        counted as requested under `owner` (reports.owner)."""
         indexes = [lead_keys_key(int(record["lead_id"]))]
         if contact_id:
             indexes.append(contact_keys_key(contact_id))
@@ -122,18 +161,27 @@ class SchedulingStore:
         for name, value in {**record, "contact_id": contact_id}.items():
             flat.extend((name, value))
         await self._create(
-            keys=[request_key(request_id), OUTBOX_DUE, *indexes],
-            args=[self._life_ms(REQUEST_TTL_SECONDS), request_id, due_ms, *flat],
+            keys=[request_key(request_id), self.report_days.key(), OUTBOX_DUE, *indexes],
+            args=[
+                self._life_ms(REQUEST_TTL_SECONDS),
+                REPORT_SECONDS,
+                request_id,
+                due_ms,
+                owner,
+                *flat,
+            ],
         )
 
     async def get(self, request_id: str) -> dict[str, str]:
         return text_map(await self.redis.hgetall(request_key(request_id)))
 
-    async def update(self, request_id: str, **fields: str | int | float) -> None:
-        flat: list[Any] = []
+    async def update(self, request_id: str, status: str = "", **fields: str | int | float) -> None:
+        """Set a request's `status` (counted in the day's report when it changes to
+        confirmed or failed) and other fields; nothing for a request gone."""
+        flat: list[Any] = [status, REPORT_SECONDS]
         for name, value in {**fields, "updated_at": time.time()}.items():
             flat.extend((name, value))
-        await self._update(keys=[request_key(request_id)], args=flat)
+        await self._update(keys=[request_key(request_id), self.report_days.key()], args=flat)
 
     async def delivered(self, request_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

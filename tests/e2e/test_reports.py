@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -83,6 +83,17 @@ def test_a_day_of_conversations_is_reported_by_vendedor_pipeline_stage_and_day(
     # turn knows whose the conversation is).
     converse(http, stack, TWO_MESSAGES, "boa tarde")
     converse(http, stack, TWO_MESSAGES, "e o INSS?")
+    # An agendamento of 10000003's lead, confirmed (n8n says so twice: counted once).
+    slot = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M")
+    asked = api.post(
+        "/agendamento/request", json={"lead_id": TAKEN_THROUGH_THE_API, "requested_at": slot}
+    )
+    assert asked.status_code == 201, asked.text
+    for _ in range(2):
+        confirmed = api.post(
+            f"/agendamento/{asked.json()['id']}/status", json={"status": "confirmed"}
+        )
+        assert confirmed.status_code == 200, confirmed.text
     # One a proactive trigger opened.
     started = api.post("/start-proactive", json={"lead_id": STARTED_BY_A_FORM, "trigger": "form"})
     assert started.status_code == 201, started.text
@@ -103,6 +114,8 @@ def test_a_day_of_conversations_is_reported_by_vendedor_pipeline_stage_and_day(
     assert carla["conversations_started"] == 1 and carla["customer_messages"] == 1
     assert carla["bot_messages"] == 1 and carla["takeovers_api"] == 1
     assert carla["takeovers_human"] == 0
+    assert (carla["agendamentos_requested"], carla["agendamentos_confirmed"]) == (1, 1)
+    assert bruno["agendamentos_requested"] == 0 and by_vendedor["incomplete"] == []
     assert 0 < bruno["reply_p50_seconds"] <= bruno["reply_p90_seconds"] < 10
     # n8n (the stand-in) answers within the reply's time.
     assert 0 < bruno["n8n_answer_p50_seconds"] <= bruno["reply_p50_seconds"]

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bridge.reports.v1 import reports_pb2 as rpt
 from bridge.scheduling.v1 import scheduling_pb2 as pb
 from bridge.scheduling.v1 import scheduling_pb2_grpc
 from services.common.errors import Conflict
@@ -47,6 +48,9 @@ class Replica(scheduling_pb2_grpc.SchedulingServiceServicer):
     async def EraseData(
         self, request: pb.EraseSchedulingDataRequest, context: Any
     ) -> pb.EraseSchedulingDataResponse:
+        raise NotImplementedError
+
+    async def GetReport(self, request: rpt.GetReportRequest, context: Any) -> rpt.Report:
         raise NotImplementedError
 
 

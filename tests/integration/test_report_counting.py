@@ -15,6 +15,8 @@ from services.conversation import reports
 from services.conversation.store.bot_state import BotStore
 from services.conversation.store.conversations import Applied, ConversationStore
 from services.conversation.store.proactive import ProactiveStore
+from services.scheduling import reports as scheduling_reports
+from services.scheduling.store import SchedulingStore
 from tests.integration.test_conversation_store import _message
 
 TIMEZONE = "America/Sao_Paulo"
@@ -165,3 +167,35 @@ async def test_settled_periods_are_summed_once_and_today_is_read_as_it_is(
         Query.parse(today, "2026-11-01", "2026-12-06", "week", {}), settled
     )
     assert [r.group for r in by_week.rows] == ["2026-11-02", "2026-11-30"]
+
+
+async def test_an_agendamento_is_counted_when_requested_and_once_when_it_is_settled(
+    redis: aioredis.Redis,
+) -> None:
+    store = SchedulingStore(redis, timezone=TIMEZONE)
+    owner = scheduling_reports.owner(10000003, 8100001, 71000002)
+    record = {"id": "req-1", "lead_id": "9100002", "status": "pending"}
+    await store.create("req-1", record, now_ms(), owner=owner)
+    await store.update("req-1", status="delivered", attempts=1)
+    for _ in range(2):  # n8n reports it twice
+        await store.update("req-1", status="confirmed", detail="")
+    await store.create("req-2", {**record, "id": "req-2"}, now_ms(), owner=owner)
+    await store.update("req-2", status="failed", detail="n8n refused it")
+    await store.update("gone", status="confirmed")  # erased meanwhile: nothing
+    reader = ReportStore(redis, store.report_days, scheduling_reports.FIGURES)
+    [(_, counts)] = await reader.read_days([store.report_days.today()])
+    whose = "|10000003|8100001|71000002|-|-"
+    assert counts == {
+        f"agendamentos_requested{whose}": 2,
+        f"agendamentos_confirmed{whose}": 1,
+        f"agendamentos_failed{whose}": 1,
+    }
+    assert (await store.get("req-1"))["status"] == "confirmed"
+    today = store.report_days.today()
+    report = await reader.report(Query.parse(today, "", "", "vendedor", {}))
+    assert report.rows[0].group == "10000003"
+    assert report.rows[0].values == {
+        "agendamentos_requested": 2.0,
+        "agendamentos_confirmed": 1.0,
+        "agendamentos_failed": 1.0,
+    }

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from fastapi import Request
 
+from bridge.reports.v1 import reports_pb2 as rpt
 from bridge.scheduling.v1 import scheduling_pb2 as pb
 from bridge.scheduling.v1 import scheduling_pb2_grpc
 from services.common.errors import RETRY_AFTER_METADATA, RateLimited, retry_after_trailer
@@ -55,6 +56,9 @@ class Refusing(scheduling_pb2_grpc.SchedulingServiceServicer):
     async def EraseData(
         self, request: pb.EraseSchedulingDataRequest, context: Any
     ) -> pb.EraseSchedulingDataResponse:
+        raise NotImplementedError
+
+    async def GetReport(self, request: rpt.GetReportRequest, context: Any) -> rpt.Report:
         raise NotImplementedError
 
 

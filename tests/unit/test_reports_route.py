@@ -14,7 +14,7 @@ import grpc
 import httpx
 import pytest
 
-from bridge.conversation.v1 import conversation_pb2 as conv
+from bridge.reports.v1 import reports_pb2 as rpt
 from services.conversation import reports
 from services.edge_api.app import create_api
 from services.edge_api.clients import Clients
@@ -23,6 +23,7 @@ from services.edge_api.routes.reports import (
     METRICS,
     Report,
     csv_number,
+    merged,
     metric_value,
     prefers_csv,
     report_csv,
@@ -32,6 +33,7 @@ from services.edge_api.routes.reports import (
 )
 from services.edge_api.runtime import EdgeRuntime
 from services.edge_api.settings import EdgeSettings
+from services.scheduling import reports as scheduling_reports
 
 KEY = "o" * 24
 AUTH = {"X-API-Key": KEY}
@@ -43,20 +45,20 @@ def report(
     group_by: str = "vendedor",
     rows: dict[str, dict[str, float]] | None = None,
     metrics: tuple[str, ...] = ("customer_messages", "bot_messages", "reply_p50_seconds"),
-) -> conv.Report:
+) -> rpt.Report:
     given = rows if rows is not None else {"10000002": {"customer_messages": 3.0}}
     total: dict[str, float] = {}
     for values in given.values():
         for name, value in values.items():
             total[name] = total.get(name, 0.0) + value
-    return conv.Report(
+    return rpt.Report(
         timezone="America/Sao_Paulo",
         from_day="2026-11-07",
         to_day="2026-12-06",
         group_by=group_by,
         metrics=metrics,
-        rows=[conv.ReportRow(group=group, values=values) for group, values in given.items()],
-        total=conv.ReportRow(group="total", values=total),
+        rows=[rpt.ReportRow(group=group, values=values) for group, values in given.items()],
+        total=rpt.ReportRow(group="total", values=total),
     )
 
 
@@ -104,8 +106,9 @@ def test_the_json_has_every_metric_in_order_a_missing_one_as_0_and_the_total() -
         },
     }
     assert list(body["rows"][1]) == ["group", *body["metrics"]]
-    # What the OpenAPI says is what is sent.
-    assert Report.model_validate(body).model_dump(by_alias=True) == body
+    # What the OpenAPI says is what is sent (the route adds what the report lacks).
+    sent = {**body, "incomplete": []}
+    assert Report.model_validate(sent).model_dump(by_alias=True) == sent
 
 
 def test_without_names_from_the_service_the_edge_s_list_is_used() -> None:
@@ -115,8 +118,8 @@ def test_without_names_from_the_service_the_edge_s_list_is_used() -> None:
     assert body["total"]["conversations_started"] == 0
 
 
-def test_the_documented_metrics_are_the_conversation_services_in_its_order() -> None:
-    assert list(METRICS) == list(reports.METRIC_NAMES)
+def test_the_documented_metrics_are_the_services_in_their_order() -> None:
+    assert list(METRICS) == [*reports.METRIC_NAMES, *scheduling_reports.FIGURES.names]
     assert [name for name in METRICS if name.endswith("_seconds")] == [
         "reply_p50_seconds",
         "reply_p90_seconds",
@@ -197,7 +200,7 @@ def test_a_well_formed_query_becomes_the_service_s_request() -> None:
         None,
         {"vendedor": "10000002", "pipeline": "", "stage": "8100001:71000002", "origin": None},
     )
-    assert request == conv.GetReportRequest(
+    assert request == rpt.GetReportRequest(
         from_day="2026-11-01",
         to_day="2026-11-30",
         group_by="stage",
@@ -209,7 +212,7 @@ def test_a_well_formed_query_becomes_the_service_s_request() -> None:
 
 def test_what_is_not_given_is_left_to_the_service_s_defaults() -> None:
     request, as_csv = report_query(None, "", "", "", None, NO_FILTERS)
-    assert request == conv.GetReportRequest(group_by="day")
+    assert request == rpt.GetReportRequest(group_by="day")
     assert not as_csv
 
 
@@ -277,20 +280,34 @@ def test_every_problem_is_named_and_no_value_is_echoed() -> None:
 class Conversation:
     """The conversation service's GetReport: records the requests, answers `answer`."""
 
-    def __init__(self, answer: conv.Report | Exception) -> None:
+    def __init__(self, answer: rpt.Report | Exception) -> None:
         self.answer = answer
-        self.requests: list[conv.GetReportRequest] = []
+        self.requests: list[rpt.GetReportRequest] = []
 
-    async def GetReport(self, request: conv.GetReportRequest, **_: Any) -> conv.Report:
+    async def GetReport(self, request: rpt.GetReportRequest, **_: Any) -> rpt.Report:
         self.requests.append(request)
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer
 
 
+class Scheduling:
+    """The scheduling service's GetReport: answers `answer` (or raises it)."""
+
+    def __init__(self, answer: rpt.Report | Exception | None = None) -> None:
+        # By default a report with no figures of its own: the conversation's stands.
+        self.answer = answer if answer is not None else rpt.Report()
+
+    async def GetReport(self, request: rpt.GetReportRequest, **_: Any) -> rpt.Report:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
 class FakeClients:
-    def __init__(self, conversation: Conversation) -> None:
+    def __init__(self, conversation: Conversation, scheduling: Scheduling | None = None) -> None:
         self.conversation = conversation
+        self.scheduling = scheduling or Scheduling()
 
 
 @pytest.fixture
@@ -331,7 +348,7 @@ async def test_the_report_is_json_by_default(
         {"group": "=1+1", "customer_messages": 2, "bot_messages": 0, "reply_p50_seconds": 0.0}
     ]
     assert service.requests == [
-        conv.GetReportRequest(
+        rpt.GetReportRequest(
             from_day="2026-11-07", to_day="2026-12-06", group_by="vendedor", origin="waba"
         )
     ]
@@ -389,7 +406,7 @@ async def test_empty_parameters_are_parameters_not_given(
 ) -> None:
     answer = await edge.get("/reports?from=&to=&group_by=&format=&stage=", headers=AUTH)
     assert answer.status_code == 200, answer.text
-    assert service.requests == [conv.GetReportRequest(group_by="day")]
+    assert service.requests == [rpt.GetReportRequest(group_by="day")]
 
 
 async def test_the_service_s_refusal_is_a_400_with_its_message(
@@ -419,3 +436,71 @@ async def test_the_schema_documents_the_parameters_and_no_422(edge: httpx.AsyncC
     assert {"from", "to", "group_by", "format", "vendedor", "trigger"} <= names
     assert "422" not in operation["responses"]
     assert {"application/json", "text/csv"} <= set(operation["responses"]["200"]["content"])
+
+
+SCHEDULING = ["agendamentos_requested", "agendamentos_confirmed", "agendamentos_failed"]
+
+
+def test_the_agendamentos_join_each_groups_row_and_a_group_only_they_saw() -> None:
+    ours = report(
+        group_by="vendedor",
+        rows={"7": {"customer_messages": 5.0}, "8": {"customer_messages": 1.0}},
+    )
+    theirs = rpt.Report(
+        group_by="vendedor",
+        metrics=SCHEDULING,
+        rows=[
+            rpt.ReportRow(group="8", values={"agendamentos_requested": 2.0}),
+            rpt.ReportRow(group="9", values={"agendamentos_requested": 1.0}),
+        ],
+        total=rpt.ReportRow(group="total", values={"agendamentos_requested": 3.0}),
+    )
+    both = report_json(merged(ours, theirs))
+    assert both["metrics"][-3:] == SCHEDULING
+    assert [
+        (r["group"], r["customer_messages"], r["agendamentos_requested"]) for r in both["rows"]
+    ] == [
+        ("7", 5, 0),
+        ("8", 1, 2),
+        ("9", 0, 1),
+    ]
+    assert both["total"]["agendamentos_requested"] == 3
+    by_day = merged(
+        report(group_by="day", rows={"2026-12-02": {"customer_messages": 1.0}}),
+        rpt.Report(
+            group_by="day",
+            metrics=SCHEDULING,
+            rows=[rpt.ReportRow(group="2026-12-01", values={"agendamentos_failed": 1.0})],
+        ),
+    )
+    assert [r.group for r in by_day.rows] == ["2026-12-01", "2026-12-02"]  # time order
+
+
+async def test_a_report_without_the_scheduling_service_says_what_it_lacks(
+    service: Conversation,
+) -> None:
+    down = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down", None
+    )
+    settings = EdgeSettings(
+        redis_url="",
+        edge_api_key=KEY,
+        kommo_webhook_secret="s" * 24,
+        conversation_addr="127.0.0.1:1",
+        kommo_gateway_addr="127.0.0.1:1",
+        vendedor_addr="127.0.0.1:1",
+        scheduling_addr="127.0.0.1:1",
+        kommo_sandbox=False,
+    )
+    runtime = EdgeRuntime(settings)
+    runtime._clients = cast(Clients, FakeClients(service, Scheduling(down)))
+    transport = httpx.ASGITransport(app=create_api(runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+        answer = await client.get("/reports", headers=AUTH)
+        assert answer.status_code == 200
+        assert answer.json()["incomplete"] == [
+            "agendamentos: the scheduling service did not answer (UNAVAILABLE)"
+        ]
+        assert "agendamentos_requested" not in answer.json()["metrics"]
+        csv_answer = await client.get("/reports", params={"format": "csv"}, headers=AUTH)
+        assert csv_answer.headers["x-report-incomplete"].startswith("agendamentos:")

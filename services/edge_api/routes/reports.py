@@ -10,19 +10,22 @@ integers, seconds to the millisecond."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
+import grpc
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from bridge.conversation.v1 import conversation_pb2 as conv
+from bridge.reports.v1 import reports_pb2 as rpt
 from services.common.grpc_server import client_metadata
 from services.edge_api.deps import API_KEY, ClientsDep
 from services.edge_api.errors import ErrorBody, HttpError
@@ -34,6 +37,9 @@ router = APIRouter(tags=["reports"], dependencies=API_KEY)
 # A report whose months were never summed reads every field of their days once (a busy
 # account: a few seconds for 13 months); after that, ~10 ms.
 _REPORT_DEADLINE_SECONDS = 60.0
+REQUESTED = "agendamentos_requested"
+
+log = logging.getLogger(__name__)
 
 METRICS: dict[str, str] = {
     "conversations_started": "conversations a customer started (counted at their first "
@@ -59,6 +65,10 @@ METRICS: dict[str, str] = {
     "reply_p90_seconds": "90th percentile of the same",
     "n8n_answer_p50_seconds": "median seconds n8n took to answer a turn's envelope",
     "n8n_answer_p90_seconds": "90th percentile of the same",
+    # The scheduling service's (its own GetReport, put beside the conversation's).
+    "agendamentos_requested": "agendamentos n8n asked for (POST /agendamento/request)",
+    "agendamentos_confirmed": "agendamentos confirmed (their status set to confirmed)",
+    "agendamentos_failed": "agendamentos that failed (n8n reported it, or never took them)",
 }
 SECONDS_SUFFIX = "_seconds"
 
@@ -127,6 +137,7 @@ class Report(BaseModel):
                         "bot_messages": 40,
                         "reply_p50_seconds": 3.25,
                     },
+                    "incomplete": [],
                 }
             ]
         }
@@ -143,6 +154,11 @@ class Report(BaseModel):
         f"{_NUMBERS} The figures: {_METRICS_DESCRIBED}."
     )
     total: ReportRow = Field(description='the whole range, `group` "total"')
+    incomplete: list[str] = Field(
+        default_factory=list,
+        description="what the report lacks, and why (the agendamentos when the scheduling "
+        "service did not answer; their figures are then left out); empty when whole",
+    )
 
 
 _FROM = "the first day, YYYY-MM-DD in BRIDGE_TIMEZONE (default: 29 days before `to`)"
@@ -216,15 +232,68 @@ async def reports(
     query, as_csv = report_query(
         from_day, to_day, group_by, output, request.headers.get("accept"), filters
     )
-    answer = await clients.conversation.GetReport(
-        query, timeout=_REPORT_DEADLINE_SECONDS, metadata=client_metadata()
-    )
+    answer, incomplete = await _both(clients, query)
     if not as_csv:
-        return JSONResponse(report_json(answer))
-    return Response(
-        report_csv(answer),
-        media_type=CSV_MEDIA_TYPE,
-        headers={"Content-Disposition": f'attachment; filename="{csv_filename(answer)}"'},
+        return JSONResponse({**report_json(answer), "incomplete": incomplete})
+    headers = {"Content-Disposition": f'attachment; filename="{csv_filename(answer)}"'}
+    if incomplete:
+        headers["X-Report-Incomplete"] = "; ".join(incomplete)
+    return Response(report_csv(answer), media_type=CSV_MEDIA_TYPE, headers=headers)
+
+
+async def _both(clients: Any, query: rpt.GetReportRequest) -> tuple[rpt.Report, list[str]]:
+    """The conversation service's report with the scheduling service's figures beside
+    it, asked at once; and what it lacks. Without the scheduling service's answer (down,
+    slow) the report is the conversation's, saying so."""
+    metadata = client_metadata()
+    ours = clients.conversation.GetReport(
+        query, timeout=_REPORT_DEADLINE_SECONDS, metadata=metadata
+    )
+    theirs = clients.scheduling.GetReport(
+        query,
+        timeout=_REPORT_DEADLINE_SECONDS,
+        metadata=metadata,
+    )
+    results: tuple[Any, Any] = await asyncio.gather(ours, theirs, return_exceptions=True)
+    answer = cast(rpt.Report | BaseException, results[0])
+    agendamentos = cast(rpt.Report | BaseException, results[1])
+    if isinstance(answer, BaseException):
+        raise answer
+    if isinstance(agendamentos, grpc.aio.AioRpcError):
+        code = agendamentos.code().name
+        log.warning("report without agendamentos: the scheduling service answered %s", code)
+        return answer, [f"agendamentos: the scheduling service did not answer ({code})"]
+    if isinstance(agendamentos, BaseException):
+        raise agendamentos
+    return merged(answer, agendamentos), []
+
+
+def merged(answer: rpt.Report, agendamentos: rpt.Report) -> rpt.Report:
+    """Both services' figures in one report: a group's row with both, a group only one
+    of them saw included; in time order, or the conversation service's order and then
+    the rest by agendamentos requested, most first."""
+    rows = {row.group: dict(row.values) for row in answer.rows}
+    order = list(rows)
+    extra = []
+    for row in agendamentos.rows:
+        if row.group not in rows:
+            rows[row.group] = {}
+            extra.append(row.group)
+        rows[row.group].update(row.values)
+    extra.sort(key=lambda group: (-rows[group].get(REQUESTED, 0.0), group))
+    order += extra
+    if answer.group_by in ("day", "week", "month"):
+        order.sort()
+    return rpt.Report(
+        timezone=answer.timezone,
+        from_day=answer.from_day,
+        to_day=answer.to_day,
+        group_by=answer.group_by,
+        metrics=[*answer.metrics, *(m for m in agendamentos.metrics if m not in answer.metrics)],
+        rows=[rpt.ReportRow(group=group, values=rows[group]) for group in order],
+        total=rpt.ReportRow(
+            group="total", values={**answer.total.values, **agendamentos.total.values}
+        ),
     )
 
 
@@ -235,7 +304,7 @@ def report_query(
     output: str | None,
     accept: str | None,
     filters: Mapping[str, str | None],
-) -> tuple[conv.GetReportRequest, bool]:
+) -> tuple[rpt.GetReportRequest, bool]:
     """The service's request and whether the answer is CSV; HttpError 400 naming every
     malformed parameter (never its value). Whether the range and the filters make sense
     is the service's to say."""
@@ -251,7 +320,7 @@ def report_query(
     ]
     if problems:
         raise HttpError(400, "invalid request: " + "; ".join(problems))
-    request = conv.GetReportRequest(
+    request = rpt.GetReportRequest(
         from_day=from_day or "",
         to_day=to_day or "",
         group_by=group_by or "day",
@@ -297,7 +366,7 @@ def _weight(value: str) -> float:
     return weight if math.isfinite(weight) else 0.0
 
 
-def report_metrics(answer: conv.Report) -> list[str]:
+def report_metrics(answer: rpt.Report) -> list[str]:
     """The names, in the service's order (this edge's list for a service that sent none)."""
     return list(answer.metrics) or list(METRICS)
 
@@ -313,12 +382,12 @@ def metric_value(name: str, value: float) -> int | float:
     return round(value)
 
 
-def row_values(row: conv.ReportRow, metrics: Sequence[str]) -> dict[str, int | float]:
+def row_values(row: rpt.ReportRow, metrics: Sequence[str]) -> dict[str, int | float]:
     """Every metric of the report, in order; one the row does not carry is 0."""
     return {name: metric_value(name, row.values.get(name, 0.0)) for name in metrics}
 
 
-def report_json(answer: conv.Report) -> dict[str, Any]:
+def report_json(answer: rpt.Report) -> dict[str, Any]:
     metrics = report_metrics(answer)
     return {
         "timezone": answer.timezone,
@@ -331,7 +400,7 @@ def report_json(answer: conv.Report) -> dict[str, Any]:
     }
 
 
-def report_csv(answer: conv.Report) -> str:
+def report_csv(answer: rpt.Report) -> str:
     """A header (the group's name, then the metrics), a line per group, no total: a table
     a spreadsheet opens as it is."""
     metrics = report_metrics(answer)
@@ -360,7 +429,7 @@ def safe_cell(text: str) -> str:
     return text
 
 
-def csv_filename(answer: conv.Report) -> str:
+def csv_filename(answer: rpt.Report) -> str:
     """reports-<from>-<to>-<group_by>.csv, of nothing but letters, digits, - and _."""
     parts = (answer.from_day, answer.to_day, answer.group_by)
     return "-".join(["reports", *(_FILENAME_UNSAFE.sub("", part) for part in parts)]) + ".csv"
