@@ -20,9 +20,10 @@ from tests.e2e.conftest import chat, customer_writes, isolated_stack, wait_for
 TIMEZONE = "America/Manaus"  # UTC-4: not UTC, nor the default
 PIPELINE = "8100001"
 # Seeded leads and their responsible users (sandbox/kommo/seed.py).
-# 9100001 and 9100008 are 10000002's, 9100002 is 10000003's, 9100004 10000005's.
+# 9100001 and 9100008 are 10000002's, 9100002 is 10000003's, 9100003 10000004's,
+# 9100004 10000005's.
 TAKEN_BY_A_PERSON, TAKEN_THROUGH_THE_API, TWO_MESSAGES = 9100001, 9100002, 9100008
-STARTED_BY_A_FORM = 9100004
+HANDED_OFF_BY_THE_AI, STARTED_BY_A_FORM = 9100003, 9100004
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +49,12 @@ def bot_replies(http: httpx.Client, stack: Stack, lead: int) -> int:
     )
 
 
-def converse(http: httpx.Client, stack: Stack, lead: int, text: str) -> None:
+def converse(http: httpx.Client, stack: Stack, lead: int, text: str) -> dict[str, Any]:
+    """The customer writes and the bot answers; what the sandbox sent the bridge."""
     before = bot_replies(http, stack, lead)
-    customer_writes(http, stack, lead, text)
+    sent = customer_writes(http, stack, lead, text)
     wait_for(lambda: bot_replies(http, stack, lead) > before, what=f"a reply to {text!r}")
+    return sent
 
 
 def bot_state(api: httpx.Client, lead: int) -> str:
@@ -82,7 +85,18 @@ def test_a_day_of_conversations_is_reported_by_vendedor_pipeline_stage_and_day(
     # One with two turns (the first message of a new conversation is counted once its
     # turn knows whose the conversation is).
     converse(http, stack, TWO_MESSAGES, "boa tarde")
-    converse(http, stack, TWO_MESSAGES, "e o INSS?")
+    second = converse(http, stack, TWO_MESSAGES, "e o INSS?")
+    # Kommo delivers that webhook twice more: counted once.
+    for _ in range(2):
+        assert httpx.post(stack.webhook_url, content=second["body"]).status_code == 200
+    # One the AI hands to a person.
+    config = f"{stack.standin_url}/_standin/config"
+    http.post(config, json={"handoff": True}).raise_for_status()
+    try:
+        converse(http, stack, HANDED_OFF_BY_THE_AI, "quero falar com um advogado")
+    finally:
+        http.post(config, json={"handoff": False}).raise_for_status()
+    wait_for(lambda: bot_state(api, HANDED_OFF_BY_THE_AI) == "paused", what="the handoff")
     # An agendamento of 10000003's lead, confirmed (n8n says so twice: counted once).
     slot = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M")
     asked = api.post(
@@ -120,13 +134,17 @@ def test_a_day_of_conversations_is_reported_by_vendedor_pipeline_stage_and_day(
     # n8n (the stand-in) answers within the reply's time.
     assert 0 < bruno["n8n_answer_p50_seconds"] <= bruno["reply_p50_seconds"]
     assert rows(by_vendedor)["10000005"]["conversations_started"] == 1
-    assert set(rows(by_vendedor)) == {"10000002", "10000003", "10000005"}
+    dani = rows(by_vendedor)["10000004"]
+    assert (dani["conversations_started"], dani["customer_messages"]) == (1, 1)
+    assert (dani["handoffs_ai"], dani["bot_messages"]) == (1, 1)
+    assert set(rows(by_vendedor)) == {"10000002", "10000003", "10000004", "10000005"}
     by_trigger = api.get("/reports", params={"group_by": "trigger"}).json()
     assert rows(by_trigger)["form"]["conversations_started"] == 1
-    assert rows(by_trigger)["-"]["conversations_started"] == 3
+    assert rows(by_trigger)["-"]["conversations_started"] == 4
 
     total = by_vendedor["total"]
-    assert (total["conversations_started"], total["customer_messages"]) == (4, 4)
+    assert (total["conversations_started"], total["customer_messages"]) == (5, 5)
+    assert total["handoffs_ai"] == 1
     by_pipeline = api.get("/reports", params={"group_by": "pipeline"}).json()
     assert list(rows(by_pipeline)) == [PIPELINE]
     assert {k: v for k, v in rows(by_pipeline)[PIPELINE].items() if k != "group"} == {
@@ -134,10 +152,10 @@ def test_a_day_of_conversations_is_reported_by_vendedor_pipeline_stage_and_day(
     }
     by_day = api.get("/reports", params={"group_by": "day", "from": today, "to": today}).json()
     assert list(rows(by_day)) == [today]
-    assert rows(by_day)[today]["customer_messages"] == 4
+    assert rows(by_day)[today]["customer_messages"] == 5
     by_stage = api.get("/reports", params={"group_by": "stage"}).json()
     assert all(group.startswith(f"{PIPELINE}:") for group in rows(by_stage))
-    assert sum(r["customer_messages"] for r in by_stage["rows"]) == 4
+    assert sum(r["customer_messages"] for r in by_stage["rows"]) == 5
 
     # Filtered: one vendedor's pipelines.
     one = api.get("/reports", params={"group_by": "pipeline", "vendedor": "10000003"}).json()
