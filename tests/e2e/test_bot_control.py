@@ -75,7 +75,11 @@ def user_writes(http: httpx.Client, stack: Stack, lead: int, text: str) -> None:
 
 
 def bot_state(api: httpx.Client, lead: int) -> str:
+    """The lead's bot state; "" while it has no conversation yet (a new lead's first
+    message is applied after its ack: the status may be asked before)."""
     answer = api.post("/bot-control", json={"action": "status", "lead_id": lead})
+    if answer.status_code == 404:
+        return ""
     return str(answer.json()["bot_state"])
 
 

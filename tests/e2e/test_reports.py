@@ -58,9 +58,9 @@ def converse(http: httpx.Client, stack: Stack, lead: int, text: str) -> dict[str
 
 
 def bot_state(api: httpx.Client, lead: int) -> str:
-    return str(
-        api.post("/bot-control", json={"action": "status", "lead_id": lead}).json()["bot_state"]
-    )
+    """The lead's bot state; "" while it has no conversation yet."""
+    answer = api.post("/bot-control", json={"action": "status", "lead_id": lead})
+    return "" if answer.status_code == 404 else str(answer.json()["bot_state"])
 
 
 def rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
