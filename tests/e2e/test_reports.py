@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import csv
 import io
+import signal
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -36,7 +39,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "BRIDGE_TIMEZONE": TIMEZONE,
             "PROACTIVE_HOURS": "00:00-24:00",
             "PROACTIVE_DAYS": "mon-sun",
+            # A replica killed with work in hand: its partitions and leases are taken
+            # over within seconds.
+            "VISIBILITY_TIMEOUT_SECONDS": "2",
+            "WORK_LEASE_SECONDS": "4",
         },
+        scale={"conversation": 2},
     ) as running:
         yield running
 
@@ -111,10 +119,13 @@ def test_a_day_of_conversations_is_reported_by_vendedor_pipeline_stage_and_day(
     # One a proactive trigger opened.
     started = api.post("/start-proactive", json={"lead_id": STARTED_BY_A_FORM, "trigger": "form"})
     assert started.status_code == 201, started.text
+    wait_for(lambda: bot_replies(http, stack, STARTED_BY_A_FORM) == 1, what="its first message")
 
     def counted() -> dict[str, Any] | None:
         report: dict[str, Any] = api.get("/reports", params={"group_by": "vendedor"}).json()
-        return report if rows(report).get("10000003", {}).get("takeovers_api") else None
+        counted = rows(report)
+        ready = counted.get("10000003", {}).get("takeovers_api")
+        return report if ready and counted.get("10000005", {}).get("bot_messages") else None
 
     by_vendedor = wait_for(counted, what="the report")
     today = datetime.now(ZoneInfo(TIMEZONE)).date().isoformat()
@@ -134,6 +145,7 @@ def test_a_day_of_conversations_is_reported_by_vendedor_pipeline_stage_and_day(
     # n8n (the stand-in) answers within the reply's time.
     assert 0 < bruno["n8n_answer_p50_seconds"] <= bruno["reply_p50_seconds"]
     assert rows(by_vendedor)["10000005"]["conversations_started"] == 1
+    assert rows(by_vendedor)["10000005"]["bot_messages"] == 1  # n8n's first message
     dani = rows(by_vendedor)["10000004"]
     assert (dani["conversations_started"], dani["customer_messages"]) == (1, 1)
     assert (dani["handoffs_ai"], dani["bot_messages"]) == (1, 1)
@@ -183,3 +195,52 @@ def test_a_day_of_conversations_is_reported_by_vendedor_pipeline_stage_and_day(
         refused = api.get("/reports", params=params)
         assert refused.status_code == 400, params
         assert refused.json()["error"], params
+
+
+def test_a_replica_killed_mid_way_neither_loses_nor_doubles_a_count(
+    stack: Stack, http: httpx.Client, api: httpx.Client
+) -> None:
+    """Runs after the day above: its counts plus these, exactly."""
+    before = api.get("/reports").json()["total"]
+    leads = list(range(9100010, 9100016))
+    victim = stack.services["conversation"][0]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda lead: customer_writes(http, stack, lead, f"antes {lead}"), leads))
+    victim.popen.send_signal(signal.SIGKILL)
+    victim.popen.wait(5)
+
+    def kommo_delivers(lead: int) -> None:
+        # Kommo retries a webhook that was not acknowledged: so does this.
+        sent = customer_writes(http, stack, lead, f"durante {lead}")
+        while sent["bridge_status"] != 200:
+            time.sleep(0.5)
+            sent["bridge_status"] = httpx.post(stack.webhook_url, content=sent["body"]).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(kommo_delivers, leads))
+
+    def answered() -> bool:
+        return all(bot_replies(http, stack, lead) >= 1 for lead in leads)
+
+    wait_for(answered, timeout=40, what="a reply to every customer")
+    wait_for(
+        lambda: (
+            api.get("/reports").json()["total"]["customer_messages"] - before["customer_messages"]
+            >= 2 * len(leads)
+        ),
+        timeout=20,
+        what="every message counted",
+    )
+
+    def every_reply_counted() -> bool:
+        # Every reply the customers got, counted once (the two messages of a lead may
+        # have gone to n8n as one turn).
+        sent = api.get("/reports").json()["total"]["bot_messages"] - before["bot_messages"]
+        return bool(sent == sum(bot_replies(http, stack, lead) for lead in leads))
+
+    wait_for(every_reply_counted, timeout=20, what="every reply counted")
+    time.sleep(3)  # a count made twice would show by now
+    assert every_reply_counted()
+    after = api.get("/reports").json()["total"]
+    assert after["customer_messages"] - before["customer_messages"] == 2 * len(leads)
+    assert after["conversations_started"] - before["conversations_started"] == len(leads)
