@@ -48,6 +48,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "ignored": ("decision_ignore",),
     "not_triggered": ("decision_not_triggered",),
     "held_out_of_hours": ("decision_hold",),
+    "delivery_failures": ("replies_failed",),
     "dead_letters": ("dead_lettered",),
     "replies": (series.REPLIES,),
 }

@@ -199,3 +199,19 @@ async def test_an_agendamento_is_counted_when_requested_and_once_when_it_is_sett
         "agendamentos_confirmed": 1.0,
         "agendamentos_failed": 1.0,
     }
+
+
+async def test_a_reply_refused_for_good_is_counted_once_as_a_delivery_failure(
+    redis: aioredis.Redis,
+) -> None:
+    store = ConversationStore(redis, timezone=TIMEZONE)
+    await store.apply_message(**_message("c4", "m1", 9))
+    await store.record_decision("c4", {"vendedor_id": 7, "pipeline_id": 81, "stage_id": 71})
+    job = {"conversation_id": "c4", "lead_id": "9", "text": "oi"}
+    assert await store.begin_reply("key-4", "job-4", job, 60_000) is None
+    assert await store.reply_failed("job-4", "Kommo: 400 the chat is closed")
+    assert not await store.reply_failed("job-4", "again")  # tried again: counted once
+    assert not await store.reply_failed("gone", "no such job")
+    counts = await _today(redis, store)
+    assert counts["replies_failed|7|81|71|-|-"] == 1
+    assert (await store.reply_job("job-4"))["state"] == "failed"

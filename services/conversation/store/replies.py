@@ -87,6 +87,7 @@ class Replies:
         self._keep_reply = register(redis, "keep_reply")
         self._hset_if_exists = register(redis, "hset_if_exists")
         self._reply_item_done = register(redis, "item_done")
+        self._reply_failed = register(redis, "reply_failed")
         self._reply_finished = register(redis, "reply_finished")
         self._reply_context = register(redis, "reply_context")
         self._take_reply = register(redis, "take_reply")
@@ -277,11 +278,21 @@ class Replies:
         )
         return int(cast(int, kept)) == 1
 
-    async def reply_failed(self, job_id: str, error: str) -> None:
-        await self._reply_item_done(
-            keys=[reply_job_key(job_id), REPLIES_DUE],
-            args=[job_id, 0, self._r_ms, "state", "failed", "error", error[:500]],
+    async def reply_failed(self, job_id: str, error: str) -> bool:
+        """Kommo refused the reply for good: the job off its queue, marked failed and
+        counted as a delivery failure of its conversation, once; False when it was gone
+        or had failed already."""
+        failed = await self._reply_failed(
+            keys=[
+                reply_job_key(job_id),
+                REPLIES_DUE,
+                STATS,
+                series.bucket_key(series.bucket_start(time.time())),
+                self.report_days.key(),
+            ],
+            args=[job_id, self._r_ms, error[:500], series.KEPT_SECONDS],
         )
+        return bool(failed)
 
     async def reply_finished(
         self,

@@ -59,6 +59,7 @@ METRICS: dict[str, str] = {
     "ignored": "messages the bot rules ignored (contact or keyword)",
     "not_triggered": "messages no trigger rule started",
     "held_out_of_hours": "messages held because they came out of hours",
+    "delivery_failures": "replies Kommo refused for good (not tried again)",
     "dead_letters": "n8n deliveries given up after every retry",
     "replies": "bot replies timed (customer message to reply delivered)",
     "reply_p50_seconds": "median seconds from a customer's message to the bot's reply",
