@@ -32,6 +32,7 @@ import httpx
 import redis
 
 from devstack.stack import Stack, StackConfig, start_stack
+from services.common import reports as common
 from services.conversation import reports, series
 
 log = logging.getLogger("bench.reports")
@@ -93,15 +94,15 @@ def day_fields(rng: random.Random, vendedores: int, owners: int) -> dict[str, in
 def seed(stack: Stack, args: argparse.Namespace, today: date) -> tuple[int, int]:
     client = redis.Redis.from_url(stack.redis_url)
     rng = random.Random(22)
-    first = reports.add_months(today, -args.months) or today
+    first = common.add_months(today, -args.months) or today
     days = (today - first).days + 1
     fields = 0
     pipe = client.pipeline(transaction=False)
     for i in range(days):
         values = day_fields(rng, args.vendedores, args.owners)
-        key = reports.day_key(reports.DAY_PREFIX, first + timedelta(days=i))
+        key = common.day_key(reports.DAY_PREFIX, first + timedelta(days=i))
         pipe.hset(key, mapping=values)  # type: ignore[arg-type]
-        pipe.expire(key, reports.REPORT_SECONDS)
+        pipe.expire(key, common.REPORT_SECONDS)
         fields += len(values)
         if i % 20 == 19:
             pipe.execute()
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             today = date.fromisoformat(http.get("/reports").json()["to"])
             days, fields = seed(stack, args, today)
             log.info("seeded %d days, %d fields (%.0f a day)", days, fields, fields / days)
-            first = reports.add_months(today, -args.months) or today
+            first = common.add_months(today, -args.months) or today
             span = {"from": (first + timedelta(days=1)).isoformat(), "to": today.isoformat()}
             result: dict[str, Any] = {
                 "settings": {**vars(args), "out": None, "days": days, "fields": fields},

@@ -19,8 +19,10 @@ from urllib.parse import urlencode
 
 import redis.asyncio as aioredis
 
+from bridge.reports.v1 import reports_pb2 as rpt
 from services.common.due_queue import text
 from services.common.reports import (
+    DIMENSIONS,
     Metrics,
     Period,
     Query,
@@ -84,6 +86,27 @@ class ReportStore:
                 await pipe.execute()
         every = {**kept, **made}
         return Report.of_sums(query, [(p.first, every[p]) for p in spans], self.metrics)
+
+    async def answer(self, request: rpt.GetReportRequest) -> rpt.Report:
+        """GetReport, as every reporting service answers it: the request judged
+        (InvalidInput says what is wrong), the report made, as the proto carries it."""
+        query = Query.parse(
+            self.days.today(),
+            request.from_day,
+            request.to_day,
+            request.group_by,
+            {name: getattr(request, name) for name in DIMENSIONS},
+        )
+        report = await self.report(query)
+        return rpt.Report(
+            timezone=self.days.timezone,
+            from_day=query.first.isoformat(),
+            to_day=query.last.isoformat(),
+            group_by=query.group_by,
+            metrics=list(self.metrics.names),
+            rows=[rpt.ReportRow(group=r.group, values=r.values) for r in report.rows],
+            total=rpt.ReportRow(group="total", values=report.total.values),
+        )
 
     def sums_key(self, period: Period, query: Query) -> str:
         """Where the sums of `period` for `query`'s grouping and filters are kept."""

@@ -14,18 +14,7 @@ them (series.py).
 
 from __future__ import annotations
 
-from services.common.reports import (
-    DIMENSIONS,
-    GROUPS,
-    KEPT_DAYS,
-    REPORT_SECONDS,
-    Metrics,
-    Query,
-    Report,
-    ReportDays,
-    add_months,
-    day_key,
-)
+from services.common.reports import Metrics, ReportDays
 from services.conversation import series
 
 DAY_PREFIX = "conv:report:"
@@ -81,23 +70,3 @@ def report_days(timezone: str) -> ReportDays:
 def n8n_answer_field(seconds: float) -> str:
     """The bin of one n8n answer time (the reply time's bins, under their own prefix)."""
     return N8N_PREFIX + series.latency_field(max(seconds, 0.0)).removeprefix(series.LATENCY_PREFIX)
-
-
-__all__ = [
-    "DAY_PREFIX",
-    "DIMENSIONS",
-    "FIGURES",
-    "GROUPS",
-    "KEPT_DAYS",
-    "METRICS",
-    "METRIC_NAMES",
-    "QUANTILES",
-    "REPORT_SECONDS",
-    "Query",
-    "Report",
-    "ReportDays",
-    "add_months",
-    "day_key",
-    "n8n_answer_field",
-    "report_days",
-]

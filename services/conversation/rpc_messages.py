@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 
 from bridge.conversation.v1 import conversation_pb2 as pb
-from bridge.reports.v1 import reports_pb2 as rpt
 from services.common.due_queue import Failure
-from services.conversation import reports, series
+from services.conversation import series
 from services.conversation.rulebook import InForce
 
 log = logging.getLogger(__name__)
@@ -79,19 +78,6 @@ def conversation_pb(data: dict[str, str], pending: int) -> pb.Conversation:
         paused_reason=data.get("paused_reason", ""),
         resumes_at=int(data.get("resumes_at") or 0) / 1000,
         last_message_at=int(data.get("updated_at") or 0) / 1000,
-    )
-
-
-def report_pb(report: reports.Report, timezone: str) -> rpt.Report:
-    query = report.query
-    return rpt.Report(
-        timezone=timezone,
-        from_day=query.first.isoformat(),
-        to_day=query.last.isoformat(),
-        group_by=query.group_by,
-        metrics=list(reports.METRIC_NAMES),
-        rows=[rpt.ReportRow(group=r.group, values=r.values) for r in report.rows],
-        total=rpt.ReportRow(group=report.total.group, values=report.total.values),
     )
 
 

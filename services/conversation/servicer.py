@@ -31,7 +31,6 @@ from services.conversation.rpc_messages import (
     failing_pb,
     number,
     readable_conversation,
-    report_pb,
     rules_document,
     stats_bucket,
 )
@@ -253,16 +252,9 @@ class ConversationServicer(ConversationServiceServicer):
         return pb.ResetConversationsResponse(conversations=deleted, keys=keys)
 
     async def GetReport(self, request: rpt.GetReportRequest, context: Context) -> rpt.Report:
-        days = self.store.report_days
-        query = reports.Query.parse(
-            days.today(),
-            request.from_day,
-            request.to_day,
-            request.group_by,
-            {name: getattr(request, name) for name in reports.DIMENSIONS},
+        return await ReportStore(self.store.redis, self.store.report_days, reports.FIGURES).answer(
+            request
         )
-        reported = await ReportStore(self.store.redis, days, reports.FIGURES).report(query)
-        return report_pb(reported, days.timezone)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.Stats:
         by_state = await self.store.state_counts()

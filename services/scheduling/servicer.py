@@ -24,7 +24,6 @@ from services.common.grpc_server import client_metadata
 from services.common.kommo_ids import KOMMO_ID_MAX, is_kommo_id
 from services.common.n8n import N8nClient, next_delay
 from services.common.report_store import ReportStore
-from services.common.reports import DIMENSIONS, Query
 from services.common.workpool import WorkPool, leased
 from services.scheduling import domain, reports
 from services.scheduling.settings import SchedulingSettings
@@ -297,24 +296,8 @@ class SchedulingServicer(SchedulingServiceServicer):
         return to_pb(await self._store.get(request.id))
 
     async def GetReport(self, request: rpt.GetReportRequest, context: Context) -> rpt.Report:
-        days = self._store.report_days
-        query = Query.parse(
-            days.today(),
-            request.from_day,
-            request.to_day,
-            request.group_by,
-            {name: getattr(request, name) for name in DIMENSIONS},
-        )
-        report = await ReportStore(self._store.redis, days, reports.FIGURES).report(query)
-        return rpt.Report(
-            timezone=days.timezone,
-            from_day=query.first.isoformat(),
-            to_day=query.last.isoformat(),
-            group_by=query.group_by,
-            metrics=list(reports.FIGURES.names),
-            rows=[rpt.ReportRow(group=r.group, values=r.values) for r in report.rows],
-            total=rpt.ReportRow(group="total", values=report.total.values),
-        )
+        store = ReportStore(self._store.redis, self._store.report_days, reports.FIGURES)
+        return await store.answer(request)
 
     async def EraseData(
         self, request: pb.EraseSchedulingDataRequest, context: Context

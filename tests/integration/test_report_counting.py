@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from services.common.due_queue import now_ms, text
 from services.common.report_store import ReportStore
-from services.common.reports import Query, day_key
+from services.common.reports import REPORT_SECONDS, Query, day_key
 from services.conversation import reports
 from services.conversation.store.bot_state import BotStore
 from services.conversation.store.conversations import Applied, ConversationStore
@@ -65,8 +65,8 @@ async def test_a_new_conversations_first_message_is_counted_once_with_whose_it_i
     assert counts[f"messages_customer{whose}"] == 2
     assert counts[f"conversations_started{whose}"] == 1
     # Kept 13 months and a margin, counts only.
-    day_key = store.report_days.key()
-    assert 399 * 86400 < await redis.ttl(day_key) <= reports.REPORT_SECONDS
+    today = store.report_days.key()
+    assert 399 * 86400 < await redis.ttl(today) <= REPORT_SECONDS
 
 
 async def test_a_takeover_is_counted_in_its_state_change_once(redis: aioredis.Redis) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from services.conversation.reports import REPORT_SECONDS
+from services.common.reports import REPORT_SECONDS
 from services.conversation.store.keys import (
     BOT_STATE_AWAITING,
     BOT_STATE_PAUSED,
